@@ -1,0 +1,31 @@
+//! Pure event-sourcing domain for chronik.
+//!
+//! This crate knows identifiers, versions, the event envelope, the [`Aggregate`] contract,
+//! upcasting, and the snapshot and retry policies. It performs no I/O: no clock, no random
+//! numbers, no threads, no database. Time and ids are always passed in by the caller.
+//!
+//! **Invariant:** every value type here validates in its constructor, so an invalid
+//! `StreamId`, `Version` or `NewEvent` cannot exist.
+
+mod aggregate;
+mod cursor;
+mod error;
+mod event;
+mod id;
+mod retry;
+mod snapshot;
+mod upcast;
+mod version;
+
+pub use aggregate::{Aggregate, DomainEvent, SnapshotState, decode_event, encode_event};
+pub use cursor::FeedCursor;
+pub use error::{InvalidInput, UpcastError};
+pub use event::{
+    EventType, MAX_APPEND_EVENTS, MAX_EVENT_TYPE_LEN, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_DEPTH, Metadata, NewEvent, RecordedEvent, validate_batch,
+};
+pub use id::{CausationId, CorrelationId, EventId, MAX_STREAM_ID_LEN, StreamId};
+pub use retry::{JitterSource, RetryPolicy};
+pub use snapshot::SnapshotPolicy;
+pub use upcast::{Upcaster, UpcasterRegistry, UpcasterRegistryBuilder};
+pub use version::{ExpectedVersion, Version};

@@ -1,0 +1,99 @@
+use chronik_core::{EventId, ExpectedVersion, InvalidInput, StreamId, UpcastError, Version};
+use thiserror::Error;
+
+/// The one error type of every store port. Adapters map their failures at the seam.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Optimistic concurrency: the stream was not at the expected version. Nothing was written.
+    #[error("conflict on stream {stream}: expected {expected}, stream is at version {actual}")]
+    Conflict {
+        /// The stream.
+        stream: StreamId,
+        /// What the writer expected.
+        expected: ExpectedVersion,
+        /// The stream's actual version (`0` = no stream).
+        actual: Version,
+    },
+    /// The append would put this stream's new events before its previous ones in the
+    /// global feed (the writing transaction is older than the stream's last writer).
+    /// Nothing was written; retry the unit of work in a fresh transaction.
+    #[error("stream {stream} was last written by a newer transaction; retry in a new transaction")]
+    TransactionOrder {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// An event id is already stored somewhere other than this append's place.
+    #[error("event {event_id} is already stored elsewhere (stream {stream}, version {version})")]
+    DuplicateEventId {
+        /// The duplicated id.
+        event_id: EventId,
+        /// Where it is stored.
+        stream: String,
+        /// At which version.
+        version: i64,
+    },
+    /// Input was rejected before any I/O. Nothing was written.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] InvalidInput),
+    /// A request parameter was out of range. Nothing was written.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Something that must exist does not.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A stored event could not be decoded or upcast. It is never silently dropped.
+    #[error("cannot decode event {event_id} (stream {stream}, version {version}): {reason}")]
+    Decode {
+        /// The event's stream.
+        stream: StreamId,
+        /// Its version.
+        version: Version,
+        /// Its id.
+        event_id: EventId,
+        /// Why.
+        reason: String,
+    },
+    /// An upcast chain is invalid (raised when a registry is built or applied).
+    #[error(transparent)]
+    Upcast(#[from] UpcastError),
+    /// The backend failed (I/O, pool, timeout, server error).
+    #[error("backend error: {message}")]
+    Backend {
+        /// A description without credentials.
+        message: String,
+        /// Whether retrying the same operation may succeed.
+        retryable: bool,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the whole unit of work (reload, decide, append) may succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Conflict { .. } | Self::TransactionOrder { .. } => true,
+            Self::Backend { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+
+    /// Whether this is an optimistic-concurrency conflict.
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+
+    /// A backend error from a message.
+    #[must_use]
+    pub fn backend(message: impl Into<String>, retryable: bool) -> Self {
+        Self::Backend {
+            message: message.into(),
+            retryable,
+            source: None,
+        }
+    }
+}

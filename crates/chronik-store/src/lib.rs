@@ -1,0 +1,22 @@
+//! Store ports for chronik: [`EventStore`], [`SnapshotStore`], [`CheckpointStore`], the one
+//! [`StoreError`] every adapter returns, and the [`Repository`] that loads, decides and saves
+//! aggregates with optimistic concurrency and retry.
+//!
+//! **Invariant:** this crate names no database type and starts no runtime. Adapters
+//! (`chronik-memory`, `chronik-postgres`) implement the ports; the [`Upcasting`] decorator
+//! lifts old event schemas on every read path of any adapter.
+
+mod error;
+mod port;
+mod repository;
+mod upcasting;
+
+pub use error::StoreError;
+pub use port::{
+    AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
+    FeedPage, MAX_FEED_PAGE, Snapshot, SnapshotStore, validate_projection_name,
+};
+#[cfg(any(test, feature = "mocks"))]
+pub use port::{MockCheckpointStore, MockEventStore, MockSnapshotStore};
+pub use repository::{ExecuteOutcome, Loaded, Repository, RepositoryError, Sleep};
+pub use upcasting::{Upcasting, upcast_recorded};

@@ -1,0 +1,240 @@
+use std::future::Future;
+
+use chronik_core::{ExpectedVersion, FeedCursor, NewEvent, RecordedEvent, StreamId, Version};
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::StoreError;
+
+/// A stream of recorded events read lazily from a store.
+pub type EventStream<'a> = BoxStream<'a, Result<RecordedEvent, StoreError>>;
+
+/// Largest feed page an adapter serves.
+pub const MAX_FEED_PAGE: usize = 10_000;
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// Version of the first event of this append.
+    pub first_version: Version,
+    /// Version of the last event: the stream's version after the append.
+    pub last_version: Version,
+    /// Feed position of the last event.
+    pub cursor: FeedCursor,
+    /// `true` when these exact events were already stored at this place by an earlier
+    /// attempt (idempotent retry); nothing was written this time.
+    pub already_appended: bool,
+}
+
+/// Which events of the feed to return. Empty lists mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedFilter {
+    /// Only these event types (stored names).
+    pub event_types: Vec<String>,
+    /// Only streams of these categories (`order` for `order-...`).
+    pub categories: Vec<String>,
+}
+
+impl FeedFilter {
+    /// Everything.
+    #[must_use]
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Whether `event` passes.
+    #[must_use]
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        (self.event_types.is_empty()
+            || self
+                .event_types
+                .iter()
+                .any(|t| t == event.event_type.as_str()))
+            && (self.categories.is_empty()
+                || self
+                    .categories
+                    .iter()
+                    .any(|c| c == event.stream_id.category()))
+    }
+}
+
+/// One page of the global feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedPage {
+    /// Events in feed order, all after the requested cursor.
+    pub events: Vec<RecordedEvent>,
+    /// Where to resume: after the last returned event, or the requested cursor if none.
+    pub next: FeedCursor,
+}
+
+/// The visible end of the global feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedHead {
+    /// Cursor of the last event a reader can see now, if any.
+    pub last: Option<FeedCursor>,
+    /// How many events a reader can see now.
+    pub visible_events: u64,
+}
+
+/// The append-only event store.
+///
+/// Contract (checked by `chronik-testkit`'s conformance suite for every adapter):
+/// - `append` writes all events or none, numbered after the stream's current version,
+///   only if `expected` matches; otherwise [`StoreError::Conflict`] and nothing is written.
+/// - Appending the same event ids at the same place again returns success with
+///   `already_appended: true` ("same place": the same stream, consecutive versions, and
+///   where `expected` is `Exact(v)` / `NoStream` the first event at `v + 1` / `1`);
+///   the same ids anywhere else is [`StoreError::DuplicateEventId`]. Idempotency is
+///   checked before the expected version.
+/// - Input is validated before any I/O ([`StoreError::Invalid`]).
+/// - `read_feed` returns events strictly after `after`, in feed order, never skipping an
+///   event that commits later below a returned cursor, and never showing version `n + 1`
+///   of a stream before version `n`.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to `stream` if it is at `expected`.
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send;
+
+    /// Reads `stream` forward from version `from` (inclusive; `Version::ZERO` and
+    /// `Version::FIRST` both mean "from the start"), lazily. A missing stream is empty.
+    fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_>;
+
+    /// The stream's current version (`Version::ZERO` when it does not exist).
+    fn stream_version(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send;
+
+    /// Reads up to `limit` (1 to [`MAX_FEED_PAGE`]) feed events after `after`.
+    fn read_feed(
+        &self,
+        after: FeedCursor,
+        filter: &FeedFilter,
+        limit: usize,
+    ) -> impl Future<Output = Result<FeedPage, StoreError>> + Send;
+
+    /// The visible end of the feed.
+    fn feed_head(&self) -> impl Future<Output = Result<FeedHead, StoreError>> + Send;
+
+    /// How many visible feed events lie strictly after `after` (for lag).
+    fn count_after(
+        &self,
+        after: FeedCursor,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// A stored snapshot of an aggregate's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// The stream version the state includes.
+    pub version: Version,
+    /// The state's own schema version.
+    pub state_schema_version: u32,
+    /// The serialized state.
+    pub state: Value,
+    /// When it was taken.
+    pub taken_at: DateTime<Utc>,
+}
+
+/// Snapshots: a cache of aggregate state, never a source of truth.
+///
+/// Contract: one snapshot per stream. `save_snapshot` replaces the stored one when the new
+/// one is at a higher version or under a different state schema version, and otherwise
+/// keeps the newer one. `load_snapshot` returns it only when its schema version matches.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait SnapshotStore: Send + Sync {
+    /// The stream's snapshot if it was taken under `state_schema_version`.
+    fn load_snapshot(
+        &self,
+        stream: &StreamId,
+        state_schema_version: u32,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+
+    /// Stores a snapshot (see the trait contract for replacement).
+    fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        version: Version,
+        state_schema_version: u32,
+        state: &Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Snapshots of one stream, whatever their schema version.
+    fn list_snapshots(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Vec<Snapshot>, StoreError>> + Send;
+
+    /// Drops every snapshot of streams in `category`; returns how many.
+    fn delete_snapshots(
+        &self,
+        category: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// A projection's position in the feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The projection's name.
+    pub name: String,
+    /// The last feed position it applied.
+    pub cursor: FeedCursor,
+    /// How many events it has applied in total.
+    pub events_processed: u64,
+    /// When it was last saved.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Checks a projection name: 1 to 255 bytes, no whitespace or control characters.
+///
+/// # Errors
+/// [`StoreError::InvalidRequest`].
+pub fn validate_projection_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty()
+        || name.len() > 255
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(StoreError::InvalidRequest(format!(
+            "projection name must be 1-255 bytes without whitespace or control characters, got {:?}",
+            name.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// Projection checkpoints.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait CheckpointStore: Send + Sync {
+    /// The checkpoint of `name`, if any.
+    fn load_checkpoint(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Checkpoint>, StoreError>> + Send;
+
+    /// Stores the checkpoint of `name`.
+    fn save_checkpoint(
+        &self,
+        name: &str,
+        cursor: FeedCursor,
+        events_processed: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the checkpoint of `name` (a rebuild starts from the beginning); returns
+    /// whether there was one.
+    fn delete_checkpoint(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every checkpoint, by name.
+    fn list_checkpoints(&self) -> impl Future<Output = Result<Vec<Checkpoint>, StoreError>> + Send;
+}

@@ -1,0 +1,421 @@
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronik_core::{
+    Aggregate, DomainEvent, EventId, EventType, ExpectedVersion, Metadata, NewEvent, RetryPolicy,
+    SnapshotPolicy, SnapshotState, StreamId, Version,
+};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::port::{AppendResult, EventStore, SnapshotStore};
+
+/// Sleeping between retries, supplied by the caller's runtime (e.g. `tokio::time::sleep`),
+/// so that this crate starts no runtime of its own.
+pub trait Sleep: Send + Sync {
+    /// Waits `d`.
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()>;
+}
+
+impl<F, Fut> Sleep for F
+where
+    F: Fn(Duration) -> Fut + Send + Sync,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(self(d))
+    }
+}
+
+/// An aggregate as loaded: its state and the version it reflects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded<A> {
+    /// The folded state.
+    pub state: A,
+    /// The stream version the state reflects (`Version::ZERO` for a new aggregate).
+    pub version: Version,
+    /// The version of the snapshot the load started from (`Version::ZERO` if none).
+    pub snapshot_version: Version,
+    /// How many events were replayed on top of the snapshot.
+    pub events_replayed: u64,
+}
+
+/// What [`Repository::execute`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecuteOutcome {
+    /// The stream's version after the command.
+    pub version: Version,
+    /// How many events the command recorded (0 when it decided nothing changes).
+    pub events_written: usize,
+    /// Attempts made, the successful one included.
+    pub attempts: u32,
+    /// Optimistic-concurrency conflicts met and retried.
+    pub conflicts: u32,
+    /// The append, when something was written.
+    pub append: Option<AppendResult>,
+    /// Whether a snapshot was written after the append.
+    pub snapshot_taken: bool,
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, Error)]
+pub enum RepositoryError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command (a business rule). Not retried.
+    #[error("command rejected: {0}")]
+    Domain(#[source] E),
+    /// The store failed in a way retrying will not fix.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Every attempt met a retryable failure (usually a conflict).
+    #[error("gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        last: StoreError,
+    },
+}
+
+type LoadSnapshot<A, S> = for<'a> fn(&'a S, &'a StreamId) -> BoxFuture<'a, Option<(A, Version)>>;
+type SaveSnapshot<A, S> =
+    for<'a> fn(&'a S, &'a StreamId, &'a A, Version) -> BoxFuture<'a, Result<(), StoreError>>;
+
+struct SnapshotHooks<A, S> {
+    policy: SnapshotPolicy,
+    load: LoadSnapshot<A, S>,
+    save: SaveSnapshot<A, S>,
+}
+
+fn load_snapshot<'a, A: SnapshotState, S: SnapshotStore>(
+    store: &'a S,
+    id: &'a StreamId,
+) -> BoxFuture<'a, Option<(A, Version)>> {
+    Box::pin(async move {
+        match store.load_snapshot(id, A::STATE_SCHEMA_VERSION).await {
+            Ok(Some(s)) => match A::from_state(s.state) {
+                Ok(state) => Some((state, s.version)),
+                Err(e) => {
+                    tracing::warn!(stream = %id, error = %e, "ignoring snapshot that does not decode; replaying events");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(stream = %id, error = %e, "snapshot load failed; replaying events");
+                None
+            }
+        }
+    })
+}
+
+fn save_snapshot<'a, A: SnapshotState, S: SnapshotStore>(
+    store: &'a S,
+    id: &'a StreamId,
+    state: &'a A,
+    version: Version,
+) -> BoxFuture<'a, Result<(), StoreError>> {
+    Box::pin(async move {
+        let value = state
+            .to_state()
+            .map_err(|e| StoreError::InvalidRequest(format!("cannot serialize snapshot: {e}")))?;
+        store
+            .save_snapshot(id, version, A::STATE_SCHEMA_VERSION, &value)
+            .await
+    })
+}
+
+/// Loads, decides and saves aggregates of type `A` through store `S`.
+///
+/// - `load` starts from the latest usable snapshot (when configured) and folds the tail of
+///   the stream event by event, never collecting it first.
+/// - `save` appends with the loaded version as the exact expected version.
+/// - `execute` = load + `handle` + save, retried on conflict per the [`RetryPolicy`], with
+///   the given metadata (correlation, causation) on every event it writes.
+///
+/// Reads are upcast when `S` is wrapped in [`crate::Upcasting`].
+pub struct Repository<A, S> {
+    store: S,
+    retry: RetryPolicy,
+    sleep: Option<Arc<dyn Sleep>>,
+    jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
+    snapshots: Option<SnapshotHooks<A, S>>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A, S> fmt::Debug for Repository<A, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("aggregate", &std::any::type_name::<A>())
+            .field("retry", &self.retry)
+            .field(
+                "snapshot_policy",
+                &self.snapshots.as_ref().map(|h| h.policy),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_unit() -> f64 {
+    // 53 random bits from a v4 UUID, as a float in [0, 1).
+    (Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// A repository with the default [`RetryPolicy`], no sleeping between retries (set one
+    /// with [`Repository::with_retry`]) and no snapshots.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            retry: RetryPolicy::default(),
+            sleep: None,
+            jitter: Arc::new(random_unit),
+            snapshots: None,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Sets the retry policy and how to sleep between attempts.
+    #[must_use]
+    pub fn with_retry(mut self, policy: RetryPolicy, sleep: impl Sleep + 'static) -> Self {
+        self.retry = policy;
+        self.sleep = Some(Arc::new(sleep));
+        self
+    }
+
+    /// Sets the jitter source (values in `[0, 1)`), e.g. a seeded generator in tests.
+    #[must_use]
+    pub fn with_jitter(mut self, jitter: impl Fn() -> f64 + Send + Sync + 'static) -> Self {
+        self.jitter = Arc::new(jitter);
+        self
+    }
+
+    /// Enables snapshots (the store must also be a [`SnapshotStore`]).
+    #[must_use]
+    pub fn with_snapshots(mut self, policy: SnapshotPolicy) -> Self
+    where
+        A: SnapshotState,
+        S: SnapshotStore,
+    {
+        self.snapshots = Some(SnapshotHooks {
+            policy,
+            load: load_snapshot::<A, S>,
+            save: save_snapshot::<A, S>,
+        });
+        self
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The stream id of aggregate `id`: `<A::TYPE>-<id>`.
+    ///
+    /// # Errors
+    /// When the result is not a valid [`StreamId`].
+    pub fn stream_id(id: impl fmt::Display) -> Result<StreamId, StoreError> {
+        Ok(StreamId::for_category(A::TYPE, id)?)
+    }
+
+    /// Loads the aggregate (snapshot, then the tail folded one event at a time).
+    ///
+    /// # Errors
+    /// [`StoreError::Decode`] when a stored event does not decode as `A::Event` (named by
+    /// stream, version and id), or any read error.
+    pub async fn load(&self, id: &StreamId) -> Result<Loaded<A>, StoreError> {
+        let (mut state, snapshot_version) = match &self.snapshots {
+            Some(h) => (h.load)(&self.store, id)
+                .await
+                .map_or((A::default(), Version::ZERO), |(s, v)| (s, v)),
+            None => (A::default(), Version::ZERO),
+        };
+        let mut version = snapshot_version;
+        let mut replayed = 0;
+        let mut events = self.store.read_stream(id, version.next()?);
+        while let Some(recorded) = events.next().await {
+            let recorded = recorded?;
+            let event = A::Event::from_payload(recorded.event_type.as_str(), recorded.payload)
+                .map_err(|e| StoreError::Decode {
+                    stream: recorded.stream_id.clone(),
+                    version: recorded.version,
+                    event_id: recorded.event_id,
+                    reason: e.to_string(),
+                })?;
+            state.apply(&event);
+            version = recorded.version;
+            replayed += 1;
+        }
+        Ok(Loaded {
+            state,
+            version,
+            snapshot_version,
+            events_replayed: replayed,
+        })
+    }
+
+    /// Appends `events` expecting the stream at `expected` (the loaded version).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when another writer got there first; any store error.
+    pub async fn save(
+        &self,
+        id: &StreamId,
+        expected: Version,
+        events: &[A::Event],
+        metadata: &Metadata,
+    ) -> Result<AppendResult, StoreError> {
+        let new = to_new_events(events, metadata)?;
+        self.store
+            .append(id, ExpectedVersion::Exact(expected), &new)
+            .await
+    }
+
+    /// Load, decide, save; retried on conflict per the retry policy.
+    ///
+    /// An ambiguous backend failure (commit acknowledgement lost) re-sends the *same*
+    /// events with the same ids, so the store's idempotent append tells whether they landed.
+    ///
+    /// # Errors
+    /// [`RepositoryError::Domain`] when the aggregate refuses; [`RepositoryError::RetriesExhausted`]
+    /// when every attempt conflicted; [`RepositoryError::Store`] otherwise.
+    pub async fn execute(
+        &self,
+        id: &StreamId,
+        command: &A::Command,
+        metadata: &Metadata,
+    ) -> Result<ExecuteOutcome, RepositoryError<A::Error>> {
+        let mut conflicts = 0;
+        let mut pending: Option<(Loaded<A>, Vec<A::Event>, Vec<NewEvent>)> = None;
+        let max = self.retry.max_attempts();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                let delay = self
+                    .retry
+                    .delay_before(attempt, (self.jitter)())
+                    .unwrap_or_default();
+                if let (Some(sleep), false) = (&self.sleep, delay.is_zero()) {
+                    sleep.sleep(delay).await;
+                }
+            }
+            let (loaded, events, new) = match pending.take() {
+                Some(p) => p,
+                None => {
+                    let loaded = self.load(id).await?;
+                    let events = loaded
+                        .state
+                        .handle(command)
+                        .map_err(RepositoryError::Domain)?;
+                    if events.is_empty() {
+                        return Ok(ExecuteOutcome {
+                            version: loaded.version,
+                            events_written: 0,
+                            attempts: attempt,
+                            conflicts,
+                            append: None,
+                            snapshot_taken: false,
+                        });
+                    }
+                    let new = to_new_events(&events, metadata)?;
+                    (loaded, events, new)
+                }
+            };
+            match self
+                .store
+                .append(id, ExpectedVersion::Exact(loaded.version), &new)
+                .await
+            {
+                Ok(append) => {
+                    let snapshot_taken = self
+                        .maybe_snapshot(id, loaded, &events, append.last_version)
+                        .await;
+                    return Ok(ExecuteOutcome {
+                        version: append.last_version,
+                        events_written: events.len(),
+                        attempts: attempt,
+                        conflicts,
+                        append: Some(append),
+                        snapshot_taken,
+                    });
+                }
+                Err(e) if e.is_retryable() && attempt < max => {
+                    if e.is_conflict() {
+                        conflicts += 1;
+                        tracing::debug!(stream = %id, attempt, error = %e, "conflict; reloading and retrying");
+                    } else if matches!(e, StoreError::Backend { .. }) {
+                        // Outcome unknown: re-send the identical append (idempotent).
+                        pending = Some((loaded, events, new));
+                    }
+                }
+                Err(e) if e.is_retryable() => {
+                    if e.is_conflict() {
+                        conflicts += 1;
+                    }
+                    let _ = conflicts;
+                    return Err(RepositoryError::RetriesExhausted {
+                        attempts: attempt,
+                        last: e,
+                    });
+                }
+                Err(e) => return Err(RepositoryError::Store(e)),
+            }
+        }
+    }
+
+    /// Writes a snapshot when the policy asks for one. A failure is logged, never returned:
+    /// snapshots are a cache, and the command already succeeded.
+    async fn maybe_snapshot(
+        &self,
+        id: &StreamId,
+        loaded: Loaded<A>,
+        events: &[A::Event],
+        version: Version,
+    ) -> bool {
+        let Some(h) = &self.snapshots else {
+            return false;
+        };
+        if !h.policy.should_snapshot(loaded.snapshot_version, version) {
+            return false;
+        }
+        let mut state = loaded.state;
+        for e in events {
+            state.apply(e);
+        }
+        match (h.save)(&self.store, id, &state, version).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(stream = %id, %version, error = %e, "snapshot write failed; will retry on a later command");
+                false
+            }
+        }
+    }
+}
+
+fn to_new_events<E: DomainEvent>(
+    events: &[E],
+    metadata: &Metadata,
+) -> Result<Vec<NewEvent>, StoreError> {
+    events
+        .iter()
+        .map(|e| {
+            let payload = e.to_payload().map_err(|err| {
+                StoreError::InvalidRequest(format!("cannot serialize {}: {err}", e.event_type()))
+            })?;
+            Ok(NewEvent::new(
+                EventId::new(Uuid::new_v4())?,
+                EventType::new(e.event_type())?,
+                e.schema_version(),
+                payload,
+                metadata.clone(),
+            )?)
+        })
+        .collect()
+}

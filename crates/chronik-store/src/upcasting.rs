@@ -1,0 +1,113 @@
+use std::sync::Arc;
+
+use chronik_core::{
+    EventType, ExpectedVersion, FeedCursor, NewEvent, RecordedEvent, StreamId, UpcasterRegistry,
+    Version,
+};
+use futures::StreamExt;
+
+use crate::error::StoreError;
+use crate::port::{AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage};
+
+/// Lifts one stored event to the current schema through `registry`.
+///
+/// # Errors
+/// [`StoreError::Decode`] naming the stream, version and event id when the stored version
+/// is newer than the code knows or a step rejects the payload.
+pub fn upcast_recorded(
+    registry: &UpcasterRegistry,
+    mut event: RecordedEvent,
+) -> Result<RecordedEvent, StoreError> {
+    if !registry.needs_upcast(event.event_type.as_str(), event.schema_version) {
+        return Ok(event);
+    }
+    let decode = |reason: String, e: &RecordedEvent| StoreError::Decode {
+        stream: e.stream_id.clone(),
+        version: e.version,
+        event_id: e.event_id,
+        reason,
+    };
+    let payload = std::mem::take(&mut event.payload);
+    let (event_type, schema_version, payload) = registry
+        .upcast(event.event_type.as_str(), event.schema_version, payload)
+        .map_err(|e| decode(e.to_string(), &event))?;
+    event.event_type = EventType::new(event_type).map_err(|e| decode(e.to_string(), &event))?;
+    event.schema_version = schema_version;
+    event.payload = payload;
+    Ok(event)
+}
+
+/// Decorates any [`EventStore`] so that every read (stream and feed) is upcast.
+///
+/// Feed filters on event type match the *stored* names; register renames accordingly.
+#[derive(Debug, Clone)]
+pub struct Upcasting<S> {
+    inner: S,
+    registry: Arc<UpcasterRegistry>,
+}
+
+impl<S> Upcasting<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, registry: Arc<UpcasterRegistry>) -> Self {
+        Self { inner, registry }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<UpcasterRegistry> {
+        &self.registry
+    }
+}
+
+impl<S: EventStore> EventStore for Upcasting<S> {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+
+    fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
+        let registry = &self.registry;
+        self.inner
+            .read_stream(stream, from)
+            .map(move |r| r.and_then(|e| upcast_recorded(registry, e)))
+            .boxed()
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        self.inner.stream_version(stream).await
+    }
+
+    async fn read_feed(
+        &self,
+        after: FeedCursor,
+        filter: &FeedFilter,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let page = self.inner.read_feed(after, filter, limit).await?;
+        let events = page
+            .events
+            .into_iter()
+            .map(|e| upcast_recorded(&self.registry, e))
+            .collect::<Result<_, _>>()?;
+        Ok(FeedPage {
+            events,
+            next: page.next,
+        })
+    }
+
+    async fn feed_head(&self) -> Result<FeedHead, StoreError> {
+        self.inner.feed_head().await
+    }
+
+    async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
+        self.inner.count_after(after).await
+    }
+}
