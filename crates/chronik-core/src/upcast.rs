@@ -381,3 +381,72 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod laws {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// Step `k` of a generated chain: a distinct, order-sensitive transformation.
+    fn step(k: u32, op: u8) -> impl Fn(Value) -> Result<Value, String> + Send + Sync + Clone {
+        move |mut v: Value| {
+            let obj = v.as_object_mut().ok_or("not an object")?;
+            let n = obj.get("n").and_then(Value::as_i64).unwrap_or(0);
+            let n = match op % 3 {
+                0 => n.wrapping_add(i64::from(k)),
+                1 => n.wrapping_mul(3).wrapping_sub(1),
+                _ => -n,
+            };
+            obj.insert("n".into(), json!(n));
+            obj.insert(format!("v{k}"), json!(true));
+            Ok(v)
+        }
+    }
+
+    proptest! {
+        /// Composed upcasting equals applying each step in order.
+        #[test]
+        fn composed_upcasters_equal_steps_in_order(ops in prop::collection::vec(any::<u8>(), 0..12), start in 1..13u32, n in any::<i32>()) {
+            let current = ops.len() as u32 + 1;
+            let start = start.min(current);
+            let mut b = UpcasterRegistry::builder().current("E", current);
+            for (i, op) in ops.iter().enumerate() {
+                b = b.step("E", i as u32 + 1, step(i as u32 + 1, *op));
+            }
+            let reg = b.build().expect("valid chain");
+            let input = json!({ "n": n });
+            let mut expected = input.clone();
+            for k in start..current {
+                expected = step(k, ops[(k - 1) as usize])(expected).expect("step");
+            }
+            let (t, v, got) = reg.upcast("E", start, input).expect("upcast");
+            prop_assert_eq!((t.as_str(), v), ("E", current));
+            prop_assert_eq!(got, expected);
+        }
+
+        /// Versions newer than the registry knows are rejected, never passed through.
+        #[test]
+        fn unknown_future_versions_are_rejected(current in 1..50u32, ahead in 1..1000u32) {
+            let mut b = UpcasterRegistry::builder().current("E", current);
+            for k in 1..current {
+                b = b.step("E", k, Ok);
+            }
+            let reg = b.build().expect("valid");
+            let is_future = matches!(reg.upcast("E", current + ahead, json!({})), Err(UpcastError::FutureVersion { .. }));
+            prop_assert!(is_future);
+        }
+
+        /// Any chain with a missing step is rejected at build time.
+        #[test]
+        fn gaps_are_always_detected(current in 2..30u32, missing in 1..29u32) {
+            let missing = 1 + (missing - 1) % (current - 1);
+            let mut b = UpcasterRegistry::builder().current("E", current);
+            for k in (1..current).filter(|k| *k != missing) {
+                b = b.step("E", k, Ok);
+            }
+            let is_gap = matches!(b.build(), Err(UpcastError::Gap { missing: m, .. }) if m == missing);
+            prop_assert!(is_gap);
+        }
+    }
+}

@@ -419,3 +419,189 @@ fn to_new_events<E: DomainEvent>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use chronik_core::{FeedCursor, decode_event, encode_event};
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::port::MockEventStore;
+
+    #[derive(Debug, Default, PartialEq)]
+    struct Counter(u64);
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum CounterEvent {
+        Incremented,
+    }
+
+    impl DomainEvent for CounterEvent {
+        fn event_type(&self) -> &'static str {
+            "Incremented"
+        }
+        fn to_payload(&self) -> Result<Value, serde_json::Error> {
+            encode_event(self)
+        }
+        fn from_payload(t: &str, p: Value) -> Result<Self, serde_json::Error> {
+            decode_event(t, p)
+        }
+    }
+
+    #[derive(Debug, Error, PartialEq)]
+    #[error("limit reached")]
+    struct Limit;
+
+    impl Aggregate for Counter {
+        const TYPE: &'static str = "counter";
+        type Command = u64;
+        type Event = CounterEvent;
+        type Error = Limit;
+        fn handle(&self, limit: &u64) -> Result<Vec<CounterEvent>, Limit> {
+            if self.0 >= *limit {
+                Err(Limit)
+            } else {
+                Ok(vec![CounterEvent::Incremented])
+            }
+        }
+        fn apply(&mut self, _: &CounterEvent) {
+            self.0 += 1;
+        }
+    }
+
+    fn id() -> StreamId {
+        StreamId::new("counter-1").unwrap()
+    }
+
+    fn empty_stream(mock: &mut MockEventStore) {
+        mock.expect_read_stream()
+            .returning(|_, _| Box::pin(futures::stream::empty()));
+    }
+
+    fn policy(n: u32) -> RetryPolicy {
+        RetryPolicy::new(n, Duration::ZERO, Duration::ZERO).unwrap()
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_retried_until_the_policy_gives_up() {
+        let mut mock = MockEventStore::new();
+        empty_stream(&mut mock);
+        mock.expect_append().times(3).returning(|s, expected, _| {
+            let err = StoreError::Conflict {
+                stream: s.clone(),
+                expected,
+                actual: Version::FIRST,
+            };
+            Box::pin(async move { Err(err) })
+        });
+        let repo = Repository::<Counter, _>::new(mock).with_retry(policy(3), |_| async {});
+        match repo.execute(&id(), &10, &Metadata::default()).await {
+            Err(RepositoryError::RetriesExhausted { attempts: 3, last }) => {
+                assert!(last.is_conflict())
+            }
+            other => panic!("expected RetriesExhausted, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn domain_refusals_are_not_retried_and_write_nothing() {
+        let mut mock = MockEventStore::new();
+        empty_stream(&mut mock);
+        mock.expect_append().never();
+        let repo = Repository::<Counter, _>::new(mock);
+        assert!(matches!(
+            repo.execute(&id(), &0, &Metadata::default()).await,
+            Err(RepositoryError::Domain(Limit))
+        ));
+    }
+
+    #[tokio::test]
+    async fn non_retryable_store_errors_stop_at_once() {
+        let mut mock = MockEventStore::new();
+        empty_stream(&mut mock);
+        mock.expect_append()
+            .times(1)
+            .returning(|_, _, _| Box::pin(async { Err(StoreError::backend("disk full", false)) }));
+        let repo = Repository::<Counter, _>::new(mock).with_retry(policy(5), |_| async {});
+        assert!(matches!(
+            repo.execute(&id(), &10, &Metadata::default()).await,
+            Err(RepositoryError::Store(StoreError::Backend { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_ambiguous_failure_resends_the_same_event_ids() {
+        let seen: Arc<Mutex<Vec<Vec<EventId>>>> = Arc::default();
+        let mut mock = MockEventStore::new();
+        empty_stream(&mut mock);
+        let log = seen.clone();
+        mock.expect_append()
+            .times(2)
+            .returning(move |_, expected, events| {
+                let mut log = log.lock().unwrap();
+                log.push(events.iter().map(NewEvent::event_id).collect());
+                let first = log.len() == 1;
+                assert_eq!(
+                    expected,
+                    ExpectedVersion::Exact(Version::ZERO),
+                    "same expected version on re-send"
+                );
+                Box::pin(async move {
+                    if first {
+                        Err(StoreError::backend("connection reset", true))
+                    } else {
+                        Ok(AppendResult {
+                            first_version: Version::FIRST,
+                            last_version: Version::FIRST,
+                            cursor: FeedCursor::new(1, 1),
+                            already_appended: true,
+                        })
+                    }
+                })
+            });
+        let repo = Repository::<Counter, _>::new(mock).with_retry(policy(3), |_| async {});
+        let out = repo
+            .execute(&id(), &10, &Metadata::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.attempts, out.conflicts, out.version),
+            (2, 0, Version::FIRST)
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0], seen[1], "the re-send carries the identical ids");
+    }
+
+    #[tokio::test]
+    async fn backoff_sleeps_between_attempts_with_the_given_jitter() {
+        let slept: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let mut mock = MockEventStore::new();
+        empty_stream(&mut mock);
+        mock.expect_append().times(3).returning(|s, expected, _| {
+            let err = StoreError::Conflict {
+                stream: s.clone(),
+                expected,
+                actual: Version::FIRST,
+            };
+            Box::pin(async move { Err(err) })
+        });
+        let log = slept.clone();
+        let policy =
+            RetryPolicy::new(3, Duration::from_millis(10), Duration::from_secs(1)).unwrap();
+        let repo = Repository::<Counter, _>::new(mock)
+            .with_retry(policy, move |d| {
+                log.lock().unwrap().push(d);
+                async {}
+            })
+            .with_jitter(|| 1.0);
+        let _ = repo.execute(&id(), &10, &Metadata::default()).await;
+        assert_eq!(
+            *slept.lock().unwrap(),
+            vec![Duration::from_millis(10), Duration::from_millis(20)]
+        );
+    }
+}

@@ -1,0 +1,456 @@
+//! Repository behaviour on the in-memory reference adapter with the Orders domain.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chronik_core::{
+    CausationId, CorrelationId, EventId, EventType, ExpectedVersion, FeedCursor, Metadata,
+    NewEvent, RetryPolicy, SnapshotPolicy, SnapshotState, StreamId, Version,
+};
+use chronik_memory::MemoryStore;
+use chronik_store::{
+    AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, Repository,
+    RepositoryError, Snapshot, SnapshotStore, StoreError, Upcasting,
+};
+use chronik_testkit::orders::{self, Order, OrderCommand, OrderError, OrderStatus};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn order_id() -> StreamId {
+    Repository::<Order, MemoryStore>::stream_id(Uuid::new_v4()).unwrap()
+}
+
+fn place() -> OrderCommand {
+    OrderCommand::Place {
+        customer_id: "c-1".into(),
+        total_amount: 1_000,
+    }
+}
+
+fn line() -> OrderCommand {
+    OrderCommand::AddLine {
+        sku: "sku".into(),
+        quantity: 1,
+        unit_price: 10,
+    }
+}
+
+fn retrying<S: EventStore>(store: S) -> Repository<Order, S> {
+    Repository::new(store).with_retry(
+        RetryPolicy::new(
+            50,
+            std::time::Duration::from_micros(100),
+            std::time::Duration::from_millis(5),
+        )
+        .unwrap(),
+        tokio::time::sleep,
+    )
+}
+
+#[tokio::test]
+async fn execute_writes_events_with_correlation_and_causation() {
+    let store = MemoryStore::new();
+    let repo = retrying(store.clone());
+    let id = order_id();
+    let meta = Metadata::default()
+        .with_correlation(CorrelationId::new(Uuid::new_v4()))
+        .with_causation(CausationId::new(Uuid::new_v4()))
+        .with_header("user", "alice");
+    let out = repo.execute(&id, &place(), &meta).await.unwrap();
+    assert_eq!(
+        (out.version, out.events_written, out.attempts),
+        (Version::FIRST, 1, 1)
+    );
+    repo.execute(&id, &line(), &meta).await.unwrap();
+    let stored: Vec<_> = store
+        .read_stream(&id, Version::ZERO)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(
+        stored.iter().all(|e| e.metadata == meta),
+        "metadata propagated to every event"
+    );
+    assert_eq!(stored[0].event_type.as_str(), "OrderPlaced");
+    assert_eq!(stored[0].schema_version, 2);
+    let loaded = repo.load(&id).await.unwrap();
+    assert_eq!(
+        (
+            loaded.state.status,
+            loaded.state.total_amount,
+            loaded.version
+        ),
+        (OrderStatus::Placed, 1_010, Version::new(2).unwrap())
+    );
+}
+
+#[tokio::test]
+async fn business_rules_refuse_and_write_nothing() {
+    let store = MemoryStore::new();
+    let repo = retrying(store.clone());
+    let id = order_id();
+    repo.execute(&id, &place(), &Metadata::default())
+        .await
+        .unwrap();
+    repo.execute(
+        &id,
+        &OrderCommand::Cancel { reason: "r".into() },
+        &Metadata::default(),
+    )
+    .await
+    .unwrap();
+    let err = repo
+        .execute(
+            &id,
+            &OrderCommand::Ship {
+                carrier: "dhl".into(),
+            },
+            &Metadata::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RepositoryError::Domain(OrderError::ShipCancelled)),
+        "{err}"
+    );
+    assert_eq!(
+        store.stream_version(&id).await.unwrap(),
+        Version::new(2).unwrap()
+    );
+}
+
+/// A store that lets a competing writer in just before our first append.
+#[derive(Clone)]
+struct Interloper {
+    inner: MemoryStore,
+    fired: Arc<AtomicBool>,
+}
+
+impl EventStore for Interloper {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        if !self.fired.swap(true, Ordering::SeqCst) {
+            let competing = Repository::<Order, _>::new(self.inner.clone());
+            competing
+                .execute(stream, &line(), &Metadata::default())
+                .await
+                .expect("competing writer");
+        }
+        self.inner.append(stream, expected, events).await
+    }
+    fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
+        self.inner.read_stream(stream, from)
+    }
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        self.inner.stream_version(stream).await
+    }
+    async fn read_feed(
+        &self,
+        after: FeedCursor,
+        filter: &FeedFilter,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        self.inner.read_feed(after, filter, limit).await
+    }
+    async fn feed_head(&self) -> Result<FeedHead, StoreError> {
+        self.inner.feed_head().await
+    }
+    async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
+        self.inner.count_after(after).await
+    }
+}
+
+#[tokio::test]
+async fn a_lost_race_is_reloaded_redecided_and_retried() {
+    let store = MemoryStore::new();
+    let id = order_id();
+    Repository::<Order, _>::new(store.clone())
+        .execute(&id, &place(), &Metadata::default())
+        .await
+        .unwrap();
+    let repo = retrying(Interloper {
+        inner: store.clone(),
+        fired: Arc::default(),
+    });
+    let out = repo
+        .execute(&id, &line(), &Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.attempts, out.conflicts, out.version),
+        (2, 1, Version::new(3).unwrap())
+    );
+    assert_eq!(
+        repo.load(&id).await.unwrap().state.lines,
+        2,
+        "both lines kept: the loser re-decided on fresh state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_on_one_aggregate_all_land() {
+    const TASKS: usize = 24;
+    let store = MemoryStore::new();
+    let id = Arc::new(order_id());
+    retrying(store.clone())
+        .execute(&id, &place(), &Metadata::default())
+        .await
+        .unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (store, id, barrier) = (store.clone(), id.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                retrying(store)
+                    .execute(&id, &line(), &Metadata::default())
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let order = retrying(store).load(&id).await.unwrap();
+    assert_eq!(order.state.lines, TASKS as u64);
+    assert_eq!(order.version.get(), TASKS as u64 + 1);
+}
+
+#[tokio::test]
+async fn snapshots_follow_the_policy_and_shorten_loads() {
+    let store = MemoryStore::new();
+    let repo = retrying(store.clone()).with_snapshots(SnapshotPolicy::every(10).unwrap());
+    let id = order_id();
+    repo.execute(&id, &place(), &Metadata::default())
+        .await
+        .unwrap();
+    let mut taken = vec![];
+    for _ in 0..24 {
+        let out = repo
+            .execute(&id, &line(), &Metadata::default())
+            .await
+            .unwrap();
+        if out.snapshot_taken {
+            taken.push(out.version.get());
+        }
+    }
+    assert_eq!(taken, vec![10, 20]);
+    let loaded = repo.load(&id).await.unwrap();
+    assert_eq!(
+        (
+            loaded.snapshot_version.get(),
+            loaded.events_replayed,
+            loaded.version.get()
+        ),
+        (20, 5, 25)
+    );
+    let full = retrying(store).load(&id).await.unwrap();
+    assert_eq!(full.state, loaded.state);
+    assert_eq!(full.events_replayed, 25);
+}
+
+#[tokio::test]
+async fn snapshots_under_another_schema_or_undecodable_are_ignored() {
+    let store = MemoryStore::new();
+    let repo = retrying(store.clone()).with_snapshots(SnapshotPolicy::Never);
+    let id = order_id();
+    repo.execute(&id, &place(), &Metadata::default())
+        .await
+        .unwrap();
+    repo.execute(&id, &line(), &Metadata::default())
+        .await
+        .unwrap();
+    // A snapshot from an older state schema: a lie about the state that must not be used.
+    store
+        .save_snapshot(
+            &id,
+            Version::new(2).unwrap(),
+            Order::STATE_SCHEMA_VERSION + 1,
+            &json!({ "bogus": true }),
+        )
+        .await
+        .unwrap();
+    let loaded = repo.load(&id).await.unwrap();
+    assert_eq!(
+        (
+            loaded.snapshot_version,
+            loaded.events_replayed,
+            loaded.state.total_amount
+        ),
+        (Version::ZERO, 2, 1_010)
+    );
+    // Right schema number, but a state that does not decode: ignored too.
+    store
+        .save_snapshot(
+            &id,
+            Version::new(2).unwrap(),
+            Order::STATE_SCHEMA_VERSION,
+            &json!({ "status": 42 }),
+        )
+        .await
+        .unwrap();
+    let loaded = repo.load(&id).await.unwrap();
+    assert_eq!(
+        (loaded.snapshot_version, loaded.state.total_amount),
+        (Version::ZERO, 1_010)
+    );
+}
+
+/// Events delegate to memory; snapshot writes always fail.
+#[derive(Clone)]
+struct BrokenSnapshots(MemoryStore);
+
+impl EventStore for BrokenSnapshots {
+    async fn append(
+        &self,
+        s: &StreamId,
+        e: ExpectedVersion,
+        ev: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        self.0.append(s, e, ev).await
+    }
+    fn read_stream(&self, s: &StreamId, from: Version) -> EventStream<'_> {
+        self.0.read_stream(s, from)
+    }
+    async fn stream_version(&self, s: &StreamId) -> Result<Version, StoreError> {
+        self.0.stream_version(s).await
+    }
+    async fn read_feed(
+        &self,
+        a: FeedCursor,
+        f: &FeedFilter,
+        l: usize,
+    ) -> Result<FeedPage, StoreError> {
+        self.0.read_feed(a, f, l).await
+    }
+    async fn feed_head(&self) -> Result<FeedHead, StoreError> {
+        self.0.feed_head().await
+    }
+    async fn count_after(&self, a: FeedCursor) -> Result<u64, StoreError> {
+        self.0.count_after(a).await
+    }
+}
+
+impl SnapshotStore for BrokenSnapshots {
+    async fn load_snapshot(&self, _: &StreamId, _: u32) -> Result<Option<Snapshot>, StoreError> {
+        Err(StoreError::backend("snapshot table unavailable", true))
+    }
+    async fn save_snapshot(
+        &self,
+        _: &StreamId,
+        _: Version,
+        _: u32,
+        _: &Value,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::backend("snapshot table unavailable", true))
+    }
+    async fn list_snapshots(&self, _: &StreamId) -> Result<Vec<Snapshot>, StoreError> {
+        Ok(vec![])
+    }
+    async fn delete_snapshots(&self, _: &str) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_snapshot_never_fails_the_command() {
+    let store = MemoryStore::new();
+    let repo =
+        retrying(BrokenSnapshots(store.clone())).with_snapshots(SnapshotPolicy::every(1).unwrap());
+    let id = order_id();
+    let out = repo
+        .execute(&id, &place(), &Metadata::default())
+        .await
+        .unwrap();
+    assert!(!out.snapshot_taken);
+    assert_eq!(
+        repo.load(&id).await.unwrap().state.status,
+        OrderStatus::Placed
+    );
+}
+
+fn raw(event_type: &str, schema_version: u32, payload: Value) -> NewEvent {
+    NewEvent::new(
+        EventId::new(Uuid::new_v4()).unwrap(),
+        EventType::new(event_type).unwrap(),
+        schema_version,
+        payload,
+        Metadata::default(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn undecodable_events_are_errors_naming_stream_version_and_id() {
+    let store = MemoryStore::new();
+    let id = order_id();
+    let bad = raw("OrderTeleported", 1, json!({}));
+    store
+        .append(
+            &id,
+            ExpectedVersion::NoStream,
+            &[
+                raw(
+                    "OrderPlaced",
+                    2,
+                    json!({ "customer_id": "c", "total_amount": 1 }),
+                ),
+                bad.clone(),
+            ],
+        )
+        .await
+        .unwrap();
+    match retrying(store).load(&id).await {
+        Err(StoreError::Decode {
+            stream,
+            version,
+            event_id,
+            ..
+        }) => {
+            assert_eq!((stream, version.get(), event_id), (id, 2, bad.event_id()));
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn v1_events_load_through_the_upcaster() {
+    let store = MemoryStore::new();
+    let id = order_id();
+    store
+        .append(
+            &id,
+            ExpectedVersion::NoStream,
+            &[raw(
+                "OrderPlaced",
+                1,
+                json!({ "customer_id": "c-old", "amount": 4_200 }),
+            )],
+        )
+        .await
+        .unwrap();
+    // Without the upcaster the v1 payload does not decode: an error, not a silent default.
+    assert!(matches!(
+        retrying(store.clone()).load(&id).await,
+        Err(StoreError::Decode { .. })
+    ));
+    let upcasting = Upcasting::new(store, Arc::new(orders::upcasters().unwrap()));
+    let loaded = retrying(upcasting).load(&id).await.unwrap();
+    assert_eq!(
+        (loaded.state.customer_id.as_str(), loaded.state.total_amount),
+        ("c-old", 4_200)
+    );
+}
+
+#[tokio::test]
+async fn stream_ids_are_category_prefixed() {
+    let id = Repository::<Order, MemoryStore>::stream_id("42").unwrap();
+    assert_eq!((id.as_str(), id.category()), ("order-42", "order"));
+    assert!(Repository::<Order, MemoryStore>::stream_id("has space").is_err());
+}

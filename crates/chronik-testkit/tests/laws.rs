@@ -1,0 +1,27 @@
+//! Laws of the Orders aggregate and of snapshots, on the in-memory adapter.
+
+use chronik_core::Aggregate;
+use chronik_memory::MemoryStore;
+use chronik_testkit::orders::Order;
+use chronik_testkit::strategies::{check_snapshot_plus_tail_equals_replay, order_history};
+use proptest::prelude::*;
+
+proptest! {
+    /// Replay is a left fold: replaying a ++ b equals applying b onto the replay of a.
+    #[test]
+    fn replay_is_a_fold(history in order_history(40), split in 0..60usize) {
+        let split = split.min(history.len());
+        let mut state = Order::replay(&history[..split]);
+        for e in &history[split..] {
+            state.apply(e);
+        }
+        prop_assert_eq!(state, Order::replay(&history));
+    }
+
+    /// Snapshot + tail == full replay, for random histories and snapshot points.
+    #[test]
+    fn snapshot_plus_tail_equals_full_replay(history in order_history(60), at in 0..80usize) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(check_snapshot_plus_tail_equals_replay(MemoryStore::new(), history, at));
+    }
+}
