@@ -7,6 +7,7 @@
 //! lifts old event schemas on every read path of any adapter.
 
 mod error;
+mod forward;
 mod port;
 mod repository;
 mod upcasting;
