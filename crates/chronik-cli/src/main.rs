@@ -1,1 +1,105 @@
-fn main() {}
+//! `chronik`: the demo on the embedded in-memory store, and operator commands.
+//!
+//! Logging goes to stderr and is controlled by `RUST_LOG` (default `warn`); results go to
+//! stdout. Every failure is printed as one `error: ...: ...` chain with a non-zero exit.
+
+mod backend;
+mod demo;
+mod round_trip;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// chronik: event sourcing on PostgreSQL (with an in-memory reference store).
+#[derive(Debug, Parser)]
+#[command(name = "chronik", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the whole story: concurrent orders, retried conflicts, snapshots, upcasting,
+    /// business-rule refusals, the global feed, and a summary.
+    Demo(DemoArgs),
+    /// Applies the embedded SQL migrations to a PostgreSQL database.
+    Migrate(MigrateArgs),
+}
+
+/// Options of `chronik demo`.
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// How many orders to place (each is placed, gets two lines, then is shipped or cancelled).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    orders: u32,
+    /// How many tasks run commands at the same time (also the number of tasks that race on
+    /// one order to show conflicts being retried).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    concurrency: u32,
+    /// How many events the long, snapshotted stream gets.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    long_stream: u32,
+    /// Run on PostgreSQL at this URL instead of the in-memory store (migrations are applied first).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+/// Options of `chronik migrate`.
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// The database to migrate, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+fn main() -> ExitCode {
+    // Parse first: clap prints its own `error: ...` with usage and exits with status 2.
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole chain on one line: `error: outer: inner: root`.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // `try_init` fails only if a subscriber is already set; nothing to do then.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => {
+                let options = demo::Options {
+                    orders: args.orders,
+                    concurrency: args.concurrency,
+                    long_stream: args.long_stream,
+                };
+                match args.database_url {
+                    None => demo::run(chronik_memory::MemoryStore::new(), "in-memory", &options)
+                        .await
+                        .context("demo failed"),
+                    Some(url) => backend::demo_on_postgres(&url, &options).await,
+                }
+            }
+            Command::Migrate(args) => backend::migrate(&args.database_url).await,
+        }
+    })
+}
