@@ -1,1 +1,27 @@
-//! chronik-projections
+//! Projection runner for chronik: read models and side effects fed from the global feed.
+//!
+//! A [`Projection`] names itself, filters the feed and handles events. A
+//! [`ProjectionRunner`] catches each projection up from its checkpoint in batches, then
+//! stays live, woken by a [`WakeSource`] with adaptive polling as the fallback. Delivery is
+//! at-least-once (checkpoint after effect); failures are retried with backoff and shown in
+//! [`ProjectionStatus`], never skipped unless parked by a recorded decision
+//! ([`ParkingLot`]). [`rebuild`] replays a projection from scratch with progress reports.
+//!
+//! **Invariant:** this crate knows the store only through the `chronik-store` ports; it
+//! names no database. Exactly-once PostgreSQL read models live in `chronik-postgres`.
+
+mod error;
+mod park;
+mod projection;
+mod rebuild;
+mod runner;
+mod status;
+mod wake;
+
+pub use error::ProjectionError;
+pub use park::{MemoryParkingLot, ParkedEvent, ParkingLot};
+pub use projection::{HandlerError, Projection};
+pub use rebuild::{RebuildOptions, RebuildProgress, rebuild};
+pub use runner::{ProjectionRunner, RunnerHandle, RunnerOptions};
+pub use status::{EventRef, Lag, ProjectionState, ProjectionStatus, checkpoint_lag, measure_lag};
+pub use wake::{PollingOnly, WakeSource, Wakeup};

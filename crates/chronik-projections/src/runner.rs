@@ -1,0 +1,615 @@
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronik_core::{FeedCursor, RecordedEvent, UpcasterRegistry};
+use chronik_store::{
+    CheckpointStore, EventStore, FeedFilter, MAX_FEED_PAGE, StoreError, upcast_recorded,
+    validate_projection_name,
+};
+use chrono::Utc;
+use futures::FutureExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::ProjectionError;
+use crate::park::{MemoryParkingLot, ParkingLot};
+use crate::projection::{HandlerError, Projection};
+use crate::status::{EventRef, ProjectionState, ProjectionStatus, measure_lag};
+use crate::wake::{PollingOnly, WakeSource, Wakeup};
+
+/// Tuning of a [`ProjectionRunner`]. `Default` suits most services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerOptions {
+    /// Events read per batch; the checkpoint is saved once per batch (1 to 10 000; 500).
+    pub batch_size: usize,
+    /// Shortest idle poll interval, used right after events were seen (50 ms).
+    pub poll_min: Duration,
+    /// Longest idle poll interval: the worst-case delay when every wake-up is lost (1 s).
+    pub poll_max: Duration,
+    /// First retry delay after a failure; doubles per attempt (100 ms).
+    pub retry_base: Duration,
+    /// Retry delay cap (30 s).
+    pub retry_max: Duration,
+    /// How often the lag is re-measured while catching up (1 s); it is always measured
+    /// when the runner catches up or fails. `Duration::ZERO` measures after every batch.
+    pub lag_every: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_min: Duration::from_millis(50),
+            poll_max: Duration::from_secs(1),
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(30),
+            lag_every: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RunnerOptions {
+    /// Checks the ranges.
+    ///
+    /// # Errors
+    /// [`ProjectionError::InvalidOptions`].
+    pub fn validate(&self) -> Result<(), ProjectionError> {
+        if self.batch_size == 0 || self.batch_size > MAX_FEED_PAGE {
+            return Err(ProjectionError::InvalidOptions(
+                "batch_size must be 1 to 10000",
+            ));
+        }
+        if self.poll_min.is_zero() || self.poll_min > self.poll_max {
+            return Err(ProjectionError::InvalidOptions(
+                "poll_min must be positive and at most poll_max",
+            ));
+        }
+        if self.retry_base.is_zero() || self.retry_base > self.retry_max {
+            return Err(ProjectionError::InvalidOptions(
+                "retry_base must be positive and at most retry_max",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The delay before retry number `attempt` (1-based): `retry_base * 2^(attempt-1)`,
+    /// capped at `retry_max`.
+    #[must_use]
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+        self.retry_base.saturating_mul(exp).min(self.retry_max)
+    }
+}
+
+/// Runs projections against a store: catch-up from each checkpoint in batches, then live.
+///
+/// Contract (at-least-once): for each projection, every event matching its filter is
+/// handled at least once, in feed order; the checkpoint is saved *after* the effects of a
+/// batch, so a crash replays at most the unsaved batch. A failing event is retried with
+/// backoff forever (state [`ProjectionState::Failing`], `last_error` set) and skipped only
+/// when a [`ParkingLot`] holds a recorded decision for it. A lost wake-up delays an event by
+/// at most [`RunnerOptions::poll_max`].
+///
+/// Only one runner may drive a given projection name at a time; across processes use the
+/// PostgreSQL runner, which takes an advisory lock.
+#[derive(Debug)]
+pub struct ProjectionRunner<S> {
+    store: Arc<S>,
+    projections: Vec<Arc<dyn Projection>>,
+    options: RunnerOptions,
+    wake: Arc<dyn WakeSource>,
+    upcasters: Option<Arc<UpcasterRegistry>>,
+    parking: Arc<dyn ParkingLot>,
+}
+
+impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
+    /// A runner over `store` with default options, polling only, no upcasting and an
+    /// in-memory parking lot.
+    pub fn new(store: Arc<S>) -> Self {
+        Self {
+            store,
+            projections: Vec::new(),
+            options: RunnerOptions::default(),
+            wake: Arc::new(PollingOnly),
+            upcasters: None,
+            parking: Arc::new(MemoryParkingLot::new()),
+        }
+    }
+
+    /// Registers a projection.
+    #[must_use]
+    pub fn with_projection(mut self, projection: Arc<dyn Projection>) -> Self {
+        self.projections.push(projection);
+        self
+    }
+
+    /// Replaces the options.
+    #[must_use]
+    pub fn with_options(mut self, options: RunnerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Wakes live projections from `wake` (for example `MemoryStore::subscribe()`).
+    #[must_use]
+    pub fn with_wake(mut self, wake: impl WakeSource + 'static) -> Self {
+        self.wake = Arc::new(wake);
+        self
+    }
+
+    /// Upcasts every event through `registry` before handlers see it.
+    #[must_use]
+    pub fn with_upcasters(mut self, registry: Arc<UpcasterRegistry>) -> Self {
+        self.upcasters = Some(registry);
+        self
+    }
+
+    /// Where park decisions are read from (and recorded through [`RunnerHandle::parking`]).
+    #[must_use]
+    pub fn with_parking(mut self, parking: Arc<dyn ParkingLot>) -> Self {
+        self.parking = parking;
+        self
+    }
+
+    /// Spawns one task per projection on the current tokio runtime.
+    ///
+    /// # Errors
+    /// Invalid options, an invalid or duplicate projection name. Nothing is spawned then.
+    pub fn start(self) -> Result<RunnerHandle, ProjectionError> {
+        self.options.validate()?;
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.projections {
+            validate_projection_name(p.name())?;
+            if !seen.insert(p.name().to_owned()) {
+                return Err(ProjectionError::DuplicateName(p.name().to_owned()));
+            }
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut statuses = HashMap::new();
+        for projection in self.projections {
+            let name = projection.name().to_owned();
+            let status = Arc::new(watch::Sender::new(ProjectionStatus::new(name.clone())));
+            let task = Task {
+                store: Arc::clone(&self.store),
+                filter: projection.filter(),
+                projection,
+                options: self.options.clone(),
+                upcasters: self.upcasters.clone(),
+                parking: Arc::clone(&self.parking),
+                status: Arc::clone(&status),
+                stop: stop_rx.clone(),
+                wake: self.wake.subscribe(),
+                last_lag: None,
+            };
+            tasks.push((name.clone(), tokio::spawn(task.run())));
+            statuses.insert(name, status);
+        }
+        Ok(RunnerHandle {
+            stop: stop_tx,
+            tasks,
+            statuses,
+            parking: self.parking,
+        })
+    }
+}
+
+/// Controls running projections: status, read-your-writes waits, parking, shutdown.
+///
+/// Dropping the handle without [`RunnerHandle::stop`] leaves the tasks running until the
+/// runtime shuts down.
+#[derive(Debug)]
+pub struct RunnerHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<(String, JoinHandle<()>)>,
+    statuses: HashMap<String, Arc<watch::Sender<ProjectionStatus>>>,
+    parking: Arc<dyn ParkingLot>,
+}
+
+impl RunnerHandle {
+    /// The current status of `name`.
+    #[must_use]
+    pub fn status(&self, name: &str) -> Option<ProjectionStatus> {
+        self.statuses.get(name).map(|s| s.borrow().clone())
+    }
+
+    /// The status of every projection, by registration order.
+    #[must_use]
+    pub fn statuses(&self) -> Vec<ProjectionStatus> {
+        self.tasks
+            .iter()
+            .filter_map(|(n, _)| self.status(n))
+            .collect()
+    }
+
+    /// A live view of `name`'s status (changes on every checkpoint, error and state change).
+    #[must_use]
+    pub fn subscribe(&self, name: &str) -> Option<watch::Receiver<ProjectionStatus>> {
+        self.statuses.get(name).map(|s| s.subscribe())
+    }
+
+    /// The parking lot the runner consults; record park decisions here.
+    #[must_use]
+    pub fn parking(&self) -> &Arc<dyn ParkingLot> {
+        &self.parking
+    }
+
+    /// Read-your-writes: waits until `name` has checkpointed `target` (typically the
+    /// `cursor` of an `AppendResult`), so its read model reflects that append.
+    ///
+    /// # Errors
+    /// [`ProjectionError::UnknownProjection`]; [`ProjectionError::Timeout`] (with the last
+    /// error, often the reason) after `timeout`; [`ProjectionError::Stopped`] when the
+    /// projection stopped before reaching `target`.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        target: FeedCursor,
+        timeout: Duration,
+    ) -> Result<ProjectionStatus, ProjectionError> {
+        let mut rx = self
+            .subscribe(name)
+            .ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))?;
+        let waited = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|s| s.checkpoint >= target || s.state == ProjectionState::Stopped),
+        )
+        .await
+        .map(|r| r.map(|s| s.clone()));
+        match waited {
+            Ok(Ok(s)) if s.checkpoint >= target => Ok(s),
+            Ok(_) => Err(ProjectionError::Stopped(name.to_owned())),
+            Err(_) => {
+                let s = rx.borrow();
+                Err(ProjectionError::Timeout {
+                    projection: name.to_owned(),
+                    target,
+                    reached: s.checkpoint,
+                    last_error: s.last_error.clone(),
+                })
+            }
+        }
+    }
+
+    /// Sends the stop signal without waiting (for signal handlers); follow with
+    /// [`RunnerHandle::stop`] to wait for the final checkpoints.
+    pub fn request_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Graceful shutdown: each task finishes and checkpoints its current batch (a task that
+    /// is backing off after a failure checkpoints what it applied and stops), then the final
+    /// statuses are returned.
+    ///
+    /// # Errors
+    /// [`ProjectionError::TaskFailed`] when a task panicked outside a handler.
+    pub async fn stop(self) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+        self.stop.send_replace(true);
+        let mut first_err = None;
+        for (name, task) in self.tasks {
+            if let Err(e) = task.await {
+                first_err.get_or_insert(ProjectionError::TaskFailed {
+                    projection: name,
+                    message: e.to_string(),
+                });
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(self.statuses.values().map(|s| s.borrow().clone()).collect()),
+        }
+    }
+
+    /// Kills every task at its next await point without a final checkpoint, as a crash
+    /// would (for tests and emergencies).
+    pub async fn abort(self) {
+        for (_, task) in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+struct Task<S> {
+    store: Arc<S>,
+    projection: Arc<dyn Projection>,
+    filter: FeedFilter,
+    options: RunnerOptions,
+    upcasters: Option<Arc<UpcasterRegistry>>,
+    parking: Arc<dyn ParkingLot>,
+    status: Arc<watch::Sender<ProjectionStatus>>,
+    stop: watch::Receiver<bool>,
+    wake: Box<dyn Wakeup>,
+    last_lag: Option<Instant>,
+}
+
+/// Outcome of waiting: the stop signal arrived.
+struct Stopping;
+
+impl<S: EventStore + CheckpointStore + 'static> Task<S> {
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps `d` unless a stop arrives first.
+    async fn pause(&mut self, d: Duration) -> Result<(), Stopping> {
+        tokio::select! {
+            () = tokio::time::sleep(d) => Ok(()),
+            _ = self.stop.wait_for(|s| *s) => Err(Stopping),
+        }
+    }
+
+    /// Idle wait: a wake-up, the poll interval, or a stop.
+    async fn idle(&mut self, d: Duration) -> Result<(), Stopping> {
+        tokio::select! {
+            () = tokio::time::sleep(d) => Ok(()),
+            () = self.wake.notified() => Ok(()),
+            _ = self.stop.wait_for(|s| *s) => Err(Stopping),
+        }
+    }
+
+    async fn refresh_lag(&mut self, force: bool) {
+        let due = force
+            || self
+                .last_lag
+                .is_none_or(|t| t.elapsed() >= self.options.lag_every);
+        if !due {
+            return;
+        }
+        let checkpoint = self.status.borrow().checkpoint;
+        let now = Utc::now();
+        if let Ok(lag) = measure_lag(&*self.store, checkpoint, now).await {
+            self.last_lag = Some(Instant::now());
+            self.status.send_modify(|s| {
+                s.lag = lag;
+                s.lag_measured_at = Some(now);
+            });
+        }
+    }
+
+    /// Records a failure, then backs off.
+    async fn fail(
+        &mut self,
+        attempt: u32,
+        error: String,
+        event: Option<EventRef>,
+    ) -> Result<(), Stopping> {
+        tracing::warn!(projection = self.name(), attempt, %error, "projection failing; retrying");
+        self.status.send_modify(|s| {
+            s.state = ProjectionState::Failing;
+            s.last_error = Some(error);
+            s.last_error_at = Some(Utc::now());
+            s.failing_event = event;
+            s.attempts = attempt;
+        });
+        self.refresh_lag(true).await;
+        self.pause(self.options.backoff(attempt)).await
+    }
+
+    async fn save(&mut self, cursor: FeedCursor, processed: u64) -> Result<(), Stopping> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .store
+                .save_checkpoint(self.projection.name(), cursor, processed)
+                .await
+            {
+                Ok(()) => {
+                    self.status.send_modify(|s| {
+                        s.checkpoint = cursor;
+                        s.events_processed = processed;
+                    });
+                    return Ok(());
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.fail(attempt, format!("saving checkpoint: {e}"), None)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn call(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        match AssertUnwindSafe(self.projection.handle(event))
+            .catch_unwind()
+            .await
+        {
+            Ok(r) => r,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".to_owned());
+                Err(HandlerError::new(format!("handler panicked: {msg}")))
+            }
+        }
+    }
+
+    fn upcast(&self, event: RecordedEvent) -> Result<RecordedEvent, StoreError> {
+        match &self.upcasters {
+            Some(r) => upcast_recorded(r, event),
+            None => Ok(event),
+        }
+    }
+
+    async fn run(mut self) {
+        let _ = self.run_inner().await;
+        self.status
+            .send_modify(|s| s.state = ProjectionState::Stopped);
+    }
+
+    async fn run_inner(&mut self) -> Result<(), Stopping> {
+        let name = self.name().to_owned();
+        let mut attempt = 0;
+        let (mut cursor, mut processed) = loop {
+            match self.store.load_checkpoint(&name).await {
+                Ok(cp) => {
+                    break cp.map_or((FeedCursor::START, 0), |c| (c.cursor, c.events_processed));
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.fail(attempt, format!("loading checkpoint: {e}"), None)
+                        .await?;
+                }
+            }
+        };
+        self.status.send_modify(|s| {
+            s.checkpoint = cursor;
+            s.events_processed = processed;
+            s.state = ProjectionState::CatchingUp;
+        });
+        let filtered = self.filter != FeedFilter::all();
+        let batch = self.options.batch_size;
+        let mut idle = self.options.poll_min;
+        let mut attempt = 0;
+        while !self.stopping() {
+            // With a filter, events outside it never come back from `read_feed`; the head
+            // read *before* the page lets a short page advance the checkpoint past them.
+            // Safe: anything committing later lands after this head in the feed.
+            let head = if filtered {
+                match self.store.feed_head().await {
+                    Ok(h) => h.last,
+                    Err(e) => {
+                        attempt += 1;
+                        self.fail(attempt, format!("reading feed head: {e}"), None)
+                            .await?;
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let page = match self.store.read_feed(cursor, &self.filter, batch).await {
+                Ok(p) => p,
+                Err(e) => {
+                    attempt += 1;
+                    self.fail(attempt, format!("reading feed: {e}"), None)
+                        .await?;
+                    continue;
+                }
+            };
+            attempt = 0;
+            let full = page.events.len() == batch;
+            let seen = !page.events.is_empty();
+            let before = cursor;
+            let mut outcome = Ok(());
+            for raw in page.events {
+                let at = raw.cursor;
+                match self.apply(raw, cursor, processed).await {
+                    Ok(applied) => {
+                        processed += u64::from(applied);
+                        cursor = at;
+                    }
+                    Err(Stopping) => {
+                        outcome = Err(Stopping);
+                        break;
+                    }
+                }
+            }
+            if outcome.is_err() {
+                // Stopped while retrying a failing event: keep what was applied.
+                if cursor != before {
+                    let _ = self.save(cursor, processed).await;
+                }
+                return outcome;
+            }
+            if !full
+                && let Some(h) = head
+                && h > cursor
+            {
+                cursor = h;
+            }
+            if cursor != before {
+                self.save(cursor, processed).await?;
+            }
+            self.status.send_modify(|s| {
+                s.state = if full {
+                    ProjectionState::CatchingUp
+                } else {
+                    ProjectionState::Live
+                };
+                s.failing_event = None;
+                s.attempts = 0;
+            });
+            self.refresh_lag(!full).await;
+            if full {
+                continue;
+            }
+            idle = if seen {
+                self.options.poll_min
+            } else {
+                (idle * 2).min(self.options.poll_max)
+            };
+            self.idle(idle).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one event, retrying until it succeeds or is parked. Returns whether it was
+    /// applied (`false`: skipped by a recorded park decision).
+    async fn apply(
+        &mut self,
+        raw: RecordedEvent,
+        applied_to: FeedCursor,
+        processed: u64,
+    ) -> Result<bool, Stopping> {
+        let event_ref = EventRef {
+            stream_id: raw.stream_id.clone(),
+            version: raw.version,
+            event_id: raw.event_id,
+            cursor: raw.cursor,
+        };
+        let event = self.upcast(raw);
+        let mut attempt = 0;
+        loop {
+            let result = match &event {
+                Ok(e) => self.call(e).await,
+                Err(e) => Err(HandlerError::new(e.to_string())),
+            };
+            let Err(error) = result else {
+                return Ok(true);
+            };
+            attempt += 1;
+            if attempt == 1 {
+                // Save the progress before the poison event so a restart does not repeat it.
+                let saved = self.status.borrow().checkpoint;
+                if applied_to != saved {
+                    self.save(applied_to, processed).await?;
+                }
+            }
+            match self
+                .parking
+                .is_parked(self.name(), event_ref.event_id)
+                .await
+            {
+                Ok(true) => {
+                    tracing::warn!(
+                        projection = self.name(),
+                        event = %event_ref.event_id,
+                        "skipping parked event"
+                    );
+                    self.status.send_modify(|s| s.parked_skipped += 1);
+                    return Ok(false);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(projection = self.name(), error = %e, "parking lot unavailable");
+                }
+            }
+            let message = format!(
+                "{} v{} ({}): {error}",
+                event_ref.stream_id, event_ref.version, event_ref.event_id
+            );
+            self.fail(attempt, message, Some(event_ref.clone())).await?;
+        }
+    }
+}

@@ -1,0 +1,148 @@
+use chronik_core::{EventId, FeedCursor, StreamId, Version};
+use chronik_store::{CheckpointStore, EventStore, FeedFilter, StoreError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What a projection task is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionState {
+    /// Loading its checkpoint.
+    Starting,
+    /// Reading full batches behind the head.
+    CatchingUp,
+    /// Caught up; waiting for wake-ups or the next poll.
+    Live,
+    /// A handler (or the store) keeps failing; retrying with backoff. See `last_error`.
+    Failing,
+    /// Waiting for another process that holds the projection's lock.
+    Standby,
+    /// Stopped after its last batch was checkpointed.
+    Stopped,
+}
+
+impl ProjectionState {
+    /// The label used in status tables (`catching_up`, `live`, ...).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::CatchingUp => "catching_up",
+            Self::Live => "live",
+            Self::Failing => "failing",
+            Self::Standby => "standby",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// Names one event in diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRef {
+    /// Its stream.
+    pub stream_id: StreamId,
+    /// Its version.
+    pub version: Version,
+    /// Its id (what a park decision names).
+    pub event_id: EventId,
+    /// Its feed position.
+    pub cursor: FeedCursor,
+}
+
+/// How far a checkpoint is behind the visible head of the feed.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Lag {
+    /// Visible feed events strictly after the checkpoint (all types, not only the
+    /// projection's filter).
+    pub events: u64,
+    /// Age in seconds of the oldest of those events (`0.0` when `events == 0`).
+    pub seconds: f64,
+}
+
+/// A snapshot of one projection's progress and health.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectionStatus {
+    /// The projection.
+    pub name: String,
+    /// What it is doing.
+    pub state: ProjectionState,
+    /// Its saved checkpoint: every event at or before it has been applied.
+    pub checkpoint: FeedCursor,
+    /// Events applied in total (across restarts, from the checkpoint store).
+    pub events_processed: u64,
+    /// Lag when last measured (see [`ProjectionStatus::lag_measured_at`]).
+    pub lag: Lag,
+    /// When the lag was measured, if ever.
+    pub lag_measured_at: Option<DateTime<Utc>>,
+    /// The most recent error, kept after recovery so that operators can see it.
+    pub last_error: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// The event being retried, while `state == Failing` because of a handler.
+    pub failing_event: Option<EventRef>,
+    /// Consecutive failed attempts on the current event or read.
+    pub attempts: u32,
+    /// Events skipped because of a recorded park decision (this run).
+    pub parked_skipped: u64,
+}
+
+impl ProjectionStatus {
+    /// A fresh status in state [`ProjectionState::Starting`].
+    #[must_use]
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            state: ProjectionState::Starting,
+            checkpoint: FeedCursor::START,
+            events_processed: 0,
+            lag: Lag::default(),
+            lag_measured_at: None,
+            last_error: None,
+            last_error_at: None,
+            failing_event: None,
+            attempts: 0,
+            parked_skipped: 0,
+        }
+    }
+}
+
+/// Measures the lag of a position: visible events after `after`, and the age of the oldest.
+///
+/// # Errors
+/// Store failures.
+pub async fn measure_lag<S: EventStore + ?Sized>(
+    store: &S,
+    after: FeedCursor,
+    now: DateTime<Utc>,
+) -> Result<Lag, StoreError> {
+    let events = store.count_after(after).await?;
+    if events == 0 {
+        return Ok(Lag::default());
+    }
+    let page = store.read_feed(after, &FeedFilter::all(), 1).await?;
+    let seconds = page.events.first().map_or(0.0, |e| {
+        let ms = (now - e.recorded_at).num_milliseconds().max(0);
+        #[allow(clippy::cast_precision_loss)]
+        let s = ms as f64 / 1000.0;
+        s
+    });
+    Ok(Lag { events, seconds })
+}
+
+/// The persisted view of one projection, for operators (works while no runner is running
+/// in this process): its checkpoint and lag. `None` when it has no checkpoint yet, in which
+/// case its lag is the whole feed (`measure_lag(store, FeedCursor::START, now)`).
+///
+/// # Errors
+/// Store failures, or an invalid name.
+pub async fn checkpoint_lag<S: EventStore + CheckpointStore + ?Sized>(
+    store: &S,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<(chronik_store::Checkpoint, Lag)>, StoreError> {
+    let Some(cp) = store.load_checkpoint(name).await? else {
+        return Ok(None);
+    };
+    let lag = measure_lag(store, cp.cursor, now).await?;
+    Ok(Some((cp, lag)))
+}
