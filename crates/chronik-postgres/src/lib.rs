@@ -1,1 +1,51 @@
-//! chronik-postgres
+//! PostgreSQL adapter for chronik: immutable events, race-free optimistic concurrency,
+//! and a global feed that never skips an event.
+//!
+//! [`PgEventStore`] implements every port ([`EventStore`], [`SnapshotStore`],
+//! [`CheckpointStore`]) with the semantics of the in-memory reference model, checked by
+//! the same conformance suite.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), chronik_store::StoreError> {
+//! use chronik_postgres::PgEventStore;
+//! let store = PgEventStore::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+//! store.migrate().await?;
+//! // store.append(...), store.read_feed(...), or inside your own transaction:
+//! let mut tx = store.pool().begin().await.expect("begin");
+//! // store.append_in(&mut tx, &stream, expected, &events).await?;  // append first
+//! tx.commit().await.expect("commit");
+//! # Ok(()) }
+//! ```
+//!
+//! **Invariants** (each has a test in `tests/`):
+//! - the database refuses `UPDATE`, `DELETE` and `TRUNCATE` on `events` (trigger);
+//! - an append is one statement (one round trip) calling `append_events`, which locks the
+//!   stream's row, checks idempotency, then the expected version, then the order guard
+//!   `streams.last_xid <= pg_current_xact_id()`, and reports each outcome as a typed value,
+//!   never by parsing an error message;
+//! - the feed is read by `(transaction_id, global_position)` below
+//!   `pg_snapshot_xmin(pg_current_snapshot())` (see `docs/ordering.md`);
+//! - this crate never calls `pg_notify` in an append and never logs a connection string.
+//!
+//! [`EventStore`]: chronik_store::EventStore
+//! [`SnapshotStore`]: chronik_store::SnapshotStore
+//! [`CheckpointStore`]: chronik_store::CheckpointStore
+
+mod checkpoint;
+mod config;
+mod error;
+mod horizon;
+mod row;
+mod snapshot;
+mod sql;
+mod store;
+
+pub use config::{PgStoreConfig, SchemaName};
+pub use horizon::{HolderKind, HorizonHolder};
+pub use store::PgEventStore;
+
+/// The schema migrations (`migrations/` at the workspace root), embedded once.
+///
+/// [`PgEventStore::migrate`] applies them inside the configured schema; tests pass it to
+/// `#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -1,0 +1,145 @@
+use std::fmt;
+use std::time::Duration;
+
+use chronik_store::StoreError;
+
+/// A validated PostgreSQL schema name: the namespace one store's tables live in.
+///
+/// Contract: 1 to 63 bytes of ASCII lowercase letters, digits and `_`, not starting with
+/// a digit and not starting with `pg_` (reserved by PostgreSQL). It is always quoted when
+/// put into SQL, so it can never inject anything.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SchemaName(String);
+
+impl SchemaName {
+    /// Validates a schema name.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] naming the rule that was broken.
+    pub fn new(name: impl Into<String>) -> Result<Self, StoreError> {
+        let name = name.into();
+        let bad = |why: &str| {
+            StoreError::InvalidRequest(format!(
+                "invalid schema name {:?}: {why}",
+                name.chars().take(64).collect::<String>()
+            ))
+        };
+        if name.is_empty() || name.len() > 63 {
+            return Err(bad("it must be 1 to 63 bytes long"));
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(bad(
+                "only lowercase ascii letters, digits and `_` are allowed",
+            ));
+        }
+        if name.as_bytes()[0].is_ascii_digit() {
+            return Err(bad("it must not start with a digit"));
+        }
+        if name.starts_with("pg_") {
+            return Err(bad("the `pg_` prefix is reserved by PostgreSQL"));
+        }
+        Ok(Self(name))
+    }
+
+    /// The name, unquoted.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as a quoted SQL identifier (`"name"`).
+    #[must_use]
+    pub fn quoted(&self) -> String {
+        // Validation admits no `"`, so plain wrapping is a correct quote.
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl Default for SchemaName {
+    /// `public`, PostgreSQL's default schema.
+    fn default() -> Self {
+        Self("public".to_owned())
+    }
+}
+
+impl fmt::Display for SchemaName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a [`PgEventStore`](crate::PgEventStore) connects and where its tables are.
+///
+/// Pool settings (`max_connections`, `acquire_timeout`, `statement_timeout`) apply to
+/// pools the store creates itself ([`PgEventStore::connect_with`](crate::PgEventStore::connect_with));
+/// a pool passed to [`PgEventStore::from_pool_with`](crate::PgEventStore::from_pool_with)
+/// keeps its own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgStoreConfig {
+    /// Schema holding this store's tables (default `public`).
+    pub schema: SchemaName,
+    /// Largest number of pooled connections (default 10).
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection before a retryable error (default 10 s).
+    pub acquire_timeout: Duration,
+    /// Server-side limit for every statement; `None` keeps the server's setting
+    /// (default 30 s). A statement that hits it fails with a retryable error.
+    pub statement_timeout: Option<Duration>,
+    /// How many times an owned `Any` / `StreamExists` append is retried in a fresh
+    /// transaction after a concurrent appender legitimately tripped the order guard
+    /// (default 5).
+    pub transaction_order_retries: u32,
+}
+
+impl Default for PgStoreConfig {
+    fn default() -> Self {
+        Self {
+            schema: SchemaName::default(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Some(Duration::from_secs(30)),
+            transaction_order_retries: 5,
+        }
+    }
+}
+
+impl PgStoreConfig {
+    /// The default configuration with another schema.
+    #[must_use]
+    pub fn with_schema(schema: SchemaName) -> Self {
+        Self {
+            schema,
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_validated() {
+        for bad in [
+            "",
+            "Upper",
+            "with space",
+            "quo\"te",
+            "1abc",
+            "pg_catalog",
+            "semi;colon",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(SchemaName::new(bad), Err(StoreError::InvalidRequest(_))),
+                "{bad}"
+            );
+        }
+        let ok = SchemaName::new("tenant_7").expect("valid");
+        assert_eq!(ok.quoted(), "\"tenant_7\"");
+        assert_eq!(SchemaName::default().as_str(), "public");
+    }
+}

@@ -1,0 +1,146 @@
+//! Every SQL statement the adapter runs, qualified with the store's schema once, at
+//! construction. Runtime `query` strings: no database is needed at build time.
+
+use crate::config::SchemaName;
+
+/// Columns of `events` that make a `RecordedEvent`, in the order `row::recorded` reads them.
+const EVENT_COLUMNS: &str = "stream_id, version, transaction_id::text::bigint AS tx, \
+     global_position, event_id, event_type, schema_version, payload, metadata, \
+     correlation_id, causation_id, recorded_at";
+
+/// Rows below this are finished (committed or rolled back): the feed's visibility horizon.
+const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
+
+#[derive(Debug)]
+pub(crate) struct Sql {
+    pub(crate) append: String,
+    pub(crate) read_stream: String,
+    pub(crate) stream_version: String,
+    pub(crate) read_feed: String,
+    pub(crate) read_feed_filtered: String,
+    pub(crate) feed_head: String,
+    pub(crate) count_after: String,
+    pub(crate) newest_committed: String,
+    pub(crate) horizon: String,
+    pub(crate) event_location: String,
+    pub(crate) load_snapshot: String,
+    pub(crate) save_snapshot: String,
+    pub(crate) list_snapshots: String,
+    pub(crate) delete_snapshots: String,
+    pub(crate) load_checkpoint: String,
+    pub(crate) save_checkpoint: String,
+    pub(crate) delete_checkpoint: String,
+    pub(crate) list_checkpoints: String,
+    pub(crate) horizon_holders: String,
+}
+
+impl Sql {
+    pub(crate) fn new(schema: &SchemaName) -> Self {
+        let s = schema.quoted();
+        let snapshot_columns = "stream_id, version, state_schema_version, state, taken_at";
+        let checkpoint_columns =
+            "name, transaction_id, global_position, events_processed, updated_at";
+        Self {
+            append: format!(
+                "SELECT outcome, first_version, last_version, tx, pos, \
+                        other_event_id, other_stream_id, other_version \
+                   FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
+                                          $8::text[]::jsonb[], $9, $10)"
+            ),
+            read_stream: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                  WHERE stream_id = $1 AND version >= $2 ORDER BY version"
+            ),
+            stream_version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1"),
+            read_feed: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                  WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+                    AND transaction_id < {HORIZON} \
+                  ORDER BY transaction_id, global_position LIMIT $3"
+            ),
+            read_feed_filtered: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                  WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+                    AND transaction_id < {HORIZON} \
+                    AND (cardinality($4::text[]) = 0 OR event_type = ANY($4)) \
+                    AND (cardinality($5::text[]) = 0 OR stream_type = ANY($5)) \
+                  ORDER BY transaction_id, global_position LIMIT $3"
+            ),
+            // One statement, one snapshot: the count and the last event agree.
+            feed_head: format!(
+                "SELECT l.tx, l.pos, c.n FROM \
+                   (SELECT count(*) AS n FROM {s}.events WHERE transaction_id < {HORIZON}) c \
+                   LEFT JOIN LATERAL \
+                   (SELECT transaction_id::text::bigint AS tx, global_position AS pos \
+                      FROM {s}.events WHERE transaction_id < {HORIZON} \
+                     ORDER BY transaction_id DESC, global_position DESC LIMIT 1) l ON true"
+            ),
+            count_after: format!(
+                "SELECT count(*) FROM {s}.events \
+                  WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+                    AND transaction_id < {HORIZON}"
+            ),
+            newest_committed: format!(
+                "SELECT transaction_id::text::bigint, global_position FROM {s}.events \
+                  ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
+            ),
+            horizon: format!("SELECT {HORIZON}::text::bigint"),
+            // The first of a batch's ids that is stored, in batch order.
+            event_location: format!(
+                "SELECT u.id, e.stream_id, e.version \
+                   FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, ord) \
+                   JOIN {s}.events e ON e.event_id = u.id ORDER BY u.ord LIMIT 1"
+            ),
+            load_snapshot: format!(
+                "SELECT {snapshot_columns} FROM {s}.snapshots \
+                  WHERE stream_id = $1 AND state_schema_version = $2"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {s}.snapshots AS o \
+                        (stream_id, stream_type, version, state_schema_version, state) \
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb) \
+                 ON CONFLICT (stream_id) DO UPDATE \
+                    SET version = EXCLUDED.version, \
+                        state_schema_version = EXCLUDED.state_schema_version, \
+                        state = EXCLUDED.state, taken_at = EXCLUDED.taken_at \
+                  WHERE EXCLUDED.version > o.version \
+                     OR EXCLUDED.state_schema_version <> o.state_schema_version"
+            ),
+            list_snapshots: format!(
+                "SELECT {snapshot_columns} FROM {s}.snapshots WHERE stream_id = $1"
+            ),
+            delete_snapshots: format!("DELETE FROM {s}.snapshots WHERE stream_type = $1"),
+            load_checkpoint: format!(
+                "SELECT {checkpoint_columns} FROM {s}.projection_checkpoints WHERE name = $1"
+            ),
+            save_checkpoint: format!(
+                "INSERT INTO {s}.projection_checkpoints \
+                        (name, transaction_id, global_position, events_processed) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (name) DO UPDATE \
+                    SET transaction_id = EXCLUDED.transaction_id, \
+                        global_position = EXCLUDED.global_position, \
+                        events_processed = EXCLUDED.events_processed, \
+                        updated_at = now()"
+            ),
+            delete_checkpoint: format!("DELETE FROM {s}.projection_checkpoints WHERE name = $1"),
+            // Byte order, like the reference model's BTreeMap, whatever the collation.
+            list_checkpoints: format!(
+                "SELECT {checkpoint_columns} FROM {s}.projection_checkpoints \
+                  ORDER BY name COLLATE \"C\""
+            ),
+            // Ordered oldest first: the first row is what holds the feed back.
+            horizon_holders: "SELECT 'session' AS kind, pid, datname::text AS database, \
+                     backend_xid::text::bigint AS xid, \
+                     extract(epoch FROM now() - xact_start)::float8 AS age_seconds, \
+                     coalesce(state, '') || ': ' || left(query, 200) AS detail \
+                FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
+              UNION ALL \
+              SELECT 'prepared', NULL, database::text, transaction::text::bigint, \
+                     extract(epoch FROM now() - prepared)::float8, 'prepared transaction ' || gid \
+                FROM pg_prepared_xacts \
+               ORDER BY age_seconds DESC NULLS LAST"
+                .to_owned(),
+        }
+    }
+}

@@ -1,0 +1,486 @@
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chronik_core::{
+    EventId, ExpectedVersion, FeedCursor, InvalidInput, NewEvent, StreamId, Version, validate_batch,
+};
+use chronik_store::{
+    AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, MAX_FEED_PAGE,
+    StoreError,
+};
+use futures::{StreamExt, TryStreamExt};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Executor, PgConnection, PgPool, Postgres, Row};
+use uuid::Uuid;
+
+use crate::MIGRATOR;
+use crate::config::{PgStoreConfig, SchemaName};
+use crate::error::{backend, constraint, sqlstate};
+use crate::row::{self, to_u64};
+use crate::sql::Sql;
+
+/// How often an owned append is re-run after losing a race on a unique key to a
+/// concurrent transaction (the re-run then reports the precise outcome).
+const UNIQUE_RACE_RETRIES: u32 = 3;
+
+/// The PostgreSQL event store: implements [`EventStore`], and (in this crate's other
+/// modules) [`SnapshotStore`](chronik_store::SnapshotStore) and
+/// [`CheckpointStore`](chronik_store::CheckpointStore).
+///
+/// Cloning is cheap and shares the pool. Every statement is qualified with the configured
+/// schema, so several stores can share one database (and one pool).
+///
+/// Contract, beyond the port's:
+/// - an owned [`append`](EventStore::append) is one statement, hence one round trip and
+///   one implicit transaction, whatever the number of events;
+/// - the feed is ordered by `(transaction_id, global_position)` and shows only events of
+///   transactions older than every running one (see `docs/ordering.md`): it never skips
+///   and never shows version `n + 1` of a stream before version `n`.
+#[derive(Clone)]
+pub struct PgEventStore {
+    pub(crate) pool: PgPool,
+    pub(crate) schema: SchemaName,
+    pub(crate) sql: Arc<Sql>,
+    order_retries: u32,
+}
+
+impl fmt::Debug for PgEventStore {
+    // By hand: the pool's options are never printed (they may hold a password).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One append's arguments, validated and converted once (re-used by retries).
+struct AppendArgs<'a> {
+    stream: &'a StreamId,
+    expected: ExpectedVersion,
+    code: i64,
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    schema_versions: Vec<i64>,
+    payloads: Vec<String>,
+    headers: Vec<String>,
+    correlations: Vec<Option<Uuid>>,
+    causations: Vec<Option<Uuid>>,
+}
+
+impl<'a> AppendArgs<'a> {
+    fn new(
+        stream: &'a StreamId,
+        expected: ExpectedVersion,
+        events: &'a [NewEvent],
+    ) -> Result<Self, StoreError> {
+        validate_batch(events)?;
+        let code = match expected {
+            ExpectedVersion::Exact(v) => v.as_i64(),
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::StreamExists => -1,
+            ExpectedVersion::Any => -2,
+        };
+        let json = |r: Result<String, serde_json::Error>| {
+            r.map_err(|e| {
+                StoreError::InvalidRequest(format!("event does not serialize as JSON: {e}"))
+            })
+        };
+        let mut payloads = Vec::with_capacity(events.len());
+        let mut headers = Vec::with_capacity(events.len());
+        for e in events {
+            payloads.push(json(serde_json::to_string(e.payload()))?);
+            headers.push(json(serde_json::to_string(&e.metadata().headers))?);
+        }
+        Ok(Self {
+            stream,
+            expected,
+            code,
+            ids: events.iter().map(|e| e.event_id().as_uuid()).collect(),
+            types: events.iter().map(|e| e.event_type().as_str()).collect(),
+            schema_versions: events
+                .iter()
+                .map(|e| i64::from(e.schema_version()))
+                .collect(),
+            payloads,
+            headers,
+            correlations: events
+                .iter()
+                .map(|e| e.metadata().correlation_id.map(|c| c.as_uuid()))
+                .collect(),
+            causations: events
+                .iter()
+                .map(|e| e.metadata().causation_id.map(|c| c.as_uuid()))
+                .collect(),
+        })
+    }
+}
+
+/// What one execution of `append_events` produced.
+enum Attempt {
+    Done(Result<AppendResult, StoreError>),
+    /// Lost a unique-key race to a concurrent transaction (the statement failed).
+    UniqueRace(sqlx::Error),
+}
+
+impl PgEventStore {
+    /// Connects with the default [`PgStoreConfig`] (schema `public`).
+    ///
+    /// The URL is never included in errors or logs.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] for a malformed URL, [`StoreError::Backend`] when the
+    /// server cannot be reached (retryable).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PgStoreConfig::default()).await
+    }
+
+    /// Connects with `config`: a pool of `max_connections`, each session with
+    /// `statement_timeout` and `application_name = chronik`.
+    ///
+    /// # Errors
+    /// As [`PgEventStore::connect`].
+    pub async fn connect_with(url: &str, config: PgStoreConfig) -> Result<Self, StoreError> {
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|_| {
+                StoreError::InvalidRequest(
+                    "malformed database url (not shown: it may hold a password)".to_owned(),
+                )
+            })?
+            .application_name("chronik");
+        if let Some(timeout) = config.statement_timeout {
+            options = options.options([("statement_timeout", timeout.as_millis().to_string())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        Ok(Self::from_pool_with(pool, &config))
+    }
+
+    /// Uses an existing pool, schema `public`.
+    #[must_use]
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self::from_pool_with(pool, &PgStoreConfig::default())
+    }
+
+    /// Uses an existing pool with `config`'s schema and retry setting (the pool keeps its
+    /// own connection settings).
+    #[must_use]
+    pub fn from_pool_with(pool: PgPool, config: &PgStoreConfig) -> Self {
+        Self {
+            sql: Arc::new(Sql::new(&config.schema)),
+            schema: config.schema.clone(),
+            order_retries: config.transaction_order_retries,
+            pool,
+        }
+    }
+
+    /// The pool (for transactions that append with [`PgEventStore::append_in`]).
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema this store's tables live in.
+    #[must_use]
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+
+    /// Creates the schema if needed and applies every pending migration of [`MIGRATOR`]
+    /// inside it. Safe to run concurrently (sqlx takes an advisory lock) and repeatedly.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when a migration fails or an applied migration was edited.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        // A connection of its own, detached from the pool: `search_path` is changed for
+        // the migrator and must not leak into pooled sessions.
+        let mut conn = self.pool.acquire().await.map_err(backend)?.detach();
+        let schema = self.schema.quoted();
+        conn.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
+            .await
+            .map_err(backend)?;
+        conn.execute(format!("SET search_path TO {schema}").as_str())
+            .await
+            .map_err(backend)?;
+        let result = MIGRATOR.run(&mut conn).await;
+        // Closing is best effort: the connection is not pooled either way.
+        let _ = sqlx::Connection::close(conn).await;
+        result.map_err(|e| {
+            StoreError::backend(format!("migrating schema {}: {e}", self.schema), false)
+        })
+    }
+
+    /// Appends inside the caller's transaction (or session): `conn` is typically
+    /// `&mut *tx` for a `sqlx::Transaction<'_, Postgres>`.
+    ///
+    /// **Append first.** Make the append the first write of the transaction. A transaction
+    /// that wrote before holds an older transaction id; if the stream was appended to by a
+    /// newer, already committed transaction meanwhile, the append is refused with the
+    /// retryable [`StoreError::TransactionOrder`] (otherwise the feed would show this
+    /// stream's new events before its previous ones). Roll back and retry the whole unit
+    /// of work in a new transaction. Unlike [`EventStore::append`], nothing is retried here.
+    ///
+    /// Conflicts, order and duplicate-id errors leave the transaction usable (nothing was
+    /// written); backend errors abort it. Events become visible in the feed when the
+    /// transaction commits and every older transaction has finished.
+    ///
+    /// # Errors
+    /// As [`EventStore::append`].
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        let args = AppendArgs::new(stream, expected, events)?;
+        match self.attempt(&mut *conn, &args).await {
+            Attempt::Done(r) => r,
+            Attempt::UniqueRace(err) => self.explain_unique_race(err, &args).await,
+        }
+    }
+
+    async fn attempt<'e, E>(&self, executor: E, args: &AppendArgs<'_>) -> Attempt
+    where
+        E: Executor<'e, Database = Postgres>,
+    {
+        let result = sqlx::query(&self.sql.append)
+            .bind(args.stream.as_str())
+            .bind(args.stream.category())
+            .bind(args.code)
+            .bind(&args.ids)
+            .bind(&args.types)
+            .bind(&args.schema_versions)
+            .bind(&args.payloads)
+            .bind(&args.headers)
+            .bind(&args.correlations)
+            .bind(&args.causations)
+            .fetch_one(executor)
+            .await;
+        match result {
+            Ok(row) => Attempt::Done(outcome(&row, args)),
+            Err(e) if sqlstate(&e).as_deref() == Some("23505") => Attempt::UniqueRace(e),
+            Err(e) => Attempt::Done(Err(backend(e))),
+        }
+    }
+
+    /// After a unique violation (a concurrent transaction stored the same event id or
+    /// version first and committed): report where, from committed data.
+    async fn explain_unique_race(
+        &self,
+        err: sqlx::Error,
+        args: &AppendArgs<'_>,
+    ) -> Result<AppendResult, StoreError> {
+        match constraint(&err) {
+            Some("events_event_id_key") => {
+                let found = sqlx::query(&self.sql.event_location)
+                    .bind(&args.ids)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                match found {
+                    Some(row) => {
+                        let id: Uuid = row.try_get(0).map_err(backend)?;
+                        Err(StoreError::DuplicateEventId {
+                            event_id: EventId::new(id).map_err(StoreError::Invalid)?,
+                            stream: row.try_get(1).map_err(backend)?,
+                            version: row.try_get(2).map_err(backend)?,
+                        })
+                    }
+                    None => Err(backend(err)),
+                }
+            }
+            Some("events_pkey" | "streams_pkey") => Err(StoreError::Conflict {
+                stream: args.stream.clone(),
+                expected: args.expected,
+                actual: self.stream_version(args.stream).await?,
+            }),
+            _ => Err(backend(err)),
+        }
+    }
+
+    pub(crate) fn cursor_params(cursor: FeedCursor) -> Result<(String, i64), StoreError> {
+        let bad = || {
+            StoreError::Invalid(InvalidInput::MalformedCursor {
+                input: cursor.to_string(),
+            })
+        };
+        if i64::try_from(cursor.transaction).is_err() {
+            return Err(bad());
+        }
+        let position = i64::try_from(cursor.position).map_err(|_| bad())?;
+        Ok((cursor.transaction.to_string(), position))
+    }
+}
+
+fn outcome(row: &PgRow, args: &AppendArgs<'_>) -> Result<AppendResult, StoreError> {
+    let get_i64 = |i: usize| -> Result<i64, StoreError> {
+        row.try_get::<Option<i64>, _>(i)
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::backend("append_events returned no value", false))
+    };
+    let version = |v: i64| Version::from_i64(v).map_err(StoreError::Invalid);
+    let code: i16 = row.try_get(0).map_err(backend)?;
+    match code {
+        0 | 1 => Ok(AppendResult {
+            first_version: version(get_i64(1)?)?,
+            last_version: version(get_i64(2)?)?,
+            cursor: FeedCursor::new(
+                to_u64(get_i64(3)?, "transaction id")?,
+                to_u64(get_i64(4)?, "position")?,
+            ),
+            already_appended: code == 1,
+        }),
+        2 => Err(StoreError::Conflict {
+            stream: args.stream.clone(),
+            expected: args.expected,
+            actual: version(get_i64(7)?)?,
+        }),
+        3 => Err(StoreError::TransactionOrder {
+            stream: args.stream.clone(),
+        }),
+        4 => {
+            let id: Option<Uuid> = row.try_get(5).map_err(backend)?;
+            let id = id.ok_or_else(|| StoreError::backend("append_events: no event id", false))?;
+            let stream: Option<String> = row.try_get(6).map_err(backend)?;
+            Err(StoreError::DuplicateEventId {
+                event_id: EventId::new(id).map_err(StoreError::Invalid)?,
+                stream: stream.unwrap_or_default(),
+                version: get_i64(7)?,
+            })
+        }
+        other => Err(StoreError::backend(
+            format!("append_events returned unknown outcome {other}"),
+            false,
+        )),
+    }
+}
+
+pub(crate) fn check_limit(limit: usize) -> Result<i64, StoreError> {
+    if limit == 0 || limit > MAX_FEED_PAGE {
+        return Err(StoreError::InvalidRequest(format!(
+            "feed page limit must be 1 to {MAX_FEED_PAGE}, got {limit}"
+        )));
+    }
+    i64::try_from(limit).map_err(|_| StoreError::InvalidRequest("limit".to_owned()))
+}
+
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        let args = AppendArgs::new(stream, expected, events)?;
+        let retry_order = matches!(
+            expected,
+            ExpectedVersion::Any | ExpectedVersion::StreamExists
+        );
+        let (mut order_retries, mut unique_retries) = (0, 0);
+        loop {
+            // One statement in autocommit: its own transaction, the append its first write.
+            match self.attempt(&self.pool, &args).await {
+                Attempt::Done(Err(StoreError::TransactionOrder { .. }))
+                    if retry_order && order_retries < self.order_retries =>
+                {
+                    order_retries += 1;
+                    tracing::debug!(stream = %stream, order_retries, "append behind a newer writer, retrying");
+                }
+                Attempt::Done(r) => return r,
+                Attempt::UniqueRace(_) if unique_retries < UNIQUE_RACE_RETRIES => {
+                    // The winner has committed: the next attempt sees it and answers
+                    // precisely (already appended, conflict, or duplicate elsewhere).
+                    unique_retries += 1;
+                }
+                Attempt::UniqueRace(err) => return self.explain_unique_race(err, &args).await,
+            }
+        }
+    }
+
+    fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
+        sqlx::query(&self.sql.read_stream)
+            .bind(stream.as_str().to_owned())
+            .bind(from.as_i64())
+            .fetch(&self.pool)
+            .map(|r| r.map_err(backend).and_then(|row| row::recorded(&row)))
+            .boxed()
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar(&self.sql.stream_version)
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Version::from_i64(v.unwrap_or(0)).map_err(StoreError::Invalid)
+    }
+
+    async fn read_feed(
+        &self,
+        after: FeedCursor,
+        filter: &FeedFilter,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let limit = check_limit(limit)?;
+        let (tx, position) = Self::cursor_params(after)?;
+        let query = if filter.event_types.is_empty() && filter.categories.is_empty() {
+            sqlx::query(&self.sql.read_feed)
+                .bind(tx)
+                .bind(position)
+                .bind(limit)
+        } else {
+            sqlx::query(&self.sql.read_feed_filtered)
+                .bind(tx)
+                .bind(position)
+                .bind(limit)
+                .bind(&filter.event_types)
+                .bind(&filter.categories)
+        };
+        let events: Vec<_> = query
+            .fetch(&self.pool)
+            .map_err(backend)
+            .and_then(|row| futures::future::ready(row::recorded(&row)))
+            .try_collect()
+            .await?;
+        let next = events.last().map_or(after, |e| e.cursor);
+        Ok(FeedPage { events, next })
+    }
+
+    async fn feed_head(&self) -> Result<FeedHead, StoreError> {
+        let row = sqlx::query(&self.sql.feed_head)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        let tx: Option<i64> = row.try_get(0).map_err(backend)?;
+        let pos: Option<i64> = row.try_get(1).map_err(backend)?;
+        let n: i64 = row.try_get(2).map_err(backend)?;
+        let last = match (tx, pos) {
+            (Some(t), Some(p)) => Some(FeedCursor::new(
+                to_u64(t, "transaction id")?,
+                to_u64(p, "position")?,
+            )),
+            _ => None,
+        };
+        Ok(FeedHead {
+            last,
+            visible_events: to_u64(n, "count")?,
+        })
+    }
+
+    async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
+        let (tx, position) = Self::cursor_params(after)?;
+        let n: i64 = sqlx::query_scalar(&self.sql.count_after)
+            .bind(tx)
+            .bind(position)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        to_u64(n, "count")
+    }
+}
