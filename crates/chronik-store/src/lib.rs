@@ -19,5 +19,5 @@ pub use port::{
 };
 #[cfg(any(test, feature = "mocks"))]
 pub use port::{MockCheckpointStore, MockEventStore, MockSnapshotStore};
-pub use repository::{ExecuteOutcome, Loaded, Repository, RepositoryError, Sleep};
+pub use repository::{ExecuteOutcome, Loaded, Repository, RepositoryError, Sleep, Spawn};
 pub use upcasting::{Upcasting, upcast_recorded};

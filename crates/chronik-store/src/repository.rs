@@ -33,6 +33,18 @@ where
     }
 }
 
+/// Runs a future in the background on the caller's runtime (e.g. `|f| { tokio::spawn(f); }`).
+pub trait Spawn: Send + Sync {
+    /// Starts `task` and returns at once.
+    fn spawn(&self, task: BoxFuture<'static, ()>);
+}
+
+impl<F: Fn(BoxFuture<'static, ()>) + Send + Sync> Spawn for F {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self(task);
+    }
+}
+
 /// An aggregate as loaded: its state and the version it reflects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded<A> {
@@ -83,14 +95,19 @@ pub enum RepositoryError<E: std::error::Error + 'static> {
     },
 }
 
+/// A decision waiting to be appended: the state it was made on, the events, their envelopes.
+type Decided<A> = (Loaded<A>, Vec<<A as Aggregate>::Event>, Vec<NewEvent>);
+
 type LoadSnapshot<A, S> = for<'a> fn(&'a S, &'a StreamId) -> BoxFuture<'a, Option<(A, Version)>>;
 type SaveSnapshot<A, S> =
-    for<'a> fn(&'a S, &'a StreamId, &'a A, Version) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn(&S, StreamId, &A, Version) -> Result<BoxFuture<'static, Result<(), StoreError>>, StoreError>;
 
 struct SnapshotHooks<A, S> {
     policy: SnapshotPolicy,
     load: LoadSnapshot<A, S>,
+    /// Serializes the state now and returns the write, which owns everything it needs.
     save: SaveSnapshot<A, S>,
+    background: Option<Arc<dyn Spawn>>,
 }
 
 fn load_snapshot<'a, A: SnapshotState, S: SnapshotStore>(
@@ -115,20 +132,25 @@ fn load_snapshot<'a, A: SnapshotState, S: SnapshotStore>(
     })
 }
 
-fn save_snapshot<'a, A: SnapshotState, S: SnapshotStore>(
-    store: &'a S,
-    id: &'a StreamId,
-    state: &'a A,
+fn save_snapshot<A: SnapshotState, S: SnapshotStore + Clone + 'static>(
+    store: &S,
+    id: StreamId,
+    state: &A,
     version: Version,
-) -> BoxFuture<'a, Result<(), StoreError>> {
-    Box::pin(async move {
-        let value = state
-            .to_state()
-            .map_err(|e| StoreError::InvalidRequest(format!("cannot serialize snapshot: {e}")))?;
+) -> Result<BoxFuture<'static, Result<(), StoreError>>, StoreError> {
+    let value = state
+        .to_state()
+        .map_err(|e| StoreError::InvalidRequest(format!("cannot serialize snapshot: {e}")))?;
+    let store = store.clone();
+    Ok(Box::pin(async move {
         store
-            .save_snapshot(id, version, A::STATE_SCHEMA_VERSION, &value)
+            .save_snapshot(&id, version, A::STATE_SCHEMA_VERSION, &value)
             .await
-    })
+    }))
+}
+
+fn warn_snapshot_failed(id: &StreamId, version: Version, e: &StoreError) {
+    tracing::warn!(stream = %id, %version, error = %e, "snapshot write failed; a later command will try again");
 }
 
 /// Loads, decides and saves aggregates of type `A` through store `S`.
@@ -196,17 +218,43 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self
     }
 
-    /// Enables snapshots (the store must also be a [`SnapshotStore`]).
+    /// Enables snapshots (the store must also be a [`SnapshotStore`]). Loads start from the
+    /// latest usable snapshot; after a successful command the snapshot is written inline when
+    /// `policy` asks for one. A failed write is logged, never returned.
     #[must_use]
     pub fn with_snapshots(mut self, policy: SnapshotPolicy) -> Self
     where
         A: SnapshotState,
-        S: SnapshotStore,
+        S: SnapshotStore + Clone + 'static,
     {
         self.snapshots = Some(SnapshotHooks {
             policy,
             load: load_snapshot::<A, S>,
             save: save_snapshot::<A, S>,
+            background: None,
+        });
+        self
+    }
+
+    /// Like [`Repository::with_snapshots`], but the snapshot write runs on `spawn` (for
+    /// example `|f| { tokio::spawn(f); }`), off the command's critical path: `execute`
+    /// returns as soon as the events are stored. `ExecuteOutcome::snapshot_taken` then
+    /// means "a snapshot write was started".
+    #[must_use]
+    pub fn with_background_snapshots(
+        mut self,
+        policy: SnapshotPolicy,
+        spawn: impl Spawn + 'static,
+    ) -> Self
+    where
+        A: SnapshotState,
+        S: SnapshotStore + Clone + 'static,
+    {
+        self.snapshots = Some(SnapshotHooks {
+            policy,
+            load: load_snapshot::<A, S>,
+            save: save_snapshot::<A, S>,
+            background: Some(Arc::new(spawn)),
         });
         self
     }
@@ -292,7 +340,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         metadata: &Metadata,
     ) -> Result<ExecuteOutcome, RepositoryError<A::Error>> {
         let mut conflicts = 0;
-        let mut pending: Option<(Loaded<A>, Vec<A::Event>, Vec<NewEvent>)> = None;
+        let mut pending: Option<Decided<A>> = None;
         let max = self.retry.max_attempts();
         let mut attempt = 0;
         loop {
@@ -356,10 +404,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     }
                 }
                 Err(e) if e.is_retryable() => {
-                    if e.is_conflict() {
-                        conflicts += 1;
-                    }
-                    let _ = conflicts;
                     return Err(RepositoryError::RetriesExhausted {
                         attempts: attempt,
                         last: e,
@@ -389,10 +433,27 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         for e in events {
             state.apply(e);
         }
-        match (h.save)(&self.store, id, &state, version).await {
-            Ok(()) => true,
+        match (h.save)(&self.store, id.clone(), &state, version) {
+            Ok(write) => match &h.background {
+                Some(spawn) => {
+                    let id = id.clone();
+                    spawn.spawn(Box::pin(async move {
+                        if let Err(e) = write.await {
+                            warn_snapshot_failed(&id, version, &e);
+                        }
+                    }));
+                    true
+                }
+                None => match write.await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn_snapshot_failed(id, version, &e);
+                        false
+                    }
+                },
+            },
             Err(e) => {
-                tracing::warn!(stream = %id, %version, error = %e, "snapshot write failed; will retry on a later command");
+                tracing::warn!(stream = %id, %version, error = %e, "snapshot not taken: the state does not serialize");
                 false
             }
         }
@@ -501,7 +562,7 @@ mod tests {
         let repo = Repository::<Counter, _>::new(mock).with_retry(policy(3), |_| async {});
         match repo.execute(&id(), &10, &Metadata::default()).await {
             Err(RepositoryError::RetriesExhausted { attempts: 3, last }) => {
-                assert!(last.is_conflict())
+                assert!(last.is_conflict());
             }
             other => panic!("expected RetriesExhausted, got {other:?}"),
         }

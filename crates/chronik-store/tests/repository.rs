@@ -1,4 +1,5 @@
 //! Repository behaviour on the in-memory reference adapter with the Orders domain.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -453,4 +454,45 @@ async fn stream_ids_are_category_prefixed() {
     let id = Repository::<Order, MemoryStore>::stream_id("42").unwrap();
     assert_eq!((id.as_str(), id.category()), ("order-42", "order"));
     assert!(Repository::<Order, MemoryStore>::stream_id("has space").is_err());
+}
+
+#[tokio::test]
+async fn background_snapshots_are_written_off_the_command_path() {
+    let store = MemoryStore::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The "runtime" here is a queue we drain by hand: proof that execute did not wait.
+    let repo = retrying(store.clone()).with_background_snapshots(
+        SnapshotPolicy::every(2).unwrap(),
+        move |f| {
+            tx.send(f).expect("queue");
+        },
+    );
+    let id = order_id();
+    repo.execute(&id, &place(), &Metadata::default())
+        .await
+        .unwrap();
+    let out = repo
+        .execute(&id, &line(), &Metadata::default())
+        .await
+        .unwrap();
+    assert!(out.snapshot_taken);
+    assert!(
+        store
+            .load_snapshot(&id, Order::STATE_SCHEMA_VERSION)
+            .await
+            .unwrap()
+            .is_none(),
+        "not written yet"
+    );
+    rx.recv().await.expect("a snapshot write was spawned").await;
+    let snap = store
+        .load_snapshot(&id, Order::STATE_SCHEMA_VERSION)
+        .await
+        .unwrap()
+        .expect("written");
+    assert_eq!(snap.version, Version::new(2).unwrap());
+    assert_eq!(
+        repo.load(&id).await.unwrap().snapshot_version,
+        Version::new(2).unwrap()
+    );
 }
