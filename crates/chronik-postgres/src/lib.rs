@@ -35,6 +35,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod horizon;
+mod projection;
 mod row;
 mod snapshot;
 mod sql;
@@ -42,6 +43,12 @@ mod store;
 
 pub use config::{PgStoreConfig, SchemaName};
 pub use horizon::{HolderKind, HorizonHolder};
+pub use projection::{
+    HandlerFailure, OrderProjection, OrderSummary, ParkDecision, PgProjection, PgProjectionError,
+    PgProjectionRunner, PgRebuildProgress, PgRunnerHandle, PgRunnerOptions, PgRunnerState,
+    PgRunnerStatus, PgTransaction, ProjectionReport, ShadowProjection, notify_feed, park_event,
+    parked_events, projection_reports, rebuild, rebuild_shadow, wait_for_projection,
+};
 pub use store::PgEventStore;
 
 /// The schema migrations (`migrations/` at the workspace root), embedded once.

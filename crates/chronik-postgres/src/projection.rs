@@ -1,0 +1,33 @@
+//! Exactly-once PostgreSQL read models (DESIGN invariant 7).
+//!
+//! A [`PgProjection`] handler receives the open transaction of its batch. The runner
+//! ([`PgProjectionRunner`]) applies a batch of feed events and moves the projection's
+//! checkpoint in that same transaction, then commits: each event's effect lands exactly
+//! once, across crashes. The checkpoint row is locked `FOR UPDATE` at the start of every
+//! batch and the feed is read after it, so even two runners that both think they are
+//! active can never apply an event twice; one `pg_try_advisory_lock` per projection keeps
+//! all but one of them in standby (they take over when its session ends).
+//!
+//! Also here: the Orders example read model ([`OrderProjection`]), rebuilds from scratch
+//! ([`rebuild`]) and into a shadow table swapped in atomically ([`rebuild_shadow`]),
+//! recorded park decisions ([`park_event`]), cross-process read-your-writes
+//! ([`wait_for_projection`]) and operator status ([`projection_reports`]).
+
+mod handler;
+mod ops;
+mod orders;
+mod rebuild;
+mod runner;
+mod sql;
+
+pub use handler::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
+pub use ops::{
+    ParkDecision, ProjectionReport, park_event, parked_events, projection_reports,
+    wait_for_projection,
+};
+pub use orders::{OrderProjection, OrderSummary};
+pub use rebuild::{PgRebuildProgress, rebuild, rebuild_shadow};
+pub use runner::{
+    PgProjectionError, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions, PgRunnerState,
+    PgRunnerStatus, notify_feed,
+};

@@ -1,0 +1,98 @@
+use std::future::Future;
+
+use chronik_core::RecordedEvent;
+use chronik_store::FeedFilter;
+use sqlx::Postgres;
+use thiserror::Error;
+
+/// The open transaction of one batch: read-model writes and the checkpoint commit together.
+pub type PgTransaction = sqlx::Transaction<'static, Postgres>;
+
+/// Why a handler could not apply an event. The runner rolls the batch back and retries;
+/// it never skips the event unless a park decision is recorded for it.
+#[derive(Debug, Error)]
+#[error("{message}")]
+pub struct HandlerFailure {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl HandlerFailure {
+    /// A failure with a message (lowercase, no trailing period).
+    #[must_use]
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for HandlerFailure {
+    fn from(e: sqlx::Error) -> Self {
+        Self {
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+impl From<serde_json::Error> for HandlerFailure {
+    fn from(e: serde_json::Error) -> Self {
+        Self {
+            message: format!("payload does not decode: {e}"),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+/// A read model kept in PostgreSQL, exactly once.
+///
+/// Contract:
+/// - `name` is stable and unique in the store's schema: it keys the checkpoint and the
+///   advisory lock.
+/// - `handle` writes **only through `tx`**, the batch's transaction: its effects commit
+///   with the checkpoint or not at all. It is called in feed order (so per-stream order).
+///   Do not commit, roll back or run transaction-control statements on `tx`.
+/// - `clear` deletes everything the projection wrote (through `tx`); rebuilds call it.
+///
+/// Native async (the runner is generic over `P`): implement with `async fn`.
+pub trait PgProjection: Send + Sync + 'static {
+    /// The projection's stable name (1 to 255 bytes, no whitespace).
+    fn name(&self) -> &str;
+
+    /// Which events it wants (stored type names and stream categories). Default: all.
+    fn filter(&self) -> FeedFilter {
+        FeedFilter::all()
+    }
+
+    /// Applies one (upcast) event inside the batch's transaction.
+    ///
+    /// # Errors
+    /// Any failure: the batch is rolled back and retried with backoff.
+    fn handle(
+        &self,
+        tx: &mut PgTransaction,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), HandlerFailure>> + Send;
+
+    /// Deletes the read model, inside `tx` (the rebuild resets the checkpoint in it too).
+    ///
+    /// # Errors
+    /// Any failure: the rebuild stops and changes nothing.
+    fn clear(
+        &self,
+        tx: &mut PgTransaction,
+    ) -> impl Future<Output = Result<(), HandlerFailure>> + Send;
+}
+
+/// A projection whose read model is one table, so that it can be rebuilt into a shadow
+/// copy while the live table keeps serving ([`crate::rebuild_shadow`]).
+pub trait ShadowProjection: PgProjection + Sized {
+    /// The live table's unqualified name (in the store's schema), e.g. `order_summaries`.
+    fn table(&self) -> &str;
+
+    /// The same projection, writing into `table` (same schema) instead.
+    fn with_table(&self, table: &str) -> Self;
+}

@@ -1,0 +1,243 @@
+use std::time::Duration;
+
+use chronik_core::{EventId, FeedCursor, StreamId, Version};
+use chronik_store::{EventStore, FeedFilter, StoreError, validate_projection_name};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::runner::{PgProjectionError, cursor_of, event_id};
+use super::sql::ProjectionSql;
+use crate::error::backend;
+use crate::horizon::HorizonHolder;
+use crate::row::to_u64;
+use crate::store::PgEventStore;
+
+/// An operator's recorded decision to skip one poison event for one projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkDecision {
+    /// The projection that will skip it.
+    pub projection: String,
+    /// The event.
+    pub event_id: EventId,
+    /// Its stream (for the record).
+    pub stream_id: StreamId,
+    /// Its version (for the record).
+    pub version: Version,
+    /// Why (required).
+    pub reason: String,
+    /// Who decided (required).
+    pub decided_by: String,
+    /// When (set by the database).
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+/// Records a park decision in `projection_parked`. The projection's runner skips that
+/// event the next time it fails on it (and only then); the decision is never deleted.
+/// Idempotent: a second decision for the same event keeps the first.
+///
+/// # Errors
+/// [`StoreError::InvalidRequest`] for an invalid name or an empty reason / decider;
+/// [`StoreError::Backend`].
+pub async fn park_event(store: &PgEventStore, decision: &ParkDecision) -> Result<(), StoreError> {
+    validate_projection_name(&decision.projection)?;
+    if decision.reason.trim().is_empty() || decision.decided_by.trim().is_empty() {
+        return Err(StoreError::InvalidRequest(
+            "a park decision needs a reason and who decided it".to_owned(),
+        ));
+    }
+    let sql = ProjectionSql::new(store.schema());
+    sqlx::query(&sql.park)
+        .bind(&decision.projection)
+        .bind(decision.event_id.as_uuid())
+        .bind(decision.stream_id.as_str())
+        .bind(decision.version.as_i64())
+        .bind(&decision.reason)
+        .bind(&decision.decided_by)
+        .execute(store.pool())
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Every park decision recorded for `projection`, oldest first.
+///
+/// # Errors
+/// [`StoreError::Backend`], or a stored row that does not decode.
+pub async fn parked_events(
+    store: &PgEventStore,
+    projection: &str,
+) -> Result<Vec<ParkDecision>, StoreError> {
+    let sql = ProjectionSql::new(store.schema());
+    let rows = sqlx::query(&sql.parked)
+        .bind(projection)
+        .fetch_all(store.pool())
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|r| {
+            let id: Uuid = r.try_get(0).map_err(backend)?;
+            let stream: String = r.try_get(1).map_err(backend)?;
+            let version: i64 = r.try_get(2).map_err(backend)?;
+            Ok(ParkDecision {
+                projection: projection.to_owned(),
+                event_id: event_id(id)?,
+                stream_id: StreamId::new(stream)
+                    .map_err(|e| StoreError::backend(format!("stored stream id: {e}"), false))?,
+                version: Version::from_i64(version)
+                    .map_err(|e| StoreError::backend(format!("stored version: {e}"), false))?,
+                reason: r.try_get(3).map_err(backend)?,
+                decided_by: r.try_get(4).map_err(backend)?,
+                decided_at: r.try_get(5).map_err(backend)?,
+            })
+        })
+        .collect()
+}
+
+async fn read_checkpoint(
+    store: &PgEventStore,
+    sql: &ProjectionSql,
+    name: &str,
+) -> Result<Option<FeedCursor>, StoreError> {
+    let row = sqlx::query(&sql.read_checkpoint)
+        .bind(name)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(backend)?;
+    row.map(|r| {
+        cursor_of(
+            r.try_get(0).map_err(backend)?,
+            r.try_get(1).map_err(backend)?,
+        )
+    })
+    .transpose()
+}
+
+/// Read-your-writes across processes: waits until projection `name` has committed
+/// `target` (typically an `AppendResult::cursor`), polling its checkpoint row with a
+/// 2 to 100 ms backoff. Returns the checkpoint reached.
+///
+/// # Errors
+/// [`PgProjectionError::Timeout`] after `timeout` (see [`projection_reports`] for the
+/// reason: a failing handler, no runner, or a transaction holding the feed back);
+/// store failures.
+pub async fn wait_for_projection(
+    store: &PgEventStore,
+    name: &str,
+    target: FeedCursor,
+    timeout: Duration,
+) -> Result<FeedCursor, PgProjectionError> {
+    validate_projection_name(name)?;
+    let sql = ProjectionSql::new(store.schema());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let reached = read_checkpoint(store, &sql, name)
+            .await?
+            .unwrap_or(FeedCursor::START);
+        if reached >= target {
+            return Ok(reached);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(PgProjectionError::Timeout {
+                projection: name.to_owned(),
+                target,
+                reached,
+            });
+        }
+        tokio::time::sleep_until((tokio::time::Instant::now() + pause).min(deadline)).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// One projection as an operator sees it (`chronik projections status`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionReport {
+    /// The projection.
+    pub name: String,
+    /// Its committed checkpoint (`None`: it has status but never committed).
+    pub checkpoint: Option<FeedCursor>,
+    /// Events applied in total.
+    pub events_processed: u64,
+    /// Visible feed events after the checkpoint.
+    pub lag_events: u64,
+    /// Age in seconds of the oldest of them (`0.0` when none).
+    pub lag_seconds: f64,
+    /// Last state a runner recorded (`live`, `failing`, `standby`, ...), if any ran.
+    pub state: Option<String>,
+    /// Backend pid of the runner session holding the projection's lock.
+    pub owner_pid: Option<i32>,
+    /// Most recent error a runner recorded.
+    pub last_error: Option<String>,
+    /// When.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// The event being retried while failing.
+    pub failing_event: Option<EventId>,
+    /// Consecutive failed attempts.
+    pub attempts: u32,
+    /// Set when committed events are not yet visible in the feed: the oldest transaction
+    /// holding the horizon back (pid, database, age), which pauses every projection.
+    pub held_back_by: Option<HorizonHolder>,
+}
+
+/// Status of every projection with a checkpoint or a status row in the store's schema,
+/// by name: checkpoint, lag in events and seconds, state, last error, and what holds the
+/// feed back if anything does.
+///
+/// # Errors
+/// Store failures.
+pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionReport>, StoreError> {
+    let sql = ProjectionSql::new(store.schema());
+    let rows = sqlx::query(&sql.statuses)
+        .fetch_all(store.pool())
+        .await
+        .map_err(backend)?;
+    let head = store.feed_head().await?;
+    let held_back_by = match store.newest_committed().await? {
+        Some(newest) if Some(newest) > head.last => {
+            store.horizon_holders().await?.into_iter().next()
+        }
+        _ => None,
+    };
+    let now = Utc::now();
+    let mut reports = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let tx: Option<i64> = r.try_get(1).map_err(backend)?;
+        let pos: Option<i64> = r.try_get(2).map_err(backend)?;
+        let checkpoint = match (tx, pos) {
+            (Some(t), Some(p)) => Some(cursor_of(t, p)?),
+            _ => None,
+        };
+        let from = checkpoint.unwrap_or(FeedCursor::START);
+        let lag_events = store.count_after(from).await?;
+        let lag_seconds = if lag_events == 0 {
+            0.0
+        } else {
+            let page = store.read_feed(from, &FeedFilter::all(), 1).await?;
+            page.events.first().map_or(0.0, |e| {
+                let ms = (now - e.recorded_at).num_milliseconds().max(0);
+                #[allow(clippy::cast_precision_loss)]
+                let s = ms as f64 / 1000.0;
+                s
+            })
+        };
+        let failing: Option<Uuid> = r.try_get(8).map_err(backend)?;
+        let processed: Option<i64> = r.try_get(3).map_err(backend)?;
+        let attempts: i32 = r.try_get(9).map_err(backend)?;
+        reports.push(ProjectionReport {
+            name: r.try_get(0).map_err(backend)?,
+            checkpoint,
+            events_processed: to_u64(processed.unwrap_or(0), "events processed")?,
+            lag_events,
+            lag_seconds,
+            state: r.try_get(4).map_err(backend)?,
+            owner_pid: r.try_get(5).map_err(backend)?,
+            last_error: r.try_get(6).map_err(backend)?,
+            last_error_at: r.try_get(7).map_err(backend)?,
+            failing_event: failing.map(event_id).transpose()?,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            held_back_by: held_back_by.clone(),
+        });
+    }
+    Ok(reports)
+}

@@ -1,0 +1,793 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronik_core::{EventId, FeedCursor, RecordedEvent, UpcasterRegistry};
+use chronik_store::{
+    EventStore, FeedFilter, MAX_FEED_PAGE, StoreError, upcast_recorded, validate_projection_name,
+};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::handler::{HandlerFailure, PgProjection, PgTransaction};
+use super::sql::{ProjectionSql, lock_key};
+use crate::error::backend;
+use crate::row::to_u64;
+use crate::store::PgEventStore;
+
+/// Errors of the PostgreSQL projection functions.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PgProjectionError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A handler failed on an event (rebuilds stop on it; the runner retries instead).
+    #[error("projection {projection} failed on {stream} v{version} ({event_id}): {source}")]
+    Handler {
+        /// The projection.
+        projection: String,
+        /// The event's stream.
+        stream: String,
+        /// Its version.
+        version: u64,
+        /// Its id.
+        event_id: EventId,
+        /// The handler's failure.
+        #[source]
+        source: HandlerFailure,
+    },
+    /// Another session holds the projection's lock (a runner or another rebuild).
+    #[error("projection {0} is locked by another session; stop its runner first")]
+    Busy(String),
+    /// The awaited position was not reached in time.
+    #[error("projection {projection} reached {reached}, not {target}, in time")]
+    Timeout {
+        /// The projection.
+        projection: String,
+        /// The awaited position.
+        target: FeedCursor,
+        /// Its checkpoint when the wait gave up.
+        reached: FeedCursor,
+    },
+}
+
+impl From<sqlx::Error> for PgProjectionError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(backend(e))
+    }
+}
+
+/// Tuning of a [`PgProjectionRunner`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgRunnerOptions {
+    /// Events per transaction (1 to 10 000; 500).
+    pub batch_size: usize,
+    /// Shortest idle poll interval, right after events were seen (50 ms).
+    pub poll_min: Duration,
+    /// Longest idle poll interval: the worst-case delay when no notification arrives (1 s).
+    pub poll_max: Duration,
+    /// First retry delay after a failure; doubles per attempt (100 ms).
+    pub retry_base: Duration,
+    /// Retry delay cap (30 s).
+    pub retry_max: Duration,
+    /// How often a standby runner tries to take the projection's lock (1 s).
+    pub standby_poll: Duration,
+    /// `LISTEN` on this channel for prompt wake-ups; writers call [`notify_feed`] *after*
+    /// their commit. `None` (default): adaptive polling only.
+    pub listen_channel: Option<String>,
+}
+
+impl Default for PgRunnerOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_min: Duration::from_millis(50),
+            poll_max: Duration::from_secs(1),
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(30),
+            standby_poll: Duration::from_secs(1),
+            listen_channel: None,
+        }
+    }
+}
+
+impl PgRunnerOptions {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+        self.retry_base.saturating_mul(exp).min(self.retry_max)
+    }
+
+    fn validate(&self) -> Result<(), StoreError> {
+        if self.batch_size == 0 || self.batch_size > MAX_FEED_PAGE {
+            return Err(StoreError::InvalidRequest(
+                "batch_size must be 1 to 10000".to_owned(),
+            ));
+        }
+        if self.poll_min.is_zero()
+            || self.poll_min > self.poll_max
+            || self.retry_base.is_zero()
+            || self.retry_base > self.retry_max
+            || self.standby_poll.is_zero()
+        {
+            return Err(StoreError::InvalidRequest(
+                "poll and retry intervals must be positive and min <= max".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sends a wake-up on `channel` for runners that `LISTEN` on it. Call it **after** the
+/// append's transaction has committed, never inside it: `pg_notify` in the append
+/// transaction serializes every commit on a global lock.
+///
+/// # Errors
+/// [`StoreError::Backend`].
+pub async fn notify_feed(pool: &PgPool, channel: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(channel)
+        .execute(pool)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// What a PostgreSQL runner is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PgRunnerState {
+    /// Connecting.
+    Starting,
+    /// Another session holds the projection's lock; this runner waits to take over.
+    Standby,
+    /// Applying full batches.
+    CatchingUp,
+    /// Caught up; waiting for notifications or the next poll.
+    Live,
+    /// Retrying after a failure (see `last_error`).
+    Failing,
+    /// Stopped; its last batch committed.
+    Stopped,
+}
+
+impl PgRunnerState {
+    /// The label stored in `projection_status.state`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Standby => "standby",
+            Self::CatchingUp => "catching_up",
+            Self::Live => "live",
+            Self::Failing => "failing",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// A runner's in-process view of itself (the persisted view is [`crate::ProjectionReport`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgRunnerStatus {
+    /// The projection.
+    pub name: String,
+    /// What it is doing.
+    pub state: PgRunnerState,
+    /// Its committed checkpoint, as last seen by this runner.
+    pub checkpoint: FeedCursor,
+    /// Events applied in total (from the checkpoint row).
+    pub events_processed: u64,
+    /// Batches this runner committed.
+    pub batches: u64,
+    /// Events this runner skipped because of a recorded park decision.
+    pub parked_skipped: u64,
+    /// Most recent error (kept after recovery).
+    pub last_error: Option<String>,
+    /// When.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// The event being retried while failing.
+    pub failing_event: Option<EventId>,
+    /// Consecutive failed attempts.
+    pub attempts: u32,
+    /// Backend pid of the session holding the advisory lock, while this runner holds it.
+    pub lock_pid: Option<i32>,
+}
+
+/// Applies feed events to one [`PgProjection`] exactly once, one transaction per batch.
+///
+/// Contract: each batch locks the projection's checkpoint row `FOR UPDATE`, reads the feed
+/// after it, runs the handler for every matching event in the same transaction, moves the
+/// checkpoint and commits. A crash anywhere rolls the whole batch back. A failing event
+/// rolls its batch back; the events before it are committed first, then it alone is
+/// retried with backoff until it succeeds or a park decision is recorded for it
+/// ([`crate::park_event`]). At most one runner per projection name and schema is active
+/// (`pg_try_advisory_lock` on a dedicated session); the others stay in
+/// [`PgRunnerState::Standby`] and take over when that session ends.
+#[derive(Debug)]
+pub struct PgProjectionRunner<P> {
+    store: PgEventStore,
+    projection: Arc<P>,
+    options: PgRunnerOptions,
+    upcasters: Option<Arc<UpcasterRegistry>>,
+}
+
+impl<P: PgProjection> PgProjectionRunner<P> {
+    /// A runner with default options and no upcasting.
+    pub fn new(store: PgEventStore, projection: Arc<P>) -> Self {
+        Self {
+            store,
+            projection,
+            options: PgRunnerOptions::default(),
+            upcasters: None,
+        }
+    }
+
+    /// Replaces the options.
+    #[must_use]
+    pub fn with_options(mut self, options: PgRunnerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Upcasts events through `registry` before the handler sees them.
+    #[must_use]
+    pub fn with_upcasters(mut self, registry: Arc<UpcasterRegistry>) -> Self {
+        self.upcasters = Some(registry);
+        self
+    }
+
+    /// Spawns the runner on the current tokio runtime.
+    ///
+    /// # Errors
+    /// An invalid projection name or options; nothing is spawned then.
+    pub fn spawn(self) -> Result<PgRunnerHandle, PgProjectionError> {
+        validate_projection_name(self.projection.name())?;
+        self.options.validate()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let status = Arc::new(watch::Sender::new(PgRunnerStatus {
+            name: self.projection.name().to_owned(),
+            state: PgRunnerState::Starting,
+            checkpoint: FeedCursor::START,
+            events_processed: 0,
+            batches: 0,
+            parked_skipped: 0,
+            last_error: None,
+            last_error_at: None,
+            failing_event: None,
+            attempts: 0,
+            lock_pid: None,
+        }));
+        let task = Task {
+            engine: Engine::new(&self.store, self.projection, self.upcasters),
+            options: self.options,
+            status: Arc::clone(&status),
+            stop: stop_rx,
+            lock: None,
+            listener: None,
+        };
+        Ok(PgRunnerHandle {
+            stop: stop_tx,
+            status,
+            task: tokio::spawn(task.run()),
+        })
+    }
+}
+
+/// Controls a spawned [`PgProjectionRunner`].
+#[derive(Debug)]
+pub struct PgRunnerHandle {
+    stop: watch::Sender<bool>,
+    status: Arc<watch::Sender<PgRunnerStatus>>,
+    task: JoinHandle<()>,
+}
+
+impl PgRunnerHandle {
+    /// The runner's current status.
+    #[must_use]
+    pub fn status(&self) -> PgRunnerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A live view of the status.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<PgRunnerStatus> {
+        self.status.subscribe()
+    }
+
+    /// Sends the stop signal without waiting.
+    pub fn request_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Graceful shutdown: the current batch commits, the lock is released, and the final
+    /// status is returned.
+    pub async fn stop(self) -> PgRunnerStatus {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+        self.status.borrow().clone()
+    }
+
+    /// Kills the task at its next await point, as a crash would: an open batch transaction
+    /// is rolled back and the lock session is dropped.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// What one batch did.
+#[derive(Debug)]
+pub(crate) enum Batch {
+    /// Committed: the checkpoint moved.
+    Committed {
+        cursor: FeedCursor,
+        processed: u64,
+        /// Events matching the filter (handled or parked).
+        events: usize,
+        /// Feed events read.
+        scanned: usize,
+        full: bool,
+        parked: u64,
+    },
+    /// Nothing to do; nothing written.
+    Idle { cursor: FeedCursor, processed: u64 },
+    /// The handler failed on the event at `index` of the page; everything rolled back.
+    Failed {
+        index: usize,
+        event: Box<RecordedEvent>,
+        failure: HandlerFailure,
+    },
+}
+
+/// Applies batches of one projection under its checkpoint row lock.
+#[derive(Debug)]
+pub(crate) struct Engine<P> {
+    /// Checkpoint and lock name (the projection's, or its shadow's during a rebuild).
+    pub(crate) name: String,
+    /// Read every event and filter here (exact progress for rebuilds).
+    pub(crate) scan_all: bool,
+    pub(crate) store: PgEventStore,
+    pub(crate) sql: Arc<ProjectionSql>,
+    pub(crate) projection: Arc<P>,
+    filter: FeedFilter,
+    upcasters: Option<Arc<UpcasterRegistry>>,
+}
+
+pub(crate) fn cursor_of(tx: i64, pos: i64) -> Result<FeedCursor, StoreError> {
+    Ok(FeedCursor::new(
+        to_u64(tx, "checkpoint transaction")?,
+        to_u64(pos, "checkpoint position")?,
+    ))
+}
+
+pub(crate) fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl<P: PgProjection> Engine<P> {
+    pub(crate) fn new(
+        store: &PgEventStore,
+        projection: Arc<P>,
+        upcasters: Option<Arc<UpcasterRegistry>>,
+    ) -> Self {
+        Self {
+            name: projection.name().to_owned(),
+            scan_all: false,
+            sql: Arc::new(ProjectionSql::new(store.schema())),
+            store: store.clone(),
+            filter: projection.filter(),
+            projection,
+            upcasters,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Locks the checkpoint row in `tx` (creating it at the start if missing).
+    pub(crate) async fn lock_checkpoint(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<(FeedCursor, u64), StoreError> {
+        for _ in 0..2 {
+            let row = sqlx::query(&self.sql.lock_checkpoint)
+                .bind(self.name())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(backend)?;
+            if let Some(row) = row {
+                let cursor = cursor_of(
+                    row.try_get(0).map_err(backend)?,
+                    row.try_get(1).map_err(backend)?,
+                )?;
+                let processed = to_u64(row.try_get(2).map_err(backend)?, "events processed")?;
+                return Ok((cursor, processed));
+            }
+            sqlx::query(&self.sql.create_checkpoint)
+                .bind(self.name())
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+        }
+        Err(StoreError::backend(
+            "projection checkpoint row vanished while being created",
+            true,
+        ))
+    }
+
+    /// One batch of at most `limit` events in one transaction. With `retrying`, the first
+    /// event is skipped when a park decision is recorded for it.
+    pub(crate) async fn batch(&self, limit: usize, retrying: bool) -> Result<Batch, StoreError> {
+        let mut tx = self.store.pool().begin().await.map_err(backend)?;
+        let outcome = self.apply_page(&mut tx, limit, retrying).await?;
+        match &outcome {
+            Batch::Committed { .. } => tx.commit().await.map_err(backend)?,
+            // Dropping `tx` would roll back too; say it explicitly when it is still usable.
+            Batch::Idle { .. } => tx.rollback().await.map_err(backend)?,
+            Batch::Failed { .. } => drop(tx),
+        }
+        Ok(outcome)
+    }
+
+    /// Applies one page inside `tx` and moves the checkpoint in it, without committing.
+    /// `Batch::Committed` then means "ready to commit".
+    pub(crate) async fn apply_page(
+        &self,
+        tx: &mut PgTransaction,
+        limit: usize,
+        retrying: bool,
+    ) -> Result<Batch, StoreError> {
+        let (start, processed_before) = self.lock_checkpoint(tx).await?;
+        let filtered = self.filter != FeedFilter::all();
+        // With a filter, a short page may move the checkpoint to the head read *before*
+        // it: every later commit lands after that head in the feed.
+        let head = if filtered && !self.scan_all {
+            self.store.feed_head().await?.last
+        } else {
+            None
+        };
+        let read_filter = if self.scan_all {
+            FeedFilter::all()
+        } else {
+            self.filter.clone()
+        };
+        let page = self.store.read_feed(start, &read_filter, limit).await?;
+        let full = page.events.len() == limit;
+        let scanned = page.events.len();
+        let mut events = 0;
+        let mut cursor = start;
+        let mut processed = processed_before;
+        let mut parked = 0;
+        for (index, raw) in page.events.into_iter().enumerate() {
+            if self.scan_all && !self.filter.matches(&raw) {
+                cursor = raw.cursor;
+                continue;
+            }
+            events += 1;
+            if retrying && index == 0 {
+                let is_parked: bool = sqlx::query_scalar(&self.sql.is_parked)
+                    .bind(&self.name)
+                    .bind(raw.event_id.as_uuid())
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(backend)?;
+                if is_parked {
+                    tracing::warn!(projection = %self.name, event = %raw.event_id, "skipping parked event");
+                    parked += 1;
+                    cursor = raw.cursor;
+                    continue;
+                }
+            }
+            let event = match &self.upcasters {
+                Some(r) => match upcast_recorded(r, raw.clone()) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        return Ok(Batch::Failed {
+                            index,
+                            event: Box::new(raw),
+                            failure: HandlerFailure::new(e.to_string()),
+                        });
+                    }
+                },
+                None => raw,
+            };
+            if let Err(failure) = self.projection.handle(tx, &event).await {
+                return Ok(Batch::Failed {
+                    index,
+                    event: Box::new(event),
+                    failure,
+                });
+            }
+            processed += 1;
+            cursor = event.cursor;
+        }
+        if !full
+            && let Some(h) = head
+            && h > cursor
+        {
+            cursor = h;
+        }
+        if cursor == start {
+            return Ok(Batch::Idle {
+                cursor,
+                processed: processed_before,
+            });
+        }
+        self.set_checkpoint(tx, &self.name, cursor, processed)
+            .await?;
+        Ok(Batch::Committed {
+            cursor,
+            processed,
+            events,
+            scanned,
+            full,
+            parked,
+        })
+    }
+
+    /// Writes a checkpoint row inside `conn`'s transaction.
+    pub(crate) async fn set_checkpoint(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        cursor: FeedCursor,
+        processed: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&self.sql.set_checkpoint)
+            .bind(name)
+            .bind(as_i64(cursor.transaction))
+            .bind(as_i64(cursor.position))
+            .bind(as_i64(processed))
+            .execute(conn)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Takes the projection's advisory lock on a dedicated session, if free.
+    pub(crate) async fn try_lock(
+        &self,
+        key_name: &str,
+    ) -> Result<Option<(PgConnection, i32)>, StoreError> {
+        let options = self.store.pool().connect_options();
+        let mut conn = PgConnection::connect_with(&options)
+            .await
+            .map_err(backend)?;
+        let got: bool = sqlx::query_scalar(self.sql.try_lock)
+            .bind(lock_key(self.store.schema(), key_name))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(backend)?;
+        if !got {
+            let _ = conn.close().await;
+            return Ok(None);
+        }
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(Some((conn, pid)))
+    }
+
+    pub(crate) async fn save_status(&self, s: &PgRunnerStatus) {
+        let result = sqlx::query(&self.sql.save_status)
+            .bind(self.name())
+            .bind(s.state.as_str())
+            .bind(s.lock_pid)
+            .bind(s.last_error.as_deref())
+            .bind(s.last_error_at)
+            .bind(s.failing_event.map(|e| e.as_uuid()))
+            .bind(i32::try_from(s.attempts).unwrap_or(i32::MAX))
+            .execute(self.store.pool())
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(projection = self.name(), error = %e, "could not save projection status");
+        }
+    }
+}
+
+struct Task<P> {
+    engine: Engine<P>,
+    options: PgRunnerOptions,
+    status: Arc<watch::Sender<PgRunnerStatus>>,
+    stop: watch::Receiver<bool>,
+    lock: Option<PgConnection>,
+    listener: Option<PgListener>,
+}
+
+struct Stopping;
+
+impl<P: PgProjection> Task<P> {
+    async fn pause(&mut self, d: Duration) -> Result<(), Stopping> {
+        tokio::select! {
+            () = tokio::time::sleep(d) => Ok(()),
+            _ = self.stop.wait_for(|s| *s) => Err(Stopping),
+        }
+    }
+
+    async fn idle(&mut self, d: Duration) -> Result<(), Stopping> {
+        let Some(listener) = self.listener.as_mut() else {
+            return self.pause(d).await;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(d) => Ok(()),
+            r = listener.recv() => {
+                if r.is_err() {
+                    // Lost connection: polling carries on; reconnect on the next start.
+                    self.listener = None;
+                }
+                Ok(())
+            }
+            _ = self.stop.wait_for(|s| *s) => Err(Stopping),
+        }
+    }
+
+    /// Sets the state; persists it when it changed.
+    async fn set_state(&mut self, state: PgRunnerState) {
+        let changed = self.status.borrow().state != state;
+        self.status.send_modify(|s| {
+            s.state = state;
+            if state != PgRunnerState::Failing {
+                s.failing_event = None;
+                s.attempts = 0;
+            }
+        });
+        if changed {
+            let s = self.status.borrow().clone();
+            self.engine.save_status(&s).await;
+        }
+    }
+
+    async fn fail(
+        &mut self,
+        attempt: u32,
+        error: String,
+        event: Option<EventId>,
+    ) -> Result<(), Stopping> {
+        tracing::warn!(projection = self.engine.name(), attempt, %error, "projection failing; retrying");
+        self.status.send_modify(|s| {
+            s.state = PgRunnerState::Failing;
+            s.last_error = Some(error);
+            s.last_error_at = Some(Utc::now());
+            s.failing_event = event;
+            s.attempts = attempt;
+        });
+        let s = self.status.borrow().clone();
+        self.engine.save_status(&s).await;
+        self.pause(self.options.backoff(attempt)).await
+    }
+
+    async fn run(mut self) {
+        let _ = self.run_inner().await;
+        if let Some(conn) = self.lock.take() {
+            let _ = conn.close().await;
+        }
+        self.status.send_modify(|s| s.lock_pid = None);
+        self.set_state(PgRunnerState::Stopped).await;
+    }
+
+    /// Holds the lock (taking it when free), or waits in standby.
+    async fn ensure_lock(&mut self) -> Result<bool, Stopping> {
+        if let Some(conn) = self.lock.as_mut() {
+            if conn.ping().await.is_ok() {
+                return Ok(true);
+            }
+            // The lock session died: another runner may be active now.
+            self.lock = None;
+            self.status.send_modify(|s| s.lock_pid = None);
+        }
+        let name = self.engine.name().to_owned();
+        match self.engine.try_lock(&name).await {
+            Ok(Some((conn, pid))) => {
+                self.lock = Some(conn);
+                self.status.send_modify(|s| s.lock_pid = Some(pid));
+                if let Some(channel) = self.options.listen_channel.clone() {
+                    match PgListener::connect_with(self.engine.store.pool()).await {
+                        Ok(mut l) => {
+                            if l.listen(&channel).await.is_ok() {
+                                self.listener = Some(l);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot listen; polling only"),
+                    }
+                }
+                self.set_state(PgRunnerState::CatchingUp).await;
+                Ok(true)
+            }
+            Ok(None) => {
+                self.set_state(PgRunnerState::Standby).await;
+                self.pause(self.options.standby_poll).await?;
+                Ok(false)
+            }
+            Err(e) => {
+                let attempt = self.status.borrow().attempts + 1;
+                self.fail(attempt, format!("taking the projection lock: {e}"), None)
+                    .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn run_inner(&mut self) -> Result<(), Stopping> {
+        let batch = self.options.batch_size;
+        let mut limit = batch;
+        let mut retrying = false;
+        let mut attempt = 0;
+        let mut idle = self.options.poll_min;
+        while !*self.stop.borrow() {
+            if !self.ensure_lock().await? {
+                continue;
+            }
+            match self.engine.batch(limit, retrying).await {
+                Ok(Batch::Committed {
+                    cursor,
+                    processed,
+                    events,
+                    full,
+                    parked,
+                    ..
+                }) => {
+                    self.status.send_modify(|s| {
+                        s.checkpoint = cursor;
+                        s.events_processed = processed;
+                        s.batches += 1;
+                        s.parked_skipped += parked;
+                    });
+                    let was_limited = limit < batch;
+                    limit = batch;
+                    retrying = false;
+                    attempt = 0;
+                    if full || was_limited {
+                        self.set_state(PgRunnerState::CatchingUp).await;
+                        continue;
+                    }
+                    self.set_state(PgRunnerState::Live).await;
+                    idle = if events > 0 {
+                        self.options.poll_min
+                    } else {
+                        (idle * 2).min(self.options.poll_max)
+                    };
+                    self.idle(idle).await?;
+                }
+                Ok(Batch::Idle { cursor, processed }) => {
+                    self.status.send_modify(|s| {
+                        s.checkpoint = cursor;
+                        s.events_processed = processed;
+                    });
+                    self.set_state(PgRunnerState::Live).await;
+                    idle = (idle * 2).min(self.options.poll_max);
+                    self.idle(idle).await?;
+                }
+                Ok(Batch::Failed { index, .. }) if index > 0 => {
+                    // Commit the good events before the failing one first.
+                    limit = index;
+                }
+                Ok(Batch::Failed { event, failure, .. }) => {
+                    attempt += 1;
+                    limit = 1;
+                    retrying = true;
+                    let message = format!(
+                        "{} v{} ({}): {failure}",
+                        event.stream_id, event.version, event.event_id
+                    );
+                    self.fail(attempt, message, Some(event.event_id)).await?;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.fail(attempt, e.to_string(), None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a uuid column into an event id.
+pub(crate) fn event_id(u: Uuid) -> Result<EventId, StoreError> {
+    EventId::new(u).map_err(|e| StoreError::backend(format!("stored event id: {e}"), false))
+}
