@@ -1,0 +1,213 @@
+//! The feed's ordering guarantees on a real server: late commits are never skipped
+//! (DESIGN invariant 5) and feed order agrees with stream order (invariant 6).
+
+mod support;
+
+use chronik_core::{EventId, ExpectedVersion, FeedCursor, Version};
+use chronik_postgres::PgEventStore;
+use chronik_store::{EventStore, FeedFilter, StoreError};
+use chronik_testkit::conformance::{events, stream};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+fn v(n: u64) -> Version {
+    Version::new(n).expect("small version")
+}
+
+/// A reader that does what the seed did: `global_position > checkpoint`, committed rows.
+async fn naive_read(pool: &PgPool, checkpoint: i64) -> Vec<(i64, Uuid)> {
+    sqlx::query(
+        "SELECT global_position, event_id FROM events \
+          WHERE global_position > $1 ORDER BY global_position",
+    )
+    .bind(checkpoint)
+    .fetch_all(pool)
+    .await
+    .expect("naive read")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+fn ids(events: &[chronik_core::RecordedEvent]) -> Vec<EventId> {
+    events.iter().map(|e| e.event_id).collect()
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_late_commit_is_never_skipped(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    let all = FeedFilter::all();
+
+    // C commits first and is visible once older transactions in the cluster are done.
+    let c_batch = events(1);
+    let c = store
+        .append(&stream("order"), ExpectedVersion::NoStream, &c_batch)
+        .await
+        .expect("append c");
+    store.wait_for_feed(c.cursor).await.expect("wait");
+
+    // A appends inside a transaction that stays open: older xid, smaller position.
+    let a_batch = events(1);
+    let mut tx_a = pool.begin().await.expect("begin a");
+    let a = store
+        .append_in(
+            &mut tx_a,
+            &stream("order"),
+            ExpectedVersion::NoStream,
+            &a_batch,
+        )
+        .await
+        .expect("append a");
+    // B appends and commits while A is open: newer xid, larger position.
+    let b_batch = events(1);
+    let b = store
+        .append(&stream("order"), ExpectedVersion::NoStream, &b_batch)
+        .await
+        .expect("append b");
+    assert!(a.cursor.position < b.cursor.position, "{a:?} {b:?}");
+    assert!(a.cursor.transaction < b.cursor.transaction, "{a:?} {b:?}");
+
+    // The feed stops at A's horizon: neither A (uncommitted) nor B (committed) shows.
+    let page = store
+        .read_feed(FeedCursor::START, &all, 100)
+        .await
+        .expect("feed");
+    assert_eq!(ids(&page.events), vec![c_batch[0].event_id()]);
+    let reader = page.next;
+    assert_eq!(reader, c.cursor);
+    let head = store.feed_head().await.expect("head");
+    assert_eq!((head.last, head.visible_events), (Some(c.cursor), 1));
+    assert_eq!(store.count_after(reader).await.expect("count"), 0);
+
+    // The naive reader sees B now and moves its checkpoint past A's position.
+    let seen = naive_read(&pool, 0).await;
+    assert_eq!(
+        seen.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+        vec![
+            c_batch[0].event_id().as_uuid(),
+            b_batch[0].event_id().as_uuid()
+        ]
+    );
+    let naive_checkpoint = seen.last().expect("rows").0;
+
+    tx_a.commit().await.expect("commit a");
+    store.wait_for_feed(b.cursor).await.expect("wait");
+
+    // ...and has skipped A for good: this is the bug the feed exists to prevent.
+    let after = naive_read(&pool, naive_checkpoint).await;
+    assert!(after.is_empty(), "the naive reader never gets A: {after:?}");
+
+    // The feed reader, which had read everything it was shown, still gets A, then B.
+    let page = store.read_feed(reader, &all, 100).await.expect("feed");
+    assert_eq!(
+        ids(&page.events),
+        vec![a_batch[0].event_id(), b_batch[0].event_id()]
+    );
+    assert_eq!(page.next, b.cursor);
+    assert_eq!(store.count_after(reader).await.expect("count"), 2);
+    let head = store.feed_head().await.expect("head");
+    assert_eq!((head.last, head.visible_events), (Some(b.cursor), 3));
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn an_append_behind_a_newer_commit_is_refused_and_a_retry_lands_in_order(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    let id = stream("order");
+    store
+        .append(&id, ExpectedVersion::NoStream, &events(1))
+        .await
+        .expect("v1");
+    sqlx::query("CREATE TABLE side_effects (n int)")
+        .execute(&pool)
+        .await
+        .expect("side table");
+
+    // The caller's transaction writes something first: it now holds an older xid...
+    let mut t = pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO side_effects VALUES (1)")
+        .execute(&mut *t)
+        .await
+        .expect("write first");
+    let t_xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut *t)
+        .await
+        .expect("xid");
+    // ...than a transaction that appends v2 and commits meanwhile.
+    let v2 = store
+        .append(&id, ExpectedVersion::Exact(v(1)), &events(1))
+        .await
+        .expect("v2");
+    assert!(
+        u64::try_from(t_xid).expect("xid") < v2.cursor.transaction,
+        "were v3 written by T, the feed would order it before v2"
+    );
+
+    let late = events(1);
+    let refused = store
+        .append_in(&mut t, &id, ExpectedVersion::Exact(v(2)), &late)
+        .await;
+    match refused {
+        Err(e @ StoreError::TransactionOrder { .. }) => assert!(e.is_retryable()),
+        other => panic!("expected TransactionOrder, got {other:?}"),
+    }
+    // Nothing was written and the transaction is still usable; the unit of work is undone.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut *t)
+        .await
+        .expect("count");
+    assert_eq!(n, 2);
+    t.rollback().await.expect("rollback");
+
+    // Retried in a new transaction, appending first: accepted, and in order.
+    let mut t2 = pool.begin().await.expect("begin");
+    let v3 = store
+        .append_in(&mut t2, &id, ExpectedVersion::Exact(v(2)), &late)
+        .await
+        .expect("retry");
+    sqlx::query("INSERT INTO side_effects VALUES (1)")
+        .execute(&mut *t2)
+        .await
+        .expect("then the other writes");
+    t2.commit().await.expect("commit");
+    assert_eq!(v3.last_version, v(3));
+    assert!(v3.cursor > v2.cursor);
+
+    let filter = FeedFilter {
+        event_types: vec![],
+        categories: vec!["order".into()],
+    };
+    let feed = support::whole_feed(&store, &filter).await;
+    assert_eq!(
+        feed.iter().map(|e| e.version.get()).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "feed order agrees with stream order"
+    );
+    assert_eq!(feed[2].event_id, late[0].event_id());
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn appends_in_one_transaction_share_its_position_in_the_feed(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    let (x, y) = (stream("order"), stream("invoice"));
+    let mut t = pool.begin().await.expect("begin");
+    let rx = store
+        .append_in(&mut t, &x, ExpectedVersion::NoStream, &events(2))
+        .await
+        .expect("x");
+    let ry = store
+        .append_in(&mut t, &y, ExpectedVersion::NoStream, &events(1))
+        .await
+        .expect("y");
+    // appending twice to one stream in one transaction is fine (same xid, not older)
+    let rx2 = store
+        .append_in(&mut t, &x, ExpectedVersion::Exact(v(2)), &events(1))
+        .await
+        .expect("x again");
+    t.commit().await.expect("commit");
+    assert_eq!(rx.cursor.transaction, ry.cursor.transaction);
+    assert_eq!(rx.cursor.transaction, rx2.cursor.transaction);
+    assert!(rx.cursor < ry.cursor && ry.cursor < rx2.cursor);
+    let feed = support::whole_feed(&store, &FeedFilter::all()).await;
+    assert_eq!(feed.len(), 4);
+    assert!(feed.windows(2).all(|w| w[0].cursor < w[1].cursor));
+}
