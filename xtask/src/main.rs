@@ -1,1 +1,284 @@
-fn main() {}
+//! Project automation for chronik, run as `cargo xtask <command>`.
+//!
+//! Light on purpose (anyhow + xshell): it calls cargo, git and the project's own `chronik`
+//! binary instead of linking a database driver.
+
+mod layering;
+mod migrations;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use xshell::{Shell, cmd};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci [STEP...]     what CI runs, in order, stopping at the first failure:
+                   fmt, clippy (-D warnings), layering, doc (-D warnings), migrations,
+                   test (all tests, PostgreSQL included, against DATABASE_URL);
+                   naming steps runs only those, e.g. `cargo xtask ci layering migrations`
+  migrate          applies the migrations to DATABASE_URL with `chronik migrate`
+  lock-migrations  records new migrations in xtask/migrations.lock (their git blob ids),
+                   after which `ci` refuses any edit to them
+
+DATABASE_URL defaults to postgres://postgres@127.0.0.1:5432/postgres.";
+
+/// The database `ci` and `migrate` use when `DATABASE_URL` is unset.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = std::env::args_os()
+        .skip(1)
+        .map(OsString::into_string)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|bad| anyhow::anyhow!("argument {bad:?} is not valid UTF-8\n\n{USAGE}"))?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    match args.as_slice() {
+        ["ci", steps @ ..] => ci(&sh, steps),
+        ["migrate"] => migrate(&sh),
+        ["lock-migrations"] => migrations::lock(&sh),
+        ["help" | "-h" | "--help"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        [] => bail!("no command given\n\n{USAGE}"),
+        [command, ..] => bail!("unknown command or extra arguments: {command:?}\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn project_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map_or(manifest.clone(), PathBuf::from)
+}
+
+/// The cargo that runs us, so that the pinned toolchain is used throughout.
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// One step of `ci`.
+struct Step {
+    name: &'static str,
+    what: &'static str,
+    run: fn(&Shell) -> anyhow::Result<()>,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        name: "fmt",
+        what: "cargo fmt --all -- --check",
+        run: |sh| {
+            let cargo = cargo();
+            Ok(cmd!(sh, "{cargo} fmt --all -- --check").run()?)
+        },
+    },
+    Step {
+        name: "clippy",
+        what: "cargo clippy --workspace --all-targets --all-features -- -D warnings",
+        run: |sh| {
+            let cargo = cargo();
+            Ok(cmd!(
+                sh,
+                "{cargo} clippy --workspace --all-targets --all-features --quiet -- -D warnings"
+            )
+            .run()?)
+        },
+    },
+    Step {
+        name: "layering",
+        what: "core and store pull in no sqlx and no tokio runtime; dependency edges point inward",
+        run: layering::check,
+    },
+    Step {
+        name: "doc",
+        what: "RUSTDOCFLAGS=\"-D warnings\" cargo doc --workspace --no-deps",
+        run: |sh| {
+            let cargo = cargo();
+            Ok(cmd!(sh, "{cargo} doc --workspace --no-deps --quiet")
+                .env("RUSTDOCFLAGS", "-D warnings")
+                .run()?)
+        },
+    },
+    Step {
+        name: "migrations",
+        what: "sqlx file names, increasing versions, recorded migrations unchanged",
+        run: migrations::check,
+    },
+    Step {
+        name: "test",
+        what: "cargo test --workspace --all-features, PostgreSQL included",
+        run: |sh| {
+            let url = database_url();
+            check_database(sh, &url)?;
+            let cargo = cargo();
+            Ok(cmd!(sh, "{cargo} test --workspace --all-features")
+                .env("DATABASE_URL", &url)
+                .run()?)
+        },
+    },
+];
+
+fn ci(sh: &Shell, only: &[&str]) -> anyhow::Result<()> {
+    if let Some(unknown) = only.iter().find(|n| !STEPS.iter().any(|s| s.name == **n)) {
+        let names: Vec<&str> = STEPS.iter().map(|s| s.name).collect();
+        bail!(
+            "unknown ci step {unknown:?}; the steps are: {}",
+            names.join(", ")
+        );
+    }
+    let steps: Vec<&Step> = STEPS
+        .iter()
+        .filter(|s| only.is_empty() || only.contains(&s.name))
+        .collect();
+    let started = Instant::now();
+    let total = steps.len();
+    for (i, step) in steps.iter().enumerate() {
+        println!("\n==> [{}/{total}] {}: {}", i + 1, step.name, step.what);
+        let t = Instant::now();
+        (step.run)(sh).with_context(|| format!("ci step `{}` failed", step.name))?;
+        println!(
+            "==> [{}/{total}] {} ok ({:.1} s)",
+            i + 1,
+            step.name,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    println!(
+        "\nci passed: {total} steps in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn migrate(sh: &Shell) -> anyhow::Result<()> {
+    let url = database_url();
+    check_database(sh, &url)?;
+    // `chronik migrate --database-url` reads the URL from DATABASE_URL, which keeps a
+    // password out of process listings; std's Command inherits stdio and echoes nothing.
+    let status = std::process::Command::new(cargo())
+        .current_dir(sh.current_dir())
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "chronik-cli",
+            "--",
+            "migrate",
+        ])
+        .env("DATABASE_URL", &url)
+        .status()
+        .context("cannot run `chronik migrate`")?;
+    if !status.success() {
+        bail!("`chronik migrate` failed ({status})");
+    }
+    Ok(())
+}
+
+/// `DATABASE_URL`, or the local default (announced).
+fn database_url() -> String {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => {
+            println!("DATABASE_URL is not set; using {DEFAULT_DATABASE_URL}");
+            DEFAULT_DATABASE_URL.to_owned()
+        }
+    }
+}
+
+/// Fails with a clear message when the database at `url` does not answer.
+fn check_database(sh: &Shell, url: &str) -> anyhow::Result<()> {
+    let shown = redact(url);
+    let probe = if cmd!(sh, "psql --version")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .is_ok()
+    {
+        cmd!(
+            sh,
+            "psql --no-psqlrc --quiet --tuples-only --dbname {url} --command"
+        )
+        .arg("select 1")
+    } else if cmd!(sh, "pg_isready --version")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .is_ok()
+    {
+        cmd!(sh, "pg_isready --dbname {url}")
+    } else {
+        bail!(
+            "cannot check DATABASE_URL={shown}: neither psql nor pg_isready is installed \
+             (install the PostgreSQL client tools)"
+        );
+    };
+    // Quiet and status-checked by hand: xshell's own messages would print the URL.
+    let out = probe
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("cannot run the database probe")?;
+    if out.status.success() {
+        println!("database at DATABASE_URL={shown} is reachable");
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(if out.stderr.is_empty() {
+        &out.stdout
+    } else {
+        &out.stderr
+    })
+    .trim()
+    .to_owned();
+    bail!(
+        "the database at DATABASE_URL={shown} is not reachable ({why}); start PostgreSQL \
+         (.ci/run does) or point DATABASE_URL at a running server. PostgreSQL tests are never \
+         skipped"
+    )
+}
+
+/// `url` with any password replaced by `***`, for messages.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}

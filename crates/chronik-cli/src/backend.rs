@@ -1,20 +1,75 @@
-//! Choosing the store: the PostgreSQL adapter behind `--database-url`.
+//! The PostgreSQL side of the CLI: `--database-url` for the demo, and `chronik migrate`.
+
+use anyhow::Context as _;
+use chronik_postgres::PgEventStore;
 
 use crate::demo;
 
-/// Why the PostgreSQL commands cannot run in this build.
-const NOT_BUILT: &str = "postgres support is not built yet: the chronik-postgres adapter \
-    (PgEventStore) does not exist in this version; run the demo without --database-url \
-    and with DATABASE_URL unset to use the in-memory store";
+/// Connects to `url` and applies the embedded migrations (idempotent).
+///
+/// Errors name the server as `host:port/database` only: a URL may hold a password.
+async fn connect_and_migrate(url: &str) -> anyhow::Result<PgEventStore> {
+    let server = server(url);
+    let store = PgEventStore::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {server}"))?;
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("cannot apply the migrations to {server}"))?;
+    Ok(store)
+}
 
 /// Runs the demo on PostgreSQL at `url`, after applying the migrations.
 pub(crate) async fn demo_on_postgres(url: &str, options: &demo::Options) -> anyhow::Result<()> {
-    let _ = (url, options);
-    anyhow::bail!(NOT_BUILT)
+    let store = connect_and_migrate(url).await?;
+    let label = format!("PostgreSQL ({})", server(url));
+    demo::run(store, &label, options)
+        .await
+        .context("demo failed")
 }
 
 /// Applies the embedded migrations to the database at `url`.
 pub(crate) async fn migrate(url: &str) -> anyhow::Result<()> {
-    let _ = url;
-    anyhow::bail!(NOT_BUILT)
+    connect_and_migrate(url).await?;
+    let migrations: Vec<String> = chronik_postgres::MIGRATOR
+        .iter()
+        .map(|m| format!("{:04} {}", m.version, m.description))
+        .collect();
+    println!(
+        "{} is migrated; migrations: {}",
+        server(url),
+        migrations.join(", ")
+    );
+    Ok(())
+}
+
+/// `host:port/database` from a URL, without scheme, user or password.
+fn server(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let rest = rest.split_once('?').map_or(rest, |(host, _)| host);
+    if rest.is_empty() {
+        "the configured server".to_owned()
+    } else {
+        rest.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server;
+
+    #[test]
+    fn server_names_never_show_credentials() {
+        assert_eq!(
+            server("postgres://u:secret@db.example:5432/app?sslmode=require"),
+            "db.example:5432/app"
+        );
+        assert_eq!(
+            server("postgres://postgres@127.0.0.1:5432/postgres"),
+            "127.0.0.1:5432/postgres"
+        );
+        assert_eq!(server("postgres://"), "the configured server");
+    }
 }

@@ -7,6 +7,7 @@ mod backend;
 mod demo;
 mod round_trip;
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -15,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 
 /// chronik: event sourcing on PostgreSQL (with an in-memory reference store).
 #[derive(Debug, Parser)]
-#[command(name = "chronik", version, about, propagate_version = true)]
+#[command(name = "chronik", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,11 +64,27 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` prints the whole chain on one line: `error: outer: inner: root`.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, `outer: inner: root`, skipping a cause whose text
+/// the line already holds (some errors repeat their source's message in their own).
+fn chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn init_logging() {
@@ -76,6 +93,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

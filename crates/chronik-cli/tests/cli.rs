@@ -1,0 +1,274 @@
+//! The `chronik` binary as a user runs it: exit codes, stdout, stderr.
+
+use std::ffi::OsString;
+use std::process::{Command, Output};
+
+/// Runs `chronik` with `args` on the in-memory store (DATABASE_URL removed).
+fn chronik(args: &[OsString]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the chronik binary runs")
+}
+
+/// The PostgreSQL the tests use: DATABASE_URL, or the local default. Never skipped.
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Runs `chronik` with `args` and DATABASE_URL set to the test database.
+fn chronik_pg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .args(args)
+        .env("DATABASE_URL", database_url())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the chronik binary runs")
+}
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `args` must fail with exit status `code` and a stderr containing `expected`, and never panic.
+fn check_refused(args: &[OsString], code: i32, expected: &str) {
+    let out = chronik(args);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{args:?}: status {:?}, stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: stderr lacks {expected:?}:\n{stderr}"
+    );
+    assert!(
+        args.is_empty() || stderr.starts_with("error:"),
+        "{args:?}: stderr should start with the error:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+}
+
+#[test]
+fn demo_prints_the_story_and_the_summary() {
+    let out = chronik(&os(&["demo", "--orders", "20", "--long-stream", "250"]));
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    for expected in [
+        "chronik demo on the in-memory store: 20 orders",
+        "[1/6] placing orders from concurrent tasks",
+        "20 orders from 8 tasks: 80 commands, 80 events",
+        "[2/6] conflicting commands, retried",
+        "no update was lost",
+        "[3/6] a long stream, snapshotted",
+        "latest snapshot at version 100",
+        "load with the snapshot replays 150 events",
+        "without it 250 events",
+        "[4/6] a v1 event read through the upcaster",
+        "stored:  OrderPlaced v1 {\"amount\":4200,\"customer_id\":\"legacy-customer\"}",
+        "read as: OrderPlaced v2 {\"customer_id\":\"legacy-customer\",\"total_amount\":4200}",
+        "without the upcaster a load fails: cannot decode event",
+        "[5/6] business rules",
+        "4 x cannot ship a cancelled order",
+        "16 x cannot cancel a shipped order",
+        "nothing was written: all 20 orders are still at version 4",
+        "[6/6] the global feed, upcast",
+        "summary",
+        "store              in-memory",
+        "orders             23 (20 placed concurrently, 1 contended, 1 long, 1 imported at schema v1)",
+        "conflicts retried",
+        "snapshots taken",
+        "total time",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "stdout lacks {expected:?}:\n{stdout}"
+        );
+    }
+    // 20 orders x 4 + 1 + 8 racers x 5 lines + 250 + 2 on the v1 order, unless a racer gave up.
+    let events = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("events written"))
+        .expect("an events written line");
+    if stdout.contains(" 0 gave up after retries") {
+        assert!(
+            events.trim().starts_with("373 "),
+            "events written: {events}"
+        );
+    }
+}
+
+#[test]
+fn out_of_range_and_malformed_numbers_are_refused() {
+    for (args, expected) in [
+        (&["demo", "--orders", "0"][..], "0 is not in 1..=1000000"),
+        (&["demo", "--orders", "-3"], "unexpected argument '-3'"),
+        (&["demo", "--orders", "many"], "invalid digit"),
+        (&["demo", "--orders", "99999999999"], "not in 1..=1000000"),
+        (&["demo", "--concurrency", "0"], "0 is not in 1..=256"),
+        (&["demo", "--concurrency", "257"], "257 is not in 1..=256"),
+        (&["demo", "--long-stream", "1"], "1 is not in 2..=100000"),
+        (&["demo", "--orders"], "a value is required"),
+    ] {
+        check_refused(&os(args), 2, expected);
+    }
+}
+
+#[test]
+fn unknown_commands_and_flags_are_refused() {
+    check_refused(
+        &os(&["frobnicate"]),
+        2,
+        "unrecognized subcommand 'frobnicate'",
+    );
+    check_refused(
+        &os(&["demo", "--bogus"]),
+        2,
+        "unexpected argument '--bogus'",
+    );
+    check_refused(&os(&["migrate"]), 2, "--database-url <DATABASE_URL>");
+    // No subcommand: clap prints the help to stderr and exits 2.
+    check_refused(&os(&[]), 2, "Usage: chronik <COMMAND>");
+}
+
+#[cfg(unix)]
+#[test]
+fn invalid_utf8_arguments_do_not_panic() {
+    use std::os::unix::ffi::OsStringExt;
+    let bad = || OsString::from_vec(vec![b'o', 0xff, b'x']);
+    check_refused(&[bad()], 2, "unrecognized subcommand");
+    check_refused(
+        &[OsString::from("demo"), OsString::from("--orders"), bad()],
+        2,
+        "invalid UTF-8",
+    );
+    check_refused(
+        &[
+            OsString::from("demo"),
+            OsString::from("--database-url"),
+            bad(),
+        ],
+        2,
+        "invalid UTF-8",
+    );
+    let mut flag = b"--".to_vec();
+    flag.extend([0xc3, 0x28]);
+    check_refused(
+        &[OsString::from("demo"), OsString::from_vec(flag)],
+        2,
+        "error",
+    );
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    for args in [&["--help"][..], &["demo", "--help"], &["--version"]] {
+        let out = chronik(&os(args));
+        assert!(out.status.success(), "{args:?}: {:?}", out.status);
+        assert!(!out.stdout.is_empty(), "{args:?} printed nothing");
+    }
+    let help = text(&chronik(&os(&["demo", "--help"])).stdout);
+    for flag in [
+        "--orders",
+        "--concurrency",
+        "--long-stream",
+        "--database-url",
+    ] {
+        assert!(help.contains(flag), "demo --help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn demo_runs_on_postgres_from_database_url() {
+    let out = chronik_pg(&["demo", "--orders", "20", "--long-stream", "120"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    for expected in [
+        "chronik demo on the PostgreSQL (",
+        "no update was lost",
+        "latest snapshot at version 100",
+        "load with the snapshot replays 20 events",
+        "read as: OrderPlaced v2 {\"customer_id\":\"legacy-customer\",\"total_amount\":4200}",
+        "nothing was written: all 20 orders are still at version 4",
+        "summary",
+        "conflicts retried",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "stdout lacks {expected:?}:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains(&database_url()),
+        "the URL is printed:\n{stdout}"
+    );
+}
+
+#[test]
+fn migrate_applies_the_migrations_and_is_repeatable() {
+    for _ in 0..2 {
+        let out = chronik_pg(&["migrate"]);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "status {:?}\nstderr:\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.contains("is migrated; migrations: 0001 event store"),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn unusable_databases_are_clear_errors_without_credentials() {
+    let missing = "postgres://postgres:hunter2@127.0.0.1:5432/chronik_no_such_database";
+    for (args, expected) in [
+        (
+            vec!["migrate", "--database-url", missing],
+            "cannot connect to PostgreSQL at 127.0.0.1:5432/chronik_no_such_database",
+        ),
+        (vec!["demo", "--database-url", missing], "does not exist"),
+        (
+            vec!["migrate", "--database-url", "not a url"],
+            "malformed database url",
+        ),
+    ] {
+        let out = chronik_pg(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?} lacks {expected:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("hunter2"),
+            "{args:?} leaks the password: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+}
