@@ -551,3 +551,28 @@ async fn connection_errors_never_show_the_url() {
     assert!(matches!(err, StoreError::InvalidRequest(_)), "{err:?}");
     assert!(!format!("{err} {err:?}").contains(secret));
 }
+
+#[tokio::test]
+async fn connect_with_applies_the_session_settings() {
+    let url = std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL must name a PostgreSQL database for the chronik-postgres tests, \
+         e.g. postgres://postgres@127.0.0.1:5432/postgres",
+    );
+    let config = PgStoreConfig {
+        statement_timeout: Some(std::time::Duration::from_millis(1500)),
+        max_connections: 2,
+        ..PgStoreConfig::with_schema(SchemaName::new("chronik_unused").expect("name"))
+    };
+    let store = PgEventStore::connect_with(&url, config)
+        .await
+        .expect("connect");
+    let (timeout, name): (String, String) = sqlx::query_as(
+        "SELECT current_setting('statement_timeout'), current_setting('application_name')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("settings");
+    assert_eq!((timeout.as_str(), name.as_str()), ("1500ms", "chronik"));
+    assert_eq!(store.schema().as_str(), "chronik_unused");
+    assert!(!format!("{store:?}").contains("postgres://"));
+}

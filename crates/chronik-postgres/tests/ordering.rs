@@ -4,7 +4,7 @@
 mod support;
 
 use chronik_core::{EventId, ExpectedVersion, FeedCursor, Version};
-use chronik_postgres::PgEventStore;
+use chronik_postgres::{HolderKind, PgEventStore};
 use chronik_store::{EventStore, FeedFilter, StoreError};
 use chronik_testkit::conformance::{events, stream};
 use sqlx::{PgPool, Row};
@@ -210,4 +210,56 @@ async fn appends_in_one_transaction_share_its_position_in_the_feed(pool: PgPool)
     let feed = support::whole_feed(&store, &FeedFilter::all()).await;
     assert_eq!(feed.len(), 4);
     assert!(feed.windows(2).all(|w| w[0].cursor < w[1].cursor));
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn the_transaction_holding_the_feed_back_is_named(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    let mut t = pool.begin().await.expect("begin");
+    let (pid, xid): (i32, i64) =
+        sqlx::query_as("SELECT pg_backend_pid(), pg_current_xact_id()::text::bigint")
+            .fetch_one(&mut *t)
+            .await
+            .expect("pid");
+    let r = store
+        .append(&stream("order"), ExpectedVersion::NoStream, &events(1))
+        .await
+        .expect("append");
+    assert!(u64::try_from(xid).expect("xid") < r.cursor.transaction);
+    assert!(store.feed_horizon().await.expect("horizon") <= u64::try_from(xid).expect("xid"));
+    let holders = store.horizon_holders().await.expect("holders");
+    let ours = holders
+        .iter()
+        .find(|h| h.pid == Some(pid))
+        .expect("the open transaction is listed");
+    assert_eq!(ours.kind, HolderKind::Session);
+    assert_eq!(
+        ours.database.as_deref(),
+        Some(current_database(&pool).await.as_str())
+    );
+    assert!(
+        ours.detail.starts_with("idle in transaction"),
+        "{}",
+        ours.detail
+    );
+    t.commit().await.expect("commit");
+    store
+        .wait_for_feed(r.cursor)
+        .await
+        .expect("visible once it ends");
+    assert!(
+        !store
+            .horizon_holders()
+            .await
+            .expect("holders")
+            .iter()
+            .any(|h| h.pid == Some(pid) && h.xid == xid)
+    );
+}
+
+async fn current_database(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(pool)
+        .await
+        .expect("database")
 }

@@ -26,10 +26,22 @@ pub struct Settled(pub PgEventStore);
 
 impl Settled {
     pub async fn settle(&self) -> Result<(), StoreError> {
-        if let Some(newest) = self.0.newest_committed().await? {
-            self.0.wait_for_feed(newest).await?;
+        let Some(newest) = self.0.newest_committed().await? else {
+            return Ok(());
+        };
+        // Not a timed assertion: after a while, say once who holds the feed, keep waiting.
+        let wait = self.0.wait_for_feed(newest);
+        tokio::pin!(wait);
+        match tokio::time::timeout(std::time::Duration::from_secs(20), &mut wait).await {
+            Ok(r) => r,
+            Err(_) => {
+                eprintln!(
+                    "the feed is held back by: {:#?}",
+                    self.0.horizon_holders().await
+                );
+                wait.await
+            }
         }
-        Ok(())
     }
 }
 
