@@ -227,7 +227,9 @@ impl PgEventStore {
     ///
     /// Conflicts, order and duplicate-id errors leave the transaction usable (nothing was
     /// written); backend errors abort it. Events become visible in the feed when the
-    /// transaction commits and every older transaction has finished.
+    /// transaction commits and every older transaction has finished. Under `REPEATABLE
+    /// READ` or `SERIALIZABLE`, a concurrent append to the same stream surfaces as a
+    /// retryable [`StoreError::Backend`] (serialization failure): retry the unit of work.
     ///
     /// # Errors
     /// As [`EventStore::append`].

@@ -576,3 +576,66 @@ async fn connect_with_applies_the_session_settings() {
     assert_eq!(store.schema().as_str(), "chronik_unused");
     assert!(!format!("{store:?}").contains("postgres://"));
 }
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn stream_and_feed_reads_are_upcast_through_the_decorator(pool: PgPool) {
+    use chronik_core::UpcasterRegistry;
+    use chronik_store::Upcasting;
+
+    let registry = UpcasterRegistry::builder()
+        .current("OrderPlaced", 2)
+        .rename("OrderCreated", "OrderPlaced")
+        .step("OrderPlaced", 1, |mut p: Value| {
+            let obj = p.as_object_mut().ok_or("not an object")?;
+            let amount = obj.remove("amount").ok_or("no amount")?;
+            obj.insert("total_amount".into(), amount);
+            Ok(p)
+        })
+        .build()
+        .expect("registry");
+    let raw = PgEventStore::from_pool(pool);
+    let store = Upcasting::new(raw.clone(), Arc::new(registry));
+    let id = stream("order");
+    // history written by older code: v1 payloads, under the old name
+    let old = NewEvent::new(
+        EventId::new(Uuid::new_v4()).expect("v4"),
+        EventType::new("OrderCreated").expect("type"),
+        1,
+        json!({ "amount": 10 }),
+        Metadata::default(),
+    )
+    .expect("event");
+    let r = store
+        .append(&id, ExpectedVersion::NoStream, &[old])
+        .await
+        .expect("append");
+    let read: Vec<_> = store
+        .read_stream(&id, Version::ZERO)
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(
+        (
+            read[0].event_type.as_str(),
+            read[0].schema_version,
+            &read[0].payload
+        ),
+        ("OrderPlaced", 2, &json!({ "total_amount": 10 }))
+    );
+    raw.wait_for_feed(r.cursor).await.expect("visible");
+    let page = store
+        .read_feed(FeedCursor::START, &FeedFilter::all(), 10)
+        .await
+        .expect("feed");
+    assert_eq!(page.events, read);
+    // stored history itself is untouched
+    let stored: Vec<_> = raw
+        .read_stream(&id, Version::ZERO)
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(
+        (stored[0].event_type.as_str(), stored[0].schema_version),
+        ("OrderCreated", 1)
+    );
+}
