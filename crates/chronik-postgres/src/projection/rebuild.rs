@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use chronik_core::{FeedCursor, UpcasterRegistry};
 use chronik_store::{EventStore, MAX_FEED_PAGE, StoreError, validate_projection_name};
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 
 use super::handler::{PgProjection, ShadowProjection};
 use super::runner::{Batch, Engine, PgProjectionError};
@@ -117,34 +117,41 @@ pub async fn rebuild<P: PgProjection>(
     let Some((lock, _pid)) = engine.try_lock(projection.name()).await? else {
         return Err(PgProjectionError::Busy(projection.name().to_owned()));
     };
-    let result = async {
-        let started = Instant::now();
-        let total = store.feed_head().await?.visible_events;
-        let mut tx = store.pool().begin().await?;
-        engine.lock_checkpoint(&mut tx).await?;
-        projection
-            .clear(&mut tx)
-            .await
-            .map_err(|e| StoreError::backend(format!("clearing the read model: {e}"), false))?;
-        engine
-            .set_checkpoint(&mut tx, projection.name(), FeedCursor::START, 0)
-            .await?;
-        tx.commit().await?;
-        let mut p = PgRebuildProgress {
-            scanned: 0,
-            total,
-            handled: 0,
-            cursor: FeedCursor::START,
-            elapsed: Duration::ZERO,
-        };
-        progress(&p);
-        replay(&engine, batch_size(batch), &mut p, started, progress).await?;
-        p.elapsed = started.elapsed();
-        Ok(p)
-    }
-    .await;
+    let result = scratch(store, &engine, &projection, batch, progress).await;
     let _ = lock.close().await;
     result
+}
+
+async fn scratch<P: PgProjection>(
+    store: &PgEventStore,
+    engine: &Engine<P>,
+    projection: &P,
+    batch: usize,
+    progress: Progress<'_>,
+) -> Result<PgRebuildProgress, PgProjectionError> {
+    let started = Instant::now();
+    let total = store.feed_head().await?.visible_events;
+    let mut tx = store.pool().begin().await?;
+    engine.lock_checkpoint(&mut tx).await?;
+    projection
+        .clear(&mut tx)
+        .await
+        .map_err(|e| StoreError::backend(format!("clearing the read model: {e}"), false))?;
+    engine
+        .set_checkpoint(&mut tx, projection.name(), FeedCursor::START, 0)
+        .await?;
+    tx.commit().await?;
+    let mut p = PgRebuildProgress {
+        scanned: 0,
+        total,
+        handled: 0,
+        cursor: FeedCursor::START,
+        elapsed: Duration::ZERO,
+    };
+    progress(&p);
+    replay(engine, batch_size(batch), &mut p, started, progress).await?;
+    p.elapsed = started.elapsed();
+    Ok(p)
 }
 
 fn ident(name: &str) -> Result<(), StoreError> {
@@ -198,92 +205,123 @@ pub async fn rebuild_shadow<P: ShadowProjection>(
     let Some((lock, _pid)) = shadow.try_lock(&shadow_name).await? else {
         return Err(PgProjectionError::Busy(shadow_name));
     };
-    let result = async {
-        let started = Instant::now();
-        let total = store.feed_head().await?.visible_events;
-        let mut conn: PgConnection = store.pool().acquire().await?.detach();
-        let ddl = format!(
-            "DROP TABLE IF EXISTS {s}.\"{shadow_table}\"; \
-             CREATE TABLE {s}.\"{shadow_table}\" (LIKE {s}.\"{live_table}\" INCLUDING ALL)"
-        );
-        sqlx::raw_sql(&ddl).execute(&mut conn).await?;
-        let _ = conn.close().await;
-        let mut tx = store.pool().begin().await?;
-        shadow
-            .set_checkpoint(&mut tx, &shadow_name, FeedCursor::START, 0)
-            .await?;
-        tx.commit().await?;
-
-        let mut p = PgRebuildProgress {
-            scanned: 0,
-            total,
-            handled: 0,
-            cursor: FeedCursor::START,
-            elapsed: Duration::ZERO,
-        };
-        progress(&p);
-        let limit = batch_size(batch);
-        replay(&shadow, limit, &mut p, started, progress).await?;
-
-        // The swap: one transaction, the live checkpoint row locked first (as runners do).
-        let mut tx = store.pool().begin().await?;
-        let (live_cursor, _) = live.lock_checkpoint(&mut tx).await?;
-        loop {
-            match shadow.apply_page(&mut tx, limit, false).await? {
-                Batch::Committed {
-                    cursor,
-                    processed,
-                    scanned,
-                    full,
-                    ..
-                } => {
-                    p.scanned += scanned as u64;
-                    p.handled = processed;
-                    p.cursor = cursor;
-                    if !full {
-                        break;
-                    }
-                }
-                Batch::Idle { .. } => break,
-                Batch::Failed { event, failure, .. } => {
-                    return Err(PgProjectionError::Handler {
-                        projection: shadow_name.clone(),
-                        stream: event.stream_id.to_string(),
-                        version: event.version.get(),
-                        event_id: event.event_id,
-                        source: failure,
-                    });
-                }
-            }
-        }
-        // Everything visible is in the shadow, and the live checkpoint cannot move while
-        // its row is locked: the shadow's position covers it.
-        let cursor = p.cursor.max(live_cursor);
-        let swap = format!(
-            "ALTER TABLE {s}.\"{live_table}\" RENAME TO \"{old_table}\"; \
-             ALTER TABLE {s}.\"{shadow_table}\" RENAME TO \"{live_table}\"; \
-             DROP TABLE {s}.\"{old_table}\""
-        );
-        sqlx::raw_sql(&swap).execute(&mut *tx).await?;
-        live.set_checkpoint(&mut tx, &name, cursor, p.handled)
-            .await?;
-        sqlx::query(&live.sql.delete_checkpoint)
-            .bind(&shadow_name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        p.cursor = cursor;
-        p.elapsed = started.elapsed();
-        progress(&p);
-        Ok(p)
-    }
-    .await;
+    let names = ShadowNames {
+        name,
+        shadow_name,
+        live_table,
+        shadow_table,
+        old_table,
+    };
+    let result = shadow_inner(store, &shadow, &live, &names, batch, progress).await;
     let _ = lock.close().await;
     if result.is_err() {
-        let drop_shadow = format!("DROP TABLE IF EXISTS {s}.\"{shadow_table}\"");
+        let drop_shadow = format!("DROP TABLE IF EXISTS {s}.\"{}\"", names.shadow_table);
         if let Err(e) = sqlx::query(&drop_shadow).execute(store.pool()).await {
             tracing::warn!(error = %backend(e), "could not drop the shadow table");
         }
     }
     result
+}
+
+struct ShadowNames {
+    name: String,
+    shadow_name: String,
+    live_table: String,
+    shadow_table: String,
+    old_table: String,
+}
+
+async fn shadow_inner<P: ShadowProjection>(
+    store: &PgEventStore,
+    shadow: &Engine<P>,
+    live: &Engine<P>,
+    names: &ShadowNames,
+    batch: usize,
+    progress: Progress<'_>,
+) -> Result<PgRebuildProgress, PgProjectionError> {
+    let ShadowNames {
+        name,
+        shadow_name,
+        live_table,
+        shadow_table,
+        old_table,
+    } = names;
+    let s = store.schema().quoted();
+    let started = Instant::now();
+    let total = store.feed_head().await?.visible_events;
+    // Separate statements, not `raw_sql`: its future is not provably `Send` in generic code.
+    let drop = format!("DROP TABLE IF EXISTS {s}.\"{shadow_table}\"");
+    sqlx::query(&drop).execute(store.pool()).await?;
+    let create =
+        format!("CREATE TABLE {s}.\"{shadow_table}\" (LIKE {s}.\"{live_table}\" INCLUDING ALL)");
+    sqlx::query(&create).execute(store.pool()).await?;
+    let mut tx = store.pool().begin().await?;
+    shadow
+        .set_checkpoint(&mut tx, shadow_name, FeedCursor::START, 0)
+        .await?;
+    tx.commit().await?;
+
+    let mut p = PgRebuildProgress {
+        scanned: 0,
+        total,
+        handled: 0,
+        cursor: FeedCursor::START,
+        elapsed: Duration::ZERO,
+    };
+    progress(&p);
+    let limit = batch_size(batch);
+    replay(shadow, limit, &mut p, started, progress).await?;
+
+    // The swap: one transaction, the live checkpoint row locked first (as runners do).
+    let mut tx = store.pool().begin().await?;
+    let (live_cursor, _) = live.lock_checkpoint(&mut tx).await?;
+    loop {
+        match shadow.apply_page(&mut tx, limit, false).await? {
+            Batch::Committed {
+                cursor,
+                processed,
+                scanned,
+                full,
+                ..
+            } => {
+                p.scanned += scanned as u64;
+                p.handled = processed;
+                p.cursor = cursor;
+                if !full {
+                    break;
+                }
+            }
+            Batch::Idle { .. } => break,
+            Batch::Failed { event, failure, .. } => {
+                return Err(PgProjectionError::Handler {
+                    projection: shadow_name.clone(),
+                    stream: event.stream_id.to_string(),
+                    version: event.version.get(),
+                    event_id: event.event_id,
+                    source: failure,
+                });
+            }
+        }
+    }
+    // Everything visible is in the shadow, and the live checkpoint cannot move while
+    // its row is locked: the shadow's position covers it.
+    let cursor = p.cursor.max(live_cursor);
+    for swap in [
+        format!("ALTER TABLE {s}.\"{live_table}\" RENAME TO \"{old_table}\""),
+        format!("ALTER TABLE {s}.\"{shadow_table}\" RENAME TO \"{live_table}\""),
+        format!("DROP TABLE {s}.\"{old_table}\""),
+    ] {
+        sqlx::query(&swap).execute(&mut *tx).await?;
+    }
+    live.set_checkpoint(&mut tx, name, cursor, p.handled)
+        .await?;
+    sqlx::query(&live.sql.delete_checkpoint)
+        .bind(shadow_name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    p.cursor = cursor;
+    p.elapsed = started.elapsed();
+    progress(&p);
+    Ok(p)
 }

@@ -77,7 +77,7 @@ impl ProjectionSql {
                         s.last_error_at, s.failing_event_id, coalesce(s.attempts, 0) \
                    FROM {s}.projection_checkpoints c \
                    FULL JOIN {s}.projection_status s ON s.name = c.name \
-                  ORDER BY 1 COLLATE \"C\""
+                  ORDER BY coalesce(c.name, s.name) COLLATE \"C\""
             ),
             try_lock: "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
         }

@@ -1,0 +1,647 @@
+//! Exactly-once PostgreSQL read models (DESIGN invariant 7) on a real server: crashes
+//! mid-batch and between batches, concurrent writers with transactions held open, two
+//! runners for one projection, a shadow rebuild that keeps serving, lag, and parking.
+// Helpers outside `#[test]` functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chronik_core::{
+    Aggregate, DomainEvent, EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent,
+    RecordedEvent, StreamId, Version,
+};
+use chronik_postgres::{
+    HandlerFailure, OrderProjection, ParkDecision, PgEventStore, PgProjection, PgProjectionRunner,
+    PgRunnerHandle, PgRunnerOptions, PgRunnerState, PgRunnerStatus, PgTransaction, park_event,
+    parked_events, projection_reports, rebuild, rebuild_shadow, wait_for_projection,
+};
+use chronik_store::{EventStore, FeedFilter};
+use chronik_testkit::orders::{
+    LineAdded, Order, OrderCancelled, OrderEvent, OrderPlaced, OrderShipped,
+};
+use futures::TryStreamExt;
+use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// Generous: the feed horizon is cluster-wide, so other sessions' open transactions can
+/// delay visibility. Conditions are polled; nothing waits for a fixed time.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn options() -> PgRunnerOptions {
+    PgRunnerOptions {
+        batch_size: 7,
+        poll_min: Duration::from_millis(5),
+        poll_max: Duration::from_millis(50),
+        retry_base: Duration::from_millis(5),
+        retry_max: Duration::from_millis(50),
+        standby_poll: Duration::from_millis(20),
+        listen_channel: None,
+    }
+}
+
+fn new_event(e: &OrderEvent) -> NewEvent {
+    NewEvent::new(
+        EventId::new(Uuid::new_v4()).unwrap(),
+        EventType::new(e.event_type()).unwrap(),
+        e.schema_version(),
+        e.to_payload().unwrap(),
+        Metadata::default(),
+    )
+    .unwrap()
+}
+
+/// The life of order `i`: placed, `i % 3` lines, then shipped, cancelled or left open.
+fn script(i: usize) -> Vec<OrderEvent> {
+    let n = i64::try_from(i).unwrap();
+    let mut events = vec![OrderEvent::OrderPlaced(OrderPlaced {
+        customer_id: format!("c-{}", i % 4),
+        total_amount: 100 + n,
+    })];
+    for _ in 0..i % 3 {
+        events.push(OrderEvent::LineAdded(LineAdded {
+            sku: "sku".into(),
+            quantity: 2,
+            unit_price: 10 + n,
+        }));
+    }
+    match i % 3 {
+        0 => events.push(OrderEvent::OrderShipped(OrderShipped {
+            carrier: "dhl".into(),
+        })),
+        1 => events.push(OrderEvent::OrderCancelled(OrderCancelled {
+            reason: "changed mind".into(),
+        })),
+        _ => {}
+    }
+    events
+}
+
+/// Appends orders `from..to`, one event per append (many small transactions); returns
+/// the last cursor.
+async fn append_orders(store: &PgEventStore, from: usize, to: usize) -> FeedCursor {
+    let mut last = FeedCursor::START;
+    for i in from..to {
+        let id = StreamId::new(format!("order-{i}")).unwrap();
+        for (k, e) in script(i).iter().enumerate() {
+            let expected = if k == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(Version::new(k as u64).unwrap())
+            };
+            last = store
+                .append(&id, expected, &[new_event(e)])
+                .await
+                .unwrap()
+                .cursor;
+        }
+    }
+    last
+}
+
+type Row7 = (String, String, String, i64, i64, Option<String>, i64);
+
+/// The read model as the domain's fold says it must be, from the events table.
+async fn expected_model(store: &PgEventStore) -> Vec<Row7> {
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT stream_id FROM streams WHERE stream_type = 'order'")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let mut rows = Vec::new();
+    for id in ids {
+        let stream = StreamId::new(id.clone()).unwrap();
+        let recorded: Vec<RecordedEvent> = store
+            .read_stream(&stream, Version::ZERO)
+            .try_collect()
+            .await
+            .unwrap();
+        let events: Vec<OrderEvent> = recorded
+            .iter()
+            .map(|r| OrderEvent::from_payload(r.event_type.as_str(), r.payload.clone()).unwrap())
+            .collect();
+        let order = Order::replay(&events);
+        rows.push((
+            id,
+            order.customer_id,
+            order.status.as_str().to_owned(),
+            order.total_amount,
+            i64::try_from(order.lines).unwrap(),
+            order.carrier,
+            recorded.last().unwrap().version.as_i64(),
+        ));
+    }
+    rows.sort();
+    rows
+}
+
+async fn actual_model(pool: &PgPool) -> Vec<Row7> {
+    let mut rows: Vec<Row7> = OrderProjection::new(&chronik_postgres::SchemaName::default())
+        .all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            (
+                s.order_id,
+                s.customer_id,
+                s.status,
+                s.total_amount,
+                s.lines,
+                s.carrier,
+                s.version,
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// `OrderProjection` plus an audit row per application (no unique key: a repeat shows),
+/// with fault injection.
+#[derive(Debug, Clone)]
+struct Audited {
+    inner: OrderProjection,
+    calls: Arc<AtomicUsize>,
+    /// Call number at which to hang (simulating a process that stops mid-work), and
+    /// whether to hang after the event's writes (mid-batch) or before them.
+    trip: Option<(usize, bool)>,
+    tripped: Arc<Notify>,
+    poison: Arc<Mutex<HashSet<EventId>>>,
+}
+
+impl Audited {
+    fn new(inner: OrderProjection) -> Self {
+        Self {
+            inner,
+            calls: Arc::default(),
+            trip: None,
+            tripped: Arc::default(),
+            poison: Arc::default(),
+        }
+    }
+}
+
+async fn setup(pool: &PgPool) -> PgEventStore {
+    sqlx::query(
+        "CREATE TABLE applied (seq bigserial PRIMARY KEY, event_id uuid NOT NULL, \
+         stream_id text NOT NULL, version bigint NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    PgEventStore::from_pool(pool.clone())
+}
+
+impl PgProjection for Audited {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn filter(&self) -> FeedFilter {
+        self.inner.filter()
+    }
+    async fn handle(
+        &self,
+        tx: &mut PgTransaction,
+        event: &RecordedEvent,
+    ) -> Result<(), HandlerFailure> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.trip == Some((call, false)) {
+            self.tripped.notify_one();
+            std::future::pending::<()>().await;
+        }
+        if self.poison.lock().unwrap().contains(&event.event_id) {
+            return Err(HandlerFailure::new("poison event"));
+        }
+        self.inner.handle(tx, event).await?;
+        sqlx::query("INSERT INTO applied (event_id, stream_id, version) VALUES ($1, $2, $3)")
+            .bind(event.event_id.as_uuid())
+            .bind(event.stream_id.as_str())
+            .bind(event.version.as_i64())
+            .execute(&mut **tx)
+            .await?;
+        if self.trip == Some((call, true)) {
+            self.tripped.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+        self.inner.clear(tx).await?;
+        sqlx::query("DELETE FROM applied")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn spawn(store: &PgEventStore, p: Audited) -> PgRunnerHandle {
+    PgProjectionRunner::new(store.clone(), Arc::new(p))
+        .with_options(options())
+        .spawn()
+        .unwrap()
+}
+
+async fn until(h: &PgRunnerHandle, f: impl Fn(&PgRunnerStatus) -> bool) -> PgRunnerStatus {
+    let mut rx = h.subscribe();
+    tokio::time::timeout(DEADLINE, rx.wait_for(|s| f(s)))
+        .await
+        .expect("condition not reached before the deadline")
+        .unwrap()
+        .clone()
+}
+
+/// Audit rows: (stream, version) in application order.
+async fn applied(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query("SELECT stream_id, version FROM applied ORDER BY seq")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Every committed order event applied exactly once, each stream in version order.
+async fn assert_exactly_once_in_stream_order(pool: &PgPool) {
+    let mut committed: Vec<(String, i64)> = sqlx::query(
+        "SELECT stream_id, version FROM events WHERE stream_type = 'order' ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    let seen = applied(pool).await;
+    let mut last: BTreeMap<&str, i64> = BTreeMap::new();
+    for (stream, version) in &seen {
+        let prev = last.insert(stream, *version).unwrap_or(0);
+        assert_eq!(
+            *version,
+            prev + 1,
+            "{stream}: v{version} applied after v{prev}"
+        );
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    committed.sort();
+    assert_eq!(sorted, committed, "each committed event exactly once");
+}
+
+async fn count_applied(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM applied")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_crash_mid_batch_or_between_batches_applies_nothing_twice(pool: PgPool) {
+    let store = setup(&pool).await;
+    let last = append_orders(&store, 0, 12).await;
+    // All visible before the runner starts, so batch boundaries are exactly 7 events
+    // (other sessions of the cluster could otherwise hold part of the feed back).
+    store.wait_for_feed(last).await.unwrap();
+    let orders = OrderProjection::new(store.schema());
+
+    // Run 1 hangs after writing the 3rd event of batch 2 (call 10); killed there.
+    let mut p = Audited::new(orders.clone());
+    p.trip = Some((10, true));
+    let tripped = Arc::clone(&p.tripped);
+    let h = spawn(&store, p);
+    tokio::time::timeout(DEADLINE, tripped.notified())
+        .await
+        .unwrap();
+    h.abort().await;
+    assert_eq!(count_applied(&pool).await, 7, "only batch 1 committed");
+
+    // Run 2 hangs before writing the first event after one more batch; killed there.
+    let mut p = Audited::new(orders.clone());
+    p.trip = Some((8, false));
+    let tripped = Arc::clone(&p.tripped);
+    let h = spawn(&store, p);
+    tokio::time::timeout(DEADLINE, tripped.notified())
+        .await
+        .unwrap();
+    h.abort().await;
+    assert_eq!(count_applied(&pool).await, 14, "two batches committed");
+
+    // Run 3 finishes.
+    let h = spawn(&store, Audited::new(orders.clone()));
+    wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
+        .await
+        .unwrap();
+    let status = h.stop().await;
+    assert_eq!(status.state, PgRunnerState::Stopped);
+    assert_exactly_once_in_stream_order(&pool).await;
+    let after_crashes = actual_model(&pool).await;
+    assert_eq!(after_crashes, expected_model(&store).await);
+
+    // A from-scratch rebuild gives the same read model.
+    let mut reports = Vec::new();
+    let done = rebuild(&store, Arc::new(Audited::new(orders)), None, 5, &mut |p| {
+        reports.push(*p);
+    })
+    .await
+    .unwrap();
+    assert_eq!(done.scanned, done.total);
+    assert!(reports.windows(2).all(|w| w[0].scanned <= w[1].scanned));
+    assert_eq!(actual_model(&pool).await, after_crashes);
+    assert_exactly_once_in_stream_order(&pool).await;
+}
+
+/// A tiny deterministic generator (no RNG dependency needed).
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn concurrent_writers_holding_transactions_open_reach_the_projection_once_in_order(
+    pool: PgPool,
+) {
+    let store = setup(&pool).await;
+    let h = spawn(&store, Audited::new(OrderProjection::new(store.schema())));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (w + 1));
+            let streams: Vec<usize> = (0..3).map(|k| (w as usize) * 100 + k).collect();
+            let mut done = vec![0usize; streams.len()];
+            while done
+                .iter()
+                .zip(&streams)
+                .any(|(d, s)| *d < script(*s).len())
+            {
+                let k = usize::try_from(rng.next(streams.len() as u64)).unwrap();
+                let i = streams[k];
+                let events = script(i);
+                if done[k] == events.len() {
+                    continue;
+                }
+                let id = StreamId::new(format!("order-{i}")).unwrap();
+                let expected = if done[k] == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(Version::new(done[k] as u64).unwrap())
+                };
+                let mut tx = store.pool().begin().await.unwrap();
+                store
+                    .append_in(&mut tx, &id, expected, &[new_event(&events[done[k]])])
+                    .await
+                    .unwrap();
+                // Workload shape, not synchronisation: keep the transaction open a while.
+                tokio::time::sleep(Duration::from_millis(rng.next(15))).await;
+                if rng.next(5) == 0 {
+                    tx.rollback().await.unwrap(); // never committed: must never be seen
+                } else {
+                    tx.commit().await.unwrap();
+                    done[k] += 1;
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let newest = store.newest_committed().await.unwrap().unwrap();
+    wait_for_projection(&store, OrderProjection::NAME, newest, DEADLINE)
+        .await
+        .unwrap();
+    h.stop().await;
+    assert_exactly_once_in_stream_order(&pool).await;
+    assert_eq!(actual_model(&pool).await, expected_model(&store).await);
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn two_runners_one_active_and_the_other_takes_over(pool: PgPool) {
+    let store = setup(&pool).await;
+    let orders = OrderProjection::new(store.schema());
+    let a = spawn(&store, Audited::new(orders.clone()));
+    until(&a, |s| s.lock_pid.is_some()).await;
+    let b = spawn(&store, Audited::new(orders.clone()));
+    until(&b, |s| s.state == PgRunnerState::Standby).await;
+
+    let first = append_orders(&store, 0, 6).await;
+    wait_for_projection(&store, OrderProjection::NAME, first, DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.status().batches,
+        0,
+        "the standby runner processed nothing"
+    );
+    assert_eq!(b.status().state, PgRunnerState::Standby);
+
+    let a_done = a.stop().await;
+    assert!(a_done.batches > 0);
+    let s = until(&b, |s| s.lock_pid.is_some()).await;
+    assert_ne!(s.state, PgRunnerState::Standby);
+    let second = append_orders(&store, 6, 12).await;
+    wait_for_projection(&store, OrderProjection::NAME, second, DEADLINE)
+        .await
+        .unwrap();
+    assert!(b.stop().await.batches > 0, "the survivor took over");
+    assert_exactly_once_in_stream_order(&pool).await;
+    assert_eq!(actual_model(&pool).await, expected_model(&store).await);
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_shadow_rebuild_keeps_serving_the_old_table_then_swaps(pool: PgPool) {
+    let store = setup(&pool).await;
+    let orders = OrderProjection::new(store.schema());
+    let first = append_orders(&store, 0, 9).await;
+    let live = spawn(&store, Audited::new(orders.clone()));
+    wait_for_projection(&store, OrderProjection::NAME, first, DEADLINE)
+        .await
+        .unwrap();
+    // A bug left the live table wrong; the rebuild will fix it.
+    sqlx::query("UPDATE order_summaries SET customer_id = 'stale'")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // The rebuild runs on its own thread and runtime, so that its progress callback can
+    // hold it *between* shadow batches (no transaction of its own open: an open write
+    // transaction would hold the feed's horizon, and the live runner with it).
+    let paused = Arc::new(Notify::new());
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let rebuilding = {
+        let options = pool.connect_options();
+        let paused = Arc::clone(&paused);
+        let orders = orders.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let pool = PgPool::connect_with((*options).clone()).await.unwrap();
+                let store = PgEventStore::from_pool(pool);
+                let mut calls = 0;
+                rebuild_shadow(&store, Arc::new(orders), None, 3, &mut move |_| {
+                    calls += 1;
+                    if calls == 3 {
+                        paused.notify_one();
+                        released.recv().unwrap();
+                    }
+                })
+                .await
+            })
+        })
+    };
+    tokio::time::timeout(DEADLINE, paused.notified())
+        .await
+        .unwrap();
+    // Mid-rebuild: the shadow has part of the data; readers still get the old table,
+    // which its runner keeps updating.
+    let shadow_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM order_summaries__shadow")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(shadow_rows > 0);
+    let serving = actual_model(&pool).await;
+    assert_eq!(serving.len(), 9);
+    assert!(serving.iter().all(|r| r.1 == "stale"));
+    let more = append_orders(&store, 9, 12).await;
+    wait_for_projection(&store, OrderProjection::NAME, more, DEADLINE)
+        .await
+        .unwrap();
+    let serving = actual_model(&pool).await;
+    assert_eq!(serving.len(), 12, "the live table is still maintained");
+    assert_eq!(serving.iter().filter(|r| r.1 == "stale").count(), 9);
+
+    release.send(()).unwrap();
+    let done = tokio::task::spawn_blocking(move || rebuilding.join().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(done.scanned >= done.total);
+    let last = append_orders(&store, 12, 14).await;
+    wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
+        .await
+        .unwrap();
+    live.stop().await;
+    assert_eq!(actual_model(&pool).await, expected_model(&store).await);
+    let shadow_left: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('order_summaries__shadow')::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(shadow_left, None);
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn lag_is_n_events_behind_then_zero_and_names_the_horizon_holder(pool: PgPool) {
+    let store = setup(&pool).await;
+    let orders = OrderProjection::new(store.schema());
+    let first = append_orders(&store, 0, 3).await;
+    let h = spawn(&store, Audited::new(orders.clone()));
+    wait_for_projection(&store, OrderProjection::NAME, first, DEADLINE)
+        .await
+        .unwrap();
+    h.stop().await;
+
+    let behind = append_orders(&store, 3, 5).await; // orders 3 and 4: 2 + 3 events
+    store.wait_for_feed(behind).await.unwrap();
+    let r = projection_reports(&store).await.unwrap();
+    let r = r.iter().find(|r| r.name == OrderProjection::NAME).unwrap();
+    assert_eq!(r.lag_events, 5);
+    assert!(r.lag_seconds >= 0.0);
+    assert_eq!(r.state.as_deref(), Some("stopped"));
+
+    let h = spawn(&store, Audited::new(orders));
+    wait_for_projection(&store, OrderProjection::NAME, behind, DEADLINE)
+        .await
+        .unwrap();
+    let r = projection_reports(&store).await.unwrap();
+    let r = r.iter().find(|r| r.name == OrderProjection::NAME).unwrap();
+    assert_eq!((r.lag_events, r.lag_seconds), (0, 0.0));
+
+    // An open write transaction holds the horizon: a later commit stays invisible, and
+    // the report says who is holding it.
+    let mut open = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *open)
+        .await
+        .unwrap();
+    append_orders(&store, 5, 6).await;
+    let r = projection_reports(&store).await.unwrap();
+    let r = r.iter().find(|r| r.name == OrderProjection::NAME).unwrap();
+    assert!(r.held_back_by.is_some(), "{r:?}");
+    let holders = store.horizon_holders().await.unwrap();
+    assert!(holders.iter().any(|x| x.pid == Some(pid)));
+    open.rollback().await.unwrap();
+    h.stop().await;
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_failing_event_is_retried_until_a_recorded_park_decision(pool: PgPool) {
+    let store = setup(&pool).await;
+    let last = append_orders(&store, 0, 3).await;
+    store.wait_for_feed(last).await.unwrap();
+    let feed = store
+        .read_feed(FeedCursor::START, &FeedFilter::all(), 100)
+        .await
+        .unwrap()
+        .events;
+    let bad = &feed[3];
+    let p = Audited::new(OrderProjection::new(store.schema()));
+    p.poison.lock().unwrap().insert(bad.event_id);
+    let h = spawn(&store, p);
+    let s = until(&h, |s| s.state == PgRunnerState::Failing && s.attempts >= 3).await;
+    assert_eq!(s.failing_event, Some(bad.event_id));
+    assert_eq!(
+        s.checkpoint, feed[2].cursor,
+        "the events before it are committed"
+    );
+    let r = projection_reports(&store).await.unwrap();
+    let r = r.iter().find(|r| r.name == OrderProjection::NAME).unwrap();
+    assert_eq!(r.state.as_deref(), Some("failing"));
+    assert!(r.last_error.as_deref().unwrap().contains("poison"));
+    assert_eq!(r.failing_event, Some(bad.event_id));
+
+    park_event(
+        &store,
+        &ParkDecision {
+            projection: OrderProjection::NAME.into(),
+            event_id: bad.event_id,
+            stream_id: bad.stream_id.clone(),
+            version: bad.version,
+            reason: "corrupt payload, ticket 7".into(),
+            decided_by: "ops".into(),
+            decided_at: None,
+        },
+    )
+    .await
+    .unwrap();
+    wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
+        .await
+        .unwrap();
+    let s = h.stop().await;
+    assert_eq!(s.parked_skipped, 1);
+    let seen = applied(&pool).await;
+    assert_eq!(seen.len(), feed.len() - 1);
+    assert!(!seen.contains(&(bad.stream_id.to_string(), bad.version.as_i64())));
+    assert_eq!(
+        parked_events(&store, OrderProjection::NAME)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
