@@ -645,3 +645,33 @@ async fn a_failing_event_is_retried_until_a_recorded_park_decision(pool: PgPool)
         1
     );
 }
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_notification_after_commit_wakes_a_listening_runner(pool: PgPool) {
+    let store = setup(&pool).await;
+    // Polling so slow that only the notification can deliver within the deadline.
+    let h = PgProjectionRunner::new(
+        store.clone(),
+        Arc::new(Audited::new(OrderProjection::new(store.schema()))),
+    )
+    .with_options(PgRunnerOptions {
+        poll_min: Duration::from_secs(600),
+        poll_max: Duration::from_secs(600),
+        listen_channel: Some("chronik_feed".into()),
+        ..options()
+    })
+    .spawn()
+    .unwrap();
+    until(&h, |s| s.state == PgRunnerState::Live).await;
+    let last = append_orders(&store, 0, 2).await;
+    // Notify once the events are visible (after commit, outside any append transaction).
+    store.wait_for_feed(last).await.unwrap();
+    chronik_postgres::notify_feed(store.pool(), "chronik_feed")
+        .await
+        .unwrap();
+    wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
+        .await
+        .unwrap();
+    h.stop().await;
+    assert_exactly_once_in_stream_order(&pool).await;
+}
