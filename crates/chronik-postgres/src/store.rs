@@ -137,7 +137,8 @@ impl PgEventStore {
     }
 
     /// Connects with `config`: a pool of `max_connections`, each session with
-    /// `statement_timeout` and `application_name = chronik`.
+    /// `statement_timeout` and `application_name = chronik`. Connections are not pinged
+    /// on acquire, so an owned append costs exactly one round trip.
     ///
     /// # Errors
     /// As [`PgEventStore::connect`].
@@ -155,6 +156,10 @@ impl PgEventStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.acquire_timeout)
+            // sqlx already pings every connection when it is released (off the caller's
+            // path) and drops broken ones; a second ping on acquire would double an
+            // append's round trips.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(backend)?;
