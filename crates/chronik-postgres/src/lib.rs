@@ -6,14 +6,35 @@
 //! the same conformance suite.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), chronik_store::StoreError> {
+//! use chronik_core::{EventId, EventType, ExpectedVersion, Metadata, NewEvent, StreamId};
 //! use chronik_postgres::PgEventStore;
+//! use chronik_store::{EventStore, StoreError};
+//!
+//! # async fn demo(id: uuid::Uuid) -> Result<(), Box<dyn std::error::Error>> {
 //! let store = PgEventStore::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
 //! store.migrate().await?;
-//! // store.append(...), store.read_feed(...), or inside your own transaction:
-//! let mut tx = store.pool().begin().await.expect("begin");
-//! // store.append_in(&mut tx, &stream, expected, &events).await?;  // append first
-//! tx.commit().await.expect("commit");
+//! let stream = StreamId::new("order-42")?;
+//! let placed = NewEvent::new(
+//!     EventId::new(id)?,
+//!     EventType::new("OrderPlaced")?,
+//!     1,
+//!     serde_json::json!({ "total": 10 }),
+//!     Metadata::default(),
+//! )?;
+//!
+//! // Owned: one statement, one round trip, its own transaction.
+//! store.append(&stream, ExpectedVersion::NoStream, &[placed.clone()]).await?;
+//!
+//! // Inside your transaction, with your other writes: append FIRST.
+//! let mut tx = store.pool().begin().await?;
+//! let r = store.append_in(&mut tx, &stream, ExpectedVersion::Any, &[placed]).await;
+//! if let Err(e @ StoreError::TransactionOrder { .. }) = &r {
+//!     // retryable: roll back (drop `tx`) and run the whole unit of work again
+//!     assert!(e.is_retryable());
+//! }
+//! println!("already appended: {}", r?.already_appended); // an idempotent retry: true
+//! // ... your other writes ...
+//! tx.commit().await?;
 //! # Ok(()) }
 //! ```
 //!
