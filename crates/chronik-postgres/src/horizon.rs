@@ -95,7 +95,8 @@ impl PgEventStore {
 
     /// Every transaction in the cluster that holds the feed's horizon back, oldest first:
     /// open write transactions in any database, and prepared transactions. The first one
-    /// is why projections are paused.
+    /// is why projections are paused. Seeing other roles' queries needs `pg_read_all_stats`
+    /// (or superuser); without it `detail` says `<insufficient privilege>`.
     ///
     /// # Errors
     /// [`StoreError::Backend`].

@@ -36,7 +36,11 @@ const UNIQUE_RACE_RETRIES: u32 = 3;
 ///   one implicit transaction, whatever the number of events;
 /// - the feed is ordered by `(transaction_id, global_position)` and shows only events of
 ///   transactions older than every running one (see `docs/ordering.md`): it never skips
-///   and never shows version `n + 1` of a stream before version `n`.
+///   and never shows version `n + 1` of a stream before version `n`;
+/// - [`read_stream`](EventStore::read_stream) streams rows as the server sends them
+///   (bounded memory for any stream length) and holds one pooled connection until the
+///   stream is exhausted or dropped: do not append through a one-connection pool while
+///   iterating.
 #[derive(Clone)]
 pub struct PgEventStore {
     pub(crate) pool: PgPool,
