@@ -196,6 +196,30 @@ async fn setup(pool: &PgPool) -> PgEventStore {
     PgEventStore::from_pool(pool.clone())
 }
 
+/// Makes the database itself check, at every commit that applies events, that the read
+/// model's audit and the checkpoint moved together (a deferred constraint trigger runs
+/// just before the commit, inside the transaction). An implementation that committed
+/// effects and checkpoint separately would fail here on its first batch, whether or not
+/// a crash happens to land in between.
+async fn check_effects_commit_with_checkpoint(pool: &PgPool) {
+    sqlx::raw_sql(
+        "CREATE FUNCTION applied_matches_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF (SELECT count(*) FROM applied) <> (SELECT coalesce(sum(events_processed), 0) \
+                 FROM projection_checkpoints WHERE name = 'orders') THEN \
+             RAISE EXCEPTION 'read model and checkpoint disagree at commit'; \
+           END IF; \
+           RETURN NULL; \
+         END $$; \
+         CREATE CONSTRAINT TRIGGER applied_matches_checkpoint AFTER INSERT ON applied \
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+           EXECUTE FUNCTION applied_matches_checkpoint();",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 impl PgProjection for Audited {
     fn name(&self) -> &str {
         self.inner.name()
@@ -302,6 +326,7 @@ async fn count_applied(pool: &PgPool) -> i64 {
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn a_crash_mid_batch_or_between_batches_applies_nothing_twice(pool: PgPool) {
     let store = setup(&pool).await;
+    check_effects_commit_with_checkpoint(&pool).await;
     let last = append_orders(&store, 0, 12).await;
     // All visible before the runner starts, so batch boundaries are exactly 7 events
     // (other sessions of the cluster could otherwise hold part of the feed back).
@@ -370,6 +395,7 @@ async fn concurrent_writers_holding_transactions_open_reach_the_projection_once_
     pool: PgPool,
 ) {
     let store = setup(&pool).await;
+    check_effects_commit_with_checkpoint(&pool).await;
     let h = spawn(&store, Audited::new(OrderProjection::new(store.schema())));
     let mut writers = Vec::new();
     for w in 0..4u64 {
@@ -426,6 +452,7 @@ async fn concurrent_writers_holding_transactions_open_reach_the_projection_once_
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn two_runners_one_active_and_the_other_takes_over(pool: PgPool) {
     let store = setup(&pool).await;
+    check_effects_commit_with_checkpoint(&pool).await;
     let orders = OrderProjection::new(store.schema());
     let a = spawn(&store, Audited::new(orders.clone()));
     until(&a, |s| s.lock_pid.is_some()).await;
@@ -674,4 +701,40 @@ async fn a_notification_after_commit_wakes_a_listening_runner(pool: PgPool) {
         .unwrap();
     h.stop().await;
     assert_exactly_once_in_stream_order(&pool).await;
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn connections_killed_at_random_mid_batch_still_apply_each_event_once(pool: PgPool) {
+    let store = setup(&pool).await;
+    check_effects_commit_with_checkpoint(&pool).await;
+    let last = append_orders(&store, 0, 30).await;
+    store.wait_for_feed(last).await.unwrap();
+    let h = spawn(&store, Audited::new(OrderProjection::new(store.schema())));
+    // Terminate every other session of this test's database (the runner's batch
+    // transactions, its feed reads and its lock session) over and over while it works.
+    let mut killer = pool.acquire().await.unwrap().detach();
+    let mut rng = XorShift(42);
+    let mut kills = 0i64;
+    for _ in 0..40 {
+        kills += sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+              WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+        )
+        .fetch_one(&mut killer)
+        .await
+        .unwrap();
+        // Workload shape, not synchronisation: let the runner get into its next batch.
+        tokio::time::sleep(Duration::from_millis(1 + rng.next(10))).await;
+    }
+    assert!(kills > 0);
+    wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
+        .await
+        .unwrap();
+    let s = h.stop().await;
+    assert!(
+        s.last_error.is_some(),
+        "the runner saw the dropped connections"
+    );
+    assert_exactly_once_in_stream_order(&pool).await;
+    assert_eq!(actual_model(&pool).await, expected_model(&store).await);
 }
