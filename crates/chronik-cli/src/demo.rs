@@ -262,7 +262,11 @@ pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> a
     row("snapshots taken", n(total.snapshots));
     row(
         "feed events read",
-        format_args!("{} in {} pages, upcast", n(feed.events), feed.pages),
+        format_args!(
+            "{} in {}, upcast",
+            n(feed.events),
+            count(feed.pages, "page")
+        ),
     );
     row(
         "throughput",
@@ -435,10 +439,10 @@ async fn long_stream<S: Store>(
         "snapshot + tail differs from a full replay at {id}"
     );
     detail(format_args!(
-        "{id}: {} events in {}, {} snapshots taken (policy: by stream size)",
+        "{id}: {} events in {}, {} taken (policy: by stream size)",
         n(with.version.get()),
         ms(written),
-        n(tally.snapshots),
+        count(tally.snapshots, "snapshot"),
     ));
     if with.snapshot_version == Version::ZERO {
         detail("no snapshot yet: the stream is shorter than the policy's threshold");
@@ -618,8 +622,9 @@ async fn read_feed<S: Store>(store: &S, start: FeedCursor) -> anyhow::Result<Fee
     let elapsed = t.elapsed();
     ensure!(stale == 0, "{stale} feed events were not upcast");
     detail(format_args!(
-        "{} events after the demo's starting cursor, in {pages} pages of up to {} ({}); all at their current schema",
+        "{} events after the demo's starting cursor, in {} of up to {} ({}); all at their current schema",
         n(events),
+        count(pages, "page"),
         n(FEED_PAGE as u64),
         ms(elapsed),
     ));
@@ -660,6 +665,15 @@ fn per_second(count: u64, elapsed: Duration) -> u64 {
         (count as f64 / secs).round() as u64
     } else {
         0
+    }
+}
+
+/// `1 page`, `2 pages`.
+fn count(value: u64, noun: &str) -> String {
+    if value == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{} {noun}s", n(value))
     }
 }
 
@@ -707,6 +721,8 @@ mod tests {
         assert_eq!(ms(Duration::from_micros(12_340)), "12.3 ms");
         assert_eq!(ms(Duration::from_millis(1_420)), "1.42 s");
         assert_eq!(per_second(10, Duration::ZERO), 0);
+        assert_eq!(count(1, "page"), "1 page");
+        assert_eq!(count(1_000, "page"), "1,000 pages");
         assert_eq!(per_second(10, Duration::from_millis(500)), 20);
     }
 }
