@@ -282,24 +282,29 @@ impl RunnerHandle {
 
     /// Graceful shutdown: each task finishes and checkpoints its current batch (a task that
     /// is backing off after a failure checkpoints what it applied and stops), then the final
-    /// statuses are returned.
+    /// statuses are returned in registration order.
     ///
     /// # Errors
     /// [`ProjectionError::TaskFailed`] when a task panicked outside a handler.
     pub async fn stop(self) -> Result<Vec<ProjectionStatus>, ProjectionError> {
         self.stop.send_replace(true);
         let mut first_err = None;
+        let mut names = Vec::with_capacity(self.tasks.len());
         for (name, task) in self.tasks {
             if let Err(e) = task.await {
                 first_err.get_or_insert(ProjectionError::TaskFailed {
-                    projection: name,
+                    projection: name.clone(),
                     message: e.to_string(),
                 });
             }
+            names.push(name);
         }
         match first_err {
             Some(e) => Err(e),
-            None => Ok(self.statuses.values().map(|s| s.borrow().clone()).collect()),
+            None => Ok(names
+                .iter()
+                .filter_map(|n| self.statuses.get(n).map(|s| s.borrow().clone()))
+                .collect()),
         }
     }
 
