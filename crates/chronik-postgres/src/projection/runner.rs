@@ -267,6 +267,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
             status: Arc::clone(&status),
             stop: stop_rx,
             lock: None,
+            held: false,
             listener: None,
         };
         Ok(PgRunnerHandle {
@@ -549,29 +550,48 @@ impl<P: PgProjection> Engine<P> {
         Ok(())
     }
 
-    /// Takes the projection's advisory lock on a dedicated session, if free.
+    /// Opens a dedicated session for the advisory lock (outside the pool: the lock lives
+    /// as long as the session).
+    pub(crate) async fn lock_session(&self) -> Result<PgConnection, StoreError> {
+        let options = self.store.pool().connect_options();
+        PgConnection::connect_with(&options).await.map_err(backend)
+    }
+
+    /// Tries the projection's advisory lock on `conn`; returns the session's backend pid
+    /// when taken.
+    pub(crate) async fn try_lock_on(
+        &self,
+        conn: &mut PgConnection,
+        key_name: &str,
+    ) -> Result<Option<i32>, StoreError> {
+        let got: bool = sqlx::query_scalar(self.sql.try_lock)
+            .bind(lock_key(self.store.schema(), key_name))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
+        if !got {
+            return Ok(None);
+        }
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
+        Ok(Some(pid))
+    }
+
+    /// Takes the projection's advisory lock on a new dedicated session, if free.
     pub(crate) async fn try_lock(
         &self,
         key_name: &str,
     ) -> Result<Option<(PgConnection, i32)>, StoreError> {
-        let options = self.store.pool().connect_options();
-        let mut conn = PgConnection::connect_with(&options)
-            .await
-            .map_err(backend)?;
-        let got: bool = sqlx::query_scalar(self.sql.try_lock)
-            .bind(lock_key(self.store.schema(), key_name))
-            .fetch_one(&mut conn)
-            .await
-            .map_err(backend)?;
-        if !got {
-            let _ = conn.close().await;
-            return Ok(None);
+        let mut conn = self.lock_session().await?;
+        match self.try_lock_on(&mut conn, key_name).await? {
+            Some(pid) => Ok(Some((conn, pid))),
+            None => {
+                let _ = conn.close().await;
+                Ok(None)
+            }
         }
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(backend)?;
-        Ok(Some((conn, pid)))
     }
 
     pub(crate) async fn save_status(&self, s: &PgRunnerStatus) {
@@ -596,7 +616,10 @@ struct Task<P> {
     options: PgRunnerOptions,
     status: Arc<watch::Sender<PgRunnerStatus>>,
     stop: watch::Receiver<bool>,
+    /// The dedicated lock session (kept while in standby too, to retry on it).
     lock: Option<PgConnection>,
+    /// Whether `lock` holds the projection's advisory lock.
+    held: bool,
     listener: Option<PgListener>,
 }
 
@@ -675,16 +698,32 @@ impl<P: PgProjection> Task<P> {
     async fn ensure_lock(&mut self) -> Result<bool, Stopping> {
         if let Some(conn) = self.lock.as_mut() {
             if conn.ping().await.is_ok() {
-                return Ok(true);
+                if self.held {
+                    return Ok(true);
+                }
+            } else {
+                // The session died (and any lock with it): another runner may be active now.
+                self.lock = None;
+                self.held = false;
+                self.status.send_modify(|s| s.lock_pid = None);
             }
-            // The lock session died: another runner may be active now.
-            self.lock = None;
-            self.status.send_modify(|s| s.lock_pid = None);
         }
+        let conn = match self.lock.take() {
+            Some(conn) => Ok(conn),
+            None => self.engine.lock_session().await,
+        };
         let name = self.engine.name().to_owned();
-        match self.engine.try_lock(&name).await {
-            Ok(Some((conn, pid))) => {
+        let attempt = match conn {
+            Ok(mut conn) => {
+                let r = self.engine.try_lock_on(&mut conn, &name).await;
                 self.lock = Some(conn);
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(Some(pid)) => {
+                self.held = true;
                 self.status.send_modify(|s| s.lock_pid = Some(pid));
                 if let Some(channel) = self.options.listen_channel.clone() {
                     match PgListener::connect_with(self.engine.store.pool()).await {
@@ -705,6 +744,7 @@ impl<P: PgProjection> Task<P> {
                 Ok(false)
             }
             Err(e) => {
+                self.lock = None;
                 let attempt = self.status.borrow().attempts + 1;
                 self.fail(attempt, format!("taking the projection lock: {e}"), None)
                     .await?;
