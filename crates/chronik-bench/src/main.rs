@@ -1,0 +1,119 @@
+//! `chronik-bench`: chronik against raw-SQL baselines measured in the same run.
+//!
+//! Run it with `cargo xtask bench` (release build, full durations) or
+//! `cargo xtask bench --quick` (seconds per scenario; what CI's smoke step runs).
+//! Results go to `target/bench/results.{json,md}`.
+
+mod harness;
+mod memory;
+mod pg;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::harness::Budget;
+use crate::report::Report;
+
+/// Benchmarks chronik against raw-SQL baselines in one run.
+#[derive(Debug, Parser)]
+#[command(name = "chronik-bench", version)]
+struct Args {
+    /// Smoke mode: every scenario briefly, small data sets (proves they still work).
+    #[arg(long)]
+    quick: bool,
+    /// PostgreSQL to measure against (a scratch schema is created and dropped).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Where to write results.json and results.md.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Measured seconds per variant (default 5, quick 0.3).
+    #[arg(long)]
+    seconds: Option<f64>,
+}
+
+/// Sizes of one run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    pub(crate) budget: Budget,
+    pub(crate) concurrency: &'static [usize],
+    pub(crate) batch_concurrency: &'static [usize],
+    pub(crate) long_stream: usize,
+    pub(crate) feed_events: usize,
+    pub(crate) load_repeats: usize,
+}
+
+fn plan(args: &Args) -> Plan {
+    let measure = args.seconds.map(Duration::from_secs_f64);
+    if args.quick {
+        Plan {
+            budget: Budget {
+                warmup: Duration::from_millis(100),
+                measure: measure.unwrap_or(Duration::from_millis(300)),
+            },
+            concurrency: &[1, 4],
+            batch_concurrency: &[1],
+            long_stream: 2_000,
+            feed_events: 5_000,
+            load_repeats: 3,
+        }
+    } else {
+        Plan {
+            budget: Budget {
+                warmup: Duration::from_secs(1),
+                measure: measure.unwrap_or(Duration::from_secs(5)),
+            },
+            concurrency: &[1, 4, 16, 64],
+            batch_concurrency: &[1, 4],
+            long_stream: 10_000,
+            feed_events: 1_000_000,
+            load_repeats: 10,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let plan = plan(&args);
+    let mut report = Report::default();
+    report.environment.push((
+        "mode".into(),
+        if args.quick {
+            "quick (smoke)".into()
+        } else {
+            "full".into()
+        },
+    ));
+    report.environment.push((
+        "cpus".into(),
+        std::thread::available_parallelism()
+            .map_or(0, usize::from)
+            .to_string(),
+    ));
+    report.environment.push((
+        "payload".into(),
+        format!("{} bytes of JSON per event", memory::payload_size()),
+    ));
+    eprintln!(
+        "chronik-bench: {} mode, results to {}",
+        if args.quick { "quick" } else { "full" },
+        args.out.display()
+    );
+    memory::run(&plan, &mut report).await?;
+    match &args.database_url {
+        Some(url) => {
+            pg::environment(url, &mut report).await?;
+            pg::run(url, &plan, &mut report).await?;
+        }
+        None => report
+            .notes
+            .push("no DATABASE_URL: PostgreSQL scenarios skipped".into()),
+    }
+    report.write(&args.out)?;
+    println!("{}", report.markdown());
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! Scenarios 1-4 on PostgreSQL: chronik and a raw-SQL baseline doing the same database
+//! work with the thinnest client (one prepared statement per operation, same payloads,
+//! same concurrency), measured one after the other in the same run.
+//!
+//! The raw SQL here is a measuring instrument, not part of chronik: it lives in this crate
+//! so that `chronik-postgres` stays the only place that knows the store's SQL.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use chronik_core::{ExpectedVersion, FeedCursor, SnapshotPolicy, SnapshotState, StreamId};
+use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
+use chronik_store::{EventStore, FeedFilter, Repository, SnapshotStore};
+use chronik_testkit::orders::Order;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Executor, PgPool};
+use uuid::Uuid;
+
+use crate::Plan;
+use crate::harness;
+use crate::memory::{new_event, payload, seed_stream};
+use crate::report::Report;
+
+const STORE_SCHEMA: &str = "chronik_bench";
+const RAW_SCHEMA: &str = "chronik_bench_raw";
+
+async fn pool(url: &str, size: usize) -> anyhow::Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(size.max(1) as u32)
+        .min_connections(size.max(1) as u32)
+        .connect(url)
+        .await?)
+}
+
+async fn store(url: &str, size: usize) -> anyhow::Result<PgEventStore> {
+    let mut config = PgStoreConfig::with_schema(SchemaName::new(STORE_SCHEMA)?);
+    config.max_connections = size.max(1) as u32;
+    Ok(PgEventStore::connect_with(url, config).await?)
+}
+
+/// Drops and recreates both scratch schemas.
+async fn reset(url: &str) -> anyhow::Result<()> {
+    let admin = pool(url, 1).await?;
+    admin
+        .execute(format!("DROP SCHEMA IF EXISTS {STORE_SCHEMA} CASCADE").as_str())
+        .await?;
+    admin
+        .execute(format!("DROP SCHEMA IF EXISTS {RAW_SCHEMA} CASCADE").as_str())
+        .await?;
+    admin
+        .execute(format!("CREATE SCHEMA {RAW_SCHEMA}").as_str())
+        .await?;
+    // The seed's table, as the pattern guide defines it (no guard, no streams row).
+    admin
+        .execute(
+            format!(
+                "CREATE TABLE {RAW_SCHEMA}.seed_events (
+                    event_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+                    aggregate_id uuid NOT NULL,
+                    aggregate_type varchar(255) NOT NULL,
+                    event_type varchar(255) NOT NULL,
+                    event_data jsonb NOT NULL,
+                    metadata jsonb DEFAULT '{{}}',
+                    version int NOT NULL,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    CONSTRAINT unique_aggregate_version UNIQUE (aggregate_id, version))"
+            )
+            .as_str(),
+        )
+        .await?;
+    admin.close().await;
+    store(url, 1).await?.migrate().await?;
+    Ok(())
+}
+
+pub(crate) async fn environment(url: &str, report: &mut Report) -> anyhow::Result<()> {
+    let p = pool(url, 1).await?;
+    for setting in [
+        "server_version",
+        "synchronous_commit",
+        "shared_buffers",
+        "max_connections",
+        "fsync",
+    ] {
+        let v: String = sqlx::query_scalar(&format!("SHOW {setting}"))
+            .fetch_one(&p)
+            .await?;
+        report.environment.push((format!("postgres {setting}"), v));
+    }
+    p.close().await;
+    Ok(())
+}
+
+/// The raw guarded append: the same `append_events` call chronik makes, bound directly.
+fn raw_guarded_sql() -> String {
+    format!(
+        "SELECT outcome FROM {STORE_SCHEMA}.append_events($1, 'order', $2, $3, $4, $5, $6::text[]::jsonb[], $7::text[]::jsonb[], $8, $9)"
+    )
+}
+
+async fn raw_guarded_append(p: &PgPool, sql: &str, n: usize, body: &str) -> anyhow::Result<u64> {
+    let stream = format!("order-{}", Uuid::new_v4());
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    let outcome: i16 = sqlx::query_scalar(sql)
+        .bind(&stream)
+        .bind(-2_i64)
+        .bind(&ids)
+        .bind(vec!["OrderPlaced"; n])
+        .bind(vec![1_i64; n])
+        .bind(vec![body; n])
+        .bind(vec!["{}"; n])
+        .bind(vec![None::<Uuid>; n])
+        .bind(vec![None::<Uuid>; n])
+        .fetch_one(p)
+        .await?;
+    anyhow::ensure!(outcome == 0, "raw guarded append outcome {outcome}");
+    Ok(n as u64)
+}
+
+async fn raw_plain_insert(p: &PgPool, sql: &str, body: &serde_json::Value) -> anyhow::Result<u64> {
+    sqlx::query(sql)
+        .bind(Uuid::new_v4())
+        .bind(body)
+        .execute(p)
+        .await?;
+    Ok(1)
+}
+
+async fn raw_multi_insert(p: &PgPool, sql: &str, n: usize, body: &str) -> anyhow::Result<u64> {
+    let versions: Vec<i32> = (1..=n as i32).collect();
+    sqlx::query(sql)
+        .bind(Uuid::new_v4())
+        .bind(vec![body; n])
+        .bind(&versions)
+        .execute(p)
+        .await?;
+    Ok(n as u64)
+}
+
+pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
+    reset(url).await.context("preparing scratch schemas")?;
+    let body = payload().to_string();
+    let body_json = payload();
+
+    // 1. Append, one event per transaction, random streams.
+    let plain_sql = format!(
+        "INSERT INTO {RAW_SCHEMA}.seed_events (aggregate_id, aggregate_type, event_type, event_data, version) VALUES ($1, 'order', 'OrderPlaced', $2, 1)"
+    );
+    for &c in plan.concurrency {
+        let s = store(url, c).await?;
+        let stats = harness::run(c, plan.budget, move |_, _| {
+            let s = s.clone();
+            async move {
+                let id = StreamId::for_category("order", Uuid::new_v4())?;
+                s.append(&id, ExpectedVersion::NoStream, &[new_event()])
+                    .await?;
+                Ok(1)
+            }
+        })
+        .await?;
+        report.push("append-1", "chronik", c, stats);
+
+        let p = pool(url, c).await?;
+        let (sql, b) = (Arc::new(raw_guarded_sql()), Arc::new(body.clone()));
+        let pc = p.clone();
+        let stats = harness::run(c, plan.budget, move |_, _| {
+            let (p, sql, b) = (pc.clone(), sql.clone(), b.clone());
+            async move { raw_guarded_append(&p, &sql, 1, &b).await }
+        })
+        .await?;
+        report.push("append-1", "raw-guarded", c, stats);
+
+        let (sql, b) = (Arc::new(plain_sql.clone()), Arc::new(body_json.clone()));
+        let pc = p.clone();
+        let stats = harness::run(c, plan.budget, move |_, _| {
+            let (p, sql, b) = (pc.clone(), sql.clone(), b.clone());
+            async move { raw_plain_insert(&p, &sql, &b).await }
+        })
+        .await?;
+        report.push("append-1", "raw-plain", c, stats);
+        p.close().await;
+        report.ratio("append-1", "chronik", "raw-guarded", c, Some(0.9));
+        report.ratio("append-1", "chronik", "raw-plain", c, Some(0.65));
+    }
+
+    // 2. Append, 100 events per transaction.
+    let multi_sql = format!(
+        "INSERT INTO {RAW_SCHEMA}.seed_events (aggregate_id, aggregate_type, event_type, event_data, version) \
+         SELECT $1, 'order', 'OrderPlaced', d::jsonb, v FROM unnest($2::text[], $3::int[]) AS u(d, v)"
+    );
+    for &c in plan.batch_concurrency {
+        let s = store(url, c).await?;
+        let stats = harness::run(c, plan.budget, move |_, _| {
+            let s = s.clone();
+            async move {
+                let id = StreamId::for_category("order", Uuid::new_v4())?;
+                let batch: Vec<_> = (0..100).map(|_| new_event()).collect();
+                s.append(&id, ExpectedVersion::NoStream, &batch).await?;
+                Ok(100)
+            }
+        })
+        .await?;
+        report.push("append-100", "chronik", c, stats);
+        let p = pool(url, c).await?;
+        let (sql, b) = (Arc::new(multi_sql.clone()), Arc::new(body.clone()));
+        let pc = p.clone();
+        let stats = harness::run(c, plan.budget, move |_, _| {
+            let (p, sql, b) = (pc.clone(), sql.clone(), b.clone());
+            async move { raw_multi_insert(&p, &sql, 100, &b).await }
+        })
+        .await?;
+        report.push("append-100", "raw-multi-insert", c, stats);
+        p.close().await;
+        report.ratio("append-100", "chronik", "raw-multi-insert", c, Some(0.8));
+    }
+
+    // 3. Load one long aggregate.
+    let s = store(url, 2).await?;
+    let id = StreamId::for_category("order", Uuid::new_v4())?;
+    seed_stream(&s, &id, plan.long_stream).await?;
+    let scenario = format!("load-{}", plan.long_stream);
+    let stats = harness::repeat(plan.load_repeats, |_| {
+        let (s, id) = (&s, &id);
+        async move {
+            Ok(Repository::<Order, _>::new(s)
+                .load(id)
+                .await?
+                .events_replayed)
+        }
+    })
+    .await?;
+    report.push(&scenario, "chronik full replay", 1, stats);
+    let state = Repository::<Order, _>::new(&s).load(&id).await?;
+    s.save_snapshot(
+        &id,
+        state.version,
+        Order::STATE_SCHEMA_VERSION,
+        &state.state.to_state()?,
+    )
+    .await?;
+    let stats = harness::repeat(plan.load_repeats * 20, |_| {
+        let (s, id) = (s.clone(), &id);
+        async move {
+            let loaded = Repository::<Order, _>::new(s)
+                .with_snapshots(SnapshotPolicy::Never)
+                .load(id)
+                .await?;
+            anyhow::ensure!(
+                loaded.snapshot_version == loaded.version,
+                "snapshot not used"
+            );
+            // Count the events the state covers, so items/s compares with full replay.
+            Ok(loaded.version.get())
+        }
+    })
+    .await?;
+    report.push(&scenario, "chronik with snapshot", 1, stats);
+    let raw_load = format!(
+        "SELECT event_type, payload, version FROM {STORE_SCHEMA}.events WHERE stream_id = $1 ORDER BY version"
+    );
+    let stats = harness::repeat(plan.load_repeats, |_| {
+        let (p, sql, id) = (s.pool(), raw_load.as_str(), id.as_str());
+        async move {
+            let rows = sqlx::query(sql).bind(id).fetch_all(p).await?;
+            Ok(rows.len() as u64)
+        }
+    })
+    .await?;
+    report.push(&scenario, "raw select", 1, stats);
+    report.ratio(&scenario, "chronik full replay", "raw select", 1, Some(0.5));
+    report.ratio(
+        &scenario,
+        "chronik with snapshot",
+        "chronik full replay",
+        1,
+        Some(10.0),
+    );
+
+    // 4. Feed catch-up over many events (in transactions of 10k, like a busy system's batches).
+    let admin = pool(url, 1).await?;
+    let chunk = 10_000.min(plan.feed_events);
+    let fill = format!(
+        "INSERT INTO {STORE_SCHEMA}.events (stream_id, stream_type, version, event_id, event_type, schema_version, payload) \
+         SELECT 'feed-' || ($1::bigint + g) / 100, 'feed', ($1::bigint + g) % 100 + 1, gen_random_uuid(), 'OrderPlaced', 1, $2::jsonb \
+           FROM generate_series(0, $3 - 1) AS g"
+    );
+    let t = Instant::now();
+    let mut done = 0usize;
+    while done < plan.feed_events {
+        sqlx::query(&fill)
+            .bind(done as i64)
+            .bind(&body)
+            .bind(chunk as i64)
+            .execute(&admin)
+            .await?;
+        done += chunk;
+    }
+    admin
+        .execute(format!("ANALYZE {STORE_SCHEMA}.events").as_str())
+        .await?;
+    report.notes.push(format!(
+        "feed-catch-up: {} events loaded in {:.1}s",
+        done,
+        t.elapsed().as_secs_f64()
+    ));
+    let total = s.count_after(FeedCursor::START).await?;
+    let scenario = "feed-catch-up";
+    let stats = harness::repeat(1, |_| {
+        let s = &s;
+        async move {
+            let mut after = FeedCursor::START;
+            let mut n = 0u64;
+            loop {
+                let page = s.read_feed(after, &FeedFilter::all(), 1_000).await?;
+                if page.events.is_empty() {
+                    break;
+                }
+                n += page.events.len() as u64;
+                after = page.next;
+            }
+            anyhow::ensure!(n == total, "read {n} of {total}");
+            Ok(n)
+        }
+    })
+    .await?;
+    report.push(scenario, "chronik read_feed", 1, stats);
+    let keyset = format!(
+        "SELECT global_position, stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at \
+           FROM {STORE_SCHEMA}.events WHERE global_position > $1 ORDER BY global_position LIMIT 1000"
+    );
+    let stats = harness::repeat(1, |_| {
+        let (p, sql) = (s.pool(), keyset.as_str());
+        async move {
+            let mut after = 0i64;
+            let mut n = 0u64;
+            loop {
+                let rows = sqlx::query(sql).bind(after).fetch_all(p).await?;
+                let Some(last) = rows.last() else { break };
+                after = sqlx::Row::try_get(last, 0)?;
+                n += rows.len() as u64;
+            }
+            Ok(n)
+        }
+    })
+    .await?;
+    report.push(scenario, "raw keyset scan", 1, stats);
+    report.ratio(
+        scenario,
+        "chronik read_feed",
+        "raw keyset scan",
+        1,
+        Some(0.5),
+    );
+    admin.close().await;
+    Ok(())
+}
