@@ -5,12 +5,14 @@
 //! stays live, woken by a [`WakeSource`] with adaptive polling as the fallback. Delivery is
 //! at-least-once (checkpoint after effect); failures are retried with backoff and shown in
 //! [`ProjectionStatus`], never skipped unless parked by a recorded decision
-//! ([`ParkingLot`]). [`rebuild`] replays a projection from scratch with progress reports.
+//! ([`ParkingLot`]). [`rebuild`] replays a projection from scratch with progress reports;
+//! [`follow`] tails the feed live.
 //!
 //! **Invariant:** this crate knows the store only through the `chronik-store` ports; it
 //! names no database. Exactly-once PostgreSQL read models live in `chronik-postgres`.
 
 mod error;
+mod follow;
 mod park;
 mod projection;
 mod rebuild;
@@ -19,6 +21,7 @@ mod status;
 mod wake;
 
 pub use error::ProjectionError;
+pub use follow::{FollowOptions, follow};
 pub use park::{MemoryParkingLot, ParkedEvent, ParkingLot};
 pub use projection::{HandlerError, Projection};
 pub use rebuild::{RebuildOptions, RebuildProgress, rebuild};

@@ -568,3 +568,55 @@ async fn duplicate_names_and_bad_options_are_refused() {
         .unwrap_err();
     assert!(matches!(err, ProjectionError::InvalidOptions(_)));
 }
+
+#[tokio::test]
+async fn follow_tails_the_feed_then_new_events_with_a_filter() {
+    use futures::StreamExt;
+    let store = MemoryStore::new();
+    append(&store, 2, "OrderPlaced").await;
+    append(&store, 1, "OrderShipped").await;
+    let wake = store.subscribe();
+    let mut tail = chronik_projections::follow(
+        &store,
+        FeedCursor::START,
+        FeedFilter {
+            event_types: vec!["OrderPlaced".into()],
+            categories: vec![],
+        },
+        &wake,
+        chronik_projections::FollowOptions {
+            poll_min: Duration::from_secs(600),
+            poll_max: Duration::from_secs(600),
+            ..Default::default()
+        },
+    );
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(tail.next().await.unwrap().unwrap().event_id);
+    }
+    // Only the wake-up can deliver this one before the deadline.
+    let later = append(&store, 1, "OrderPlaced").await;
+    let next = tokio::time::timeout(DEADLINE, tail.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.cursor, later);
+    seen.push(next.event_id);
+    let placed: Vec<EventId> = store
+        .read_feed(
+            FeedCursor::START,
+            &FeedFilter {
+                event_types: vec!["OrderPlaced".into()],
+                categories: vec![],
+            },
+            100,
+        )
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(seen, placed);
+}
