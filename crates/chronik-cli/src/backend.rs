@@ -1,5 +1,7 @@
 //! The PostgreSQL side of the CLI: `--database-url` for the demo, and `chronik migrate`.
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 use chronik_postgres::PgEventStore;
 
@@ -36,11 +38,12 @@ pub(crate) async fn migrate(url: &str) -> anyhow::Result<()> {
         .iter()
         .map(|m| format!("{:04} {}", m.version, m.description))
         .collect();
-    println!(
+    writeln!(
+        std::io::stdout(),
         "{} is migrated; migrations: {}",
         server(url),
         migrations.join(", ")
-    );
+    )?;
     Ok(())
 }
 

@@ -7,11 +7,13 @@
 //! 5. business-rule refusals, which write nothing;
 //! 6. the global feed read back (upcast) and a checkpoint saved;
 //!
-//! then a summary. Every phase checks what it shows (no lost update, snapshot + tail equals
+//! then a summary, written with `writeln!` so that a closed stdout (`chronik demo | head`)
+//! is an error to return, not a panic. Every phase checks what it shows (no lost update, snapshot + tail equals
 //! a full replay, refused commands wrote nothing) and fails the demo if it does not hold.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::{self, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -46,7 +48,7 @@ impl<S: EventStore + SnapshotStore + CheckpointStore + Clone + 'static> Store fo
 pub(crate) struct Options {
     /// Orders placed concurrently in phase 1.
     pub(crate) orders: u32,
-    /// Concurrent tasks, and racing tasks in phase 2.
+    /// Concurrent tasks, and racing tasks in phase 2 (at least two race).
     pub(crate) concurrency: u32,
     /// Events on the long stream of phase 3.
     pub(crate) long_stream: u32,
@@ -203,12 +205,13 @@ fn cancel() -> OrderCommand {
 /// Runs the demo on `store` and prints its story and summary to stdout.
 pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
-    println!(
-        "chronik demo on the {label} store: {} orders, {} concurrent tasks, a {}-event stream\n",
-        n(options.orders),
-        options.concurrency,
+    writeln!(
+        io::stdout(),
+        "chronik demo on the {label} store: {}, {}, a {}-event stream\n",
+        count(options.orders.into(), "order"),
+        count(options.concurrency.into(), "concurrent task"),
         n(options.long_stream),
-    );
+    )?;
     let repo = Arc::new(
         Repository::<Order, _>::new(RoundTrip(store.clone()))
             .with_retry(RetryPolicy::default(), tokio::time::sleep)
@@ -235,8 +238,8 @@ pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> a
     let feed = read_feed(&store, feed_start).await?;
 
     let orders_total = u64::from(options.orders) + 3;
-    println!("\nsummary");
-    row("store", label);
+    writeln!(io::stdout(), "\nsummary")?;
+    row("store", label)?;
     row(
         "orders",
         format_args!(
@@ -244,7 +247,7 @@ pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> a
             n(orders_total),
             n(options.orders),
         ),
-    );
+    )?;
     row(
         "commands",
         format_args!(
@@ -253,13 +256,13 @@ pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> a
             n(total.refused_total()),
             n(total.gave_up),
         ),
-    );
+    )?;
     row(
         "events written",
         format_args!("{} (+1 imported v1 event)", n(total.events)),
-    );
-    row("conflicts retried", n(total.conflicts_retried));
-    row("snapshots taken", n(total.snapshots));
+    )?;
+    row("conflicts retried", n(total.conflicts_retried))?;
+    row("snapshots taken", n(total.snapshots))?;
     row(
         "feed events read",
         format_args!(
@@ -267,15 +270,15 @@ pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> a
             n(feed.events),
             count(feed.pages, "page")
         ),
-    );
+    )?;
     row(
         "throughput",
         format_args!(
             "{} commands/s while placing orders",
             n(per_second(placed.tally.commands(), placed.elapsed))
         ),
-    );
-    row("total time", ms(started.elapsed()));
+    )?;
+    row("total time", ms(started.elapsed()))?;
     Ok(())
 }
 
@@ -288,7 +291,7 @@ struct Placed {
 }
 
 async fn place_orders<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyhow::Result<Placed> {
-    heading(1, "placing orders from concurrent tasks");
+    heading(1, "placing orders from concurrent tasks")?;
     const CARRIERS: [&str; 3] = ["dhl", "ups", "postnord"];
     let mut jobs = Vec::with_capacity(options.orders as usize);
     let mut orders = Vec::with_capacity(options.orders as usize);
@@ -331,19 +334,19 @@ async fn place_orders<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyho
         .filter(|(_, s)| *s == OrderStatus::Cancelled)
         .count();
     detail(format_args!(
-        "{} orders from {} tasks: {} commands, {} events in {} ({} commands/s)",
-        n(options.orders),
-        options.concurrency,
+        "{} from {}: {} commands, {} events in {} ({} commands/s)",
+        count(options.orders.into(), "order"),
+        count(options.concurrency.into(), "task"),
         n(tally.commands()),
         n(tally.events),
         ms(elapsed),
         n(per_second(tally.commands(), elapsed)),
-    ));
+    ))?;
     detail(format_args!(
         "each placed, given 2 lines, then shipped or cancelled: {} shipped, {} cancelled",
         n((orders.len() - cancelled) as u64),
         n(cancelled as u64),
-    ));
+    ))?;
     Ok(Placed {
         tally,
         elapsed,
@@ -352,7 +355,7 @@ async fn place_orders<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyho
 }
 
 async fn contend<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyhow::Result<Tally> {
-    heading(2, "conflicting commands, retried");
+    heading(2, "conflicting commands, retried")?;
     let id = new_order_id()?;
     let mut tally = Tally::default();
     execute(
@@ -363,7 +366,8 @@ async fn contend<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyhow::Re
         &mut tally,
     )
     .await?;
-    let racers = options.concurrency;
+    // At least two, so that there is a race even with `--concurrency 1`.
+    let racers = options.concurrency.max(2);
     let jobs = (0..racers)
         .map(|r| Job {
             id: id.clone(),
@@ -389,24 +393,24 @@ async fn contend<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyhow::Re
         n(race.succeeded),
         n(race.gave_up),
         ms(elapsed),
-    ));
+    ))?;
     detail(format_args!(
         "{} conflicts retried (the store refused a stale expected version; retry policy: {} attempts, backoff with jitter)",
         n(race.conflicts_retried),
         policy.max_attempts(),
-    ));
+    ))?;
     if race.gave_up > 0 {
         detail(format_args!(
             "{} commands lost {} races in a row: the caller gets RetriesExhausted, and nothing was half-written",
             n(race.gave_up),
             policy.max_attempts(),
-        ));
+        ))?;
     }
     detail(format_args!(
         "the order has {} lines at version {}: no update was lost",
         n(loaded.state.lines),
         loaded.version,
-    ));
+    ))?;
     Ok(tally)
 }
 
@@ -415,7 +419,7 @@ async fn long_stream<S: Store>(
     repo: &Arc<Repo<S>>,
     options: &Options,
 ) -> anyhow::Result<Tally> {
-    heading(3, "a long stream, snapshotted");
+    heading(3, "a long stream, snapshotted")?;
     let id = new_order_id()?;
     let job = Job {
         id: id.clone(),
@@ -443,14 +447,14 @@ async fn long_stream<S: Store>(
         n(with.version.get()),
         ms(written),
         count(tally.snapshots, "snapshot"),
-    ));
+    ))?;
     if with.snapshot_version == Version::ZERO {
-        detail("no snapshot yet: the stream is shorter than the policy's threshold");
+        detail("no snapshot yet: the stream is shorter than the policy's threshold")?;
     } else {
         detail(format_args!(
             "latest snapshot at version {}",
             n(with.snapshot_version.get())
-        ));
+        ))?;
     }
     detail(format_args!(
         "load with the snapshot replays {} events ({}); without it {} events ({}); same state",
@@ -458,12 +462,12 @@ async fn long_stream<S: Store>(
         ms(with_time),
         n(without.events_replayed),
         ms(without_time),
-    ));
+    ))?;
     Ok(tally)
 }
 
 async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<Tally> {
-    heading(4, "a v1 event read through the upcaster");
+    heading(4, "a v1 event read through the upcaster")?;
     let id = new_order_id()?;
     let v1 = NewEvent::new(
         EventId::new(Uuid::new_v4())?,
@@ -484,15 +488,15 @@ async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<T
     detail(format_args!(
         "stored:  {} v{} {}",
         stored.event_type, stored.schema_version, stored.payload
-    ));
+    ))?;
     detail(format_args!(
         "read as: {} v{} {}",
         read.event_type, read.schema_version, read.payload
-    ));
+    ))?;
 
     match repo.load(&id).await {
         Err(e @ StoreError::Decode { .. }) => {
-            detail(format_args!("without the upcaster a load fails: {e}"));
+            detail(format_args!("without the upcaster a load fails: {e}"))?;
         }
         Err(e) => return Err(e).context("loading the v1 order without the upcaster"),
         Ok(_) => bail!("a v1 OrderPlaced decoded without its upcaster: the schemas should differ"),
@@ -522,7 +526,7 @@ async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<T
         order.customer_id,
         order.status.as_str(),
         n(order.total_amount),
-    ));
+    ))?;
     Ok(tally)
 }
 
@@ -539,7 +543,7 @@ async fn refusals<S: Store>(
     placed: &Placed,
     options: &Options,
 ) -> anyhow::Result<Tally> {
-    heading(5, "business rules");
+    heading(5, "business rules")?;
     let jobs: Vec<Job> = placed
         .orders
         .iter()
@@ -573,14 +577,14 @@ async fn refusals<S: Store>(
     detail(format_args!(
         "{} commands on shipped and cancelled orders, every one refused:",
         n(commands as u64)
-    ));
+    ))?;
     for (reason, count) in &tally.refused {
-        detail(format_args!("  {:>6} x {reason}", n(*count)));
+        detail(format_args!("  {:>6} x {reason}", n(*count)))?;
     }
     detail(format_args!(
         "nothing was written: all {} orders are still at version 4",
         n(placed.orders.len() as u64)
-    ));
+    ))?;
     Ok(tally)
 }
 
@@ -591,7 +595,7 @@ struct Feed {
 }
 
 async fn read_feed<S: Store>(store: &S, start: FeedCursor) -> anyhow::Result<Feed> {
-    heading(6, "the global feed, upcast");
+    heading(6, "the global feed, upcast")?;
     let registry = Arc::new(orders::upcasters()?);
     let feed = Upcasting::new(store.clone(), registry.clone());
     let t = Instant::now();
@@ -627,12 +631,12 @@ async fn read_feed<S: Store>(store: &S, start: FeedCursor) -> anyhow::Result<Fee
         count(pages, "page"),
         n(FEED_PAGE as u64),
         ms(elapsed),
-    ));
+    ))?;
     let kinds: Vec<String> = by_type
         .iter()
         .map(|(t, c)| format!("{t} {}", n(*c)))
         .collect();
-    detail(format_args!("by type: {}", kinds.join(", ")));
+    detail(format_args!("by type: {}", kinds.join(", ")))?;
     store.save_checkpoint(CHECKPOINT, cursor, events).await?;
     let saved = store
         .load_checkpoint(CHECKPOINT)
@@ -642,20 +646,20 @@ async fn read_feed<S: Store>(store: &S, start: FeedCursor) -> anyhow::Result<Fee
     detail(format_args!(
         "checkpoint {CHECKPOINT:?} saved at {}: a projection would resume from there",
         saved.cursor
-    ));
+    ))?;
     Ok(Feed { events, pages })
 }
 
-fn heading(step: u32, title: &str) {
-    println!("[{step}/6] {title}");
+fn heading(step: u32, title: &str) -> io::Result<()> {
+    writeln!(io::stdout(), "[{step}/6] {title}")
 }
 
-fn detail(text: impl fmt::Display) {
-    println!("      {text}");
+fn detail(text: impl fmt::Display) -> io::Result<()> {
+    writeln!(io::stdout(), "      {text}")
 }
 
-fn row(name: &str, value: impl fmt::Display) {
-    println!("  {name:<18} {value}");
+fn row(name: &str, value: impl fmt::Display) -> io::Result<()> {
+    writeln!(io::stdout(), "  {name:<18} {value}")
 }
 
 fn per_second(count: u64, elapsed: Duration) -> u64 {

@@ -272,3 +272,22 @@ fn unusable_databases_are_clear_errors_without_credentials() {
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     }
 }
+
+#[test]
+fn a_closed_stdout_ends_the_demo_quietly() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .args(["demo", "--orders", "5", "--long-stream", "20"])
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the chronik binary starts");
+    // Close the reading end before the demo writes anything (`chronik demo | head -0`).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("the chronik binary ends");
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
+    assert!(out.status.success(), "status {:?}:\n{stderr}", out.status);
+}
