@@ -738,3 +738,22 @@ async fn connections_killed_at_random_mid_batch_still_apply_each_event_once(pool
     assert_exactly_once_in_stream_order(&pool).await;
     assert_eq!(actual_model(&pool).await, expected_model(&store).await);
 }
+
+/// Compile-time check: rebuild futures are `Send`, so services and the CLI can spawn them.
+#[allow(dead_code)]
+fn rebuilds_can_be_spawned(store: PgEventStore) {
+    let a = store.clone();
+    drop(tokio::spawn(async move {
+        let p = Arc::new(Audited::new(OrderProjection::new(a.schema())));
+        rebuild(&a, p, None, 0, &mut |_| {}).await
+    }));
+    let s = store.clone();
+    drop(tokio::spawn(async move {
+        let p = Arc::new(OrderProjection::new(s.schema()));
+        rebuild(&s, p, None, 0, &mut |_| {}).await
+    }));
+    drop(tokio::spawn(async move {
+        let p = Arc::new(OrderProjection::new(store.schema()));
+        rebuild_shadow(&store, p, None, 0, &mut |_| {}).await
+    }));
+}
