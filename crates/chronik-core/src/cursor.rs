@@ -36,6 +36,20 @@ impl FeedCursor {
             position,
         }
     }
+
+    /// Checks that both parts fit the stores' signed 64-bit columns; adapters call this
+    /// before using a caller's cursor, so every adapter rejects the same cursors.
+    ///
+    /// # Errors
+    /// [`InvalidInput::MalformedCursor`] when a part exceeds `i64::MAX`.
+    pub fn check(self) -> Result<Self, InvalidInput> {
+        if i64::try_from(self.transaction).is_err() || i64::try_from(self.position).is_err() {
+            return Err(InvalidInput::MalformedCursor {
+                input: self.to_string(),
+            });
+        }
+        Ok(self)
+    }
 }
 
 impl fmt::Display for FeedCursor {

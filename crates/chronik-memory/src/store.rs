@@ -134,8 +134,8 @@ impl EventStore for MemoryStore {
             }
             return Err(StoreError::DuplicateEventId {
                 event_id: events[0].event_id(),
-                stream: first.stream_id.to_string(),
-                version: first.version.as_i64(),
+                stream: first.stream_id.clone(),
+                version: first.version,
             });
         }
         if let Some((e, &j)) = events
@@ -145,8 +145,8 @@ impl EventStore for MemoryStore {
             let r = &inner.log[j];
             return Err(StoreError::DuplicateEventId {
                 event_id: e.event_id(),
-                stream: r.stream_id.to_string(),
-                version: r.version.as_i64(),
+                stream: r.stream_id.clone(),
+                version: r.version,
             });
         }
         let current = version_of(&inner, stream);
@@ -242,6 +242,7 @@ impl EventStore for MemoryStore {
         limit: usize,
     ) -> Result<FeedPage, StoreError> {
         check_limit(limit)?;
+        after.check()?;
         let inner = self.lock();
         // Positions are log index + 1 and grow with commit order.
         let start = inner.log.partition_point(|e| e.cursor <= after);
@@ -264,6 +265,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
+        after.check()?;
         let inner = self.lock();
         Ok((inner.log.len() - inner.log.partition_point(|e| e.cursor <= after)) as u64)
     }

@@ -299,8 +299,9 @@ impl PgEventStore {
                         let id: Uuid = row.try_get(0).map_err(backend)?;
                         Err(StoreError::DuplicateEventId {
                             event_id: EventId::new(id).map_err(StoreError::Invalid)?,
-                            stream: row.try_get(1).map_err(backend)?,
-                            version: row.try_get(2).map_err(backend)?,
+                            stream: stored_stream_id(row.try_get(1).map_err(backend)?)?,
+                            version: Version::from_i64(row.try_get(2).map_err(backend)?)
+                                .map_err(StoreError::Invalid)?,
                         })
                     }
                     None => Err(backend(err)),
@@ -361,8 +362,8 @@ fn outcome(row: &PgRow, args: &AppendArgs<'_>) -> Result<AppendResult, StoreErro
             let stream: Option<String> = row.try_get(6).map_err(backend)?;
             Err(StoreError::DuplicateEventId {
                 event_id: EventId::new(id).map_err(StoreError::Invalid)?,
-                stream: stream.unwrap_or_default(),
-                version: get_i64(7)?,
+                stream: stored_stream_id(stream.unwrap_or_default())?,
+                version: version(get_i64(7)?)?,
             })
         }
         other => Err(StoreError::backend(
@@ -494,4 +495,11 @@ impl EventStore for PgEventStore {
             .map_err(backend)?;
         to_u64(n, "count")
     }
+}
+
+/// A stream id read back from the database: valid by construction, so a failure here means
+/// the table was written around chronik.
+fn stored_stream_id(id: String) -> Result<StreamId, StoreError> {
+    StreamId::new(id)
+        .map_err(|e| StoreError::backend(format!("stored stream id is invalid: {e}"), false))
 }

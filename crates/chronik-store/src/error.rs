@@ -28,10 +28,10 @@ pub enum StoreError {
     DuplicateEventId {
         /// The duplicated id.
         event_id: EventId,
-        /// Where it is stored.
-        stream: String,
-        /// At which version.
-        version: i64,
+        /// The stream it is stored in.
+        stream: StreamId,
+        /// Its version there.
+        version: Version,
     },
     /// Input was rejected before any I/O. Nothing was written.
     #[error("invalid input: {0}")]

@@ -52,6 +52,7 @@ macro_rules! conformance_cases {
             feed_is_in_commit_order_and_resumable,
             feed_filters_by_type_and_category,
             feed_limit_is_validated,
+            feed_rejects_out_of_range_cursors,
             feed_head_and_count_after,
             metadata_round_trips,
             snapshots_replace_and_filter_by_schema,
@@ -554,6 +555,42 @@ pub async fn feed_limit_is_validated<S: Store>(store: S) {
             Err(StoreError::InvalidRequest(_))
         ));
     }
+}
+
+/// Cursors beyond the stores' signed 64-bit range are typed errors on every adapter.
+pub async fn feed_rejects_out_of_range_cursors<S: Store>(store: S) {
+    let big = i64::MAX as u64 + 1;
+    for cursor in [
+        FeedCursor::new(big, 0),
+        FeedCursor::new(0, big),
+        FeedCursor::new(u64::MAX, u64::MAX),
+    ] {
+        let page = store.read_feed(cursor, &FeedFilter::all(), 10).await;
+        assert!(
+            matches!(
+                page,
+                Err(StoreError::Invalid(InvalidInput::MalformedCursor { .. }))
+            ),
+            "{cursor}: {page:?}"
+        );
+        let count = store.count_after(cursor).await;
+        assert!(
+            matches!(
+                count,
+                Err(StoreError::Invalid(InvalidInput::MalformedCursor { .. }))
+            ),
+            "{cursor}: {count:?}"
+        );
+    }
+    let edge = FeedCursor::new(i64::MAX as u64, i64::MAX as u64);
+    assert!(
+        store
+            .read_feed(edge, &FeedFilter::all(), 10)
+            .await
+            .expect("edge cursor")
+            .events
+            .is_empty()
+    );
 }
 
 /// The head and the count behind a cursor agree with the feed.
