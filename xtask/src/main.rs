@@ -9,6 +9,7 @@ mod migrations;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
@@ -20,9 +21,12 @@ usage: cargo xtask <command>
 commands:
   ci [STEP...]     what CI runs, in order, stopping at the first failure:
                    fmt, clippy (-D warnings), layering, doc (-D warnings), migrations,
-                   test (all tests, PostgreSQL included, against DATABASE_URL);
+                   test (all tests, PostgreSQL included, against DATABASE_URL),
+                   bench-smoke (every benchmark scenario briefly, debug build);
                    naming steps runs only those, e.g. `cargo xtask ci layering migrations`
   migrate          applies the migrations to DATABASE_URL with `chronik migrate`
+  bench [ARG...]   runs chronik-bench (release build) against DATABASE_URL; ARGs go to it,
+                   e.g. `cargo xtask bench --quick`; results in target/bench/results.{json,md}
   lock-migrations  records new migrations in xtask/migrations.lock (their git blob ids),
                    after which `ci` refuses any edit to them
 
@@ -53,6 +57,7 @@ fn run() -> anyhow::Result<()> {
     match args.as_slice() {
         ["ci", steps @ ..] => ci(&sh, steps),
         ["migrate"] => migrate(&sh),
+        ["bench", args @ ..] => bench(&sh, args),
         ["lock-migrations"] => migrations::lock(&sh),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
@@ -135,6 +140,20 @@ const STEPS: &[Step] = &[
                 .run()?)
         },
     },
+    Step {
+        name: "bench-smoke",
+        what: "cargo run -p chronik-bench -- --quick (proves the scenarios run; debug numbers mean nothing)",
+        run: |sh| {
+            let url = database_url();
+            let cargo = cargo();
+            Ok(cmd!(
+                sh,
+                "{cargo} run --quiet --package chronik-bench -- --quick --out target/bench-smoke"
+            )
+            .env("DATABASE_URL", &url)
+            .run()?)
+        },
+    },
 ];
 
 fn ci(sh: &Shell, only: &[&str]) -> anyhow::Result<()> {
@@ -193,15 +212,30 @@ fn migrate(sh: &Shell) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `DATABASE_URL`, or the local default (announced).
+fn bench(sh: &Shell, args: &[&str]) -> anyhow::Result<()> {
+    let url = database_url();
+    check_database(sh, &url)?;
+    let cargo = cargo();
+    cmd!(
+        sh,
+        "{cargo} run --release --package chronik-bench -- {args...}"
+    )
+    .env("DATABASE_URL", &url)
+    .run()?;
+    Ok(())
+}
+
+/// `DATABASE_URL`, or the local default (announced once).
 fn database_url() -> String {
-    match std::env::var("DATABASE_URL") {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("DATABASE_URL") {
         Ok(url) if !url.trim().is_empty() => url,
         _ => {
             println!("DATABASE_URL is not set; using {DEFAULT_DATABASE_URL}");
             DEFAULT_DATABASE_URL.to_owned()
         }
-    }
+    })
+    .clone()
 }
 
 /// Fails with a clear message when the database at `url` does not answer.
