@@ -7,7 +7,6 @@ use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
 use chronik_store::{Repository, SnapshotStore};
 use chronik_testkit::orders::{Order, OrderCommand};
 use chronik_testkit::strategies::{check_snapshot_plus_tail_equals_replay, order_history};
-use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use sqlx::Executor;
 use uuid::Uuid;
