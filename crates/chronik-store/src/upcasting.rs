@@ -7,7 +7,10 @@ use chronik_core::{
 use futures::StreamExt;
 
 use crate::error::StoreError;
-use crate::port::{AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage};
+use crate::port::{
+    AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
+    FeedPage, Snapshot, SnapshotStore,
+};
 
 /// Lifts one stored event to the current schema through `registry`.
 ///
@@ -109,5 +112,73 @@ impl<S: EventStore> EventStore for Upcasting<S> {
 
     async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
         self.inner.count_after(after).await
+    }
+}
+
+/// Snapshots hold aggregate state, not events: they pass through unchanged.
+impl<S: SnapshotStore> SnapshotStore for Upcasting<S> {
+    fn load_snapshot(
+        &self,
+        stream: &StreamId,
+        state_schema_version: u32,
+    ) -> impl std::future::Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
+        self.inner.load_snapshot(stream, state_schema_version)
+    }
+
+    fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        version: Version,
+        state_schema_version: u32,
+        state: &serde_json::Value,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        self.inner
+            .save_snapshot(stream, version, state_schema_version, state)
+    }
+
+    fn list_snapshots(
+        &self,
+        stream: &StreamId,
+    ) -> impl std::future::Future<Output = Result<Vec<Snapshot>, StoreError>> + Send {
+        self.inner.list_snapshots(stream)
+    }
+
+    fn delete_snapshots(
+        &self,
+        category: &str,
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
+        self.inner.delete_snapshots(category)
+    }
+}
+
+/// Checkpoints are feed positions: they pass through unchanged.
+impl<S: CheckpointStore> CheckpointStore for Upcasting<S> {
+    fn load_checkpoint(
+        &self,
+        name: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Checkpoint>, StoreError>> + Send {
+        self.inner.load_checkpoint(name)
+    }
+
+    fn save_checkpoint(
+        &self,
+        name: &str,
+        cursor: FeedCursor,
+        events_processed: u64,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        self.inner.save_checkpoint(name, cursor, events_processed)
+    }
+
+    fn delete_checkpoint(
+        &self,
+        name: &str,
+    ) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send {
+        self.inner.delete_checkpoint(name)
+    }
+
+    fn list_checkpoints(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<Checkpoint>, StoreError>> + Send {
+        self.inner.list_checkpoints()
     }
 }

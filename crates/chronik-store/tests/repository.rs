@@ -496,3 +496,38 @@ async fn background_snapshots_are_written_off_the_command_path() {
         Version::new(2).unwrap()
     );
 }
+
+#[tokio::test]
+async fn an_upcasting_store_is_still_a_snapshot_and_checkpoint_store() {
+    use chronik_store::CheckpointStore;
+    let store = MemoryStore::new();
+    let upcasting = Upcasting::new(store.clone(), Arc::new(orders::upcasters().unwrap()));
+    let repo = retrying(upcasting.clone()).with_snapshots(SnapshotPolicy::every(1).unwrap());
+    let id = order_id();
+    let out = repo
+        .execute(&id, &place(), &Metadata::default())
+        .await
+        .unwrap();
+    assert!(out.snapshot_taken);
+    assert!(
+        store
+            .load_snapshot(&id, Order::STATE_SCHEMA_VERSION)
+            .await
+            .unwrap()
+            .is_some(),
+        "written through to the inner store"
+    );
+    upcasting
+        .save_checkpoint("orders", out.append.unwrap().cursor, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .load_checkpoint("orders")
+            .await
+            .unwrap()
+            .unwrap()
+            .events_processed,
+        1
+    );
+}
