@@ -286,7 +286,7 @@ pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> a
 struct Placed {
     tally: Tally,
     elapsed: Duration,
-    /// Every order of phase 1, with whether it was cancelled.
+    /// Every order of phase 1, with the status it ended in.
     orders: Vec<(StreamId, OrderStatus)>,
 }
 
