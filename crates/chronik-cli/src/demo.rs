@@ -63,7 +63,8 @@ const CHECKPOINT: &str = "chronik-demo";
 /// Feed page size.
 const FEED_PAGE: usize = 1_000;
 
-type Repo<S> = Repository<Order, RoundTrip<S>>;
+/// The demo's repository: every read is upcast, every append goes through a round trip.
+type Repo<S> = Repository<Order, Upcasting<RoundTrip<S>>>;
 
 /// One stream and the commands to run on it, in order, under one correlation id.
 #[derive(Debug)]
@@ -212,8 +213,9 @@ pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> a
         count(options.concurrency.into(), "concurrent task"),
         n(options.long_stream),
     )?;
+    let registry = Arc::new(orders::upcasters().context("the orders upcasters are invalid")?);
     let repo = Arc::new(
-        Repository::<Order, _>::new(RoundTrip(store.clone()))
+        Repository::<Order, _>::new(Upcasting::new(RoundTrip(store.clone()), registry))
             .with_retry(RetryPolicy::default(), tokio::time::sleep)
             .with_snapshots(SnapshotPolicy::BySize),
     );
@@ -229,13 +231,13 @@ pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> a
     total.merge(&placed.tally);
     let race = contend(&repo, options).await?;
     total.merge(&race);
-    let long = long_stream(&store, &repo, options).await?;
+    let long = long_stream(&repo, options).await?;
     total.merge(&long);
     let legacy = upcast_v1(&store, &repo).await?;
     total.merge(&legacy);
     let refused = refusals(&store, &repo, &placed, options).await?;
     total.merge(&refused);
-    let feed = read_feed(&store, feed_start).await?;
+    let feed = read_feed(&repo, feed_start).await?;
 
     let orders_total = u64::from(options.orders) + 3;
     writeln!(io::stdout(), "\nsummary")?;
@@ -414,11 +416,7 @@ async fn contend<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyhow::Re
     Ok(tally)
 }
 
-async fn long_stream<S: Store>(
-    store: &S,
-    repo: &Arc<Repo<S>>,
-    options: &Options,
-) -> anyhow::Result<Tally> {
+async fn long_stream<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyhow::Result<Tally> {
     heading(3, "a long stream, snapshotted")?;
     let id = new_order_id()?;
     let job = Job {
@@ -434,7 +432,7 @@ async fn long_stream<S: Store>(
     let t = Instant::now();
     let with: Loaded<Order> = repo.load(&id).await?;
     let with_time = t.elapsed();
-    let plain = Repository::<Order, _>::new(store.clone());
+    let plain = Repository::<Order, _>::new(repo.store().clone());
     let t = Instant::now();
     let without = plain.load(&id).await?;
     let without_time = t.elapsed();
@@ -481,10 +479,8 @@ async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<T
         .await
         .context("cannot append the v1 event")?;
 
-    let registry = Arc::new(orders::upcasters().context("the orders upcasters are invalid")?);
-    let upcasting = Upcasting::new(RoundTrip(store.clone()), registry);
     let stored = first_event(store.read_stream(&id, Version::FIRST)).await?;
-    let read = first_event(upcasting.read_stream(&id, Version::FIRST)).await?;
+    let read = first_event(repo.store().read_stream(&id, Version::FIRST)).await?;
     detail(format_args!(
         "stored:  {} v{} {}",
         stored.event_type, stored.schema_version, stored.payload
@@ -494,7 +490,8 @@ async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<T
         read.event_type, read.schema_version, read.payload
     ))?;
 
-    match repo.load(&id).await {
+    let without = Repository::<Order, _>::new(store.clone());
+    match without.load(&id).await {
         Err(e @ StoreError::Decode { .. }) => {
             detail(format_args!("without the upcaster a load fails: {e}"))?;
         }
@@ -502,27 +499,22 @@ async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<T
         Ok(_) => bail!("a v1 OrderPlaced decoded without its upcaster: the schemas should differ"),
     }
 
-    let legacy = Repository::<Order, _>::new(upcasting)
-        .with_retry(RetryPolicy::default(), tokio::time::sleep);
     let mut tally = Tally::default();
     let correlation = CorrelationId::new(Uuid::new_v4());
     for command in [line("sku-descaler", 2, 495), ship("dhl")] {
-        let metadata = Metadata::default().with_correlation(correlation);
-        let outcome = legacy
-            .execute(&id, &command, &metadata)
-            .await
-            .with_context(|| format!("{command:?} on the v1 order {id}"))?;
-        tally.succeeded += 1;
-        tally.events += outcome.events_written as u64;
-        tally.conflicts_retried += u64::from(outcome.conflicts);
+        execute(repo, &id, &command, correlation, &mut tally).await?;
     }
-    let order = legacy.load(&id).await?.state;
+    ensure!(
+        tally.succeeded == 2,
+        "commands on the upcast order failed: {tally:?}"
+    );
+    let order = repo.load(&id).await?.state;
     ensure!(
         order.total_amount == 4_200 + 2 * 495 && order.status == OrderStatus::Shipped,
         "unexpected state of the upcast order: {order:?}"
     );
     detail(format_args!(
-        "through the upcaster: {} placed it for 4,200, a line of 2 x 495 was added and it was {}: total {}",
+        "through the upcaster (as every read in this demo): {} placed it for 4,200, a line of 2 x 495 was added, it was {}: total {}",
         order.customer_id,
         order.status.as_str(),
         n(order.total_amount),
@@ -594,10 +586,10 @@ struct Feed {
     pages: u64,
 }
 
-async fn read_feed<S: Store>(store: &S, start: FeedCursor) -> anyhow::Result<Feed> {
+async fn read_feed<S: Store>(repo: &Arc<Repo<S>>, start: FeedCursor) -> anyhow::Result<Feed> {
     heading(6, "the global feed, upcast")?;
-    let registry = Arc::new(orders::upcasters()?);
-    let feed = Upcasting::new(store.clone(), registry.clone());
+    let feed = repo.store();
+    let registry = feed.registry();
     let t = Instant::now();
     let (mut cursor, mut events, mut pages) = (start, 0u64, 0u64);
     let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
@@ -637,8 +629,8 @@ async fn read_feed<S: Store>(store: &S, start: FeedCursor) -> anyhow::Result<Fee
         .map(|(t, c)| format!("{t} {}", n(*c)))
         .collect();
     detail(format_args!("by type: {}", kinds.join(", ")))?;
-    store.save_checkpoint(CHECKPOINT, cursor, events).await?;
-    let saved = store
+    feed.save_checkpoint(CHECKPOINT, cursor, events).await?;
+    let saved = feed
         .load_checkpoint(CHECKPOINT)
         .await?
         .context("the checkpoint just saved is missing")?;

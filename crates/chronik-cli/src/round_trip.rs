@@ -2,8 +2,8 @@
 
 use chronik_core::{ExpectedVersion, FeedCursor, NewEvent, StreamId, Version};
 use chronik_store::{
-    AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, Snapshot, SnapshotStore,
-    StoreError,
+    AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
+    FeedPage, Snapshot, SnapshotStore, StoreError,
 };
 use serde_json::Value;
 
@@ -82,5 +82,28 @@ impl<S: SnapshotStore> SnapshotStore for RoundTrip<S> {
 
     async fn delete_snapshots(&self, category: &str) -> Result<u64, StoreError> {
         self.0.delete_snapshots(category).await
+    }
+}
+
+impl<S: CheckpointStore> CheckpointStore for RoundTrip<S> {
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>, StoreError> {
+        self.0.load_checkpoint(name).await
+    }
+
+    async fn save_checkpoint(
+        &self,
+        name: &str,
+        cursor: FeedCursor,
+        events_processed: u64,
+    ) -> Result<(), StoreError> {
+        self.0.save_checkpoint(name, cursor, events_processed).await
+    }
+
+    async fn delete_checkpoint(&self, name: &str) -> Result<bool, StoreError> {
+        self.0.delete_checkpoint(name).await
+    }
+
+    async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.0.list_checkpoints().await
     }
 }
