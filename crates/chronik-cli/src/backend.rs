@@ -1,4 +1,5 @@
-//! The PostgreSQL side of the CLI: `--database-url` for the demo, and `chronik migrate`.
+//! The PostgreSQL side of the CLI: `--database-url` for the demo, `chronik migrate`, and the
+//! connection `chronik tail` reads from.
 
 use std::io::Write as _;
 
@@ -7,14 +8,19 @@ use chronik_postgres::PgEventStore;
 
 use crate::demo;
 
-/// Connects to `url` and applies the embedded migrations (idempotent).
+/// Connects to `url` without changing anything.
 ///
 /// Errors name the server as `host:port/database` only: a URL may hold a password.
+pub(crate) async fn connect(url: &str) -> anyhow::Result<PgEventStore> {
+    PgEventStore::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", server(url)))
+}
+
+/// Connects to `url` and applies the embedded migrations (idempotent).
 async fn connect_and_migrate(url: &str) -> anyhow::Result<PgEventStore> {
     let server = server(url);
-    let store = PgEventStore::connect(url)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {server}"))?;
+    let store = connect(url).await?;
     store
         .migrate()
         .await

@@ -6,11 +6,14 @@
 mod backend;
 mod demo;
 mod round_trip;
+mod tail;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use chronik_core::FeedCursor;
+use chronik_store::FeedFilter;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -29,6 +32,9 @@ enum Command {
     Demo(DemoArgs),
     /// Applies the embedded SQL migrations to a PostgreSQL database.
     Migrate(MigrateArgs),
+    /// Prints the global feed of a PostgreSQL store, upcast, one event per line
+    /// (`<cursor> <stream> v<version> <type> v<schema> <payload>`), then follows it live.
+    Tail(TailArgs),
 }
 
 /// Options of `chronik demo`.
@@ -55,6 +61,34 @@ struct MigrateArgs {
     /// The database to migrate, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+}
+
+/// Options of `chronik tail`.
+#[derive(Debug, Args)]
+struct TailArgs {
+    /// The database to read, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Start after this feed cursor (`<transaction>:<position>`, as printed); default: the beginning.
+    #[arg(long, value_parser = parse_cursor)]
+    after: Option<FeedCursor>,
+    /// Only events of this stored type (repeatable).
+    #[arg(long = "type", value_name = "EVENT_TYPE")]
+    event_types: Vec<String>,
+    /// Only streams of this category, e.g. `order` (repeatable).
+    #[arg(long = "category", value_name = "CATEGORY")]
+    categories: Vec<String>,
+    /// Stop after this many events.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// Stop once caught up instead of waiting for new events.
+    #[arg(long)]
+    no_follow: bool,
+}
+
+fn parse_cursor(text: &str) -> Result<FeedCursor, String> {
+    text.parse()
+        .map_err(|e: chronik_core::InvalidInput| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -130,6 +164,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Command::Migrate(args) => backend::migrate(&args.database_url).await,
+            Command::Tail(args) => {
+                let options = tail::Options {
+                    after: args.after.unwrap_or(FeedCursor::START),
+                    filter: FeedFilter {
+                        event_types: args.event_types,
+                        categories: args.categories,
+                    },
+                    limit: args.limit,
+                    no_follow: args.no_follow,
+                };
+                let store = backend::connect(&args.database_url).await?;
+                tail::run(store, &options).await
+            }
         }
     })
 }

@@ -291,3 +291,93 @@ fn a_closed_stdout_ends_the_demo_quietly() {
     assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
     assert!(out.status.success(), "status {:?}:\n{stderr}", out.status);
 }
+
+/// Appends a v1 `OrderPlaced` (stored `amount`) to a fresh stream of a category no other
+/// test uses, and returns the category.
+fn append_v1_order_placed() -> String {
+    use chronik_core::{EventId, EventType, ExpectedVersion, Metadata, NewEvent, StreamId};
+    use chronik_store::EventStore as _;
+    let category = format!("clitail{}", uuid::Uuid::new_v4().simple());
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let store = chronik_postgres::PgEventStore::connect(&database_url())
+            .await
+            .expect("the test database is reachable");
+        store.migrate().await.expect("migrations apply");
+        let event = NewEvent::new(
+            EventId::new(uuid::Uuid::new_v4()).expect("not nil"),
+            EventType::new("OrderPlaced").expect("valid"),
+            1,
+            serde_json::json!({ "customer_id": "c-tail", "amount": 700 }),
+            Metadata::default(),
+        )
+        .expect("valid event");
+        let stream = StreamId::new(format!("{category}-1")).expect("valid stream id");
+        store
+            .append(&stream, ExpectedVersion::NoStream, &[event])
+            .await
+            .expect("append");
+    });
+    category
+}
+
+#[test]
+fn tail_prints_the_feed_upcast_and_stops_at_the_limit() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    // Following (the default): prints the matching event, then stops at --limit.
+    let category = append_v1_order_placed();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .args(["tail", "--limit", "1", "--category", &category])
+        .env("DATABASE_URL", database_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chronik tail starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chronik tail --limit 1 did not stop within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert!(
+        lines[0].contains(&format!(" {category}-1 v1 OrderPlaced v2 "))
+            && lines[0].ends_with(r#"{"customer_id":"c-tail","total_amount":700}"#),
+        "not upcast: {stdout}"
+    );
+    // Not following: the same event, then exit once caught up.
+    let out = chronik_pg(&["tail", "--no-follow", "--category", &category]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), stdout);
+    // Resuming after the printed cursor: nothing more.
+    let cursor = stdout.split_whitespace().next().expect("a cursor");
+    let out = chronik_pg(&[
+        "tail",
+        "--no-follow",
+        "--category",
+        &category,
+        "--after",
+        cursor,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+}
+
+#[test]
+fn tail_refuses_bad_cursors_and_needs_a_database() {
+    check_refused(&os(&["tail", "--after", "7"]), 2, "malformed feed cursor");
+    check_refused(&os(&["tail", "--limit", "0"]), 2, "0 is not in 1..");
+    check_refused(&os(&["tail"]), 2, "--database-url <DATABASE_URL>");
+}
