@@ -1,26 +1,40 @@
-//! The PostgreSQL side of the CLI: `--database-url` for the demo, `chronik migrate`, and the
-//! connection `chronik tail` reads from.
+//! The PostgreSQL side of the CLI: `--database-url` for the demo, `chronik migrate`, the
+//! connection the operator commands work on, and the migration state they check.
 
+use std::fmt;
 use std::io::Write as _;
 
 use anyhow::Context as _;
-use chronik_postgres::PgEventStore;
+use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
+use sqlx::Row as _;
 
 use crate::demo;
 
-/// Connects to `url` without changing anything.
+/// A command line that cannot work as given (exit status 2, like clap's own errors).
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Connects to `url`, for the store in `schema`, without changing anything.
 ///
 /// Errors name the server as `host:port/database` only: a URL may hold a password.
-pub(crate) async fn connect(url: &str) -> anyhow::Result<PgEventStore> {
-    PgEventStore::connect(url)
+pub(crate) async fn connect(url: &str, schema: SchemaName) -> anyhow::Result<PgEventStore> {
+    PgEventStore::connect_with(url, PgStoreConfig::with_schema(schema))
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", server(url)))
 }
 
-/// Connects to `url` and applies the embedded migrations (idempotent).
-async fn connect_and_migrate(url: &str) -> anyhow::Result<PgEventStore> {
+/// Connects to `url` and applies the embedded migrations in `schema` (idempotent).
+async fn connect_and_migrate(url: &str, schema: SchemaName) -> anyhow::Result<PgEventStore> {
     let server = server(url);
-    let store = connect(url).await?;
+    let store = connect(url, schema).await?;
     store
         .migrate()
         .await
@@ -30,16 +44,16 @@ async fn connect_and_migrate(url: &str) -> anyhow::Result<PgEventStore> {
 
 /// Runs the demo on PostgreSQL at `url`, after applying the migrations.
 pub(crate) async fn demo_on_postgres(url: &str, options: &demo::Options) -> anyhow::Result<()> {
-    let store = connect_and_migrate(url).await?;
+    let store = connect_and_migrate(url, SchemaName::default()).await?;
     let label = format!("PostgreSQL ({})", server(url));
     demo::run(store, &label, options)
         .await
         .context("demo failed")
 }
 
-/// Applies the embedded migrations to the database at `url`.
-pub(crate) async fn migrate(url: &str) -> anyhow::Result<()> {
-    connect_and_migrate(url).await?;
+/// Applies the embedded migrations to the database at `url`, in `schema`.
+pub(crate) async fn migrate(url: &str, schema: SchemaName) -> anyhow::Result<()> {
+    connect_and_migrate(url, schema).await?;
     let migrations: Vec<String> = chronik_postgres::MIGRATOR
         .iter()
         .map(|m| format!("{:04} {}", m.version, m.description))
@@ -50,6 +64,79 @@ pub(crate) async fn migrate(url: &str) -> anyhow::Result<()> {
         server(url),
         migrations.join(", ")
     )?;
+    Ok(())
+}
+
+/// One migration the database records in `<schema>._sqlx_migrations`.
+#[derive(Debug, Clone)]
+pub(crate) struct Applied {
+    pub(crate) version: i64,
+    pub(crate) success: bool,
+}
+
+/// The store schema's migrations: what the database applied, compared with what this
+/// binary embeds ([`chronik_postgres::MIGRATOR`]).
+#[derive(Debug, Clone)]
+pub(crate) struct MigrationState {
+    /// Recorded migrations, by version (empty when the table does not exist).
+    pub(crate) applied: Vec<Applied>,
+}
+
+impl MigrationState {
+    /// Reads the migrations table of `store`'s schema (a missing table: nothing applied).
+    pub(crate) async fn read(store: &PgEventStore) -> anyhow::Result<Self> {
+        let table = format!("{}._sqlx_migrations", store.schema().quoted());
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&table)
+            .fetch_one(store.pool())
+            .await
+            .context("cannot look for the migrations table")?;
+        let mut applied = Vec::new();
+        if exists {
+            let rows = sqlx::query(&format!(
+                "SELECT version, success FROM {table} ORDER BY version"
+            ))
+            .fetch_all(store.pool())
+            .await
+            .with_context(|| format!("cannot read {table}"))?;
+            for r in &rows {
+                applied.push(Applied {
+                    version: r.try_get(0)?,
+                    success: r.try_get(1)?,
+                });
+            }
+        }
+        Ok(Self { applied })
+    }
+
+    /// Embedded (up) migrations: `(version, description)`.
+    pub(crate) fn embedded() -> Vec<(i64, String)> {
+        chronik_postgres::MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| (m.version, m.description.to_string()))
+            .collect()
+    }
+
+    /// How many of the embedded migrations are applied successfully.
+    pub(crate) fn applied_count(&self) -> usize {
+        Self::embedded()
+            .iter()
+            .filter(|(v, _)| self.applied.iter().any(|a| a.version == *v && a.success))
+            .count()
+    }
+}
+
+/// Fails unless every embedded migration is applied in `store`'s schema.
+pub(crate) async fn require_migrated(store: &PgEventStore) -> anyhow::Result<()> {
+    let state = MigrationState::read(store).await?;
+    let embedded = MigrationState::embedded().len();
+    let applied = state.applied_count();
+    anyhow::ensure!(
+        applied == embedded,
+        "schema {schema} is not migrated ({applied} of {embedded} migrations applied): run `chronik migrate --schema {schema}`",
+        schema = store.schema()
+    );
     Ok(())
 }
 

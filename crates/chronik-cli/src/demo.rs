@@ -686,7 +686,7 @@ fn ms(d: Duration) -> String {
 }
 
 /// An integer with thousands separators: `12,345`.
-fn n(value: impl Into<i128>) -> String {
+pub(crate) fn n(value: impl Into<i128>) -> String {
     let value: i128 = value.into();
     let digits = value.unsigned_abs().to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);

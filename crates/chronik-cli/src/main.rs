@@ -5,7 +5,9 @@
 
 mod backend;
 mod demo;
+mod projections;
 mod round_trip;
+mod table;
 mod tail;
 
 use std::io::{IsTerminal as _, Write as _};
@@ -13,6 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use chronik_core::FeedCursor;
+use chronik_postgres::SchemaName;
 use chronik_store::FeedFilter;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -35,6 +38,40 @@ enum Command {
     /// Prints the global feed of a PostgreSQL store, upcast, one event per line
     /// (`<cursor> <stream> v<version> <type> v<schema> <payload>`), then follows it live.
     Tail(TailArgs),
+    /// Operates the PostgreSQL projections: status and lag, rebuilds.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+}
+
+/// `chronik projections ...`.
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// A table of every projection (position, lag in events and seconds, state, last error)
+    /// and the transaction holding the feed horizon back, if one does.
+    Status(StatusArgs),
+}
+
+/// Where a PostgreSQL operator command works.
+#[derive(Debug, Args)]
+struct Database {
+    /// The database, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The schema holding the store's tables.
+    #[arg(long, default_value = "public", value_parser = parse_schema)]
+    schema: SchemaName,
+}
+
+/// Options of `chronik projections status`.
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    database: Database,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `chronik demo`.
@@ -61,6 +98,9 @@ struct MigrateArgs {
     /// The database to migrate, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// The schema to create or migrate the store's tables in.
+    #[arg(long, default_value = "public", value_parser = parse_schema)]
+    schema: SchemaName,
 }
 
 /// Options of `chronik tail`.
@@ -69,6 +109,9 @@ struct TailArgs {
     /// The database to read, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// The schema holding the store's tables.
+    #[arg(long, default_value = "public", value_parser = parse_schema)]
+    schema: SchemaName,
     /// Start after this feed cursor (`<transaction>:<position>`, as printed); default: the beginning.
     #[arg(long, value_parser = parse_cursor)]
     after: Option<FeedCursor>,
@@ -91,6 +134,10 @@ fn parse_cursor(text: &str) -> Result<FeedCursor, String> {
         .map_err(|e: chronik_core::InvalidInput| e.to_string())
 }
 
+fn parse_schema(text: &str) -> Result<SchemaName, String> {
+    SchemaName::new(text).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     // Parse first: clap prints its own `error: ...` with usage and exits with status 2.
     let cli = Cli::parse();
@@ -99,12 +146,30 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`chronik demo | head`): nobody is left to tell.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // Like clap's own usage errors: status 2.
+        Err(e) if e.downcast_ref::<backend::Usage>().is_some() => {
+            let _ = writeln!(std::io::stderr(), "error: {}", chain(&e));
+            ExitCode::from(2)
+        }
         Err(e) => {
             // Not `eprintln!`, which panics when stderr is closed.
             let _ = writeln!(std::io::stderr(), "error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Connects to the database of a PostgreSQL operator command, whose tables must exist.
+async fn open(database: Database, command: &str) -> anyhow::Result<chronik_postgres::PgEventStore> {
+    let Some(url) = database.database_url.filter(|u| !u.trim().is_empty()) else {
+        return Err(backend::Usage(format!(
+            "`chronik {command}` works on PostgreSQL only: pass --database-url URL or set DATABASE_URL"
+        ))
+        .into());
+    };
+    let store = backend::connect(&url, database.schema).await?;
+    backend::require_migrated(&store).await?;
+    Ok(store)
 }
 
 /// Whether `e` comes from writing to a closed pipe.
@@ -163,7 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(url) => backend::demo_on_postgres(&url, &options).await,
                 }
             }
-            Command::Migrate(args) => backend::migrate(&args.database_url).await,
+            Command::Migrate(args) => backend::migrate(&args.database_url, args.schema).await,
             Command::Tail(args) => {
                 let options = tail::Options {
                     after: args.after.unwrap_or(FeedCursor::START),
@@ -174,8 +239,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     limit: args.limit,
                     no_follow: args.no_follow,
                 };
-                let store = backend::connect(&args.database_url).await?;
+                let store = backend::connect(&args.database_url, args.schema).await?;
                 tail::run(store, &options).await
+            }
+            Command::Projections {
+                command: ProjectionsCommand::Status(args),
+            } => {
+                let store = open(args.database, "projections status").await?;
+                projections::status(&store, args.json).await
             }
         }
     })

@@ -381,3 +381,236 @@ fn tail_refuses_bad_cursors_and_needs_a_database() {
     check_refused(&os(&["tail", "--limit", "0"]), 2, "0 is not in 1..");
     check_refused(&os(&["tail"]), 2, "--database-url <DATABASE_URL>");
 }
+
+/// A fresh schema of the test database for one test (the operator commands take
+/// `--schema`), dropped with everything in it when the test ends.
+struct Schema {
+    name: String,
+    runtime: tokio::runtime::Runtime,
+    store: chronik_postgres::PgEventStore,
+}
+
+impl Schema {
+    /// A new schema with the migrations applied.
+    fn migrated() -> Self {
+        let schema = Self::unmigrated();
+        schema
+            .runtime
+            .block_on(schema.store.migrate())
+            .expect("migrations apply");
+        schema
+    }
+
+    /// A new schema name; nothing is created until something migrates it.
+    fn unmigrated() -> Self {
+        let name = format!("clitest_{}", uuid::Uuid::new_v4().simple());
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        let config = chronik_postgres::PgStoreConfig::with_schema(
+            chronik_postgres::SchemaName::new(name.clone()).expect("a valid schema name"),
+        );
+        let store = runtime
+            .block_on(chronik_postgres::PgEventStore::connect_with(
+                &database_url(),
+                config,
+            ))
+            .expect("the test database is reachable");
+        Self {
+            name,
+            runtime,
+            store,
+        }
+    }
+
+    /// Runs `chronik args... --schema <this schema>` against the test database.
+    fn chronik(&self, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(["--schema", &self.name]);
+        chronik_pg(&all)
+    }
+
+    /// Runs `args` on this schema and returns stdout; fails the test unless it succeeds.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.chronik(args);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Places `count` orders, each with one line (two events each), through the
+    /// repository; returns their stream ids once every event is visible in the feed.
+    fn place_orders(&self, count: usize) -> Vec<chronik_core::StreamId> {
+        use chronik_core::Metadata;
+        use chronik_store::Repository;
+        use chronik_testkit::orders::{Order, OrderCommand};
+        let repo = Repository::<Order, _>::new(self.store.clone());
+        self.runtime.block_on(async {
+            let mut ids = Vec::new();
+            let mut last = None;
+            for i in 0..count {
+                let id = chronik_core::StreamId::new(format!("order-{}", uuid::Uuid::new_v4()))
+                    .expect("a valid stream id");
+                for command in [
+                    OrderCommand::Place {
+                        customer_id: format!("customer-{i}"),
+                        total_amount: 1_000,
+                    },
+                    OrderCommand::AddLine {
+                        sku: "sku-1".to_owned(),
+                        quantity: 2,
+                        unit_price: 250,
+                    },
+                ] {
+                    let outcome = repo
+                        .execute(&id, &command, &Metadata::default())
+                        .await
+                        .expect("the command succeeds");
+                    last = outcome.append.map(|a| a.cursor);
+                }
+                ids.push(id);
+            }
+            if let Some(cursor) = last {
+                self.store.wait_for_feed(cursor).await.expect("visible");
+            }
+            ids
+        })
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+        // Best effort: a leftover schema only costs space.
+        let _ = self
+            .runtime
+            .block_on(sqlx::query(&drop).execute(self.store.pool()));
+    }
+}
+
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
+}
+
+#[test]
+fn projections_status_shows_position_and_lag() {
+    use chronik_store::CheckpointStore as _;
+    let schema = Schema::migrated();
+    let stdout = schema.ok(&["projections", "status"]);
+    assert!(
+        stdout.contains(&format!("no projections in schema {}", schema.name)),
+        "{stdout}"
+    );
+
+    schema.place_orders(2);
+    schema
+        .runtime
+        .block_on(
+            schema
+                .store
+                .save_checkpoint("orders", chronik_core::FeedCursor::START, 0),
+        )
+        .expect("checkpoint saved");
+    let stdout = schema.ok(&["projections", "status"]);
+    let mut lines = stdout.lines();
+    let header = lines.next().expect("a header");
+    for column in [
+        "NAME",
+        "POSITION",
+        "LAG EVENTS",
+        "LAG SECONDS",
+        "STATE",
+        "LAST ERROR",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let row: Vec<&str> = lines.next().expect("a row").split_whitespace().collect();
+    // name, position, processed, lag events, lag seconds, state, last error
+    assert_eq!(&row[..4], ["orders", "0:0", "0", "4"], "{stdout}");
+    assert_eq!(&row[5..], ["-", "-"], "{stdout}");
+
+    let doc = json(&schema.ok(&["projections", "status", "--json"]));
+    assert_eq!(doc["schema"], schema.name.as_str());
+    let orders = &doc["projections"][0];
+    assert_eq!(orders["name"], "orders");
+    assert_eq!(orders["position"], "0:0");
+    assert_eq!(orders["lag_events"], 4);
+    assert!(orders["lag_seconds"].as_f64().is_some(), "{doc}");
+    assert_eq!(orders["state"], serde_json::Value::Null);
+}
+
+#[test]
+fn projections_status_names_the_transaction_holding_the_horizon() {
+    let schema = Schema::migrated();
+    let runtime = &schema.runtime;
+    // A write transaction (it has an xid) left open in another session.
+    let mut open = runtime
+        .block_on(schema.store.pool().begin())
+        .expect("a transaction");
+    runtime
+        .block_on(sqlx::query("SELECT pg_current_xact_id()").execute(&mut *open))
+        .expect("an xid");
+    // Committed after it began: invisible until it ends.
+    let id = chronik_core::StreamId::new("order-held").expect("valid");
+    let event = chronik_core::NewEvent::new(
+        chronik_core::EventId::new(uuid::Uuid::new_v4()).expect("not nil"),
+        chronik_core::EventType::new("OrderPlaced").expect("valid"),
+        2,
+        serde_json::json!({ "customer_id": "c", "total_amount": 1 }),
+        chronik_core::Metadata::default(),
+    )
+    .expect("valid event");
+    runtime
+        .block_on(chronik_store::EventStore::append(
+            &schema.store,
+            &id,
+            chronik_core::ExpectedVersion::NoStream,
+            &[event],
+        ))
+        .expect("append");
+
+    let stdout = schema.ok(&["projections", "status"]);
+    assert!(
+        stdout.contains("feed horizon held back by pid ") && stdout.contains("database "),
+        "{stdout}"
+    );
+    let doc = json(&schema.ok(&["projections", "status", "--json"]));
+    assert!(doc["held_back_by"]["pid"].is_i64(), "{doc}");
+    assert!(doc["held_back_by"]["age_seconds"].is_f64(), "{doc}");
+    runtime.block_on(open.rollback()).expect("rolled back");
+}
+
+#[test]
+fn projections_status_needs_a_migrated_postgres_schema() {
+    check_refused(
+        &os(&["projections", "status"]),
+        2,
+        "works on PostgreSQL only: pass --database-url URL or set DATABASE_URL",
+    );
+    check_refused(
+        &os(&[
+            "projections",
+            "status",
+            "--database-url",
+            "postgres://x@127.0.0.1/x",
+            "--schema",
+            "Bad",
+        ]),
+        2,
+        "invalid schema name",
+    );
+    let schema = Schema::unmigrated();
+    let out = schema.chronik(&["projections", "status"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: schema {} is not migrated (0 of ",
+            schema.name
+        )) && stderr.contains(&format!("run `chronik migrate --schema {}`", schema.name)),
+        "{stderr}"
+    );
+}
