@@ -665,7 +665,7 @@ fn per_second(count: u64, elapsed: Duration) -> u64 {
 }
 
 /// `1 page`, `2 pages`.
-fn count(value: u64, noun: &str) -> String {
+pub(crate) fn count(value: u64, noun: &str) -> String {
     if value == 1 {
         format!("1 {noun}")
     } else {
@@ -674,7 +674,7 @@ fn count(value: u64, noun: &str) -> String {
 }
 
 /// A duration for people: `842 µs`, `12.3 ms`, `1.42 s`.
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     let micros = d.as_micros();
     if micros < 1_000 {
         format!("{micros} µs")

@@ -51,6 +51,26 @@ enum ProjectionsCommand {
     /// A table of every projection (position, lag in events and seconds, state, last error)
     /// and the transaction holding the feed horizon back, if one does.
     Status(StatusArgs),
+    /// Rebuilds a projection's read model by replaying the whole feed, with progress on
+    /// stderr. Stop the projection's runners first (unless `--shadow`).
+    Rebuild(RebuildArgs),
+}
+
+/// Options of `chronik projections rebuild`.
+#[derive(Debug, Args)]
+struct RebuildArgs {
+    /// The projection to rebuild.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(projections::KNOWN))]
+    name: String,
+    /// Build into a shadow table while the live one keeps serving (and its runner keeps
+    /// running), then swap them atomically.
+    #[arg(long)]
+    shadow: bool,
+    /// Events per transaction.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    batch: u16,
+    #[command(flatten)]
+    database: Database,
 }
 
 /// Where a PostgreSQL operator command works.
@@ -247,6 +267,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } => {
                 let store = open(args.database, "projections status").await?;
                 projections::status(&store, args.json).await
+            }
+            Command::Projections {
+                command: ProjectionsCommand::Rebuild(args),
+            } => {
+                let store = open(args.database, "projections rebuild").await?;
+                projections::rebuild(&store, &args.name, args.shadow, args.batch.into()).await
             }
         }
     })

@@ -1,13 +1,20 @@
-//! `chronik projections status`: the PostgreSQL projections as an operator sees them.
+//! `chronik projections status | rebuild`: the PostgreSQL projections as an operator sees
+//! them, and their rebuilds.
 
-use std::io::{self, Write as _};
+use std::io::{self, IsTerminal as _, Write as _};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chronik_postgres::{HolderKind, HorizonHolder, PgEventStore, ProjectionReport};
+use chronik_postgres::{
+    HolderKind, HorizonHolder, OrderProjection, PgEventStore, PgRebuildProgress, ProjectionReport,
+};
 use chronik_store::EventStore as _;
+use chronik_testkit::orders;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
-use crate::demo::n;
+use crate::demo::{count, ms, n};
 use crate::table::{self, Align};
 
 /// The oldest transaction holding the feed horizon back, when committed events of this
@@ -139,4 +146,153 @@ pub(crate) fn holder_json(h: &HorizonHolder) -> Value {
         "age_seconds": h.age_seconds,
         "detail": h.detail,
     })
+}
+
+/// The projections this binary can rebuild (`chronik projections rebuild NAME`).
+pub(crate) const KNOWN: [&str; 1] = [OrderProjection::NAME];
+
+/// Rebuilds projection `name` (one of [`KNOWN`]) from scratch or, with `shadow`, into a
+/// shadow table swapped in at the end; progress on stderr, a summary on stdout.
+pub(crate) async fn rebuild(
+    store: &PgEventStore,
+    name: &str,
+    shadow: bool,
+    batch: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        name == OrderProjection::NAME,
+        "unknown projection {name:?}; known projections: {}",
+        KNOWN.join(", ")
+    );
+    let projection = Arc::new(OrderProjection::new(store.schema()));
+    let upcasters = Arc::new(orders::upcasters().context("the orders upcasters are invalid")?);
+    let mut bar = Progress::new(name);
+    let mut report = |p: &PgRebuildProgress| bar.update(p);
+    let result = if shadow {
+        chronik_postgres::rebuild_shadow(store, projection, Some(upcasters), batch, &mut report)
+            .await
+    } else {
+        chronik_postgres::rebuild(store, projection, Some(upcasters), batch, &mut report).await
+    };
+    let done = result.with_context(|| format!("rebuilding projection {name} failed"))?;
+    bar.finish(&done);
+
+    let table = format!("{}.\"{}\"", store.schema().quoted(), OrderProjection::TABLE);
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(store.pool())
+        .await
+        .with_context(|| format!("cannot count the rows of {}", OrderProjection::TABLE))?;
+    let how = if shadow {
+        format!(
+            "into {}__shadow, swapped in atomically",
+            OrderProjection::TABLE
+        )
+    } else {
+        "from scratch".to_owned()
+    };
+    writeln!(
+        io::stdout(),
+        "rebuilt projection {name} in schema {} {how}: {} events scanned, {} handled, in {} ({} events/s); \
+         checkpoint {}; {} now holds {}",
+        store.schema(),
+        n(done.scanned),
+        n(done.handled),
+        ms(done.elapsed),
+        n(rate(&done)),
+        done.cursor,
+        OrderProjection::TABLE,
+        count(u64::try_from(rows).unwrap_or(0), "row"),
+    )?;
+    Ok(())
+}
+
+/// Whole events per second, for display.
+fn rate(p: &PgRebuildProgress) -> u64 {
+    // Rounded for display; a rate is never negative.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let r = p.rate().round() as u64;
+    r
+}
+
+/// `rate, ETA` of a progress report.
+fn speed(p: &PgRebuildProgress) -> String {
+    let eta = p
+        .eta()
+        .map_or_else(|| "?".to_owned(), |d| table::age(d.as_secs_f64()));
+    format!("{} events/s, ETA {eta}", n(rate(p)))
+}
+
+/// Rebuild progress on stderr: a bar on a terminal, otherwise a line at most every second
+/// (and the last one), so that logs stay readable.
+struct Progress {
+    name: String,
+    bar: Option<ProgressBar>,
+    last_line: Option<Instant>,
+}
+
+impl Progress {
+    fn new(name: &str) -> Self {
+        let bar = io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template(
+                "{prefix} [{bar:32}] {pos}/{len} events, {msg} ({elapsed})",
+            )
+            .map(|s| s.progress_chars("=> "));
+            if let Ok(style) = style {
+                bar.set_style(style);
+            }
+            bar.set_prefix(format!("rebuilding {name}"));
+            bar
+        });
+        Self {
+            name: name.to_owned(),
+            bar,
+            last_line: None,
+        }
+    }
+
+    fn update(&mut self, p: &PgRebuildProgress) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.total.max(p.scanned));
+            bar.set_position(p.scanned);
+            bar.set_message(speed(p));
+        } else if self
+            .last_line
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.line(p);
+            self.last_line = Some(Instant::now());
+        }
+    }
+
+    fn finish(&mut self, p: &PgRebuildProgress) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.total.max(p.scanned));
+            bar.set_position(p.scanned);
+            bar.set_message(speed(p));
+            bar.finish();
+        } else {
+            self.line(p);
+        }
+    }
+
+    fn line(&self, p: &PgRebuildProgress) {
+        let total = p.total.max(p.scanned);
+        // Whole percent for display.
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        let percent = if total == 0 {
+            100
+        } else {
+            (p.scanned as f64 * 100.0 / total as f64) as u64
+        };
+        // Progress is best effort: a closed stderr must not stop the rebuild.
+        let _ = writeln!(
+            io::stderr(),
+            "rebuilding {}: {}/{} events ({percent}%), {}",
+            self.name,
+            n(p.scanned),
+            n(total),
+            speed(p)
+        );
+    }
 }

@@ -614,3 +614,96 @@ fn projections_status_needs_a_migrated_postgres_schema() {
         "{stderr}"
     );
 }
+
+#[test]
+fn projections_rebuild_replays_the_feed_with_progress() {
+    let schema = Schema::migrated();
+    schema.place_orders(3);
+    let out = schema.chronik(&["projections", "rebuild", "orders"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with(&format!(
+            "rebuilt projection orders in schema {} from scratch: 6 events scanned, 6 handled, in ",
+            schema.name
+        )) && stdout.contains("order_summaries now holds 3 rows"),
+        "{stdout}"
+    );
+    // Not a terminal: plain progress lines, the last one complete.
+    assert!(
+        stderr.contains("rebuilding orders: 6/6 events (100%), ")
+            && stderr.contains(" events/s, ETA "),
+        "{stderr}"
+    );
+    let doc = json(&schema.ok(&["projections", "status", "--json"]));
+    let orders = &doc["projections"][0];
+    assert_eq!(orders["name"], "orders", "{doc}");
+    assert_eq!(orders["events_processed"], 6, "{doc}");
+    assert_eq!(orders["lag_events"], 0, "{doc}");
+
+    schema.place_orders(1);
+    let stdout = schema.ok(&[
+        "projections",
+        "rebuild",
+        "orders",
+        "--shadow",
+        "--batch",
+        "3",
+    ]);
+    assert!(
+        stdout.contains("into order_summaries__shadow, swapped in atomically: 8 events scanned")
+            && stdout.contains("order_summaries now holds 4 rows"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn projections_rebuild_refuses_unknown_names_and_a_running_projection() {
+    use chronik_postgres::{OrderProjection, PgProjectionRunner};
+    use std::sync::Arc;
+    check_refused(
+        &os(&["projections", "rebuild", "nope"]),
+        2,
+        "invalid value 'nope' for '<NAME>'\n  [possible values: orders]",
+    );
+    check_refused(
+        &os(&["projections", "rebuild", "orders"]),
+        2,
+        "works on PostgreSQL only",
+    );
+    check_refused(
+        &os(&["projections", "rebuild", "orders", "--batch", "0"]),
+        2,
+        "0 is not in 1..=10000",
+    );
+
+    let schema = Schema::migrated();
+    schema.place_orders(2);
+    let runner = {
+        let _entered = schema.runtime.enter();
+        let projection = Arc::new(OrderProjection::new(schema.store.schema()));
+        PgProjectionRunner::new(schema.store.clone(), projection)
+            .spawn()
+            .expect("the runner starts")
+    };
+    let mut status = runner.subscribe();
+    schema
+        .runtime
+        .block_on(status.wait_for(|s| s.lock_pid.is_some()))
+        .expect("the runner takes the lock");
+
+    let out = schema.chronik(&["projections", "rebuild", "orders"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: rebuilding projection orders failed: projection orders is locked by another session; stop its runner first"),
+        "{stderr}"
+    );
+    // A shadow rebuild works beside the running runner.
+    let stdout = schema.ok(&["projections", "rebuild", "orders", "--shadow"]);
+    assert!(
+        stdout.contains("order_summaries now holds 2 rows"),
+        "{stdout}"
+    );
+    schema.runtime.block_on(runner.stop());
+}
