@@ -71,13 +71,17 @@ pub(crate) async fn migrate(url: &str, schema: SchemaName) -> anyhow::Result<()>
 #[derive(Debug, Clone)]
 pub(crate) struct Applied {
     pub(crate) version: i64,
+    pub(crate) description: String,
     pub(crate) success: bool,
+    pub(crate) checksum: Vec<u8>,
 }
 
 /// The store schema's migrations: what the database applied, compared with what this
 /// binary embeds ([`chronik_postgres::MIGRATOR`]).
 #[derive(Debug, Clone)]
 pub(crate) struct MigrationState {
+    /// The schema.
+    pub(crate) schema: SchemaName,
     /// Recorded migrations, by version (empty when the table does not exist).
     pub(crate) applied: Vec<Applied>,
 }
@@ -85,7 +89,8 @@ pub(crate) struct MigrationState {
 impl MigrationState {
     /// Reads the migrations table of `store`'s schema (a missing table: nothing applied).
     pub(crate) async fn read(store: &PgEventStore) -> anyhow::Result<Self> {
-        let table = format!("{}._sqlx_migrations", store.schema().quoted());
+        let schema = store.schema().clone();
+        let table = format!("{}._sqlx_migrations", schema.quoted());
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(&table)
             .fetch_one(store.pool())
@@ -94,7 +99,7 @@ impl MigrationState {
         let mut applied = Vec::new();
         if exists {
             let rows = sqlx::query(&format!(
-                "SELECT version, success FROM {table} ORDER BY version"
+                "SELECT version, description, success, checksum FROM {table} ORDER BY version"
             ))
             .fetch_all(store.pool())
             .await
@@ -102,11 +107,13 @@ impl MigrationState {
             for r in &rows {
                 applied.push(Applied {
                     version: r.try_get(0)?,
-                    success: r.try_get(1)?,
+                    description: r.try_get(1)?,
+                    success: r.try_get(2)?,
+                    checksum: r.try_get(3)?,
                 });
             }
         }
-        Ok(Self { applied })
+        Ok(Self { schema, applied })
     }
 
     /// Embedded (up) migrations: `(version, description)`.
@@ -125,6 +132,41 @@ impl MigrationState {
             .filter(|(v, _)| self.applied.iter().any(|a| a.version == *v && a.success))
             .count()
     }
+
+    /// Everything wrong, one sentence each: pending, failed, edited or unknown migrations.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let schema = &self.schema;
+        let mut problems = Vec::new();
+        for m in chronik_postgres::MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+        {
+            match self.applied.iter().find(|a| a.version == m.version) {
+                None => problems.push(format!(
+                    "migration {:04} {} is not applied in schema {schema}: run `chronik migrate --schema {schema}`",
+                    m.version, m.description
+                )),
+                Some(a) if !a.success => problems.push(format!(
+                    "migration {:04} {} failed in schema {schema} and is recorded as unsuccessful: repair it by hand",
+                    a.version, a.description
+                )),
+                Some(a) if a.checksum != *m.checksum => problems.push(format!(
+                    "migration {:04} {} in schema {schema} differs from this binary's (edited after it was applied)",
+                    a.version, a.description
+                )),
+                Some(_) => {}
+            }
+        }
+        for a in &self.applied {
+            if !Self::embedded().iter().any(|(v, _)| *v == a.version) {
+                problems.push(format!(
+                    "migration {:04} {} in schema {schema} is unknown to this binary (written by a newer chronik?)",
+                    a.version, a.description
+                ));
+            }
+        }
+        problems
+    }
 }
 
 /// Fails unless every embedded migration is applied in `store`'s schema.
@@ -141,7 +183,7 @@ pub(crate) async fn require_migrated(store: &PgEventStore) -> anyhow::Result<()>
 }
 
 /// `host:port/database` from a URL, without scheme, user or password.
-fn server(url: &str) -> String {
+pub(crate) fn server(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     let rest = rest.split_once('?').map_or(rest, |(host, _)| host);

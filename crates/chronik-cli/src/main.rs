@@ -5,6 +5,7 @@
 
 mod backend;
 mod demo;
+mod doctor;
 mod projections;
 mod round_trip;
 mod table;
@@ -38,6 +39,9 @@ enum Command {
     /// Prints the global feed of a PostgreSQL store, upcast, one event per line
     /// (`<cursor> <stream> v<version> <type> v<schema> <payload>`), then follows it live.
     Tail(TailArgs),
+    /// Checks a PostgreSQL store: migrations applied vs embedded, transactions holding the
+    /// feed horizon back, projection lag. Exit status 0 when healthy, 1 with the problems.
+    Doctor(DoctorArgs),
     /// Operates the PostgreSQL projections: status and lag, rebuilds.
     Projections {
         #[command(subcommand)]
@@ -54,6 +58,19 @@ enum ProjectionsCommand {
     /// Rebuilds a projection's read model by replaying the whole feed, with progress on
     /// stderr. Stop the projection's runners first (unless `--shadow`).
     Rebuild(RebuildArgs),
+}
+
+/// Options of `chronik doctor`.
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    database: Database,
+    /// A write or prepared transaction open longer than this many seconds is a problem.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    max_horizon_age: u64,
+    /// A projection whose oldest unprocessed event is older than this many seconds is a problem.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    max_lag: u64,
 }
 
 /// Options of `chronik projections rebuild`.
@@ -179,8 +196,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Connects to the database of a PostgreSQL operator command, whose tables must exist.
-async fn open(database: Database, command: &str) -> anyhow::Result<chronik_postgres::PgEventStore> {
+/// Connects to the database of a PostgreSQL operator command; also returns the server's
+/// name for messages (never the URL, which may hold a password).
+async fn connect_database(
+    database: Database,
+    command: &str,
+) -> anyhow::Result<(chronik_postgres::PgEventStore, String)> {
     let Some(url) = database.database_url.filter(|u| !u.trim().is_empty()) else {
         return Err(backend::Usage(format!(
             "`chronik {command}` works on PostgreSQL only: pass --database-url URL or set DATABASE_URL"
@@ -188,6 +209,12 @@ async fn open(database: Database, command: &str) -> anyhow::Result<chronik_postg
         .into());
     };
     let store = backend::connect(&url, database.schema).await?;
+    Ok((store, backend::server(&url)))
+}
+
+/// Connects to the database of a PostgreSQL operator command, whose tables must exist.
+async fn open(database: Database, command: &str) -> anyhow::Result<chronik_postgres::PgEventStore> {
+    let (store, _) = connect_database(database, command).await?;
     backend::require_migrated(&store).await?;
     Ok(store)
 }
@@ -261,6 +288,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 let store = backend::connect(&args.database_url, args.schema).await?;
                 tail::run(store, &options).await
+            }
+            Command::Doctor(args) => {
+                let (store, server) = connect_database(args.database, "doctor").await?;
+                let limits = doctor::Limits {
+                    max_horizon_age: args.max_horizon_age,
+                    max_lag: args.max_lag,
+                };
+                doctor::run(&store, &server, limits).await
             }
             Command::Projections {
                 command: ProjectionsCommand::Status(args),

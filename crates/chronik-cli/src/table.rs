@@ -70,8 +70,7 @@ pub(crate) fn holder(h: &HorizonHolder) -> String {
     let age = h.age_seconds.map_or_else(|| "?".to_owned(), age);
     match (h.kind, h.pid) {
         (HolderKind::Prepared, _) => format!(
-            "prepared transaction {} (xid {}, database {database}, prepared {age} ago): \
-             COMMIT PREPARED or ROLLBACK PREPARED it",
+            "{} (xid {}, database {database}, prepared {age} ago; COMMIT PREPARED or ROLLBACK PREPARED it)",
             h.detail, h.xid
         ),
         (_, pid) => {

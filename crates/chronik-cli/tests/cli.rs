@@ -546,6 +546,8 @@ fn projections_status_shows_position_and_lag() {
 fn projections_status_names_the_transaction_holding_the_horizon() {
     let schema = Schema::migrated();
     let runtime = &schema.runtime;
+    // Entered for the whole test, so that the open transaction can be dropped on a panic.
+    let _entered = runtime.enter();
     // A write transaction (it has an xid) left open in another session.
     let mut open = runtime
         .block_on(schema.store.pool().begin())
@@ -706,4 +708,166 @@ fn projections_rebuild_refuses_unknown_names_and_a_running_projection() {
         "{stdout}"
     );
     schema.runtime.block_on(runner.stop());
+}
+
+/// `chronik doctor` on `schema`: (exit code, stdout, stderr). Transactions of other tests
+/// sharing the cluster must not make it flaky, hence the generous horizon limit.
+fn doctor(schema: &Schema, extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut args = vec!["doctor"];
+    if extra.is_empty() {
+        args.extend(["--max-horizon-age", "3600"]);
+    }
+    args.extend(extra);
+    let out = schema.chronik(&args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code(), stdout, stderr)
+}
+
+#[test]
+fn doctor_is_healthy_on_a_migrated_schema_and_lists_missing_migrations() {
+    let schema = Schema::migrated();
+    let (code, stdout, stderr) = doctor(&schema, &[]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("chronik doctor: ")
+            && first.ends_with(&format!(", schema {}", schema.name)),
+        "{stdout}"
+    );
+    assert!(
+        !database_url().contains('@') || !first.contains('@'),
+        "the URL is printed: {first}"
+    );
+    let embedded = chronik_postgres::MIGRATOR.iter().count();
+    assert!(
+        stdout.contains(&format!("migrations   {embedded} of {embedded} applied (")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0001 event store"), "{stdout}");
+    assert!(stdout.contains("projections  0 projections"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("healthy"), "{stdout}");
+    assert!(stderr.is_empty(), "{stderr}");
+
+    let bare = Schema::unmigrated();
+    let (code, stdout, stderr) = doctor(&bare, &[]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let fix = format!(
+        "migration 0001 event store is not applied in schema {}: run `chronik migrate --schema {}`",
+        bare.name, bare.name
+    );
+    assert!(stdout.contains(&format!("  - {fix}")), "{stdout}");
+    assert!(
+        stdout.contains("projections  not checked: the schema is not migrated"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.contains(" problems found: ")
+            && stderr.contains(&fix),
+        "{stderr}"
+    );
+    check_refused(&os(&["doctor"]), 2, "works on PostgreSQL only");
+    check_refused(
+        &os(&["doctor", "--max-lag", "soon"]),
+        2,
+        "invalid value 'soon' for '--max-lag <SECONDS>'",
+    );
+}
+
+#[test]
+fn doctor_names_an_old_horizon_holder() {
+    let schema = Schema::migrated();
+    let runtime = &schema.runtime;
+    // Entered for the whole test, so that the open transaction can be dropped on a panic.
+    let _entered = runtime.enter();
+    let mut open = runtime
+        .block_on(schema.store.pool().begin())
+        .expect("a transaction");
+    let (_xid, pid): (String, i32) = runtime
+        .block_on(
+            sqlx::query_as("SELECT pg_current_xact_id()::text, pg_backend_pid()")
+                .fetch_one(&mut *open),
+        )
+        .expect("an xid and a pid");
+    let (code, stdout, stderr) = doctor(&schema, &["--max-horizon-age", "0"]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "  - a transaction holds the feed horizon back: pid {pid} (xid "
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains(" found: "),
+        "{stderr}"
+    );
+    runtime.block_on(open.rollback()).expect("rolled back");
+}
+
+/// A read model whose handler always fails.
+struct Broken;
+
+impl chronik_postgres::PgProjection for Broken {
+    fn name(&self) -> &str {
+        "broken"
+    }
+
+    async fn handle(
+        &self,
+        _tx: &mut chronik_postgres::PgTransaction,
+        _event: &chronik_core::RecordedEvent,
+    ) -> Result<(), chronik_postgres::HandlerFailure> {
+        Err(chronik_postgres::HandlerFailure::new("always broken"))
+    }
+
+    async fn clear(
+        &self,
+        _tx: &mut chronik_postgres::PgTransaction,
+    ) -> Result<(), chronik_postgres::HandlerFailure> {
+        Ok(())
+    }
+}
+
+#[test]
+fn doctor_and_status_report_a_failing_projection() {
+    use std::sync::Arc;
+    let schema = Schema::migrated();
+    schema.place_orders(1);
+    let runner = {
+        let _entered = schema.runtime.enter();
+        chronik_postgres::PgProjectionRunner::new(schema.store.clone(), Arc::new(Broken))
+            .spawn()
+            .expect("the runner starts")
+    };
+    // The second attempt begins after the first failure was recorded.
+    let mut status = runner.subscribe();
+    schema
+        .runtime
+        .block_on(status.wait_for(|s| s.attempts >= 2))
+        .expect("the runner retries");
+
+    let (code, stdout, stderr) = doctor(&schema, &[]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("  - projection broken is failing on event ")
+            && stdout.contains("): order-")
+            && stdout.contains("always broken"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("broken: failing, 2 events behind"),
+        "{stdout}"
+    );
+
+    let stdout = schema.ok(&["projections", "status"]);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("broken "))
+        .unwrap_or_else(|| panic!("no row for broken:\n{stdout}"));
+    assert!(
+        row.contains("failing (attempt ") && row.contains("always broken"),
+        "{row}"
+    );
+    schema.runtime.block_on(runner.abort());
 }

@@ -1,0 +1,164 @@
+//! `chronik doctor`: is this PostgreSQL store healthy? Migrations, horizon blockers,
+//! projection lag. Exit status 0 when healthy, 1 with the list of problems otherwise.
+
+use std::io::{self, Write as _};
+
+use anyhow::Context as _;
+use chronik_postgres::{HolderKind, PgEventStore};
+
+use crate::backend::MigrationState;
+use crate::demo::{count, n};
+use crate::projections;
+use crate::table;
+
+/// Thresholds beyond which something is a problem rather than normal activity.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// A transaction (session or prepared) holding the horizon longer than this, in seconds.
+    pub(crate) max_horizon_age: u64,
+    /// A projection whose oldest unprocessed event is older than this, in seconds.
+    pub(crate) max_lag: u64,
+}
+
+/// Prints the report; fails with the list of problems when there are any.
+pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    let mut problems: Vec<String> = Vec::new();
+    let schema = store.schema();
+    writeln!(out, "chronik doctor: {server}, schema {schema}")?;
+
+    // Migrations: applied in the schema vs embedded in this binary.
+    let migrations = MigrationState::read(store).await?;
+    let embedded = MigrationState::embedded();
+    let applied = migrations.applied_count();
+    let names: Vec<String> = embedded
+        .iter()
+        .map(|(v, d)| format!("{v:04} {d}"))
+        .collect();
+    writeln!(
+        out,
+        "  migrations   {applied} of {} applied ({})",
+        embedded.len(),
+        names.join(", ")
+    )?;
+    problems.extend(migrations.problems());
+    let migrated = applied == embedded.len();
+
+    // Horizon: every open write or prepared transaction in the cluster, oldest first.
+    let holders = store
+        .horizon_holders()
+        .await
+        .context("cannot list the transactions holding the horizon")?;
+    let old: Vec<_> = holders
+        .iter()
+        .filter(|h| {
+            h.age_seconds
+                .is_some_and(|a| a >= limit(limits.max_horizon_age))
+        })
+        .collect();
+    writeln!(
+        out,
+        "  horizon      {} open in the cluster, {} older than {} s{}",
+        count(holders.len() as u64, "write transaction"),
+        n(old.len() as u64),
+        n(limits.max_horizon_age),
+        if holders.is_empty() {
+            ": nothing holds the feed back"
+        } else {
+            ""
+        }
+    )?;
+    for h in &holders {
+        writeln!(out, "               {}", table::holder(h))?;
+    }
+    for h in &old {
+        let what = if h.kind == HolderKind::Prepared {
+            "a prepared transaction"
+        } else {
+            "a transaction"
+        };
+        problems.push(format!(
+            "{what} holds the feed horizon back: {}; every projection waits for it",
+            table::holder(h)
+        ));
+    }
+
+    // Projections: only once the tables exist.
+    if migrated {
+        if let Some(h) = projections::horizon_blocker(store).await? {
+            writeln!(
+                out,
+                "               committed events of schema {schema} are invisible until {} ends",
+                table::holder(&h)
+            )?;
+        }
+        let reports = projections::reports(store).await?;
+        let behind = reports.iter().filter(|r| r.lag_events > 0).count();
+        writeln!(
+            out,
+            "  projections  {}, {} caught up, {} behind",
+            count(reports.len() as u64, "projection"),
+            n((reports.len() - behind) as u64),
+            n(behind as u64),
+        )?;
+        for r in &reports {
+            let state = r.state.as_deref().unwrap_or("no runner yet");
+            writeln!(
+                out,
+                "               {}: {state}, {} behind ({:.1} s)",
+                r.name,
+                count(r.lag_events, "event"),
+                r.lag_seconds
+            )?;
+            if r.state.as_deref() == Some("failing") {
+                let event = r
+                    .failing_event
+                    .map_or_else(String::new, |e| format!(" on event {e}"));
+                problems.push(format!(
+                    "projection {} is failing{event} (attempt {}): {}",
+                    r.name,
+                    r.attempts,
+                    r.last_error
+                        .as_deref()
+                        .map_or_else(|| "no error recorded".to_owned(), table::one_line)
+                ));
+            }
+            if r.lag_events > 0 && r.lag_seconds >= limit(limits.max_lag) {
+                problems.push(format!(
+                    "projection {} is {} behind, the oldest {} old (state: {state})",
+                    r.name,
+                    count(r.lag_events, "event"),
+                    table::age(r.lag_seconds)
+                ));
+            }
+        }
+    } else {
+        writeln!(
+            out,
+            "  projections  not checked: the schema is not migrated"
+        )?;
+    }
+
+    if problems.is_empty() {
+        writeln!(out, "healthy")?;
+        return Ok(());
+    }
+    writeln!(out, "{}:", count(problems.len() as u64, "problem"))?;
+    for p in &problems {
+        writeln!(out, "  - {p}")?;
+    }
+    out.flush()?;
+    anyhow::bail!(
+        "{} found: {}",
+        count(problems.len() as u64, "problem"),
+        problems.join("; ")
+    )
+}
+
+/// A whole number of seconds as a comparable age.
+fn limit(seconds: u64) -> f64 {
+    // Thresholds are small; any precision loss is far below a second.
+    #[allow(clippy::cast_precision_loss)]
+    let s = seconds as f64;
+    s
+}
