@@ -8,6 +8,7 @@ mod demo;
 mod doctor;
 mod projections;
 mod round_trip;
+mod snapshots;
 mod table;
 mod tail;
 
@@ -15,7 +16,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use chronik_core::FeedCursor;
+use chronik_core::{FeedCursor, StreamId};
 use chronik_postgres::SchemaName;
 use chronik_store::FeedFilter;
 use clap::{Args, Parser, Subcommand};
@@ -42,6 +43,11 @@ enum Command {
     /// Checks a PostgreSQL store: migrations applied vs embedded, transactions holding the
     /// feed horizon back, projection lag. Exit status 0 when healthy, 1 with the problems.
     Doctor(DoctorArgs),
+    /// Lists, takes and drops snapshots in a PostgreSQL store.
+    Snapshots {
+        #[command(subcommand)]
+        command: SnapshotsCommand,
+    },
     /// Operates the PostgreSQL projections: status and lag, rebuilds.
     Projections {
         #[command(subcommand)]
@@ -58,6 +64,37 @@ enum ProjectionsCommand {
     /// Rebuilds a projection's read model by replaying the whole feed, with progress on
     /// stderr. Stop the projection's runners first (unless `--shadow`).
     Rebuild(RebuildArgs),
+}
+
+/// `chronik snapshots ...`.
+#[derive(Debug, Subcommand)]
+enum SnapshotsCommand {
+    /// The snapshots of one stream: version, state schema, when, size, usable or not.
+    List(StreamArgs),
+    /// Loads an order from all its events and saves a snapshot at its current version.
+    Take(StreamArgs),
+    /// Drops every snapshot of a category (after changing its state schema); prints how many.
+    Drop(CategoryArgs),
+}
+
+/// A stream id and the database.
+#[derive(Debug, Args)]
+struct StreamArgs {
+    /// The stream, e.g. `order-42`.
+    #[arg(value_parser = parse_stream_id)]
+    stream_id: StreamId,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// A category and the database.
+#[derive(Debug, Args)]
+struct CategoryArgs {
+    /// The category: the part of stream ids before the first `-`, e.g. `order`.
+    #[arg(value_parser = snapshots::parse_category)]
+    category: String,
+    #[command(flatten)]
+    database: Database,
 }
 
 /// Options of `chronik doctor`.
@@ -169,6 +206,10 @@ struct TailArgs {
 fn parse_cursor(text: &str) -> Result<FeedCursor, String> {
     text.parse()
         .map_err(|e: chronik_core::InvalidInput| e.to_string())
+}
+
+fn parse_stream_id(text: &str) -> Result<StreamId, String> {
+    StreamId::new(text).map_err(|e| e.to_string())
 }
 
 fn parse_schema(text: &str) -> Result<SchemaName, String> {
@@ -297,6 +338,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 doctor::run(&store, &server, limits).await
             }
+            Command::Snapshots { command } => match command {
+                SnapshotsCommand::List(args) => {
+                    let store = open(args.database, "snapshots list").await?;
+                    snapshots::list(&store, &args.stream_id).await
+                }
+                SnapshotsCommand::Take(args) => {
+                    let store = open(args.database, "snapshots take").await?;
+                    snapshots::take(&store, &args.stream_id).await
+                }
+                SnapshotsCommand::Drop(args) => {
+                    let store = open(args.database, "snapshots drop").await?;
+                    snapshots::drop_category(&store, &args.category).await
+                }
+            },
             Command::Projections {
                 command: ProjectionsCommand::Status(args),
             } => {

@@ -871,3 +871,115 @@ fn doctor_and_status_report_a_failing_projection() {
     );
     schema.runtime.block_on(runner.abort());
 }
+
+#[test]
+fn snapshots_list_take_and_drop() {
+    let schema = Schema::migrated();
+    let ids = schema.place_orders(2);
+    let (first, second) = (ids[0].as_str(), ids[1].as_str());
+
+    let stdout = schema.ok(&["snapshots", "list", first]);
+    assert_eq!(
+        stdout,
+        format!("stream {first} is at version 2; no snapshots\n")
+    );
+    let stdout = schema.ok(&["snapshots", "take", first]);
+    assert_eq!(
+        stdout,
+        format!(
+            "snapshot of {first} taken at version 2 (state schema v1): it covers 2 events; \
+             loads now replay only what comes after\n"
+        )
+    );
+    schema.ok(&["snapshots", "take", second]);
+    let stdout = schema.ok(&["snapshots", "list", first]);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(
+        lines[0],
+        format!("stream {first} is at version 2; 1 snapshot")
+    );
+    assert!(
+        lines[1].starts_with("VERSION  STATE SCHEMA  TAKEN AT"),
+        "{stdout}"
+    );
+    let row: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(row[..2], ["2", "v1"], "{stdout}");
+    assert_eq!(row[row.len() - 2..], ["0", "yes"], "{stdout}");
+
+    // The snapshot is what the repository loads from.
+    let loaded = schema
+        .runtime
+        .block_on(
+            chronik_store::Repository::<chronik_testkit::orders::Order, _>::new(
+                schema.store.clone(),
+            )
+            .with_snapshots(chronik_core::SnapshotPolicy::every(1_000).expect("valid"))
+            .load(&ids[0]),
+        )
+        .expect("loads");
+    assert_eq!(
+        (loaded.snapshot_version.get(), loaded.events_replayed),
+        (2, 0)
+    );
+
+    let stdout = schema.ok(&["snapshots", "drop", "order"]);
+    assert_eq!(
+        stdout,
+        format!(
+            "dropped 2 snapshots of category order in schema {}\n",
+            schema.name
+        )
+    );
+    let stdout = schema.ok(&["snapshots", "list", first]);
+    assert!(stdout.ends_with("; no snapshots\n"), "{stdout}");
+    let stdout = schema.ok(&["snapshots", "drop", "order"]);
+    assert!(
+        stdout.starts_with("dropped 0 snapshots of category order"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn snapshots_refuse_bad_stream_ids_and_categories() {
+    for (args, expected) in [
+        (
+            &["snapshots", "list", "order 42"][..],
+            "invalid value 'order 42' for '<STREAM_ID>': stream id contains whitespace",
+        ),
+        (
+            &["snapshots", "take", ""],
+            "invalid value '' for '<STREAM_ID>': stream id is empty",
+        ),
+        (
+            &["snapshots", "drop", "order-1"],
+            "\"order-1\" is not a category",
+        ),
+        (&["snapshots", "drop", ""], "a category is empty"),
+        (
+            &["snapshots", "list", "order-1"],
+            "works on PostgreSQL only",
+        ),
+        (&["snapshots", "list"], "<STREAM_ID>"),
+    ] {
+        check_refused(&os(args), 2, expected);
+    }
+    let schema = Schema::migrated();
+    for (args, code, expected) in [
+        (
+            &["snapshots", "take", "invoice-1"][..],
+            2,
+            "cannot snapshot invoice-1: this binary knows how to fold streams of category `order` only, not `invoice`",
+        ),
+        (
+            &["snapshots", "take", "order-missing"],
+            1,
+            "stream order-missing has no events: nothing to snapshot",
+        ),
+    ] {
+        let out = schema.chronik(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert_eq!(stderr, format!("error: {expected}\n"), "{args:?}");
+    }
+}
