@@ -47,6 +47,43 @@ pub(crate) fn percentile(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
 }
 
+/// One boxed operation: `(worker, iteration) -> items processed`.
+pub(crate) type Op = Arc<
+    dyn Fn(usize, u64) -> futures::future::BoxFuture<'static, anyhow::Result<u64>> + Send + Sync,
+>;
+
+/// Runs every variant for `rounds` short rounds, alternating (A B C A B C ...), and merges
+/// each variant's samples. Noise that drifts during the run (another process, autovacuum,
+/// a checkpoint) then hits every variant alike instead of whichever ran at that moment.
+pub(crate) async fn interleaved(
+    workers: usize,
+    budget: Budget,
+    rounds: u32,
+    variants: &[(&str, Op)],
+) -> anyhow::Result<Vec<(String, Stats)>> {
+    let rounds = rounds.max(1);
+    let slice = Budget {
+        warmup: budget.warmup / rounds,
+        measure: budget.measure / rounds,
+    };
+    let mut acc: Vec<(Vec<u64>, u64, Duration)> =
+        vec![(Vec::new(), 0, Duration::ZERO); variants.len()];
+    for _ in 0..rounds {
+        for (i, (_, op)) in variants.iter().enumerate() {
+            let op = op.clone();
+            let (lat, items, elapsed) = samples(workers, slice, move |w, n| op(w, n)).await?;
+            acc[i].0.extend(lat);
+            acc[i].1 += items;
+            acc[i].2 += elapsed;
+        }
+    }
+    Ok(variants
+        .iter()
+        .zip(acc)
+        .map(|((name, _), (lat, items, elapsed))| ((*name).to_owned(), stats(lat, items, elapsed)))
+        .collect())
+}
+
 pub(crate) fn stats(mut lat_us: Vec<u64>, items: u64, elapsed: Duration) -> Stats {
     lat_us.sort_unstable();
     let seconds = elapsed.as_secs_f64().max(1e-9);
@@ -67,6 +104,20 @@ pub(crate) fn stats(mut lat_us: Vec<u64>, items: u64, elapsed: Duration) -> Stat
 /// Runs `op(worker, iteration)` from `workers` tasks; each call returns how many items it
 /// processed. Errors abort the run: a benchmark that fails is not a measurement.
 pub(crate) async fn run<F, Fut>(workers: usize, budget: Budget, op: F) -> anyhow::Result<Stats>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<u64>> + Send,
+{
+    let (lat, items, elapsed) = samples(workers, budget, op).await?;
+    Ok(stats(lat, items, elapsed))
+}
+
+/// Raw latencies (µs), items and measured time of one run.
+async fn samples<F, Fut>(
+    workers: usize,
+    budget: Budget,
+    op: F,
+) -> anyhow::Result<(Vec<u64>, u64, Duration)>
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<u64>> + Send,
@@ -110,7 +161,7 @@ where
         all.extend(lat);
         items += n;
     }
-    Ok(stats(all, items, elapsed))
+    Ok((all, items, elapsed))
 }
 
 /// Runs `op` `times` times sequentially and measures each call (for long single operations

@@ -44,6 +44,8 @@ pub(crate) struct Plan {
     pub(crate) long_stream: usize,
     pub(crate) feed_events: usize,
     pub(crate) load_repeats: usize,
+    /// Alternating rounds per variant (see `harness::interleaved`).
+    pub(crate) rounds: u32,
 }
 
 fn plan(args: &Args) -> Plan {
@@ -59,6 +61,7 @@ fn plan(args: &Args) -> Plan {
             long_stream: 2_000,
             feed_events: 5_000,
             load_repeats: 3,
+            rounds: 1,
         }
     } else {
         Plan {
@@ -71,6 +74,7 @@ fn plan(args: &Args) -> Plan {
             long_stream: 10_000,
             feed_events: 1_000_000,
             load_repeats: 10,
+            rounds: 5,
         }
     }
 }
@@ -79,7 +83,10 @@ fn plan(args: &Args) -> Plan {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let plan = plan(&args);
-    let mut report = Report::default();
+    let mut report = Report {
+        out: Some(args.out.clone()),
+        ..Report::default()
+    };
     report.environment.push((
         "mode".into(),
         if args.quick {

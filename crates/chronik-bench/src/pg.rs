@@ -18,7 +18,7 @@ use sqlx::{Executor, PgPool};
 use uuid::Uuid;
 
 use crate::Plan;
-use crate::harness;
+use crate::harness::{self, Op};
 use crate::memory::{new_event, payload, seed_stream};
 use crate::report::Report;
 
@@ -149,36 +149,42 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
     );
     for &c in plan.concurrency {
         let s = store(url, c).await?;
-        let stats = harness::run(c, plan.budget, move |_, _| {
+        let p = pool(url, c).await?;
+        let chronik: Op = Arc::new(move |_, _| {
             let s = s.clone();
-            async move {
+            Box::pin(async move {
                 let id = StreamId::for_category("order", Uuid::new_v4())?;
                 s.append(&id, ExpectedVersion::NoStream, &[new_event()])
                     .await?;
                 Ok(1)
-            }
-        })
-        .await?;
-        report.push("append-1", "chronik", c, stats);
-
-        let p = pool(url, c).await?;
-        let (sql, b) = (Arc::new(raw_guarded_sql()), Arc::new(body.clone()));
-        let pc = p.clone();
-        let stats = harness::run(c, plan.budget, move |_, _| {
+            })
+        });
+        let (pc, sql, b) = (
+            p.clone(),
+            Arc::new(raw_guarded_sql()),
+            Arc::new(body.clone()),
+        );
+        let guarded: Op = Arc::new(move |_, _| {
             let (p, sql, b) = (pc.clone(), sql.clone(), b.clone());
-            async move { raw_guarded_append(&p, &sql, 1, &b).await }
-        })
-        .await?;
-        report.push("append-1", "raw-guarded", c, stats);
-
-        let (sql, b) = (Arc::new(plain_sql.clone()), Arc::new(body_json.clone()));
-        let pc = p.clone();
-        let stats = harness::run(c, plan.budget, move |_, _| {
+            Box::pin(async move { raw_guarded_append(&p, &sql, 1, &b).await })
+        });
+        let (pc, sql, b) = (
+            p.clone(),
+            Arc::new(plain_sql.clone()),
+            Arc::new(body_json.clone()),
+        );
+        let plain: Op = Arc::new(move |_, _| {
             let (p, sql, b) = (pc.clone(), sql.clone(), b.clone());
-            async move { raw_plain_insert(&p, &sql, &b).await }
-        })
-        .await?;
-        report.push("append-1", "raw-plain", c, stats);
+            Box::pin(async move { raw_plain_insert(&p, &sql, &b).await })
+        });
+        let variants = [
+            ("chronik", chronik),
+            ("raw-guarded", guarded),
+            ("raw-plain", plain),
+        ];
+        for (name, stats) in harness::interleaved(c, plan.budget, plan.rounds, &variants).await? {
+            report.push("append-1", &name, c, stats);
+        }
         p.close().await;
         report.ratio("append-1", "chronik", "raw-guarded", c, Some(0.9));
         report.ratio("append-1", "chronik", "raw-plain", c, Some(0.65));
@@ -191,26 +197,29 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
     );
     for &c in plan.batch_concurrency {
         let s = store(url, c).await?;
-        let stats = harness::run(c, plan.budget, move |_, _| {
+        let p = pool(url, c).await?;
+        let chronik: Op = Arc::new(move |_, _| {
             let s = s.clone();
-            async move {
+            Box::pin(async move {
                 let id = StreamId::for_category("order", Uuid::new_v4())?;
                 let batch: Vec<_> = (0..100).map(|_| new_event()).collect();
                 s.append(&id, ExpectedVersion::NoStream, &batch).await?;
                 Ok(100)
-            }
-        })
-        .await?;
-        report.push("append-100", "chronik", c, stats);
-        let p = pool(url, c).await?;
-        let (sql, b) = (Arc::new(multi_sql.clone()), Arc::new(body.clone()));
-        let pc = p.clone();
-        let stats = harness::run(c, plan.budget, move |_, _| {
+            })
+        });
+        let (pc, sql, b) = (
+            p.clone(),
+            Arc::new(multi_sql.clone()),
+            Arc::new(body.clone()),
+        );
+        let multi: Op = Arc::new(move |_, _| {
             let (p, sql, b) = (pc.clone(), sql.clone(), b.clone());
-            async move { raw_multi_insert(&p, &sql, 100, &b).await }
-        })
-        .await?;
-        report.push("append-100", "raw-multi-insert", c, stats);
+            Box::pin(async move { raw_multi_insert(&p, &sql, 100, &b).await })
+        });
+        let variants = [("chronik", chronik), ("raw-multi-insert", multi)];
+        for (name, stats) in harness::interleaved(c, plan.budget, plan.rounds, &variants).await? {
+            report.push("append-100", &name, c, stats);
+        }
         p.close().await;
         report.ratio("append-100", "chronik", "raw-multi-insert", c, Some(0.8));
     }
@@ -325,19 +334,32 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
     })
     .await?;
     report.push(scenario, "chronik read_feed", 1, stats);
+    // The same rows through the same index, without chronik's horizon check, cursor
+    // handling or decoding: what a hand-written reader of this table would do.
     let keyset = format!(
-        "SELECT global_position, stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at \
-           FROM {STORE_SCHEMA}.events WHERE global_position > $1 ORDER BY global_position LIMIT 1000"
+        "SELECT transaction_id::text::bigint, global_position, stream_id, version, event_id, event_type, schema_version, \
+                payload, metadata, recorded_at \
+           FROM {STORE_SCHEMA}.events WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+          ORDER BY transaction_id, global_position LIMIT 1000"
     );
     let stats = harness::repeat(1, |_| {
         let (p, sql) = (s.pool(), keyset.as_str());
         async move {
-            let mut after = 0i64;
+            let (mut tx, mut pos) = (0i64, 0i64);
             let mut n = 0u64;
             loop {
-                let rows = sqlx::query(sql).bind(after).fetch_all(p).await?;
+                // Unnamed statement: planned for these values each time. As a named prepared
+                // statement PostgreSQL soon switches to a generic plan that estimates the
+                // row comparison badly and scans the whole table for every page.
+                let rows = sqlx::query(sql)
+                    .bind(tx.to_string())
+                    .bind(pos)
+                    .persistent(false)
+                    .fetch_all(p)
+                    .await?;
                 let Some(last) = rows.last() else { break };
-                after = sqlx::Row::try_get(last, 0)?;
+                tx = sqlx::Row::try_get(last, 0)?;
+                pos = sqlx::Row::try_get(last, 1)?;
                 n += rows.len() as u64;
             }
             Ok(n)

@@ -36,6 +36,10 @@ pub(crate) struct Report {
     pub(crate) rows: Vec<Row>,
     /// Free-form observations (e.g. live latency notes).
     pub(crate) notes: Vec<String>,
+    /// Where results are written after every measurement, so an interrupted run keeps
+    /// what it measured.
+    #[serde(skip)]
+    pub(crate) out: Option<std::path::PathBuf>,
 }
 
 impl Report {
@@ -49,6 +53,19 @@ impl Report {
             against: None,
             target: None,
         });
+        self.checkpoint();
+    }
+
+    /// Writes what was measured so far.
+    pub(crate) fn checkpoint(&self) {
+        if let Some(dir) = &self.out
+            && let Err(e) = self.write(dir)
+        {
+            eprintln!(
+                "chronik-bench: cannot write results to {}: {e}",
+                dir.display()
+            );
+        }
     }
 
     /// Sets the ratio of (`scenario`, `variant`, `concurrency`) against `baseline`.
@@ -99,6 +116,7 @@ impl Report {
             copy.against = Some(baseline.to_owned());
             copy.target = target;
             self.rows.push(copy);
+            self.checkpoint();
         }
     }
 
