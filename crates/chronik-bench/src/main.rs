@@ -33,6 +33,9 @@ struct Args {
     /// Measured seconds per variant (default 5, quick 0.3).
     #[arg(long)]
     seconds: Option<f64>,
+    /// Run only the scenarios whose names start with one of these (e.g. `--only load`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// Sizes of one run.
@@ -46,6 +49,17 @@ pub(crate) struct Plan {
     pub(crate) load_repeats: usize,
     /// Alternating rounds per variant (see `harness::interleaved`).
     pub(crate) rounds: u32,
+    /// Events in the very long stream of the snapshot scenario.
+    pub(crate) huge_stream: usize,
+    /// Scenario name prefixes to run (empty: all).
+    pub(crate) only: &'static [String],
+}
+
+impl Plan {
+    /// Whether scenario `name` is selected.
+    pub(crate) fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| name.starts_with(p.as_str()))
+    }
 }
 
 fn plan(args: &Args) -> Plan {
@@ -62,6 +76,8 @@ fn plan(args: &Args) -> Plan {
             feed_events: 5_000,
             load_repeats: 3,
             rounds: 1,
+            huge_stream: 5_000,
+            only: Vec::leak(args.only.clone()),
         }
     } else {
         Plan {
@@ -75,6 +91,8 @@ fn plan(args: &Args) -> Plan {
             feed_events: 1_000_000,
             load_repeats: 10,
             rounds: 5,
+            huge_stream: 100_000,
+            only: Vec::leak(args.only.clone()),
         }
     }
 }
@@ -110,7 +128,9 @@ async fn main() -> anyhow::Result<()> {
         if args.quick { "quick" } else { "full" },
         args.out.display()
     );
-    memory::run(&plan, &mut report).await?;
+    if plan.wants("append-1") || plan.wants("load") {
+        memory::run(&plan, &mut report).await?;
+    }
     match &args.database_url {
         Some(url) => {
             pg::environment(url, &mut report).await?;

@@ -147,7 +147,7 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
     let plain_sql = format!(
         "INSERT INTO {RAW_SCHEMA}.seed_events (aggregate_id, aggregate_type, event_type, event_data, version) VALUES ($1, 'order', 'OrderPlaced', $2, 1)"
     );
-    for &c in plan.concurrency {
+    for &c in plan.concurrency.iter().filter(|_| plan.wants("append-1")) {
         let s = store(url, c).await?;
         let p = pool(url, c).await?;
         let chronik: Op = Arc::new(move |_, _| {
@@ -195,7 +195,11 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
         "INSERT INTO {RAW_SCHEMA}.seed_events (aggregate_id, aggregate_type, event_type, event_data, version) \
          SELECT $1, 'order', 'OrderPlaced', d::jsonb, v FROM unnest($2::text[], $3::int[]) AS u(d, v)"
     );
-    for &c in plan.batch_concurrency {
+    for &c in plan
+        .batch_concurrency
+        .iter()
+        .filter(|_| plan.wants("append-100"))
+    {
         let s = store(url, c).await?;
         let p = pool(url, c).await?;
         let chronik: Op = Arc::new(move |_, _| {
@@ -224,67 +228,15 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
         report.ratio("append-100", "chronik", "raw-multi-insert", c, Some(0.8));
     }
 
-    // 3. Load one long aggregate.
+    // 3. Load one long aggregate, then a very long one (the snapshot scenario).
     let s = store(url, 2).await?;
-    let id = StreamId::for_category("order", Uuid::new_v4())?;
-    seed_stream(&s, &id, plan.long_stream).await?;
-    let scenario = format!("load-{}", plan.long_stream);
-    let stats = harness::repeat(plan.load_repeats, |_| {
-        let (s, id) = (&s, &id);
-        async move {
-            Ok(Repository::<Order, _>::new(s)
-                .load(id)
-                .await?
-                .events_replayed)
-        }
-    })
-    .await?;
-    report.push(&scenario, "chronik full replay", 1, stats);
-    let state = Repository::<Order, _>::new(&s).load(&id).await?;
-    s.save_snapshot(
-        &id,
-        state.version,
-        Order::STATE_SCHEMA_VERSION,
-        &state.state.to_state()?,
-    )
-    .await?;
-    let stats = harness::repeat(plan.load_repeats * 20, |_| {
-        let (s, id) = (s.clone(), &id);
-        async move {
-            let loaded = Repository::<Order, _>::new(s)
-                .with_snapshots(SnapshotPolicy::Never)
-                .load(id)
-                .await?;
-            anyhow::ensure!(
-                loaded.snapshot_version == loaded.version,
-                "snapshot not used"
-            );
-            // Count the events the state covers, so items/s compares with full replay.
-            Ok(loaded.version.get())
-        }
-    })
-    .await?;
-    report.push(&scenario, "chronik with snapshot", 1, stats);
-    let raw_load = format!(
-        "SELECT event_type, payload, version FROM {STORE_SCHEMA}.events WHERE stream_id = $1 ORDER BY version"
-    );
-    let stats = harness::repeat(plan.load_repeats, |_| {
-        let (p, sql, id) = (s.pool(), raw_load.as_str(), id.as_str());
-        async move {
-            let rows = sqlx::query(sql).bind(id).fetch_all(p).await?;
-            Ok(rows.len() as u64)
-        }
-    })
-    .await?;
-    report.push(&scenario, "raw select", 1, stats);
-    report.ratio(&scenario, "chronik full replay", "raw select", 1, Some(0.5));
-    report.ratio(
-        &scenario,
-        "chronik with snapshot",
-        "chronik full replay",
-        1,
-        Some(10.0),
-    );
+    if plan.wants("load") {
+        load_scenario(&s, plan.long_stream, plan.load_repeats, true, report).await?;
+        load_scenario(&s, plan.huge_stream, 3, false, report).await?;
+    }
+    if !plan.wants("feed") {
+        return Ok(());
+    }
 
     // 4. Feed catch-up over many events (in transactions of 10k, like a busy system's batches).
     let admin = pool(url, 1).await?;
@@ -375,5 +327,86 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
         Some(0.5),
     );
     admin.close().await;
+    Ok(())
+}
+
+/// Loads an `n`-event aggregate: full replay, from a snapshot at its head, and (when
+/// `with_raw`) a raw `SELECT` of the same rows.
+async fn load_scenario(
+    s: &PgEventStore,
+    n: usize,
+    repeats: usize,
+    with_raw: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let id = StreamId::for_category("order", Uuid::new_v4())?;
+    seed_stream(s, &id, n).await?;
+    let scenario = format!("load-{}", n);
+    let stats = harness::repeat(repeats, |_| {
+        let id = &id;
+        async move {
+            Ok(Repository::<Order, _>::new(s)
+                .load(id)
+                .await?
+                .events_replayed)
+        }
+    })
+    .await?;
+    report.push(&scenario, "chronik full replay", 1, stats);
+    let state = Repository::<Order, _>::new(s).load(&id).await?;
+    s.save_snapshot(
+        &id,
+        state.version,
+        Order::STATE_SCHEMA_VERSION,
+        &state.state.to_state()?,
+    )
+    .await?;
+    let stats = harness::repeat(repeats * 20, |_| {
+        let (s, id) = (s.clone(), &id);
+        async move {
+            let loaded = Repository::<Order, _>::new(s)
+                .with_snapshots(SnapshotPolicy::Never)
+                .load(id)
+                .await?;
+            anyhow::ensure!(
+                loaded.snapshot_version == loaded.version,
+                "snapshot not used"
+            );
+            // Count the events the state covers, so items/s compares with full replay.
+            Ok(loaded.version.get())
+        }
+    })
+    .await?;
+    report.push(&scenario, "chronik with snapshot", 1, stats);
+    if !with_raw {
+        report.ratio(
+            &scenario,
+            "chronik with snapshot",
+            "chronik full replay",
+            1,
+            Some(10.0),
+        );
+        return Ok(());
+    }
+    let raw_load = format!(
+        "SELECT event_type, payload, version FROM {STORE_SCHEMA}.events WHERE stream_id = $1 ORDER BY version"
+    );
+    let stats = harness::repeat(repeats, |_| {
+        let (p, sql, id) = (s.pool(), raw_load.as_str(), id.as_str());
+        async move {
+            let rows = sqlx::query(sql).bind(id).fetch_all(p).await?;
+            Ok(rows.len() as u64)
+        }
+    })
+    .await?;
+    report.push(&scenario, "raw select", 1, stats);
+    report.ratio(&scenario, "chronik full replay", "raw select", 1, Some(0.5));
+    report.ratio(
+        &scenario,
+        "chronik with snapshot",
+        "chronik full replay",
+        1,
+        Some(10.0),
+    );
     Ok(())
 }
