@@ -46,7 +46,7 @@ async fn connect_and_migrate(url: &str, schema: SchemaName) -> anyhow::Result<Pg
 pub(crate) async fn demo_on_postgres(url: &str, options: &demo::Options) -> anyhow::Result<()> {
     let store = connect_and_migrate(url, SchemaName::default()).await?;
     let label = format!("PostgreSQL ({})", server(url));
-    demo::run(store, &label, options)
+    demo::run(store, &label, options, &crate::read_model::PgOrders)
         .await
         .context("demo failed")
 }

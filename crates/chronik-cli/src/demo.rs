@@ -6,6 +6,7 @@
 //! 4. a v1 `OrderPlaced` stored raw and read back through the upcaster;
 //! 5. business-rule refusals, which write nothing;
 //! 6. the global feed read back (upcast) and a checkpoint saved;
+//! 7. a projection runner catching up with the feed, and the read model it built;
 //!
 //! then a summary, written with `writeln!` so that a closed stdout (`chronik demo | head`)
 //! is an error to return, not a panic. Every phase checks what it shows (no lost update, snapshot + tail equals
@@ -42,6 +43,27 @@ pub(crate) trait Store:
 {
 }
 impl<S: EventStore + SnapshotStore + CheckpointStore + Clone + 'static> Store for S {}
+
+/// Phase 7: a projection runner of the store's kind, started over the whole feed.
+pub(crate) trait ReadModel<S> {
+    /// Runs a projection until it has applied `last`, prints what it built (checking it
+    /// against `expected`), stops it, and returns the summary line's value.
+    async fn catch_up(
+        &self,
+        store: &S,
+        last: FeedCursor,
+        expected: &Expected,
+    ) -> anyhow::Result<String>;
+}
+
+/// What the demo wrote, for phase 7 to check its read model against.
+#[derive(Debug, Clone)]
+pub(crate) struct Expected {
+    /// Every order the demo placed.
+    pub(crate) placed: u64,
+    /// Orders of phase 1 and the upcast one, with the status each ended in.
+    pub(crate) orders: Vec<(StreamId, OrderStatus)>,
+}
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
@@ -204,7 +226,12 @@ fn cancel() -> OrderCommand {
 }
 
 /// Runs the demo on `store` and prints its story and summary to stdout.
-pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> anyhow::Result<()> {
+pub(crate) async fn run<S: Store>(
+    store: S,
+    label: &str,
+    options: &Options,
+    read_model: &impl ReadModel<S>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     writeln!(
         io::stdout(),
@@ -233,13 +260,23 @@ pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> a
     total.merge(&race);
     let long = long_stream(&repo, options).await?;
     total.merge(&long);
-    let legacy = upcast_v1(&store, &repo).await?;
+    let (legacy, legacy_id) = upcast_v1(&store, &repo).await?;
     total.merge(&legacy);
     let refused = refusals(&store, &repo, &placed, options).await?;
     total.merge(&refused);
     let feed = read_feed(&repo, feed_start).await?;
-
     let orders_total = u64::from(options.orders) + 3;
+    heading(7, "a projection catches up with the feed")?;
+    let mut expected = Expected {
+        placed: orders_total,
+        orders: placed.orders.clone(),
+    };
+    expected.orders.push((legacy_id, OrderStatus::Shipped));
+    let projected = read_model
+        .catch_up(&store, feed.last, &expected)
+        .await
+        .context("the projection did not catch up")?;
+
     writeln!(io::stdout(), "\nsummary")?;
     row("store", label)?;
     row(
@@ -273,6 +310,7 @@ pub(crate) async fn run<S: Store>(store: S, label: &str, options: &Options) -> a
             count(feed.pages, "page")
         ),
     )?;
+    row("read model", projected)?;
     row(
         "throughput",
         format_args!(
@@ -464,7 +502,7 @@ async fn long_stream<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyhow
     Ok(tally)
 }
 
-async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<Tally> {
+async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<(Tally, StreamId)> {
     heading(4, "a v1 event read through the upcaster")?;
     let id = new_order_id()?;
     let v1 = NewEvent::new(
@@ -519,7 +557,7 @@ async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<T
         order.status.as_str(),
         n(order.total_amount),
     ))?;
-    Ok(tally)
+    Ok((tally, id))
 }
 
 async fn first_event(mut events: chronik_store::EventStream<'_>) -> anyhow::Result<RecordedEvent> {
@@ -584,6 +622,8 @@ async fn refusals<S: Store>(
 struct Feed {
     events: u64,
     pages: u64,
+    /// The cursor of the last event read.
+    last: FeedCursor,
 }
 
 async fn read_feed<S: Store>(repo: &Arc<Repo<S>>, start: FeedCursor) -> anyhow::Result<Feed> {
@@ -639,14 +679,18 @@ async fn read_feed<S: Store>(repo: &Arc<Repo<S>>, start: FeedCursor) -> anyhow::
         "checkpoint {CHECKPOINT:?} saved at {}: a projection would resume from there",
         saved.cursor
     ))?;
-    Ok(Feed { events, pages })
+    Ok(Feed {
+        events,
+        pages,
+        last: cursor,
+    })
 }
 
 fn heading(step: u32, title: &str) -> io::Result<()> {
-    writeln!(io::stdout(), "[{step}/6] {title}")
+    writeln!(io::stdout(), "[{step}/7] {title}")
 }
 
-fn detail(text: impl fmt::Display) -> io::Result<()> {
+pub(crate) fn detail(text: impl fmt::Display) -> io::Result<()> {
     writeln!(io::stdout(), "      {text}")
 }
 

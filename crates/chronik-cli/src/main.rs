@@ -7,6 +7,7 @@ mod backend;
 mod demo;
 mod doctor;
 mod projections;
+mod read_model;
 mod round_trip;
 mod snapshots;
 mod table;
@@ -310,9 +311,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     long_stream: args.long_stream,
                 };
                 match args.database_url {
-                    None => demo::run(chronik_memory::MemoryStore::new(), "in-memory", &options)
-                        .await
-                        .context("demo failed"),
+                    None => demo::run(
+                        chronik_memory::MemoryStore::new(),
+                        "in-memory",
+                        &options,
+                        &read_model::MemoryCounter,
+                    )
+                    .await
+                    .context("demo failed"),
                     Some(url) => backend::demo_on_postgres(&url, &options).await,
                 }
             }
