@@ -235,7 +235,7 @@ impl Progress {
         let bar = io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
-                "{prefix} [{bar:32}] {pos}/{len} events, {msg} ({elapsed})",
+                "{prefix} [{bar:32}] {human_pos}/{human_len} events, {msg} ({elapsed})",
             )
             .map(|s| s.progress_chars("=> "));
             if let Ok(style) = style {
