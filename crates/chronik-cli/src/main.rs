@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the whole story: concurrent orders, retried conflicts, snapshots, upcasting,
-    /// business-rule refusals, the global feed, and a summary.
+    /// business-rule refusals, the global feed, a projection catching up, and a summary.
     Demo(DemoArgs),
     /// Applies the embedded SQL migrations to a PostgreSQL database.
     Migrate(MigrateArgs),
