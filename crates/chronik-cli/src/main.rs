@@ -202,6 +202,9 @@ struct TailArgs {
     /// Stop once caught up instead of waiting for new events.
     #[arg(long)]
     no_follow: bool,
+    /// One JSON object per line (the whole recorded event), for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_cursor(text: &str) -> Result<FeedCursor, String> {
@@ -332,6 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                     limit: args.limit,
                     no_follow: args.no_follow,
+                    json: args.json,
                 };
                 let store = backend::connect(&args.database_url, args.schema).await?;
                 tail::run(store, &options).await

@@ -21,6 +21,8 @@ pub(crate) struct Options {
     pub(crate) limit: Option<u64>,
     /// Stop once caught up instead of waiting for new events.
     pub(crate) no_follow: bool,
+    /// Print each event as one JSON object per line.
+    pub(crate) json: bool,
 }
 
 /// Prints the feed of `store` after `options.after`, upcast through the Orders registry.
@@ -43,7 +45,7 @@ pub(crate) async fn run<S: EventStore>(store: S, options: &Options) -> anyhow::R
                 break;
             }
             for event in &page.events {
-                print(event)?;
+                print(event, options.json)?;
                 printed += 1;
             }
             cursor = page.next;
@@ -61,14 +63,18 @@ pub(crate) async fn run<S: EventStore>(store: S, options: &Options) -> anyhow::R
         let Some(event) = events.next().await else {
             break;
         };
-        print(&event.context("reading the feed")?)?;
+        print(&event.context("reading the feed")?, options.json)?;
         printed += 1;
     }
     Ok(())
 }
 
-/// `<cursor> <stream> v<version> <type> v<schema> <payload>`.
-fn print(event: &RecordedEvent) -> io::Result<()> {
+/// `<cursor> <stream> v<version> <type> v<schema> <payload>`, or the event as one JSON line.
+fn print(event: &RecordedEvent, json: bool) -> io::Result<()> {
+    if json {
+        let line = serde_json::to_string(event).map_err(io::Error::other)?;
+        return writeln!(io::stdout(), "{line}");
+    }
     writeln!(
         io::stdout(),
         "{} {} v{} {} v{} {}",

@@ -370,6 +370,16 @@ fn tail_prints_the_feed_upcast_and_stops_at_the_limit() {
     let out = chronik_pg(&["tail", "--no-follow", "--category", &category]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), stdout);
+    // JSON lines for scripts: the whole recorded event, upcast.
+    let out = chronik_pg(&["tail", "--no-follow", "--json", "--category", &category]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json = text(&out.stdout);
+    let event: serde_json::Value =
+        serde_json::from_str(json.trim()).expect("one JSON object per line");
+    assert_eq!(event["event_type"], "OrderPlaced");
+    assert_eq!(event["schema_version"], 2);
+    assert_eq!(event["payload"]["total_amount"], 700);
+    assert_eq!(event["stream_id"], format!("{category}-1"));
     // Resuming after the printed cursor: nothing more.
     let cursor = stdout.split_whitespace().next().expect("a cursor");
     let out = chronik_pg(&[
