@@ -25,12 +25,24 @@ use crate::report::Report;
 const STORE_SCHEMA: &str = "chronik_bench";
 const RAW_SCHEMA: &str = "chronik_bench_raw";
 
+/// A pool of `size` connections, as chronik's own: no ping before each acquire (that would
+/// add a round trip to every operation), all connections opened up front.
 async fn pool(url: &str, size: usize) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(size.max(1) as u32)
         .min_connections(size.max(1) as u32)
+        .test_before_acquire(false)
         .connect(url)
         .await?)
+}
+
+/// chronik on an existing pool: every variant of a scenario shares one pool, so they get
+/// the same connections and the server's connection limit holds at 64 writers.
+fn store_on(pool: &PgPool) -> anyhow::Result<PgEventStore> {
+    Ok(PgEventStore::from_pool_with(
+        pool.clone(),
+        &PgStoreConfig::with_schema(SchemaName::new(STORE_SCHEMA)?),
+    ))
 }
 
 async fn store(url: &str, size: usize) -> anyhow::Result<PgEventStore> {
@@ -148,8 +160,8 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
         "INSERT INTO {RAW_SCHEMA}.seed_events (aggregate_id, aggregate_type, event_type, event_data, version) VALUES ($1, 'order', 'OrderPlaced', $2, 1)"
     );
     for &c in plan.concurrency.iter().filter(|_| plan.wants("append-1")) {
-        let s = store(url, c).await?;
         let p = pool(url, c).await?;
+        let s = store_on(&p)?;
         let chronik: Op = Arc::new(move |_, _| {
             let s = s.clone();
             Box::pin(async move {
@@ -200,8 +212,8 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
         .iter()
         .filter(|_| plan.wants("append-100"))
     {
-        let s = store(url, c).await?;
         let p = pool(url, c).await?;
+        let s = store_on(&p)?;
         let chronik: Op = Arc::new(move |_, _| {
             let s = s.clone();
             Box::pin(async move {
