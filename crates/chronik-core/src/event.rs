@@ -256,6 +256,13 @@ fn validate_payload(payload: &Value) -> Result<(), InvalidInput> {
             break; // clearly too large; the exact size below is then cheap to reject
         }
     }
+    // `size` undercounts the compact JSON only through escaping, which at most multiplies a
+    // string or key by 6 (`\u00XX`); every other part is counted at or above its length.
+    // So a payload whose estimate is under a sixth of the limit is within it, and the usual
+    // small payload is never serialized here just to be measured.
+    if size.saturating_mul(6) <= MAX_PAYLOAD_BYTES {
+        return Ok(());
+    }
     let exact = serde_json::to_vec(payload).map_or(usize::MAX, |b| b.len());
     if exact > MAX_PAYLOAD_BYTES {
         return Err(InvalidInput::PayloadTooLarge {
@@ -363,6 +370,19 @@ mod tests {
         );
         assert_eq!(ev(json!({ "a": "x\u{0}y" })), Err(InvalidInput::PayloadNul));
         assert_eq!(ev(json!({ "a\u{0}": 1 })), Err(InvalidInput::PayloadNul));
+    }
+
+    #[test]
+    fn escape_heavy_payloads_are_measured_exactly() {
+        // Each \u{1} serializes as `\u0001` (6 bytes): the estimate alone would admit these.
+        let fits = |n: usize| ev(json!({ "s": "\u{1}".repeat(n) }));
+        let overhead = r#"{"s":""}"#.len();
+        let max_chars = (MAX_PAYLOAD_BYTES - overhead) / 6;
+        assert!(fits(max_chars).is_ok());
+        assert!(matches!(
+            fits(max_chars + 1),
+            Err(InvalidInput::PayloadTooLarge { .. })
+        ));
     }
 
     #[test]
