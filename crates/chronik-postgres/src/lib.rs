@@ -57,6 +57,7 @@ mod config;
 mod error;
 mod horizon;
 mod projection;
+mod roles;
 mod row;
 mod snapshot;
 mod sql;
@@ -70,6 +71,7 @@ pub use projection::{
     PgRunnerStatus, PgTransaction, ProjectionReport, ShadowProjection, notify_feed, park_event,
     parked_events, projection_reports, rebuild, rebuild_shadow, wait_for_projection,
 };
+pub use roles::{APPLICATION_PRIVILEGES, RoleName, application_role_sql};
 pub use store::PgEventStore;
 
 /// The schema migrations (`migrations/` at the workspace root), embedded once.

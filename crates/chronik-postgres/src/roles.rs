@@ -1,0 +1,277 @@
+//! Least privilege: what an application role may do in a store's schema.
+//!
+//! The schema and every table in it belong to an *owner* role, which runs the migrations.
+//! Services connect as an *application* role that gets exactly the privileges the library
+//! needs ([`APPLICATION_PRIVILEGES`]) and nothing else: it can append and read events,
+//! keep snapshots and checkpoints and run the projection runner, but it can never change
+//! or remove an event (no `UPDATE`, `DELETE` or `TRUNCATE` on `events`) nor alter, drop or
+//! create anything, so it cannot disable the immutability trigger (only the table owner
+//! can). See `docs/reliability.md`, section *Security*.
+
+use std::fmt;
+
+use chronik_store::StoreError;
+use sqlx::{Executor as _, Row as _};
+
+use crate::PgEventStore;
+use crate::config::SchemaName;
+use crate::error::backend;
+
+/// A validated PostgreSQL role name, to grant privileges to.
+///
+/// Contract: 1 to 63 bytes of ASCII lowercase letters, digits and `_`, not starting with
+/// a digit, not starting with `pg_` (reserved by PostgreSQL) and none of the names
+/// PostgreSQL gives a special meaning in a grant (`public`, `none`, `current_user`,
+/// `current_role`, `session_user`). It is always quoted when put into SQL, so it can never
+/// inject anything, and it never names every role (`PUBLIC`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoleName(String);
+
+/// Role names that PostgreSQL reads as something other than one role, even quoted.
+const SPECIAL_ROLE_NAMES: [&str; 5] = [
+    "public",
+    "none",
+    "current_user",
+    "current_role",
+    "session_user",
+];
+
+impl RoleName {
+    /// Validates a role name.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] naming the rule that was broken.
+    pub fn new(name: impl Into<String>) -> Result<Self, StoreError> {
+        let name = name.into();
+        let bad = |why: &str| {
+            StoreError::InvalidRequest(format!(
+                "invalid role name {:?}: {why}",
+                name.chars().take(64).collect::<String>()
+            ))
+        };
+        if name.is_empty() || name.len() > 63 {
+            return Err(bad("it must be 1 to 63 bytes long"));
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(bad(
+                "only lowercase ascii letters, digits and `_` are allowed",
+            ));
+        }
+        if name.as_bytes()[0].is_ascii_digit() {
+            return Err(bad("it must not start with a digit"));
+        }
+        if name.starts_with("pg_") {
+            return Err(bad("the `pg_` prefix is reserved by PostgreSQL"));
+        }
+        if SPECIAL_ROLE_NAMES.contains(&name.as_str()) {
+            return Err(bad(
+                "PostgreSQL gives this name a special meaning in grants",
+            ));
+        }
+        Ok(Self(name))
+    }
+
+    /// The name, unquoted.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as a quoted SQL identifier (`"name"`).
+    #[must_use]
+    pub fn quoted(&self) -> String {
+        // Validation admits no `"`, so plain wrapping is a correct quote.
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Every table of a migrated store and the privileges an application role gets on it
+/// (`""`: none). A migration that adds a table adds it here; a test checks that every
+/// table of the migrated schema is listed.
+///
+/// - `events`: appended (through `append_events`, which runs with the caller's rights)
+///   and read; never updated, deleted or truncated.
+/// - `streams`: the per-stream version and order guard (`SELECT ... FOR UPDATE` needs
+///   `UPDATE`).
+/// - `snapshots`, `projection_checkpoints`: the ports save, replace and delete them.
+/// - `projection_status`: the runner upserts its row; `projection_parked`: park decisions
+///   are recorded and read, never removed.
+/// - `order_summaries`: the example read model (a rebuild clears it).
+/// - `_sqlx_migrations`: read, so that a service (or `chronik doctor`) can check that the
+///   schema is migrated.
+pub const APPLICATION_PRIVILEGES: [(&str, &str); 9] = [
+    ("events", "SELECT, INSERT"),
+    ("streams", "SELECT, INSERT, UPDATE"),
+    ("snapshots", "SELECT, INSERT, UPDATE, DELETE"),
+    ("projection_checkpoints", "SELECT, INSERT, UPDATE, DELETE"),
+    ("projection_status", "SELECT, INSERT, UPDATE"),
+    ("projection_parked", "SELECT, INSERT"),
+    ("order_summaries", "SELECT, INSERT, UPDATE, DELETE"),
+    ("_sqlx_migrations", "SELECT"),
+    ("events_global_position_seq", ""),
+];
+
+/// The statements that give `role` exactly the application privileges in `schema`, in
+/// order, without a trailing `;`. Run them in one transaction as the schema's owner (or a
+/// superuser); [`PgEventStore::grant_application_role`] does, after checking the role.
+///
+/// They first revoke everything `role` holds in the schema, so running them again (after
+/// a migration, or after a shadow rebuild replaced a read-model table) converges to the
+/// same privileges and removes any extra grant made by hand. Functions: `EXECUTE` on
+/// every function of the schema, all of which run with the caller's rights
+/// (`SECURITY INVOKER`), so it adds nothing the table privileges do not already allow.
+#[must_use]
+pub fn application_role_sql(schema: &SchemaName, role: &RoleName) -> Vec<String> {
+    let s = schema.quoted();
+    let r = role.quoted();
+    let mut sql = vec![
+        format!("REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {r}"),
+        format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM {r}"),
+        format!("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {s} FROM {r}"),
+        format!("REVOKE ALL ON SCHEMA {s} FROM {r}"),
+        format!("GRANT USAGE ON SCHEMA {s} TO {r}"),
+    ];
+    for (table, privileges) in APPLICATION_PRIVILEGES {
+        if !privileges.is_empty() {
+            // `table` is one of the constant names above: plain identifiers.
+            sql.push(format!("GRANT {privileges} ON {s}.\"{table}\" TO {r}"));
+        }
+    }
+    sql.push(format!(
+        "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} TO {r}"
+    ));
+    sql
+}
+
+impl PgEventStore {
+    /// Gives `role` exactly the application privileges on this store's schema (see
+    /// [`application_role_sql`]), in one transaction. Idempotent: run it again after every
+    /// migration and after a shadow rebuild (which replaces the read-model table).
+    ///
+    /// This store must be connected as the schema's owner (or a superuser), and the schema
+    /// must be migrated. The role must exist and must not be a superuser, own the schema
+    /// or its `events` table, or be a member of a role that does: such a role would keep
+    /// the owner's rights whatever is granted, so it is refused rather than silently left
+    /// all-powerful.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] when the role does not exist or is refused as above,
+    /// or the schema is not migrated; [`StoreError::Backend`] when a statement fails (for
+    /// example `42501` insufficient privilege when not connected as the owner).
+    pub async fn grant_application_role(&self, role: &RoleName) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let row = sqlx::query(
+            "SELECT r.rolsuper, \
+                    n.oid IS NOT NULL, \
+                    c.oid IS NOT NULL, \
+                    coalesce(pg_has_role(r.oid, n.nspowner, 'MEMBER'), false) \
+                     OR coalesce(pg_has_role(r.oid, c.relowner, 'MEMBER'), false) \
+               FROM pg_roles r \
+               LEFT JOIN pg_namespace n ON n.nspname = $2 \
+               LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'events' \
+              WHERE r.rolname = $1",
+        )
+        .bind(role.as_str())
+        .bind(self.schema.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Err(StoreError::InvalidRequest(format!(
+                "role {role} does not exist: create it first (CREATE ROLE {role} LOGIN)"
+            )));
+        };
+        let get = |i: usize| row.try_get::<bool, _>(i).map_err(backend);
+        let (superuser, schema_exists, migrated, owner) = (get(0)?, get(1)?, get(2)?, get(3)?);
+        if !schema_exists || !migrated {
+            return Err(StoreError::InvalidRequest(format!(
+                "schema {} is not migrated: run the migrations as the owner role first",
+                self.schema
+            )));
+        }
+        if superuser {
+            return Err(StoreError::InvalidRequest(format!(
+                "role {role} is a superuser: an application role must not bypass privileges"
+            )));
+        }
+        if owner {
+            return Err(StoreError::InvalidRequest(format!(
+                "role {role} owns schema {} or its tables (or is a member of their owner): \
+                 an application role must not hold the owner's rights",
+                self.schema
+            )));
+        }
+        for statement in application_role_sql(&self.schema, role) {
+            tx.execute(statement.as_str()).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        tracing::info!(role = %role, schema = %self.schema, "application role granted");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_are_validated() {
+        for bad in [
+            "",
+            "Upper",
+            "with space",
+            "quo\"te",
+            "1abc",
+            "pg_monitor",
+            "public",
+            "none",
+            "current_user",
+            "session_user",
+            "semi;colon",
+            "dash-ed",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(RoleName::new(bad), Err(StoreError::InvalidRequest(_))),
+                "{bad}"
+            );
+        }
+        let ok = RoleName::new("orders_app").expect("valid");
+        assert_eq!(ok.quoted(), "\"orders_app\"");
+        assert_eq!(ok.to_string(), "orders_app");
+    }
+
+    #[test]
+    fn the_grant_never_gives_a_destructive_privilege_on_events() {
+        let sql = application_role_sql(
+            &SchemaName::new("tenant_1").expect("valid"),
+            &RoleName::new("app").expect("valid"),
+        );
+        assert!(sql[0].starts_with("REVOKE ALL ON ALL TABLES IN SCHEMA \"tenant_1\""));
+        let events: Vec<_> = sql.iter().filter(|s| s.contains(".\"events\"")).collect();
+        assert_eq!(
+            events,
+            ["GRANT SELECT, INSERT ON \"tenant_1\".\"events\" TO \"app\""]
+        );
+        for s in &sql {
+            for word in [
+                "TRUNCATE",
+                "TRIGGER",
+                "REFERENCES",
+                "CREATE",
+                "ALL PRIVILEGES",
+            ] {
+                assert!(!s.starts_with("GRANT") || !s.contains(word), "{s}");
+            }
+        }
+    }
+}

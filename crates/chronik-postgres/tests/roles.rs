@@ -1,0 +1,442 @@
+//! Least privilege with real roles: an owner role migrates and owns the schema; an
+//! application role, given its privileges by `grant_application_role`, runs every part of
+//! the library through real connections as itself, and every way of changing history or
+//! the schema fails with `42501 insufficient_privilege`.
+//!
+//! Roles are cluster-wide: each test creates uniquely named ones (LOGIN; the local server
+//! trusts local connections, so no password is needed) and drops them at its end.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronik_core::{
+    DomainEvent as _, EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent,
+    StreamId, Version,
+};
+use chronik_postgres::{
+    APPLICATION_PRIVILEGES, OrderProjection, ParkDecision, PgEventStore, PgProjectionRunner,
+    PgRunnerOptions, PgStoreConfig, RoleName, SchemaName, application_role_sql, park_event,
+    parked_events, projection_reports, rebuild, wait_for_projection,
+};
+use chronik_store::{CheckpointStore, EventStore, FeedFilter, SnapshotStore, StoreError};
+use chronik_testkit::orders::{LineAdded, OrderEvent, OrderPlaced};
+use futures::TryStreamExt as _;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// An owner and an application role, named uniquely for this test.
+struct Roles {
+    owner: RoleName,
+    app: RoleName,
+}
+
+impl Roles {
+    async fn create(admin: &PgPool) -> Self {
+        let tag = &Uuid::new_v4().simple().to_string()[..12];
+        let roles = Self {
+            owner: RoleName::new(format!("chronik_owner_{tag}")).unwrap(),
+            app: RoleName::new(format!("chronik_app_{tag}")).unwrap(),
+        };
+        for role in [&roles.owner, &roles.app] {
+            exec(admin, &format!("CREATE ROLE {} LOGIN", role.quoted()))
+                .await
+                .unwrap();
+        }
+        // The owner creates its schema; nothing else is granted to it.
+        let db: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(admin)
+            .await
+            .unwrap();
+        exec(
+            admin,
+            &format!(
+                "GRANT CREATE ON DATABASE \"{db}\" TO {}",
+                roles.owner.quoted()
+            ),
+        )
+        .await
+        .unwrap();
+        roles
+    }
+
+    /// Drops everything the roles own or were granted in this database, then the roles.
+    async fn drop(self, admin: &PgPool) {
+        for role in [&self.app, &self.owner] {
+            exec(admin, &format!("DROP OWNED BY {} CASCADE", role.quoted()))
+                .await
+                .unwrap();
+            exec(admin, &format!("DROP ROLE {}", role.quoted()))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn exec(pool: &PgPool, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql).execute(pool).await.map(drop)
+}
+
+/// A pool on the test database that logs in as `role`.
+async fn pool_as(admin: &PgPool, role: &RoleName) -> PgPool {
+    let options: PgConnectOptions = (*admin.connect_options()).clone().username(role.as_str());
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+fn store_as(pool: PgPool, schema: &SchemaName) -> PgEventStore {
+    PgEventStore::from_pool_with(pool, &PgStoreConfig::with_schema(schema.clone()))
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(std::borrow::Cow::into_owned),
+        _ => None,
+    }
+}
+
+fn event(e: &OrderEvent) -> NewEvent {
+    NewEvent::new(
+        EventId::new(Uuid::new_v4()).unwrap(),
+        EventType::new(e.event_type()).unwrap(),
+        e.schema_version(),
+        e.to_payload().unwrap(),
+        Metadata::default().with_header("via", "app-role"),
+    )
+    .unwrap()
+}
+
+fn placed(customer: &str) -> OrderEvent {
+    OrderEvent::OrderPlaced(OrderPlaced {
+        customer_id: customer.to_owned(),
+        total_amount: 100,
+    })
+}
+
+fn line() -> OrderEvent {
+    OrderEvent::LineAdded(LineAdded {
+        sku: "sku-1".to_owned(),
+        quantity: 2,
+        unit_price: 5,
+    })
+}
+
+/// Every column of every event, in stream order: what "history unchanged" compares.
+async fn history(admin: &PgPool, schema: &SchemaName) -> Vec<String> {
+    sqlx::query_scalar(&format!(
+        "SELECT e::text FROM {}.events e ORDER BY stream_id, version",
+        schema.quoted()
+    ))
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn the_application_role_runs_everything_and_can_change_no_history(admin: PgPool) {
+    let roles = Roles::create(&admin).await;
+    let schema = SchemaName::new("orders_store").unwrap();
+
+    // The owner migrates (twice: idempotent) and grants.
+    let owner_pool = pool_as(&admin, &roles.owner).await;
+    let owner = store_as(owner_pool.clone(), &schema);
+    owner.migrate().await.unwrap();
+    owner.migrate().await.unwrap();
+    let schema_owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1",
+    )
+    .bind(schema.as_str())
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(schema_owner, roles.owner.as_str());
+    owner.grant_application_role(&roles.app).await.unwrap();
+    owner.grant_application_role(&roles.app).await.unwrap();
+
+    // The application appends, reads the stream and the feed.
+    let app_pool = pool_as(&admin, &roles.app).await;
+    let app = store_as(app_pool.clone(), &schema);
+    let stream = StreamId::new("order-app-1").unwrap();
+    let first = app
+        .append(&stream, ExpectedVersion::NoStream, &[event(&placed("c-1"))])
+        .await
+        .unwrap();
+    let retried = event(&line());
+    let second = app
+        .append(
+            &stream,
+            ExpectedVersion::Exact(first.last_version),
+            &[retried.clone(), event(&line())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.last_version.get(), 3);
+    // An idempotent retry and a conflict are answered, as for any role.
+    let again = app
+        .append(
+            &stream,
+            ExpectedVersion::Exact(first.last_version),
+            &[retried],
+        )
+        .await
+        .unwrap();
+    assert!(again.already_appended);
+    let conflict = app
+        .append(&stream, ExpectedVersion::NoStream, &[event(&line())])
+        .await;
+    assert!(
+        matches!(conflict, Err(StoreError::Conflict { .. })),
+        "{conflict:?}"
+    );
+    let read: Vec<_> = app
+        .read_stream(&stream, Version::FIRST)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 3);
+    assert_eq!(app.stream_version(&stream).await.unwrap().get(), 3);
+    app.wait_for_feed(second.cursor).await.unwrap();
+    let page = app
+        .read_feed(FeedCursor::START, &FeedFilter::all(), 100)
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 3);
+    assert_eq!(app.feed_head().await.unwrap().visible_events, 3);
+    assert_eq!(app.count_after(first.cursor).await.unwrap(), 2);
+    app.horizon_holders().await.unwrap();
+
+    // Snapshots and checkpoints: saved, replaced, listed, deleted.
+    let state = serde_json::json!({ "lines": 2 });
+    app.save_snapshot(&stream, second.last_version, 1, &state)
+        .await
+        .unwrap();
+    app.save_snapshot(&stream, second.last_version, 2, &state)
+        .await
+        .unwrap();
+    assert!(app.load_snapshot(&stream, 2).await.unwrap().is_some());
+    assert_eq!(app.list_snapshots(&stream).await.unwrap().len(), 1);
+    assert_eq!(app.delete_snapshots("order").await.unwrap(), 1);
+    app.save_checkpoint("audit", first.cursor, 1).await.unwrap();
+    app.save_checkpoint("audit", second.cursor, 3)
+        .await
+        .unwrap();
+    assert_eq!(app.list_checkpoints().await.unwrap().len(), 1);
+    assert!(app.delete_checkpoint("audit").await.unwrap());
+    assert!(app.load_checkpoint("audit").await.unwrap().is_none());
+
+    // The projection runner, a rebuild, a park decision and the status report.
+    let orders = Arc::new(OrderProjection::new(&schema));
+    let runner = PgProjectionRunner::new(app.clone(), Arc::clone(&orders))
+        .with_options(PgRunnerOptions {
+            batch_size: 2,
+            listen_channel: None,
+            ..PgRunnerOptions::default()
+        })
+        .spawn()
+        .unwrap();
+    wait_for_projection(&app, OrderProjection::NAME, second.cursor, DEADLINE)
+        .await
+        .unwrap();
+    runner.stop().await;
+    let rows = orders.all(app.pool()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].lines, rows[0].version), (2, 3));
+    let rebuilt = rebuild(&app, Arc::clone(&orders), None, 2, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.handled, 3);
+    park_event(
+        &app,
+        &ParkDecision {
+            projection: "audit".to_owned(),
+            event_id: read[0].event_id,
+            stream_id: read[0].stream_id.clone(),
+            version: read[0].version,
+            reason: "test".to_owned(),
+            decided_by: "roles test".to_owned(),
+            decided_at: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(parked_events(&app, "audit").await.unwrap().len(), 1);
+    assert!(!projection_reports(&app).await.unwrap().is_empty());
+
+    // Nothing that changes history or the schema is allowed to the application.
+    let before = history(&admin, &schema).await;
+    let s = schema.quoted();
+    for statement in [
+        format!("UPDATE {s}.events SET event_type = 'Forged'"),
+        format!("DELETE FROM {s}.events"),
+        format!("TRUNCATE {s}.events"),
+        format!("TRUNCATE {s}.streams"),
+        format!("ALTER TABLE {s}.events DISABLE TRIGGER events_reject_update_delete"),
+        format!("ALTER TABLE {s}.events DISABLE TRIGGER ALL"),
+        format!("DROP TRIGGER events_reject_update_delete ON {s}.events"),
+        format!("DROP TABLE {s}.events"),
+        format!("DROP TABLE {s}.streams"),
+        format!("ALTER TABLE {s}.streams ADD COLUMN forged int"),
+        format!("CREATE TABLE {s}.intruder (x int)"),
+        format!(
+            "CREATE OR REPLACE FUNCTION {s}.events_are_immutable() RETURNS trigger \
+             LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$"
+        ),
+        format!("DROP FUNCTION {s}.append_events"),
+        format!("DELETE FROM {s}.streams"),
+        format!("UPDATE {s}._sqlx_migrations SET success = false"),
+        format!("DELETE FROM {s}.projection_parked"),
+        format!("DROP SCHEMA {s} CASCADE"),
+    ] {
+        let err = exec(&app_pool, &statement)
+            .await
+            .expect_err(&format!("the application role ran {statement}"));
+        assert_eq!(
+            sqlstate(&err).as_deref(),
+            Some("42501"),
+            "{statement}: {err}"
+        );
+    }
+    assert_eq!(history(&admin, &schema).await, before);
+
+    // The owner could disable the trigger (it owns the table), but while it stands even
+    // the owner cannot change an event.
+    let err = exec(
+        &owner_pool,
+        &format!("UPDATE {s}.events SET event_type = 'Forged'"),
+    )
+    .await
+    .expect_err("the trigger refuses the owner too");
+    assert_eq!(sqlstate(&err).as_deref(), Some("CKI01"), "{err}");
+    assert_eq!(history(&admin, &schema).await, before);
+
+    // The application role cannot grant itself more: granting is the owner's.
+    let err = app.grant_application_role(&roles.app).await.unwrap_err();
+    assert!(
+        err.to_string().contains("42501"),
+        "{err}: a non-owner granting must fail"
+    );
+
+    app_pool.close().await;
+    owner_pool.close().await;
+    roles.drop(&admin).await;
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn grants_converge_and_refuse_roles_that_would_keep_the_owners_rights(admin: PgPool) {
+    let roles = Roles::create(&admin).await;
+    let schema = SchemaName::new("converge_store").unwrap();
+    let owner_pool = pool_as(&admin, &roles.owner).await;
+    let owner = store_as(owner_pool.clone(), &schema);
+
+    // Not migrated yet: refused with a clear message.
+    exec(
+        &owner_pool,
+        &format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()),
+    )
+    .await
+    .unwrap();
+    let err = owner.grant_application_role(&roles.app).await.unwrap_err();
+    assert!(err.to_string().contains("is not migrated"), "{err}");
+    owner.migrate().await.unwrap();
+
+    // A privilege added by hand is taken away by the next grant.
+    let s = schema.quoted();
+    owner.grant_application_role(&roles.app).await.unwrap();
+    exec(
+        &owner_pool,
+        &format!(
+            "GRANT DELETE, TRUNCATE ON {s}.events TO {}",
+            roles.app.quoted()
+        ),
+    )
+    .await
+    .unwrap();
+    owner.grant_application_role(&roles.app).await.unwrap();
+    let app_pool = pool_as(&admin, &roles.app).await;
+    let err = exec(&app_pool, &format!("TRUNCATE {s}.events"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err}");
+    app_pool.close().await;
+
+    // Roles that would keep the owner's rights whatever is granted are refused.
+    let member = RoleName::new(format!("{}_member", roles.app)).unwrap();
+    exec(
+        &admin,
+        &format!(
+            "CREATE ROLE {} LOGIN IN ROLE {}",
+            member.quoted(),
+            roles.owner.quoted()
+        ),
+    )
+    .await
+    .unwrap();
+    for (role, expected) in [
+        (roles.owner.clone(), "owns schema converge_store"),
+        (member.clone(), "is a member of their owner"),
+        (RoleName::new("postgres").unwrap(), "is a superuser"),
+        (
+            RoleName::new("chronik_no_such_role_x").unwrap(),
+            "does not exist",
+        ),
+    ] {
+        let err = owner.grant_application_role(&role).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidRequest(_)) && err.to_string().contains(expected),
+            "{role}: {err}"
+        );
+    }
+    exec(&admin, &format!("DROP ROLE {}", member.quoted()))
+        .await
+        .unwrap();
+    owner_pool.close().await;
+    roles.drop(&admin).await;
+}
+
+/// Tidy check: every relation a migration creates has a decided privilege set, every
+/// listed one exists, and no function can run with its owner's rights (the grant gives
+/// `EXECUTE` on all of them because none is `SECURITY DEFINER`).
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn every_table_has_decided_privileges_and_no_function_is_security_definer(admin: PgPool) {
+    let mut relations: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class \
+          WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+          ORDER BY 1",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let mut listed: Vec<String> = APPLICATION_PRIVILEGES
+        .iter()
+        .map(|(t, _)| (*t).to_owned())
+        .collect();
+    relations.sort();
+    listed.sort();
+    assert_eq!(
+        relations, listed,
+        "a migration added or removed a table: decide its privileges in APPLICATION_PRIVILEGES"
+    );
+    let definers: Vec<String> = sqlx::query_scalar(
+        "SELECT proname::text FROM pg_proc \
+          WHERE pronamespace = 'public'::regnamespace AND prosecdef",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(
+        definers.is_empty(),
+        "SECURITY DEFINER functions: {definers:?}"
+    );
+    // The printed SQL is what the library runs: quoted names only.
+    let sql = application_role_sql(&SchemaName::default(), &RoleName::new("app").unwrap());
+    assert!(
+        sql.iter()
+            .all(|s| s.contains("\"public\"") && s.contains("\"app\""))
+    );
+}
