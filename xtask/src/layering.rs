@@ -11,7 +11,7 @@ use xshell::{Shell, cmd};
 
 /// Every workspace member and its layer. An edge `a -> b` between members is allowed only
 /// when `b` sits in a lower layer: core <- store <- {memory, postgres, projections, testkit}
-/// <- {cli, bench, e2e tests}. `None`: must depend on no member at all.
+/// <- {cli, bench, torture, e2e tests}. `None`: must depend on no member at all.
 const LAYERS: &[(&str, Option<u8>)] = &[
     ("chronik-core", Some(0)),
     ("chronik-store", Some(1)),
@@ -21,6 +21,7 @@ const LAYERS: &[(&str, Option<u8>)] = &[
     ("chronik-testkit", Some(2)),
     ("chronik-cli", Some(3)),
     ("chronik-bench", Some(3)),
+    ("chronik-torture", Some(3)),
     ("chronik-e2e", Some(3)),
     ("xtask", None),
 ];

@@ -22,11 +22,18 @@ commands:
   ci [STEP...]     what CI runs, in order, stopping at the first failure:
                    fmt, clippy (-D warnings), layering, doc (-D warnings), migrations,
                    test (all tests, PostgreSQL included, against DATABASE_URL),
+                   torture-smoke (15 s of concurrent writers under injected faults, then a
+                   check against a model; debug build),
                    bench-smoke (every benchmark scenario briefly, debug build);
                    naming steps runs only those, e.g. `cargo xtask ci layering migrations`
   migrate          applies the migrations to DATABASE_URL with `chronik migrate`
   bench [ARG...]   runs chronik-bench (release build) against DATABASE_URL; ARGs go to it,
                    e.g. `cargo xtask bench --quick`; results in target/bench/results.{json,md}
+  torture [ARG...] runs chronik-torture (release build) against DATABASE_URL in a scratch
+                   database `chronik_torture`: seeded concurrent writers while faults are
+                   injected, then every check; ARGs go to it: `--smoke` (~30 s), `--duration
+                   30m`, `--seed N` (replay), `--restart-cmd CMD` (also restart the server);
+                   exit 1 on FAIL; summary in target/torture/
   lock-migrations  records new migrations in xtask/migrations.lock (their git blob ids),
                    after which `ci` refuses any edit to them
 
@@ -58,6 +65,7 @@ fn run() -> anyhow::Result<()> {
         ["ci", steps @ ..] => ci(&sh, steps),
         ["migrate"] => migrate(&sh),
         ["bench", args @ ..] => bench(&sh, args),
+        ["torture", args @ ..] => torture(&sh, args),
         ["lock-migrations"] => migrations::lock(&sh),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
@@ -138,6 +146,21 @@ const STEPS: &[Step] = &[
             Ok(cmd!(sh, "{cargo} test --workspace --all-features")
                 .env("DATABASE_URL", &url)
                 .run()?)
+        },
+    },
+    Step {
+        name: "torture-smoke",
+        what: "cargo run -p chronik-torture -- --smoke (writers under injected faults, checked against a model)",
+        run: |sh| {
+            let url = database_url();
+            check_database(sh, &url)?;
+            let cargo = cargo();
+            Ok(cmd!(
+                sh,
+                "{cargo} run --quiet --package chronik-torture -- --smoke"
+            )
+            .env("DATABASE_URL", &url)
+            .run()?)
         },
     },
     Step {
@@ -222,6 +245,21 @@ fn bench(sh: &Shell, args: &[&str]) -> anyhow::Result<()> {
     )
     .env("DATABASE_URL", &url)
     .run()?;
+    Ok(())
+}
+
+fn torture(sh: &Shell, args: &[&str]) -> anyhow::Result<()> {
+    let url = database_url();
+    check_database(sh, &url)?;
+    let cargo = cargo();
+    // A FAIL verdict exits with 1, which fails this command too.
+    cmd!(
+        sh,
+        "{cargo} run --release --package chronik-torture -- {args...}"
+    )
+    .env("DATABASE_URL", &url)
+    .run()
+    .context("the torture run failed (see its verdict above)")?;
     Ok(())
 }
 

@@ -1,0 +1,341 @@
+//! The writers: owned appends and appends inside caller transactions, to hot and cold
+//! streams, with every expected-version mode, and the resolution of ambiguous outcomes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronik_core::{EventId, EventType, ExpectedVersion, Metadata, NewEvent, StreamId, Version};
+use chronik_postgres::PgEventStore;
+use chronik_store::{EventStore as _, StoreError};
+use rand::Rng as _;
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use crate::model::{AppendRecord, Outcome};
+use crate::world::{C, World};
+
+/// How many times an ambiguous outcome is re-sent before it is reported unresolved.
+const RESOLVE_ATTEMPTS: u32 = 400;
+
+/// One stream's part of an append: what is sent, and where.
+#[derive(Debug, Clone)]
+pub(crate) struct Part {
+    pub(crate) stream: StreamId,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) events: Vec<NewEvent>,
+}
+
+impl Part {
+    /// A record of this part with `outcome`.
+    pub(crate) fn record(&self, via: &'static str, outcome: Outcome) -> AppendRecord {
+        AppendRecord {
+            stream: self.stream.as_str().to_owned(),
+            ids: self.events.iter().map(|e| e.event_id().as_uuid()).collect(),
+            via,
+            outcome,
+        }
+    }
+}
+
+/// Picks a stream: a few hot ones (real conflicts) or many cold ones.
+pub(crate) fn pick_stream(world: &World, rng: &mut ChaCha8Rng, hot_share: f64) -> StreamId {
+    let name = if rng.gen_bool(hot_share) {
+        format!("hot-{}", rng.gen_range(0..world.plan.hot_streams))
+    } else {
+        format!("cold-{}", rng.gen_range(0..world.plan.cold_streams))
+    };
+    // Names built here are always valid stream ids; fall back to a fixed one regardless.
+    StreamId::new(name).unwrap_or_else(|_| fallback_stream())
+}
+
+fn fallback_stream() -> StreamId {
+    #[allow(clippy::expect_used)]
+    StreamId::new("cold-0").expect("a constant valid stream id")
+}
+
+/// `n` fresh events whose ids come from `rng` (so a seed replays the same ids).
+pub(crate) fn new_events(rng: &mut ChaCha8Rng, n: usize, writer: &str) -> Vec<NewEvent> {
+    (0..n)
+        .filter_map(|i| {
+            let id = uuid::Builder::from_random_bytes(rng.r#gen()).into_uuid();
+            NewEvent::new(
+                EventId::new(id).ok()?,
+                EventType::new("TortureTested").ok()?,
+                1,
+                json!({ "writer": writer, "index": i, "pad": rng.gen_range(0..1_000_000u32) }),
+                Metadata::default(),
+            )
+            .ok()
+        })
+        .collect()
+}
+
+/// Picks an expected-version mode; `Exact` uses what this task last knew of the stream.
+pub(crate) fn pick_expected(rng: &mut ChaCha8Rng, known: Option<u64>) -> ExpectedVersion {
+    match rng.gen_range(0..100) {
+        0..55 => ExpectedVersion::Exact(Version::new(known.unwrap_or(0)).unwrap_or(Version::ZERO)),
+        55..65 => ExpectedVersion::NoStream,
+        65..80 => ExpectedVersion::StreamExists,
+        _ => ExpectedVersion::Any,
+    }
+}
+
+/// Whether `e` is a pool acquire timeout (nothing was sent to the server).
+pub(crate) fn is_pool_timeout(e: &StoreError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<sqlx::Error>())
+        .is_some_and(|s| matches!(s, sqlx::Error::PoolTimedOut))
+}
+
+/// A failure that certainly wrote nothing: counts it and returns its outcome.
+pub(crate) fn definite_failure(world: &World, e: &StoreError) -> Outcome {
+    let why = match e {
+        StoreError::Conflict { .. } => {
+            world.counts.inc(C::conflicts);
+            "conflict"
+        }
+        StoreError::TransactionOrder { .. } => {
+            world.counts.inc(C::order_errors);
+            "transaction order"
+        }
+        e if is_pool_timeout(e) => {
+            world.counts.inc(C::pool_timeouts);
+            "pool timeout"
+        }
+        StoreError::Backend { .. } => {
+            world.counts.inc(C::failed_other);
+            "backend error before commit"
+        }
+        other => {
+            world.counts.inc(C::anomalies);
+            return Outcome::Anomaly {
+                why: format!("unexpected error: {other}"),
+            };
+        }
+    };
+    Outcome::Failed {
+        why: why.to_owned(),
+    }
+}
+
+/// Resolves an ambiguous outcome by re-sending the same ids with the same expected version
+/// until the store gives a definite answer.
+pub(crate) async fn resolve(world: &World, part: &Part) -> Outcome {
+    world.counts.inc(C::ambiguous);
+    let mut last = String::new();
+    for attempt in 0..RESOLVE_ATTEMPTS {
+        match world
+            .store
+            .append(&part.stream, part.expected, &part.events)
+            .await
+        {
+            Ok(r) => {
+                world.counts.inc(if r.already_appended {
+                    C::ambiguous_already_appended
+                } else {
+                    C::ambiguous_appended_on_resend
+                });
+                return Outcome::Resolved {
+                    first: Some(r.first_version.get()),
+                };
+            }
+            Err(StoreError::Conflict { .. }) => {
+                world.counts.inc(C::ambiguous_not_stored);
+                return Outcome::Resolved { first: None };
+            }
+            Err(e) if e.is_retryable() => {
+                last = e.to_string();
+                let ms = 10u64.saturating_mul(1 << attempt.min(6)).min(500);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            Err(e) => {
+                world.counts.inc(C::anomalies);
+                return Outcome::Anomaly {
+                    why: format!("re-sending an ambiguous append failed: {e}"),
+                };
+            }
+        }
+    }
+    world.counts.inc(C::unresolved);
+    Outcome::Unresolved { why: last }
+}
+
+/// Records a success (counts it) and, now and then, re-sends it to check idempotency.
+async fn succeeded(
+    world: &World,
+    rng: &mut ChaCha8Rng,
+    part: &Part,
+    via: &'static str,
+    first: u64,
+    last: u64,
+) {
+    world.counts.inc(C::appends_ok);
+    world.counts.add(C::events_ok, part.events.len() as u64);
+    world.record(part.record(via, Outcome::Stored { first }));
+    if rng.gen_bool(0.05) {
+        world.counts.inc(C::idempotent_resends);
+        let again = world
+            .store
+            .append(&part.stream, part.expected, &part.events)
+            .await;
+        match again {
+            Ok(r)
+                if r.already_appended
+                    && r.first_version.get() == first
+                    && r.last_version.get() == last => {}
+            // A fault may hit the re-send itself: that proves nothing either way.
+            Err(e) if e.is_retryable() && !e.is_conflict() => {}
+            other => world.resend_violation(format!(
+                "{}: re-sending an append acknowledged at v{first}..v{last} answered {other:?}",
+                part.stream
+            )),
+        }
+    }
+}
+
+/// One writer: operations until the run ends.
+pub(crate) async fn writer(world: Arc<World>, index: usize) {
+    let mut rng = world.rng("writer", index);
+    let name = format!("w{index}");
+    let mut known: HashMap<StreamId, u64> = HashMap::new();
+    while world.take_op() {
+        let kind = rng.gen_range(0..100);
+        let streams = if kind < 8 { 2 } else { 1 };
+        let mut parts = Vec::with_capacity(streams);
+        for _ in 0..streams {
+            let stream = pick_stream(&world, &mut rng, 0.5);
+            if parts.iter().any(|p: &Part| p.stream == stream) {
+                continue;
+            }
+            let n = if rng.gen_bool(0.6) {
+                1
+            } else {
+                rng.gen_range(2..=5)
+            };
+            let mut cached = known.get(&stream).copied();
+            if rng.gen_bool(0.4)
+                && let Ok(v) = world.store.stream_version(&stream).await
+            {
+                cached = Some(v.get());
+            }
+            parts.push(Part {
+                expected: pick_expected(&mut rng, cached),
+                events: new_events(&mut rng, n, &name),
+                stream,
+            });
+        }
+        if kind < 25 {
+            in_caller_tx(&world, &mut rng, &parts, &mut known).await;
+        } else if kind < 35 {
+            owned(&world, &world.tiny, &mut rng, &parts[0], &mut known).await;
+        } else {
+            owned(&world, &world.store, &mut rng, &parts[0], &mut known).await;
+        }
+    }
+}
+
+/// `EventStore::append` in its own transaction.
+async fn owned(
+    world: &World,
+    store: &PgEventStore,
+    rng: &mut ChaCha8Rng,
+    part: &Part,
+    known: &mut HashMap<StreamId, u64>,
+) {
+    match store
+        .append(&part.stream, part.expected, &part.events)
+        .await
+    {
+        Ok(r) if r.already_appended => {
+            world.counts.inc(C::anomalies);
+            world.record(part.record(
+                "append",
+                Outcome::Anomaly {
+                    why: "fresh ids answered already-appended".to_owned(),
+                },
+            ));
+        }
+        Ok(r) => {
+            known.insert(part.stream.clone(), r.last_version.get());
+            let (first, last) = (r.first_version.get(), r.last_version.get());
+            succeeded(world, rng, part, "append", first, last).await;
+        }
+        Err(e) => {
+            if let StoreError::Conflict { actual, .. } = &e {
+                known.insert(part.stream.clone(), actual.get());
+            }
+            let outcome = match &e {
+                StoreError::Backend { .. } if !is_pool_timeout(&e) => resolve(world, part).await,
+                _ => definite_failure(world, &e),
+            };
+            world.record(part.record("append", outcome));
+        }
+    }
+}
+
+/// `PgEventStore::append_in` inside a caller transaction (one or two streams), then commit.
+async fn in_caller_tx(
+    world: &World,
+    rng: &mut ChaCha8Rng,
+    parts: &[Part],
+    known: &mut HashMap<StreamId, u64>,
+) {
+    let Ok(mut tx) = world.store.pool().begin().await else {
+        // Nothing was sent with these ids: not an append at all.
+        world.counts.inc(C::failed_other);
+        return;
+    };
+    let mut results = Vec::with_capacity(parts.len());
+    for part in parts {
+        match world
+            .store
+            .append_in(&mut tx, &part.stream, part.expected, &part.events)
+            .await
+        {
+            Ok(r) if !r.already_appended => results.push(r),
+            Ok(_) => {
+                drop(tx);
+                world.counts.inc(C::anomalies);
+                for p in parts {
+                    world.record(p.record(
+                        "append_in",
+                        Outcome::Anomaly {
+                            why: "fresh ids answered already-appended".to_owned(),
+                        },
+                    ));
+                }
+                return;
+            }
+            Err(e) => {
+                // Not committed: whatever the error, the transaction leaves nothing.
+                drop(tx);
+                if let StoreError::Conflict { actual, .. } = &e {
+                    known.insert(part.stream.clone(), actual.get());
+                }
+                let outcome = definite_failure(world, &e);
+                for p in parts {
+                    world.record(p.record("append_in", outcome.clone()));
+                }
+                return;
+            }
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            for (part, r) in parts.iter().zip(&results) {
+                known.insert(part.stream.clone(), r.last_version.get());
+                world.counts.inc(C::appends_ok_in_caller_tx);
+                let (first, last) = (r.first_version.get(), r.last_version.get());
+                succeeded(world, rng, part, "append_in", first, last).await;
+            }
+        }
+        Err(_) => {
+            // The commit's acknowledgement may have been lost: ambiguous.
+            for part in parts {
+                let outcome = resolve(world, part).await;
+                world.record(part.record("append_in", outcome));
+            }
+        }
+    }
+}
