@@ -3,11 +3,13 @@
 //! Logging goes to stderr and is controlled by `RUST_LOG` (default `warn`); results go to
 //! stdout. Every failure is printed as one `error: ...: ...` chain with a non-zero exit.
 
+mod append;
 mod backend;
 mod demo;
 mod doctor;
 mod projections;
 mod read_model;
+mod roles;
 mod round_trip;
 mod snapshots;
 mod table;
@@ -54,6 +56,67 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Appends one event to a PostgreSQL store and prints its version and feed cursor.
+    /// The payload is one JSON object, from `--data` or stdin. Exit status 2 for bad input
+    /// (nothing is written), 1 when the store refuses (e.g. a version conflict).
+    Append(AppendArgs),
+    /// Least privilege: the application role's privileges on a store's schema.
+    Roles {
+        #[command(subcommand)]
+        command: RolesCommand,
+    },
+}
+
+/// `chronik roles ...`.
+#[derive(Debug, Subcommand)]
+enum RolesCommand {
+    /// Gives an existing role exactly what an application needs (append and read events,
+    /// snapshots, checkpoints, projections) and nothing that changes history or the schema.
+    /// Connect as the schema's owner; idempotent: run it again after every migration.
+    Grant(GrantArgs),
+}
+
+/// Options of `chronik roles grant`.
+#[derive(Debug, Args)]
+struct GrantArgs {
+    /// The application role (it must exist and must not own the schema).
+    #[arg(value_parser = roles::parse_role)]
+    role: chronik_postgres::RoleName,
+    /// Print the SQL for a DBA to review instead of running it (no database needed).
+    #[arg(long)]
+    print: bool,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// Options of `chronik append`.
+#[derive(Debug, Args)]
+struct AppendArgs {
+    /// The stream, e.g. `order-42`.
+    #[arg(value_parser = parse_stream_id)]
+    stream_id: StreamId,
+    /// The stored event type, e.g. `OrderPlaced`.
+    #[arg(long = "type", value_name = "EVENT_TYPE", value_parser = append::parse_event_type)]
+    event_type: chronik_core::EventType,
+    /// What the stream's version must be: a number (0: no events), `any`, `no-stream` or
+    /// `exists`.
+    #[arg(long, value_name = "VERSION", default_value = "any", value_parser = append::parse_expected)]
+    expected_version: chronik_core::ExpectedVersion,
+    /// The schema version the payload is written in.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    schema_version: u32,
+    /// The payload, one JSON object; read from stdin when absent.
+    #[arg(long, value_name = "JSON")]
+    data: Option<String>,
+    /// A metadata header (repeatable).
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = append::parse_header)]
+    headers: Vec<(String, String)>,
+    /// The event's id (a UUID); default: a new one. Running the command again with the
+    /// same id and expected version is an idempotent retry: nothing is written twice.
+    #[arg(long, value_name = "UUID", value_parser = append::parse_event_id)]
+    event_id: Option<chronik_core::EventId>,
+    #[command(flatten)]
+    database: Database,
 }
 
 /// `chronik projections ...`.
@@ -373,6 +436,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } => {
                 let store = open(args.database, "projections rebuild").await?;
                 projections::rebuild(&store, &args.name, args.shadow, args.batch.into()).await
+            }
+            Command::Append(args) => {
+                // All input is checked before connecting: bad input never reaches the store.
+                let payload = append::read_payload(args.data)?;
+                let request = append::request(
+                    args.stream_id,
+                    args.expected_version,
+                    args.event_type,
+                    args.schema_version,
+                    &payload,
+                    args.headers,
+                    args.event_id,
+                )?;
+                let store = open(args.database, "append").await?;
+                append::run(&store, request).await
+            }
+            Command::Roles {
+                command: RolesCommand::Grant(args),
+            } => {
+                if args.print {
+                    return roles::print(&args.database.schema, &args.role);
+                }
+                let (store, _) = connect_database(args.database, "roles grant").await?;
+                roles::grant(&store, &args.role).await
             }
         }
     })

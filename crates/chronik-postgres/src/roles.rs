@@ -165,8 +165,8 @@ impl PgEventStore {
     ///
     /// # Errors
     /// [`StoreError::InvalidRequest`] when the role does not exist or is refused as above,
-    /// or the schema is not migrated; [`StoreError::Backend`] when a statement fails (for
-    /// example `42501` insufficient privilege when not connected as the owner).
+    /// the schema is not migrated, or this store is not connected as the owner of its
+    /// tables; [`StoreError::Backend`] when a statement fails.
     pub async fn grant_application_role(&self, role: &RoleName) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let row = sqlx::query(
@@ -174,7 +174,9 @@ impl PgEventStore {
                     n.oid IS NOT NULL, \
                     c.oid IS NOT NULL, \
                     coalesce(pg_has_role(r.oid, n.nspowner, 'MEMBER'), false) \
-                     OR coalesce(pg_has_role(r.oid, c.relowner, 'MEMBER'), false) \
+                     OR coalesce(pg_has_role(r.oid, c.relowner, 'MEMBER'), false), \
+                    coalesce(pg_has_role(current_user, c.relowner, 'USAGE'), false), \
+                    current_user::text \
                FROM pg_roles r \
                LEFT JOIN pg_namespace n ON n.nspname = $2 \
                LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'events' \
@@ -195,6 +197,14 @@ impl PgEventStore {
         if !schema_exists || !migrated {
             return Err(StoreError::InvalidRequest(format!(
                 "schema {} is not migrated: run the migrations as the owner role first",
+                self.schema
+            )));
+        }
+        if !row.try_get::<bool, _>(4).map_err(backend)? {
+            let me: String = row.try_get(5).map_err(backend)?;
+            return Err(StoreError::InvalidRequest(format!(
+                "connected as {me:?}, which does not own schema {}: connect as its owner \
+                 (the role that ran the migrations) to grant",
                 self.schema
             )));
         }

@@ -1,0 +1,194 @@
+//! `chronik append STREAM_ID --type TYPE`: one event, its payload from `--data` or stdin.
+//!
+//! Everything the command line says is validated before the database is touched: a
+//! malformed expected version, payload or header is a usage error (status 2) and writes
+//! nothing. Store refusals (a version conflict, an event id stored elsewhere) are status 1.
+
+use std::io::{self, Read as _, Write as _};
+
+use anyhow::Context as _;
+use chronik_core::{EventId, EventType, ExpectedVersion, Metadata, NewEvent, StreamId, Version};
+use chronik_postgres::PgEventStore;
+use chronik_store::EventStore as _;
+use serde_json::Value;
+
+use crate::backend::Usage;
+
+/// The most stdin may hold: the payload limit leaves room for indentation, no more.
+pub(crate) const MAX_INPUT_BYTES: usize = 4 * chronik_core::MAX_PAYLOAD_BYTES;
+
+/// What to append, validated.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) stream: StreamId,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) event: NewEvent,
+}
+
+/// Parses `--expected-version`: a version number, `any`, `no-stream` or `exists`.
+pub(crate) fn parse_expected(text: &str) -> Result<ExpectedVersion, String> {
+    match text {
+        "any" => Ok(ExpectedVersion::Any),
+        "no-stream" => Ok(ExpectedVersion::NoStream),
+        "exists" => Ok(ExpectedVersion::StreamExists),
+        digits if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| format!("version {digits} is out of range"))?;
+            Version::new(n)
+                .map(ExpectedVersion::Exact)
+                .map_err(|e| e.to_string())
+        }
+        other => Err(format!(
+            "{:?} is not a version: expected a number, `any`, `no-stream` or `exists`",
+            other.chars().take(64).collect::<String>()
+        )),
+    }
+}
+
+/// Parses `--type`.
+pub(crate) fn parse_event_type(text: &str) -> Result<EventType, String> {
+    EventType::new(text).map_err(|e| e.to_string())
+}
+
+/// Parses `--event-id`: a UUID, not nil.
+pub(crate) fn parse_event_id(text: &str) -> Result<EventId, String> {
+    let id = uuid::Uuid::parse_str(text).map_err(|e| format!("not a uuid: {e}"))?;
+    EventId::new(id).map_err(|e| e.to_string())
+}
+
+/// Parses `--header KEY=VALUE`.
+pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| "a header is KEY=VALUE".to_owned())?;
+    if key.is_empty() {
+        return Err("a header's key is empty".to_owned());
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// Reads the payload: `data`, or all of stdin (at most [`MAX_INPUT_BYTES`]).
+pub(crate) fn read_payload(data: Option<String>) -> anyhow::Result<Vec<u8>> {
+    if let Some(data) = data {
+        return Ok(data.into_bytes());
+    }
+    let mut input = Vec::new();
+    io::stdin()
+        .lock()
+        .take(MAX_INPUT_BYTES as u64 + 1)
+        .read_to_end(&mut input)
+        .context("cannot read the payload from stdin")?;
+    if input.len() > MAX_INPUT_BYTES {
+        return Err(Usage(format!(
+            "the payload on stdin is larger than {MAX_INPUT_BYTES} bytes"
+        ))
+        .into());
+    }
+    Ok(input)
+}
+
+/// Builds the event: the payload must be one JSON object within the store's limits.
+///
+/// # Errors
+/// A [`Usage`] error saying what is wrong with the input.
+pub(crate) fn request(
+    stream: StreamId,
+    expected: ExpectedVersion,
+    event_type: EventType,
+    schema_version: u32,
+    payload: &[u8],
+    headers: Vec<(String, String)>,
+    event_id: Option<EventId>,
+) -> anyhow::Result<Request> {
+    let usage = |m: String| anyhow::Error::from(Usage(m));
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Err(usage(
+            "the payload is empty: pass one JSON object with --data or on stdin".to_owned(),
+        ));
+    }
+    let payload: Value = serde_json::from_slice(payload)
+        .map_err(|e| usage(format!("the payload is not valid JSON: {e}")))?;
+    let mut metadata = Metadata::default();
+    for (key, value) in headers {
+        metadata = metadata.with_header(key, value);
+    }
+    let event_id = match event_id {
+        Some(id) => id,
+        None => EventId::new(uuid::Uuid::new_v4()).context("a fresh event id")?,
+    };
+    let event = NewEvent::new(event_id, event_type, schema_version, payload, metadata)
+        .map_err(|e| usage(format!("invalid event: {e}")))?;
+    Ok(Request {
+        stream,
+        expected,
+        event,
+    })
+}
+
+/// Appends the event and prints its version and feed cursor.
+pub(crate) async fn run(store: &PgEventStore, request: Request) -> anyhow::Result<()> {
+    let Request {
+        stream,
+        expected,
+        event,
+    } = request;
+    let id = event.event_id();
+    let result = store
+        .append(&stream, expected, std::slice::from_ref(&event))
+        .await
+        .with_context(|| format!("cannot append to {stream}"))?;
+    let what = if result.already_appended {
+        "already appended (nothing written)"
+    } else {
+        "appended"
+    };
+    writeln!(
+        io::stdout(),
+        "{what}: {stream} v{} {} event {id} cursor {}",
+        result.last_version,
+        event.event_type(),
+        result.cursor
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_versions_parse_or_say_why() {
+        assert_eq!(parse_expected("any"), Ok(ExpectedVersion::Any));
+        assert_eq!(parse_expected("no-stream"), Ok(ExpectedVersion::NoStream));
+        assert_eq!(parse_expected("exists"), Ok(ExpectedVersion::StreamExists));
+        assert_eq!(
+            parse_expected("7"),
+            Ok(ExpectedVersion::Exact(Version::new(7).expect("small")))
+        );
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1.0",
+            "ANY",
+            "9223372036854775808",
+            "18446744073709551616",
+            "99999999999999999999999",
+        ] {
+            assert!(parse_expected(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_expected("9223372036854775807").is_ok());
+    }
+
+    #[test]
+    fn headers_are_key_equals_value() {
+        assert_eq!(
+            parse_header("user=ann=b"),
+            Ok(("user".to_owned(), "ann=b".to_owned()))
+        );
+        assert!(parse_header("novalue").is_err());
+        assert!(parse_header("=x").is_err());
+    }
+}

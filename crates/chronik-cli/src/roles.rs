@@ -1,0 +1,43 @@
+//! `chronik roles grant APP_ROLE`: the application role's privileges on a store's schema,
+//! granted (connected as the schema's owner) or printed as SQL for a DBA to review.
+
+use std::io::{self, Write as _};
+
+use anyhow::Context as _;
+use chronik_postgres::{PgEventStore, RoleName, SchemaName, application_role_sql};
+
+/// Parses a role name.
+pub(crate) fn parse_role(text: &str) -> Result<RoleName, String> {
+    RoleName::new(text).map_err(|e| e.to_string())
+}
+
+/// Prints the grant as one SQL transaction, without connecting.
+pub(crate) fn print(schema: &SchemaName, role: &RoleName) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "-- chronik: application role {role} on schema {schema}; run as the schema's owner.\n\
+         -- The role must exist (CREATE ROLE {role} LOGIN) and must not own the schema.\n\
+         BEGIN;"
+    )?;
+    for statement in application_role_sql(schema, role) {
+        writeln!(out, "{statement};")?;
+    }
+    writeln!(out, "COMMIT;")?;
+    Ok(())
+}
+
+/// Grants the privileges through `store` (connected as the owner).
+pub(crate) async fn grant(store: &PgEventStore, role: &RoleName) -> anyhow::Result<()> {
+    store
+        .grant_application_role(role)
+        .await
+        .with_context(|| format!("cannot grant the application privileges to {role}"))?;
+    writeln!(
+        io::stdout(),
+        "role {role} has the application privileges on schema {}: it can append and read \
+         events, keep snapshots and checkpoints and run projections, and never change history",
+        store.schema()
+    )?;
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! `chronik roles grant`: the SQL printed for review, the grant run as the owner, and an
+//! application role that then appends through the CLI but cannot grant itself anything.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::process::{Command, Output};
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn chronik(args: &[&str], url: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The test database's URL with another user (the local server trusts local logins).
+fn url_as(role: &str) -> String {
+    let url = database_url();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{role}@{host}")
+}
+
+#[test]
+fn print_shows_the_sql_without_a_database_and_hostile_names_are_refused() {
+    let out = chronik(
+        &[
+            "roles",
+            "grant",
+            "orders_app",
+            "--schema",
+            "tenant_1",
+            "--print",
+        ],
+        "postgres://nobody@127.0.0.1:1/none",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sql = text(&out.stdout);
+    assert!(
+        sql.contains(
+            "BEGIN;\nREVOKE ALL ON ALL TABLES IN SCHEMA \"tenant_1\" FROM \"orders_app\";"
+        )
+    );
+    assert!(sql.contains("GRANT SELECT, INSERT ON \"tenant_1\".\"events\" TO \"orders_app\";"));
+    assert!(sql.trim_end().ends_with("COMMIT;"), "{sql}");
+    for bad in [
+        "public",
+        "Robert\"); DROP TABLE events;--",
+        "pg_read_all_data",
+        "",
+        "a b",
+    ] {
+        let out = chronik(&["roles", "grant", bad, "--print"], &database_url());
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("invalid role name"), "{bad}");
+        assert!(out.stdout.is_empty());
+    }
+    let out = chronik(
+        &["roles", "grant", "app", "--schema", "x\"y", "--print"],
+        &database_url(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_owner_grants_and_the_application_appends_but_cannot_grant() {
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (role, schema) = (format!("cli_app_{tag}"), format!("cli_roles_{tag}"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let admin = runtime
+        .block_on(sqlx::PgPool::connect(&database_url()))
+        .unwrap();
+    let exec = |sql: String| {
+        runtime.block_on(sqlx::query(&sql).execute(&admin)).unwrap();
+    };
+    exec(format!("CREATE ROLE \"{role}\" LOGIN"));
+    let owner = database_url();
+    let out = chronik(&["migrate", "--schema", &schema], &owner);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = chronik(&["roles", "grant", &role, "--schema", &schema], &owner);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "role {role} has the application privileges on schema {schema}"
+        )),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let app = url_as(&role);
+    let out = chronik(
+        &[
+            "append", "order-1", "--type", "Placed", "--data", "{}", "--schema", &schema,
+        ],
+        &app,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("appended: order-1 v1 Placed"));
+    let out = chronik(&["roles", "grant", &role, "--schema", &schema], &app);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: cannot grant the application privileges to {role}: "
+        )) && stderr.contains("which does not own schema")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    let out = chronik(&["roles", "grant", "postgres", "--schema", &schema], &owner);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is a superuser"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    exec(format!("DROP SCHEMA \"{schema}\" CASCADE"));
+    exec(format!("DROP OWNED BY \"{role}\""));
+    exec(format!("DROP ROLE \"{role}\""));
+}
