@@ -111,11 +111,24 @@ pub(crate) async fn held_open(world: Arc<World>, index: usize) {
 /// The prepared-transaction id prefix of this database's runs.
 pub(crate) const GID_PREFIX: &str = "chronik_torture_";
 
+/// Whether `gid` is prepared, asked until the server answers (a fault may have killed the
+/// pooled session the first attempts use).
 async fn is_prepared(pool: &PgPool, gid: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = $1)")
-        .bind(gid)
-        .fetch_one(pool)
-        .await
+    let mut attempt = 0;
+    loop {
+        let r =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = $1)")
+                .bind(gid)
+                .fetch_one(pool)
+                .await;
+        match r {
+            Err(_) if attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Ends prepared transaction `gid` with `COMMIT PREPARED` or `ROLLBACK PREPARED`, retrying
@@ -195,14 +208,27 @@ pub(crate) async fn prepared(world: Arc<World>, control: PgPool) {
         } else {
             let _ = conn.close().await;
             // The acknowledgement may be lost after the server prepared it.
-            if !matches!(is_prepared(&control, &gid).await, Ok(true)) {
-                world.record(part.record(
-                    "prepared",
-                    Outcome::Failed {
-                        why: "prepare failed".to_owned(),
-                    },
-                ));
-                continue;
+            match is_prepared(&control, &gid).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    world.record(part.record(
+                        "prepared",
+                        Outcome::Failed {
+                            why: "prepare failed".to_owned(),
+                        },
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    world.counts.inc(C::unresolved);
+                    world.record(part.record(
+                        "prepared",
+                        Outcome::Unresolved {
+                            why: format!("cannot tell whether {gid} was prepared: {e}"),
+                        },
+                    ));
+                    continue;
+                }
             }
         }
         let (world, control) = (Arc::clone(&world), control.clone());

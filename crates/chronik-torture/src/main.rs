@@ -397,8 +397,8 @@ async fn run() -> anyhow::Result<bool> {
     );
     println!(
         "faults: held open {} committed / {} rolled back; prepared {} committed / {} rolled back{}; \
-         killed {} mid-append, {} mid-projection-batch, {} holding a transaction; pool exhausted \
-         {}x; runners {} aborted, {} stopped, {} started; {} handler failures; all connections \
+         killed {} mid-append, {} mid-projection-batch, {} holding a transaction; {} client timeouts mid-append; pool \
+         exhausted {}x; runners {} aborted, {} stopped, {} started; {} handler failures; all connections \
          dropped {}x ({} sessions); {} database restarts",
         c.get(C::held_open_committed),
         c.get(C::held_open_rolled_back),
@@ -408,6 +408,7 @@ async fn run() -> anyhow::Result<bool> {
         c.get(C::killed_mid_append),
         c.get(C::killed_mid_projection_batch),
         c.get(C::killed_held_transaction),
+        c.get(C::client_timeouts),
         c.get(C::pool_exhausted),
         c.get(C::runner_aborts),
         c.get(C::runner_stops),

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use crate::model::{AppendRecord, Outcome};
-use crate::world::{C, World};
+use crate::world::{C, World, between};
 
 /// How many times an ambiguous outcome is re-sent before it is reported unresolved.
 const RESOLVE_ATTEMPTS: u32 = 400;
@@ -243,10 +243,26 @@ async fn owned(
     part: &Part,
     known: &mut HashMap<StreamId, u64>,
 ) {
-    match store
-        .append(&part.stream, part.expected, &part.events)
-        .await
-    {
+    let append = store.append(&part.stream, part.expected, &part.events);
+    // A client-side timeout: the caller gives up while the server may still commit, the
+    // one way to lose a commit's acknowledgement on purpose. Not with `StreamExists`: a
+    // re-send's conflict is then not final (the stream may appear while the abandoned
+    // original is still in flight), so "not stored" could not be concluded from it.
+    let result = if part.expected != ExpectedVersion::StreamExists && rng.gen_bool(0.08) {
+        let limit = between(rng, Duration::from_micros(200), Duration::from_millis(4));
+        match tokio::time::timeout(limit, append).await {
+            Ok(r) => r,
+            Err(_) => {
+                world.counts.inc(C::client_timeouts);
+                let outcome = resolve(world, part).await;
+                world.record(part.record("append", outcome));
+                return;
+            }
+        }
+    } else {
+        append.await
+    };
+    match result {
         Ok(r) if r.already_appended => {
             world.counts.inc(C::anomalies);
             world.record(part.record(

@@ -40,6 +40,7 @@ counters!(
     unresolved,
     anomalies,
     idempotent_resends,
+    client_timeouts,
     held_open_committed,
     held_open_rolled_back,
     prepared_committed,
