@@ -59,15 +59,20 @@ pub fn decode_event<E: DeserializeOwned>(
     if !matches!(&payload, Value::Object(m) if m.is_empty()) {
         map.insert("data".to_owned(), payload);
     }
-    match serde_json::from_value(Value::Object(map.clone())) {
+    // Deserialized from a borrow: the payload is never copied just to keep it for the retry.
+    let mut tagged = Value::Object(map);
+    match E::deserialize(&tagged) {
         Ok(e) => Ok(e),
         // Unit variants reject a `data` key; newtype variants with all-default fields need one.
         Err(first) => {
+            let Value::Object(map) = &mut tagged else {
+                return Err(first);
+            };
             if map.contains_key("data") {
                 return Err(first);
             }
             map.insert("data".to_owned(), Value::Object(serde_json::Map::new()));
-            serde_json::from_value(Value::Object(map)).map_err(|_| first)
+            E::deserialize(&tagged).map_err(|_| first)
         }
     }
 }
