@@ -7,6 +7,7 @@
 mod harness;
 mod memory;
 mod pg;
+mod projection;
 mod report;
 
 use std::path::PathBuf;
@@ -51,6 +52,10 @@ pub(crate) struct Plan {
     pub(crate) rounds: u32,
     /// Events in the very long stream of the snapshot scenario.
     pub(crate) huge_stream: usize,
+    /// Writers of the live-latency scenario.
+    pub(crate) live_concurrency: &'static [usize],
+    /// Orders (five events each) of the read-model scenario.
+    pub(crate) orders: usize,
     /// Scenario name prefixes to run (empty: all).
     pub(crate) only: &'static [String],
 }
@@ -77,6 +82,8 @@ fn plan(args: &Args) -> Plan {
             load_repeats: 3,
             rounds: 1,
             huge_stream: 5_000,
+            live_concurrency: &[4],
+            orders: 300,
             only: Vec::leak(args.only.clone()),
         }
     } else {
@@ -92,6 +99,8 @@ fn plan(args: &Args) -> Plan {
             load_repeats: 10,
             rounds: 5,
             huge_stream: 100_000,
+            live_concurrency: &[16, 64],
+            orders: 20_000,
             only: Vec::leak(args.only.clone()),
         }
     }

@@ -67,7 +67,9 @@ impl From<sqlx::Error> for PgProjectionError {
 pub struct PgRunnerOptions {
     /// Events per transaction (1 to 10 000; 500).
     pub batch_size: usize,
-    /// Shortest idle poll interval, right after events were seen (50 ms).
+    /// Shortest idle poll interval, right after events were seen (5 ms: under steady
+    /// write load the read model trails the appends by a few milliseconds, at the cost of
+    /// at most 200 small batch transactions a second).
     pub poll_min: Duration,
     /// Longest idle poll interval: the worst-case delay when no notification arrives (1 s).
     pub poll_max: Duration,
@@ -86,7 +88,7 @@ impl Default for PgRunnerOptions {
     fn default() -> Self {
         Self {
             batch_size: 500,
-            poll_min: Duration::from_millis(50),
+            poll_min: Duration::from_millis(5),
             poll_max: Duration::from_secs(1),
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
