@@ -183,3 +183,89 @@ pub enum UpcastError {
         reason: String,
     },
 }
+
+/// `serde_json`'s message for `e` without the input values it quotes, for logs and for
+/// errors that are shown to operators: a payload's content must not leak through them.
+///
+/// serde quotes strings (`invalid type: string "..."`), numbers, booleans and characters
+/// (`integer `5``), unknown variant and field names; each such value becomes `…`. What
+/// the decoder expected (type, field and variant names of the schema) and the position
+/// are kept, so the message still says what is wrong: `invalid type: string "…",
+/// expected u32 at line 1 column 9`.
+#[must_use]
+pub fn json_error_without_values(e: &serde_json::Error) -> String {
+    redact_quoted_values(&e.to_string())
+}
+
+/// See [`json_error_without_values`].
+fn redact_quoted_values(message: &str) -> String {
+    // serde writes these words right before a value it quotes in backticks.
+    const BEFORE_VALUE: [&str; 6] = [
+        "boolean ",
+        "integer ",
+        "floating point ",
+        "character ",
+        "unknown variant ",
+        "unknown field ",
+    ];
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                out.push_str("\"…\"");
+                let mut escaped = false;
+                for d in chars.by_ref() {
+                    match (escaped, d) {
+                        (true, _) => escaped = false,
+                        (false, '\\') => escaped = true,
+                        (false, '"') => break,
+                        _ => {}
+                    }
+                }
+            }
+            '`' if BEFORE_VALUE.iter().any(|w| out.ends_with(w)) => {
+                out.push_str("`…`");
+                for d in chars.by_ref() {
+                    if d == '`' {
+                        break;
+                    }
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_quoted_values;
+
+    #[test]
+    fn quoted_values_are_removed_and_the_schema_is_kept() {
+        for (message, expected) in [
+            (
+                r#"invalid type: string "s3cr3t \"x\" y", expected u32 at line 1 column 9"#,
+                r#"invalid type: string "…", expected u32 at line 1 column 9"#,
+            ),
+            (
+                "invalid type: integer `42`, expected a string",
+                "invalid type: integer `…`, expected a string",
+            ),
+            (
+                "invalid value: floating point `1.5`, expected u8",
+                "invalid value: floating point `…`, expected u8",
+            ),
+            (
+                "unknown variant `Secret`, expected one of `A`, `B`",
+                "unknown variant `…`, expected one of `A`, `B`",
+            ),
+            ("missing field `customer_id`", "missing field `customer_id`"),
+            ("invalid type: boolean `true`", "invalid type: boolean `…`"),
+            (r#"unterminated "abc"#, r#"unterminated "…""#),
+        ] {
+            assert_eq!(redact_quoted_values(message), expected);
+        }
+    }
+}

@@ -19,7 +19,7 @@ mod version;
 
 pub use aggregate::{Aggregate, DomainEvent, SnapshotState, decode_event, encode_event};
 pub use cursor::FeedCursor;
-pub use error::{InvalidInput, UpcastError};
+pub use error::{InvalidInput, UpcastError, json_error_without_values};
 pub use event::{
     EventType, MAX_APPEND_EVENTS, MAX_EVENT_TYPE_LEN, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES,
     MAX_PAYLOAD_DEPTH, Metadata, NewEvent, RecordedEvent, validate_batch,

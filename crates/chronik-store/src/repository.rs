@@ -119,7 +119,9 @@ fn load_snapshot<'a, A: SnapshotState, S: SnapshotStore>(
             Ok(Some(s)) => match A::from_state(s.state) {
                 Ok(state) => Some((state, s.version)),
                 Err(e) => {
-                    tracing::warn!(stream = %id, error = %e, "ignoring snapshot that does not decode; replaying events");
+                    // Not `%e`: serde quotes the state's values, which come from payloads.
+                    let error = chronik_core::json_error_without_values(&e);
+                    tracing::warn!(stream = %id, %error, "ignoring snapshot that does not decode; replaying events");
                     None
                 }
             },

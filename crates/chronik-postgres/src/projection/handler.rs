@@ -41,7 +41,12 @@ impl From<sqlx::Error> for HandlerFailure {
 impl From<serde_json::Error> for HandlerFailure {
     fn from(e: serde_json::Error) -> Self {
         Self {
-            message: format!("payload does not decode: {e}"),
+            // Shown in logs and `projections status`: never the payload's values (the
+            // source error keeps them for a caller that asks).
+            message: format!(
+                "payload does not decode: {}",
+                chronik_core::json_error_without_values(&e)
+            ),
             source: Some(Box::new(e)),
         }
     }
