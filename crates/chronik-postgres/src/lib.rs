@@ -56,6 +56,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod horizon;
+mod json;
 mod projection;
 mod roles;
 mod row;

@@ -57,7 +57,7 @@ impl SnapshotStore for PgEventStore {
         state: &Value,
     ) -> Result<(), StoreError> {
         check_state(state)?;
-        let state = serde_json::to_string(state).map_err(|e| {
+        let state = crate::json::to_jsonb_text(state).map_err(|e| {
             StoreError::InvalidRequest(format!("snapshot state does not serialize: {e}"))
         })?;
         // One upsert: replaced only by a higher version or another schema version.

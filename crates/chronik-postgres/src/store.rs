@@ -94,7 +94,7 @@ impl<'a> AppendArgs<'a> {
         let mut payloads = Vec::with_capacity(events.len());
         let mut headers = Vec::with_capacity(events.len());
         for e in events {
-            payloads.push(json(serde_json::to_string(e.payload()))?);
+            payloads.push(json(crate::json::to_jsonb_text(e.payload()))?);
             headers.push(json(serde_json::to_string(&e.metadata().headers))?);
         }
         Ok(Self {
