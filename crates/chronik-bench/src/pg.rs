@@ -181,6 +181,36 @@ async fn raw_multi_insert(p: &PgPool, sql: &str, n: usize, body: &str) -> anyhow
     Ok(n as u64)
 }
 
+/// The rows an append of `n` events to a new stream leaves in chronik's schema (the
+/// `streams` row and the events), written by one plain statement with no checks at all: no
+/// row lock, no idempotency probe, no expected version, no order guard. Not a usable append;
+/// the floor of what chronik's schema costs, so that the ratios separate the schema's cost
+/// (`raw-rows` against the seed's table) from `append_events`' (chronik against `raw-rows`).
+fn raw_rows_op(p: &PgPool, n: usize) -> Op {
+    let sql = Arc::new(format!(
+        "WITH s AS (INSERT INTO {STORE_SCHEMA}.streams (stream_id, stream_type, version, last_xid) \
+                    VALUES ($1, 'order', $4, pg_current_xact_id())) \
+         INSERT INTO {STORE_SCHEMA}.events (stream_id, stream_type, version, event_id, event_type, schema_version, payload) \
+         SELECT $1, 'order', u.ord, u.id, 'OrderPlaced', 1, u.p::jsonb \
+           FROM unnest($2::uuid[], $3::text[]) WITH ORDINALITY AS u(id, p, ord)"
+    ));
+    let (p, body) = (p.clone(), Arc::new(payload().to_string()));
+    Arc::new(move |_, _| {
+        let (p, sql, body) = (p.clone(), sql.clone(), body.clone());
+        Box::pin(async move {
+            let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+            sqlx::query(&sql)
+                .bind(format!("order-{}", Uuid::new_v4()))
+                .bind(&ids)
+                .bind(vec![body.as_str(); n])
+                .bind(n as i64)
+                .execute(&p)
+                .await?;
+            Ok(n as u64)
+        })
+    })
+}
+
 pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
     reset(url).await.context("preparing scratch schemas")?;
     let body = payload().to_string();
@@ -216,6 +246,7 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
             ("chronik", chronik),
             ("raw-guarded", guarded),
             ("raw-plain", plain),
+            ("raw-rows", raw_rows_op(&p, 1)),
         ];
         for (name, stats) in harness::interleaved(c, plan.budget, plan.rounds, &variants).await? {
             report.push("append-1", &name, c, stats);
@@ -223,6 +254,8 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
         p.close().await;
         report.ratio("append-1", "chronik", "raw-guarded", c, Some(0.9));
         report.ratio("append-1", "chronik", "raw-plain", c, Some(0.65));
+        report.ratio("append-1", "chronik", "raw-rows", c, None);
+        report.ratio("append-1", "raw-rows", "raw-plain", c, None);
     }
 
     // 2. Append, 100 events per transaction.
@@ -255,12 +288,18 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
             let (p, sql, b) = (pc.clone(), sql.clone(), b.clone());
             Box::pin(async move { raw_multi_insert(&p, &sql, 100, &b).await })
         });
-        let variants = [("chronik", chronik), ("raw-multi-insert", multi)];
+        let variants = [
+            ("chronik", chronik),
+            ("raw-multi-insert", multi),
+            ("raw-rows", raw_rows_op(&p, 100)),
+        ];
         for (name, stats) in harness::interleaved(c, plan.budget, plan.rounds, &variants).await? {
             report.push("append-100", &name, c, stats);
         }
         p.close().await;
         report.ratio("append-100", "chronik", "raw-multi-insert", c, Some(0.8));
+        report.ratio("append-100", "chronik", "raw-rows", c, None);
+        report.ratio("append-100", "raw-rows", "raw-multi-insert", c, None);
     }
 
     // 3. Load one long aggregate, then a very long one (the snapshot scenario).

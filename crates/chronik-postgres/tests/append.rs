@@ -515,23 +515,32 @@ async fn stores_in_separate_schemas_share_a_database(pool: PgPool) {
         .await
         .expect("path");
     assert!(!path.contains("tenant"), "{path}");
-    // the append function is pinned to its own schema
-    let pinned: Vec<String> = sqlx::query_scalar(
-        "SELECT array_to_string(p.proconfig, ',') FROM pg_proc p \
-           JOIN pg_namespace n ON n.oid = p.pronamespace \
-          WHERE p.proname = 'append_events' ORDER BY n.nspname",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("proconfig");
-    assert_eq!(
-        pinned,
-        vec![
-            "search_path=pg_catalog, public".to_owned(),
-            "search_path=pg_catalog, tenant_a".to_owned(),
-            "search_path=pg_catalog, tenant_b".to_owned(),
-        ]
-    );
+    // Each schema's append function names its own tables: a session whose search_path puts
+    // another store's schema first still appends where it asked to.
+    let mut t = pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL search_path = tenant_b, public")
+        .execute(&mut *t)
+        .await
+        .expect("set path");
+    let other = stream("order");
+    a.append_in(&mut t, &other, ExpectedVersion::NoStream, &events(3))
+        .await
+        .expect("append under a foreign search_path");
+    t.commit().await.expect("commit");
+    assert_eq!(a.stream_version(&other).await.expect("v"), v(3));
+    assert_eq!(b.stream_version(&other).await.expect("v"), Version::ZERO);
+    for (schema, foreign) in [("tenant_a", "tenant_b"), ("tenant_b", "tenant_a")] {
+        let body: String = sqlx::query_scalar(
+            "SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+              WHERE p.proname = 'append_events' AND n.nspname = $1",
+        )
+        .bind(schema)
+        .fetch_one(&pool)
+        .await
+        .expect("body");
+        assert!(body.contains(&format!("{schema}.streams")), "{body}");
+        assert!(!body.contains(foreign), "{body}");
+    }
 }
 
 #[tokio::test]

@@ -343,6 +343,15 @@ pub async fn same_ids_elsewhere_are_rejected<S: Store>(store: S) {
     );
     assert!(read_all(&store, &b).await.is_empty());
     assert_eq!(read_all(&store, &a).await.len(), 2);
+    // A refused first append leaves no stream behind: `b` still does not exist.
+    assert_eq!(
+        store.stream_version(&b).await.expect("version"),
+        Version::ZERO
+    );
+    store
+        .append(&b, ExpectedVersion::NoStream, &events(1))
+        .await
+        .expect("b is still a new stream");
 }
 
 /// Batch-level bad input is rejected before anything is written.
