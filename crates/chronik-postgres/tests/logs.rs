@@ -141,7 +141,11 @@ async fn work() {
     )
     .unwrap();
     let appended = store
-        .append(&stream, ExpectedVersion::NoStream, std::slice::from_ref(&event))
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            std::slice::from_ref(&event),
+        )
         .await
         .unwrap();
     // An idempotent retry, a conflict, reads of the stream and the feed.

@@ -36,7 +36,10 @@ const ALLOWED: [(&str, &str); 16] = [
     ("old_table", "checked by ident() before use (rebuild.rs)"),
     ("statement", "one of application_role_sql's statements"),
     ("why", "not SQL: a validation message"),
-    ("role", "a validated RoleName (a message that shows the SQL to run)"),
+    (
+        "role",
+        "a validated RoleName (a message that shows the SQL to run)",
+    ),
 ];
 
 /// Positional arguments allowed besides `<expr>.quoted()`.
