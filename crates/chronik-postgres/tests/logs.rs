@@ -190,7 +190,8 @@ async fn work() {
         )
         .await
         .unwrap();
-    let repo = Repository::<Order, _>::new(store.clone());
+    let repo = Repository::<Order, _>::new(store.clone())
+        .with_snapshots(chronik_core::SnapshotPolicy::Never);
     let _ = repo.load(&order).await;
 
     // A projection handler that fails on the event: retried, with a warning each time.
