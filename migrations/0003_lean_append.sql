@@ -7,10 +7,11 @@
 --   saves, parses, applies and restores the GUC on every call. Every table is qualified
 --   with the schema instead, written into the body here with `format('%I')`, so a caller's
 --   search_path still cannot redirect a write.
--- * A new stream (expected version "no stream" or "any") takes a fast path: one
---   `INSERT ... ON CONFLICT DO NOTHING` both creates and locks the `streams` row, instead of
---   a `SELECT ... FOR UPDATE` that finds nothing followed by that insert. If the stream
---   exists (or is being created), the general path runs as before.
+-- * A new stream (expected version "no stream") takes a fast path: when none of the ids is
+--   stored, one `INSERT ... ON CONFLICT DO NOTHING` both creates and locks the `streams`
+--   row, instead of a `SELECT ... FOR UPDATE` that finds nothing followed by that insert.
+--   Otherwise the general path runs as before. Nothing is ever written and taken back, so
+--   the application role needs no DELETE on `streams`.
 -- * One event (the common case) is inserted with `VALUES`, not through `unnest`, a CTE and
 --   an aggregate.
 -- * `Exact(i64::MAX)` re-sending a stored id no longer overflows `p_expected + 1`.
@@ -56,32 +57,26 @@ BEGIN
     END IF;
     LOOP
         v_attempt := v_attempt + 1;
-        IF v_attempt = 1 AND p_expected IN (0, -2) THEN
-            -- Fast path: create the stream. The inserted row is ours and locked; if the
-            -- stream exists or a concurrent creator holds it, this waits for that creator
-            -- and the general path below takes over.
+        IF v_attempt = 1 AND p_expected = 0 THEN
+            -- Fast path for "no stream": when none of the ids is stored, one insert both
+            -- creates the stream and locks its row. Anything else (a stored id, the stream
+            -- exists or a concurrent creator holds it) goes to the general path, which
+            -- decides between already appended, duplicate id and conflict. An id that a
+            -- concurrent transaction stores between this probe and the insert below fails
+            -- the statement on `events_event_id_key`, as it would in the general path.
+            PERFORM 1 FROM %1$I.events e WHERE e.event_id = ANY (p_event_ids) LIMIT 1;
+            IF FOUND THEN
+                CONTINUE;
+            END IF;
             v_xid := pg_current_xact_id();
-            INSERT INTO %1$I.streams AS s (stream_id, stream_type, version, last_xid)
+            INSERT INTO %1$I.streams (stream_id, stream_type, version, last_xid)
             VALUES (p_stream_id, p_stream_type, n, v_xid)
             ON CONFLICT (stream_id) DO NOTHING;
             IF NOT FOUND THEN
                 CONTINUE;
             END IF;
-            -- 1. Idempotency: the stream did not exist, so a stored id lives in another
-            -- stream: a duplicate. Take the row back; nothing else was written.
-            SELECT e.event_id, e.stream_id, e.version
-              INTO other_event_id, other_stream_id, other_version
-              FROM unnest(p_event_ids) WITH ORDINALITY AS u(id, ord)
-              JOIN %1$I.events e ON e.event_id = u.id
-             ORDER BY u.ord
-             LIMIT 1;
-            IF FOUND THEN
-                DELETE FROM %1$I.streams s WHERE s.stream_id = p_stream_id;
-                outcome := 4;
-                RETURN;
-            END IF;
-            -- 2. and 3. hold: no stream was expected or any was fine; a new stream has no
-            -- earlier writer to order against.
+            -- 1. to 3. hold: no id is stored, no stream was expected and none exists, and
+            -- a new stream has no earlier writer to order against.
             v_current := 0;
         ELSE
             -- Serializes appenders of this stream (a row lock, nothing global).

@@ -178,6 +178,7 @@ async fn the_application_role_runs_everything_and_can_change_no_history(admin: P
         .unwrap();
     assert_eq!(second.last_version.get(), 3);
     // An idempotent retry and a conflict are answered, as for any role.
+    let stored = retried.clone();
     let again = app
         .append(
             &stream,
@@ -194,6 +195,17 @@ async fn the_application_role_runs_everything_and_can_change_no_history(admin: P
         matches!(conflict, Err(StoreError::Conflict { .. })),
         "{conflict:?}"
     );
+    // A new stream whose ids are stored elsewhere is refused as a duplicate and not created:
+    // the application role needs no DELETE for any outcome of `append_events`.
+    let elsewhere = StreamId::new("order-app-2").unwrap();
+    let duplicate = app
+        .append(&elsewhere, ExpectedVersion::NoStream, &[stored])
+        .await;
+    assert!(
+        matches!(duplicate, Err(StoreError::DuplicateEventId { .. })),
+        "{duplicate:?}"
+    );
+    assert_eq!(app.stream_version(&elsewhere).await.unwrap(), Version::ZERO);
     let read: Vec<_> = app
         .read_stream(&stream, Version::FIRST)
         .try_collect()
