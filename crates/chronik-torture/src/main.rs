@@ -328,20 +328,16 @@ async fn run() -> anyhow::Result<bool> {
         )),
         Err(e) => settle_problems.push(format!("cannot list prepared transactions: {e}")),
     }
-    let checkpoint = match projection::catch_up(
-        &world,
-        &projection_store,
-        &torture,
-        Duration::from_secs(180),
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(why) => {
-            settle_problems.push(why);
-            None
-        }
-    };
+    let checkpoint =
+        match projection::catch_up(&world, &projection_store, &torture, Duration::from_secs(60))
+            .await
+        {
+            Ok(c) => c,
+            Err(why) => {
+                settle_problems.push(why);
+                None
+            }
+        };
     let _ = final_sample.send(());
     let _ = sampler.await;
 

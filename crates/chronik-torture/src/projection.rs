@@ -113,11 +113,11 @@ fn options(rng: &mut ChaCha8Rng) -> PgRunnerOptions {
 fn spawn(
     store: &PgEventStore,
     projection: &Arc<TortureProjection>,
-    rng: &mut ChaCha8Rng,
+    options: PgRunnerOptions,
     world: &World,
 ) -> Option<PgRunnerHandle> {
     let runner = PgProjectionRunner::new(store.clone(), Arc::clone(projection))
-        .with_options(options(rng))
+        .with_options(options)
         .spawn();
     match runner {
         Ok(h) => {
@@ -139,7 +139,7 @@ pub(crate) async fn runner_chaos(
     projection: Arc<TortureProjection>,
 ) {
     let mut rng = world.rng("runners", 0);
-    let mut handles: Vec<PgRunnerHandle> = spawn(&store, &projection, &mut rng, &world)
+    let mut handles: Vec<PgRunnerHandle> = spawn(&store, &projection, options(&mut rng), &world)
         .into_iter()
         .collect();
     let every = world.plan.kill_every * 6;
@@ -156,12 +156,12 @@ pub(crate) async fn runner_chaos(
                 world.counts.inc(C::runner_stops);
             }
             70..85 if handles.len() < 2 => {
-                handles.extend(spawn(&store, &projection, &mut rng, &world));
+                handles.extend(spawn(&store, &projection, options(&mut rng), &world));
             }
             _ => {}
         }
         if handles.is_empty() {
-            handles.extend(spawn(&store, &projection, &mut rng, &world));
+            handles.extend(spawn(&store, &projection, options(&mut rng), &world));
         }
     }
     for h in handles {
@@ -170,18 +170,26 @@ pub(crate) async fn runner_chaos(
 }
 
 /// Runs one runner until the checkpoint reaches the feed's end (every event applied), then
-/// stops it. Returns the checkpoint, or why it did not get there within `timeout`.
+/// stops it. Returns the checkpoint, or why it did not get there: its checkpoint did not
+/// move for `stall` (a long run can leave a backlog of hundreds of thousands of events: slow
+/// is fine, stuck is not).
 pub(crate) async fn catch_up(
     world: &World,
     store: &PgEventStore,
     projection: &Arc<TortureProjection>,
-    timeout: Duration,
+    stall: Duration,
 ) -> Result<Option<FeedCursor>, String> {
     projection.disable_failures();
-    let mut rng = world.rng("final-runner", 0);
-    let handle = spawn(store, projection, &mut rng, world)
+    // Full batches: the backlog is drained, not tortured.
+    let settle = PgRunnerOptions {
+        batch_size: 500,
+        ..options(&mut world.rng("final-runner", 0))
+    };
+    let handle = spawn(store, projection, settle, world)
         .ok_or_else(|| "cannot spawn the final runner".to_owned())?;
-    let deadline = Instant::now() + timeout;
+    let timeout = stall;
+    let mut deadline = Instant::now() + stall;
+    let mut last_progress = None;
     let result = loop {
         let head = store.feed_head().await.map(|h| h.last);
         let cp = store
@@ -194,13 +202,19 @@ pub(crate) async fn catch_up(
         {
             break Ok(*cp);
         }
+        if let Ok(cp) = &cp
+            && *cp != last_progress
+        {
+            last_progress = *cp;
+            deadline = Instant::now() + stall;
+        }
         if Instant::now() >= deadline {
             let holders = store.horizon_holders().await.map_or_else(
                 |e| format!("(horizon holders unknown: {e})"),
                 |h| format!("{h:?}"),
             );
             break Err(format!(
-                "the projection did not reach the feed's end within {timeout:?}: head {head:?}, \
+                "the projection stopped short of the feed's end (no progress for {timeout:?}): head {head:?}, \
                  checkpoint {cp:?}, runner {:?}, horizon holders {holders}",
                 handle.status()
             ));
