@@ -319,6 +319,19 @@ async fn run() -> anyhow::Result<bool> {
         world.ops()
     );
 
+    // Every fault has stopped, but any idle pooled session may be one that a fault killed
+    // (pools do not ping on acquire): settle and check on fresh connections only.
+    control.close().await;
+    let control = pool(scratch(&admin, &args.database, app::CONTROL), 3, big).await?;
+    let store = PgEventStore::from_pool_with(
+        pool(scratch(&admin, &args.database, app::WRITER), 2, big).await?,
+        &config,
+    );
+    let projection_store = PgEventStore::from_pool_with(
+        pool(scratch(&admin, &args.database, app::PROJECTION), 4, big).await?,
+        &config,
+    );
+
     // Settle: no prepared transaction of ours may be left, then the projection catches up.
     let mut settle_problems = Vec::new();
     match faults::roll_back_leftovers(&control).await {
