@@ -18,29 +18,7 @@ impl SchemaName {
     /// [`StoreError::InvalidRequest`] naming the rule that was broken.
     pub fn new(name: impl Into<String>) -> Result<Self, StoreError> {
         let name = name.into();
-        let bad = |why: &str| {
-            StoreError::InvalidRequest(format!(
-                "invalid schema name {:?}: {why}",
-                name.chars().take(64).collect::<String>()
-            ))
-        };
-        if name.is_empty() || name.len() > 63 {
-            return Err(bad("it must be 1 to 63 bytes long"));
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(bad(
-                "only lowercase ascii letters, digits and `_` are allowed",
-            ));
-        }
-        if name.as_bytes()[0].is_ascii_digit() {
-            return Err(bad("it must not start with a digit"));
-        }
-        if name.starts_with("pg_") {
-            return Err(bad("the `pg_` prefix is reserved by PostgreSQL"));
-        }
+        check_identifier("schema", &name, &[])?;
         Ok(Self(name))
     }
 
@@ -56,6 +34,45 @@ impl SchemaName {
         // Validation admits no `"`, so plain wrapping is a correct quote.
         format!("\"{}\"", self.0)
     }
+}
+
+/// Checks `name` as a plain SQL identifier of `kind` (`schema`, `role`): 1 to 63 bytes of
+/// ASCII lowercase letters, digits and `_`, not starting with a digit or `pg_`, and not one
+/// of `reserved`. Such a name, wrapped in `"`, is a correct quoted identifier.
+pub(crate) fn check_identifier(
+    kind: &str,
+    name: &str,
+    reserved: &[&str],
+) -> Result<(), StoreError> {
+    let bad = |why: &str| {
+        StoreError::InvalidRequest(format!(
+            "invalid {kind} name {:?}: {why}",
+            name.chars().take(64).collect::<String>()
+        ))
+    };
+    if name.is_empty() || name.len() > 63 {
+        return Err(bad("it must be 1 to 63 bytes long"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(bad(
+            "only lowercase ascii letters, digits and `_` are allowed",
+        ));
+    }
+    if name.as_bytes()[0].is_ascii_digit() {
+        return Err(bad("it must not start with a digit"));
+    }
+    if name.starts_with("pg_") {
+        return Err(bad("the `pg_` prefix is reserved by PostgreSQL"));
+    }
+    if reserved.contains(&name) {
+        return Err(bad(
+            "PostgreSQL gives this name a special meaning in grants",
+        ));
+    }
+    Ok(())
 }
 
 impl Default for SchemaName {

@@ -14,7 +14,7 @@ use chronik_store::StoreError;
 use sqlx::{Executor as _, Row as _};
 
 use crate::PgEventStore;
-use crate::config::SchemaName;
+use crate::config::{SchemaName, check_identifier};
 use crate::error::backend;
 
 /// A validated PostgreSQL role name, to grant privileges to.
@@ -43,34 +43,7 @@ impl RoleName {
     /// [`StoreError::InvalidRequest`] naming the rule that was broken.
     pub fn new(name: impl Into<String>) -> Result<Self, StoreError> {
         let name = name.into();
-        let bad = |why: &str| {
-            StoreError::InvalidRequest(format!(
-                "invalid role name {:?}: {why}",
-                name.chars().take(64).collect::<String>()
-            ))
-        };
-        if name.is_empty() || name.len() > 63 {
-            return Err(bad("it must be 1 to 63 bytes long"));
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(bad(
-                "only lowercase ascii letters, digits and `_` are allowed",
-            ));
-        }
-        if name.as_bytes()[0].is_ascii_digit() {
-            return Err(bad("it must not start with a digit"));
-        }
-        if name.starts_with("pg_") {
-            return Err(bad("the `pg_` prefix is reserved by PostgreSQL"));
-        }
-        if SPECIAL_ROLE_NAMES.contains(&name.as_str()) {
-            return Err(bad(
-                "PostgreSQL gives this name a special meaning in grants",
-            ));
-        }
+        check_identifier("role", &name, &SPECIAL_ROLE_NAMES)?;
         Ok(Self(name))
     }
 
