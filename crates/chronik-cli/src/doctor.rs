@@ -44,7 +44,8 @@ pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> a
     problems.extend(migrations.problems());
     let migrated = applied == embedded.len();
 
-    // Horizon: every open write or prepared transaction in the cluster, oldest first.
+    // Horizon: every open write or prepared transaction in the cluster, by transaction id;
+    // the first is the blocker.
     let holders = store
         .horizon_holders()
         .await
@@ -69,7 +70,8 @@ pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> a
         }
     )?;
     for h in &holders {
-        writeln!(out, "               {}", table::holder(h))?;
+        let role = if h.blocker { "blocker" } else { "behind it" };
+        writeln!(out, "               {role}: {}", table::holder(h))?;
     }
     for h in &old {
         let what = if h.kind == HolderKind::Prepared {
@@ -77,8 +79,13 @@ pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> a
         } else {
             "a transaction"
         };
+        let effect = if h.blocker {
+            "every projection waits for it"
+        } else {
+            "it holds the feed back next, once the older ones end"
+        };
         problems.push(format!(
-            "{what} holds the feed horizon back: {}; every projection waits for it",
+            "{what} holds the feed horizon back: {}; {effect}",
             table::holder(h)
         ));
     }

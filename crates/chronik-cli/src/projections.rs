@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use crate::demo::{count, ms, n};
 use crate::table::{self, Align};
 
-/// The oldest transaction holding the feed horizon back, when committed events of this
-/// store are invisible because of it (the rule of `projection_reports`).
+/// The transaction whose id is the feed horizon (the blocker), when committed events of
+/// this store are invisible because of it (the rule of `projection_reports`).
 pub(crate) async fn horizon_blocker(store: &PgEventStore) -> anyhow::Result<Option<HorizonHolder>> {
     let head = store
         .feed_head()
@@ -33,7 +33,7 @@ pub(crate) async fn horizon_blocker(store: &PgEventStore) -> anyhow::Result<Opti
             .horizon_holders()
             .await
             .context("cannot list the transactions holding the horizon")?;
-        return Ok(holders.into_iter().next());
+        return Ok(holders.into_iter().find(|h| h.blocker));
     }
     Ok(None)
 }
@@ -143,6 +143,7 @@ pub(crate) fn holder_json(h: &HorizonHolder) -> Value {
         "pid": h.pid,
         "database": h.database,
         "xid": h.xid,
+        "blocker": h.blocker,
         "age_seconds": h.age_seconds,
         "detail": h.detail,
     })

@@ -600,6 +600,8 @@ fn projections_status_names_the_transaction_holding_the_horizon() {
     );
     let doc = json(&schema.ok(&["projections", "status", "--json"]));
     assert!(doc["held_back_by"]["pid"].is_i64(), "{doc}");
+    assert!(doc["held_back_by"]["xid"].is_u64(), "{doc}");
+    assert_eq!(doc["held_back_by"]["blocker"], true, "{doc}");
     assert!(doc["held_back_by"]["age_seconds"].is_f64(), "{doc}");
     runtime.block_on(open.rollback()).expect("rolled back");
 }
@@ -803,7 +805,7 @@ fn doctor_names_an_old_horizon_holder() {
     let mut open = runtime
         .block_on(schema.store.pool().begin())
         .expect("a transaction");
-    let (_xid, pid): (String, i32) = runtime
+    let (xid, pid): (String, i32) = runtime
         .block_on(
             sqlx::query_as("SELECT pg_current_xact_id()::text, pg_backend_pid()")
                 .fetch_one(&mut *open),
@@ -813,8 +815,25 @@ fn doctor_names_an_old_horizon_holder() {
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(
         stdout.contains(&format!(
-            "  - a transaction holds the feed horizon back: pid {pid} (xid "
+            "  - a transaction holds the feed horizon back: pid {pid} (xid {xid}, "
         )),
+        "{stdout}"
+    );
+    // Listed by transaction id: the first is the blocker, every later one is behind it.
+    let listed: Vec<&str> = stdout
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("blocker: ") || l.starts_with("behind it: "))
+        .collect();
+    assert!(
+        listed.first().is_some_and(|l| l.starts_with("blocker: "))
+            && listed[1..].iter().all(|l| l.starts_with("behind it: ")),
+        "{stdout}"
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|l| l.contains(&format!("pid {pid} (xid {xid}, "))),
         "{stdout}"
     );
     assert!(

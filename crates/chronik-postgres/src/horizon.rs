@@ -24,6 +24,7 @@ pub enum HolderKind {
 
 /// A transaction that holds the feed's horizon back, from [`PgEventStore::horizon_holders`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct HorizonHolder {
     /// Session or prepared transaction.
     pub kind: HolderKind,
@@ -31,12 +32,34 @@ pub struct HorizonHolder {
     pub pid: Option<i32>,
     /// Database it runs in (any database of the cluster holds the horizon).
     pub database: Option<String>,
-    /// Its transaction id (32-bit, as PostgreSQL's views show it).
-    pub xid: i64,
+    /// Its transaction id in the 64-bit form (`xid8`, as `pg_current_xact_id()` and
+    /// [`FeedCursor::transaction`] use it), widened from the 32-bit value PostgreSQL's
+    /// views show across epochs.
+    pub xid: u64,
+    /// Whether this is *the* blocker: the holder with the oldest transaction id, which
+    /// is the horizon itself. Ending it (commit, rollback, `pg_terminate_backend`, or
+    /// `COMMIT PREPARED` / `ROLLBACK PREPARED`) moves the horizon; ending any other holder
+    /// does not, until this one ends. Exactly one holder of a non-empty list has it.
+    pub blocker: bool,
     /// How long it has been open (or prepared), in seconds.
     pub age_seconds: Option<f64>,
     /// Session state and the start of its current query, or the prepared transaction's gid.
     pub detail: String,
+}
+
+/// The 64-bit form of `xid`, the 32-bit id of a transaction running now, given
+/// `reference`, a 64-bit transaction id read at the same time (the snapshot's `xmax`).
+///
+/// A running transaction id is always within 2^31 of the next one to be assigned
+/// (PostgreSQL stops assigning ids before wraparound could break that), so `xid` is the
+/// 64-bit id whose low 32 bits are `xid` and which lies nearest to `reference`, before
+/// it (older) or after it (a transaction that began after the snapshot).
+pub(crate) fn widen_xid(xid: u32, reference: u64) -> u64 {
+    // The low 32 bits of the reference, then the signed distance modulo 2^32: both
+    // conversions keep exactly the bits they are meant to keep.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+    let distance = xid.wrapping_sub(reference as u32) as i32;
+    reference.saturating_add_signed(i64::from(distance))
 }
 
 impl PgEventStore {
@@ -93,10 +116,15 @@ impl PgEventStore {
         Ok(())
     }
 
-    /// Every transaction in the cluster that holds the feed's horizon back, oldest first:
-    /// open write transactions in any database, and prepared transactions. The first one
-    /// is why projections are paused. Seeing other roles' queries needs `pg_read_all_stats`
-    /// (or superuser); without it `detail` says `<insufficient privilege>`.
+    /// Every transaction in the cluster that holds the feed's horizon back, by transaction
+    /// id, oldest first: open write transactions in any database, and prepared
+    /// transactions. The feed's horizon (`pg_snapshot_xmin(pg_current_snapshot())`) is the
+    /// oldest transaction id still running, whatever its age or kind; sessions that only
+    /// read (a snapshot, no transaction id) do not hold it. So the first holder, marked
+    /// [`HorizonHolder::blocker`], is why projections are paused, and ending it is what
+    /// moves the horizon; the others hold it next, in this order. Seeing other roles'
+    /// queries needs `pg_read_all_stats` (or superuser); without it `detail` says
+    /// `<insufficient privilege>`.
     ///
     /// # Errors
     /// [`StoreError::Backend`].
@@ -105,9 +133,15 @@ impl PgEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter()
+        let mut holders = rows
+            .iter()
             .map(|r| {
                 let kind: String = r.try_get(0).map_err(backend)?;
+                let xid: i64 = r.try_get(3).map_err(backend)?;
+                let xid = u32::try_from(xid).map_err(|_| {
+                    StoreError::backend(format!("transaction id {xid} is not 32-bit"), false)
+                })?;
+                let reference = to_u64(r.try_get(6).map_err(backend)?, "snapshot xmax")?;
                 Ok(HorizonHolder {
                     kind: if kind == "prepared" {
                         HolderKind::Prepared
@@ -116,7 +150,8 @@ impl PgEventStore {
                     },
                     pid: r.try_get(1).map_err(backend)?,
                     database: r.try_get(2).map_err(backend)?,
-                    xid: r.try_get(3).map_err(backend)?,
+                    xid: widen_xid(xid, reference),
+                    blocker: false,
                     age_seconds: r.try_get(4).map_err(backend)?,
                     detail: r
                         .try_get::<Option<String>, _>(5)
@@ -124,6 +159,38 @@ impl PgEventStore {
                         .unwrap_or_default(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        holders.sort_by_key(|h| h.xid);
+        if let Some(first) = holders.first_mut() {
+            first.blocker = true;
+        }
+        Ok(holders)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::widen_xid;
+
+    const EPOCH: u64 = 1 << 32;
+
+    #[test]
+    fn xids_widen_across_epochs_and_wraparound() {
+        for (xid, reference, wide) in [
+            // the first epoch
+            (700, 750, 700),
+            (760, 750, 760),
+            // a later epoch, away from its edges
+            (700, 5 * EPOCH + 750, 5 * EPOCH + 700),
+            // older than the reference, in the previous epoch
+            (u32::MAX - 10, 5 * EPOCH + 20, 5 * EPOCH - 11),
+            // newer than the reference, in the next epoch
+            (5, 5 * EPOCH - 3, 5 * EPOCH + 5),
+            // the farthest a running transaction can be behind
+            (3, 3 + (1 << 31) - 1, 3),
+            (3, EPOCH + 3 + (1 << 31) - 1, EPOCH + 3),
+        ] {
+            assert_eq!(widen_xid(xid, reference), wide, "{xid} near {reference}");
+        }
     }
 }

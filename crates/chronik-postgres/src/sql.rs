@@ -130,16 +130,19 @@ impl Sql {
                   ORDER BY name COLLATE \"C\""
             ),
             // Ordered oldest first: the first row is what holds the feed back.
+            // 32-bit xids as the views show them, and the snapshot's 64-bit xmax (taken in
+            // the same statement) to widen them with; the horizon is the oldest of them.
             horizon_holders: "SELECT 'session' AS kind, pid, datname::text AS database, \
                      backend_xid::text::bigint AS xid, \
                      extract(epoch FROM now() - xact_start)::float8 AS age_seconds, \
-                     coalesce(state, '') || ': ' || left(query, 200) AS detail \
+                     coalesce(state, '') || ': ' || left(query, 200) AS detail, \
+                     pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS reference \
                 FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
               UNION ALL \
               SELECT 'prepared', NULL, database::text, transaction::text::bigint, \
-                     extract(epoch FROM now() - prepared)::float8, 'prepared transaction ' || gid \
-                FROM pg_prepared_xacts \
-               ORDER BY age_seconds DESC NULLS LAST"
+                     extract(epoch FROM now() - prepared)::float8, 'prepared transaction ' || gid, \
+                     pg_snapshot_xmax(pg_current_snapshot())::text::bigint \
+                FROM pg_prepared_xacts"
                 .to_owned(),
         }
     }

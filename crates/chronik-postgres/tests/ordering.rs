@@ -233,6 +233,7 @@ async fn the_transaction_holding_the_feed_back_is_named(pool: PgPool) {
         .find(|h| h.pid == Some(pid))
         .expect("the open transaction is listed");
     assert_eq!(ours.kind, HolderKind::Session);
+    assert_eq!(ours.xid, u64::try_from(xid).expect("xid"));
     assert_eq!(
         ours.database.as_deref(),
         Some(current_database(&pool).await.as_str())
@@ -253,8 +254,126 @@ async fn the_transaction_holding_the_feed_back_is_named(pool: PgPool) {
             .await
             .expect("holders")
             .iter()
-            .any(|h| h.pid == Some(pid) && h.xid == xid)
+            .any(|h| h.pid == Some(pid) && h.xid == u64::try_from(xid).expect("xid"))
     );
+}
+
+/// A session's backend pid and, after `sql` (a write), its 64-bit transaction id.
+async fn write_on(conn: &mut sqlx::PgConnection, sql: &str) -> (i32, u64) {
+    sqlx::query(sql).execute(&mut *conn).await.expect("write");
+    let (pid, xid): (i32, i64) =
+        sqlx::query_as("SELECT pg_backend_pid(), pg_current_xact_id()::text::bigint")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("pid and xid");
+    (pid, u64::try_from(xid).expect("xid"))
+}
+
+/// Issue 11, reproduction A: L opens first but writes last, so E's transaction id is the
+/// older one and E pins the horizon. The holders are listed by transaction id, so E comes
+/// first and is the one marked as the blocker (the age of the transaction is irrelevant).
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn the_blocker_is_the_oldest_transaction_id_not_the_oldest_transaction(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    sqlx::query("CREATE TABLE probe (x int)")
+        .execute(&pool)
+        .await
+        .expect("probe table");
+    let mut l = pool.begin().await.expect("begin l");
+    sqlx::query("SELECT 1")
+        .execute(&mut *l)
+        .await
+        .expect("l reads");
+    let mut e = pool.begin().await.expect("begin e");
+    let (e_pid, e_xid) = write_on(&mut e, "INSERT INTO probe VALUES (1)").await;
+    let (l_pid, l_xid) = write_on(&mut l, "INSERT INTO probe VALUES (2)").await;
+    assert!(e_xid < l_xid);
+    let holders = store.horizon_holders().await.expect("holders");
+    let at = |pid| {
+        holders
+            .iter()
+            .position(|h| h.pid == Some(pid))
+            .unwrap_or_else(|| panic!("pid {pid} is listed: {holders:#?}"))
+    };
+    let (e_at, l_at) = (at(e_pid), at(l_pid));
+    assert!(e_at < l_at, "E, the older xid, comes first: {holders:#?}");
+    assert_eq!((holders[e_at].xid, holders[l_at].xid), (e_xid, l_xid));
+    assert_ordered_with_one_blocker(&holders, e_xid);
+
+    e.rollback().await.expect("end e");
+    let holders = store.horizon_holders().await.expect("holders");
+    assert!(
+        !holders.iter().any(|h| h.pid == Some(e_pid)),
+        "{holders:#?}"
+    );
+    assert_ordered_with_one_blocker(&holders, l_xid);
+    l.rollback().await.expect("end l");
+}
+
+/// Issue 11, reproduction B: P writes, S writes, P prepares. P's transaction id is the
+/// older one, so the prepared transaction pins the horizon and is listed first, although
+/// it was prepared after S began.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_prepared_transaction_with_the_oldest_xid_is_the_blocker(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    sqlx::query("CREATE TABLE probe (x int)")
+        .execute(&pool)
+        .await
+        .expect("probe table");
+    let gid = format!("chronik-test-{}", Uuid::new_v4());
+    // Raw BEGIN: PREPARE TRANSACTION ends the transaction behind sqlx's back.
+    let mut p = pool.acquire().await.expect("p");
+    sqlx::query("BEGIN")
+        .execute(&mut *p)
+        .await
+        .expect("begin p");
+    let (_, p_xid) = write_on(&mut p, "INSERT INTO probe VALUES (1)").await;
+    let mut s = pool.begin().await.expect("begin s");
+    let (s_pid, s_xid) = write_on(&mut s, "INSERT INTO probe VALUES (2)").await;
+    sqlx::query(&format!("PREPARE TRANSACTION '{gid}'"))
+        .execute(&mut *p)
+        .await
+        .expect("prepare p");
+    let holders = store.horizon_holders().await;
+    // End both before asserting: a prepared transaction left behind would pause every
+    // feed of the cluster and keep the test database from being dropped.
+    sqlx::query(&format!("ROLLBACK PREPARED '{gid}'"))
+        .execute(&mut *p)
+        .await
+        .expect("rollback prepared");
+    s.rollback().await.expect("end s");
+    let holders = holders.expect("holders");
+    let prepared = holders
+        .iter()
+        .position(|h| h.kind == HolderKind::Prepared && h.detail.contains(&gid))
+        .unwrap_or_else(|| panic!("the prepared transaction is listed: {holders:#?}"));
+    let session = holders
+        .iter()
+        .position(|h| h.pid == Some(s_pid))
+        .unwrap_or_else(|| panic!("S is listed: {holders:#?}"));
+    assert!(
+        prepared < session,
+        "P, the older xid, comes first: {holders:#?}"
+    );
+    assert_eq!(
+        (holders[prepared].xid, holders[session].xid),
+        (p_xid, s_xid)
+    );
+    assert_ordered_with_one_blocker(&holders, p_xid);
+}
+
+/// Holders strictly ascending by transaction id, and the first one, at or below
+/// `at_most` (other tests' transactions may be older), is the only blocker.
+fn assert_ordered_with_one_blocker(holders: &[chronik_postgres::HorizonHolder], at_most: u64) {
+    assert!(
+        holders.windows(2).all(|w| w[0].xid < w[1].xid),
+        "{holders:#?}"
+    );
+    assert!(holders[0].xid <= at_most, "{holders:#?}");
+    let blockers: Vec<bool> = holders.iter().map(|h| h.blocker).collect();
+    let mut expected = vec![false; holders.len()];
+    expected[0] = true;
+    assert_eq!(blockers, expected, "{holders:#?}");
 }
 
 async fn current_database(pool: &PgPool) -> String {

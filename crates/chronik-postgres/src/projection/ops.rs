@@ -175,8 +175,9 @@ pub struct ProjectionReport {
     pub failing_event: Option<EventId>,
     /// Consecutive failed attempts.
     pub attempts: u32,
-    /// Set when committed events are not yet visible in the feed: the oldest transaction
-    /// holding the horizon back (pid, database, age), which pauses every projection.
+    /// Set when committed events are not yet visible in the feed: the transaction whose
+    /// id is the horizon ([`HorizonHolder::blocker`]: kind, pid, database, 64-bit xid,
+    /// age), which pauses every projection until it ends.
     pub held_back_by: Option<HorizonHolder>,
 }
 
@@ -194,9 +195,11 @@ pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionRe
         .map_err(backend)?;
     let head = store.feed_head().await?;
     let held_back_by = match store.newest_committed().await? {
-        Some(newest) if Some(newest) > head.last => {
-            store.horizon_holders().await?.into_iter().next()
-        }
+        Some(newest) if Some(newest) > head.last => store
+            .horizon_holders()
+            .await?
+            .into_iter()
+            .find(|h| h.blocker),
         _ => None,
     };
     let now = Utc::now();
