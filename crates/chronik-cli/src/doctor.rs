@@ -1,5 +1,6 @@
-//! `chronik doctor`: is this PostgreSQL store healthy? Migrations, horizon blockers,
-//! projection lag. Exit status 0 when healthy, 1 with the list of problems otherwise.
+//! `chronik doctor`: is this PostgreSQL store healthy? Migrations, the connected role,
+//! horizon blockers, projection lag. Exit status 0 when healthy (warnings included), 1
+//! with the list of problems otherwise.
 
 use std::io::{self, Write as _};
 
@@ -43,6 +44,37 @@ pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> a
     )?;
     problems.extend(migrations.problems());
     let migrated = applied == embedded.len();
+
+    // The role: an application connected as a superuser or as the owner can rewrite history.
+    let mut warnings: Vec<String> = Vec::new();
+    let role = store
+        .connected_role()
+        .await
+        .context("cannot read the connected role")?;
+    let (what, risk) = if role.superuser {
+        (
+            "a superuser",
+            "it can bypass the immutability triggers (SET session_replication_role = replica) \
+             and rewrite or delete events",
+        )
+    } else if role.owner {
+        (
+            "the owner of the schema",
+            "it can disable the immutability trigger (ALTER TABLE events DISABLE TRIGGER) \
+             and rewrite or delete events",
+        )
+    } else {
+        ("neither a superuser nor the owner of the schema", "")
+    };
+    writeln!(out, "  role         connected as {}, {what}", role.name)?;
+    if !risk.is_empty() {
+        warnings.push(format!(
+            "connected as {}, {what}: if the application connects like this, {risk}; \
+             connect it as a role with only the application privileges: create one and run \
+             `chronik roles grant APP_ROLE --schema {schema}` as the schema owner",
+            role.name
+        ));
+    }
 
     // Horizon: every open write or prepared transaction in the cluster, by transaction id;
     // the first is the blocker.
@@ -146,6 +178,12 @@ pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> a
         )?;
     }
 
+    if !warnings.is_empty() {
+        writeln!(out, "{}:", count(warnings.len() as u64, "warning"))?;
+        for w in &warnings {
+            writeln!(out, "  - {w}")?;
+        }
+    }
     if problems.is_empty() {
         writeln!(out, "healthy")?;
         return Ok(());

@@ -129,3 +129,83 @@ fn the_owner_grants_and_the_application_appends_but_cannot_grant() {
     exec(format!("DROP OWNED BY \"{role}\""));
     exec(format!("DROP ROLE \"{role}\""));
 }
+
+/// `chronik doctor` warns, without failing, when it connects as a superuser or as the
+/// schema's owner (an application connecting like that can rewrite history), says what to
+/// do, and is quiet as the application role.
+#[test]
+fn doctor_warns_about_a_superuser_or_the_owner_and_not_about_the_application() {
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (owner, app, schema) = (
+        format!("cli_own_{tag}"),
+        format!("cli_app_{tag}"),
+        format!("cli_doctor_{tag}"),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let admin = runtime
+        .block_on(sqlx::PgPool::connect(&database_url()))
+        .unwrap();
+    let exec = |sql: String| {
+        runtime.block_on(sqlx::query(&sql).execute(&admin)).unwrap();
+    };
+    let database: String = runtime
+        .block_on(sqlx::query_scalar("SELECT current_database()::text").fetch_one(&admin))
+        .unwrap();
+    exec(format!("CREATE ROLE \"{owner}\" LOGIN"));
+    exec(format!("CREATE ROLE \"{app}\" LOGIN"));
+    exec(format!(
+        "GRANT CREATE ON DATABASE \"{database}\" TO \"{owner}\""
+    ));
+    let as_owner = url_as(&owner);
+    for args in [
+        vec!["migrate", "--schema", &schema],
+        vec!["roles", "grant", &app, "--schema", &schema],
+    ] {
+        let out = chronik(&args, &as_owner);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let doctor = |url: &str| {
+        let out = chronik(
+            &["doctor", "--schema", &schema, "--max-horizon-age", "3600"],
+            url,
+        );
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+        stdout
+    };
+    let fix = format!("run `chronik roles grant APP_ROLE --schema {schema}` as the schema owner");
+
+    let stdout = doctor(&database_url());
+    assert!(
+        stdout.contains("connected as postgres, a superuser")
+            && stdout.contains("1 warning:\n  - connected as postgres, a superuser: ")
+            && stdout.contains("SET session_replication_role = replica")
+            && stdout.contains(&fix)
+            && stdout.trim_end().ends_with("healthy"),
+        "{stdout}"
+    );
+    let stdout = doctor(&as_owner);
+    assert!(
+        stdout.contains(&format!(
+            "1 warning:\n  - connected as {owner}, the owner of the schema: "
+        )) && stdout.contains("ALTER TABLE events DISABLE TRIGGER")
+            && stdout.contains(&fix),
+        "{stdout}"
+    );
+    let stdout = doctor(&url_as(&app));
+    assert!(
+        stdout.contains(&format!(
+            "connected as {app}, neither a superuser nor the owner of the schema"
+        )) && !stdout.contains("warning"),
+        "{stdout}"
+    );
+
+    exec(format!("DROP SCHEMA \"{schema}\" CASCADE"));
+    exec(format!(
+        "REVOKE CREATE ON DATABASE \"{database}\" FROM \"{owner}\""
+    ));
+    for role in [&app, &owner] {
+        exec(format!("DROP OWNED BY \"{role}\""));
+        exec(format!("DROP ROLE \"{role}\""));
+    }
+}

@@ -72,7 +72,7 @@ pub use projection::{
     PgRunnerStatus, PgTransaction, ProjectionReport, ShadowProjection, notify_feed, park_event,
     parked_events, projection_reports, rebuild, rebuild_shadow, wait_for_projection,
 };
-pub use roles::{APPLICATION_PRIVILEGES, RoleName, application_role_sql};
+pub use roles::{APPLICATION_PRIVILEGES, ConnectedRole, RoleName, application_role_sql};
 pub use store::PgEventStore;
 
 /// The schema migrations (`migrations/` at the workspace root), embedded once.

@@ -125,7 +125,51 @@ pub fn application_role_sql(schema: &SchemaName, role: &RoleName) -> Vec<String>
     sql
 }
 
+/// The role a store is connected as, and whether it holds more than the application
+/// privileges: from [`PgEventStore::connected_role`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectedRole {
+    /// The session's current role (`current_user`).
+    pub name: String,
+    /// A superuser bypasses every privilege check and can silence the immutability
+    /// triggers for its session (`SET session_replication_role = replica`).
+    pub superuser: bool,
+    /// It owns the store's schema or its `events` table, or is a member of a role that
+    /// does (a superuser counts as one): it can disable the immutability trigger (`ALTER
+    /// TABLE events DISABLE TRIGGER`) or drop the table.
+    pub owner: bool,
+}
+
 impl PgEventStore {
+    /// The role this store is connected as, and whether it is a superuser or the owner of
+    /// the store's schema. An application should connect as neither, but as a role given
+    /// only the application privileges ([`PgEventStore::grant_application_role`]): both
+    /// can change or delete stored events despite the immutability triggers.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn connected_role(&self) -> Result<ConnectedRole, StoreError> {
+        let row = sqlx::query(
+            "SELECT current_user::text, r.rolsuper, \
+                    coalesce(pg_has_role(current_user, n.nspowner, 'MEMBER'), false) \
+                     OR coalesce(pg_has_role(current_user, c.relowner, 'MEMBER'), false) \
+               FROM pg_roles r \
+               LEFT JOIN pg_namespace n ON n.nspname = $1 \
+               LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'events' \
+              WHERE r.rolname = current_user",
+        )
+        .bind(self.schema.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(ConnectedRole {
+            name: row.try_get(0).map_err(backend)?,
+            superuser: row.try_get(1).map_err(backend)?,
+            owner: row.try_get(2).map_err(backend)?,
+        })
+    }
+
     /// Gives `role` exactly the application privileges on this store's schema (see
     /// [`application_role_sql`]), in one transaction. Idempotent: run it again after every
     /// migration and after a shadow rebuild (which replaces the read-model table).

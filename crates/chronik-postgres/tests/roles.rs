@@ -158,6 +158,11 @@ async fn the_application_role_runs_everything_and_can_change_no_history(admin: P
     assert_eq!(schema_owner, roles.owner.as_str());
     owner.grant_application_role(&roles.app).await.unwrap();
     owner.grant_application_role(&roles.app).await.unwrap();
+    let me = owner.connected_role().await.unwrap();
+    assert_eq!(
+        (me.name.as_str(), me.superuser, me.owner),
+        (roles.owner.as_str(), false, true)
+    );
 
     // The application appends, reads the stream and the feed.
     let app_pool = pool_as(&admin, &roles.app).await;
@@ -222,6 +227,11 @@ async fn the_application_role_runs_everything_and_can_change_no_history(admin: P
     assert_eq!(app.feed_head().await.unwrap().visible_events, 3);
     assert_eq!(app.count_after(first.cursor).await.unwrap(), 2);
     app.horizon_holders().await.unwrap();
+    let me = app.connected_role().await.unwrap();
+    assert_eq!(
+        (me.name.as_str(), me.superuser, me.owner),
+        (roles.app.as_str(), false, false)
+    );
 
     // Snapshots and checkpoints: saved, replaced, listed, deleted.
     let state = serde_json::json!({ "lines": 2 });
