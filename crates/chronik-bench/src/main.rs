@@ -4,11 +4,13 @@
 //! `cargo xtask bench --quick` (seconds per scenario; what CI's smoke step runs).
 //! Results go to `target/bench/results.{json,md}`.
 
+mod command;
 mod harness;
 mod memory;
 mod pg;
 mod projection;
 mod report;
+mod rss;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,7 +33,7 @@ struct Args {
     /// Where to write results.json and results.md.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// Measured seconds per variant (default 5, quick 0.3).
+    /// Measured seconds per variant (default 5, 8 for `command`; quick 0.3).
     #[arg(long)]
     seconds: Option<f64>,
     /// Run only the scenarios whose names start with one of these (e.g. `--only load`).
@@ -50,12 +52,16 @@ pub(crate) struct Plan {
     pub(crate) load_repeats: usize,
     /// Alternating rounds per variant (see `harness::interleaved`).
     pub(crate) rounds: u32,
-    /// Events in the very long stream of the snapshot scenario.
+    /// Events in the very long stream of the snapshot and memory scenario.
     pub(crate) huge_stream: usize,
     /// Writers of the live-latency scenario.
     pub(crate) live_concurrency: &'static [usize],
     /// Orders (five events each) of the read-model scenario.
     pub(crate) orders: usize,
+    /// The command scenario's budget (1 s warm-up, 8 s measured in a full run).
+    pub(crate) command_budget: Budget,
+    /// Events already in the schemas of `command-1m`.
+    pub(crate) command_prefill: usize,
     /// Scenario name prefixes to run (empty: all).
     pub(crate) only: &'static [String],
 }
@@ -84,6 +90,11 @@ fn plan(args: &Args) -> Plan {
             huge_stream: 5_000,
             live_concurrency: &[4],
             orders: 300,
+            command_budget: Budget {
+                warmup: Duration::from_millis(100),
+                measure: measure.unwrap_or(Duration::from_millis(300)),
+            },
+            command_prefill: 20_000,
             only: Vec::leak(args.only.clone()),
         }
     } else {
@@ -98,9 +109,14 @@ fn plan(args: &Args) -> Plan {
             feed_events: 1_000_000,
             load_repeats: 10,
             rounds: 5,
-            huge_stream: 100_000,
+            huge_stream: 1_000_000,
             live_concurrency: &[16, 64],
             orders: 20_000,
+            command_budget: Budget {
+                warmup: Duration::from_secs(1),
+                measure: measure.unwrap_or(Duration::from_secs(8)),
+            },
+            command_prefill: 1_000_000,
             only: Vec::leak(args.only.clone()),
         }
     }
@@ -143,6 +159,9 @@ async fn main() -> anyhow::Result<()> {
     match &args.database_url {
         Some(url) => {
             pg::environment(url, &mut report).await?;
+            if plan.wants("command-fresh") || plan.wants("command-1m") {
+                command::run(url, &plan, &mut report).await?;
+            }
             pg::run(url, &plan, &mut report).await?;
         }
         None => report

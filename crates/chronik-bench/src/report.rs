@@ -25,6 +25,8 @@ pub(crate) struct Row {
     pub(crate) against: Option<String>,
     /// The target ratio from the issue, when there is one.
     pub(crate) target: Option<f64>,
+    /// Peak resident memory growth while it ran, in MiB, when measured.
+    pub(crate) peak_rss_mib: Option<f64>,
 }
 
 /// Everything one run produced.
@@ -52,7 +54,23 @@ impl Report {
             ratio: None,
             against: None,
             target: None,
+            peak_rss_mib: None,
         });
+        self.checkpoint();
+    }
+
+    /// Like [`Report::push`], with the peak resident memory growth measured around it.
+    pub(crate) fn push_with_rss(
+        &mut self,
+        scenario: &str,
+        variant: &str,
+        concurrency: usize,
+        (stats, rss): (Stats, Option<f64>),
+    ) {
+        self.push(scenario, variant, concurrency, stats);
+        if let Some(row) = self.rows.last_mut() {
+            row.peak_rss_mib = rss;
+        }
         self.checkpoint();
     }
 
@@ -149,6 +167,32 @@ impl Report {
                 r.against.as_deref().unwrap_or(""),
                 verdict
             );
+        }
+        // One line per measurement (a second ratio copies its row).
+        let mut memory: Vec<&Row> = Vec::new();
+        for r in self.rows.iter().filter(|r| r.peak_rss_mib.is_some()) {
+            if !memory.iter().any(|m| {
+                (&m.scenario, &m.variant, m.concurrency) == (&r.scenario, &r.variant, r.concurrency)
+            }) {
+                memory.push(r);
+            }
+        }
+        if !memory.is_empty() {
+            s.push_str("\n| scenario | variant | items | peak RSS growth MiB | bytes per item |\n");
+            s.push_str("|---|---|---:|---:|---:|\n");
+            for r in memory {
+                let mib = r.peak_rss_mib.unwrap_or(0.0);
+                let per_run = r.stats.items / r.stats.ops.max(1);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.1} | {:.0} |",
+                    r.scenario,
+                    r.variant,
+                    per_run,
+                    mib,
+                    mib * 1_048_576.0 / per_run.max(1) as f64
+                );
+            }
         }
         for n in &self.notes {
             let _ = writeln!(s, "\n- {n}");
