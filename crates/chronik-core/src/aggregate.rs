@@ -1,13 +1,76 @@
+use std::fmt;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use thiserror::Error;
+
+use crate::error::{InvalidInput, json_error_without_values};
+use crate::id::StreamId;
+
+/// One event type an event enum can produce: its stored name and the payload schema
+/// version this code writes for it. Listed in [`DomainEvent::EVENT_TYPES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventTypeInfo {
+    /// The stored type name (the serde tag of the variant).
+    pub name: &'static str,
+    /// The current payload schema version.
+    pub schema_version: u32,
+}
+
+/// An event ready to be written: type name, schema version and payload, checked to agree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedEvent {
+    /// The stored type name.
+    pub event_type: &'static str,
+    /// The payload schema version.
+    pub schema_version: u32,
+    /// The payload (a JSON object).
+    pub payload: Value,
+}
+
+/// Why a domain event could not be encoded for writing. Nothing is written then.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The event did not serialize.
+    #[error("event {event_type} does not serialize: {reason}")]
+    Serialize {
+        /// The event's declared type.
+        event_type: &'static str,
+        /// serde's reason (without payload values).
+        reason: String,
+    },
+    /// The type the event declares is not the one it serializes or reads back as: written,
+    /// it could never be loaded again. Derive `DomainEvent` to make this impossible.
+    #[error(
+        "event type mismatch: `event_type()` says {declared:?} but the event {found}; derive DomainEvent so that the stored type is always the serde variant"
+    )]
+    TypeMismatch {
+        /// What `event_type()` returned.
+        declared: &'static str,
+        /// What was found instead (`serializes as "X"`, `does not read back under that type: ...`).
+        found: String,
+    },
+}
 
 /// A typed domain event that travels as `(type name, schema version, JSON payload)`.
 ///
 /// Type names must be meaningful (`OrderShipped`, never `OrderEvent3`): they are what
-/// stored history is keyed by. The usual implementation is a serde enum tagged
-/// `#[serde(tag = "type", content = "data")]` with [`encode_event`] / [`decode_event`].
+/// stored history is keyed by. Derive it (`#[derive(Serialize, Deserialize, DomainEvent)]`
+/// on an enum tagged `#[serde(tag = "type", content = "data")]`): the derive takes every
+/// variant's stored type from serde's own tag, so the two can never drift, and
+/// `#[event(schema_version = N)]` sets a variant's current schema version.
+///
+/// Hand-written implementations are possible; [`DomainEvent::encode`], which every write
+/// path calls, then checks that what `to_payload` produced reads back through
+/// `from_payload` under `event_type()`, so an event that could not be loaded again is
+/// refused when it is written, never discovered at load.
 pub trait DomainEvent: Sized + Send + Sync + 'static {
+    /// Every event type this enum produces, with its current schema version (the derive
+    /// lists them all; empty for a hand-written implementation that does not say).
+    const EVENT_TYPES: &'static [EventTypeInfo] = &[];
+
     /// The stored type name of this event.
     fn event_type(&self) -> &'static str;
 
@@ -27,6 +90,81 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// # Errors
     /// When the type is unknown or the payload does not match it.
     fn from_payload(event_type: &str, payload: Value) -> Result<Self, serde_json::Error>;
+
+    /// The event as it will be written, checked: the payload must read back under the
+    /// declared type. The derive overrides this with a cheaper check of the same rule
+    /// (serde's tag equals `event_type()`).
+    ///
+    /// # Errors
+    /// [`EncodeError::Serialize`], or [`EncodeError::TypeMismatch`] when the payload does
+    /// not decode under `event_type()`.
+    fn encode(&self) -> Result<EncodedEvent, EncodeError> {
+        let event_type = self.event_type();
+        let payload = self.to_payload().map_err(|e| EncodeError::Serialize {
+            event_type,
+            reason: json_error_without_values(&e),
+        })?;
+        Self::from_payload(event_type, payload.clone()).map_err(|e| EncodeError::TypeMismatch {
+            declared: event_type,
+            found: format!(
+                "does not read back under that type: {}",
+                json_error_without_values(&e)
+            ),
+        })?;
+        Ok(EncodedEvent {
+            event_type,
+            schema_version: self.schema_version(),
+            payload,
+        })
+    }
+}
+
+/// Encodes an adjacently tagged enum declared as `declared`: serializes it once, checks
+/// that serde's tag is `declared`, and returns its `data` as the payload. What the
+/// `DomainEvent` derive's `encode` calls.
+///
+/// # Errors
+/// [`EncodeError::Serialize`], or [`EncodeError::TypeMismatch`] when the tag differs.
+pub fn encode_tagged<E: Serialize>(
+    event: &E,
+    declared: &'static str,
+    schema_version: u32,
+) -> Result<EncodedEvent, EncodeError> {
+    let serialize = |reason: String| EncodeError::Serialize {
+        event_type: declared,
+        reason,
+    };
+    let value =
+        serde_json::to_value(event).map_err(|e| serialize(json_error_without_values(&e)))?;
+    let Value::Object(mut map) = value else {
+        return Err(serialize(
+            "it does not serialize as {\"type\", \"data\"}".to_owned(),
+        ));
+    };
+    match map.get("type") {
+        Some(Value::String(tag)) if tag == declared => {}
+        Some(Value::String(tag)) => {
+            return Err(EncodeError::TypeMismatch {
+                declared,
+                found: format!("serializes as {tag:?}"),
+            });
+        }
+        _ => {
+            return Err(serialize(
+                "it has no string `type` tag: tag the enum #[serde(tag = \"type\", content = \"data\")]"
+                    .to_owned(),
+            ));
+        }
+    }
+    let payload = match map.remove("data") {
+        Some(Value::Null) | None => Value::Object(serde_json::Map::new()),
+        Some(data) => data,
+    };
+    Ok(EncodedEvent {
+        event_type: declared,
+        schema_version,
+        payload,
+    })
 }
 
 /// Serializes an adjacently tagged enum (`#[serde(tag = "type", content = "data")]`) and
@@ -100,6 +238,15 @@ pub trait Aggregate: Default + Send + Sync + 'static {
 
     /// Evolves the state by one event.
     fn apply(&mut self, event: &Self::Event);
+
+    /// The stream id of instance `id` of this aggregate: `<TYPE>-<id>`, e.g.
+    /// `Order::stream_id(42)` is `order-42`.
+    ///
+    /// # Errors
+    /// When the result is not a valid [`StreamId`] (empty id, whitespace, too long).
+    fn stream_id(id: impl fmt::Display) -> Result<StreamId, InvalidInput> {
+        StreamId::for_category(Self::TYPE, id)
+    }
 
     /// The state after replaying `events` from `Default`: a fold.
     fn replay<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Self {

@@ -52,6 +52,15 @@ impl StreamId {
         Self::new(format!("{category}-{id}"))
     }
 
+    /// The stream id of instance `id` of aggregate `A`: `<A::TYPE>-<id>` (the same as
+    /// [`Aggregate::stream_id`](crate::Aggregate::stream_id)).
+    ///
+    /// # Errors
+    /// As [`StreamId::new`].
+    pub fn of<A: crate::Aggregate>(id: impl fmt::Display) -> Result<Self, InvalidInput> {
+        A::stream_id(id)
+    }
+
     /// The stream id as text.
     #[must_use]
     pub fn as_str(&self) -> &str {

@@ -7,6 +7,9 @@
 //! **Invariant:** every value type here validates in its constructor, so an invalid
 //! `StreamId`, `Version` or `NewEvent` cannot exist.
 
+// So that `::chronik_core::...`, which `#[derive(DomainEvent)]` emits, resolves here too.
+extern crate self as chronik_core;
+
 mod aggregate;
 mod cursor;
 mod error;
@@ -17,7 +20,13 @@ mod snapshot;
 mod upcast;
 mod version;
 
-pub use aggregate::{Aggregate, DomainEvent, SnapshotState, decode_event, encode_event};
+pub use aggregate::{
+    Aggregate, DomainEvent, EncodeError, EncodedEvent, EventTypeInfo, SnapshotState, decode_event,
+    encode_event, encode_tagged,
+};
+/// `#[derive(DomainEvent)]` for a serde enum tagged `#[serde(tag = "type", content = "data")]`
+/// (see the trait [`DomainEvent`]).
+pub use chronik_macros::DomainEvent;
 pub use cursor::FeedCursor;
 pub use error::{InvalidInput, UpcastError, json_error_without_values};
 pub use event::{
@@ -29,3 +38,9 @@ pub use retry::{JitterSource, RetryPolicy};
 pub use snapshot::SnapshotPolicy;
 pub use upcast::{Upcaster, UpcasterRegistry, UpcasterRegistryBuilder};
 pub use version::{ExpectedVersion, Version};
+
+/// What `#[derive(DomainEvent)]` expands to needs; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json;
+}

@@ -8,10 +8,7 @@
 //! Schema history: `OrderPlaced` v1 stored `amount`; v2 (current) stores `total_amount`
 //! (the seed's upcasting example). See [`upcasters`].
 
-use chronik_core::{
-    Aggregate, DomainEvent, SnapshotState, UpcastError, UpcasterRegistry, decode_event,
-    encode_event,
-};
+use chronik_core::{Aggregate, DomainEvent, SnapshotState, UpcastError, UpcasterRegistry};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -124,11 +121,12 @@ pub struct OrderCancelled {
     pub reason: String,
 }
 
-/// Events of an order, stored under their variant names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Events of an order, stored under their variant names (the derive takes them from serde).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
 #[serde(tag = "type", content = "data")]
 pub enum OrderEvent {
     /// The order was placed.
+    #[event(schema_version = 2)]
     OrderPlaced(OrderPlaced),
     /// A line was added.
     LineAdded(LineAdded),
@@ -140,32 +138,6 @@ pub enum OrderEvent {
 
 /// Current schema version of `OrderPlaced`.
 pub const ORDER_PLACED_VERSION: u32 = 2;
-
-impl DomainEvent for OrderEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            Self::OrderPlaced(_) => "OrderPlaced",
-            Self::LineAdded(_) => "LineAdded",
-            Self::OrderShipped(_) => "OrderShipped",
-            Self::OrderCancelled(_) => "OrderCancelled",
-        }
-    }
-
-    fn schema_version(&self) -> u32 {
-        match self {
-            Self::OrderPlaced(_) => ORDER_PLACED_VERSION,
-            _ => 1,
-        }
-    }
-
-    fn to_payload(&self) -> Result<Value, serde_json::Error> {
-        encode_event(self)
-    }
-
-    fn from_payload(event_type: &str, payload: Value) -> Result<Self, serde_json::Error> {
-        decode_event(event_type, payload)
-    }
-}
 
 /// A command the order refuses.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -490,7 +462,7 @@ mod tests {
                 e
             );
         }
-        assert_eq!(placed().schema_version(), 2);
+        assert_eq!(placed().schema_version(), ORDER_PLACED_VERSION);
     }
 
     #[test]
