@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chronik_core::{DomainEvent, RecordedEvent};
+use chronik_core::{Aggregate as _, DomainEvent, RecordedEvent};
 use chronik_core::{
     EventId, EventType, ExpectedVersion, Metadata, NewEvent, RetryPolicy, SnapshotPolicy, StreamId,
 };
@@ -37,23 +37,23 @@ where
             .with_retry(
                 RetryPolicy::new(20, Duration::from_millis(1), Duration::from_millis(20))
                     .expect("policy"),
-                tokio::time::sleep,
             )
+            .with_sleep(tokio::time::sleep)
             .with_snapshots(SnapshotPolicy::every(3).expect("policy")),
     );
     let mut tasks = Vec::new();
     for i in 0..ORDERS {
         let repo = repo.clone();
         tasks.push(tokio::spawn(async move {
-            let id = Repository::<Order, S>::stream_id(Uuid::new_v4()).expect("id");
+            let id = Order::stream_id(Uuid::new_v4()).expect("id");
             let meta = Metadata::default().with_header("order", i.to_string());
-            repo.execute(
+            repo.execute_with(
                 &id,
-                &OrderCommand::Place {
+                OrderCommand::Place {
                     customer_id: format!("c-{i}"),
                     total_amount: 100,
                 },
-                &meta,
+                meta.clone(),
             )
             .await
             .expect("place");
@@ -63,31 +63,37 @@ where
                     quantity: 2,
                     unit_price: 10,
                 };
-                repo.execute(&id, &line, &meta).await.expect("line");
+                repo.execute_with(&id, line.clone(), meta.clone())
+                    .await
+                    .expect("line");
             }
             match i % 3 {
                 0 => drop(
-                    repo.execute(
+                    repo.execute_with(
                         &id,
-                        &OrderCommand::Ship {
+                        OrderCommand::Ship {
                             carrier: "dhl".into(),
                         },
-                        &meta,
+                        meta.clone(),
                     )
                     .await
                     .expect("ship"),
                 ),
                 1 => {
-                    repo.execute(&id, &OrderCommand::Cancel { reason: "r".into() }, &meta)
-                        .await
-                        .expect("cancel");
+                    repo.execute_with(
+                        &id,
+                        OrderCommand::Cancel { reason: "r".into() },
+                        meta.clone(),
+                    )
+                    .await
+                    .expect("cancel");
                     let refused = repo
-                        .execute(
+                        .execute_with(
                             &id,
-                            &OrderCommand::Ship {
+                            OrderCommand::Ship {
                                 carrier: "dhl".into(),
                             },
-                            &meta,
+                            meta.clone(),
                         )
                         .await;
                     assert!(refused.is_err(), "a cancelled order cannot ship");

@@ -10,19 +10,22 @@ use anyhow::{Context as _, bail, ensure};
 use xshell::{Shell, cmd};
 
 /// Every workspace member and its layer. An edge `a -> b` between members is allowed only
-/// when `b` sits in a lower layer: core <- store <- {memory, postgres, projections, testkit}
-/// <- {cli, bench, torture, e2e tests}. `None`: must depend on no member at all.
+/// when `b` sits in a lower layer: macros <- core <- store <- {memory, postgres,
+/// projections, testkit} <- cli <- the `chronik` facade <- {bench, torture, e2e tests}.
+/// `None`: must depend on no member at all.
 const LAYERS: &[(&str, Option<u8>)] = &[
-    ("chronik-core", Some(0)),
-    ("chronik-store", Some(1)),
-    ("chronik-memory", Some(2)),
-    ("chronik-postgres", Some(2)),
-    ("chronik-projections", Some(2)),
-    ("chronik-testkit", Some(2)),
-    ("chronik-cli", Some(3)),
-    ("chronik-bench", Some(3)),
-    ("chronik-torture", Some(3)),
-    ("chronik-e2e", Some(3)),
+    ("chronik-macros", Some(0)),
+    ("chronik-core", Some(1)),
+    ("chronik-store", Some(2)),
+    ("chronik-memory", Some(3)),
+    ("chronik-postgres", Some(3)),
+    ("chronik-projections", Some(3)),
+    ("chronik-testkit", Some(3)),
+    ("chronik-cli", Some(4)),
+    ("chronik", Some(5)),
+    ("chronik-bench", Some(6)),
+    ("chronik-torture", Some(6)),
+    ("chronik-e2e", Some(6)),
     ("xtask", None),
 ];
 
@@ -62,7 +65,7 @@ pub(crate) fn check(sh: &Shell) -> anyhow::Result<()> {
             };
             if !allowed {
                 problems.push(format!(
-                    "{member} -> {dep}: dependency edges must point inward (core <- store <- adapters <- binaries)"
+                    "{member} -> {dep}: dependency edges must point inward (core <- store <- adapters <- cli <- facade <- binaries)"
                 ));
             }
         }

@@ -138,7 +138,7 @@ async fn execute<S: Store>(
     let metadata = Metadata::default()
         .with_correlation(correlation)
         .with_causation(CausationId::new(Uuid::new_v4()));
-    match repo.execute(id, command, &metadata).await {
+    match repo.execute_with(id, command.clone(), metadata).await {
         Ok(outcome) => {
             tally.succeeded += 1;
             tally.events += outcome.events_written as u64;
@@ -148,10 +148,15 @@ async fn execute<S: Store>(
         Err(RepositoryError::Domain(refusal)) => {
             *tally.refused.entry(refusal.to_string()).or_default() += 1;
         }
-        Err(RepositoryError::RetriesExhausted { attempts, last }) => {
+        Err(RepositoryError::RetriesExhausted {
+            attempts,
+            conflicts,
+            last,
+            ..
+        }) => {
             tracing::info!(stream = %id, attempts, error = %last, "command gave up");
             tally.gave_up += 1;
-            tally.conflicts_retried += u64::from(attempts.saturating_sub(1));
+            tally.conflicts_retried += u64::from(conflicts.min(attempts.saturating_sub(1)));
         }
         Err(RepositoryError::Store(e)) => {
             return Err(e).with_context(|| format!("{command:?} on {id}"));
@@ -243,7 +248,7 @@ pub(crate) async fn run<S: Store>(
     let registry = Arc::new(orders::upcasters().context("the orders upcasters are invalid")?);
     let repo = Arc::new(
         Repository::<Order, _>::new(Upcasting::new(RoundTrip(store.clone()), registry))
-            .with_retry(RetryPolicy::default(), tokio::time::sleep)
+            .with_sleep(tokio::time::sleep)
             .with_snapshots(SnapshotPolicy::BySize),
     );
     let feed_start = store

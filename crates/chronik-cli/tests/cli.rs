@@ -463,7 +463,6 @@ impl Schema {
     /// Places `count` orders, each with one line (two events each), through the
     /// repository; returns their stream ids once every event is visible in the feed.
     fn place_orders(&self, count: usize) -> Vec<chronik_core::StreamId> {
-        use chronik_core::Metadata;
         use chronik_store::Repository;
         use chronik_testkit::orders::{Order, OrderCommand};
         let repo = Repository::<Order, _>::new(self.store.clone());
@@ -485,7 +484,7 @@ impl Schema {
                     },
                 ] {
                     let outcome = repo
-                        .execute(&id, &command, &Metadata::default())
+                        .execute(&id, command.clone())
                         .await
                         .expect("the command succeeds");
                     last = outcome.append.map(|a| a.cursor);

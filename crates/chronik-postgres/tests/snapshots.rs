@@ -2,7 +2,7 @@
 //! histories and snapshot points (the same check the in-memory adapter runs), and the
 //! repository's snapshot policy writing through the Postgres snapshot store.
 
-use chronik_core::{Metadata, SnapshotPolicy, SnapshotState, Version};
+use chronik_core::{Aggregate as _, Metadata, SnapshotPolicy, SnapshotState, Version};
 use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
 use chronik_store::{Repository, SnapshotStore};
 use chronik_testkit::orders::{Order, OrderCommand};
@@ -70,27 +70,27 @@ fn the_policy_writes_snapshots_that_later_loads_use() {
         let (store, schema) = fresh_store().await;
         let repo = Repository::<Order, _>::new(store.clone())
             .with_snapshots(SnapshotPolicy::every(10).expect("valid"));
-        let id = Repository::<Order, PgEventStore>::stream_id(Uuid::new_v4()).expect("valid id");
+        let id = Order::stream_id(Uuid::new_v4()).expect("valid id");
         let meta = Metadata::default();
-        repo.execute(
+        repo.execute_with(
             &id,
-            &OrderCommand::Place {
+            OrderCommand::Place {
                 customer_id: "c".into(),
                 total_amount: 5,
             },
-            &meta,
+            meta.clone(),
         )
         .await
         .expect("place");
         for _ in 0..24 {
-            repo.execute(
+            repo.execute_with(
                 &id,
-                &OrderCommand::AddLine {
+                OrderCommand::AddLine {
                     sku: "s".into(),
                     quantity: 1,
                     unit_price: 1,
                 },
-                &meta,
+                meta.clone(),
             )
             .await
             .expect("line");

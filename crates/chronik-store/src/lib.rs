@@ -19,5 +19,7 @@ pub use port::{
 };
 #[cfg(any(test, feature = "mocks"))]
 pub use port::{MockCheckpointStore, MockEventStore, MockSnapshotStore};
-pub use repository::{ExecuteOutcome, Loaded, Repository, RepositoryError, Sleep, Spawn};
+pub use repository::{
+    DefaultSleep, ExecuteOutcome, Loaded, Repository, RepositoryError, Sleep, Spawn,
+};
 pub use upcasting::{Upcasting, upcast_recorded};

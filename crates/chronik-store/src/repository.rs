@@ -16,8 +16,8 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::port::{AppendResult, EventStore, SnapshotStore};
 
-/// Sleeping between retries, supplied by the caller's runtime (e.g. `tokio::time::sleep`),
-/// so that this crate starts no runtime of its own.
+/// Waiting between retries. [`DefaultSleep`] works under any async runtime; pass another
+/// (e.g. `tokio::time::sleep`, or a recorder in tests) with [`Repository::with_sleep`].
 pub trait Sleep: Send + Sync {
     /// Waits `d`.
     fn sleep(&self, d: Duration) -> BoxFuture<'static, ()>;
@@ -30,6 +30,19 @@ where
 {
     fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
         Box::pin(self(d))
+    }
+}
+
+/// The default [`Sleep`]: a timer that works under any async runtime (tokio, async-std,
+/// a plain executor), so that a [`Repository`] backs off between conflict retries however it
+/// is built. Its timer runs on one helper thread shared by the process; this crate still
+/// starts no runtime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultSleep;
+
+impl Sleep for DefaultSleep {
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(futures_timer::Delay::new(d))
     }
 }
 
@@ -73,6 +86,8 @@ pub struct ExecuteOutcome {
     pub append: Option<AppendResult>,
     /// Whether a snapshot was written after the append.
     pub snapshot_taken: bool,
+    /// Time spent backing off between attempts (zero when the first attempt succeeded).
+    pub backoff: Duration,
 }
 
 /// Why a command was not carried out.
@@ -84,11 +99,19 @@ pub enum RepositoryError<E: std::error::Error + 'static> {
     /// The store failed in a way retrying will not fix.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Every attempt met a retryable failure (usually a conflict).
-    #[error("gave up after {attempts} attempts: {last}")]
+    /// Every attempt met a retryable failure (usually a conflict): the command was given up,
+    /// nothing of it was written. `last` is the final failure, typically the
+    /// [`StoreError::Conflict`] naming the version another writer got to first.
+    #[error(
+        "gave up after {attempts} attempts ({conflicts} conflicts, {waited:?} backing off): {last}"
+    )]
     RetriesExhausted {
         /// Attempts made.
         attempts: u32,
+        /// How many of them lost an optimistic-concurrency race.
+        conflicts: u32,
+        /// Time spent backing off between them.
+        waited: Duration,
         /// The last failure.
         #[source]
         last: StoreError,
@@ -167,7 +190,7 @@ fn warn_snapshot_failed(id: &StreamId, version: Version, e: &StoreError) {
 pub struct Repository<A, S> {
     store: S,
     retry: RetryPolicy,
-    sleep: Option<Arc<dyn Sleep>>,
+    sleep: Arc<dyn Sleep>,
     jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
     snapshots: Option<SnapshotHooks<A, S>>,
     _aggregate: PhantomData<fn() -> A>,
@@ -192,24 +215,32 @@ fn random_unit() -> f64 {
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
-    /// A repository with the default [`RetryPolicy`], no sleeping between retries (set one
-    /// with [`Repository::with_retry`]) and no snapshots.
+    /// A repository over `store` that retries conflicts with the default [`RetryPolicy`]
+    /// (5 attempts, exponential backoff from 5 ms capped at 500 ms, with jitter), waiting on
+    /// [`DefaultSleep`] between attempts; no snapshots.
     pub fn new(store: S) -> Self {
         Self {
             store,
             retry: RetryPolicy::default(),
-            sleep: None,
+            sleep: Arc::new(DefaultSleep),
             jitter: Arc::new(random_unit),
             snapshots: None,
             _aggregate: PhantomData,
         }
     }
 
-    /// Sets the retry policy and how to sleep between attempts.
+    /// Sets the retry policy (`RetryPolicy::no_retry()` for a single attempt).
     #[must_use]
-    pub fn with_retry(mut self, policy: RetryPolicy, sleep: impl Sleep + 'static) -> Self {
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
-        self.sleep = Some(Arc::new(sleep));
+        self
+    }
+
+    /// Sets how to wait between attempts (default [`DefaultSleep`]), e.g.
+    /// `tokio::time::sleep`, or a recorder in a test.
+    #[must_use]
+    pub fn with_sleep(mut self, sleep: impl Sleep + 'static) -> Self {
+        self.sleep = Arc::new(sleep);
         self
     }
 
@@ -266,14 +297,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         &self.store
     }
 
-    /// The stream id of aggregate `id`: `<A::TYPE>-<id>`.
-    ///
-    /// # Errors
-    /// When the result is not a valid [`StreamId`].
-    pub fn stream_id(id: impl fmt::Display) -> Result<StreamId, StoreError> {
-        Ok(StreamId::for_category(A::TYPE, id)?)
-    }
-
     /// Loads the aggregate (snapshot, then the tail folded one event at a time).
     ///
     /// # Errors
@@ -327,20 +350,39 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .await
     }
 
-    /// Load, decide, save; retried on conflict per the retry policy.
+    /// Load, decide, save with default (empty) metadata; see [`Repository::execute_with`].
+    ///
+    /// # Errors
+    /// As [`Repository::execute_with`].
+    pub async fn execute(
+        &self,
+        id: &StreamId,
+        command: A::Command,
+    ) -> Result<ExecuteOutcome, RepositoryError<A::Error>> {
+        self.execute_with(id, command, Metadata::default()).await
+    }
+
+    /// Load, decide, save, with `metadata` (correlation, causation, headers) on every event
+    /// written; a conflict is retried per the retry policy: back off (with jitter), reload,
+    /// decide again.
     ///
     /// An ambiguous backend failure (commit acknowledgement lost) re-sends the *same*
     /// events with the same ids, so the store's idempotent append tells whether they landed.
     ///
     /// # Errors
     /// [`RepositoryError::Domain`] when the aggregate refuses; [`RepositoryError::RetriesExhausted`]
-    /// when every attempt conflicted; [`RepositoryError::Store`] otherwise.
-    pub async fn execute(
+    /// when every attempt conflicted (it keeps the last conflict); [`RepositoryError::Store`]
+    /// otherwise, including an event that does not encode under its own type
+    /// ([`StoreError::InvalidRequest`], nothing written).
+    pub async fn execute_with(
         &self,
         id: &StreamId,
-        command: &A::Command,
-        metadata: &Metadata,
+        command: A::Command,
+        metadata: Metadata,
     ) -> Result<ExecuteOutcome, RepositoryError<A::Error>> {
+        let command = &command;
+        let metadata = &metadata;
+        let mut waited = Duration::ZERO;
         let mut conflicts = 0;
         let mut pending: Option<Decided<A>> = None;
         let max = self.retry.max_attempts();
@@ -352,8 +394,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     .retry
                     .delay_before(attempt, (self.jitter)())
                     .unwrap_or_default();
-                if let (Some(sleep), false) = (&self.sleep, delay.is_zero()) {
-                    sleep.sleep(delay).await;
+                if !delay.is_zero() {
+                    self.sleep.sleep(delay).await;
+                    waited += delay;
                 }
             }
             let (loaded, events, new) = match pending.take() {
@@ -372,6 +415,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                             conflicts,
                             append: None,
                             snapshot_taken: false,
+                            backoff: waited,
                         });
                     }
                     let new = to_new_events(&events, metadata)?;
@@ -394,6 +438,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         conflicts,
                         append: Some(append),
                         snapshot_taken,
+                        backoff: waited,
                     });
                 }
                 Err(e) if e.is_retryable() && attempt < max => {
@@ -406,8 +451,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     }
                 }
                 Err(e) if e.is_retryable() => {
+                    if e.is_conflict() {
+                        conflicts += 1;
+                    }
                     return Err(RepositoryError::RetriesExhausted {
                         attempts: attempt,
+                        conflicts,
+                        waited,
                         last: e,
                     });
                 }
@@ -469,14 +519,16 @@ fn to_new_events<E: DomainEvent>(
     events
         .iter()
         .map(|e| {
-            let payload = e.to_payload().map_err(|err| {
-                StoreError::InvalidRequest(format!("cannot serialize {}: {err}", e.event_type()))
-            })?;
+            // Checked: an event whose payload would not read back under its type is refused
+            // here, before anything is written.
+            let encoded = e
+                .encode()
+                .map_err(|err| StoreError::InvalidRequest(err.to_string()))?;
             Ok(NewEvent::new(
                 EventId::new(Uuid::new_v4())?,
-                EventType::new(e.event_type())?,
-                e.schema_version(),
-                payload,
+                EventType::new(encoded.event_type)?,
+                encoded.schema_version,
+                encoded.payload,
                 metadata.clone(),
             )?)
         })
@@ -561,9 +613,16 @@ mod tests {
             };
             Box::pin(async move { Err(err) })
         });
-        let repo = Repository::<Counter, _>::new(mock).with_retry(policy(3), |_| async {});
-        match repo.execute(&id(), &10, &Metadata::default()).await {
-            Err(RepositoryError::RetriesExhausted { attempts: 3, last }) => {
+        let repo = Repository::<Counter, _>::new(mock)
+            .with_retry(policy(3))
+            .with_sleep(|_| async {});
+        match repo.execute(&id(), 10).await {
+            Err(RepositoryError::RetriesExhausted {
+                attempts: 3,
+                conflicts: 3,
+                last,
+                ..
+            }) => {
                 assert!(last.is_conflict());
             }
             other => panic!("expected RetriesExhausted, got {other:?}"),
@@ -577,7 +636,7 @@ mod tests {
         mock.expect_append().never();
         let repo = Repository::<Counter, _>::new(mock);
         assert!(matches!(
-            repo.execute(&id(), &0, &Metadata::default()).await,
+            repo.execute(&id(), 0).await,
             Err(RepositoryError::Domain(Limit))
         ));
     }
@@ -589,9 +648,11 @@ mod tests {
         mock.expect_append()
             .times(1)
             .returning(|_, _, _| Box::pin(async { Err(StoreError::backend("disk full", false)) }));
-        let repo = Repository::<Counter, _>::new(mock).with_retry(policy(5), |_| async {});
+        let repo = Repository::<Counter, _>::new(mock)
+            .with_retry(policy(5))
+            .with_sleep(|_| async {});
         assert!(matches!(
-            repo.execute(&id(), &10, &Metadata::default()).await,
+            repo.execute(&id(), 10).await,
             Err(RepositoryError::Store(StoreError::Backend { .. }))
         ));
     }
@@ -626,11 +687,10 @@ mod tests {
                     }
                 })
             });
-        let repo = Repository::<Counter, _>::new(mock).with_retry(policy(3), |_| async {});
-        let out = repo
-            .execute(&id(), &10, &Metadata::default())
-            .await
-            .unwrap();
+        let repo = Repository::<Counter, _>::new(mock)
+            .with_retry(policy(3))
+            .with_sleep(|_| async {});
+        let out = repo.execute(&id(), 10).await.unwrap();
         assert_eq!(
             (out.attempts, out.conflicts, out.version),
             (2, 0, Version::FIRST)
@@ -656,15 +716,143 @@ mod tests {
         let policy =
             RetryPolicy::new(3, Duration::from_millis(10), Duration::from_secs(1)).unwrap();
         let repo = Repository::<Counter, _>::new(mock)
-            .with_retry(policy, move |d| {
+            .with_retry(policy)
+            .with_sleep(move |d| {
                 log.lock().unwrap().push(d);
                 async {}
             })
             .with_jitter(|| 1.0);
-        let _ = repo.execute(&id(), &10, &Metadata::default()).await;
+        let _ = repo.execute(&id(), 10).await;
         assert_eq!(
             *slept.lock().unwrap(),
             vec![Duration::from_millis(10), Duration::from_millis(20)]
         );
+    }
+
+    /// A store that loses every append to another writer.
+    fn always_conflicting() -> MockEventStore {
+        let mut mock = MockEventStore::new();
+        empty_stream(&mut mock);
+        mock.expect_append().returning(|s, expected, _| {
+            let err = StoreError::Conflict {
+                stream: s.clone(),
+                expected,
+                actual: Version::FIRST,
+            };
+            Box::pin(async move { Err(err) })
+        });
+        mock
+    }
+
+    #[tokio::test]
+    async fn a_repository_built_the_default_way_backs_off_between_conflict_retries() {
+        // Only the sleep is replaced, by a recorder: policy and jitter are the defaults.
+        let slept: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let log = slept.clone();
+        let repo = Repository::<Counter, _>::new(always_conflicting()).with_sleep(move |d| {
+            log.lock().unwrap().push(d);
+            async {}
+        });
+        let Err(RepositoryError::RetriesExhausted {
+            attempts,
+            conflicts,
+            waited,
+            last,
+        }) = repo.execute(&id(), 10).await
+        else {
+            panic!("every attempt conflicts");
+        };
+        assert_eq!((attempts, conflicts), (5, 5));
+        assert!(
+            matches!(last, StoreError::Conflict { .. }),
+            "the last conflict stays visible"
+        );
+        let slept = slept.lock().unwrap().clone();
+        assert_eq!(slept.len(), 4, "one wait before each retry: {slept:?}");
+        // The default schedule: d = 5 ms * 2^(k-1), capped at 500 ms; equal jitter keeps
+        // each wait within [d/2, d].
+        for (k, d) in slept.iter().enumerate() {
+            let full = Duration::from_millis(5) * 2u32.pow(u32::try_from(k).unwrap());
+            assert!(*d >= full / 2 && *d <= full, "wait {k}: {d:?} for {full:?}");
+        }
+        assert_eq!(waited, slept.iter().sum::<Duration>());
+        assert!(waited >= Duration::from_micros(37_500), "never a hot loop");
+    }
+
+    #[test]
+    fn the_default_sleep_really_waits() {
+        // Polled once, a one-hour DefaultSleep is still pending: it is a timer, not a
+        // no-op that would turn retries into a hot loop.
+        let mut sleep = DefaultSleep.sleep(Duration::from_secs(3_600));
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        let mut done = DefaultSleep.sleep(Duration::ZERO);
+        futures::executor::block_on(&mut done);
+    }
+
+    #[tokio::test]
+    async fn the_default_sleep_backs_off_for_real_and_reports_it() {
+        let repo = Repository::<Counter, _>::new(always_conflicting())
+            .with_retry(
+                RetryPolicy::new(2, Duration::from_millis(2), Duration::from_millis(2)).unwrap(),
+            )
+            .with_jitter(|| 1.0);
+        match repo.execute(&id(), 10).await {
+            Err(RepositoryError::RetriesExhausted { waited, .. }) => {
+                assert_eq!(waited, Duration::from_millis(2));
+            }
+            other => panic!("expected RetriesExhausted, got {other:?}"),
+        }
+    }
+
+    /// A hand-written event whose declared type is not its serde tag.
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum Drifted {
+        Increment,
+    }
+
+    impl DomainEvent for Drifted {
+        fn event_type(&self) -> &'static str {
+            "Incremented"
+        }
+        fn to_payload(&self) -> Result<Value, serde_json::Error> {
+            encode_event(self)
+        }
+        fn from_payload(t: &str, p: Value) -> Result<Self, serde_json::Error> {
+            decode_event(t, p)
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct DriftedCounter;
+
+    impl Aggregate for DriftedCounter {
+        const TYPE: &'static str = "drifted";
+        type Command = ();
+        type Event = Drifted;
+        type Error = Limit;
+        fn handle(&self, (): &()) -> Result<Vec<Drifted>, Limit> {
+            Ok(vec![Drifted::Increment])
+        }
+        fn apply(&mut self, _: &Drifted) {}
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_type_drifts_from_serde_is_refused_before_anything_is_written() {
+        let mut mock = MockEventStore::new();
+        empty_stream(&mut mock);
+        mock.expect_append().never();
+        let repo = Repository::<DriftedCounter, _>::new(mock);
+        match repo
+            .execute(&DriftedCounter::stream_id(1).unwrap(), ())
+            .await
+        {
+            Err(RepositoryError::Store(StoreError::InvalidRequest(m))) => {
+                assert!(m.contains("event type mismatch"), "{m}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chronik_core::{
-    CausationId, CorrelationId, EventId, EventType, ExpectedVersion, FeedCursor, Metadata,
-    NewEvent, RetryPolicy, SnapshotPolicy, SnapshotState, StreamId, Version,
+    Aggregate as _, CausationId, CorrelationId, EventId, EventType, ExpectedVersion, FeedCursor,
+    Metadata, NewEvent, RetryPolicy, SnapshotPolicy, SnapshotState, StreamId, Version,
 };
 use chronik_memory::MemoryStore;
 use chronik_store::{
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 fn order_id() -> StreamId {
-    Repository::<Order, MemoryStore>::stream_id(Uuid::new_v4()).unwrap()
+    Order::stream_id(Uuid::new_v4()).unwrap()
 }
 
 fn place() -> OrderCommand {
@@ -38,15 +38,16 @@ fn line() -> OrderCommand {
 }
 
 fn retrying<S: EventStore>(store: S) -> Repository<Order, S> {
-    Repository::new(store).with_retry(
-        RetryPolicy::new(
-            50,
-            std::time::Duration::from_micros(100),
-            std::time::Duration::from_millis(5),
+    Repository::new(store)
+        .with_retry(
+            RetryPolicy::new(
+                50,
+                std::time::Duration::from_micros(100),
+                std::time::Duration::from_millis(5),
+            )
+            .unwrap(),
         )
-        .unwrap(),
-        tokio::time::sleep,
-    )
+        .with_sleep(tokio::time::sleep)
 }
 
 #[tokio::test]
@@ -58,12 +59,12 @@ async fn execute_writes_events_with_correlation_and_causation() {
         .with_correlation(CorrelationId::new(Uuid::new_v4()))
         .with_causation(CausationId::new(Uuid::new_v4()))
         .with_header("user", "alice");
-    let out = repo.execute(&id, &place(), &meta).await.unwrap();
+    let out = repo.execute_with(&id, place(), meta.clone()).await.unwrap();
     assert_eq!(
         (out.version, out.events_written, out.attempts),
         (Version::FIRST, 1, 1)
     );
-    repo.execute(&id, &line(), &meta).await.unwrap();
+    repo.execute_with(&id, line(), meta.clone()).await.unwrap();
     let stored: Vec<_> = store
         .read_stream(&id, Version::ZERO)
         .try_collect()
@@ -92,23 +93,16 @@ async fn business_rules_refuse_and_write_nothing() {
     let store = MemoryStore::new();
     let repo = retrying(store.clone());
     let id = order_id();
-    repo.execute(&id, &place(), &Metadata::default())
+    repo.execute(&id, place()).await.unwrap();
+    repo.execute(&id, OrderCommand::Cancel { reason: "r".into() })
         .await
         .unwrap();
-    repo.execute(
-        &id,
-        &OrderCommand::Cancel { reason: "r".into() },
-        &Metadata::default(),
-    )
-    .await
-    .unwrap();
     let err = repo
         .execute(
             &id,
-            &OrderCommand::Ship {
+            OrderCommand::Ship {
                 carrier: "dhl".into(),
             },
-            &Metadata::default(),
         )
         .await
         .unwrap_err();
@@ -139,7 +133,7 @@ impl EventStore for Interloper {
         if !self.fired.swap(true, Ordering::SeqCst) {
             let competing = Repository::<Order, _>::new(self.inner.clone());
             competing
-                .execute(stream, &line(), &Metadata::default())
+                .execute(stream, line())
                 .await
                 .expect("competing writer");
         }
@@ -172,17 +166,14 @@ async fn a_lost_race_is_reloaded_redecided_and_retried() {
     let store = MemoryStore::new();
     let id = order_id();
     Repository::<Order, _>::new(store.clone())
-        .execute(&id, &place(), &Metadata::default())
+        .execute(&id, place())
         .await
         .unwrap();
     let repo = retrying(Interloper {
         inner: store.clone(),
         fired: Arc::default(),
     });
-    let out = repo
-        .execute(&id, &line(), &Metadata::default())
-        .await
-        .unwrap();
+    let out = repo.execute(&id, line()).await.unwrap();
     assert_eq!(
         (out.attempts, out.conflicts, out.version),
         (2, 1, Version::new(3).unwrap())
@@ -199,19 +190,14 @@ async fn concurrent_commands_on_one_aggregate_all_land() {
     const TASKS: usize = 24;
     let store = MemoryStore::new();
     let id = Arc::new(order_id());
-    retrying(store.clone())
-        .execute(&id, &place(), &Metadata::default())
-        .await
-        .unwrap();
+    retrying(store.clone()).execute(&id, place()).await.unwrap();
     let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
             let (store, id, barrier) = (store.clone(), id.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                retrying(store)
-                    .execute(&id, &line(), &Metadata::default())
-                    .await
+                retrying(store).execute(&id, line()).await
             })
         })
         .collect();
@@ -228,15 +214,10 @@ async fn snapshots_follow_the_policy_and_shorten_loads() {
     let store = MemoryStore::new();
     let repo = retrying(store.clone()).with_snapshots(SnapshotPolicy::every(10).unwrap());
     let id = order_id();
-    repo.execute(&id, &place(), &Metadata::default())
-        .await
-        .unwrap();
+    repo.execute(&id, place()).await.unwrap();
     let mut taken = vec![];
     for _ in 0..24 {
-        let out = repo
-            .execute(&id, &line(), &Metadata::default())
-            .await
-            .unwrap();
+        let out = repo.execute(&id, line()).await.unwrap();
         if out.snapshot_taken {
             taken.push(out.version.get());
         }
@@ -261,12 +242,8 @@ async fn snapshots_under_another_schema_or_undecodable_are_ignored() {
     let store = MemoryStore::new();
     let repo = retrying(store.clone()).with_snapshots(SnapshotPolicy::Never);
     let id = order_id();
-    repo.execute(&id, &place(), &Metadata::default())
-        .await
-        .unwrap();
-    repo.execute(&id, &line(), &Metadata::default())
-        .await
-        .unwrap();
+    repo.execute(&id, place()).await.unwrap();
+    repo.execute(&id, line()).await.unwrap();
     // A snapshot from an older state schema: a lie about the state that must not be used.
     store
         .save_snapshot(
@@ -365,10 +342,7 @@ async fn a_failed_snapshot_never_fails_the_command() {
     let repo =
         retrying(BrokenSnapshots(store.clone())).with_snapshots(SnapshotPolicy::every(1).unwrap());
     let id = order_id();
-    let out = repo
-        .execute(&id, &place(), &Metadata::default())
-        .await
-        .unwrap();
+    let out = repo.execute(&id, place()).await.unwrap();
     assert!(!out.snapshot_taken);
     assert_eq!(
         repo.load(&id).await.unwrap().state.status,
@@ -451,9 +425,9 @@ async fn v1_events_load_through_the_upcaster() {
 
 #[tokio::test]
 async fn stream_ids_are_category_prefixed() {
-    let id = Repository::<Order, MemoryStore>::stream_id("42").unwrap();
+    let id = Order::stream_id("42").unwrap();
     assert_eq!((id.as_str(), id.category()), ("order-42", "order"));
-    assert!(Repository::<Order, MemoryStore>::stream_id("has space").is_err());
+    assert!(Order::stream_id("has space").is_err());
 }
 
 #[tokio::test]
@@ -468,13 +442,8 @@ async fn background_snapshots_are_written_off_the_command_path() {
         },
     );
     let id = order_id();
-    repo.execute(&id, &place(), &Metadata::default())
-        .await
-        .unwrap();
-    let out = repo
-        .execute(&id, &line(), &Metadata::default())
-        .await
-        .unwrap();
+    repo.execute(&id, place()).await.unwrap();
+    let out = repo.execute(&id, line()).await.unwrap();
     assert!(out.snapshot_taken);
     assert!(
         store
@@ -504,10 +473,7 @@ async fn an_upcasting_store_is_still_a_snapshot_and_checkpoint_store() {
     let upcasting = Upcasting::new(store.clone(), Arc::new(orders::upcasters().unwrap()));
     let repo = retrying(upcasting.clone()).with_snapshots(SnapshotPolicy::every(1).unwrap());
     let id = order_id();
-    let out = repo
-        .execute(&id, &place(), &Metadata::default())
-        .await
-        .unwrap();
+    let out = repo.execute(&id, place()).await.unwrap();
     assert!(out.snapshot_taken);
     assert!(
         store
