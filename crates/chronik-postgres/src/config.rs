@@ -132,6 +132,15 @@ impl PgStoreConfig {
             ..Self::default()
         }
     }
+
+    /// The same configuration with a pool of `n` connections (at least 1). Size it to the
+    /// commands the service runs at once plus one per projection runner and per stream
+    /// being read: a `read_stream` holds its connection until it is exhausted.
+    #[must_use]
+    pub fn with_max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod orders;
 mod rebuild;
 mod runner;
 mod sql;
+mod typed;
 
 pub use handler::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
 pub use ops::{
@@ -31,3 +32,4 @@ pub use runner::{
     PgProjectionError, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions, PgRunnerState,
     PgRunnerStatus, notify_feed,
 };
+pub use typed::{PgTyped, PgTypedProjection};

@@ -1,6 +1,8 @@
 //! Projection runner for chronik: read models and side effects fed from the global feed.
 //!
-//! A [`Projection`] names itself, filters the feed and handles events. A
+//! A [`Projection`] names itself, filters the feed and handles recorded events; a
+//! [`TypedProjection`] receives the service's own decoded events instead (run it wrapped in
+//! [`Typed`]). A
 //! [`ProjectionRunner`] catches each projection up from its checkpoint in batches, then
 //! stays live, woken by a [`WakeSource`] with adaptive polling as the fallback. Delivery is
 //! at-least-once (checkpoint after effect); failures are retried with backoff and shown in
@@ -18,6 +20,7 @@ mod projection;
 mod rebuild;
 mod runner;
 mod status;
+mod typed;
 mod wake;
 
 pub use error::ProjectionError;
@@ -27,4 +30,5 @@ pub use projection::{HandlerError, Projection};
 pub use rebuild::{RebuildOptions, RebuildProgress, rebuild};
 pub use runner::{ProjectionRunner, RunnerHandle, RunnerOptions};
 pub use status::{EventRef, Lag, ProjectionState, ProjectionStatus, checkpoint_lag, measure_lag};
+pub use typed::{Typed, TypedProjection, decode_recorded, typed_filter};
 pub use wake::{PollingOnly, WakeSource, Wakeup};

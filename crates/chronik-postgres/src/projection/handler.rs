@@ -93,8 +93,10 @@ pub trait PgProjection: Send + Sync + 'static {
 }
 
 /// A projection whose read model is one table, so that it can be rebuilt into a shadow
-/// copy while the live table keeps serving ([`crate::rebuild_shadow`]).
-pub trait ShadowProjection: PgProjection + Sized {
+/// copy while the live table keeps serving ([`crate::rebuild_shadow`]). Implemented by a
+/// [`PgProjection`], or by a [`PgTypedProjection`](crate::PgTypedProjection) (then
+/// [`PgTyped`](crate::PgTyped) forwards it).
+pub trait ShadowProjection: Sized {
     /// The live table's unqualified name (in the store's schema), e.g. `order_summaries`.
     fn table(&self) -> &str;
 

@@ -174,7 +174,7 @@ fn ident(name: &str) -> Result<(), StoreError> {
 /// [`PgProjectionError::Busy`] when another shadow rebuild of this projection runs;
 /// store failures; [`PgProjectionError::Handler`]. On any error the live table is
 /// untouched (a leftover shadow table is dropped by the next attempt).
-pub async fn rebuild_shadow<P: ShadowProjection>(
+pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     store: &PgEventStore,
     projection: Arc<P>,
     upcasters: Option<Arc<UpcasterRegistry>>,
@@ -231,7 +231,7 @@ struct ShadowNames {
     old_table: String,
 }
 
-async fn shadow_inner<P: ShadowProjection>(
+async fn shadow_inner<P: PgProjection + ShadowProjection>(
     store: &PgEventStore,
     shadow: &Engine<P>,
     live: &Engine<P>,

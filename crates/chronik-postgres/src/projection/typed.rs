@@ -1,0 +1,103 @@
+use std::future::Future;
+
+use chronik_core::{DomainEvent, RecordedEvent};
+use chronik_store::FeedFilter;
+
+use super::handler::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
+
+/// An exactly-once PostgreSQL read model over a service's own events: `handle` receives the
+/// decoded (and, when the runner has upcasters, upcast) domain event with its envelope, and
+/// the batch's transaction to write through.
+///
+/// Run it wrapped in [`PgTyped`] wherever a [`PgProjection`] goes (the runner, rebuilds;
+/// shadow rebuilds too when it also implements [`ShadowProjection`]). Its feed filter is
+/// every type of `Self::Event::EVENT_TYPES` within [`PgTypedProjection::categories`]. The
+/// contract of [`PgProjection`] holds: write only through `tx`; feed order.
+pub trait PgTypedProjection: Send + Sync + 'static {
+    /// The service's event enum.
+    type Event: DomainEvent;
+
+    /// The projection's stable name (1 to 255 bytes, no whitespace).
+    fn name(&self) -> &str;
+
+    /// Stream categories it reads, e.g. `["order"]` (default: every category).
+    fn categories(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Applies one decoded event inside the batch's transaction.
+    ///
+    /// # Errors
+    /// Any failure: the batch is rolled back and retried with backoff.
+    fn handle(
+        &self,
+        tx: &mut PgTransaction,
+        event: Self::Event,
+        envelope: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), HandlerFailure>> + Send;
+
+    /// Deletes the read model, inside `tx`.
+    ///
+    /// # Errors
+    /// Any failure: the rebuild stops and changes nothing.
+    fn clear(
+        &self,
+        tx: &mut PgTransaction,
+    ) -> impl Future<Output = Result<(), HandlerFailure>> + Send;
+}
+
+/// A [`PgTypedProjection`] as a [`PgProjection`]: each event is decoded before its handler
+/// sees it; one that does not decode fails the batch like any handler error (named by
+/// type, stream, version and cursor, never by its values).
+#[derive(Debug, Clone)]
+pub struct PgTyped<P>(pub P);
+
+impl<P: PgTypedProjection> PgProjection for PgTyped<P> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn filter(&self) -> FeedFilter {
+        FeedFilter {
+            event_types: P::Event::EVENT_TYPES
+                .iter()
+                .map(|t| t.name.to_owned())
+                .collect(),
+            categories: self.0.categories(),
+        }
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgTransaction,
+        event: &RecordedEvent,
+    ) -> Result<(), HandlerFailure> {
+        let decoded = P::Event::from_payload(event.event_type.as_str(), event.payload.clone())
+            .map_err(|e| {
+                HandlerFailure::new(format!(
+                    "event {} v{} of {} (id {}, cursor {}) does not decode: {}",
+                    event.event_type,
+                    event.schema_version,
+                    event.stream_id,
+                    event.event_id,
+                    event.cursor,
+                    chronik_core::json_error_without_values(&e)
+                ))
+            })?;
+        self.0.handle(tx, decoded, event).await
+    }
+
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+        self.0.clear(tx).await
+    }
+}
+
+impl<P: ShadowProjection> ShadowProjection for PgTyped<P> {
+    fn table(&self) -> &str {
+        self.0.table()
+    }
+
+    fn with_table(&self, table: &str) -> Self {
+        Self(self.0.with_table(table))
+    }
+}
