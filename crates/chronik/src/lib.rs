@@ -1,0 +1,103 @@
+//! chronik: event sourcing for Rust services, with PostgreSQL as the production store.
+//!
+//! This is the one crate a service depends on. It re-exports what a service needs from
+//! chronik's library crates:
+//!
+//! - the domain: [`Aggregate`] (decide with `handle`, evolve with `apply`), [`DomainEvent`]
+//!   (derive it on a serde enum tagged `#[serde(tag = "type", content = "data")]`: the
+//!   stored type is always serde's variant name), ids, versions, [`Metadata`], upcasting
+//!   ([`UpcasterRegistry`]) and snapshots ([`SnapshotState`], [`SnapshotPolicy`]);
+//! - the [`Repository`]: `execute(&id, command)` loads, decides and appends with
+//!   optimistic concurrency, retrying a conflict with exponential backoff and jitter
+//!   ([`RetryPolicy`], on [`DefaultSleep`] under any runtime) and giving up with
+//!   [`RepositoryError::RetriesExhausted`], which keeps the last conflict;
+//! - the stores: [`MemoryStore`] (feature `memory`) and [`PgEventStore`] (feature
+//!   `postgres`);
+//! - projections (feature `projections`): [`ProjectionRunner`] for any store, typed with
+//!   [`TypedProjection`]; exactly-once PostgreSQL read models in [`postgres`]
+//!   ([`postgres::PgTypedProjection`]);
+//! - test support (feature `testkit`): [`testkit`].
+//!
+//! Features `memory`, `postgres` and `projections` are on by default.
+//!
+//! # PostgreSQL
+//!
+//! ```no_run
+//! # async fn connect(url: &str) -> Result<(), chronik::StoreError> {
+//! use chronik::{PgEventStore, PgStoreConfig};
+//!
+//! // A pool of 20 connections (default 10): size it to the number of commands your
+//! // service runs at once, plus one per projection runner.
+//! let config = PgStoreConfig::default().with_max_connections(20);
+//! let store = PgEventStore::connect_with(url, config).await?;
+//! // Creates or upgrades the store's tables; idempotent and safe to run concurrently.
+//! store.migrate().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! `docs/adopting.md` in the repository walks from `cargo add` to a running projection
+//! and an operator binary.
+
+// So that `::chronik::...`, which `#[derive(DomainEvent)]` emits, resolves here too.
+extern crate self as chronik;
+
+pub use chronik_core::{
+    Aggregate, CausationId, CorrelationId, DomainEvent, EncodeError, EncodedEvent, EventId,
+    EventType, EventTypeInfo, ExpectedVersion, FeedCursor, InvalidInput, JitterSource,
+    MAX_APPEND_EVENTS, MAX_EVENT_TYPE_LEN, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH,
+    MAX_STREAM_ID_LEN, Metadata, NewEvent, RecordedEvent, RetryPolicy, SnapshotPolicy,
+    SnapshotState, StreamId, UpcastError, Upcaster, UpcasterRegistry, UpcasterRegistryBuilder,
+    Version, decode_event, encode_event, encode_tagged, json_error_without_values,
+};
+pub use chronik_store::{
+    AppendResult, Checkpoint, CheckpointStore, DefaultSleep, EventStore, EventStream,
+    ExecuteOutcome, FeedFilter, FeedHead, FeedPage, Loaded, MAX_FEED_PAGE, Repository,
+    RepositoryError, Sleep, Snapshot, SnapshotStore, Spawn, StoreError, Upcasting, upcast_recorded,
+};
+/// Event and correlation ids are UUIDs: `EventId::new(Uuid::new_v4())`.
+pub use uuid::Uuid;
+
+#[cfg(feature = "memory")]
+pub use chronik_memory::MemoryStore;
+
+#[cfg(feature = "postgres")]
+pub use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
+
+#[cfg(feature = "projections")]
+pub use chronik_projections::{
+    HandlerError, Projection, ProjectionRunner, RunnerHandle, Typed, TypedProjection,
+};
+
+/// The PostgreSQL store in full: exactly-once projections ([`postgres::PgProjectionRunner`],
+/// [`postgres::PgTypedProjection`]), rebuilds, horizon diagnostics, roles, and [`sqlx`]
+/// (the version chronik uses) for a read model's own SQL.
+///
+/// [`sqlx`]: postgres::sqlx
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use chronik_postgres::*;
+    pub use sqlx;
+}
+
+/// The projection runner for any store in full: options, status and lag, parking,
+/// rebuilds and `follow`.
+#[cfg(feature = "projections")]
+pub mod projections {
+    pub use chronik_projections::*;
+}
+
+/// Test support: given/when/then for aggregates, the adapter conformance suite, proptest
+/// strategies.
+#[cfg(feature = "testkit")]
+pub mod testkit {
+    pub use chronik_testkit::*;
+}
+
+/// What `#[derive(DomainEvent)]` expands to needs; not part of the API.
+#[doc(hidden)]
+pub use chronik_core::__private;
+
+/// The README's example, compiled and run by `cargo test` as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
