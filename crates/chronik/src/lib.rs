@@ -16,7 +16,7 @@
 //! - projections (feature `projections`): [`ProjectionRunner`] for any store, typed with
 //!   [`TypedProjection`]; exactly-once PostgreSQL read models in [`postgres`]
 //!   ([`postgres::PgTypedProjection`]);
-//! - test support (feature `testkit`): [`testkit`].
+//! - test support (feature `testkit`): the `testkit` module.
 //!
 //! Features `memory`, `postgres` and `projections` are on by default.
 //!
