@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use chronik_core::{Aggregate, DomainEvent, Metadata, StreamId, decode_event, encode_event};
+use chronik_core::{Aggregate, DomainEvent, StreamId, decode_event, encode_event};
 use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
 use chronik_store::{Repository, RepositoryError};
 use serde::{Deserialize, Serialize};
@@ -227,7 +227,7 @@ fn chronik_op(pool: &PgPool, streams: &Arc<Streams>) -> anyhow::Result<Op> {
         let (repo, streams, sale) = (repo.clone(), streams.clone(), sale.clone());
         Box::pin(async move {
             let id = &streams.chronik[streams.pick()];
-            match repo.execute(id, &sale, &Metadata::default()).await {
+            match repo.execute(id, Sale::clone(&sale)).await {
                 Ok(out) => Ok(out.events_written as u64),
                 Err(RepositoryError::Domain(e)) => Err(e.into()),
                 Err(e) => Err(anyhow::Error::new(e).context("chronik command")),
