@@ -149,6 +149,13 @@ pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> a
                 count(r.lag_events, "event"),
                 r.lag_seconds
             )?;
+            if r.state.as_deref() == Some("dead") {
+                problems.push(format!(
+                    "projection {} has no live runner: {}; start one",
+                    r.name,
+                    projections::state_cell(r)
+                ));
+            }
             if r.state.as_deref() == Some("failing") {
                 let event = r
                     .failing_event

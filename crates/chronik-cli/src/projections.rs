@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chronik_postgres::{
-    HolderKind, HorizonHolder, OrderProjection, PgEventStore, PgRebuildProgress, ProjectionReport,
+    HolderKind, HorizonHolder, OrderProjection, PgEventStore, PgRebuildProgress, PgRunnerInstance,
+    ProjectionReport,
 };
 use chronik_store::EventStore as _;
 use chronik_testkit::orders;
@@ -93,13 +94,80 @@ pub(crate) async fn status(store: &PgEventStore, json: bool) -> anyhow::Result<(
     Ok(())
 }
 
-fn row(r: &ProjectionReport) -> Vec<String> {
-    let state = match (&r.state, r.owner_pid) {
-        (None, _) => "-".to_owned(),
-        (Some(s), _) if s == "failing" => format!("failing (attempt {})", r.attempts),
-        (Some(s), Some(pid)) => format!("{s} (pid {pid})"),
-        (Some(s), None) => s.clone(),
+/// The STATE cell: the projection's state, its owner, then standbys, dead instances and a
+/// lock held by something else.
+pub(crate) fn state_cell(r: &ProjectionReport) -> String {
+    let Some(state) = &r.state else {
+        return "-".to_owned();
     };
+    let mut cell = if state == "failing" {
+        format!("failing (attempt {})", r.attempts)
+    } else {
+        state.clone()
+    };
+    if let Some(o) = &r.owner {
+        cell.push_str(&format!(", owner {}", instance(o)));
+    }
+    if !r.standbys.is_empty() {
+        let list: Vec<String> = r.standbys.iter().map(instance).collect();
+        cell.push_str(&format!(
+            ", {}: {}",
+            count(r.standbys.len() as u64, "standby"),
+            list.join("; ")
+        ));
+    }
+    for d in &r.dead {
+        let what = if d.owner_since.is_some() {
+            "dead owner"
+        } else {
+            "dead standby"
+        };
+        cell.push_str(&format!(
+            ", {what} {} (last seen {})",
+            instance(d),
+            d.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    if let Some(pid) = r.locked_by {
+        cell.push_str(&format!(
+            ", lock held by pid {pid} (not a runner: a rebuild?)"
+        ));
+    }
+    cell
+}
+
+/// `pid 123 orders-api@10.0.0.7 since 2025-01-02 10:11:12 UTC`.
+fn instance(i: &PgRunnerInstance) -> String {
+    let pid = i.pid.map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let app = i.application_name.as_deref().filter(|a| !a.is_empty());
+    let at = match (app, i.client_addr.as_deref()) {
+        (Some(a), Some(h)) => format!(" {a}@{h}"),
+        (Some(a), None) => format!(" {a}"),
+        (None, Some(h)) => format!(" @{h}"),
+        (None, None) => String::new(),
+    };
+    let since = i.owner_since.unwrap_or(i.started_at);
+    format!(
+        "pid {pid}{at} since {}",
+        since.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+fn instance_json(i: &PgRunnerInstance) -> Value {
+    json!({
+        "instance_id": i.instance_id.to_string(),
+        "state": i.state,
+        "pid": i.pid,
+        "application_name": i.application_name,
+        "client_addr": i.client_addr,
+        "started_at": i.started_at.to_rfc3339(),
+        "owner_since": i.owner_since.map(|t| t.to_rfc3339()),
+        "updated_at": i.updated_at.to_rfc3339(),
+    })
+}
+
+fn row(r: &ProjectionReport) -> Vec<String> {
+    let state = state_cell(r);
     let error = match (&r.last_error, r.last_error_at) {
         (None, _) => "-".to_owned(),
         (Some(e), Some(at)) => format!(
@@ -129,7 +197,10 @@ fn report_json(r: &ProjectionReport) -> Value {
         "lag_events": r.lag_events,
         "lag_seconds": r.lag_seconds,
         "state": r.state,
-        "owner_pid": r.owner_pid,
+        "owner": r.owner.as_ref().map(instance_json),
+        "standbys": r.standbys.iter().map(instance_json).collect::<Vec<_>>(),
+        "dead": r.dead.iter().map(instance_json).collect::<Vec<_>>(),
+        "locked_by": r.locked_by,
         "last_error": r.last_error,
         "last_error_at": r.last_error_at.map(|t| t.to_rfc3339()),
         "failing_event": r.failing_event.map(|e| e.to_string()),

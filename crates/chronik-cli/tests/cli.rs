@@ -897,15 +897,45 @@ fn doctor_and_status_report_a_failing_projection() {
         "{stdout}"
     );
 
+    // A second runner waits as a standby; the owner is still the failing one.
+    let standby = {
+        let _entered = schema.runtime.enter();
+        chronik_postgres::PgProjectionRunner::new(schema.store.clone(), Arc::new(Broken))
+            .spawn()
+            .expect("the runner starts")
+    };
+    schema
+        .runtime
+        .block_on(
+            standby
+                .subscribe()
+                .wait_for(|s| s.state == chronik_postgres::PgRunnerState::Standby),
+        )
+        .expect("the second runner waits");
+    let owner = runner
+        .status()
+        .lock_pid
+        .expect("the first runner holds the lock");
     let stdout = schema.ok(&["projections", "status"]);
     let row = stdout
         .lines()
         .find(|l| l.starts_with("broken "))
         .unwrap_or_else(|| panic!("no row for broken:\n{stdout}"));
     assert!(
-        row.contains("failing (attempt ") && row.contains("always broken"),
+        row.contains("failing (attempt ")
+            && row.contains(&format!(", owner pid {owner} "))
+            && row.contains(", 1 standby: pid ")
+            && row.contains("always broken"),
         "{row}"
     );
+    let doc = json(&schema.ok(&["projections", "status", "--json"]));
+    let broken = doc["projections"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == "broken"))
+        .unwrap_or_else(|| panic!("no broken in {doc}"));
+    assert_eq!(broken["owner"]["pid"], owner, "{doc}");
+    assert_eq!(broken["standbys"][0]["state"], "standby", "{doc}");
+    schema.runtime.block_on(standby.stop());
     schema.runtime.block_on(runner.abort());
 }
 

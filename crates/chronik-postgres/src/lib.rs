@@ -68,10 +68,10 @@ pub use config::{PgStoreConfig, SchemaName};
 pub use horizon::{HolderKind, HorizonHolder};
 pub use projection::{
     HandlerFailure, OrderProjection, OrderSummary, ParkDecision, PgProjection, PgProjectionError,
-    PgProjectionRunner, PgRebuildProgress, PgRunnerHandle, PgRunnerOptions, PgRunnerState,
-    PgRunnerStatus, PgTransaction, PgTyped, PgTypedProjection, ProjectionReport, ShadowProjection,
-    notify_feed, park_event, parked_events, projection_reports, rebuild, rebuild_shadow,
-    wait_for_projection,
+    PgProjectionRunner, PgRebuildProgress, PgRunnerHandle, PgRunnerInstance, PgRunnerOptions,
+    PgRunnerState, PgRunnerStatus, PgTransaction, PgTyped, PgTypedProjection, ProjectionReport,
+    ShadowProjection, notify_feed, park_event, parked_events, projection_reports, rebuild,
+    rebuild_shadow, wait_for_projection,
 };
 pub use roles::{APPLICATION_PRIVILEGES, ConnectedRole, RoleName, application_role_sql};
 pub use store::PgEventStore;

@@ -23,8 +23,8 @@ mod typed;
 
 pub use handler::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
 pub use ops::{
-    ParkDecision, ProjectionReport, park_event, parked_events, projection_reports,
-    wait_for_projection,
+    ParkDecision, PgRunnerInstance, ProjectionReport, park_event, parked_events,
+    projection_reports, wait_for_projection,
 };
 pub use orders::{OrderProjection, OrderSummary};
 pub use rebuild::{PgRebuildProgress, rebuild, rebuild_shadow};

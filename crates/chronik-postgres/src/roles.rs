@@ -76,8 +76,9 @@ impl fmt::Display for RoleName {
 /// - `streams`: the per-stream version and order guard (`SELECT ... FOR UPDATE` needs
 ///   `UPDATE`).
 /// - `snapshots`, `projection_checkpoints`: the ports save, replace and delete them.
-/// - `projection_status`: the runner upserts its row; `projection_parked`: park decisions
-///   are recorded and read, never removed.
+/// - `projection_runners`: each runner instance upserts its own row, removes it when it
+///   stops as a standby, and prunes the rows of dead or stopped instances when it takes
+///   over; `projection_parked`: park decisions are recorded and read, never removed.
 /// - `order_summaries`: the example read model (a rebuild clears it).
 /// - `_sqlx_migrations`: read, so that a service (or `chronik doctor`) can check that the
 ///   schema is migrated.
@@ -86,7 +87,7 @@ pub const APPLICATION_PRIVILEGES: [(&str, &str); 9] = [
     ("streams", "SELECT, INSERT, UPDATE"),
     ("snapshots", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_checkpoints", "SELECT, INSERT, UPDATE, DELETE"),
-    ("projection_status", "SELECT, INSERT, UPDATE"),
+    ("projection_runners", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_parked", "SELECT, INSERT"),
     ("order_summaries", "SELECT, INSERT, UPDATE, DELETE"),
     ("_sqlx_migrations", "SELECT"),

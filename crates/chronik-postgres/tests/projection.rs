@@ -757,3 +757,146 @@ fn rebuilds_can_be_spawned(store: PgEventStore) {
         rebuild_shadow(&store, p, None, 0, &mut |_| {}).await
     }));
 }
+
+/// A second pool on the same database: another process's runner, as far as the server sees.
+async fn second_store(pool: &PgPool) -> PgEventStore {
+    let other = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    PgEventStore::from_pool(other)
+}
+
+async fn report_of(store: &PgEventStore, name: &str) -> chronik_postgres::ProjectionReport {
+    projection_reports(store)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no report for {name}"))
+}
+
+/// Issue 11, defect 3: with one active runner and one standby (separate pools, as two
+/// processes would have), the report names the owner and lists the standby apart; a
+/// standby that stops never hides the live owner, and after the owner stops the standby
+/// that takes over is the owner.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn status_shows_the_owner_and_the_standby_apart_and_survives_either_stopping(pool: PgPool) {
+    let store = setup(&pool).await;
+    let other = second_store(&pool).await;
+    let orders = OrderProjection::new(store.schema());
+    let name = OrderProjection::NAME;
+    let a = spawn(&store, Audited::new(orders.clone()));
+    let a_pid = until(&a, |s| s.state == PgRunnerState::Live).await.lock_pid;
+    let b = spawn(&other, Audited::new(orders.clone()));
+    until(&b, |s| s.state == PgRunnerState::Standby).await;
+
+    let r = report_of(&store, name).await;
+    let owner = r
+        .owner
+        .clone()
+        .unwrap_or_else(|| panic!("no owner: {r:#?}"));
+    assert_eq!(
+        (r.state.as_deref(), owner.pid),
+        (Some("live"), a_pid),
+        "{r:#?}"
+    );
+    assert!(owner.owner_since.is_some(), "{r:#?}");
+    assert_eq!(r.standbys.len(), 1, "{r:#?}");
+    assert_eq!(r.standbys[0].state, "standby");
+    assert!(
+        r.standbys[0].pid.is_some() && r.standbys[0].pid != a_pid,
+        "{r:#?}"
+    );
+    assert!(r.dead.is_empty() && r.locked_by.is_none(), "{r:#?}");
+
+    // The standby stops: the owner is still the owner, and still live.
+    b.stop().await;
+    let r = report_of(&store, name).await;
+    assert_eq!(
+        (r.state.as_deref(), r.owner.as_ref().and_then(|o| o.pid)),
+        (Some("live"), a_pid),
+        "{r:#?}"
+    );
+    assert!(r.standbys.is_empty() && r.dead.is_empty(), "{r:#?}");
+
+    // A new standby, then the owner stops: the standby takes over and is the owner.
+    let c = spawn(&other, Audited::new(orders));
+    until(&c, |s| s.state == PgRunnerState::Standby).await;
+    a.stop().await;
+    let c_pid = until(&c, |s| s.state == PgRunnerState::Live).await.lock_pid;
+    let r = report_of(&store, name).await;
+    assert_eq!(
+        (r.state.as_deref(), r.owner.as_ref().and_then(|o| o.pid)),
+        (Some("live"), c_pid),
+        "{r:#?}"
+    );
+    assert!(r.standbys.is_empty() && r.dead.is_empty(), "{r:#?}");
+
+    c.stop().await;
+    let r = report_of(&store, name).await;
+    assert_eq!(r.state.as_deref(), Some("stopped"), "{r:#?}");
+    assert!(
+        r.owner.is_none() && r.standbys.is_empty() && r.dead.is_empty(),
+        "{r:#?}"
+    );
+}
+
+/// An owner that dies (its task killed, its session gone) is reported dead, not live,
+/// until another instance takes over.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_dead_owner_is_reported_dead_until_another_takes_over(pool: PgPool) {
+    let store = setup(&pool).await;
+    let other = second_store(&pool).await;
+    let orders = OrderProjection::new(store.schema());
+    let name = OrderProjection::NAME;
+    let a = spawn(&other, Audited::new(orders.clone()));
+    let a_pid = until(&a, |s| s.state == PgRunnerState::Live)
+        .await
+        .lock_pid
+        .unwrap();
+    a.abort().await;
+    // The server ends the session once it sees the socket closed.
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let gone: bool = sqlx::query_scalar(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+            )
+            .bind(a_pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if gone {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the killed runner's session ends");
+
+    let r = report_of(&store, name).await;
+    assert_eq!(r.state.as_deref(), Some("dead"), "{r:#?}");
+    assert!(r.owner.is_none() && r.standbys.is_empty(), "{r:#?}");
+    assert_eq!(r.dead.len(), 1, "{r:#?}");
+    assert_eq!(
+        (r.dead[0].pid, r.dead[0].state.as_str()),
+        (Some(a_pid), "live")
+    );
+    assert!(r.dead[0].owner_since.is_some(), "{r:#?}");
+
+    let b = spawn(&store, Audited::new(orders));
+    let b_pid = until(&b, |s| s.state == PgRunnerState::Live).await.lock_pid;
+    let r = report_of(&store, name).await;
+    assert_eq!(
+        (r.state.as_deref(), r.owner.as_ref().and_then(|o| o.pid)),
+        (Some("live"), b_pid),
+        "{r:#?}"
+    );
+    assert!(
+        r.dead.is_empty(),
+        "the new owner pruned the dead one: {r:#?}"
+    );
+    b.stop().await;
+}

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chronik_core::{EventId, FeedCursor, StreamId, Version};
@@ -6,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::runner::{PgProjectionError, cursor_of, event_id};
+use super::runner::{PgProjectionError, PgRunnerState, cursor_of, event_id};
 use super::sql::ProjectionSql;
 use crate::error::backend;
 use crate::horizon::HorizonHolder;
@@ -150,8 +151,41 @@ pub async fn wait_for_projection(
     }
 }
 
+/// One runner instance of a projection, from its own status row (see
+/// [`ProjectionReport`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PgRunnerInstance {
+    /// Random id of the spawned runner.
+    pub instance_id: Uuid,
+    /// The state it last recorded (`live`, `standby`, `failing`, ...).
+    pub state: String,
+    /// Backend pid of its lock session (`None`: it had none when it last wrote).
+    pub pid: Option<i32>,
+    /// `application_name` of its lock session (set it in the connection URL,
+    /// `?application_name=orders-api`, to tell services apart).
+    pub application_name: Option<String>,
+    /// Client address of its lock session as the server sees it (`None` over a Unix
+    /// socket, or without the right to see other roles' sessions).
+    pub client_addr: Option<String>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it took the projection's lock, while it holds it (or held it when it died).
+    pub owner_since: Option<DateTime<Utc>>,
+    /// When it last wrote its row.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// One projection as an operator sees it (`chronik projections status`).
+///
+/// Every runner instance writes only its own status row; the report tells them apart:
+/// the **owner** is the instance whose session holds the projection's advisory lock now
+/// (read from `pg_locks`, not from what any row claims), the **standbys** are live
+/// instances waiting for it, and the **dead** are instances recorded as running whose
+/// session no longer exists (crashed, killed, cut off), a dead owner among them
+/// (`owner_since` set). A standby that stops removes its row, so it never hides the owner.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ProjectionReport {
     /// The projection.
     pub name: String,
@@ -163,11 +197,22 @@ pub struct ProjectionReport {
     pub lag_events: u64,
     /// Age in seconds of the oldest of them (`0.0` when none).
     pub lag_seconds: f64,
-    /// Last state a runner recorded (`live`, `failing`, `standby`, ...), if any ran.
+    /// The projection's state: the owner's (`catching_up`, `live`, `failing`); without a
+    /// live owner `standby` (instances wait: the lock is free for a moment, or held by a
+    /// rebuild, see `locked_by`), `dead` (the last owner's session is gone and no
+    /// instance is left to take over), or `stopped`. `None`: no runner ever ran.
     pub state: Option<String>,
-    /// Backend pid of the runner session holding the projection's lock.
-    pub owner_pid: Option<i32>,
-    /// Most recent error a runner recorded.
+    /// The instance holding the projection's lock now.
+    pub owner: Option<PgRunnerInstance>,
+    /// Live instances waiting to take over, oldest first.
+    pub standbys: Vec<PgRunnerInstance>,
+    /// Instances recorded as running whose session is gone, oldest first (kept until
+    /// another instance takes the lock).
+    pub dead: Vec<PgRunnerInstance>,
+    /// Backend pid of the session holding the projection's lock when that is not a
+    /// runner (a rebuild, or a runner that has not recorded itself yet).
+    pub locked_by: Option<i32>,
+    /// Most recent error recorded (by the owner, or else by the instance that wrote last).
     pub last_error: Option<String>,
     /// When.
     pub last_error_at: Option<DateTime<Utc>>,
@@ -181,18 +226,125 @@ pub struct ProjectionReport {
     pub held_back_by: Option<HorizonHolder>,
 }
 
-/// Status of every projection with a checkpoint or a status row in the store's schema,
-/// by name: checkpoint, lag in events and seconds, state, last error, and what holds the
-/// feed back if anything does.
+/// A runner row as read by [`projection_reports`].
+struct RunnerRow {
+    instance: PgRunnerInstance,
+    alive: bool,
+    last_error: Option<String>,
+    last_error_at: Option<DateTime<Utc>>,
+    failing_event: Option<EventId>,
+    attempts: u32,
+}
+
+fn runner_row(r: &sqlx::postgres::PgRow) -> Result<(String, RunnerRow), StoreError> {
+    let failing: Option<Uuid> = r.try_get(11).map_err(backend)?;
+    let attempts: i32 = r.try_get(12).map_err(backend)?;
+    Ok((
+        r.try_get(0).map_err(backend)?,
+        RunnerRow {
+            instance: PgRunnerInstance {
+                instance_id: r.try_get(1).map_err(backend)?,
+                state: r.try_get(2).map_err(backend)?,
+                pid: r.try_get(3).map_err(backend)?,
+                application_name: r.try_get(4).map_err(backend)?,
+                client_addr: r.try_get(5).map_err(backend)?,
+                started_at: r.try_get(6).map_err(backend)?,
+                owner_since: r.try_get(7).map_err(backend)?,
+                updated_at: r.try_get(8).map_err(backend)?,
+            },
+            last_error: r.try_get(9).map_err(backend)?,
+            last_error_at: r.try_get(10).map_err(backend)?,
+            failing_event: failing.map(event_id).transpose()?,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            alive: r.try_get(13).map_err(backend)?,
+        },
+    ))
+}
+
+/// Who runs one projection, from its runner rows and the pid holding its lock.
+struct Runners {
+    state: Option<String>,
+    owner: Option<PgRunnerInstance>,
+    standbys: Vec<PgRunnerInstance>,
+    dead: Vec<PgRunnerInstance>,
+    locked_by: Option<i32>,
+    /// The owner's row, or else the one written last: where errors are read from.
+    errors: Option<RunnerRow>,
+}
+
+fn classify(rows: Vec<RunnerRow>, lock_pid: Option<i32>) -> Runners {
+    let mut out = Runners {
+        state: None,
+        owner: None,
+        standbys: Vec::new(),
+        dead: Vec::new(),
+        locked_by: lock_pid,
+        errors: None,
+    };
+    let any = !rows.is_empty();
+    let mut owner_row = None;
+    let mut latest: Option<RunnerRow> = None;
+    let mut dead_owner = false;
+    for row in rows {
+        let holds = row.alive && lock_pid.is_some() && row.instance.pid == lock_pid;
+        if holds {
+            out.owner = Some(row.instance.clone());
+            out.locked_by = None;
+        } else if row.instance.state == PgRunnerState::Stopped.as_str() {
+            // history: only its errors and the fact that it stopped
+        } else if row.alive {
+            out.standbys.push(row.instance.clone());
+        } else {
+            dead_owner |= row.instance.owner_since.is_some();
+            out.dead.push(row.instance.clone());
+        }
+        if holds {
+            owner_row = Some(row);
+        } else if latest
+            .as_ref()
+            .is_none_or(|l| row.instance.updated_at >= l.instance.updated_at)
+        {
+            latest = Some(row);
+        }
+    }
+    out.state = if let Some(o) = &out.owner {
+        Some(o.state.clone())
+    } else if !out.standbys.is_empty() {
+        Some(PgRunnerState::Standby.as_str().to_owned())
+    } else if dead_owner {
+        Some("dead".to_owned())
+    } else if any {
+        Some(PgRunnerState::Stopped.as_str().to_owned())
+    } else {
+        None
+    };
+    out.errors = owner_row.or(latest);
+    out
+}
+
+/// Status of every projection with a checkpoint or a runner in the store's schema, by
+/// name: checkpoint, lag in events and seconds, state, owner, standbys and dead
+/// instances, last error, and what holds the feed back if anything does.
 ///
 /// # Errors
 /// Store failures.
 pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionReport>, StoreError> {
     let sql = ProjectionSql::new(store.schema());
     let rows = sqlx::query(&sql.statuses)
+        .bind(store.schema().as_str())
         .fetch_all(store.pool())
         .await
         .map_err(backend)?;
+    let mut runners: BTreeMap<String, Vec<RunnerRow>> = BTreeMap::new();
+    for r in sqlx::query(&sql.runners)
+        .fetch_all(store.pool())
+        .await
+        .map_err(backend)?
+        .iter()
+    {
+        let (name, row) = runner_row(r)?;
+        runners.entry(name).or_default().push(row);
+    }
     let head = store.feed_head().await?;
     let held_back_by = match store.newest_committed().await? {
         Some(newest) if Some(newest) > head.last => store
@@ -205,6 +357,7 @@ pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionRe
     let now = Utc::now();
     let mut reports = Vec::with_capacity(rows.len());
     for r in &rows {
+        let name: String = r.try_get(0).map_err(backend)?;
         let tx: Option<i64> = r.try_get(1).map_err(backend)?;
         let pos: Option<i64> = r.try_get(2).map_err(backend)?;
         let checkpoint = match (tx, pos) {
@@ -224,21 +377,25 @@ pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionRe
                 s
             })
         };
-        let failing: Option<Uuid> = r.try_get(8).map_err(backend)?;
         let processed: Option<i64> = r.try_get(3).map_err(backend)?;
-        let attempts: i32 = r.try_get(9).map_err(backend)?;
+        let lock_pid: Option<i32> = r.try_get(4).map_err(backend)?;
+        let who = classify(runners.remove(&name).unwrap_or_default(), lock_pid);
+        let errors = who.errors;
         reports.push(ProjectionReport {
-            name: r.try_get(0).map_err(backend)?,
+            name,
             checkpoint,
             events_processed: to_u64(processed.unwrap_or(0), "events processed")?,
             lag_events,
             lag_seconds,
-            state: r.try_get(4).map_err(backend)?,
-            owner_pid: r.try_get(5).map_err(backend)?,
-            last_error: r.try_get(6).map_err(backend)?,
-            last_error_at: r.try_get(7).map_err(backend)?,
-            failing_event: failing.map(event_id).transpose()?,
-            attempts: u32::try_from(attempts).unwrap_or(0),
+            state: who.state,
+            owner: who.owner,
+            standbys: who.standbys,
+            dead: who.dead,
+            locked_by: who.locked_by,
+            last_error: errors.as_ref().and_then(|e| e.last_error.clone()),
+            last_error_at: errors.as_ref().and_then(|e| e.last_error_at),
+            failing_event: errors.as_ref().and_then(|e| e.failing_event),
+            attempts: errors.as_ref().map_or(0, |e| e.attempts),
             held_back_by: held_back_by.clone(),
         });
     }

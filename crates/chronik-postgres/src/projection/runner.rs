@@ -158,7 +158,7 @@ pub enum PgRunnerState {
 }
 
 impl PgRunnerState {
-    /// The label stored in `projection_status.state`.
+    /// The label stored in `projection_runners.state`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -271,6 +271,9 @@ impl<P: PgProjection> PgProjectionRunner<P> {
             lock: None,
             held: false,
             listener: None,
+            instance: Uuid::new_v4(),
+            session: None,
+            saved: None,
         };
         Ok(PgRunnerHandle {
             stop: stop_tx,
@@ -596,11 +599,39 @@ impl<P: PgProjection> Engine<P> {
         }
     }
 
-    pub(crate) async fn save_status(&self, s: &PgRunnerStatus) {
+    /// The lock session as the server sees it, recorded in the instance's status row.
+    pub(crate) async fn session_info(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<SessionInfo, StoreError> {
+        let row = sqlx::query(self.sql.session_info)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
+        Ok(SessionInfo {
+            pid: row.try_get(0).map_err(backend)?,
+            backend_start: row.try_get(1).map_err(backend)?,
+            application_name: row.try_get(2).map_err(backend)?,
+            client_addr: row.try_get(3).map_err(backend)?,
+        })
+    }
+
+    /// Writes instance `instance`'s own status row (never another instance's).
+    pub(crate) async fn save_status(
+        &self,
+        instance: Uuid,
+        s: &PgRunnerStatus,
+        session: Option<&SessionInfo>,
+    ) {
         let result = sqlx::query(&self.sql.save_status)
             .bind(self.name())
+            .bind(instance)
             .bind(s.state.as_str())
-            .bind(s.lock_pid)
+            .bind(session.map(|x| x.pid))
+            .bind(session.and_then(|x| x.backend_start))
+            .bind(session.and_then(|x| x.application_name.as_deref()))
+            .bind(session.and_then(|x| x.client_addr.as_deref()))
+            .bind(s.lock_pid.is_some())
             .bind(s.last_error.as_deref())
             .bind(s.last_error_at)
             .bind(s.failing_event.map(|e| e.as_uuid()))
@@ -611,6 +642,40 @@ impl<P: PgProjection> Engine<P> {
             tracing::warn!(projection = self.name(), error = %e, "could not save projection status");
         }
     }
+
+    /// Removes instance `instance`'s status row (a standby that stops leaves nothing).
+    pub(crate) async fn delete_status(&self, instance: Uuid) {
+        let result = sqlx::query(&self.sql.delete_status)
+            .bind(self.name())
+            .bind(instance)
+            .execute(self.store.pool())
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(projection = self.name(), error = %e, "could not remove projection status");
+        }
+    }
+
+    /// Removes the rows of stopped instances and of instances whose session is gone,
+    /// except `instance`'s own; run by an instance that just took the lock.
+    pub(crate) async fn prune_statuses(&self, instance: Uuid) {
+        let result = sqlx::query(&self.sql.prune_statuses)
+            .bind(self.name())
+            .bind(instance)
+            .execute(self.store.pool())
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(projection = self.name(), error = %e, "could not prune projection statuses");
+        }
+    }
+}
+
+/// A runner's lock session, as `pg_stat_activity` shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionInfo {
+    pid: i32,
+    backend_start: Option<DateTime<Utc>>,
+    application_name: Option<String>,
+    client_addr: Option<String>,
 }
 
 struct Task<P> {
@@ -623,6 +688,12 @@ struct Task<P> {
     /// Whether `lock` holds the projection's advisory lock.
     held: bool,
     listener: Option<PgListener>,
+    /// This instance's id: the key of its own status row.
+    instance: Uuid,
+    /// `lock`'s session, as recorded in the status row.
+    session: Option<SessionInfo>,
+    /// What the status row last received: state and lock session.
+    saved: Option<(PgRunnerState, Option<i32>)>,
 }
 
 struct Stopping;
@@ -652,20 +723,38 @@ impl<P: PgProjection> Task<P> {
         }
     }
 
-    /// Sets the state; persists it when it changed.
+    /// Sets the state. Persists it first when it or the lock session changed, so that a
+    /// watcher of the in-process status that sees the new state finds it stored too.
     async fn set_state(&mut self, state: PgRunnerState) {
-        let changed = self.status.borrow().state != state;
-        self.status.send_modify(|s| {
-            s.state = state;
-            if state != PgRunnerState::Failing {
-                s.failing_event = None;
-                s.attempts = 0;
-            }
-        });
-        if changed {
-            let s = self.status.borrow().clone();
-            self.engine.save_status(&s).await;
+        self.set_state_with(state, |_| {}).await;
+    }
+
+    /// [`Task::set_state`], with `also` applied to the same update.
+    async fn set_state_with(
+        &mut self,
+        state: PgRunnerState,
+        also: impl FnOnce(&mut PgRunnerStatus),
+    ) {
+        let mut next = self.status.borrow().clone();
+        next.state = state;
+        also(&mut next);
+        if state != PgRunnerState::Failing {
+            next.failing_event = None;
+            next.attempts = 0;
         }
+        let pid = self.session.as_ref().map(|x| x.pid);
+        if self.saved != Some((state, pid)) {
+            self.persist(&next).await;
+        }
+        self.status.send_replace(next);
+    }
+
+    /// Writes `s` to this instance's status row.
+    async fn persist(&mut self, s: &PgRunnerStatus) {
+        self.engine
+            .save_status(self.instance, s, self.session.as_ref())
+            .await;
+        self.saved = Some((s.state, self.session.as_ref().map(|x| x.pid)));
     }
 
     async fn fail(
@@ -675,25 +764,35 @@ impl<P: PgProjection> Task<P> {
         event: Option<EventId>,
     ) -> Result<(), Stopping> {
         tracing::warn!(projection = self.engine.name(), attempt, %error, "projection failing; retrying");
-        self.status.send_modify(|s| {
-            s.state = PgRunnerState::Failing;
-            s.last_error = Some(error);
-            s.last_error_at = Some(Utc::now());
-            s.failing_event = event;
-            s.attempts = attempt;
-        });
-        let s = self.status.borrow().clone();
-        self.engine.save_status(&s).await;
+        let mut next = self.status.borrow().clone();
+        next.state = PgRunnerState::Failing;
+        next.last_error = Some(error);
+        next.last_error_at = Some(Utc::now());
+        next.failing_event = event;
+        next.attempts = attempt;
+        self.persist(&next).await;
+        self.status.send_replace(next);
         self.pause(self.options.backoff(attempt)).await
     }
 
     async fn run(mut self) {
         let _ = self.run_inner().await;
+        // Recorded before the lock session closes, so that a standby taking over never
+        // finds this instance's row still claiming the lock.
+        let owned = self.held;
+        self.status.send_modify(|s| s.lock_pid = None);
+        self.session = None;
+        if owned {
+            self.set_state(PgRunnerState::Stopped).await;
+        } else {
+            // A standby that stops leaves no row behind.
+            self.engine.delete_status(self.instance).await;
+            self.status
+                .send_modify(|s| s.state = PgRunnerState::Stopped);
+        }
         if let Some(conn) = self.lock.take() {
             let _ = conn.close().await;
         }
-        self.status.send_modify(|s| s.lock_pid = None);
-        self.set_state(PgRunnerState::Stopped).await;
     }
 
     /// Holds the lock (taking it when free), or waits in standby.
@@ -706,13 +805,23 @@ impl<P: PgProjection> Task<P> {
             } else {
                 // The session died (and any lock with it): another runner may be active now.
                 self.lock = None;
+                self.session = None;
                 self.held = false;
                 self.status.send_modify(|s| s.lock_pid = None);
             }
         }
         let conn = match self.lock.take() {
             Some(conn) => Ok(conn),
-            None => self.engine.lock_session().await,
+            None => match self.engine.lock_session().await {
+                Ok(mut conn) => match self.engine.session_info(&mut conn).await {
+                    Ok(info) => {
+                        self.session = Some(info);
+                        Ok(conn)
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
         };
         let name = self.engine.name().to_owned();
         let attempt = match conn {
@@ -726,7 +835,7 @@ impl<P: PgProjection> Task<P> {
         match attempt {
             Ok(Some(pid)) => {
                 self.held = true;
-                self.status.send_modify(|s| s.lock_pid = Some(pid));
+                self.engine.prune_statuses(self.instance).await;
                 if let Some(channel) = self.options.listen_channel.clone() {
                     match PgListener::connect_with(self.engine.store.pool()).await {
                         Ok(mut l) => {
@@ -737,7 +846,9 @@ impl<P: PgProjection> Task<P> {
                         Err(e) => tracing::warn!(error = %e, "cannot listen; polling only"),
                     }
                 }
-                self.set_state(PgRunnerState::CatchingUp).await;
+                // The lock pid and the new state become visible together.
+                self.set_state_with(PgRunnerState::CatchingUp, |s| s.lock_pid = Some(pid))
+                    .await;
                 Ok(true)
             }
             Ok(None) => {
@@ -747,6 +858,7 @@ impl<P: PgProjection> Task<P> {
             }
             Err(e) => {
                 self.lock = None;
+                self.session = None;
                 let attempt = self.status.borrow().attempts + 1;
                 self.fail(attempt, format!("taking the projection lock: {e}"), None)
                     .await?;

@@ -13,10 +13,20 @@ pub(crate) struct ProjectionSql {
     pub(crate) park: String,
     pub(crate) parked: String,
     pub(crate) save_status: String,
+    pub(crate) delete_status: String,
+    pub(crate) prune_statuses: String,
     pub(crate) statuses: String,
+    pub(crate) runners: String,
+    /// The current session as `pg_stat_activity` shows it to itself.
+    pub(crate) session_info: &'static str,
     /// `$1`: the lock key text; bigint key derived in SQL.
     pub(crate) try_lock: &'static str,
 }
+
+/// Whether runner row `r`'s lock session still exists. Without `pg_read_all_stats` another
+/// role's `backend_start` reads as NULL, and the pid alone has to do.
+const ALIVE: &str = "EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.pid \
+                      AND (a.backend_start IS NULL OR a.backend_start = r.backend_start))";
 
 impl ProjectionSql {
     pub(crate) fn new(schema: &SchemaName) -> Self {
@@ -59,32 +69,71 @@ impl ProjectionSql {
                 "SELECT event_id, stream_id, version, reason, decided_by, decided_at \
                    FROM {s}.projection_parked WHERE name = $1 ORDER BY decided_at, event_id"
             ),
+            // One row per runner instance, written only by that instance. `$8`: whether
+            // it holds the projection's lock (`owner_since` keeps the first time it took it).
             save_status: format!(
-                "INSERT INTO {s}.projection_status \
-                        (name, state, owner_pid, last_error, last_error_at, \
+                "INSERT INTO {s}.projection_runners AS r \
+                        (name, instance_id, state, pid, backend_start, application_name, \
+                         client_addr, owner_since, last_error, last_error_at, \
                          failing_event_id, attempts, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
-                 ON CONFLICT (name) DO UPDATE \
-                    SET state = EXCLUDED.state, owner_pid = EXCLUDED.owner_pid, \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8 THEN now() END, \
+                         $9, $10, $11, $12, now()) \
+                 ON CONFLICT (name, instance_id) DO UPDATE \
+                    SET state = EXCLUDED.state, pid = EXCLUDED.pid, \
+                        backend_start = EXCLUDED.backend_start, \
+                        application_name = EXCLUDED.application_name, \
+                        client_addr = EXCLUDED.client_addr, \
+                        owner_since = CASE WHEN $8 THEN coalesce(r.owner_since, now()) END, \
                         last_error = EXCLUDED.last_error, \
                         last_error_at = EXCLUDED.last_error_at, \
                         failing_event_id = EXCLUDED.failing_event_id, \
                         attempts = EXCLUDED.attempts, updated_at = now()"
             ),
-            statuses: format!(
-                "SELECT coalesce(c.name, s.name), c.transaction_id, c.global_position, \
-                        c.events_processed, s.state, s.owner_pid, s.last_error, \
-                        s.last_error_at, s.failing_event_id, coalesce(s.attempts, 0) \
-                   FROM {s}.projection_checkpoints c \
-                   FULL JOIN {s}.projection_status s ON s.name = c.name \
-                  ORDER BY coalesce(c.name, s.name) COLLATE \"C\""
+            delete_status: format!(
+                "DELETE FROM {s}.projection_runners WHERE name = $1 AND instance_id = $2"
             ),
+            // Run by a new owner: the rows of stopped instances and of instances whose
+            // session is gone are history once someone else holds the lock.
+            prune_statuses: format!(
+                "DELETE FROM {s}.projection_runners r \
+                  WHERE r.name = $1 AND r.instance_id <> $2 \
+                    AND (r.state = 'stopped' OR NOT {ALIVE})"
+            ),
+            // Every projection with a checkpoint or a runner row, and the backend pid of
+            // the session holding its advisory lock (`lock_key`, a bigint key: `pg_locks`
+            // shows its high half as classid, its low half as objid, objsubid 1).
+            statuses: format!(
+                "SELECT n.name, c.transaction_id, c.global_position, c.events_processed, \
+                        (SELECT l.pid FROM pg_locks l \
+                          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                            AND l.database = (SELECT oid FROM pg_database \
+                                               WHERE datname = current_database()) \
+                            AND l.classid::bigint = (k.key >> 32) & 4294967295 \
+                            AND l.objid::bigint = k.key & 4294967295 \
+                          LIMIT 1) \
+                   FROM (SELECT name FROM {s}.projection_checkpoints \
+                         UNION SELECT name FROM {s}.projection_runners) n \
+                  CROSS JOIN LATERAL (SELECT hashtextextended( \
+                         'chronik.projection:' || $1 || ':' || n.name, 0) AS key) k \
+                   LEFT JOIN {s}.projection_checkpoints c ON c.name = n.name \
+                  ORDER BY n.name COLLATE \"C\""
+            ),
+            runners: format!(
+                "SELECT r.name, r.instance_id, r.state, r.pid, r.application_name, \
+                        r.client_addr, r.started_at, r.owner_since, r.updated_at, \
+                        r.last_error, r.last_error_at, r.failing_event_id, r.attempts, {ALIVE} \
+                   FROM {s}.projection_runners r \
+                  ORDER BY r.name COLLATE \"C\", r.started_at, r.instance_id"
+            ),
+            session_info: "SELECT pid, backend_start, application_name, client_addr::text \
+                             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
             try_lock: "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
         }
     }
 }
 
-/// The advisory-lock key text of a projection (schema-scoped).
+/// The advisory-lock key text of a projection (schema-scoped). `statuses` builds the same
+/// text in SQL to find the lock's holder in `pg_locks`.
 pub(crate) fn lock_key(schema: &SchemaName, name: &str) -> String {
     format!("chronik.projection:{}:{name}", schema.as_str())
 }
