@@ -392,6 +392,14 @@ async fn run() -> anyhow::Result<bool> {
         c.get(C::failed_other),
     );
     println!(
+        "racing caller transactions: {} ({} refusals the transaction went on after; contested \
+         ids: {} won, {} answered duplicate)",
+        c.get(C::racing_transactions),
+        c.get(C::refused_in_caller_tx),
+        c.get(C::contested_won),
+        c.get(C::contested_duplicates),
+    );
+    println!(
         "ambiguous: {} resolved by re-sending the same ids ({} already appended, {} appended on \
          re-send, {} not stored), {} unresolved; {} idempotent re-sends of successes; {} anomalies",
         c.get(C::ambiguous_already_appended)

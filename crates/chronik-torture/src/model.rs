@@ -58,6 +58,9 @@ pub(crate) struct AppendRecord {
     pub(crate) ids: Vec<Uuid>,
     /// How it was sent (`append`, `append_in`, `held-open`, `prepared`, ...).
     pub(crate) via: &'static str,
+    /// The caller transaction it was part of, when a writer ran several appends in one
+    /// (numbered per run).
+    pub(crate) tx: Option<u64>,
     /// What it was told.
     pub(crate) outcome: Outcome,
 }
@@ -164,6 +167,7 @@ pub(crate) fn check(o: &Observed) -> Vec<CheckResult> {
     vec![
         acknowledged_stored_once(o),
         failed_left_nothing(o),
+        caller_transactions_keep_what_they_acknowledged(o),
         ambiguous_resolved(o),
         nothing_unexplained(o),
         dense_versions(o),
@@ -219,15 +223,35 @@ pub(crate) fn acknowledged_stored_once(o: &Observed) -> CheckResult {
     )
 }
 
-/// No append reported as failed (or resolved as not stored) left anything behind.
+/// Where the records that must be stored put each id: `(id, stream, version)`.
+fn claimed(o: &Observed) -> HashSet<(Uuid, &str, u64)> {
+    o.records
+        .iter()
+        .filter_map(|r| r.stored_at().map(|first| (r, first)))
+        .flat_map(|(r, first)| {
+            r.ids
+                .iter()
+                .enumerate()
+                .map(move |(i, id)| (*id, r.stream.as_str(), first + i as u64))
+        })
+        .collect()
+}
+
+/// No append reported as failed (or resolved as not stored) left anything behind. An id
+/// that several appends raced for (the same event sent to different streams) may be
+/// stored where the append that won it says it is, and nowhere else.
 pub(crate) fn failed_left_nothing(o: &Observed) -> CheckResult {
     let stored = by_id(&o.stored);
+    let claimed = claimed(o);
     let (mut appends, mut bad) = (0, Vec::new());
     for r in o.records.iter().filter(|r| r.must_be_absent()) {
         appends += 1;
         for id in &r.ids {
             if let Some(rows) = stored.get(id) {
                 for row in rows {
+                    if claimed.contains(&(*id, row.stream.as_str(), row.version)) {
+                        continue;
+                    }
                     bad.push(format!(
                         "{id} of a failed append to {} ({}, {:?}) is stored at {} v{}",
                         r.stream, r.via, r.outcome, row.stream, row.version
@@ -239,6 +263,68 @@ pub(crate) fn failed_left_nothing(o: &Observed) -> CheckResult {
     CheckResult::new(
         "every append reported as failed left nothing",
         format!("{appends} failed appends"),
+        bad,
+    )
+}
+
+/// The caller-transaction view of the two checks above, transaction by transaction: every
+/// append acknowledged inside a transaction whose commit reported success is stored at its
+/// versions, and nothing of an append that was refused inside it, or of a transaction
+/// that failed before or at its commit, is stored (an id raced for may be stored where
+/// its winner says). This is what a transaction that was silently aborted breaks: its
+/// commit answers success while the appends it acknowledged are gone.
+pub(crate) fn caller_transactions_keep_what_they_acknowledged(o: &Observed) -> CheckResult {
+    let stored = by_id(&o.stored);
+    let claimed = claimed(o);
+    let mut txs: BTreeMap<u64, Vec<&AppendRecord>> = BTreeMap::new();
+    for r in &o.records {
+        if let Some(tx) = r.tx {
+            txs.entry(tx).or_default().push(r);
+        }
+    }
+    let mut bad = Vec::new();
+    let mut parts = 0;
+    for (tx, records) in &txs {
+        for (n, r) in records.iter().enumerate() {
+            parts += 1;
+            for (i, id) in r.ids.iter().enumerate() {
+                let rows = stored.get(id).map_or(&[][..], Vec::as_slice);
+                if let Some(first) = r.stored_at() {
+                    let want = first + i as u64;
+                    if !rows
+                        .iter()
+                        .any(|row| row.stream == r.stream && row.version == want)
+                    {
+                        bad.push(format!(
+                            "transaction {tx}: append {} of {} ({} v{want}, {id}) was acknowledged \
+                             and the transaction committed ({:?}), but it is not stored there",
+                            n + 1,
+                            records.len(),
+                            r.stream,
+                            r.outcome
+                        ));
+                    }
+                } else if r.must_be_absent() {
+                    for row in rows {
+                        if !claimed.contains(&(*id, row.stream.as_str(), row.version)) {
+                            bad.push(format!(
+                                "transaction {tx}: append {} of {} to {} ({:?}) left {id} at {} v{}",
+                                n + 1,
+                                records.len(),
+                                r.stream,
+                                r.outcome,
+                                row.stream,
+                                row.version
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    CheckResult::new(
+        "caller transactions: what a committed transaction acknowledged is stored, nothing of a refused append or a failed transaction",
+        format!("{} transactions, {parts} appends", txs.len()),
         bad,
     )
 }
@@ -491,6 +577,7 @@ mod tests {
             stream: stream.to_owned(),
             ids: ids.iter().map(|n| id(*n)).collect(),
             via: "append",
+            tx: None,
             outcome,
         }
     }
@@ -677,6 +764,64 @@ mod tests {
         assert!(!checkpoint_at_feed_end(&none).passed());
         let empty = Observed::default();
         assert!(checkpoint_at_feed_end(&empty).passed());
+    }
+
+    fn in_tx(mut r: AppendRecord, tx: u64) -> AppendRecord {
+        r.via = "append_in";
+        r.tx = Some(tx);
+        r
+    }
+
+    #[test]
+    fn a_committed_transaction_that_lost_an_acknowledged_append_is_reported() {
+        // Transaction 7: f acknowledged, then e refused (a raced duplicate), then commit
+        // answered success; f is not stored (the transaction had been aborted).
+        let mut o = healthy();
+        o.records
+            .push(in_tx(rec("c-1", &[6], Outcome::Stored { first: 1 }), 7));
+        o.records.push(in_tx(
+            rec(
+                "d-1",
+                &[1],
+                Outcome::Failed {
+                    why: "duplicate".into(),
+                },
+            ),
+            7,
+        ));
+        let r = caller_transactions_keep_what_they_acknowledged(&o);
+        assert_eq!(r.violations, 1, "{:?}", r.examples);
+        assert!(r.examples[0].contains("transaction 7: append 1 of 2"));
+        assert!(failing(&o).contains(&acknowledged_stored_once(&o).name));
+        // Once f is stored, the refused append's id (stored where its winner says) is fine.
+        o.stored.push(row("c-1", 1, 6, (12, 4)));
+        o.feed = o.stored.clone();
+        assert!(caller_transactions_keep_what_they_acknowledged(&o).passed());
+        assert!(failed_left_nothing(&o).passed());
+    }
+
+    #[test]
+    fn a_raced_id_stored_where_no_winner_claims_it_is_reported() {
+        let mut o = healthy();
+        // Event 1 is claimed by a-1 v1; a failed append to d-1 also sent it.
+        o.records.push(in_tx(
+            rec(
+                "d-1",
+                &[1],
+                Outcome::Failed {
+                    why: "duplicate".into(),
+                },
+            ),
+            3,
+        ));
+        assert!(failed_left_nothing(&o).passed());
+        // Stored in d-1 as well (a second copy, at a place nobody was told about).
+        o.stored.push(row("d-1", 1, 1, (12, 4)));
+        assert_eq!(failed_left_nothing(&o).violations, 1);
+        assert_eq!(
+            caller_transactions_keep_what_they_acknowledged(&o).violations,
+            1
+        );
     }
 
     #[test]

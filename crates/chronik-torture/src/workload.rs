@@ -18,6 +18,14 @@ use crate::world::{C, World, between};
 /// How many times an ambiguous outcome is re-sent before it is reported unresolved.
 const RESOLVE_ATTEMPTS: u32 = 400;
 
+/// How many writer operations share one generation of contested event ids: writers that
+/// run at about the same time draw the same few ids, so that their transactions race for
+/// them while both are uncommitted.
+const CONTEST_GENERATION_OPS: u64 = 24;
+
+/// Contested events per generation.
+const CONTEST_SLOTS: u64 = 3;
+
 /// One stream's part of an append: what is sent, and where.
 #[derive(Debug, Clone)]
 pub(crate) struct Part {
@@ -33,7 +41,16 @@ impl Part {
             stream: self.stream.as_str().to_owned(),
             ids: self.events.iter().map(|e| e.event_id().as_uuid()).collect(),
             via,
+            tx: None,
             outcome,
+        }
+    }
+
+    /// A record of this part of caller transaction `tx` with `outcome`.
+    pub(crate) fn record_in(&self, via: &'static str, tx: u64, outcome: Outcome) -> AppendRecord {
+        AppendRecord {
+            tx: Some(tx),
+            ..self.record(via, outcome)
         }
     }
 }
@@ -69,6 +86,23 @@ pub(crate) fn new_events(rng: &mut ChaCha8Rng, n: usize, writer: &str) -> Vec<Ne
             .ok()
         })
         .collect()
+}
+
+/// Contested event `slot` of `generation`: the same id and content for every writer that
+/// draws it (derived from the seed), so that the only difference between two appends of it
+/// is the stream they send it to.
+pub(crate) fn contested_event(world: &World, generation: u64, slot: u64) -> Option<NewEvent> {
+    let index = usize::try_from(generation.saturating_mul(CONTEST_SLOTS) + slot).ok()?;
+    let mut rng = world.rng("contest", index);
+    let id = uuid::Builder::from_random_bytes(rng.r#gen()).into_uuid();
+    NewEvent::new(
+        EventId::new(id).ok()?,
+        EventType::new("TortureContested").ok()?,
+        1,
+        json!({ "generation": generation, "slot": slot }),
+        Metadata::default(),
+    )
+    .ok()
 }
 
 /// Picks an expected-version mode; `Exact` uses what this task last knew of the stream.
@@ -144,6 +178,13 @@ pub(crate) async fn resolve(world: &World, part: &Part) -> Outcome {
                 world.counts.inc(C::ambiguous_not_stored);
                 return Outcome::Resolved { first: None };
             }
+            // One of its ids (a contested one) is stored in another stream: the original
+            // never committed (it would hold the id here), so nothing of it is stored. The
+            // model holds the id to the place its winner was told.
+            Err(StoreError::DuplicateEventId { stream, .. }) if stream != part.stream => {
+                world.counts.inc(C::ambiguous_not_stored);
+                return Outcome::Resolved { first: None };
+            }
             Err(e) if e.is_retryable() => {
                 last = e.to_string();
                 let ms = 10u64.saturating_mul(1 << attempt.min(6)).min(500);
@@ -166,13 +207,17 @@ async fn succeeded(
     world: &World,
     rng: &mut ChaCha8Rng,
     part: &Part,
-    via: &'static str,
+    (via, tx): (&'static str, Option<u64>),
     first: u64,
     last: u64,
 ) {
     world.counts.inc(C::appends_ok);
     world.counts.add(C::events_ok, part.events.len() as u64);
-    world.record(part.record(via, Outcome::Stored { first }));
+    let stored = Outcome::Stored { first };
+    world.record(match tx {
+        Some(tx) => part.record_in(via, tx, stored),
+        None => part.record(via, stored),
+    });
     if rng.gen_bool(0.05) {
         world.counts.inc(C::idempotent_resends);
         let again = world
@@ -201,6 +246,10 @@ pub(crate) async fn writer(world: Arc<World>, index: usize) {
     let mut known: HashMap<StreamId, u64> = HashMap::new();
     while world.take_op() {
         let kind = rng.gen_range(0..100);
+        if (25..40).contains(&kind) {
+            racing_caller_tx(&world, &mut rng, &name, &mut known).await;
+            continue;
+        }
         let streams = if kind < 8 { 2 } else { 1 };
         let mut parts = Vec::with_capacity(streams);
         for _ in 0..streams {
@@ -227,7 +276,7 @@ pub(crate) async fn writer(world: Arc<World>, index: usize) {
         }
         if kind < 25 {
             in_caller_tx(&world, &mut rng, &parts, &mut known).await;
-        } else if kind < 35 {
+        } else if kind < 48 {
             owned(&world, &world.tiny, &mut rng, &parts[0], &mut known).await;
         } else {
             owned(&world, &world.store, &mut rng, &parts[0], &mut known).await;
@@ -275,7 +324,7 @@ async fn owned(
         Ok(r) => {
             known.insert(part.stream.clone(), r.last_version.get());
             let (first, last) = (r.first_version.get(), r.last_version.get());
-            succeeded(world, rng, part, "append", first, last).await;
+            succeeded(world, rng, part, ("append", None), first, last).await;
         }
         Err(e) => {
             if let StoreError::Conflict { actual, .. } = &e {
@@ -302,6 +351,7 @@ async fn in_caller_tx(
         world.counts.inc(C::failed_other);
         return;
     };
+    let tx_no = world.next_tx();
     let mut results = Vec::with_capacity(parts.len());
     for part in parts {
         match world
@@ -314,8 +364,9 @@ async fn in_caller_tx(
                 drop(tx);
                 world.counts.inc(C::anomalies);
                 for p in parts {
-                    world.record(p.record(
+                    world.record(p.record_in(
                         "append_in",
+                        tx_no,
                         Outcome::Anomaly {
                             why: "fresh ids answered already-appended".to_owned(),
                         },
@@ -331,7 +382,7 @@ async fn in_caller_tx(
                 }
                 let outcome = definite_failure(world, &e);
                 for p in parts {
-                    world.record(p.record("append_in", outcome.clone()));
+                    world.record(p.record_in("append_in", tx_no, outcome.clone()));
                 }
                 return;
             }
@@ -343,14 +394,172 @@ async fn in_caller_tx(
                 known.insert(part.stream.clone(), r.last_version.get());
                 world.counts.inc(C::appends_ok_in_caller_tx);
                 let (first, last) = (r.first_version.get(), r.last_version.get());
-                succeeded(world, rng, part, "append_in", first, last).await;
+                succeeded(world, rng, part, ("append_in", Some(tx_no)), first, last).await;
             }
         }
         Err(_) => {
             // The commit's acknowledgement may have been lost: ambiguous.
             for part in parts {
                 let outcome = resolve(world, part).await;
-                world.record(part.record("append_in", outcome));
+                world.record(part.record_in("append_in", tx_no, outcome));
+            }
+        }
+    }
+}
+
+/// The parts of a racing caller transaction: two to four appends, some of which send a
+/// contested event (see [`contested_event`]) to a stream of this transaction's own, alone
+/// or before or after a fresh event, so that writers race for the same ids across
+/// streams; the others go to the usual hot and cold streams.
+fn racing_parts(
+    world: &World,
+    rng: &mut ChaCha8Rng,
+    name: &str,
+    tx_no: u64,
+    known: &HashMap<StreamId, u64>,
+) -> Vec<(Part, bool)> {
+    let generation = world.ops() / CONTEST_GENERATION_OPS;
+    let count = rng.gen_range(2..=4);
+    // Half the time the last append is a contested one, right before the commit.
+    let contested_last = rng.gen_bool(0.5);
+    let mut parts: Vec<(Part, bool)> = Vec::with_capacity(count);
+    for j in 0..count {
+        if (j + 1 == count && contested_last) || rng.gen_bool(0.35) {
+            let Some(e) = contested_event(world, generation, rng.gen_range(0..CONTEST_SLOTS))
+            else {
+                continue;
+            };
+            let Ok(stream) = StreamId::new(format!("race-{name}-{tx_no}-{j}")) else {
+                continue;
+            };
+            let events = match rng.gen_range(0..3) {
+                0 => vec![e],
+                1 => [vec![e], new_events(rng, 1, name)].concat(),
+                _ => [new_events(rng, 1, name), vec![e]].concat(),
+            };
+            let expected = if rng.gen_bool(0.5) {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Any
+            };
+            parts.push((
+                Part {
+                    stream,
+                    expected,
+                    events,
+                },
+                true,
+            ));
+        } else {
+            let stream = pick_stream(world, rng, 0.2);
+            if parts.iter().any(|(p, _)| p.stream == stream) {
+                continue;
+            }
+            let n = rng.gen_range(1..=3);
+            parts.push((
+                Part {
+                    expected: pick_expected(rng, known.get(&stream).copied()),
+                    events: new_events(rng, n, name),
+                    stream,
+                },
+                false,
+            ));
+        }
+    }
+    parts
+}
+
+/// A caller transaction of several appends that race other writers for the same event
+/// ids. The documented contract is that a refusal (a conflict, the order guard, a
+/// duplicate id, however it was found) writes nothing and leaves the transaction usable,
+/// so the writer goes on with its other appends and commits; the model then checks that
+/// the commit kept every append that was acknowledged in it.
+async fn racing_caller_tx(
+    world: &World,
+    rng: &mut ChaCha8Rng,
+    name: &str,
+    known: &mut HashMap<StreamId, u64>,
+) {
+    let tx_no = world.next_tx();
+    let parts = racing_parts(world, rng, name, tx_no, known);
+    let Ok(mut tx) = world.store.pool().begin().await else {
+        world.counts.inc(C::failed_other);
+        return;
+    };
+    world.counts.inc(C::racing_transactions);
+    let mut acknowledged = Vec::with_capacity(parts.len());
+    for (part, contested) in &parts {
+        let result = world
+            .store
+            .append_in(&mut tx, &part.stream, part.expected, &part.events)
+            .await;
+        let refusal = match &result {
+            Ok(r) if !r.already_appended => {
+                if *contested {
+                    world.counts.inc(C::contested_won);
+                }
+                acknowledged.push((part, r.first_version.get(), r.last_version.get()));
+                continue;
+            }
+            Ok(_) => {
+                world.counts.inc(C::anomalies);
+                Err(Outcome::Anomaly {
+                    why: "fresh ids answered already-appended".to_owned(),
+                })
+            }
+            Err(StoreError::DuplicateEventId { .. }) if *contested => {
+                world.counts.inc(C::contested_duplicates);
+                Ok(Outcome::Failed {
+                    why: "duplicate id (raced for)".to_owned(),
+                })
+            }
+            Err(e @ (StoreError::Conflict { .. } | StoreError::TransactionOrder { .. })) => {
+                if let StoreError::Conflict { actual, .. } = e {
+                    known.insert(part.stream.clone(), actual.get());
+                }
+                Ok(definite_failure(world, e))
+            }
+            Err(e) => Err(definite_failure(world, e)),
+        };
+        match refusal {
+            // Refused, nothing written, the transaction goes on.
+            Ok(outcome) => {
+                world.counts.inc(C::refused_in_caller_tx);
+                world.record(part.record_in("append_in", tx_no, outcome));
+            }
+            // Anything else ends the transaction: nothing of it commits.
+            Err(outcome) => {
+                drop(tx);
+                for (p, _, _) in &acknowledged {
+                    world.record(p.record_in(
+                        "append_in",
+                        tx_no,
+                        Outcome::Failed {
+                            why: "the transaction failed before its commit".to_owned(),
+                        },
+                    ));
+                }
+                world.record(part.record_in("append_in", tx_no, outcome));
+                return;
+            }
+        }
+    }
+    // A slow caller now and then: its ids stay held a little longer, for others to race.
+    if rng.gen_bool(0.5) {
+        tokio::time::sleep(between(rng, Duration::ZERO, Duration::from_millis(3))).await;
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            for (part, first, last) in acknowledged {
+                known.insert(part.stream.clone(), last);
+                world.counts.inc(C::appends_ok_in_caller_tx);
+                succeeded(world, rng, part, ("append_in", Some(tx_no)), first, last).await;
+            }
+        }
+        Err(_) => {
+            for (part, _, _) in acknowledged {
+                let outcome = resolve(world, part).await;
+                world.record(part.record_in("append_in", tx_no, outcome));
             }
         }
     }

@@ -28,6 +28,10 @@ macro_rules! counters {
 counters!(
     appends_ok,
     appends_ok_in_caller_tx,
+    racing_transactions,
+    refused_in_caller_tx,
+    contested_won,
+    contested_duplicates,
     events_ok,
     conflicts,
     order_errors,
@@ -127,6 +131,7 @@ pub(crate) struct World {
     resend_violations: Mutex<Vec<String>>,
     sample_violations: Mutex<Vec<String>>,
     ops_started: AtomicU64,
+    transactions: AtomicU64,
     deadline: Instant,
     stop: watch::Sender<bool>,
 }
@@ -149,6 +154,7 @@ impl World {
             resend_violations: Mutex::default(),
             sample_violations: Mutex::default(),
             ops_started: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
             stop: watch::Sender::new(false),
         }
     }
@@ -177,6 +183,11 @@ impl World {
         }
         let n = self.ops_started.fetch_add(1, Ordering::Relaxed);
         self.plan.max_ops.is_none_or(|max| n < max)
+    }
+
+    /// A fresh caller-transaction number (from 1), for the model's records.
+    pub(crate) fn next_tx(&self) -> u64 {
+        self.transactions.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Operations started.
