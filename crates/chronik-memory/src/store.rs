@@ -124,6 +124,21 @@ impl EventStore for MemoryStore {
                     })
                 });
             if same_place {
+                // The same place, but is it the same events? An id reused for other
+                // content is refused, naming the first event that differs.
+                if let Some(r) = events.iter().find_map(|e| {
+                    let r = &inner.log[inner.ids[&e.event_id()]];
+                    let same = r.event_type == *e.event_type()
+                        && r.schema_version == e.schema_version()
+                        && r.payload == *e.payload();
+                    (!same).then_some(r)
+                }) {
+                    return Err(StoreError::EventIdReused {
+                        event_id: r.event_id,
+                        stream: r.stream_id.clone(),
+                        version: r.version,
+                    });
+                }
                 let last = &inner.log[inner.ids[&events[events.len() - 1].event_id()]];
                 return Ok(AppendResult {
                     first_version: first.version,

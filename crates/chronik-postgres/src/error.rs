@@ -4,21 +4,7 @@ use chronik_store::StoreError;
 
 /// Maps a sqlx error to the port's error. Never includes a connection string.
 pub(crate) fn backend(err: sqlx::Error) -> StoreError {
-    let retryable = is_retryable(&err);
-    let message = match &err {
-        // Configuration errors may quote the connection string: say only what kind it is.
-        sqlx::Error::Configuration(_) => "invalid database configuration".to_owned(),
-        sqlx::Error::Database(db) => format!(
-            "database error {}: {}",
-            db.code().as_deref().unwrap_or("(no sqlstate)"),
-            db.message()
-        ),
-        other => other.to_string(),
-    };
-    let source: Option<Box<dyn std::error::Error + Send + Sync>> = match err {
-        sqlx::Error::Configuration(_) => None,
-        other => Some(Box::new(other)),
-    };
+    let (message, retryable, source) = parts(err);
     StoreError::Backend {
         message,
         retryable,
@@ -26,21 +12,52 @@ pub(crate) fn backend(err: sqlx::Error) -> StoreError {
     }
 }
 
-/// The SQLSTATE of a database error, if it is one.
-pub(crate) fn sqlstate(err: &sqlx::Error) -> Option<String> {
-    match err {
-        sqlx::Error::Database(db) => db.code().map(std::borrow::Cow::into_owned),
-        _ => None,
+/// Maps a sqlx error from a statement run inside a caller's transaction: the server
+/// aborted that transaction (or the connection is gone), so the error says so
+/// ([`StoreError::TransactionAborted`]).
+pub(crate) fn aborted(err: sqlx::Error) -> StoreError {
+    let (message, retryable, source) = parts(err);
+    StoreError::TransactionAborted {
+        message,
+        retryable,
+        source,
     }
 }
 
-/// The constraint a database error names, if any.
-pub(crate) fn constraint(err: &sqlx::Error) -> Option<&str> {
-    match err {
-        sqlx::Error::Database(db) => db.constraint(),
-        _ => None,
-    }
+type Source = Option<Box<dyn std::error::Error + Send + Sync>>;
+
+/// A sqlx error's message (without credentials), whether retrying may help, and the error.
+pub(crate) fn parts(err: sqlx::Error) -> (String, bool, Source) {
+    let retryable = is_retryable(&err);
+    let message = match &err {
+        // Configuration errors may quote the connection string: say only what kind it is.
+        sqlx::Error::Configuration(_) => "invalid database configuration".to_owned(),
+        // The statement did not fail by itself: an earlier one in the same transaction
+        // did, and its error was ignored (by a caller, or a projection handler).
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(IN_FAILED_TRANSACTION) => {
+            format!(
+                "database error {IN_FAILED_TRANSACTION}: {}: an earlier statement of this \
+                 transaction failed and its error was not acted on; the transaction can only \
+                 be rolled back",
+                db.message()
+            )
+        }
+        sqlx::Error::Database(db) => format!(
+            "database error {}: {}",
+            db.code().as_deref().unwrap_or("(no sqlstate)"),
+            db.message()
+        ),
+        other => other.to_string(),
+    };
+    let source: Source = match err {
+        sqlx::Error::Configuration(_) => None,
+        other => Some(Box::new(other)),
+    };
+    (message, retryable, source)
 }
+
+/// SQLSTATE `in_failed_sql_transaction`: a statement sent to an aborted transaction.
+pub(crate) const IN_FAILED_TRANSACTION: &str = "25P02";
 
 /// Whether repeating the same operation may succeed: lost connections, pool and statement
 /// timeouts, serialization failures, deadlocks, a server that is starting or stopping.

@@ -26,14 +26,20 @@
 //! store.append(&stream, ExpectedVersion::NoStream, &[placed.clone()]).await?;
 //!
 //! // Inside your transaction, with your other writes: append FIRST.
-//! let mut tx = store.pool().begin().await?;
-//! let r = store.append_in(&mut tx, &stream, ExpectedVersion::Any, &[placed]).await;
-//! if let Err(e @ StoreError::TransactionOrder { .. }) = &r {
-//!     // retryable: roll back (drop `tx`) and run the whole unit of work again
-//!     assert!(e.is_retryable());
+//! let mut tx = store.begin().await?;
+//! match tx.append(&stream, ExpectedVersion::Any, &[placed]).await {
+//!     // An idempotent retry: already there.
+//!     Ok(r) => println!("already appended: {}", r.already_appended),
+//!     // A refusal wrote nothing and leaves `tx` usable (go on, or roll back).
+//!     Err(e @ StoreError::TransactionOrder { .. }) => {
+//!         // retryable: roll back (drop `tx`) and run the whole unit of work again
+//!         assert!(e.is_retryable());
+//!         return Ok(());
+//!     }
+//!     // `TransactionAborted`: PostgreSQL aborted `tx`; `commit` would refuse it.
+//!     Err(e) => return Err(e.into()),
 //! }
-//! println!("already appended: {}", r?.already_appended); // an idempotent retry: true
-//! // ... your other writes ...
+//! // ... your other writes, through `&mut *tx` ...
 //! tx.commit().await?;
 //! # Ok(()) }
 //! ```
@@ -43,12 +49,16 @@
 //! - an append is one statement (one round trip) calling `append_events`, which locks the
 //!   stream's row, checks idempotency, then the expected version, then the order guard
 //!   `streams.last_xid <= pg_current_xact_id()`, and reports each outcome as a typed value,
-//!   never by parsing an error message;
+//!   never by raising (so a caller's transaction stays usable after a refusal, also one
+//!   found by a race) and never by parsing an error message;
+//! - an error that aborted a caller's transaction is [`StoreError::TransactionAborted`],
+//!   and [`PgStoreTransaction::commit`] refuses such a transaction;
 //! - the feed is read by `(transaction_id, global_position)` below
 //!   `pg_snapshot_xmin(pg_current_snapshot())` (see `docs/ordering.md`);
 //! - this crate never calls `pg_notify` in an append and never logs a connection string.
 //!
 //! [`EventStore`]: chronik_store::EventStore
+//! [`StoreError::TransactionAborted`]: chronik_store::StoreError::TransactionAborted
 //! [`SnapshotStore`]: chronik_store::SnapshotStore
 //! [`CheckpointStore`]: chronik_store::CheckpointStore
 
@@ -63,6 +73,7 @@ mod row;
 mod snapshot;
 mod sql;
 mod store;
+mod transaction;
 
 pub use config::{PgStoreConfig, SchemaName};
 pub use horizon::{HolderKind, HorizonHolder};
@@ -75,6 +86,7 @@ pub use projection::{
 };
 pub use roles::{APPLICATION_PRIVILEGES, ConnectedRole, RoleName, application_role_sql};
 pub use store::PgEventStore;
+pub use transaction::PgStoreTransaction;
 
 /// The schema migrations (`migrations/` at the workspace root), embedded once.
 ///

@@ -22,7 +22,6 @@ pub(crate) struct Sql {
     pub(crate) count_after: String,
     pub(crate) newest_committed: String,
     pub(crate) horizon: String,
-    pub(crate) event_location: String,
     pub(crate) load_snapshot: String,
     pub(crate) save_snapshot: String,
     pub(crate) list_snapshots: String,
@@ -85,12 +84,6 @@ impl Sql {
                   ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
             ),
             horizon: format!("SELECT {HORIZON}::text::bigint"),
-            // The first of a batch's ids that is stored, in batch order.
-            event_location: format!(
-                "SELECT u.id, e.stream_id, e.version \
-                   FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, ord) \
-                   JOIN {s}.events e ON e.event_id = u.id ORDER BY u.ord LIMIT 1"
-            ),
             load_snapshot: format!(
                 "SELECT {snapshot_columns} FROM {s}.snapshots \
                   WHERE stream_id = $1 AND state_schema_version = $2"

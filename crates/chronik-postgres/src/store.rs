@@ -16,13 +16,9 @@ use uuid::Uuid;
 
 use crate::MIGRATOR;
 use crate::config::{PgStoreConfig, SchemaName};
-use crate::error::{backend, constraint, sqlstate};
+use crate::error::{aborted, backend};
 use crate::row::{self, to_u64};
 use crate::sql::Sql;
-
-/// How often an owned append is re-run after losing a race on a unique key to a
-/// concurrent transaction (the re-run then reports the precise outcome).
-const UNIQUE_RACE_RETRIES: u32 = 3;
 
 /// The PostgreSQL event store: implements [`EventStore`], and (in this crate's other
 /// modules) [`SnapshotStore`](chronik_store::SnapshotStore) and
@@ -119,13 +115,6 @@ impl<'a> AppendArgs<'a> {
                 .collect(),
         })
     }
-}
-
-/// What one execution of `append_events` produced.
-enum Attempt {
-    Done(Result<AppendResult, StoreError>),
-    /// Lost a unique-key race to a concurrent transaction (the statement failed).
-    UniqueRace(sqlx::Error),
 }
 
 impl PgEventStore {
@@ -225,7 +214,8 @@ impl PgEventStore {
     }
 
     /// Appends inside the caller's transaction (or session): `conn` is typically
-    /// `&mut *tx` for a `sqlx::Transaction<'_, Postgres>`.
+    /// `&mut *tx` for a `sqlx::Transaction<'_, Postgres>`. [`PgEventStore::begin`] gives a
+    /// transaction that also refuses to commit once it is aborted.
     ///
     /// **Append first.** Make the append the first write of the transaction. A transaction
     /// that wrote before holds an older transaction id; if the stream was appended to by a
@@ -234,14 +224,28 @@ impl PgEventStore {
     /// stream's new events before its previous ones). Roll back and retry the whole unit
     /// of work in a new transaction. Unlike [`EventStore::append`], nothing is retried here.
     ///
-    /// Conflicts, order and duplicate-id errors leave the transaction usable (nothing was
-    /// written); backend errors abort it. Events become visible in the feed when the
-    /// transaction commits and every older transaction has finished. Under `REPEATABLE
-    /// READ` or `SERIALIZABLE`, a concurrent append to the same stream surfaces as a
-    /// retryable [`StoreError::Backend`] (serialization failure): retry the unit of work.
+    /// **After an error**, one of two things holds, and the error says which:
+    /// - a refusal, [`StoreError::Conflict`], [`StoreError::TransactionOrder`],
+    ///   [`StoreError::DuplicateEventId`], [`StoreError::EventIdReused`] (and
+    ///   [`StoreError::Invalid`] / [`StoreError::InvalidRequest`], raised before anything
+    ///   is sent): nothing was written and **the transaction is still usable**, whatever
+    ///   found the refusal, including a race with a concurrent transaction that held the
+    ///   same event id or created the same stream (the append waits for it, then answers);
+    ///   what the transaction did before is kept, and commits if it commits;
+    /// - [`StoreError::TransactionAborted`]: the server raised an error (deadlock, statement
+    ///   or lock timeout, cancellation, serialization failure, a terminated session) or the
+    ///   connection was lost, and PostgreSQL has **aborted the transaction**: nothing in it
+    ///   will commit. Roll it back. Do not commit it: PostgreSQL answers the COMMIT of an
+    ///   aborted transaction with a ROLLBACK, which sqlx reports as success.
+    ///
+    /// Events become visible in the feed when the transaction commits and every older
+    /// transaction has finished. Under `REPEATABLE READ` or `SERIALIZABLE`, a concurrent
+    /// append to the same stream or with the same event id surfaces as a retryable
+    /// [`StoreError::TransactionAborted`] (serialization failure): retry the unit of work.
     ///
     /// # Errors
-    /// As [`EventStore::append`].
+    /// As [`EventStore::append`], with [`StoreError::TransactionAborted`] in place of
+    /// [`StoreError::Backend`].
     pub async fn append_in(
         &self,
         conn: &mut PgConnection,
@@ -250,17 +254,19 @@ impl PgEventStore {
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
         let args = AppendArgs::new(stream, expected, events)?;
-        match self.attempt(&mut *conn, &args).await {
-            Attempt::Done(r) => r,
-            Attempt::UniqueRace(err) => self.explain_unique_race(err, &args).await,
-        }
+        self.attempt(&mut *conn, &args).await.map_err(aborted)?
     }
 
-    async fn attempt<'e, E>(&self, executor: E, args: &AppendArgs<'_>) -> Attempt
+    /// One execution of `append_events`: the outcome it reported, or the statement's error.
+    async fn attempt<'e, E>(
+        &self,
+        executor: E,
+        args: &AppendArgs<'_>,
+    ) -> Result<Result<AppendResult, StoreError>, sqlx::Error>
     where
         E: Executor<'e, Database = Postgres>,
     {
-        let result = sqlx::query(&self.sql.append)
+        let row = sqlx::query(&self.sql.append)
             .bind(args.stream.as_str())
             .bind(args.stream.category())
             .bind(args.code)
@@ -272,48 +278,8 @@ impl PgEventStore {
             .bind(&args.correlations)
             .bind(&args.causations)
             .fetch_one(executor)
-            .await;
-        match result {
-            Ok(row) => Attempt::Done(outcome(&row, args)),
-            Err(e) if sqlstate(&e).as_deref() == Some("23505") => Attempt::UniqueRace(e),
-            Err(e) => Attempt::Done(Err(backend(e))),
-        }
-    }
-
-    /// After a unique violation (a concurrent transaction stored the same event id or
-    /// version first and committed): report where, from committed data.
-    async fn explain_unique_race(
-        &self,
-        err: sqlx::Error,
-        args: &AppendArgs<'_>,
-    ) -> Result<AppendResult, StoreError> {
-        match constraint(&err) {
-            Some("events_event_id_key") => {
-                let found = sqlx::query(&self.sql.event_location)
-                    .bind(&args.ids)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(backend)?;
-                match found {
-                    Some(row) => {
-                        let id: Uuid = row.try_get(0).map_err(backend)?;
-                        Err(StoreError::DuplicateEventId {
-                            event_id: EventId::new(id).map_err(StoreError::Invalid)?,
-                            stream: stored_stream_id(row.try_get(1).map_err(backend)?)?,
-                            version: Version::from_i64(row.try_get(2).map_err(backend)?)
-                                .map_err(StoreError::Invalid)?,
-                        })
-                    }
-                    None => Err(backend(err)),
-                }
-            }
-            Some("events_pkey" | "streams_pkey") => Err(StoreError::Conflict {
-                stream: args.stream.clone(),
-                expected: args.expected,
-                actual: self.stream_version(args.stream).await?,
-            }),
-            _ => Err(backend(err)),
-        }
+            .await?;
+        Ok(outcome(&row, args))
     }
 
     pub(crate) fn cursor_params(cursor: FeedCursor) -> Result<(String, i64), StoreError> {
@@ -356,14 +322,27 @@ fn outcome(row: &PgRow, args: &AppendArgs<'_>) -> Result<AppendResult, StoreErro
         3 => Err(StoreError::TransactionOrder {
             stream: args.stream.clone(),
         }),
-        4 => {
+        4 | 5 => {
             let id: Option<Uuid> = row.try_get(5).map_err(backend)?;
             let id = id.ok_or_else(|| StoreError::backend("append_events: no event id", false))?;
             let stream: Option<String> = row.try_get(6).map_err(backend)?;
-            Err(StoreError::DuplicateEventId {
-                event_id: EventId::new(id).map_err(StoreError::Invalid)?,
-                stream: stored_stream_id(stream.unwrap_or_default())?,
-                version: version(get_i64(7)?)?,
+            let (event_id, stream, version) = (
+                EventId::new(id).map_err(StoreError::Invalid)?,
+                stored_stream_id(stream.unwrap_or_default())?,
+                version(get_i64(7)?)?,
+            );
+            Err(if code == 4 {
+                StoreError::DuplicateEventId {
+                    event_id,
+                    stream,
+                    version,
+                }
+            } else {
+                StoreError::EventIdReused {
+                    event_id,
+                    stream,
+                    version,
+                }
             })
         }
         other => Err(StoreError::backend(
@@ -394,23 +373,17 @@ impl EventStore for PgEventStore {
             expected,
             ExpectedVersion::Any | ExpectedVersion::StreamExists
         );
-        let (mut order_retries, mut unique_retries) = (0, 0);
+        let mut order_retries = 0;
         loop {
             // One statement in autocommit: its own transaction, the append its first write.
-            match self.attempt(&self.pool, &args).await {
-                Attempt::Done(Err(StoreError::TransactionOrder { .. }))
+            match self.attempt(&self.pool, &args).await.map_err(backend)? {
+                Err(StoreError::TransactionOrder { .. })
                     if retry_order && order_retries < self.order_retries =>
                 {
                     order_retries += 1;
                     tracing::debug!(stream = %stream, order_retries, "append behind a newer writer, retrying");
                 }
-                Attempt::Done(r) => return r,
-                Attempt::UniqueRace(_) if unique_retries < UNIQUE_RACE_RETRIES => {
-                    // The winner has committed: the next attempt sees it and answers
-                    // precisely (already appended, conflict, or duplicate elsewhere).
-                    unique_retries += 1;
-                }
-                Attempt::UniqueRace(err) => return self.explain_unique_race(err, &args).await,
+                r => return r,
             }
         }
     }

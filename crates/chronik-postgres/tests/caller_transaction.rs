@@ -242,3 +242,310 @@ async fn an_owned_append_racing_a_held_id_answers_duplicate(pool: PgPool) {
     ));
     assert!(read(&store, &b).await.is_empty());
 }
+
+/// Holds `stream`'s row lock in a transaction of its own (an append, left open).
+async fn hold_stream(
+    store: &PgEventStore,
+    pool: &PgPool,
+    stream: &StreamId,
+) -> Transaction<'static, Postgres> {
+    let mut holder = pool.begin().await.expect("begin holder");
+    store
+        .append_in(&mut holder, stream, ExpectedVersion::Any, &events(1))
+        .await
+        .expect("holder appends");
+    holder
+}
+
+/// A backend error inside a caller's transaction (here a lock timeout) is reported as
+/// `TransactionAborted`, and the transaction really is aborted: the error cannot be
+/// mistaken for a refusal that leaves it usable.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_backend_error_in_a_caller_transaction_says_it_aborted_it(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    let (held, mine) = (stream("order"), stream("order"));
+    let holder = hold_stream(&store, &pool, &held).await;
+    let mut tx = pool.begin().await.expect("begin");
+    store
+        .append_in(&mut tx, &mine, ExpectedVersion::NoStream, &events(1))
+        .await
+        .expect("first append");
+    sqlx::query("SET LOCAL lock_timeout = '20ms'")
+        .execute(&mut *tx)
+        .await
+        .expect("lock timeout");
+    let err = store
+        .append_in(&mut tx, &held, ExpectedVersion::Any, &events(1))
+        .await
+        .expect_err("the row is locked");
+    assert!(err.is_transaction_aborted(), "{err:?}");
+    assert!(err.is_retryable(), "a lock timeout may pass: {err}");
+    assert!(
+        err.to_string().contains("roll it back"),
+        "the message says what to do: {err}"
+    );
+    let next = sqlx::query("SELECT 1").execute(&mut *tx).await;
+    assert!(
+        next.is_err(),
+        "PostgreSQL aborted the transaction, as the error says"
+    );
+    drop(tx);
+    holder.commit().await.expect("holder commits");
+    assert!(read(&store, &mine).await.is_empty());
+}
+
+/// chronik's transaction refuses to commit once an append reported it aborted: the commit
+/// is an error, later appends are refused unsent, and nothing of it is stored.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_chronik_transaction_refuses_to_commit_once_aborted(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    let (held, mine, later) = (stream("order"), stream("order"), stream("order"));
+    let holder = hold_stream(&store, &pool, &held).await;
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&mine, ExpectedVersion::NoStream, &events(1))
+        .await
+        .expect("first append");
+    sqlx::query("SET LOCAL lock_timeout = '20ms'")
+        .execute(&mut *tx)
+        .await
+        .expect("lock timeout");
+    let err = tx
+        .append(&held, ExpectedVersion::Any, &events(1))
+        .await
+        .expect_err("the row is locked");
+    assert!(err.is_transaction_aborted(), "{err:?}");
+    assert!(tx.is_aborted());
+    let refused = tx
+        .append(&later, ExpectedVersion::NoStream, &events(1))
+        .await
+        .expect_err("an aborted transaction takes no more appends");
+    assert!(refused.is_transaction_aborted(), "{refused:?}");
+    let commit = tx.commit().await.expect_err("the commit is refused");
+    assert!(commit.is_transaction_aborted(), "{commit:?}");
+    holder.commit().await.expect("holder commits");
+    assert!(read(&store, &mine).await.is_empty());
+    assert!(read(&store, &later).await.is_empty());
+}
+
+/// A statement of the caller's own that fails, and whose error the caller ignores, aborts
+/// the transaction too: chronik's transaction finds out at commit and refuses.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_chronik_transaction_refuses_to_commit_after_an_ignored_error(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    let mine = stream("order");
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&mine, ExpectedVersion::NoStream, &events(2))
+        .await
+        .expect("append");
+    let ignored = sqlx::query("SELECT 1 / 0").execute(&mut *tx).await;
+    assert!(ignored.is_err());
+    let commit = tx.commit().await.expect_err("the commit is refused");
+    assert!(commit.is_transaction_aborted(), "{commit:?}");
+    assert!(commit.to_string().contains("not committed"), "{commit}");
+    assert!(read(&store, &mine).await.is_empty());
+
+    // Used directly without an error, it commits (after asking the server).
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&mine, ExpectedVersion::NoStream, &events(1))
+        .await
+        .expect("append");
+    sqlx::query("SELECT 1")
+        .execute(&mut *tx)
+        .await
+        .expect("own statement");
+    tx.commit().await.expect("commit");
+    assert_eq!(read(&store, &mine).await.len(), 1);
+}
+
+/// Every refusal leaves chronik's transaction usable and committable, with what it did
+/// before and after the refusals.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn refusals_leave_a_chronik_transaction_usable(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    let (a, b, committed) = (stream("order"), stream("order"), stream("order"));
+    let stored = events(1);
+    store
+        .append(&committed, ExpectedVersion::NoStream, &stored)
+        .await
+        .expect("stored before");
+    let reused = vec![
+        chronik_core::NewEvent::new(
+            stored[0].event_id(),
+            stored[0].event_type().clone(),
+            stored[0].schema_version(),
+            json!({ "other": "content" }),
+            stored[0].metadata().clone(),
+        )
+        .expect("event"),
+    ];
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&a, ExpectedVersion::NoStream, &events(2))
+        .await
+        .expect("append to a");
+    let conflict = tx.append(&a, ExpectedVersion::NoStream, &events(1)).await;
+    assert!(
+        matches!(conflict, Err(StoreError::Conflict { actual, .. }) if actual == v(2)),
+        "{conflict:?}"
+    );
+    let duplicate = tx.append(&b, ExpectedVersion::NoStream, &stored).await;
+    assert!(
+        matches!(duplicate, Err(StoreError::DuplicateEventId { ref stream, .. }) if *stream == committed),
+        "{duplicate:?}"
+    );
+    let reuse = tx
+        .append(&committed, ExpectedVersion::NoStream, &reused)
+        .await;
+    assert!(
+        matches!(reuse, Err(StoreError::EventIdReused { event_id, .. }) if event_id == stored[0].event_id()),
+        "{reuse:?}"
+    );
+    assert!(!tx.is_aborted());
+    tx.append(&b, ExpectedVersion::NoStream, &events(1))
+        .await
+        .expect("append to b after the refusals");
+    tx.commit().await.expect("commit");
+    assert_eq!(read(&store, &a).await.len(), 2);
+    assert_eq!(read(&store, &b).await.len(), 1);
+    assert_eq!(
+        read(&store, &committed).await[0].payload,
+        *stored[0].payload()
+    );
+}
+
+/// A projection whose handler, for one event, runs a failing statement and ignores the
+/// error (until told to stop), and otherwise records every event it applies.
+struct Careless {
+    swallow: chronik_core::EventId,
+    careless: std::sync::atomic::AtomicBool,
+}
+
+impl chronik_postgres::PgProjection for Careless {
+    fn name(&self) -> &str {
+        "careless"
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut chronik_postgres::PgTransaction,
+        event: &chronik_core::RecordedEvent,
+    ) -> Result<(), chronik_postgres::HandlerFailure> {
+        if event.event_id == self.swallow && self.careless.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            let ignored = sqlx::query("SELECT 1 / 0").execute(&mut **tx).await;
+            assert!(ignored.is_err());
+            return Ok(());
+        }
+        sqlx::query("INSERT INTO careless_applied (event_id) VALUES ($1)")
+            .bind(event.event_id.as_uuid())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn clear(
+        &self,
+        tx: &mut chronik_postgres::PgTransaction,
+    ) -> Result<(), chronik_postgres::HandlerFailure> {
+        sqlx::query("DELETE FROM careless_applied")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The projection handlers' transaction: a handler that ignores a failed statement cannot
+/// make its batch commit (the runner's checkpoint write in the aborted transaction fails),
+/// so no event is skipped: once the handler behaves, every event is applied exactly once.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_handler_that_ignores_an_error_never_commits_its_batch(pool: PgPool) {
+    use chronik_store::CheckpointStore as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    sqlx::query("CREATE TABLE careless_applied (event_id uuid PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    let store = PgEventStore::from_pool(pool.clone());
+    let mut last = None;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let batch = events(2);
+        ids.extend(batch.iter().map(NewEvent::event_id));
+        let r = store
+            .append(&stream("order"), ExpectedVersion::NoStream, &batch)
+            .await
+            .expect("append");
+        last = Some(r.cursor);
+    }
+    let last = last.expect("appended");
+    store.wait_for_feed(last).await.expect("visible");
+    let projection = std::sync::Arc::new(Careless {
+        swallow: ids[5],
+        careless: AtomicBool::new(true),
+    });
+    let handle = chronik_postgres::PgProjectionRunner::new(store.clone(), projection.clone())
+        .with_options(chronik_postgres::PgRunnerOptions {
+            batch_size: 4,
+            retry_base: std::time::Duration::from_millis(5),
+            retry_max: std::time::Duration::from_millis(20),
+            ..chronik_postgres::PgRunnerOptions::default()
+        })
+        .spawn()
+        .expect("spawn");
+    // The careless batch is tried again and again; count the attempts in the database,
+    // where every try leaves a failed transaction behind (xact_rollback moves).
+    let rollbacks = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("stats")
+    };
+    let before = rollbacks().await;
+    while rollbacks().await < before + 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let checkpoint = store
+        .load_checkpoint("careless")
+        .await
+        .expect("checkpoint")
+        .map(|c| c.cursor);
+    let applied: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM careless_applied")
+        .fetch_all(&pool)
+        .await
+        .expect("applied");
+    assert!(
+        !applied.contains(&ids[5].as_uuid()) && applied.len() <= 5,
+        "nothing at or after the careless event was committed: {applied:?}"
+    );
+    let feed: Vec<_> = store
+        .read_feed(
+            chronik_core::FeedCursor::START,
+            &chronik_store::FeedFilter::all(),
+            100,
+        )
+        .await
+        .expect("feed")
+        .events;
+    assert!(
+        checkpoint.is_none_or(|c| c < feed[5].cursor),
+        "the checkpoint did not pass the careless event: {checkpoint:?}"
+    );
+    projection.careless.store(false, Ordering::SeqCst);
+    loop {
+        let c = store.load_checkpoint("careless").await.expect("checkpoint");
+        if c.is_some_and(|c| c.cursor == last) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    handle.stop().await;
+    let mut applied: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM careless_applied")
+        .fetch_all(&pool)
+        .await
+        .expect("applied");
+    applied.sort();
+    let mut all: Vec<uuid::Uuid> = ids.iter().map(chronik_core::EventId::as_uuid).collect();
+    all.sort();
+    assert_eq!(applied, all, "every event exactly once");
+}

@@ -38,6 +38,19 @@ enum Batch {
     },
     /// One new event, then the first event of an earlier batch.
     Mixed { batch: usize, payload: Value },
+    /// An earlier batch again, one of its events with the same id but other content.
+    Altered {
+        batch: usize,
+        event: usize,
+        change: Change,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Change {
+    Type(usize),
+    SchemaVersion(u32),
+    Payload(Value),
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +95,16 @@ fn batch() -> impl Strategy<Value = Batch> {
         2 => (0..8usize, 0..2usize, 1..4usize)
             .prop_map(|(batch, skip, take)| Batch::Resend { batch, skip, take }),
         1 => (0..8usize, payload()).prop_map(|(batch, payload)| Batch::Mixed { batch, payload }),
+        1 => (
+            0..8usize,
+            0..4usize,
+            prop_oneof![
+                (0..TYPES.len()).prop_map(Change::Type),
+                (1..3u32).prop_map(Change::SchemaVersion),
+                payload().prop_map(Change::Payload),
+            ],
+        )
+            .prop_map(|(batch, event, change)| Batch::Altered { batch, event, change }),
     ]
 }
 
@@ -139,6 +162,11 @@ fn outcome(r: &Result<AppendResult, StoreError>) -> String {
             stream,
             version,
         }) => format!("duplicate {event_id} {stream} {version}"),
+        Err(StoreError::EventIdReused {
+            event_id,
+            stream,
+            version,
+        }) => format!("reused {event_id} {stream} {version}"),
         Err(StoreError::Invalid(e)) => format!("invalid {e}"),
         Err(other) => format!("other {other}"),
     }
@@ -211,7 +239,34 @@ impl Pair<'_> {
                             new_event(TYPES[0], payload.clone()),
                             sent[batch % sent.len()][0].clone(),
                         ],
-                        Batch::Resend { .. } | Batch::Mixed { .. } => {
+                        Batch::Altered {
+                            batch,
+                            event,
+                            change,
+                        } if !sent.is_empty() => {
+                            let mut b = sent[batch % sent.len()].clone();
+                            let i = event % b.len();
+                            let e = &b[i];
+                            let (t, sv, p) = match change {
+                                Change::Type(t) => (TYPES[*t], e.schema_version(), e.payload()),
+                                Change::SchemaVersion(sv) => {
+                                    (e.event_type().as_str(), *sv, e.payload())
+                                }
+                                Change::Payload(p) => {
+                                    (e.event_type().as_str(), e.schema_version(), p)
+                                }
+                            };
+                            b[i] = NewEvent::new(
+                                e.event_id(),
+                                EventType::new(t).expect("type"),
+                                sv,
+                                p.clone(),
+                                e.metadata().clone(),
+                            )
+                            .expect("event");
+                            b
+                        }
+                        Batch::Resend { .. } | Batch::Mixed { .. } | Batch::Altered { .. } => {
                             vec![new_event(TYPES[1], Value::Object(serde_json::Map::new()))]
                         }
                     };

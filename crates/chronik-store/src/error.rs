@@ -33,6 +33,23 @@ pub enum StoreError {
         /// Its version there.
         version: Version,
     },
+    /// An event id is already stored at this append's place (the same stream, the same
+    /// version), but with other content: another event type, schema version or payload.
+    /// A retry must re-send the very events it sent; a new event needs a new id. This is a
+    /// bug in the caller, never retryable. Nothing was written. (Metadata is not compared:
+    /// a retry may carry other headers.)
+    #[error(
+        "event {event_id} is already stored at stream {stream} version {version} with other content \
+         (type, schema version or payload); re-send the same event to retry, give a new event a new id"
+    )]
+    EventIdReused {
+        /// The reused id.
+        event_id: EventId,
+        /// The stream it is stored in (this append's stream).
+        stream: StreamId,
+        /// Its version there.
+        version: Version,
+    },
     /// Input was rejected before any I/O. Nothing was written.
     #[error("invalid input: {0}")]
     Invalid(#[from] InvalidInput),
@@ -57,6 +74,29 @@ pub enum StoreError {
     /// An upcast chain is invalid (raised when a registry is built or applied).
     #[error(transparent)]
     Upcast(#[from] UpcastError),
+    /// The caller's transaction failed on the server and is aborted, or its connection
+    /// was lost: nothing written in it can commit any more. Roll it back (drop it), then
+    /// retry the whole unit of work in a new transaction if [`is_retryable`].
+    ///
+    /// Returned instead of [`StoreError::Backend`] by the operations that run inside a
+    /// caller's transaction (`PgEventStore::append_in`), so that it cannot be mistaken for
+    /// a refusal that leaves the transaction usable ([`StoreError::Conflict`],
+    /// [`StoreError::TransactionOrder`], [`StoreError::DuplicateEventId`],
+    /// [`StoreError::EventIdReused`]): PostgreSQL answers the COMMIT of an aborted
+    /// transaction with a ROLLBACK that drivers report as success, so committing after this
+    /// error stores nothing while appearing to work.
+    ///
+    /// [`is_retryable`]: StoreError::is_retryable
+    #[error("{message}: the transaction is aborted and nothing in it will commit; roll it back{}", if *retryable { " and retry the unit of work" } else { "" })]
+    TransactionAborted {
+        /// What failed, without credentials.
+        message: String,
+        /// Whether retrying the unit of work in a new transaction may succeed.
+        retryable: bool,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The backend failed (I/O, pool, timeout, server error).
     #[error("backend error: {message}")]
     Backend {
@@ -76,9 +116,18 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Conflict { .. } | Self::TransactionOrder { .. } => true,
-            Self::Backend { retryable, .. } => *retryable,
+            Self::Backend { retryable, .. } | Self::TransactionAborted { retryable, .. } => {
+                *retryable
+            }
             _ => false,
         }
+    }
+
+    /// Whether the caller's transaction is aborted by this error
+    /// ([`StoreError::TransactionAborted`]): it must be rolled back, never committed.
+    #[must_use]
+    pub fn is_transaction_aborted(&self) -> bool {
+        matches!(self, Self::TransactionAborted { .. })
     }
 
     /// Whether this is an optimistic-concurrency conflict.

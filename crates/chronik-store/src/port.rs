@@ -87,7 +87,10 @@ pub struct FeedHead {
 ///   `already_appended: true` ("same place": the same stream, consecutive versions, and
 ///   where `expected` is `Exact(v)` / `NoStream` the first event at `v + 1` / `1`);
 ///   the same ids anywhere else is [`StoreError::DuplicateEventId`]. Idempotency is
-///   checked before the expected version.
+///   checked before the expected version. At the same place, every event must also be
+///   the same as the stored one (event type, schema version and payload; metadata is not
+///   compared), or the append is [`StoreError::EventIdReused`] naming the first that
+///   differs, and nothing is written.
 /// - Input is validated before any I/O ([`StoreError::Invalid`]).
 /// - `read_feed` returns events strictly after `after`, in feed order, never skipping an
 ///   event that commits later below a returned cursor, and never showing version `n + 1`

@@ -46,6 +46,7 @@ macro_rules! conformance_cases {
             conflicting_append_writes_nothing,
             idempotent_retry_returns_already_appended,
             same_ids_elsewhere_are_rejected,
+            reused_ids_with_other_content_are_rejected,
             invalid_batches_are_rejected_and_write_nothing,
             concurrent_appends_have_one_winner_per_version,
             concurrent_appends_to_many_streams_are_all_durable,
@@ -352,6 +353,112 @@ pub async fn same_ids_elsewhere_are_rejected<S: Store>(store: S) {
         .append(&b, ExpectedVersion::NoStream, &events(1))
         .await
         .expect("b is still a new stream");
+}
+
+/// The same ids at the same place with other content (event type, schema version or
+/// payload) are a caller bug: `EventIdReused` naming the first event that differs, and
+/// nothing is written. Other metadata alone is still a retry.
+pub async fn reused_ids_with_other_content_are_rejected<S: Store>(store: S) {
+    let id = stream("order");
+    let batch = events(3);
+    let first = store
+        .append(&id, ExpectedVersion::NoStream, &batch)
+        .await
+        .expect("append");
+    // `batch` with event `i` rebuilt from the same id with other parts.
+    let altered = |i: usize, change: &str| -> Vec<NewEvent> {
+        let mut out = batch.clone();
+        let e = &batch[i];
+        let (event_type, schema_version, payload) = match change {
+            "type" => ("Renumbered", e.schema_version(), e.payload().clone()),
+            "schema version" => (e.event_type().as_str(), 2, e.payload().clone()),
+            "payload" => (e.event_type().as_str(), 1, json!({ "n": 99 })),
+            // {"n": 2} was sent: 2.0 is another JSON value (it reads back as a float)
+            _ => (e.event_type().as_str(), 1, json!({ "n": 2.0 })),
+        };
+        out[i] = NewEvent::new(
+            e.event_id(),
+            EventType::new(event_type).expect("valid type"),
+            schema_version,
+            payload,
+            e.metadata().clone(),
+        )
+        .expect("valid event");
+        out
+    };
+    for (i, change) in [
+        (0, "type"),
+        (1, "schema version"),
+        (2, "payload"),
+        (2, "integer becomes float"),
+    ] {
+        let sent = altered(i, change);
+        for (expected, events) in [
+            (ExpectedVersion::NoStream, &sent[..]),
+            (ExpectedVersion::Exact(Version::ZERO), &sent[..]),
+            (ExpectedVersion::Any, &sent[..]),
+            (ExpectedVersion::StreamExists, &sent[..]),
+            // a prefix reaching the altered event is refused too
+            (ExpectedVersion::NoStream, &sent[..=i]),
+        ] {
+            match store.append(&id, expected, events).await {
+                Err(StoreError::EventIdReused {
+                    event_id,
+                    stream,
+                    version,
+                }) => assert_eq!(
+                    (event_id, &stream, version),
+                    (batch[i].event_id(), &id, v(i as u64 + 1)),
+                    "{change} of event {i}, {expected:?}"
+                ),
+                other => panic!("{change} of event {i}, {expected:?}: {other:?}"),
+            }
+        }
+    }
+    // A prefix that stops before the altered event is the same place and content.
+    let prefix = store
+        .append(&id, ExpectedVersion::NoStream, &altered(2, "payload")[..2])
+        .await
+        .expect("unaltered prefix");
+    assert!(prefix.already_appended);
+    // Metadata is not part of the comparison: other headers are still a retry.
+    let retagged: Vec<NewEvent> = batch
+        .iter()
+        .map(|e| {
+            let mut metadata = e.metadata().clone();
+            metadata
+                .headers
+                .insert("retry".to_owned(), "yes".to_owned());
+            NewEvent::new(
+                e.event_id(),
+                e.event_type().clone(),
+                e.schema_version(),
+                e.payload().clone(),
+                metadata,
+            )
+            .expect("valid event")
+        })
+        .collect();
+    let again = store
+        .append(&id, ExpectedVersion::NoStream, &retagged)
+        .await
+        .expect("other metadata is a retry");
+    assert!(again.already_appended);
+    assert_eq!(again.cursor, first.cursor);
+    // Nothing of the refused appends was written: the originals are still there, alone.
+    let stored = read_all(&store, &id).await;
+    assert_eq!(stored.len(), 3);
+    for (r, e) in stored.iter().zip(&batch) {
+        assert_eq!(
+            (r.event_id, &r.event_type, r.schema_version, &r.payload),
+            (
+                e.event_id(),
+                e.event_type(),
+                e.schema_version(),
+                e.payload()
+            )
+        );
+    }
 }
 
 /// Batch-level bad input is rejected before anything is written.

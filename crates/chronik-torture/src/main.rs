@@ -393,15 +393,17 @@ async fn run() -> anyhow::Result<bool> {
     );
     println!(
         "racing caller transactions: {} ({} refusals the transaction went on after; contested \
-         ids: {} won, {} answered duplicate)",
+         ids: {} won, {} answered duplicate; {} commits after an ignored error of the caller's own)",
         c.get(C::racing_transactions),
         c.get(C::refused_in_caller_tx),
         c.get(C::contested_won),
         c.get(C::contested_duplicates),
+        c.get(C::commits_refused),
     );
     println!(
         "ambiguous: {} resolved by re-sending the same ids ({} already appended, {} appended on \
-         re-send, {} not stored), {} unresolved; {} idempotent re-sends of successes; {} anomalies",
+         re-send, {} not stored), {} unresolved; {} idempotent re-sends of successes, {} with \
+         altered content; {} anomalies",
         c.get(C::ambiguous_already_appended)
             + c.get(C::ambiguous_appended_on_resend)
             + c.get(C::ambiguous_not_stored),
@@ -410,6 +412,7 @@ async fn run() -> anyhow::Result<bool> {
         c.get(C::ambiguous_not_stored),
         c.get(C::unresolved),
         c.get(C::idempotent_resends),
+        c.get(C::reuse_resends),
         c.get(C::anomalies),
     );
     println!(

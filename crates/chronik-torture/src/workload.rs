@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronik_core::{EventId, EventType, ExpectedVersion, Metadata, NewEvent, StreamId, Version};
-use chronik_postgres::PgEventStore;
-use chronik_store::{EventStore as _, StoreError};
+use chronik_postgres::{PgEventStore, PgStoreTransaction};
+use chronik_store::{AppendResult, EventStore as _, StoreError};
 use rand::Rng as _;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -137,7 +137,7 @@ pub(crate) fn definite_failure(world: &World, e: &StoreError) -> Outcome {
             world.counts.inc(C::pool_timeouts);
             "pool timeout"
         }
-        StoreError::Backend { .. } => {
+        StoreError::Backend { .. } | StoreError::TransactionAborted { .. } => {
             world.counts.inc(C::failed_other);
             "backend error before commit"
         }
@@ -233,6 +233,41 @@ async fn succeeded(
             Err(e) if e.is_retryable() && !e.is_conflict() => {}
             other => world.resend_violation(format!(
                 "{}: re-sending an append acknowledged at v{first}..v{last} answered {other:?}",
+                part.stream
+            )),
+        }
+    }
+    // A caller bug now and then: the same ids again, the last event with other content.
+    // It must be refused, naming that event where it is stored, and change nothing.
+    if rng.gen_bool(0.03)
+        && let Some(e) = part.events.last()
+        && let Ok(altered) = NewEvent::new(
+            e.event_id(),
+            e.event_type().clone(),
+            e.schema_version(),
+            json!({ "altered": true }),
+            e.metadata().clone(),
+        )
+    {
+        world.counts.inc(C::reuse_resends);
+        let mut events = part.events.clone();
+        if let Some(slot) = events.last_mut() {
+            *slot = altered;
+        }
+        match world
+            .store
+            .append(&part.stream, part.expected, &events)
+            .await
+        {
+            Err(StoreError::EventIdReused {
+                event_id,
+                stream,
+                version,
+            }) if event_id == e.event_id() && stream == part.stream && version.get() == last => {}
+            Err(e) if e.is_retryable() && !e.is_conflict() => {}
+            other => world.resend_violation(format!(
+                "{}: re-sending an append acknowledged at v{first}..v{last} with its last event \
+                 altered answered {other:?}",
                 part.stream
             )),
         }
@@ -482,17 +517,25 @@ async fn racing_caller_tx(
 ) {
     let tx_no = world.next_tx();
     let parts = racing_parts(world, rng, name, tx_no, known);
-    let Ok(mut tx) = world.store.pool().begin().await else {
+    let begun = if rng.gen_bool(0.5) {
+        world.store.begin().await.map(CallerTx::Chronik)
+    } else {
+        world
+            .store
+            .pool()
+            .begin()
+            .await
+            .map(CallerTx::Sqlx)
+            .map_err(|_| StoreError::backend("begin failed", true))
+    };
+    let Ok(mut tx) = begun else {
         world.counts.inc(C::failed_other);
         return;
     };
     world.counts.inc(C::racing_transactions);
     let mut acknowledged = Vec::with_capacity(parts.len());
     for (part, contested) in &parts {
-        let result = world
-            .store
-            .append_in(&mut tx, &part.stream, part.expected, &part.events)
-            .await;
+        let result = tx.append(world, part).await;
         let refusal = match &result {
             Ok(r) if !r.already_appended => {
                 if *contested {
@@ -548,6 +591,32 @@ async fn racing_caller_tx(
     if rng.gen_bool(0.5) {
         tokio::time::sleep(between(rng, Duration::ZERO, Duration::from_millis(3))).await;
     }
+    // A careless caller now and then: a statement of its own fails and it goes on to
+    // commit. Only chronik's transaction can refuse that commit (sqlx's answers success
+    // for the ROLLBACK PostgreSQL does instead): its appends must then all be absent.
+    if let CallerTx::Chronik(t) = &mut tx
+        && rng.gen_bool(0.1)
+    {
+        let _ = sqlx::query("SELECT 1 / 0").execute(&mut **t).await;
+        let refused = match tx.commit().await {
+            Err(e) if e.is_transaction_aborted() => "commit refused (transaction aborted)",
+            // Answered success: recorded as stored, and the model finds them missing.
+            Ok(()) => "",
+            Err(_) => "commit failed",
+        };
+        world.counts.inc(C::commits_refused);
+        for (part, first, _) in acknowledged {
+            let outcome = if refused.is_empty() {
+                Outcome::Stored { first }
+            } else {
+                Outcome::Failed {
+                    why: refused.to_owned(),
+                }
+            };
+            world.record(part.record_in("append_in", tx_no, outcome));
+        }
+        return;
+    }
     match tx.commit().await {
         Ok(()) => {
             for (part, first, last) in acknowledged {
@@ -561,6 +630,36 @@ async fn racing_caller_tx(
                 let outcome = resolve(world, part).await;
                 world.record(part.record_in("append_in", tx_no, outcome));
             }
+        }
+    }
+}
+
+/// A caller transaction: chronik's (which refuses to commit once aborted) or sqlx's.
+enum CallerTx {
+    Chronik(PgStoreTransaction),
+    Sqlx(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl CallerTx {
+    async fn append(&mut self, world: &World, part: &Part) -> Result<AppendResult, StoreError> {
+        match self {
+            Self::Chronik(tx) => tx.append(&part.stream, part.expected, &part.events).await,
+            Self::Sqlx(tx) => {
+                world
+                    .store
+                    .append_in(tx, &part.stream, part.expected, &part.events)
+                    .await
+            }
+        }
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Self::Chronik(tx) => tx.commit().await,
+            Self::Sqlx(tx) => tx
+                .commit()
+                .await
+                .map_err(|e| StoreError::backend(e.to_string(), true)),
         }
     }
 }

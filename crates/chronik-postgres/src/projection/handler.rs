@@ -31,8 +31,19 @@ impl HandlerFailure {
 
 impl From<sqlx::Error> for HandlerFailure {
     fn from(e: sqlx::Error) -> Self {
+        let aborted = matches!(&e, sqlx::Error::Database(db)
+            if db.code().as_deref() == Some(crate::error::IN_FAILED_TRANSACTION));
         Self {
-            message: e.to_string(),
+            message: if aborted {
+                // This statement is not the one that failed: an earlier one in the batch's
+                // transaction did, and a handler went on after it.
+                format!(
+                    "{e}: an earlier statement of the batch's transaction failed and the \
+                     handler went on; return that error from `handle` instead of ignoring it"
+                )
+            } else {
+                e.to_string()
+            },
             source: Some(Box::new(e)),
         }
     }
@@ -60,6 +71,13 @@ impl From<serde_json::Error> for HandlerFailure {
 /// - `handle` writes **only through `tx`**, the batch's transaction: its effects commit
 ///   with the checkpoint or not at all. It is called in feed order (so per-stream order).
 ///   Do not commit, roll back or run transaction-control statements on `tx`.
+/// - Return every error of a statement on `tx`: PostgreSQL has aborted the transaction,
+///   and nothing of the batch can commit. A handler that ignores one does not lose
+///   events (the runner's checkpoint write then fails, and the batch is retried), but the
+///   failure is then reported on a later statement. [`PgEventStore::append_in`] on `tx`
+///   (a projection that emits events) reports refusals without aborting it.
+///
+/// [`PgEventStore::append_in`]: crate::PgEventStore::append_in
 /// - `clear` deletes everything the projection wrote (through `tx`); rebuilds call it.
 ///
 /// Native async (the runner is generic over `P`): implement with `async fn`.
