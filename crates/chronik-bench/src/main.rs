@@ -39,6 +39,9 @@ struct Args {
     /// Run only the scenarios whose names start with one of these (e.g. `--only load`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Writer counts of the concurrent scenarios instead of the mode's (e.g. `--writers 16`).
+    #[arg(long, value_delimiter = ',')]
+    writers: Vec<usize>,
 }
 
 /// Sizes of one run.
@@ -74,6 +77,17 @@ impl Plan {
 }
 
 fn plan(args: &Args) -> Plan {
+    let mut plan = mode_plan(args);
+    if !args.writers.is_empty() {
+        let writers: &'static [usize] = Vec::leak(args.writers.clone());
+        plan.concurrency = writers;
+        plan.batch_concurrency = writers;
+        plan.live_concurrency = writers;
+    }
+    plan
+}
+
+fn mode_plan(args: &Args) -> Plan {
     let measure = args.seconds.map(Duration::from_secs_f64);
     if args.quick {
         Plan {
