@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use chronik_core::{Aggregate, DomainEvent, StreamId, decode_event, encode_event};
+use chronik_core::{
+    Aggregate, DomainEvent, StreamId, decode_event, decode_event_json, encode_event,
+};
 use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
 use chronik_store::{Repository, RepositoryError};
 use serde::{Deserialize, Serialize};
@@ -94,6 +96,10 @@ impl DomainEvent for TillEvent {
 
     fn from_payload(event_type: &str, payload: Value) -> Result<Self, serde_json::Error> {
         decode_event(event_type, payload)
+    }
+
+    fn from_json(event_type: &str, payload: &str) -> Result<Self, serde_json::Error> {
+        decode_event_json(event_type, payload)
     }
 }
 

@@ -22,7 +22,7 @@ mod version;
 
 pub use aggregate::{
     Aggregate, DomainEvent, EncodeError, EncodedEvent, EventTypeInfo, SnapshotState, decode_event,
-    encode_event, encode_tagged,
+    decode_event_json, encode_event, encode_tagged,
 };
 /// `#[derive(DomainEvent)]` for a serde enum tagged `#[serde(tag = "type", content = "data")]`
 /// (see the trait [`DomainEvent`]).

@@ -62,8 +62,12 @@ fn check<E: DomainEvent + Serialize + std::fmt::Debug + PartialEq>(events: &[E])
         let encoded = e.encode().expect("encodes");
         assert_eq!(encoded.event_type, e.event_type());
         assert_eq!(encoded.payload, encode_event(e).expect("payload"));
+        let text = encoded.payload.to_string();
         let back = E::from_payload(encoded.event_type, encoded.payload).expect("reads back");
         assert_eq!(&back, e);
+        // The derived `from_json` decodes the stored text to the same event.
+        let from_text = E::from_json(encoded.event_type, &text).expect("reads back from text");
+        assert_eq!(&from_text, e);
         assert!(
             E::EVENT_TYPES
                 .iter()

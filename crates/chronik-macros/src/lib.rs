@@ -345,6 +345,13 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
                 #krate::decode_event(event_type, payload)
             }
 
+            fn from_json(
+                event_type: &str,
+                payload: &str,
+            ) -> ::core::result::Result<Self, #krate::__private::serde_json::Error> {
+                #krate::decode_event_json(event_type, payload)
+            }
+
             fn encode(&self) -> ::core::result::Result<#krate::EncodedEvent, #krate::EncodeError> {
                 #krate::encode_tagged(self, #krate::DomainEvent::event_type(self), #krate::DomainEvent::schema_version(self))
             }

@@ -7,7 +7,7 @@ use chronik_core::{
     CausationId, CorrelationId, EventId, EventType, FeedCursor, Metadata, RecordedEvent, StreamId,
     Version,
 };
-use chronik_store::{Checkpoint, Snapshot, StoreError};
+use chronik_store::{Checkpoint, Payload, Snapshot, StoreError, StreamEvent};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
@@ -64,6 +64,23 @@ pub(crate) fn recorded(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         stream_id,
         version,
         event_id,
+    })
+}
+
+/// A `StreamEvent` from the columns of `Sql::read_payloads`.
+pub(crate) fn stream_event(row: &PgRow) -> Result<StreamEvent, StoreError> {
+    let version: i64 = row.try_get(0).map_err(backend)?;
+    let event_id: Uuid = row.try_get(1).map_err(backend)?;
+    let event_type: String = row.try_get(2).map_err(backend)?;
+    let schema_version: i64 = row.try_get(3).map_err(backend)?;
+    let payload: String = row.try_get(4).map_err(backend)?;
+    Ok(StreamEvent {
+        version: Version::from_i64(version).map_err(|e| corrupt("version", e))?,
+        event_id: EventId::new(event_id).map_err(|e| corrupt("event id", e))?,
+        event_type: EventType::new(event_type).map_err(|e| corrupt("event type", e))?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| corrupt("schema version", schema_version))?,
+        payload: Payload::Json(payload),
     })
 }
 

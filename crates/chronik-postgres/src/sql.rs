@@ -15,6 +15,7 @@ const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
 pub(crate) struct Sql {
     pub(crate) append: String,
     pub(crate) read_stream: String,
+    pub(crate) read_payloads: String,
     pub(crate) stream_version: String,
     pub(crate) read_feed: String,
     pub(crate) read_feed_filtered: String,
@@ -48,6 +49,12 @@ impl Sql {
             ),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                  WHERE stream_id = $1 AND version >= $2 ORDER BY version"
+            ),
+            // What a fold needs, in the order `row::stream_event` reads it; the payload as
+            // text (what jsonb's binary output is anyway), decoded by the typed event.
+            read_payloads: format!(
+                "SELECT version, event_id, event_type, schema_version, payload::text FROM {s}.events \
                   WHERE stream_id = $1 AND version >= $2 ORDER BY version"
             ),
             stream_version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1"),

@@ -7,7 +7,7 @@ use chronik_core::{
 };
 use chronik_store::{
     AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, MAX_FEED_PAGE,
-    StoreError,
+    PayloadStream, StoreError,
 };
 use futures::{StreamExt, TryStreamExt};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -394,6 +394,15 @@ impl EventStore for PgEventStore {
             .bind(from.as_i64())
             .fetch(&self.pool)
             .map(|r| r.map_err(backend).and_then(|row| row::recorded(&row)))
+            .boxed()
+    }
+
+    fn read_payloads(&self, stream: &StreamId, from: Version) -> PayloadStream<'_> {
+        sqlx::query(&self.sql.read_payloads)
+            .bind(stream.as_str().to_owned())
+            .bind(from.as_i64())
+            .fetch(&self.pool)
+            .map(|r| r.map_err(backend).and_then(|row| row::stream_event(&row)))
             .boxed()
     }
 

@@ -631,6 +631,24 @@ async fn stream_and_feed_reads_are_upcast_through_the_decorator(pool: PgPool) {
         ),
         ("OrderPlaced", 2, &json!({ "total_amount": 10 }))
     );
+    // the fold's read is upcast too: from the stored text to the current value
+    let folded: Vec<_> = store
+        .read_payloads(&id, Version::ZERO)
+        .try_collect()
+        .await
+        .expect("read payloads");
+    assert_eq!(
+        (
+            folded[0].event_type.as_str(),
+            folded[0].schema_version,
+            &folded[0].payload
+        ),
+        (
+            "OrderPlaced",
+            2,
+            &chronik_store::Payload::Value(json!({ "total_amount": 10 }))
+        )
+    );
     raw.wait_for_feed(r.cursor).await.expect("visible");
     let page = store
         .read_feed(FeedCursor::START, &FeedFilter::all(), 10)

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::StoreError;
 use crate::port::{
     AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
-    FeedPage, Snapshot, SnapshotStore,
+    FeedPage, PayloadStream, Snapshot, SnapshotStore,
 };
 
 macro_rules! forward {
@@ -21,6 +21,9 @@ macro_rules! forward {
             }
             fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
                 (**self).read_stream(stream, from)
+            }
+            fn read_payloads(&self, stream: &StreamId, from: Version) -> PayloadStream<'_> {
+                (**self).read_payloads(stream, from)
             }
             fn stream_version(&self, stream: &StreamId) -> impl Future<Output = Result<Version, StoreError>> + Send {
                 (**self).stream_version(stream)

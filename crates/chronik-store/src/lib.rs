@@ -15,11 +15,12 @@ mod upcasting;
 pub use error::StoreError;
 pub use port::{
     AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
-    FeedPage, MAX_FEED_PAGE, Snapshot, SnapshotStore, validate_projection_name,
+    FeedPage, MAX_FEED_PAGE, Payload, PayloadStream, Snapshot, SnapshotStore, StreamEvent,
+    validate_projection_name,
 };
 #[cfg(any(test, feature = "mocks"))]
 pub use port::{MockCheckpointStore, MockEventStore, MockSnapshotStore};
 pub use repository::{
     DefaultSleep, ExecuteOutcome, Loaded, Repository, RepositoryError, Sleep, Spawn,
 };
-pub use upcasting::{Upcasting, upcast_recorded};
+pub use upcasting::{Upcasting, upcast_recorded, upcast_stream_event};

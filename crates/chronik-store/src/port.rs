@@ -1,6 +1,8 @@
 use std::future::Future;
 
-use chronik_core::{ExpectedVersion, FeedCursor, NewEvent, RecordedEvent, StreamId, Version};
+use chronik_core::{
+    EventId, EventType, ExpectedVersion, FeedCursor, NewEvent, RecordedEvent, StreamId, Version,
+};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,47 @@ use crate::error::StoreError;
 
 /// A stream of recorded events read lazily from a store.
 pub type EventStream<'a> = BoxStream<'a, Result<RecordedEvent, StoreError>>;
+
+/// A stream read for folding (see [`EventStore::read_payloads`]).
+pub type PayloadStream<'a> = BoxStream<'a, Result<StreamEvent, StoreError>>;
+
+/// A stored event's payload as a store hands it to a fold.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// The JSON text as stored, decoded straight into the typed event
+    /// ([`chronik_core::DomainEvent::from_json`]).
+    Json(String),
+    /// A parsed value ([`chronik_core::DomainEvent::from_payload`]), e.g. after upcasting.
+    Value(Value),
+}
+
+/// One event of a stream with only what folding it needs: its place, its type and its
+/// payload. Read by [`EventStore::read_payloads`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    /// Its version in the stream.
+    pub version: Version,
+    /// Its id (named in decode errors).
+    pub event_id: EventId,
+    /// Stored (or upcast) type name.
+    pub event_type: EventType,
+    /// Schema version of the payload.
+    pub schema_version: u32,
+    /// The payload.
+    pub payload: Payload,
+}
+
+impl From<RecordedEvent> for StreamEvent {
+    fn from(e: RecordedEvent) -> Self {
+        Self {
+            version: e.version,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            payload: Payload::Value(e.payload),
+        }
+    }
+}
 
 /// Largest feed page an adapter serves.
 pub const MAX_FEED_PAGE: usize = 10_000;
@@ -108,6 +151,19 @@ pub trait EventStore: Send + Sync {
     /// Reads `stream` forward from version `from` (inclusive; `Version::ZERO` and
     /// `Version::FIRST` both mean "from the start"), lazily. A missing stream is empty.
     fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_>;
+
+    /// Reads `stream` like [`EventStore::read_stream`], with only what folding needs
+    /// ([`StreamEvent`]): what [`crate::Repository::load`] reads. Same events, same order.
+    ///
+    /// The default maps `read_stream`. Adapters override it to read fewer columns and to
+    /// hand over payloads as JSON text ([`Payload::Json`]), which typed events decode without
+    /// an intermediate [`Value`]; decorators that change events (upcasting) override it too.
+    fn read_payloads(&self, stream: &StreamId, from: Version) -> PayloadStream<'_> {
+        Box::pin(futures::StreamExt::map(
+            self.read_stream(stream, from),
+            |r| r.map(StreamEvent::from),
+        ))
+    }
 
     /// The stream's current version (`Version::ZERO` when it does not exist).
     fn stream_version(

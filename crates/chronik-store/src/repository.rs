@@ -14,7 +14,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::port::{AppendResult, EventStore, SnapshotStore};
+use crate::port::{AppendResult, EventStore, Payload, SnapshotStore, StreamEvent};
 
 /// Waiting between retries. [`DefaultSleep`] works under any async runtime; pass another
 /// (e.g. `tokio::time::sleep`, or a recorder in tests) with [`Repository::with_sleep`].
@@ -311,18 +311,27 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         };
         let mut version = snapshot_version;
         let mut replayed = 0;
-        let mut events = self.store.read_stream(id, version.next()?);
-        while let Some(recorded) = events.next().await {
-            let recorded = recorded?;
-            let event = A::Event::from_payload(recorded.event_type.as_str(), recorded.payload)
-                .map_err(|e| StoreError::Decode {
-                    stream: recorded.stream_id.clone(),
-                    version: recorded.version,
-                    event_id: recorded.event_id,
-                    reason: e.to_string(),
-                })?;
+        let mut events = self.store.read_payloads(id, version.next()?);
+        while let Some(stored) = events.next().await {
+            let StreamEvent {
+                version: at,
+                event_id,
+                event_type,
+                payload,
+                ..
+            } = stored?;
+            let event = match payload {
+                Payload::Json(text) => A::Event::from_json(event_type.as_str(), &text),
+                Payload::Value(value) => A::Event::from_payload(event_type.as_str(), value),
+            }
+            .map_err(|e| StoreError::Decode {
+                stream: id.clone(),
+                version: at,
+                event_id,
+                reason: e.to_string(),
+            })?;
             state.apply(&event);
-            version = recorded.version;
+            version = at;
             replayed += 1;
         }
         Ok(Loaded {
@@ -593,7 +602,7 @@ mod tests {
     }
 
     fn empty_stream(mock: &mut MockEventStore) {
-        mock.expect_read_stream()
+        mock.expect_read_payloads()
             .returning(|_, _| Box::pin(futures::stream::empty()));
     }
 

@@ -5,11 +5,12 @@ use chronik_core::{
     Version,
 };
 use futures::StreamExt;
+use serde_json::Value;
 
 use crate::error::StoreError;
 use crate::port::{
     AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
-    FeedPage, Snapshot, SnapshotStore,
+    FeedPage, Payload, PayloadStream, Snapshot, SnapshotStore, StreamEvent,
 };
 
 /// Lifts one stored event to the current schema through `registry`.
@@ -37,6 +38,44 @@ pub fn upcast_recorded(
     event.event_type = EventType::new(event_type).map_err(|e| decode(e.to_string(), &event))?;
     event.schema_version = schema_version;
     event.payload = payload;
+    Ok(event)
+}
+
+/// Lifts one event read for folding to the current schema through `registry`; events that
+/// need no step keep their payload as it came (JSON text stays text).
+///
+/// # Errors
+/// As [`upcast_recorded`].
+pub fn upcast_stream_event(
+    registry: &UpcasterRegistry,
+    stream: &StreamId,
+    mut event: StreamEvent,
+) -> Result<StreamEvent, StoreError> {
+    if !registry.needs_upcast(event.event_type.as_str(), event.schema_version) {
+        return Ok(event);
+    }
+    let decode = |reason: String, e: &StreamEvent| StoreError::Decode {
+        stream: stream.clone(),
+        version: e.version,
+        event_id: e.event_id,
+        reason,
+    };
+    let payload = match std::mem::replace(&mut event.payload, Payload::Value(Value::Null)) {
+        Payload::Value(v) => v,
+        Payload::Json(text) => serde_json::from_str(&text).map_err(|e| {
+            let reason = format!(
+                "payload is not json: {}",
+                chronik_core::json_error_without_values(&e)
+            );
+            decode(reason, &event)
+        })?,
+    };
+    let (event_type, schema_version, payload) = registry
+        .upcast(event.event_type.as_str(), event.schema_version, payload)
+        .map_err(|e| decode(e.to_string(), &event))?;
+    event.event_type = EventType::new(event_type).map_err(|e| decode(e.to_string(), &event))?;
+    event.schema_version = schema_version;
+    event.payload = Payload::Value(payload);
     Ok(event)
 }
 
@@ -81,6 +120,14 @@ impl<S: EventStore> EventStore for Upcasting<S> {
         self.inner
             .read_stream(stream, from)
             .map(move |r| r.and_then(|e| upcast_recorded(registry, e)))
+            .boxed()
+    }
+
+    fn read_payloads(&self, stream: &StreamId, from: Version) -> PayloadStream<'_> {
+        let (registry, id) = (&self.registry, stream.clone());
+        self.inner
+            .read_payloads(stream, from)
+            .map(move |r| r.and_then(|e| upcast_stream_event(registry, &id, e)))
             .boxed()
     }
 

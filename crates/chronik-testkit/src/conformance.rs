@@ -40,6 +40,7 @@ macro_rules! conformance_cases {
         $m! {
             append_then_read_back,
             read_stream_from_a_version,
+            read_payloads_agree_with_read_stream,
             missing_stream_is_empty,
             expected_version_modes,
             conflict_reports_expected_and_actual,
@@ -175,6 +176,52 @@ pub async fn read_stream_from_a_version<S: Store>(store: S) {
         .expect("read");
     assert!(past.is_empty());
     assert_eq!(read_all(&store, &id).await.len(), 10);
+}
+
+/// `read_payloads` (what a repository folds) gives the events `read_stream` gives, from
+/// the same version: same versions, ids, types, schema versions and payloads, whatever
+/// form the payload comes in.
+pub async fn read_payloads_agree_with_read_stream<S: Store>(store: S) {
+    let id = stream("order");
+    let mut batch = events(3);
+    batch.push(NewEvent::new(
+        EventId::new(Uuid::new_v4()).expect("v4 is never nil"),
+        EventType::new("Nested").expect("valid type"),
+        7,
+        serde_json::json!({ "text": "é\"\\\n☃", "list": [1, 2.5, null, true], "deep": { "a": { "b": [] } }, "empty": {} }),
+        Metadata::default(),
+    )
+    .expect("valid event"));
+    store
+        .append(&id, ExpectedVersion::NoStream, &batch)
+        .await
+        .expect("append");
+    for from in [v(0), v(1), v(3), v(5)] {
+        let recorded: Vec<_> = store
+            .read_stream(&id, from)
+            .try_collect()
+            .await
+            .expect("read");
+        let folded: Vec<_> = store
+            .read_payloads(&id, from)
+            .try_collect()
+            .await
+            .expect("read payloads");
+        assert_eq!(folded.len(), recorded.len(), "from {from}");
+        for (f, r) in folded.iter().zip(&recorded) {
+            assert_eq!(
+                (f.version, f.event_id, &f.event_type, f.schema_version),
+                (r.version, r.event_id, &r.event_type, r.schema_version)
+            );
+            let payload = match &f.payload {
+                chronik_store::Payload::Json(text) => {
+                    serde_json::from_str::<Value>(text).expect("payload text is json")
+                }
+                chronik_store::Payload::Value(value) => value.clone(),
+            };
+            assert_eq!(payload, r.payload, "version {}", r.version);
+        }
+    }
 }
 
 /// A stream that was never written reads as empty, at version zero.

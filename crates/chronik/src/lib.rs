@@ -47,12 +47,14 @@ pub use chronik_core::{
     MAX_APPEND_EVENTS, MAX_EVENT_TYPE_LEN, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH,
     MAX_STREAM_ID_LEN, Metadata, NewEvent, RecordedEvent, RetryPolicy, SnapshotPolicy,
     SnapshotState, StreamId, UpcastError, Upcaster, UpcasterRegistry, UpcasterRegistryBuilder,
-    Version, decode_event, encode_event, encode_tagged, json_error_without_values,
+    Version, decode_event, decode_event_json, encode_event, encode_tagged,
+    json_error_without_values,
 };
 pub use chronik_store::{
     AppendResult, Checkpoint, CheckpointStore, DefaultSleep, EventStore, EventStream,
-    ExecuteOutcome, FeedFilter, FeedHead, FeedPage, Loaded, MAX_FEED_PAGE, Repository,
-    RepositoryError, Sleep, Snapshot, SnapshotStore, Spawn, StoreError, Upcasting, upcast_recorded,
+    ExecuteOutcome, FeedFilter, FeedHead, FeedPage, Loaded, MAX_FEED_PAGE, Payload, PayloadStream,
+    Repository, RepositoryError, Sleep, Snapshot, SnapshotStore, Spawn, StoreError, StreamEvent,
+    Upcasting, upcast_recorded, upcast_stream_event,
 };
 /// Event and correlation ids are UUIDs: `EventId::new(Uuid::new_v4())`.
 pub use uuid::Uuid;
