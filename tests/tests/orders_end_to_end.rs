@@ -14,12 +14,11 @@ use chronik_core::{
 };
 use chronik_memory::MemoryStore;
 use chronik_postgres::{
-    OrderProjection, PgEventStore, PgProjectionRunner, PgStoreConfig, SchemaName,
-    wait_for_projection,
+    PgEventStore, PgProjectionRunner, PgStoreConfig, SchemaName, wait_for_projection,
 };
 use chronik_projections::{HandlerError, Projection, ProjectionRunner};
 use chronik_store::{CheckpointStore, EventStore, Repository, SnapshotStore, Upcasting};
-use chronik_testkit::orders::{self, Order, OrderCommand, OrderEvent};
+use orders::{Order, OrderCommand, OrderEvent, OrderProjection};
 use serde_json::json;
 use sqlx::Executor;
 use uuid::Uuid;
@@ -230,6 +229,9 @@ async fn postgres_service_end_to_end() {
         .await
         .expect("connect");
     pg.migrate().await.expect("migrate");
+    OrderProjection::create_table(&pg)
+        .await
+        .expect("the read model's table");
     let registry = Arc::new(orders::upcasters().expect("registry"));
     let store = Upcasting::new(pg.clone(), registry.clone());
 

@@ -3,7 +3,7 @@
 use chronik_core::{Metadata, NewEvent, StreamId, Version};
 use chronik_memory::MemoryStore;
 use chronik_store::{EventStore, Repository};
-use chronik_testkit::orders::{LineAdded, Order, OrderEvent, OrderPlaced};
+use orders::{LineAdded, Order, OrderEvent, OrderPlaced};
 use serde_json::json;
 use uuid::Uuid;
 

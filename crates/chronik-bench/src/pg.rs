@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use chronik_core::{ExpectedVersion, FeedCursor, SnapshotPolicy, SnapshotState, StreamId};
 use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
 use chronik_store::{EventStore, FeedFilter, Repository, SnapshotStore};
-use chronik_testkit::orders::Order;
+use orders::Order;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgPool};
 use uuid::Uuid;

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chronik_core::{ExpectedVersion, FeedCursor, Metadata, RecordedEvent, StreamId, Version};
 use chronik_postgres::{
-    HandlerFailure, OrderProjection, PgEventStore, PgProjection, PgProjectionRunner,
-    PgRunnerHandle, PgRunnerOptions, PgRunnerState, PgTransaction,
+    HandlerFailure, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
+    PgRunnerOptions, PgRunnerState, PgTransaction,
 };
 use chronik_store::{EventStore, Repository};
-use chronik_testkit::orders::{LineAdded, Order, OrderEvent, OrderPlaced, OrderShipped};
 use futures::StreamExt as _;
+use orders::{LineAdded, Order, OrderEvent, OrderPlaced, OrderProjection, OrderShipped};
 use uuid::Uuid;
 
 use crate::harness::{self, Op, Stats};
@@ -58,7 +58,7 @@ async fn catch_up<P: PgProjection>(
     let start = Instant::now();
     let mut runner = PgProjectionRunner::new(store.clone(), projection).with_options(options);
     if upcast {
-        runner = runner.with_upcasters(Arc::new(chronik_testkit::orders::upcasters()?));
+        runner = runner.with_upcasters(Arc::new(orders::upcasters()?));
     }
     let runner = runner.spawn()?;
     let reached = wait_until(&runner, |s| s.checkpoint >= target).await;
@@ -147,6 +147,7 @@ pub(crate) async fn orders(url: &str, plan: &Plan, report: &mut Report) -> anyho
         batch_size: 1_000,
         ..PgRunnerOptions::default()
     };
+    OrderProjection::create_table(&store).await?;
     let projection = Arc::new(OrderProjection::new(store.schema()));
     let stats = catch_up(&store, projection, options.clone(), (target, total), true).await?;
     let rows: i64 = sqlx::query_scalar(&format!(

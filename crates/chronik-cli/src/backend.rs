@@ -51,18 +51,23 @@ pub(crate) async fn demo_on_postgres(url: &str, options: &demo::Options) -> anyh
         .context("demo failed")
 }
 
-/// Applies the embedded migrations to the database at `url`, in `schema`.
+/// Applies the embedded migrations to the database at `url`, in `schema`, then creates
+/// the tables of this binary's read models (the Orders example's) unless they exist.
 pub(crate) async fn migrate(url: &str, schema: SchemaName) -> anyhow::Result<()> {
-    connect_and_migrate(url, schema).await?;
+    let store = connect_and_migrate(url, schema).await?;
+    orders::OrderProjection::create_table(&store)
+        .await
+        .with_context(|| format!("cannot create {}", orders::OrderProjection::TABLE))?;
     let migrations: Vec<String> = chronik_postgres::MIGRATOR
         .iter()
         .map(|m| format!("{:04} {}", m.version, m.description))
         .collect();
     writeln!(
         std::io::stdout(),
-        "{} is migrated; migrations: {}",
+        "{} is migrated; migrations: {}; read models: {}",
         server(url),
-        migrations.join(", ")
+        migrations.join(", "),
+        orders::OrderProjection::TABLE
     )?;
     Ok(())
 }

@@ -28,8 +28,8 @@ use chronik_store::{
     CheckpointStore, EventStore, FeedFilter, Loaded, Repository, RepositoryError, SnapshotStore,
     StoreError, Upcasting,
 };
-use chronik_testkit::orders::{self, Order, OrderCommand, OrderError, OrderStatus};
 use futures::TryStreamExt as _;
+use orders::{Order, OrderCommand, OrderError, OrderStatus};
 use serde_json::json;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;

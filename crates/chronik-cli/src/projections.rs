@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chronik_postgres::{
-    HolderKind, HorizonHolder, OrderProjection, PgEventStore, PgRebuildProgress, PgRunnerInstance,
-    ProjectionReport,
+    HolderKind, HorizonHolder, PgEventStore, PgRebuildProgress, PgRunnerInstance, ProjectionReport,
 };
 use chronik_store::EventStore as _;
-use chronik_testkit::orders;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use orders::OrderProjection;
 use serde_json::{Value, json};
 
 use crate::demo::{count, ms, n};
@@ -236,6 +235,10 @@ pub(crate) async fn rebuild(
         "unknown projection {name:?}; known projections: {}",
         KNOWN.join(", ")
     );
+    // The read model's table is the example's own: created here unless it exists.
+    OrderProjection::create_table(store)
+        .await
+        .with_context(|| format!("cannot create {}", OrderProjection::TABLE))?;
     let projection = Arc::new(OrderProjection::new(store.schema()));
     let upcasters = Arc::new(orders::upcasters().context("the orders upcasters are invalid")?);
     let mut bar = Progress::new(name);
@@ -249,9 +252,8 @@ pub(crate) async fn rebuild(
     let done = result.with_context(|| format!("rebuilding projection {name} failed"))?;
     bar.finish(&done);
 
-    let table = format!("{}.\"{}\"", store.schema().quoted(), OrderProjection::TABLE);
-    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-        .fetch_one(store.pool())
+    let rows = OrderProjection::new(store.schema())
+        .count(store.pool())
         .await
         .with_context(|| format!("cannot count the rows of {}", OrderProjection::TABLE))?;
     let how = if shadow {

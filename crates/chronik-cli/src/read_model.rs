@@ -15,10 +15,10 @@ use anyhow::{Context as _, ensure};
 use async_trait::async_trait;
 use chronik_core::{FeedCursor, RecordedEvent};
 use chronik_memory::MemoryStore;
-use chronik_postgres::{OrderProjection, PgEventStore, PgProjectionRunner, wait_for_projection};
+use chronik_postgres::{PgEventStore, PgProjectionRunner, wait_for_projection};
 use chronik_projections::{HandlerError, Projection, ProjectionRunner};
 use chronik_store::FeedFilter;
-use chronik_testkit::orders::{self, OrderStatus};
+use orders::{OrderProjection, OrderStatus};
 use sqlx::Row as _;
 
 use crate::demo::{Expected, ReadModel, count, detail, ms, n};
@@ -135,6 +135,9 @@ impl ReadModel<PgEventStore> for PgOrders {
         expected: &Expected,
     ) -> anyhow::Result<String> {
         let registry = Arc::new(orders::upcasters().context("the orders upcasters are invalid")?);
+        OrderProjection::create_table(store)
+            .await
+            .context("cannot create the read model's table")?;
         let projection = Arc::new(OrderProjection::new(store.schema()));
         let started = Instant::now();
         let handle = PgProjectionRunner::new(store.clone(), projection)

@@ -4,7 +4,11 @@
 use std::io::{self, Write as _};
 
 use anyhow::Context as _;
-use chronik_postgres::{PgEventStore, RoleName, SchemaName, application_role_sql};
+use chronik_postgres::{PgEventStore, RoleName, SchemaName, application_role_sql_with};
+use orders::OrderProjection;
+
+/// The read-model tables this binary's projections keep: granted with the library's.
+const READ_MODELS: [&str; 1] = [OrderProjection::TABLE];
 
 /// Parses a role name.
 pub(crate) fn parse_role(text: &str) -> Result<RoleName, String> {
@@ -20,7 +24,7 @@ pub(crate) fn print(schema: &SchemaName, role: &RoleName) -> anyhow::Result<()> 
          -- The role must exist (CREATE ROLE {role} LOGIN) and must not own the schema.\n\
          BEGIN;"
     )?;
-    for statement in application_role_sql(schema, role) {
+    for statement in application_role_sql_with(schema, role, &READ_MODELS)? {
         writeln!(out, "{statement};")?;
     }
     writeln!(out, "COMMIT;")?;
@@ -30,14 +34,16 @@ pub(crate) fn print(schema: &SchemaName, role: &RoleName) -> anyhow::Result<()> 
 /// Grants the privileges through `store` (connected as the owner).
 pub(crate) async fn grant(store: &PgEventStore, role: &RoleName) -> anyhow::Result<()> {
     store
-        .grant_application_role(role)
+        .grant_application_role_with(role, &READ_MODELS)
         .await
         .with_context(|| format!("cannot grant the application privileges to {role}"))?;
     writeln!(
         io::stdout(),
         "role {role} has the application privileges on schema {}: it can append and read \
-         events, keep snapshots and checkpoints and run projections, and never change history",
-        store.schema()
+         events, keep snapshots and checkpoints and run projections (read models: {}), and \
+         never change history",
+        store.schema(),
+        READ_MODELS.join(", ")
     )?;
     Ok(())
 }

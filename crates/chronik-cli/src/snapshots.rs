@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use chronik_core::{Aggregate as _, SnapshotState as _, StreamId, Version};
 use chronik_postgres::PgEventStore;
 use chronik_store::{EventStore as _, Repository, SnapshotStore as _, Upcasting};
-use chronik_testkit::orders::{self, Order};
+use orders::Order;
 
 use crate::backend::Usage;
 use crate::demo::{count, n};

@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use chronik_core::{FeedCursor, RecordedEvent};
 use chronik_projections::{FollowOptions, PollingOnly, follow};
 use chronik_store::{EventStore, FeedFilter, MAX_FEED_PAGE, Upcasting};
-use chronik_testkit::orders;
 use futures::StreamExt as _;
 
 /// What to print.

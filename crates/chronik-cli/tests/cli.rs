@@ -410,13 +410,18 @@ struct Schema {
 }
 
 impl Schema {
-    /// A new schema with the migrations applied.
+    /// A new schema with the migrations applied and the Orders read model's table, as
+    /// `chronik migrate` leaves it.
     fn migrated() -> Self {
         let schema = Self::unmigrated();
         schema
             .runtime
             .block_on(schema.store.migrate())
             .expect("migrations apply");
+        schema
+            .runtime
+            .block_on(orders::OrderProjection::create_table(&schema.store))
+            .expect("the read model's table is created");
         schema
     }
 
@@ -464,7 +469,7 @@ impl Schema {
     /// repository; returns their stream ids once every event is visible in the feed.
     fn place_orders(&self, count: usize) -> Vec<chronik_core::StreamId> {
         use chronik_store::Repository;
-        use chronik_testkit::orders::{Order, OrderCommand};
+        use orders::{Order, OrderCommand};
         let repo = Repository::<Order, _>::new(self.store.clone());
         self.runtime.block_on(async {
             let mut ids = Vec::new();
@@ -681,7 +686,8 @@ fn projections_rebuild_replays_the_feed_with_progress() {
 
 #[test]
 fn projections_rebuild_refuses_unknown_names_and_a_running_projection() {
-    use chronik_postgres::{OrderProjection, PgProjectionRunner};
+    use chronik_postgres::PgProjectionRunner;
+    use orders::OrderProjection;
     use std::sync::Arc;
     check_refused(
         &os(&["projections", "rebuild", "nope"]),
@@ -978,11 +984,9 @@ fn snapshots_list_take_and_drop() {
     let loaded = schema
         .runtime
         .block_on(
-            chronik_store::Repository::<chronik_testkit::orders::Order, _>::new(
-                schema.store.clone(),
-            )
-            .with_snapshots(chronik_core::SnapshotPolicy::every(1_000).expect("valid"))
-            .load(&ids[0]),
+            chronik_store::Repository::<orders::Order, _>::new(schema.store.clone())
+                .with_snapshots(chronik_core::SnapshotPolicy::every(1_000).expect("valid"))
+                .load(&ids[0]),
         )
         .expect("loads");
     assert_eq!(

@@ -78,13 +78,16 @@ mod transaction;
 pub use config::{PgStoreConfig, SchemaName};
 pub use horizon::{HolderKind, HorizonHolder};
 pub use projection::{
-    HandlerFailure, OrderProjection, OrderSummary, ParkDecision, PgProjection, PgProjectionError,
-    PgProjectionRunner, PgRebuildProgress, PgRunnerHandle, PgRunnerInstance, PgRunnerOptions,
-    PgRunnerState, PgRunnerStatus, PgTransaction, PgTyped, PgTypedProjection, ProjectionReport,
-    ShadowProjection, notify_feed, park_event, parked_events, projection_reports, rebuild,
-    rebuild_shadow, wait_for_projection,
+    HandlerFailure, ParkDecision, PgProjection, PgProjectionError, PgProjectionRunner,
+    PgRebuildProgress, PgRunnerHandle, PgRunnerInstance, PgRunnerOptions, PgRunnerState,
+    PgRunnerStatus, PgTransaction, PgTyped, PgTypedProjection, ProjectionReport, ShadowProjection,
+    notify_feed, park_event, parked_events, projection_reports, rebuild, rebuild_shadow,
+    wait_for_projection,
 };
-pub use roles::{APPLICATION_PRIVILEGES, ConnectedRole, RoleName, application_role_sql};
+pub use roles::{
+    APPLICATION_PRIVILEGES, ConnectedRole, READ_MODEL_PRIVILEGES, RoleName, application_role_sql,
+    application_role_sql_with,
+};
 pub use store::PgEventStore;
 pub use transaction::PgStoreTransaction;
 

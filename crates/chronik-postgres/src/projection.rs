@@ -8,14 +8,12 @@
 //! active can never apply an event twice; one `pg_try_advisory_lock` per projection keeps
 //! all but one of them in standby (they take over when its session ends).
 //!
-//! Also here: the Orders example read model ([`OrderProjection`]), rebuilds from scratch
-//! ([`rebuild`]) and into a shadow table swapped in atomically ([`rebuild_shadow`]),
+//! Also here: rebuilds from scratch ([`rebuild`]) and into a shadow table swapped in atomically ([`rebuild_shadow`]),
 //! recorded park decisions ([`park_event`]), cross-process read-your-writes
 //! ([`wait_for_projection`]) and operator status ([`projection_reports`]).
 
 mod handler;
 mod ops;
-mod orders;
 mod rebuild;
 mod runner;
 mod sql;
@@ -26,7 +24,6 @@ pub use ops::{
     ParkDecision, PgRunnerInstance, ProjectionReport, park_event, parked_events,
     projection_reports, wait_for_projection,
 };
-pub use orders::{OrderProjection, OrderSummary};
 pub use rebuild::{PgRebuildProgress, rebuild, rebuild_shadow};
 pub use runner::{
     PgProjectionError, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions, PgRunnerState,

@@ -79,17 +79,19 @@ impl fmt::Display for RoleName {
 /// - `projection_runners`: each runner instance upserts its own row, removes it when it
 ///   stops as a standby, and prunes the rows of dead or stopped instances when it takes
 ///   over; `projection_parked`: park decisions are recorded and read, never removed.
-/// - `order_summaries`: the example read model (a rebuild clears it).
 /// - `_sqlx_migrations`: read, so that a service (or `chronik doctor`) can check that the
 ///   schema is migrated.
-pub const APPLICATION_PRIVILEGES: [(&str, &str); 9] = [
+///
+/// A service's own read-model tables are not the library's: name them to
+/// [`application_role_sql_with`] / [`PgEventStore::grant_application_role_with`], which
+/// give them [`READ_MODEL_PRIVILEGES`].
+pub const APPLICATION_PRIVILEGES: [(&str, &str); 8] = [
     ("events", "SELECT, INSERT"),
     ("streams", "SELECT, INSERT, UPDATE"),
     ("snapshots", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_checkpoints", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_runners", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_parked", "SELECT, INSERT"),
-    ("order_summaries", "SELECT, INSERT, UPDATE, DELETE"),
     ("_sqlx_migrations", "SELECT"),
     ("events_global_position_seq", ""),
 ];
@@ -105,6 +107,39 @@ pub const APPLICATION_PRIVILEGES: [(&str, &str); 9] = [
 /// (`SECURITY INVOKER`), so it adds nothing the table privileges do not already allow.
 #[must_use]
 pub fn application_role_sql(schema: &SchemaName, role: &RoleName) -> Vec<String> {
+    statements(schema, role, &[])
+}
+
+/// What an application role gets on a service's read-model table (a projection's
+/// runner writes it, a rebuild clears it): `SELECT, INSERT, UPDATE, DELETE`.
+pub const READ_MODEL_PRIVILEGES: &str = "SELECT, INSERT, UPDATE, DELETE";
+
+/// [`application_role_sql`], plus [`READ_MODEL_PRIVILEGES`] on each of the service's
+/// read-model tables in `read_models` (unqualified names in `schema`, e.g.
+/// `order_summaries`). Needed because the statements first revoke everything in the
+/// schema: a read-model table not named here loses the role's privileges.
+///
+/// # Errors
+/// [`StoreError::InvalidRequest`] when a name is not a plain identifier (lowercase ascii
+/// letters, digits, `_`) or names one of the library's own tables
+/// ([`APPLICATION_PRIVILEGES`]), whose privileges are fixed.
+pub fn application_role_sql_with(
+    schema: &SchemaName,
+    role: &RoleName,
+    read_models: &[&str],
+) -> Result<Vec<String>, StoreError> {
+    for table in read_models {
+        check_identifier("read-model table", table, &[])?;
+        if APPLICATION_PRIVILEGES.iter().any(|(t, _)| t == table) {
+            return Err(StoreError::InvalidRequest(format!(
+                "{table:?} is one of chronik's own tables, not a read model: its privileges are fixed"
+            )));
+        }
+    }
+    Ok(statements(schema, role, read_models))
+}
+
+fn statements(schema: &SchemaName, role: &RoleName, read_models: &[&str]) -> Vec<String> {
     let s = schema.quoted();
     let r = role.quoted();
     let mut sql = vec![
@@ -119,6 +154,11 @@ pub fn application_role_sql(schema: &SchemaName, role: &RoleName) -> Vec<String>
             // `table` is one of the constant names above: plain identifiers.
             sql.push(format!("GRANT {privileges} ON {s}.\"{table}\" TO {r}"));
         }
+    }
+    let privileges = READ_MODEL_PRIVILEGES;
+    for table in read_models {
+        // Checked by `application_role_sql_with`: plain identifiers.
+        sql.push(format!("GRANT {privileges} ON {s}.\"{table}\" TO {r}"));
     }
     sql.push(format!(
         "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} TO {r}"
@@ -186,6 +226,22 @@ impl PgEventStore {
     /// the schema is not migrated, or this store is not connected as the owner of its
     /// tables; [`StoreError::Backend`] when a statement fails.
     pub async fn grant_application_role(&self, role: &RoleName) -> Result<(), StoreError> {
+        self.grant_application_role_with(role, &[]).await
+    }
+
+    /// [`PgEventStore::grant_application_role`], plus [`READ_MODEL_PRIVILEGES`] on the
+    /// service's read-model tables `read_models` (see [`application_role_sql_with`]),
+    /// in the same transaction: all or nothing.
+    ///
+    /// # Errors
+    /// As [`PgEventStore::grant_application_role`]; also [`StoreError::InvalidRequest`]
+    /// for a bad table name, and [`StoreError::Backend`] when a table does not exist.
+    pub async fn grant_application_role_with(
+        &self,
+        role: &RoleName,
+        read_models: &[&str],
+    ) -> Result<(), StoreError> {
+        let statements = application_role_sql_with(&self.schema, role, read_models)?;
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let row = sqlx::query(
             "SELECT r.rolsuper, \
@@ -238,7 +294,7 @@ impl PgEventStore {
                 self.schema
             )));
         }
-        for statement in application_role_sql(&self.schema, role) {
+        for statement in statements {
             tx.execute(statement.as_str()).await.map_err(backend)?;
         }
         tx.commit().await.map_err(backend)?;
@@ -300,6 +356,25 @@ mod tests {
             ] {
                 assert!(!s.starts_with("GRANT") || !s.contains(word), "{s}");
             }
+        }
+    }
+
+    #[test]
+    fn read_models_get_their_privileges_and_never_a_library_table() {
+        let schema = SchemaName::default();
+        let role = RoleName::new("app").expect("valid");
+        let sql = application_role_sql_with(&schema, &role, &["order_summaries"]).expect("valid");
+        assert!(sql.contains(&format!(
+            "GRANT {READ_MODEL_PRIVILEGES} ON \"public\".\"order_summaries\" TO \"app\""
+        )));
+        for bad in ["events", "streams", "Bad", "a\"b", "x;drop", ""] {
+            assert!(
+                matches!(
+                    application_role_sql_with(&schema, &role, &[bad]),
+                    Err(StoreError::InvalidRequest(_))
+                ),
+                "{bad}"
+            );
         }
     }
 }

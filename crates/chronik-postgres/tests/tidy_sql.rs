@@ -24,7 +24,7 @@ const ALLOWED: [(&str, &str); 17] = [
     ),
     (
         "table",
-        "a constant table name, or schema.quoted() + a constant",
+        "a constant table name, schema.quoted() + a constant, or a read-model table checked by check_identifier (roles.rs)",
     ),
     ("privileges", "a constant privilege list (roles.rs)"),
     ("EVENT_COLUMNS", "a constant column list"),
@@ -44,10 +44,8 @@ const ALLOWED: [(&str, &str); 17] = [
 ];
 
 /// Positional arguments allowed besides `<expr>.quoted()`.
-const ALLOWED_ARGS: [&str; 3] = [
-    "self.select",        // built once from the quoted schema and table (orders.rs)
+const ALLOWED_ARGS: [&str; 1] = [
     "names.shadow_table", // checked by ident() (rebuild.rs)
-    "OrderProjection::TABLE",
 ];
 
 const SQL_WORDS: [&str; 12] = [
@@ -233,7 +231,7 @@ fn the_tidy_check_flags_string_built_sql() {
         let s = schema.quoted();
         let q = format!("SELECT * FROM {s}.events WHERE stream_id = '{stream}'");
         let p = format!("DELETE FROM {}.snapshots", schema.as_str());
-        let ok = format!("SELECT 1 FROM {}.\"{}\"", schema.quoted(), OrderProjection::TABLE);
+        let ok = format!("SELECT 1 FROM {}.\"{}\"", schema.quoted(), names.shadow_table);
         let msg = format!("stream {stream} is gone");
     "#;
     let problems = check_source("example.rs", bad);

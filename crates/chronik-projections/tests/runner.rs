@@ -535,7 +535,7 @@ async fn handlers_see_upcast_events() {
     let p = Recorder::new("upcast");
     let h = ProjectionRunner::new(Arc::new(store.clone()))
         .with_options(fast())
-        .with_upcasters(Arc::new(chronik_testkit::orders::upcasters().unwrap()))
+        .with_upcasters(Arc::new(orders::upcasters().unwrap()))
         .with_projection(Arc::clone(&p) as Arc<dyn Projection>)
         .start()
         .unwrap();

@@ -13,8 +13,8 @@ use chronik_store::{
     AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, Repository,
     RepositoryError, Snapshot, SnapshotStore, StoreError, Upcasting,
 };
-use chronik_testkit::orders::{self, Order, OrderCommand, OrderError, OrderStatus};
 use futures::TryStreamExt;
+use orders::{Order, OrderCommand, OrderError, OrderStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -5,15 +5,44 @@ use chronik_core::Aggregate;
 /// Starts a given/when/then scenario from past events.
 ///
 /// ```
+/// use chronik_core::{Aggregate, DomainEvent};
 /// use chronik_testkit::given;
-/// use chronik_testkit::orders::{Order, OrderCommand, OrderError, OrderEvent, OrderPlaced, OrderCancelled};
+/// use serde::{Deserialize, Serialize};
 ///
-/// given::<Order>([
-///     OrderEvent::OrderPlaced(OrderPlaced { customer_id: "c-1".into(), total_amount: 500 }),
-///     OrderEvent::OrderCancelled(OrderCancelled { reason: "duplicate".into() }),
-/// ])
-/// .when(&OrderCommand::Ship { carrier: "dhl".into() })
-/// .then_error(&OrderError::ShipCancelled);
+/// /// A door: opened and closed, never twice in a row.
+/// #[derive(Debug, Default, PartialEq)]
+/// struct Door { open: bool }
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+/// #[serde(tag = "type", content = "data")]
+/// enum DoorEvent { Opened, Closed }
+///
+/// #[derive(Debug, PartialEq, thiserror::Error)]
+/// #[error("the door is already {0}")]
+/// struct Already(&'static str);
+///
+/// impl Aggregate for Door {
+///     const TYPE: &'static str = "door";
+///     type Command = bool; // open?
+///     type Event = DoorEvent;
+///     type Error = Already;
+///
+///     fn handle(&self, open: &bool) -> Result<Vec<DoorEvent>, Already> {
+///         match (*open, self.open) {
+///             (true, true) => Err(Already("open")),
+///             (false, false) => Err(Already("closed")),
+///             (true, false) => Ok(vec![DoorEvent::Opened]),
+///             (false, true) => Ok(vec![DoorEvent::Closed]),
+///         }
+///     }
+///
+///     fn apply(&mut self, event: &DoorEvent) {
+///         self.open = matches!(event, DoorEvent::Opened);
+///     }
+/// }
+///
+/// given::<Door>([DoorEvent::Opened]).when(&false).then_expect([DoorEvent::Closed]);
+/// given::<Door>([DoorEvent::Opened]).when(&true).then_error(&Already("open"));
 /// ```
 pub fn given<A: Aggregate>(history: impl IntoIterator<Item = A::Event>) -> Scenario<A> {
     let history: Vec<A::Event> = history.into_iter().collect();

@@ -3,12 +3,10 @@
 //! - [`conformance`]: the one conformance suite every adapter runs (plain async functions
 //!   over any store, listed once in [`conformance_cases!`]).
 //! - [`given`]: given/when/then for aggregates, without a database.
-//! - [`strategies`]: proptest strategies for ids, payloads and order histories.
-//! - [`orders`]: the Orders example domain used by the demo, the docs and the tests.
+//! - [`strategies`]: proptest strategies for ids, payloads and any aggregate's histories.
 
 pub mod conformance;
 mod gwt;
-pub mod orders;
 pub mod strategies;
 
 pub use gwt::{Scenario, given};

@@ -1,4 +1,4 @@
-//! proptest strategies for chronik values and for Orders histories, and the generic
+//! proptest strategies for chronik values and for any aggregate's histories, and the generic
 //! law checks that every adapter runs with them.
 
 use chronik_core::{
@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::conformance::Store;
-use crate::orders::{Order, OrderCommand, OrderEvent};
 
 /// Valid stream ids: a category, a dash and an id of safe characters.
 pub fn stream_id() -> impl Strategy<Value = StreamId> {
@@ -63,27 +62,21 @@ pub fn new_event() -> impl Strategy<Value = NewEvent> {
     })
 }
 
-/// Order commands, valid or not: the aggregate decides.
-pub fn order_command() -> impl Strategy<Value = OrderCommand> {
-    prop_oneof![
-        1 => ("[a-z]{0,4}", -5..10_000i64).prop_map(|(c, a)| OrderCommand::Place { customer_id: c, total_amount: a }),
-        6 => ("[a-z]{0,3}", 0..5u32, -2..500i64).prop_map(|(sku, quantity, unit_price)| OrderCommand::AddLine { sku, quantity, unit_price }),
-        1 => "[a-z]{0,3}".prop_map(|carrier| OrderCommand::Ship { carrier }),
-        1 => "[a-z]{0,3}".prop_map(|reason| OrderCommand::Cancel { reason }),
-    ]
-}
-
-/// A history the Orders aggregate really produces: commands folded through `handle`,
-/// refused ones dropped. Starts with a placement so histories are rarely empty.
-pub fn order_history(max_commands: usize) -> impl Strategy<Value = Vec<OrderEvent>> {
-    prop::collection::vec(order_command(), 0..max_commands).prop_map(|commands| {
-        let mut state = Order::default();
+/// Histories an aggregate really produces: each generated command list is folded
+/// through `A::handle` from the empty state, refused commands dropped. Give it a
+/// strategy of command lists (valid or not: the aggregate decides), e.g. one that starts
+/// with a creating command so that histories are rarely empty.
+pub fn history<A>(
+    commands: impl Strategy<Value = Vec<A::Command>>,
+) -> impl Strategy<Value = Vec<A::Event>>
+where
+    A: Aggregate,
+    A::Event: Clone + std::fmt::Debug,
+{
+    commands.prop_map(|commands| {
+        let mut state = A::default();
         let mut history = Vec::new();
-        let place = OrderCommand::Place {
-            customer_id: "c".into(),
-            total_amount: 100,
-        };
-        for c in std::iter::once(&place).chain(&commands) {
+        for c in &commands {
             if let Ok(events) = state.handle(c) {
                 for e in events {
                     state.apply(&e);
@@ -100,13 +93,16 @@ pub fn order_history(max_commands: usize) -> impl Strategy<Value = Vec<OrderEven
 ///
 /// # Panics
 /// When the law is violated (a test assertion).
-pub async fn check_snapshot_plus_tail_equals_replay<S: Store>(
+pub async fn check_snapshot_plus_tail_equals_replay<A, S>(
     store: S,
-    history: Vec<OrderEvent>,
+    history: Vec<A::Event>,
     snapshot_at: usize,
-) {
-    let id = StreamId::for_category(Order::TYPE, Uuid::new_v4()).expect("valid");
-    let plain = Repository::<Order, _>::new(store.clone());
+) where
+    A: Aggregate + chronik_core::SnapshotState + PartialEq + std::fmt::Debug,
+    S: Store,
+{
+    let id = StreamId::for_category(A::TYPE, Uuid::new_v4()).expect("valid");
+    let plain = Repository::<A, _>::new(store.clone());
     let mut version = Version::ZERO;
     for chunk in history.chunks(7) {
         version = plain
@@ -116,27 +112,22 @@ pub async fn check_snapshot_plus_tail_equals_replay<S: Store>(
             .last_version;
     }
     let k = snapshot_at.min(history.len());
-    let at_k = Order::replay(&history[..k]);
-    let state = <Order as chronik_core::SnapshotState>::to_state(&at_k).expect("state");
+    let at_k = A::replay(&history[..k]);
+    let state = at_k.to_state().expect("state");
     let snap_version = Version::new(k as u64).expect("small");
     if k > 0 {
         store
-            .save_snapshot(
-                &id,
-                snap_version,
-                <Order as chronik_core::SnapshotState>::STATE_SCHEMA_VERSION,
-                &state,
-            )
+            .save_snapshot(&id, snap_version, A::STATE_SCHEMA_VERSION, &state)
             .await
             .expect("snapshot");
     }
     let full = plain.load(&id).await.expect("full load");
     let with_snapshot =
-        Repository::<Order, _>::new(store).with_snapshots(chronik_core::SnapshotPolicy::Never);
+        Repository::<A, _>::new(store).with_snapshots(chronik_core::SnapshotPolicy::Never);
     let fast = with_snapshot.load(&id).await.expect("snapshot load");
     assert_eq!(
         full.state,
-        Order::replay(&history),
+        A::replay(&history),
         "full load is the fold of the history"
     );
     assert_eq!(fast.state, full.state, "snapshot + tail == full replay");

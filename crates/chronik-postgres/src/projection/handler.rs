@@ -115,7 +115,7 @@ pub trait PgProjection: Send + Sync + 'static {
 /// [`PgProjection`], or by a [`PgTypedProjection`](crate::PgTypedProjection) (then
 /// [`PgTyped`](crate::PgTyped) forwards it).
 pub trait ShadowProjection: Sized {
-    /// The live table's unqualified name (in the store's schema), e.g. `order_summaries`.
+    /// The live table's unqualified name (in the store's schema), e.g. `account_balances`.
     fn table(&self) -> &str;
 
     /// The same projection, writing into `table` (same schema) instead.

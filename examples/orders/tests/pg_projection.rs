@@ -9,20 +9,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chronik_core::{
+use chronik::postgres::{
+    HandlerFailure, ParkDecision, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
+    PgRunnerOptions, PgRunnerState, PgRunnerStatus, PgTransaction, park_event, parked_events,
+    projection_reports, rebuild, rebuild_shadow, wait_for_projection,
+};
+use chronik::{
     Aggregate, DomainEvent, EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent,
     RecordedEvent, StreamId, Version,
 };
-use chronik_postgres::{
-    HandlerFailure, OrderProjection, ParkDecision, PgEventStore, PgProjection, PgProjectionRunner,
-    PgRunnerHandle, PgRunnerOptions, PgRunnerState, PgRunnerStatus, PgTransaction, park_event,
-    parked_events, projection_reports, rebuild, rebuild_shadow, wait_for_projection,
-};
-use chronik_store::{EventStore, FeedFilter};
-use chronik_testkit::orders::{
-    LineAdded, Order, OrderCancelled, OrderEvent, OrderPlaced, OrderShipped,
-};
+use chronik::{EventStore, FeedFilter};
 use futures::TryStreamExt;
+use orders::{
+    LineAdded, Order, OrderCancelled, OrderEvent, OrderPlaced, OrderProjection, OrderShipped,
+};
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -139,7 +139,7 @@ async fn expected_model(store: &PgEventStore) -> Vec<Row7> {
 }
 
 async fn actual_model(pool: &PgPool) -> Vec<Row7> {
-    let mut rows: Vec<Row7> = OrderProjection::new(&chronik_postgres::SchemaName::default())
+    let mut rows: Vec<Row7> = OrderProjection::new(&chronik::postgres::SchemaName::default())
         .all(pool)
         .await
         .unwrap()
@@ -193,7 +193,10 @@ async fn setup(pool: &PgPool) -> PgEventStore {
     .execute(pool)
     .await
     .unwrap();
-    PgEventStore::from_pool(pool.clone())
+    let store = PgEventStore::from_pool(pool.clone());
+    // The read model's table is the example's own, not chronik's.
+    OrderProjection::create_table(&store).await.unwrap();
+    store
 }
 
 /// Makes the database itself check, at every commit that applies events, that the read
@@ -323,7 +326,7 @@ async fn count_applied(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
-#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn a_crash_mid_batch_or_between_batches_applies_nothing_twice(pool: PgPool) {
     let store = setup(&pool).await;
     check_effects_commit_with_checkpoint(&pool).await;
@@ -390,7 +393,7 @@ impl XorShift {
     }
 }
 
-#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn concurrent_writers_holding_transactions_open_reach_the_projection_once_in_order(
     pool: PgPool,
 ) {
@@ -449,7 +452,7 @@ async fn concurrent_writers_holding_transactions_open_reach_the_projection_once_
     assert_eq!(actual_model(&pool).await, expected_model(&store).await);
 }
 
-#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn two_runners_one_active_and_the_other_takes_over(pool: PgPool) {
     let store = setup(&pool).await;
     check_effects_commit_with_checkpoint(&pool).await;
@@ -483,7 +486,7 @@ async fn two_runners_one_active_and_the_other_takes_over(pool: PgPool) {
     assert_eq!(actual_model(&pool).await, expected_model(&store).await);
 }
 
-#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn a_shadow_rebuild_keeps_serving_the_old_table_then_swaps(pool: PgPool) {
     let store = setup(&pool).await;
     let orders = OrderProjection::new(store.schema());
@@ -568,7 +571,7 @@ async fn a_shadow_rebuild_keeps_serving_the_old_table_then_swaps(pool: PgPool) {
     assert_eq!(shadow_left, None);
 }
 
-#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn lag_is_n_events_behind_then_zero_and_names_the_horizon_holder(pool: PgPool) {
     let store = setup(&pool).await;
     let orders = OrderProjection::new(store.schema());
@@ -616,7 +619,7 @@ async fn lag_is_n_events_behind_then_zero_and_names_the_horizon_holder(pool: PgP
     h.stop().await;
 }
 
-#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn a_failing_event_is_retried_until_a_recorded_park_decision(pool: PgPool) {
     let store = setup(&pool).await;
     let last = append_orders(&store, 0, 3).await;
@@ -673,7 +676,7 @@ async fn a_failing_event_is_retried_until_a_recorded_park_decision(pool: PgPool)
     );
 }
 
-#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn a_notification_after_commit_wakes_a_listening_runner(pool: PgPool) {
     let store = setup(&pool).await;
     // Polling so slow that only the notification can deliver within the deadline.
@@ -693,7 +696,7 @@ async fn a_notification_after_commit_wakes_a_listening_runner(pool: PgPool) {
     let last = append_orders(&store, 0, 2).await;
     // Notify once the events are visible (after commit, outside any append transaction).
     store.wait_for_feed(last).await.unwrap();
-    chronik_postgres::notify_feed(store.pool(), "chronik_feed")
+    chronik::postgres::notify_feed(store.pool(), "chronik_feed")
         .await
         .unwrap();
     wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
@@ -703,7 +706,7 @@ async fn a_notification_after_commit_wakes_a_listening_runner(pool: PgPool) {
     assert_exactly_once_in_stream_order(&pool).await;
 }
 
-#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn connections_killed_at_random_mid_batch_still_apply_each_event_once(pool: PgPool) {
     let store = setup(&pool).await;
     check_effects_commit_with_checkpoint(&pool).await;
@@ -768,7 +771,7 @@ async fn second_store(pool: &PgPool) -> PgEventStore {
     PgEventStore::from_pool(other)
 }
 
-async fn report_of(store: &PgEventStore, name: &str) -> chronik_postgres::ProjectionReport {
+async fn report_of(store: &PgEventStore, name: &str) -> chronik::postgres::ProjectionReport {
     projection_reports(store)
         .await
         .unwrap()
@@ -781,7 +784,7 @@ async fn report_of(store: &PgEventStore, name: &str) -> chronik_postgres::Projec
 /// processes would have), the report names the owner and lists the standby apart; a
 /// standby that stops never hides the live owner, and after the owner stops the standby
 /// that takes over is the owner.
-#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn status_shows_the_owner_and_the_standby_apart_and_survives_either_stopping(pool: PgPool) {
     let store = setup(&pool).await;
     let other = second_store(&pool).await;
@@ -845,7 +848,7 @@ async fn status_shows_the_owner_and_the_standby_apart_and_survives_either_stoppi
 
 /// An owner that dies (its task killed, its session gone) is reported dead, not live,
 /// until another instance takes over.
-#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn a_dead_owner_is_reported_dead_until_another_takes_over(pool: PgPool) {
     let store = setup(&pool).await;
     let other = second_store(&pool).await;

@@ -2,11 +2,14 @@
 //! histories and snapshot points (the same check the in-memory adapter runs), and the
 //! repository's snapshot policy writing through the Postgres snapshot store.
 
-use chronik_core::{Aggregate as _, Metadata, SnapshotPolicy, SnapshotState, Version};
-use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
-use chronik_store::{Repository, SnapshotStore};
-use chronik_testkit::orders::{Order, OrderCommand};
-use chronik_testkit::strategies::{check_snapshot_plus_tail_equals_replay, order_history};
+use chronik::postgres::{PgEventStore, PgStoreConfig, SchemaName};
+use chronik::testkit::strategies::check_snapshot_plus_tail_equals_replay;
+use chronik::{Aggregate as _, Metadata, SnapshotPolicy, SnapshotState, Version};
+use chronik::{Repository, SnapshotStore};
+use orders::{Order, OrderCommand};
+mod common;
+
+use common::order_history;
 use proptest::test_runner::{Config, TestRunner};
 use sqlx::Executor;
 use uuid::Uuid;
@@ -48,7 +51,7 @@ fn snapshot_plus_tail_equals_full_replay_on_postgres() {
         ..Config::default()
     });
     let result = runner.run(&(order_history(60), 0..80usize), |(history, at)| {
-        rt.block_on(check_snapshot_plus_tail_equals_replay(
+        rt.block_on(check_snapshot_plus_tail_equals_replay::<Order, _>(
             store.clone(),
             history,
             at,

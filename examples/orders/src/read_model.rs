@@ -1,11 +1,16 @@
-use chronik_core::RecordedEvent;
-use chronik_store::FeedFilter;
+//! The Orders read model on PostgreSQL: one `order_summaries` row per order, kept
+//! exactly once by [`OrderProjection`] on a `PgProjectionRunner`.
+//!
+//! The table belongs to this example, not to chronik's schema: [`OrderProjection::create_table`]
+//! creates it (idempotently) next to the store's tables. chronik's migration 0006 removed
+//! it from the library's migrations; on a database where it already holds rows, that
+//! migration leaves it as it is, and this definition matches it.
+
+use chronik::postgres::sqlx::{self, PgExecutor, Row as _};
+use chronik::postgres::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
+use chronik::{FeedFilter, PgEventStore, RecordedEvent, SchemaName};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgExecutor, Row};
-
-use super::handler::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
-use crate::config::SchemaName;
 
 /// One row of the Orders read model (`order_summaries`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +73,54 @@ impl OrderProjection {
     #[must_use]
     pub fn new(schema: &SchemaName) -> Self {
         Self::for_table(schema, Self::TABLE)
+    }
+
+    /// Creates `order_summaries` in `store`'s schema unless it exists (run it after
+    /// `store.migrate()`, before starting the runner). Idempotent.
+    ///
+    /// # Errors
+    /// Database errors (e.g. the role may not create tables in the schema).
+    pub async fn create_table(store: &PgEventStore) -> Result<(), sqlx::Error> {
+        let s = store.schema().quoted();
+        let t = Self::TABLE;
+        // `IF NOT EXISTS`: running it again changes nothing. Two processes creating it at
+        // the same moment can still collide in the catalog; the loser gets an error and
+        // succeeds when it runs again.
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {s}.\"{t}\" (\
+                order_id     text        NOT NULL,\
+                customer_id  text        NOT NULL,\
+                status       text        NOT NULL CHECK (status IN ('placed', 'shipped', 'cancelled')),\
+                total_amount bigint      NOT NULL,\
+                lines        bigint      NOT NULL DEFAULT 0 CHECK (lines >= 0),\
+                carrier      text,\
+                placed_at    timestamptz NOT NULL,\
+                updated_at   timestamptz NOT NULL,\
+                version      bigint      NOT NULL CHECK (version >= 1),\
+                CONSTRAINT {t}_pkey PRIMARY KEY (order_id))"
+        ))
+        .execute(store.pool())
+        .await?;
+        sqlx::query(&format!(
+            "CREATE INDEX IF NOT EXISTS {t}_customer_idx ON {s}.\"{t}\" (customer_id)"
+        ))
+        .execute(store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// How many rows the table holds.
+    ///
+    /// # Errors
+    /// Database errors (e.g. the table does not exist).
+    pub async fn count<'e>(&self, executor: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {}.\"{}\"",
+            self.schema.quoted(),
+            self.table
+        ))
+        .fetch_one(executor)
+        .await
     }
 
     fn for_table(schema: &SchemaName, table: &str) -> Self {

@@ -8,7 +8,7 @@
 //! Schema history: `OrderPlaced` v1 stored `amount`; v2 (current) stores `total_amount`
 //! (the seed's upcasting example). See [`upcasters`].
 
-use chronik_core::{Aggregate, DomainEvent, SnapshotState, UpcastError, UpcasterRegistry};
+use chronik::{Aggregate, DomainEvent, SnapshotState, UpcastError, UpcasterRegistry};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -311,7 +311,7 @@ pub fn upcasters() -> Result<UpcasterRegistry, UpcastError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::given;
+    use chronik::testkit::given;
 
     fn placed() -> OrderEvent {
         OrderEvent::OrderPlaced(OrderPlaced {

@@ -1,9 +1,12 @@
 //! Laws of the Orders aggregate and of snapshots, on the in-memory adapter.
 
-use chronik_core::Aggregate;
-use chronik_memory::MemoryStore;
-use chronik_testkit::orders::Order;
-use chronik_testkit::strategies::{check_snapshot_plus_tail_equals_replay, order_history};
+use chronik::Aggregate;
+use chronik::MemoryStore;
+use chronik::testkit::strategies::check_snapshot_plus_tail_equals_replay;
+use orders::Order;
+mod common;
+
+use common::order_history;
 use proptest::prelude::*;
 
 proptest! {
@@ -22,6 +25,6 @@ proptest! {
     #[test]
     fn snapshot_plus_tail_equals_full_replay(history in order_history(60), at in 0..80usize) {
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        rt.block_on(check_snapshot_plus_tail_equals_replay(MemoryStore::new(), history, at));
+        rt.block_on(check_snapshot_plus_tail_equals_replay::<Order, _>(MemoryStore::new(), history, at));
     }
 }

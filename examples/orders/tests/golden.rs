@@ -1,19 +1,17 @@
 //! Golden fixtures: stored payloads of every historical version of the Orders events,
-//! kept as files in `fixtures/orders/<EventType>.v<N>.json`. Each is read through the
+//! kept as files in `fixtures/<EventType>.v<N>.json`. Each is read through the
 //! current upcasters and decoded by the current code. Changing an event's shape without
 //! an upcaster (or bumping its version without a fixture) fails here.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use chronik_core::DomainEvent;
-use chronik_testkit::orders::{
-    self, LineAdded, OrderCancelled, OrderEvent, OrderPlaced, OrderShipped,
-};
+use chronik::DomainEvent;
+use orders::{self, LineAdded, OrderCancelled, OrderEvent, OrderPlaced, OrderShipped};
 use serde_json::Value;
 
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/orders")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
 /// `(event type, schema version, fixture)` for every fixture file.
