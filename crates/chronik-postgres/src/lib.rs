@@ -13,21 +13,21 @@
 //! # async fn demo(id: uuid::Uuid) -> Result<(), Box<dyn std::error::Error>> {
 //! let store = PgEventStore::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
 //! store.migrate().await?;
-//! let stream = StreamId::new("order-42")?;
-//! let placed = NewEvent::new(
+//! let stream = StreamId::new("account-42")?;
+//! let opened = NewEvent::new(
 //!     EventId::new(id)?,
-//!     EventType::new("OrderPlaced")?,
+//!     EventType::new("AccountOpened")?,
 //!     1,
 //!     serde_json::json!({ "total": 10 }),
 //!     Metadata::default(),
 //! )?;
 //!
 //! // Owned: one statement, one round trip, its own transaction.
-//! store.append(&stream, ExpectedVersion::NoStream, &[placed.clone()]).await?;
+//! store.append(&stream, ExpectedVersion::NoStream, &[opened.clone()]).await?;
 //!
 //! // Inside your transaction, with your other writes: append FIRST.
 //! let mut tx = store.begin().await?;
-//! match tx.append(&stream, ExpectedVersion::Any, &[placed]).await {
+//! match tx.append(&stream, ExpectedVersion::Any, &[opened]).await {
 //!     // An idempotent retry: already there.
 //!     Ok(r) => println!("already appended: {}", r.already_appended),
 //!     // A refusal wrote nothing and leaves `tx` usable (go on, or roll back).

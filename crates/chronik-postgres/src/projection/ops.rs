@@ -163,7 +163,7 @@ pub struct PgRunnerInstance {
     /// Backend pid of its lock session (`None`: it had none when it last wrote).
     pub pid: Option<i32>,
     /// `application_name` of its lock session (set it in the connection URL,
-    /// `?application_name=orders-api`, to tell services apart).
+    /// `?application_name=billing-api`, to tell services apart).
     pub application_name: Option<String>,
     /// Client address of its lock session as the server sees it (`None` over a Unix
     /// socket, or without the right to see other roles' sessions).

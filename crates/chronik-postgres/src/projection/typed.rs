@@ -20,7 +20,7 @@ pub trait PgTypedProjection: Send + Sync + 'static {
     /// The projection's stable name (1 to 255 bytes, no whitespace).
     fn name(&self) -> &str;
 
-    /// Stream categories it reads, e.g. `["order"]` (default: every category).
+    /// Stream categories it reads, e.g. `["account"]` (default: every category).
     fn categories(&self) -> Vec<String> {
         Vec::new()
     }
