@@ -1,4 +1,6 @@
-//! The layering check: dependency edges point inward, and the pure crates stay pure.
+//! The layering check: dependency edges point inward, the pure crates stay pure, the
+//! operator binary runs no SQL of its own and ships no test code, and the PostgreSQL
+//! adapter knows no example domain.
 //!
 //! Reads `cargo tree` (normal and build edges only: dev-dependencies may point anywhere,
 //! e.g. store's tests use the in-memory adapter). Features are resolved per package, as a
@@ -36,6 +38,32 @@ const LAYERS: &[(&str, Option<u8>)] = &[
 const CORE_FORBIDDEN: &[&str] = &["sqlx", "tokio", "async-std", "smol"];
 /// Crates the store ports must not pull in, at any depth.
 const STORE_FORBIDDEN: &[&str] = &["sqlx", "async-std", "smol"];
+/// The operator tool (`chronik-cli`) must not depend on these directly: all SQL lives in
+/// chronik-postgres.
+const CLI_FORBIDDEN_DIRECT: &[&str] = &["sqlx"];
+/// Nor on these at any depth: test code must not ship inside the binary.
+const CLI_FORBIDDEN: &[&str] = &["chronik-testkit", "proptest"];
+/// The example services' vocabulary, which the library's PostgreSQL adapter must not
+/// contain (in `src/` and `build.rs`): read models and domains belong to the examples.
+const EXAMPLE_DOMAIN_WORDS: &[&str] = &[
+    "chronik_example_",
+    "chronik-example-",
+    "Orders",
+    "orders::",
+    "\"order\"",
+    "\"order-",
+    "order_summaries",
+    "OrderPlaced",
+    "OrderShipped",
+    "OrderCancelled",
+    "OrderEvent",
+    "OrderCommand",
+    "OrderProjection",
+    "OrderSummary",
+    "OrderStatus",
+    "LineAdded",
+];
+
 /// tokio features that start or drive a runtime (or do I/O); `sync` and friends are fine.
 const TOKIO_RUNTIME_FEATURES: &[&str] = &[
     "full",
@@ -75,11 +103,14 @@ pub(crate) fn check(sh: &Shell) -> anyhow::Result<()> {
     }
     problems.extend(purity(sh, "chronik-core", CORE_FORBIDDEN)?);
     problems.extend(purity(sh, "chronik-store", STORE_FORBIDDEN)?);
+    problems.extend(cli_dependencies(sh)?);
+    problems.extend(adapter_knows_no_example("crates/chronik-postgres")?);
     if !problems.is_empty() {
         bail!("layering violations:\n  {}", problems.join("\n  "));
     }
     println!(
-        "{} members checked; chronik-core and chronik-store pull in no sqlx and no tokio runtime",
+        "{} members checked; chronik-core and chronik-store pull in no sqlx and no tokio runtime; \
+         chronik-cli depends on no sqlx and no testkit; chronik-postgres names no example domain",
         members.len()
     );
     Ok(())
@@ -156,6 +187,91 @@ fn purity(sh: &Shell, package: &str, forbidden: &[&str]) -> anyhow::Result<Vec<S
     Ok(problems)
 }
 
+/// What the operator tool depends on that it must not: sqlx directly, test code at any
+/// depth (normal and build edges).
+fn cli_dependencies(sh: &Shell) -> anyhow::Result<Vec<String>> {
+    let cargo = crate::cargo();
+    let out = cmd!(
+        sh,
+        "{cargo} tree -p chronik-cli -e normal,build --prefix depth"
+    )
+    .quiet()
+    .read()
+    .context("cargo tree -p chronik-cli")?;
+    Ok(cli_problems(&out))
+}
+
+/// [`cli_dependencies`] on the text of `cargo tree --prefix depth`.
+fn cli_problems(tree: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for line in tree.lines() {
+        let depth_len = line.bytes().take_while(u8::is_ascii_digit).count();
+        let (depth, rest) = line.split_at(depth_len);
+        let Some(name) = rest.split_whitespace().next() else {
+            continue;
+        };
+        let problem = if depth == "1" && CLI_FORBIDDEN_DIRECT.contains(&name) {
+            format!(
+                "chronik-cli depends on {name}: its SQL belongs in chronik-postgres (e.g. PgEventStore::migration_status)"
+            )
+        } else if CLI_FORBIDDEN.contains(&name) {
+            format!(
+                "chronik-cli pulls in {name}: test code must not ship in the binary (make it a dev-dependency)"
+            )
+        } else {
+            continue;
+        };
+        if !problems.contains(&problem) {
+            problems.push(problem);
+        }
+    }
+    problems
+}
+
+/// Where the sources of the crate at `dir` (its `src/` and `build.rs`) mention an example
+/// domain ([`EXAMPLE_DOMAIN_WORDS`]).
+fn adapter_knows_no_example(dir: &str) -> anyhow::Result<Vec<String>> {
+    let root = crate::project_root().join(dir);
+    let mut files = vec![root.join("build.rs")];
+    let mut dirs = vec![root.join("src")];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for file in files.iter().filter(|f| f.exists()) {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let shown = file.strip_prefix(crate::project_root()).unwrap_or(file);
+        for (line, word) in example_mentions(&text) {
+            problems.push(format!(
+                "{}:{line} mentions the example domain ({word:?}): the adapter must not know it; move it to examples/",
+                shown.display()
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// `(line number, word)` for every example-domain word in `text`.
+fn example_mentions(text: &str) -> Vec<(usize, &'static str)> {
+    let mut found = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        for word in EXAMPLE_DOMAIN_WORDS {
+            if line.contains(word) {
+                found.push((i + 1, *word));
+            }
+        }
+    }
+    found
+}
+
 /// `tokio v1.0.0 (...)` -> `("tokio", None)`; `tokio feature "rt"` -> `("tokio", Some("rt"))`.
 fn parse_tree_line(line: &str) -> Option<(&str, Option<&str>)> {
     let mut words = line.split_whitespace();
@@ -168,7 +284,32 @@ fn parse_tree_line(line: &str) -> Option<(&str, Option<&str>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_tree_line;
+    use super::{cli_problems, example_mentions, parse_tree_line};
+
+    #[test]
+    fn the_cli_may_not_use_sqlx_directly_nor_ship_testkit() {
+        let clean = "0chronik-cli v0.1.0\n1chronik-postgres v0.1.0\n2sqlx v0.8.6\n";
+        assert!(
+            cli_problems(clean).is_empty(),
+            "sqlx through the adapter is fine"
+        );
+        let direct = "0chronik-cli v0.1.0\n1sqlx v0.8.6\n";
+        assert_eq!(cli_problems(direct).len(), 1);
+        let testkit =
+            "0chronik-cli v0.1.0\n1chronik v0.1.0\n2chronik-testkit v0.1.0\n3proptest v1.0.0\n";
+        assert_eq!(cli_problems(testkit).len(), 2);
+    }
+
+    #[test]
+    fn example_domain_words_are_found() {
+        let text =
+            "//! feed order, TransactionOrder, order_retries\nuse orders::OrderProjection;\n";
+        assert_eq!(
+            example_mentions(text),
+            [(2, "orders::"), (2, "OrderProjection")]
+        );
+        assert!(example_mentions("ordering by (transaction, position)").is_empty());
+    }
 
     #[test]
     fn tree_lines_parse() {

@@ -5,8 +5,9 @@ use std::fmt;
 use std::io::Write as _;
 
 use anyhow::Context as _;
-use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
-use sqlx::Row as _;
+use chronik_postgres::{
+    MigrationProblem, MigrationStatus, PgEventStore, PgStoreConfig, SchemaName,
+};
 
 use crate::demo;
 
@@ -58,9 +59,9 @@ pub(crate) async fn migrate(url: &str, schema: SchemaName) -> anyhow::Result<()>
     orders::OrderProjection::create_table(&store)
         .await
         .with_context(|| format!("cannot create {}", orders::OrderProjection::TABLE))?;
-    let migrations: Vec<String> = chronik_postgres::MIGRATOR
+    let migrations: Vec<String> = MigrationStatus::embedded()
         .iter()
-        .map(|m| format!("{:04} {}", m.version, m.description))
+        .map(|(version, description)| format!("{version:04} {description}"))
         .collect();
     writeln!(
         std::io::stdout(),
@@ -72,115 +73,31 @@ pub(crate) async fn migrate(url: &str, schema: SchemaName) -> anyhow::Result<()>
     Ok(())
 }
 
-/// One migration the database records in `<schema>._sqlx_migrations`.
-#[derive(Debug, Clone)]
-pub(crate) struct Applied {
-    pub(crate) version: i64,
-    pub(crate) description: String,
-    pub(crate) success: bool,
-    pub(crate) checksum: Vec<u8>,
-}
-
-/// The store schema's migrations: what the database applied, compared with what this
-/// binary embeds ([`chronik_postgres::MIGRATOR`]).
-#[derive(Debug, Clone)]
-pub(crate) struct MigrationState {
-    /// The schema.
-    pub(crate) schema: SchemaName,
-    /// Recorded migrations, by version (empty when the table does not exist).
-    pub(crate) applied: Vec<Applied>,
-}
-
-impl MigrationState {
-    /// Reads the migrations table of `store`'s schema (a missing table: nothing applied).
-    pub(crate) async fn read(store: &PgEventStore) -> anyhow::Result<Self> {
-        let schema = store.schema().clone();
-        let table = format!("{}._sqlx_migrations", schema.quoted());
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(&table)
-            .fetch_one(store.pool())
-            .await
-            .context("cannot look for the migrations table")?;
-        let mut applied = Vec::new();
-        if exists {
-            let rows = sqlx::query(&format!(
-                "SELECT version, description, success, checksum FROM {table} ORDER BY version"
-            ))
-            .fetch_all(store.pool())
-            .await
-            .with_context(|| format!("cannot read {table}"))?;
-            for r in &rows {
-                applied.push(Applied {
-                    version: r.try_get(0)?,
-                    description: r.try_get(1)?,
-                    success: r.try_get(2)?,
-                    checksum: r.try_get(3)?,
-                });
+/// Everything wrong with `status`, one sentence each, saying what to do.
+pub(crate) fn migration_problems(status: &MigrationStatus) -> Vec<String> {
+    let schema = &status.schema;
+    status
+        .problems()
+        .iter()
+        .map(|p| match p {
+            MigrationProblem::Pending { .. } => {
+                format!("{p} in schema {schema}: run `chronik migrate --schema {schema}`")
             }
-        }
-        Ok(Self { schema, applied })
-    }
-
-    /// Embedded (up) migrations: `(version, description)`.
-    pub(crate) fn embedded() -> Vec<(i64, String)> {
-        chronik_postgres::MIGRATOR
-            .iter()
-            .filter(|m| !m.migration_type.is_down_migration())
-            .map(|m| (m.version, m.description.to_string()))
-            .collect()
-    }
-
-    /// How many of the embedded migrations are applied successfully.
-    pub(crate) fn applied_count(&self) -> usize {
-        Self::embedded()
-            .iter()
-            .filter(|(v, _)| self.applied.iter().any(|a| a.version == *v && a.success))
-            .count()
-    }
-
-    /// Everything wrong, one sentence each: pending, failed, edited or unknown migrations.
-    pub(crate) fn problems(&self) -> Vec<String> {
-        let schema = &self.schema;
-        let mut problems = Vec::new();
-        for m in chronik_postgres::MIGRATOR
-            .iter()
-            .filter(|m| !m.migration_type.is_down_migration())
-        {
-            match self.applied.iter().find(|a| a.version == m.version) {
-                None => problems.push(format!(
-                    "migration {:04} {} is not applied in schema {schema}: run `chronik migrate --schema {schema}`",
-                    m.version, m.description
-                )),
-                Some(a) if !a.success => problems.push(format!(
-                    "migration {:04} {} failed in schema {schema} and is recorded as unsuccessful: repair it by hand",
-                    a.version, a.description
-                )),
-                Some(a) if a.checksum != *m.checksum => problems.push(format!(
-                    "migration {:04} {} in schema {schema} differs from this binary's (edited after it was applied)",
-                    a.version, a.description
-                )),
-                Some(_) => {}
-            }
-        }
-        for a in &self.applied {
-            if !Self::embedded().iter().any(|(v, _)| *v == a.version) {
-                problems.push(format!(
-                    "migration {:04} {} in schema {schema} is unknown to this binary (written by a newer chronik?)",
-                    a.version, a.description
-                ));
-            }
-        }
-        problems
-    }
+            _ => format!("{p} (schema {schema})"),
+        })
+        .collect()
 }
 
 /// Fails unless every embedded migration is applied in `store`'s schema.
 pub(crate) async fn require_migrated(store: &PgEventStore) -> anyhow::Result<()> {
-    let state = MigrationState::read(store).await?;
-    let embedded = MigrationState::embedded().len();
-    let applied = state.applied_count();
+    let status = store
+        .migration_status()
+        .await
+        .context("cannot read the schema's migrations")?;
+    let embedded = MigrationStatus::embedded().len();
+    let applied = status.applied_count();
     anyhow::ensure!(
-        applied == embedded,
+        status.is_current(),
         "schema {schema} is not migrated ({applied} of {embedded} migrations applied): run `chronik migrate --schema {schema}`",
         schema = store.schema()
     );

@@ -7,7 +7,9 @@ use std::io::{self, Write as _};
 use anyhow::Context as _;
 use chronik_postgres::{HolderKind, PgEventStore};
 
-use crate::backend::MigrationState;
+use chronik_postgres::MigrationStatus;
+
+use crate::backend;
 use crate::demo::{count, n};
 use crate::projections;
 use crate::table;
@@ -29,8 +31,11 @@ pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> a
     writeln!(out, "chronik doctor: {server}, schema {schema}")?;
 
     // Migrations: applied in the schema vs embedded in this binary.
-    let migrations = MigrationState::read(store).await?;
-    let embedded = MigrationState::embedded();
+    let migrations = store
+        .migration_status()
+        .await
+        .context("cannot read the schema's migrations")?;
+    let embedded = MigrationStatus::embedded();
     let applied = migrations.applied_count();
     let names: Vec<String> = embedded
         .iter()
@@ -42,7 +47,7 @@ pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> a
         embedded.len(),
         names.join(", ")
     )?;
-    problems.extend(migrations.problems());
+    problems.extend(backend::migration_problems(&migrations));
     let migrated = applied == embedded.len();
 
     // The role: an application connected as a superuser or as the owner can rewrite history.

@@ -19,7 +19,6 @@ use chronik_postgres::{PgEventStore, PgProjectionRunner, wait_for_projection};
 use chronik_projections::{HandlerError, Projection, ProjectionRunner};
 use chronik_store::FeedFilter;
 use orders::{OrderProjection, OrderStatus};
-use sqlx::Row as _;
 
 use crate::demo::{Expected, ReadModel, count, detail, ms, n};
 
@@ -161,9 +160,9 @@ impl ReadModel<PgEventStore> for PgOrders {
             ms(elapsed),
         ))?;
 
-        let table = format!("{}.\"{}\"", store.schema().quoted(), OrderProjection::TABLE);
-        let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(store.pool())
+        let read_model = OrderProjection::new(store.schema());
+        let total = read_model
+            .count(store.pool())
             .await
             .context("counting the read model's rows")?;
         let ids: Vec<String> = expected
@@ -171,17 +170,13 @@ impl ReadModel<PgEventStore> for PgOrders {
             .iter()
             .map(|(id, _)| id.as_str().to_owned())
             .collect();
-        let rows = sqlx::query(&format!(
-            "SELECT order_id, customer_id, status, total_amount, lines, carrier, version \
-               FROM {table} WHERE order_id = ANY($1) ORDER BY placed_at, order_id"
-        ))
-        .bind(&ids)
-        .fetch_all(store.pool())
-        .await
-        .context("reading the read model")?;
+        let rows = read_model
+            .of_orders(store.pool(), &ids)
+            .await
+            .context("reading the read model")?;
         let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
         for r in &rows {
-            *by_status.entry(r.try_get(2)?).or_default() += 1;
+            *by_status.entry(r.status.clone()).or_default() += 1;
         }
         let mut want: BTreeMap<String, u64> = BTreeMap::new();
         for (_, status) in &expected.orders {
@@ -205,22 +200,18 @@ impl ReadModel<PgEventStore> for PgOrders {
         // The first order placed and the one imported at schema v1 (upcast on the way in).
         let samples = [
             rows.first(),
-            rows.iter().find(|r| {
-                r.try_get::<String, _>(1)
-                    .is_ok_and(|c| c == "legacy-customer")
-            }),
+            rows.iter().find(|r| r.customer_id == "legacy-customer"),
         ];
         for r in samples.into_iter().flatten() {
-            let carrier: Option<String> = r.try_get(5)?;
             detail(format_args!(
                 "  {}  {}  {}  total {}  {}  {}  v{}",
-                r.try_get::<String, _>(0)?,
-                r.try_get::<String, _>(1)?,
-                r.try_get::<String, _>(2)?,
-                n(r.try_get::<i64, _>(3)?),
-                count(u64::try_from(r.try_get::<i64, _>(4)?).unwrap_or(0), "line"),
-                carrier.as_deref().unwrap_or("-"),
-                r.try_get::<i64, _>(6)?,
+                r.order_id,
+                r.customer_id,
+                r.status,
+                n(r.total_amount),
+                count(u64::try_from(r.lines).unwrap_or(0), "line"),
+                r.carrier.as_deref().unwrap_or("-"),
+                r.version,
             ))?;
         }
         Ok(format!(

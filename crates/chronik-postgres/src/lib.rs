@@ -67,6 +67,7 @@ mod config;
 mod error;
 mod horizon;
 mod json;
+mod migration;
 mod projection;
 mod roles;
 mod row;
@@ -77,6 +78,7 @@ mod transaction;
 
 pub use config::{PgStoreConfig, SchemaName};
 pub use horizon::{HolderKind, HorizonHolder};
+pub use migration::{AppliedMigration, MigrationProblem, MigrationStatus};
 pub use projection::{
     HandlerFailure, ParkDecision, PgProjection, PgProjectionError, PgProjectionRunner,
     PgRebuildProgress, PgRunnerHandle, PgRunnerInstance, PgRunnerOptions, PgRunnerState,

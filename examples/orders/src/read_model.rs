@@ -153,6 +153,26 @@ impl OrderProjection {
         }
     }
 
+    /// The rows of the orders `ids` (stream ids), oldest placed first (ties by order id);
+    /// an id without a row is left out.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn of_orders<'e>(
+        &self,
+        executor: impl PgExecutor<'e>,
+        ids: &[String],
+    ) -> Result<Vec<OrderSummary>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "{} WHERE order_id = ANY($1) ORDER BY placed_at, order_id COLLATE \"C\"",
+            self.select
+        ))
+        .bind(ids)
+        .fetch_all(executor)
+        .await?;
+        rows.iter().map(summary).collect()
+    }
+
     /// Every row, ordered by order id (for tests, demos and comparisons).
     ///
     /// # Errors
@@ -164,21 +184,22 @@ impl OrderProjection {
         let rows = sqlx::query(&format!("{} ORDER BY order_id COLLATE \"C\"", self.select))
             .fetch_all(executor)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OrderSummary {
-                    order_id: r.try_get(0)?,
-                    customer_id: r.try_get(1)?,
-                    status: r.try_get(2)?,
-                    total_amount: r.try_get(3)?,
-                    lines: r.try_get(4)?,
-                    carrier: r.try_get(5)?,
-                    placed_at: r.try_get(6)?,
-                    version: r.try_get(7)?,
-                })
-            })
-            .collect()
+        rows.iter().map(summary).collect()
     }
+}
+
+/// A row of `select`.
+fn summary(r: &sqlx::postgres::PgRow) -> Result<OrderSummary, sqlx::Error> {
+    Ok(OrderSummary {
+        order_id: r.try_get(0)?,
+        customer_id: r.try_get(1)?,
+        status: r.try_get(2)?,
+        total_amount: r.try_get(3)?,
+        lines: r.try_get(4)?,
+        carrier: r.try_get(5)?,
+        placed_at: r.try_get(6)?,
+        version: r.try_get(7)?,
+    })
 }
 
 impl PgProjection for OrderProjection {
