@@ -227,10 +227,11 @@ impl Tracker {
 
     fn checkpoint(&mut self, checkpoint: FeedCursor, at: Instant) {
         self.checkpoint = self.checkpoint.max(checkpoint);
-        let rest = self.pending.split_off(&FeedCursor {
-            transaction: self.checkpoint.transaction,
-            position: self.checkpoint.position.saturating_add(1),
-        });
+        // Everything at or before the checkpoint is covered; the rest stays pending.
+        let mut rest = self.pending.split_off(&self.checkpoint);
+        if let Some(at) = rest.remove(&self.checkpoint) {
+            self.pending.insert(self.checkpoint, at);
+        }
         let covered = std::mem::replace(&mut self.pending, rest);
         self.latencies.extend(
             covered
@@ -348,10 +349,7 @@ mod tests {
     use super::*;
 
     fn c(transaction: u64, position: u64) -> FeedCursor {
-        FeedCursor {
-            transaction,
-            position,
-        }
+        FeedCursor::new(transaction, position).expect("in range")
     }
 
     #[test]

@@ -497,7 +497,10 @@ impl Schema {
                 ids.push(id);
             }
             if let Some(cursor) = last {
-                self.store.wait_for_feed(cursor).await.expect("visible");
+                self.store
+                    .wait_for_feed(cursor, std::time::Duration::from_secs(60))
+                    .await
+                    .expect("visible");
             }
             ids
         })

@@ -10,15 +10,30 @@ use crate::error::{InvalidInput, truncate};
 /// In PostgreSQL `transaction` is the writer's `xid8` and `position` the event's global
 /// identity value; the feed is read in this order and only below the oldest running
 /// transaction, so a reader that resumes *after* a cursor never skips a late commit.
-/// [`FeedCursor::START`] is before every event. Text form: `<transaction>:<position>`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
-)]
+/// [`FeedCursor::START`] is before every event. Text form: `<transaction>:<position>`;
+/// JSON form: `{"transaction": T, "position": P}`.
+///
+/// Contract: both parts are at most [`FeedCursor::MAX_PART`] (`i64::MAX`, the stores'
+/// signed 64-bit columns). Every way to make a cursor checks it ([`FeedCursor::new`],
+/// [`FromStr`], `Deserialize`), so a cursor that exists is one every adapter accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize)]
 pub struct FeedCursor {
-    /// The committing transaction's id (a commit sequence number in memory).
-    pub transaction: u64,
-    /// The event's global position (unique, increasing within a transaction).
-    pub position: u64,
+    transaction: u64,
+    position: u64,
+}
+
+/// The unchecked JSON shape of a cursor; `Deserialize` goes through [`FeedCursor::new`].
+#[derive(Deserialize)]
+struct CursorParts {
+    transaction: u64,
+    position: u64,
+}
+
+impl<'de> Deserialize<'de> for FeedCursor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let parts = CursorParts::deserialize(d)?;
+        Self::new(parts.transaction, parts.position).map_err(serde::de::Error::custom)
+    }
 }
 
 impl FeedCursor {
@@ -28,27 +43,71 @@ impl FeedCursor {
         position: 0,
     };
 
-    /// Builds a cursor.
-    #[must_use]
-    pub fn new(transaction: u64, position: u64) -> Self {
-        Self {
+    /// The largest value either part may take: `i64::MAX`.
+    pub const MAX_PART: u64 = i64::MAX as u64;
+
+    /// The last cursor there can be: both parts at [`FeedCursor::MAX_PART`].
+    pub const MAX: Self = Self {
+        transaction: Self::MAX_PART,
+        position: Self::MAX_PART,
+    };
+
+    /// Builds a cursor, checking that both parts fit the stores' signed 64-bit columns.
+    ///
+    /// # Errors
+    /// [`InvalidInput::MalformedCursor`] when a part exceeds [`FeedCursor::MAX_PART`]; the
+    /// error's text shows both parts as given.
+    pub fn new(transaction: u64, position: u64) -> Result<Self, InvalidInput> {
+        if transaction > Self::MAX_PART || position > Self::MAX_PART {
+            return Err(InvalidInput::MalformedCursor {
+                input: format!("{transaction}:{position}"),
+            });
+        }
+        Ok(Self {
             transaction,
             position,
+        })
+    }
+
+    /// Builds a cursor from a store's signed columns.
+    ///
+    /// # Errors
+    /// [`InvalidInput::MalformedCursor`] when a part is negative.
+    pub fn from_i64(transaction: i64, position: i64) -> Result<Self, InvalidInput> {
+        match (u64::try_from(transaction), u64::try_from(position)) {
+            (Ok(t), Ok(p)) => Ok(Self {
+                transaction: t,
+                position: p,
+            }),
+            _ => Err(InvalidInput::MalformedCursor {
+                input: format!("{transaction}:{position}"),
+            }),
         }
     }
 
-    /// Checks that both parts fit the stores' signed 64-bit columns; adapters call this
-    /// before using a caller's cursor, so every adapter rejects the same cursors.
-    ///
-    /// # Errors
-    /// [`InvalidInput::MalformedCursor`] when a part exceeds `i64::MAX`.
-    pub fn check(self) -> Result<Self, InvalidInput> {
-        if i64::try_from(self.transaction).is_err() || i64::try_from(self.position).is_err() {
-            return Err(InvalidInput::MalformedCursor {
-                input: self.to_string(),
-            });
-        }
-        Ok(self)
+    /// The committing transaction's id (`xid8` in PostgreSQL, a commit sequence number in
+    /// memory).
+    #[must_use]
+    pub const fn transaction(self) -> u64 {
+        self.transaction
+    }
+
+    /// The event's global position (unique, increasing within a transaction).
+    #[must_use]
+    pub const fn position(self) -> u64 {
+        self.position
+    }
+
+    /// The transaction id as the store's signed type (always fits, by construction).
+    #[must_use]
+    pub fn transaction_i64(self) -> i64 {
+        i64::try_from(self.transaction).unwrap_or(i64::MAX)
+    }
+
+    /// The position as the store's signed type (always fits, by construction).
+    #[must_use]
+    pub fn position_i64(self) -> i64 {
+        i64::try_from(self.position).unwrap_or(i64::MAX)
     }
 }
 
@@ -73,10 +132,7 @@ impl FromStr for FeedCursor {
                 .filter(|v| i64::try_from(*v).is_ok())
                 .ok_or_else(bad)
         };
-        Ok(Self {
-            transaction: parse(t)?,
-            position: parse(p)?,
-        })
+        Self::new(parse(t)?, parse(p)?).map_err(|_| bad())
     }
 }
 
@@ -109,21 +165,55 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!("12:34".parse::<FeedCursor>(), Ok(FeedCursor::new(12, 34)));
+        assert_eq!("12:34".parse::<FeedCursor>(), FeedCursor::new(12, 34));
+    }
+
+    #[test]
+    fn every_constructor_checks_the_range() {
+        let big = FeedCursor::MAX_PART + 1;
+        for (t, p) in [(big, 0), (0, big), (u64::MAX, u64::MAX)] {
+            assert_eq!(
+                FeedCursor::new(t, p),
+                Err(InvalidInput::MalformedCursor {
+                    input: format!("{t}:{p}")
+                })
+            );
+            let json = format!(r#"{{"transaction":{t},"position":{p}}}"#);
+            let err = serde_json::from_str::<FeedCursor>(&json).unwrap_err();
+            assert!(err.to_string().contains(&format!("{t}:{p}")), "{err}");
+        }
+        assert!(FeedCursor::from_i64(-1, 0).is_err());
+        assert!(FeedCursor::from_i64(0, -1).is_err());
+        assert_eq!(
+            FeedCursor::from_i64(i64::MAX, i64::MAX),
+            Ok(FeedCursor::MAX)
+        );
+        assert_eq!(
+            FeedCursor::new(FeedCursor::MAX_PART, FeedCursor::MAX_PART),
+            Ok(FeedCursor::MAX)
+        );
+        let json = serde_json::to_string(&FeedCursor::MAX).unwrap();
+        assert_eq!(
+            serde_json::from_str::<FeedCursor>(&json).unwrap(),
+            FeedCursor::MAX
+        );
     }
 
     #[test]
     fn order_is_transaction_first() {
-        assert!(FeedCursor::new(1, 100) < FeedCursor::new(2, 5));
-        assert!(FeedCursor::new(2, 5) < FeedCursor::new(2, 6));
-        assert!(FeedCursor::START < FeedCursor::new(0, 1));
+        let c = |t, p| FeedCursor::new(t, p).unwrap();
+        assert!(c(1, 100) < c(2, 5));
+        assert!(c(2, 5) < c(2, 6));
+        assert!(FeedCursor::START < c(0, 1));
     }
 
     proptest! {
         #[test]
         fn text_round_trips(t in 0..=i64::MAX as u64, p in 0..=i64::MAX as u64) {
-            let c = FeedCursor::new(t, p);
+            let c = FeedCursor::new(t, p).unwrap();
             prop_assert_eq!(c.to_string().parse::<FeedCursor>(), Ok(c));
+            let json = serde_json::to_string(&c).unwrap();
+            prop_assert_eq!(serde_json::from_str::<FeedCursor>(&json).unwrap(), c);
         }
 
         #[test]

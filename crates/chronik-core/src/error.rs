@@ -24,9 +24,10 @@ pub enum InvalidInput {
     /// An event id was the nil UUID.
     #[error("event id is the nil uuid")]
     NilEventId,
-    /// A version does not fit the store's signed 64-bit range.
-    #[error("version {0} is out of range (at most {max})", max = i64::MAX)]
-    VersionOutOfRange(u64),
+    /// A version does not fit the store's signed 64-bit range. Holds the value exactly as
+    /// the caller gave it (negative ones included), so the message shows that value.
+    #[error("version {0} is out of range (0 to {max})", max = i64::MAX)]
+    VersionOutOfRange(i128),
     /// Advancing a version would overflow.
     #[error("version overflow: {current} + {add}")]
     VersionOverflow {

@@ -27,7 +27,7 @@ impl Version {
     /// [`InvalidInput::VersionOutOfRange`] above `i64::MAX`.
     pub fn new(v: u64) -> Result<Self, InvalidInput> {
         if v > Self::MAX.0 {
-            Err(InvalidInput::VersionOutOfRange(v))
+            Err(InvalidInput::VersionOutOfRange(i128::from(v)))
         } else {
             Ok(Self(v))
         }
@@ -40,7 +40,7 @@ impl Version {
     pub fn from_i64(v: i64) -> Result<Self, InvalidInput> {
         u64::try_from(v)
             .map(Self)
-            .map_err(|_| InvalidInput::VersionOutOfRange(v as u64))
+            .map_err(|_| InvalidInput::VersionOutOfRange(i128::from(v)))
     }
 
     /// The number.
@@ -139,9 +139,19 @@ mod tests {
         assert!(Version::new(i64::MAX as u64).is_ok());
         assert_eq!(
             Version::new(u64::MAX),
-            Err(InvalidInput::VersionOutOfRange(u64::MAX))
+            Err(InvalidInput::VersionOutOfRange(i128::from(u64::MAX)))
         );
-        assert!(Version::from_i64(-1).is_err());
+        // The error shows the value the caller gave, not its u64 reinterpretation.
+        let err = Version::from_i64(-1).unwrap_err();
+        assert_eq!(err, InvalidInput::VersionOutOfRange(-1));
+        assert_eq!(
+            err.to_string(),
+            "version -1 is out of range (0 to 9223372036854775807)"
+        );
+        assert_eq!(
+            Version::new(u64::MAX).unwrap_err().to_string(),
+            "version 18446744073709551615 is out of range (0 to 9223372036854775807)"
+        );
         assert!(Version::MAX.next().is_err());
         assert_eq!(Version::ZERO.next(), Ok(Version::FIRST));
         assert!(serde_json::from_str::<Version>("18446744073709551615").is_err());

@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chronik_core::{
-    EventId, ExpectedVersion, FeedCursor, NewEvent, RecordedEvent, StreamId, Version,
+    EventId, ExpectedVersion, FeedCursor, InvalidInput, NewEvent, RecordedEvent, StreamId, Version,
     validate_batch,
 };
 use chronik_store::{
@@ -177,24 +177,26 @@ impl EventStore for MemoryStore {
         let tx = inner.last_tx + 1;
         let now = Utc::now();
         let base = inner.log.len();
-        let records: Vec<RecordedEvent> = events
+        let records = events
             .iter()
             .enumerate()
-            .map(|(i, e)| RecordedEvent {
-                stream_id: stream.clone(),
-                version: Version::new(first_version.get() + i as u64).unwrap_or(Version::MAX),
-                cursor: FeedCursor::new(tx, (base + i + 1) as u64),
-                event_id: e.event_id(),
-                event_type: e.event_type().clone(),
-                schema_version: e.schema_version(),
-                payload: e.payload().clone(),
-                metadata: e.metadata().clone(),
-                recorded_at: now,
+            .map(|(i, e)| {
+                Ok(RecordedEvent {
+                    stream_id: stream.clone(),
+                    version: Version::new(first_version.get() + i as u64).unwrap_or(Version::MAX),
+                    cursor: FeedCursor::new(tx, (base + i + 1) as u64)?,
+                    event_id: e.event_id(),
+                    event_type: e.event_type().clone(),
+                    schema_version: e.schema_version(),
+                    payload: e.payload().clone(),
+                    metadata: e.metadata().clone(),
+                    recorded_at: now,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<RecordedEvent>, InvalidInput>>()?;
+        let cursor = records.last().map_or(FeedCursor::START, |r| r.cursor);
         // Everything fallible is done; apply.
         inner.last_tx = tx;
-        let cursor = FeedCursor::new(tx, (base + records.len()) as u64);
         for (i, r) in records.into_iter().enumerate() {
             inner.ids.insert(r.event_id, base + i);
             inner
@@ -257,7 +259,6 @@ impl EventStore for MemoryStore {
         limit: usize,
     ) -> Result<FeedPage, StoreError> {
         check_limit(limit)?;
-        after.check()?;
         let inner = self.lock();
         // Positions are log index + 1 and grow with commit order.
         let start = inner.log.partition_point(|e| e.cursor <= after);
@@ -280,7 +281,6 @@ impl EventStore for MemoryStore {
     }
 
     async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
-        after.check()?;
         let inner = self.lock();
         Ok((inner.log.len() - inner.log.partition_point(|e| e.cursor <= after)) as u64)
     }

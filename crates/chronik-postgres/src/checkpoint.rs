@@ -25,8 +25,7 @@ impl CheckpointStore for PgEventStore {
         events_processed: u64,
     ) -> Result<(), StoreError> {
         validate_projection_name(name)?;
-        let (_, position) = Self::cursor_params(cursor)?;
-        let transaction = i64::try_from(cursor.transaction).unwrap_or(i64::MAX);
+        let (transaction, position) = (cursor.transaction_i64(), cursor.position_i64());
         let processed = i64::try_from(events_processed).map_err(|_| {
             StoreError::InvalidRequest(format!(
                 "events processed {events_processed} is out of range (at most {})",

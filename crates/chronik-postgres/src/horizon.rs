@@ -47,6 +47,36 @@ pub struct HorizonHolder {
     pub detail: String,
 }
 
+impl HorizonHolder {
+    /// One line for an operator: what it is, where, since when, and how to end it.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let age = self
+            .age_seconds
+            .map_or_else(String::new, |s| format!(", open {s:.0} s"));
+        let db = self
+            .database
+            .as_deref()
+            .map_or_else(String::new, |d| format!(" in database {d}"));
+        match (self.kind, self.pid) {
+            (HolderKind::Session, Some(pid)) => format!(
+                "transaction {} of backend pid {pid}{db}{age} ({}; end it with `pg_terminate_backend({pid})`)",
+                self.xid, self.detail
+            ),
+            (HolderKind::Session, None) => {
+                format!(
+                    "transaction {} of a session{db}{age} ({})",
+                    self.xid, self.detail
+                )
+            }
+            (HolderKind::Prepared, _) => format!(
+                "{} (transaction {}){db}{age}: `COMMIT PREPARED` or `ROLLBACK PREPARED` it",
+                self.detail, self.xid
+            ),
+        }
+    }
+}
+
 /// The 64-bit form of `xid`, the 32-bit id of a transaction running now, given
 /// `reference`, a 64-bit transaction id read at the same time (the snapshot's `xmax`).
 ///
@@ -92,28 +122,51 @@ impl PgEventStore {
             Ok(FeedCursor::new(
                 to_u64(tx, "transaction id")?,
                 to_u64(pos, "position")?,
-            ))
+            )?)
         })
         .transpose()
     }
 
-    /// Waits until the event at `cursor` (typically an [`AppendResult::cursor`]) and
-    /// everything before it is visible in the feed, that is until every transaction older
-    /// than `cursor.transaction` has finished. Probes the horizon with a backoff of 1 to
-    /// 50 ms; it waits as long as an older transaction stays open (wrap it in
-    /// `tokio::time::timeout` to bound it, and see [`PgEventStore::horizon_holders`]).
+    /// Read-your-writes in the feed: waits until the event at `cursor` (typically an
+    /// [`AppendResult::cursor`]) and everything before it is visible in the feed, that is
+    /// until every transaction older than `cursor.transaction()` has finished, or until
+    /// `timeout` has passed. Probes the horizon with a backoff of 1 to 50 ms. The same shape
+    /// as [`wait_for_projection`](crate::wait_for_projection): a target, a timeout, a typed
+    /// timeout error.
     ///
     /// [`AppendResult::cursor`]: chronik_store::AppendResult::cursor
     ///
     /// # Errors
-    /// [`StoreError::Backend`].
-    pub async fn wait_for_feed(&self, cursor: FeedCursor) -> Result<(), StoreError> {
+    /// [`StoreError::FeedTimeout`] after `timeout`, naming the horizon's blocker (from
+    /// [`PgEventStore::horizon_holders`]); [`StoreError::Backend`].
+    pub async fn wait_for_feed(
+        &self,
+        cursor: FeedCursor,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = PROBE_FIRST;
-        while self.feed_horizon().await? <= cursor.transaction {
-            tokio::time::sleep(pause).await;
+        loop {
+            let horizon = self.feed_horizon().await?;
+            if horizon > cursor.transaction() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let held_back_by = self
+                    .horizon_holders()
+                    .await?
+                    .into_iter()
+                    .find(|h| h.blocker)
+                    .map(|h| h.describe());
+                return Err(StoreError::FeedTimeout {
+                    target: cursor,
+                    horizon,
+                    held_back_by,
+                });
+            }
+            tokio::time::sleep_until((tokio::time::Instant::now() + pause).min(deadline)).await;
             pause = (pause * 2).min(PROBE_MAX);
         }
-        Ok(())
     }
 
     /// Every transaction in the cluster that holds the feed's horizon back, by transaction

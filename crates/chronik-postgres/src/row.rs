@@ -50,7 +50,7 @@ pub(crate) fn recorded(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let headers: BTreeMap<String, String> =
         serde_json::from_value(headers).map_err(|e| decode(format!("metadata: {e}")))?;
     Ok(RecordedEvent {
-        cursor: FeedCursor::new(to_u64(tx, "transaction id")?, to_u64(position, "position")?),
+        cursor: FeedCursor::new(to_u64(tx, "transaction id")?, to_u64(position, "position")?)?,
         event_type: EventType::new(event_type).map_err(|e| decode(e.to_string()))?,
         schema_version: u32::try_from(schema_version)
             .map_err(|_| decode(format!("schema version {schema_version} out of range")))?,
@@ -109,7 +109,7 @@ pub(crate) fn checkpoint(row: &PgRow) -> Result<Checkpoint, StoreError> {
         cursor: FeedCursor::new(
             to_u64(tx, "checkpoint transaction")?,
             to_u64(position, "checkpoint position")?,
-        ),
+        )?,
         events_processed: to_u64(processed, "events processed")?,
         updated_at: row.try_get(4).map_err(backend)?,
     })

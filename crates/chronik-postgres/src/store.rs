@@ -3,7 +3,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use chronik_core::{
-    EventId, ExpectedVersion, FeedCursor, InvalidInput, NewEvent, StreamId, Version, validate_batch,
+    EventId, ExpectedVersion, FeedCursor, NewEvent, StreamId, Version, validate_batch,
 };
 use chronik_store::{
     AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, MAX_FEED_PAGE,
@@ -282,17 +282,10 @@ impl PgEventStore {
         Ok(outcome(&row, args))
     }
 
-    pub(crate) fn cursor_params(cursor: FeedCursor) -> Result<(String, i64), StoreError> {
-        let bad = || {
-            StoreError::Invalid(InvalidInput::MalformedCursor {
-                input: cursor.to_string(),
-            })
-        };
-        if i64::try_from(cursor.transaction).is_err() {
-            return Err(bad());
-        }
-        let position = i64::try_from(cursor.position).map_err(|_| bad())?;
-        Ok((cursor.transaction.to_string(), position))
+    /// The bind parameters of a cursor: the transaction as text (cast to `xid8` in SQL)
+    /// and the position. Both fit by construction ([`FeedCursor`] checks its range).
+    pub(crate) fn cursor_params(cursor: FeedCursor) -> (String, i64) {
+        (cursor.transaction().to_string(), cursor.position_i64())
     }
 }
 
@@ -311,7 +304,7 @@ fn outcome(row: &PgRow, args: &AppendArgs<'_>) -> Result<AppendResult, StoreErro
             cursor: FeedCursor::new(
                 to_u64(get_i64(3)?, "transaction id")?,
                 to_u64(get_i64(4)?, "position")?,
-            ),
+            )?,
             already_appended: code == 1,
         }),
         2 => Err(StoreError::Conflict {
@@ -422,7 +415,7 @@ impl EventStore for PgEventStore {
         limit: usize,
     ) -> Result<FeedPage, StoreError> {
         let limit = check_limit(limit)?;
-        let (tx, position) = Self::cursor_params(after)?;
+        let (tx, position) = Self::cursor_params(after);
         let query = if filter.event_types.is_empty() && filter.categories.is_empty() {
             sqlx::query(&self.sql.read_feed)
                 .bind(tx)
@@ -458,7 +451,7 @@ impl EventStore for PgEventStore {
             (Some(t), Some(p)) => Some(FeedCursor::new(
                 to_u64(t, "transaction id")?,
                 to_u64(p, "position")?,
-            )),
+            )?),
             _ => None,
         };
         Ok(FeedHead {
@@ -468,7 +461,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
-        let (tx, position) = Self::cursor_params(after)?;
+        let (tx, position) = Self::cursor_params(after);
         let n: i64 = sqlx::query_scalar(&self.sql.count_after)
             .bind(tx)
             .bind(position)

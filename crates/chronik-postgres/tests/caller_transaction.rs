@@ -477,7 +477,10 @@ async fn a_handler_that_ignores_an_error_never_commits_its_batch(pool: PgPool) {
         last = Some(r.cursor);
     }
     let last = last.expect("appended");
-    store.wait_for_feed(last).await.expect("visible");
+    store
+        .wait_for_feed(last, std::time::Duration::from_secs(60))
+        .await
+        .expect("visible");
     let projection = std::sync::Arc::new(Careless {
         swallow: ids[5],
         careless: AtomicBool::new(true),

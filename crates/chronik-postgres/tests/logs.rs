@@ -215,7 +215,10 @@ async fn work() {
         .await
         .unwrap();
     assert_eq!(events.len(), 1);
-    store.wait_for_feed(appended.cursor).await.unwrap();
+    store
+        .wait_for_feed(appended.cursor, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     store
         .read_feed(FeedCursor::START, &FeedFilter::all(), 10)
         .await

@@ -44,7 +44,10 @@ async fn a_late_commit_is_never_skipped(pool: PgPool) {
         .append(&stream("order"), ExpectedVersion::NoStream, &c_batch)
         .await
         .expect("append c");
-    store.wait_for_feed(c.cursor).await.expect("wait");
+    store
+        .wait_for_feed(c.cursor, std::time::Duration::from_secs(60))
+        .await
+        .expect("wait");
 
     // A appends inside a transaction that stays open: older xid, smaller position.
     let a_batch = events(1);
@@ -64,8 +67,11 @@ async fn a_late_commit_is_never_skipped(pool: PgPool) {
         .append(&stream("order"), ExpectedVersion::NoStream, &b_batch)
         .await
         .expect("append b");
-    assert!(a.cursor.position < b.cursor.position, "{a:?} {b:?}");
-    assert!(a.cursor.transaction < b.cursor.transaction, "{a:?} {b:?}");
+    assert!(a.cursor.position() < b.cursor.position(), "{a:?} {b:?}");
+    assert!(
+        a.cursor.transaction() < b.cursor.transaction(),
+        "{a:?} {b:?}"
+    );
 
     // The feed stops at A's horizon: neither A (uncommitted) nor B (committed) shows.
     let page = store
@@ -91,7 +97,10 @@ async fn a_late_commit_is_never_skipped(pool: PgPool) {
     let naive_checkpoint = seen.last().expect("rows").0;
 
     tx_a.commit().await.expect("commit a");
-    store.wait_for_feed(b.cursor).await.expect("wait");
+    store
+        .wait_for_feed(b.cursor, std::time::Duration::from_secs(60))
+        .await
+        .expect("wait");
 
     // ...and has skipped A for good: this is the bug the feed exists to prevent.
     let after = naive_read(&pool, naive_checkpoint).await;
@@ -138,7 +147,7 @@ async fn an_append_behind_a_newer_commit_is_refused_and_a_retry_lands_in_order(p
         .await
         .expect("v2");
     assert!(
-        u64::try_from(t_xid).expect("xid") < v2.cursor.transaction,
+        u64::try_from(t_xid).expect("xid") < v2.cursor.transaction(),
         "were v3 written by T, the feed would order it before v2"
     );
 
@@ -204,8 +213,8 @@ async fn appends_in_one_transaction_share_its_position_in_the_feed(pool: PgPool)
         .await
         .expect("x again");
     t.commit().await.expect("commit");
-    assert_eq!(rx.cursor.transaction, ry.cursor.transaction);
-    assert_eq!(rx.cursor.transaction, rx2.cursor.transaction);
+    assert_eq!(rx.cursor.transaction(), ry.cursor.transaction());
+    assert_eq!(rx.cursor.transaction(), rx2.cursor.transaction());
     assert!(rx.cursor < ry.cursor && ry.cursor < rx2.cursor);
     let feed = support::whole_feed(&store, &FeedFilter::all()).await;
     assert_eq!(feed.len(), 4);
@@ -225,7 +234,7 @@ async fn the_transaction_holding_the_feed_back_is_named(pool: PgPool) {
         .append(&stream("order"), ExpectedVersion::NoStream, &events(1))
         .await
         .expect("append");
-    assert!(u64::try_from(xid).expect("xid") < r.cursor.transaction);
+    assert!(u64::try_from(xid).expect("xid") < r.cursor.transaction());
     assert!(store.feed_horizon().await.expect("horizon") <= u64::try_from(xid).expect("xid"));
     let holders = store.horizon_holders().await.expect("holders");
     let ours = holders
@@ -243,9 +252,27 @@ async fn the_transaction_holding_the_feed_back_is_named(pool: PgPool) {
         "{}",
         ours.detail
     );
+    // While it stays open, a bounded wait gives up with a typed error naming that pid.
+    let waited = store
+        .wait_for_feed(r.cursor, std::time::Duration::from_millis(300))
+        .await;
+    match &waited {
+        Err(StoreError::FeedTimeout {
+            target,
+            horizon,
+            held_back_by: Some(by),
+        }) => {
+            assert_eq!(*target, r.cursor);
+            assert!(*horizon <= u64::try_from(xid).expect("xid"));
+            assert!(by.contains(&format!("pid {pid}")), "{by}");
+            let message = waited.as_ref().unwrap_err().to_string();
+            assert!(message.contains("pg_terminate_backend"), "{message}");
+        }
+        other => panic!("expected a feed timeout naming pid {pid}, got {other:?}"),
+    }
     t.commit().await.expect("commit");
     store
-        .wait_for_feed(r.cursor)
+        .wait_for_feed(r.cursor, std::time::Duration::from_secs(60))
         .await
         .expect("visible once it ends");
     assert!(

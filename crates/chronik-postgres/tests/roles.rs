@@ -283,7 +283,9 @@ async fn the_application_role_runs_everything_and_can_change_no_history(admin: P
         .unwrap();
     assert_eq!(read.len(), 3);
     assert_eq!(app.stream_version(&stream).await.unwrap().get(), 3);
-    app.wait_for_feed(second.cursor).await.unwrap();
+    app.wait_for_feed(second.cursor, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     let page = app
         .read_feed(FeedCursor::START, &FeedFilter::all(), 100)
         .await

@@ -1,4 +1,6 @@
-use chronik_core::{EventId, ExpectedVersion, InvalidInput, StreamId, UpcastError, Version};
+use chronik_core::{
+    EventId, ExpectedVersion, FeedCursor, InvalidInput, StreamId, UpcastError, Version,
+};
 use thiserror::Error;
 
 /// The one error type of every store port. Adapters map their failures at the seam.
@@ -49,6 +51,23 @@ pub enum StoreError {
         stream: StreamId,
         /// Its version there.
         version: Version,
+    },
+    /// A wait for the feed to show a cursor gave up: a transaction older than the
+    /// cursor's stayed open for the whole wait. Nothing is lost: the events are committed
+    /// and appear once that transaction ends. `held_back_by` names it when the store can
+    /// tell (PostgreSQL: the pid or prepared gid of the horizon's blocker).
+    #[error(
+        "the feed did not show {target} in time: its horizon is still at transaction {horizon}{}",
+        held_back_suffix(.held_back_by.as_deref())
+    )]
+    FeedTimeout {
+        /// The awaited cursor.
+        target: FeedCursor,
+        /// The feed's horizon when the wait gave up: every event of a transaction below it
+        /// is visible.
+        horizon: u64,
+        /// The transaction holding the horizon, described for an operator.
+        held_back_by: Option<String>,
     },
     /// Input was rejected before any I/O. Nothing was written.
     #[error("invalid input: {0}")]
@@ -145,4 +164,12 @@ impl StoreError {
             source: None,
         }
     }
+}
+
+/// The end of [`StoreError::FeedTimeout`]'s message: who to end, when known.
+fn held_back_suffix(held_back_by: Option<&str>) -> String {
+    held_back_by.map_or_else(
+        || "; see which transaction holds it with `chronik doctor`".to_owned(),
+        |b| format!(", held back by {b}; end that transaction to unpause the feed"),
+    )
 }

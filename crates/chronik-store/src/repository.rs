@@ -690,7 +690,7 @@ mod tests {
                         Ok(AppendResult {
                             first_version: Version::FIRST,
                             last_version: Version::FIRST,
-                            cursor: FeedCursor::new(1, 1),
+                            cursor: FeedCursor::new(1, 1).expect("in range"),
                             already_appended: true,
                         })
                     }

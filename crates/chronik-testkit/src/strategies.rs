@@ -438,26 +438,13 @@ pub async fn check_rejected_append_changes_nothing<S: Store>(
     };
     assert!(typed, "{bad:?} on {} events: {result:?}", history.len());
 
-    // Cursors and pages out of range are refused the same way everywhere.
-    for cursor in [
-        FeedCursor::new(u64::MAX, 0),
-        FeedCursor::new(0, u64::MAX),
-        FeedCursor::new(i64::MAX as u64 + 1, 1),
-    ] {
-        let page = store.read_feed(cursor, &FeedFilter::all(), 10).await;
-        assert!(
-            matches!(
-                page,
-                Err(StoreError::Invalid(InvalidInput::MalformedCursor { .. }))
-            ),
-            "{cursor}: {page:?}"
-        );
-        let count = store.count_after(cursor).await;
-        assert!(
-            matches!(count, Err(StoreError::Invalid(_))),
-            "{cursor}: {count:?}"
-        );
-    }
+    // Cursors out of range cannot be made; the last one there can be is read the same
+    // way everywhere, and pages out of range are refused the same way everywhere.
+    let page = store
+        .read_feed(FeedCursor::MAX, &FeedFilter::all(), 10)
+        .await
+        .expect("the last cursor is valid everywhere");
+    assert!(page.events.is_empty());
     for limit in [0, MAX_FEED_PAGE + 1, usize::MAX] {
         let page = store
             .read_feed(FeedCursor::START, &FeedFilter::all(), limit)

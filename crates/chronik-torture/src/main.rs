@@ -360,11 +360,11 @@ async fn run() -> anyhow::Result<bool> {
         feed: read_feed(&store).await?,
         projection: read_projection(&control).await?,
         checkpoint: match checkpoint {
-            Some(c) => Some((c.transaction, c.position)),
+            Some(c) => Some((c.transaction(), c.position())),
             None => projection_store
                 .load_checkpoint(projection::NAME)
                 .await?
-                .map(|c| (c.cursor.transaction, c.cursor.position)),
+                .map(|c| (c.cursor.transaction(), c.cursor.position())),
         },
         samples: world.counts.get(C::checkpoint_samples),
         sample_violations: world.sample_violations(),
@@ -583,7 +583,7 @@ async fn read_feed(store: &PgEventStore) -> anyhow::Result<Vec<StoredEvent>> {
             stream: e.stream_id.as_str().to_owned(),
             version: e.version.get(),
             event_id: e.event_id.as_uuid(),
-            cursor: (e.cursor.transaction, e.cursor.position),
+            cursor: (e.cursor.transaction(), e.cursor.position()),
         }));
     }
 }

@@ -333,7 +333,10 @@ async fn a_crash_mid_batch_or_between_batches_applies_nothing_twice(pool: PgPool
     let last = append_orders(&store, 0, 12).await;
     // All visible before the runner starts, so batch boundaries are exactly 7 events
     // (other sessions of the cluster could otherwise hold part of the feed back).
-    store.wait_for_feed(last).await.unwrap();
+    store
+        .wait_for_feed(last, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     let orders = OrderProjection::new(store.schema());
 
     // Run 1 hangs after writing the 3rd event of batch 2 (call 10); killed there.
@@ -583,7 +586,10 @@ async fn lag_is_n_events_behind_then_zero_and_names_the_horizon_holder(pool: PgP
     h.stop().await;
 
     let behind = append_orders(&store, 3, 5).await; // orders 3 and 4: 2 + 3 events
-    store.wait_for_feed(behind).await.unwrap();
+    store
+        .wait_for_feed(behind, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     let r = projection_reports(&store).await.unwrap();
     let r = r.iter().find(|r| r.name == OrderProjection::NAME).unwrap();
     assert_eq!(r.lag_events, 5);
@@ -623,7 +629,10 @@ async fn lag_is_n_events_behind_then_zero_and_names_the_horizon_holder(pool: PgP
 async fn a_failing_event_is_retried_until_a_recorded_park_decision(pool: PgPool) {
     let store = setup(&pool).await;
     let last = append_orders(&store, 0, 3).await;
-    store.wait_for_feed(last).await.unwrap();
+    store
+        .wait_for_feed(last, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     let feed = store
         .read_feed(FeedCursor::START, &FeedFilter::all(), 100)
         .await
@@ -695,7 +704,10 @@ async fn a_notification_after_commit_wakes_a_listening_runner(pool: PgPool) {
     until(&h, |s| s.state == PgRunnerState::Live).await;
     let last = append_orders(&store, 0, 2).await;
     // Notify once the events are visible (after commit, outside any append transaction).
-    store.wait_for_feed(last).await.unwrap();
+    store
+        .wait_for_feed(last, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     chronik::postgres::notify_feed(store.pool(), "chronik_feed")
         .await
         .unwrap();
@@ -711,7 +723,10 @@ async fn connections_killed_at_random_mid_batch_still_apply_each_event_once(pool
     let store = setup(&pool).await;
     check_effects_commit_with_checkpoint(&pool).await;
     let last = append_orders(&store, 0, 30).await;
-    store.wait_for_feed(last).await.unwrap();
+    store
+        .wait_for_feed(last, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     let h = spawn(&store, Audited::new(OrderProjection::new(store.schema())));
     // Terminate every other session of this test's database (the runner's batch
     // transactions, its feed reads and its lock session) over and over while it works.

@@ -367,7 +367,7 @@ pub(crate) fn cursor_of(tx: i64, pos: i64) -> Result<FeedCursor, StoreError> {
     Ok(FeedCursor::new(
         to_u64(tx, "checkpoint transaction")?,
         to_u64(pos, "checkpoint position")?,
-    ))
+    )?)
 }
 
 pub(crate) fn as_i64(v: u64) -> i64 {
@@ -546,8 +546,8 @@ impl<P: PgProjection> Engine<P> {
     ) -> Result<(), StoreError> {
         sqlx::query(&self.sql.set_checkpoint)
             .bind(name)
-            .bind(as_i64(cursor.transaction))
-            .bind(as_i64(cursor.position))
+            .bind(cursor.transaction_i64())
+            .bind(cursor.position_i64())
             .bind(as_i64(processed))
             .execute(conn)
             .await

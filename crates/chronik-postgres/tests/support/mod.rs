@@ -30,17 +30,21 @@ impl Settled {
             return Ok(());
         };
         // Not a timed assertion: after a while, say once who holds the feed, keep waiting.
-        let wait = self.0.wait_for_feed(newest);
-        tokio::pin!(wait);
-        match tokio::time::timeout(std::time::Duration::from_secs(20), &mut wait).await {
-            Ok(r) => r,
-            Err(_) => {
+        match self
+            .0
+            .wait_for_feed(newest, std::time::Duration::from_secs(20))
+            .await
+        {
+            Err(StoreError::FeedTimeout { .. }) => {
                 eprintln!(
                     "the feed is held back by: {:#?}",
                     self.0.horizon_holders().await
                 );
-                wait.await
+                self.0
+                    .wait_for_feed(newest, std::time::Duration::from_secs(600))
+                    .await
             }
+            r => r,
         }
     }
 }
