@@ -8,13 +8,20 @@
 //!   the unique `(aggregate_id, version)` key; two autocommit round trips, reloaded and
 //!   retried when the key refuses the insert.
 //!
+//! - `chronik-cached`: the same command through a repository with a cache of aggregate
+//!   states (`Repository::with_cache`), on streams of its own drawn the same way, so that the
+//!   uncached variant's writes never make its entries stale.
+//!
 //! Every variant of one writer count shares one pool of exactly that many connections and
-//! runs in alternating rounds (see `harness::interleaved`). The scenario runs twice: on a
-//! fresh schema (recreated for every writer count, so that every connection first plans its
-//! statements against empty tables, as a new deployment does) and on schemas that already
-//! hold [`Plan::command_prefill`] events in other streams (analyzed, as autovacuum would).
+//! runs in alternating rounds (see `harness::interleaved`). The scenario runs three times: on
+//! a fresh schema (recreated for every writer count, so that every connection first plans
+//! its statements against empty tables, as a new deployment does), on schemas that already
+//! hold [`Plan::command_prefill`] events in other streams (analyzed, as autovacuum would),
+//! and, as `command-hot`, on a fresh schema with a hot set: [`HOT_SHARE`] of the commands go
+//! to [`HOT_STREAMS`] streams, the rest to any of the [`STREAMS`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -39,6 +46,13 @@ const STORE_SCHEMA: &str = "chronik_bench_cmd";
 const RAW_SCHEMA: &str = "chronik_bench_cmd_raw";
 /// How many streams the commands pick from, uniformly at random.
 pub(crate) const STREAMS: usize = 100_000;
+/// `command-hot`: how many of the streams are hot ...
+const HOT_STREAMS: usize = 1_000;
+/// ... and the share of commands they take.
+const HOT_SHARE: f64 = 0.9;
+/// States `chronik-cached` keeps: every stream it can pick, so that it misses only on a
+/// stream's first command.
+const CACHE_CAPACITY: usize = STREAMS;
 
 /// One line of a sale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,21 +151,34 @@ impl Aggregate for Till {
 struct Streams {
     chronik: Vec<StreamId>,
     raw: Vec<Uuid>,
+    /// The first `hot` streams take [`HOT_SHARE`] of the picks (0: uniform).
+    hot: usize,
 }
 
 impl Streams {
-    fn new(n: usize) -> anyhow::Result<Self> {
+    fn new(n: usize, hot: usize) -> anyhow::Result<Self> {
         let raw: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
         let chronik = raw
             .iter()
             .map(|u| StreamId::for_category(Till::TYPE, u))
             .collect::<Result<_, _>>()?;
-        Ok(Self { chronik, raw })
+        Ok(Self { chronik, raw, hot })
     }
 
     fn pick(&self) -> usize {
-        rand::random::<usize>() % self.raw.len()
+        if self.hot > 0 && rand::random::<f64>() < HOT_SHARE {
+            rand::random::<usize>() % self.hot
+        } else {
+            rand::random::<usize>() % self.raw.len()
+        }
     }
+}
+
+/// How many commands a variant ran, and how many of them decided on a cached state.
+#[derive(Default)]
+struct CacheHits {
+    commands: AtomicU64,
+    cached: AtomicU64,
 }
 
 /// Drops and recreates both schemas: chronik's (migrated) and the seed guide's table.
@@ -221,20 +248,33 @@ async fn prefill(url: &str, events: usize, report: &mut Report) -> anyhow::Resul
     Ok(())
 }
 
-/// The command as a service runs it: `Repository::execute` on a random stream.
-fn chronik_op(pool: &PgPool, streams: &Arc<Streams>) -> anyhow::Result<Op> {
+/// The command as a service runs it: `Repository::execute` on a random stream, through a
+/// repository with a cache of `cache` states (0: none).
+fn chronik_op(
+    pool: &PgPool,
+    streams: &Arc<Streams>,
+    cache: usize,
+    hits: &Arc<CacheHits>,
+) -> anyhow::Result<Op> {
     let store = PgEventStore::from_pool_with(
         pool.clone(),
         &PgStoreConfig::with_schema(SchemaName::new(STORE_SCHEMA)?),
     );
-    let repo = Arc::new(Repository::<Till, _>::new(store));
-    let (streams, sale) = (streams.clone(), Arc::new(Sale::sample()));
+    let repo = Arc::new(Repository::<Till, _>::new(store).with_cache(cache));
+    let (streams, sale, hits) = (streams.clone(), Arc::new(Sale::sample()), hits.clone());
     Ok(Arc::new(move |_, _| {
-        let (repo, streams, sale) = (repo.clone(), streams.clone(), sale.clone());
+        let (repo, streams, sale, hits) =
+            (repo.clone(), streams.clone(), sale.clone(), hits.clone());
         Box::pin(async move {
             let id = &streams.chronik[streams.pick()];
             match repo.execute(id, Sale::clone(&sale)).await {
-                Ok(out) => Ok(out.events_written as u64),
+                Ok(out) => {
+                    hits.commands.fetch_add(1, Ordering::Relaxed);
+                    if out.cached {
+                        hits.cached.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(out.events_written as u64)
+                }
                 Err(RepositoryError::Domain(e)) => Err(e.into()),
                 Err(e) => Err(anyhow::Error::new(e).context("chronik command")),
             }
@@ -311,19 +351,42 @@ fn insert_op(pool: &PgPool) -> Op {
     })
 }
 
-/// One writer count: the three variants interleaved on one pool of `writers` connections.
+/// The streams of one scenario: the uncached variants' and the cached variant's own.
+struct Picks {
+    shared: Arc<Streams>,
+    cached: Arc<Streams>,
+}
+
+impl Picks {
+    fn new(hot: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            shared: Arc::new(Streams::new(STREAMS, hot)?),
+            cached: Arc::new(Streams::new(STREAMS, hot)?),
+        })
+    }
+}
+
+/// One writer count: the four variants interleaved on one pool of `writers` connections.
 async fn measure(
     url: &str,
     scenario: &str,
     writers: usize,
-    streams: &Arc<Streams>,
+    picks: &Picks,
     plan: &Plan,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let pool = pg::pool(url, writers).await?;
+    let hits = Arc::new(CacheHits::default());
     let variants = [
-        ("chronik", chronik_op(&pool, streams)?),
-        ("raw-naive-command", naive_op(&pool, streams)),
+        (
+            "chronik",
+            chronik_op(&pool, &picks.shared, 0, &Arc::default())?,
+        ),
+        (
+            "chronik-cached",
+            chronik_op(&pool, &picks.cached, CACHE_CAPACITY, &hits)?,
+        ),
+        ("raw-naive-command", naive_op(&pool, &picks.shared)),
         ("raw-insert", insert_op(&pool)),
     ];
     let results = harness::interleaved(writers, plan.command_budget, plan.rounds, &variants)
@@ -337,23 +400,44 @@ async fn measure(
     // The stretch target (coalescing) applies from 16 writers.
     let stretch = (writers >= 16).then_some(1.0);
     report.ratio(scenario, "chronik", "raw-insert", writers, stretch);
+    report.ratio(
+        scenario,
+        "chronik-cached",
+        "raw-naive-command",
+        writers,
+        None,
+    );
+    report.ratio(scenario, "chronik-cached", "raw-insert", writers, None);
+    report.ratio(scenario, "chronik-cached", "chronik", writers, None);
     report.ratio(scenario, "raw-naive-command", "raw-insert", writers, None);
+    let commands = hits.commands.load(Ordering::Relaxed);
+    report.notes.push(format!(
+        "{scenario} at {writers} writers: chronik-cached decided {:.0}% of its {commands} commands (warm-up included) on a cached state",
+        100.0 * hits.cached.load(Ordering::Relaxed) as f64 / commands.max(1) as f64
+    ));
     Ok(())
 }
 
 pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
-    let streams = Arc::new(Streams::new(STREAMS)?);
+    let uniform = Picks::new(0)?;
     if plan.wants("command-fresh") {
         for &writers in plan.concurrency {
             reset(url).await.context("preparing the command schemas")?;
-            measure(url, "command-fresh", writers, &streams, plan, report).await?;
+            measure(url, "command-fresh", writers, &uniform, plan, report).await?;
         }
     }
     if plan.wants("command-1m") {
         reset(url).await.context("preparing the command schemas")?;
         prefill(url, plan.command_prefill, report).await?;
         for &writers in plan.concurrency {
-            measure(url, "command-1m", writers, &streams, plan, report).await?;
+            measure(url, "command-1m", writers, &uniform, plan, report).await?;
+        }
+    }
+    if plan.wants("command-hot") {
+        let hot = Picks::new(HOT_STREAMS)?;
+        for &writers in plan.concurrency {
+            reset(url).await.context("preparing the command schemas")?;
+            measure(url, "command-hot", writers, &hot, plan, report).await?;
         }
     }
     let admin = pg::pool(url, 1).await?;

@@ -173,7 +173,10 @@ async fn main() -> anyhow::Result<()> {
     match &args.database_url {
         Some(url) => {
             pg::environment(url, &mut report).await?;
-            if plan.wants("command-fresh") || plan.wants("command-1m") {
+            if ["command-fresh", "command-1m", "command-hot"]
+                .iter()
+                .any(|s| plan.wants(s))
+            {
                 command::run(url, &plan, &mut report).await?;
             }
             pg::run(url, &plan, &mut report).await?;

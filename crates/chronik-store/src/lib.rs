@@ -6,6 +6,7 @@
 //! (`chronik-memory`, `chronik-postgres`) implement the ports; the [`Upcasting`] decorator
 //! lifts old event schemas on every read path of any adapter.
 
+mod cache;
 mod error;
 mod forward;
 mod port;

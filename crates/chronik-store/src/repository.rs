@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::cache::StateCache;
 use crate::error::StoreError;
 use crate::port::{AppendResult, EventStore, Payload, SnapshotStore, StreamEvent};
 
@@ -88,6 +89,9 @@ pub struct ExecuteOutcome {
     pub snapshot_taken: bool,
     /// Time spent backing off between attempts (zero when the first attempt succeeded).
     pub backoff: Duration,
+    /// Whether the successful attempt decided on the state an earlier command left in the
+    /// cache ([`Repository::with_cache`]), without reading the stream.
+    pub cached: bool,
 }
 
 /// Why a command was not carried out.
@@ -118,8 +122,17 @@ pub enum RepositoryError<E: std::error::Error + 'static> {
     },
 }
 
-/// A decision waiting to be appended: the state it was made on, the events, their envelopes.
-type Decided<A> = (Loaded<A>, Vec<<A as Aggregate>::Event>, Vec<NewEvent>);
+/// A decision waiting to be appended.
+struct Decided<A: Aggregate> {
+    /// The state it was made on.
+    loaded: Loaded<A>,
+    /// The events decided.
+    events: Vec<A::Event>,
+    /// Their envelopes (ids fixed, so that a re-send is idempotent).
+    new: Vec<NewEvent>,
+    /// Whether `loaded` came from the cache rather than the store.
+    from_cache: bool,
+}
 
 type LoadSnapshot<A, S> = for<'a> fn(&'a S, &'a StreamId) -> BoxFuture<'a, Option<(A, Version)>>;
 type SaveSnapshot<A, S> =
@@ -193,6 +206,7 @@ pub struct Repository<A, S> {
     sleep: Arc<dyn Sleep>,
     jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
     snapshots: Option<SnapshotHooks<A, S>>,
+    cache: Option<StateCache<A>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -204,6 +218,10 @@ impl<A, S> fmt::Debug for Repository<A, S> {
             .field(
                 "snapshot_policy",
                 &self.snapshots.as_ref().map(|h| h.policy),
+            )
+            .field(
+                "cache_capacity",
+                &self.cache.as_ref().map(StateCache::capacity),
             )
             .finish_non_exhaustive()
     }
@@ -225,6 +243,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             sleep: Arc::new(DefaultSleep),
             jitter: Arc::new(random_unit),
             snapshots: None,
+            cache: None,
             _aggregate: PhantomData,
         }
     }
@@ -292,12 +311,41 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self
     }
 
+    /// Keeps the state each command leaves behind for up to `capacity` streams (the least
+    /// recently used goes first; `0`, the default, keeps none), so that the next command on
+    /// a cached stream decides on it and appends at its version without reading the stream:
+    /// one round trip instead of two. [`Repository::load`] always reads the store.
+    ///
+    /// Correctness does not depend on the cache being fresh. Another writer (another
+    /// repository, another process, [`Repository::save`]) makes a cached state stale; the
+    /// append expecting its version then meets a conflict, and the command is decided again
+    /// at once on a fresh load, then retried as usual. That extra attempt is counted in
+    /// `attempts` and `conflicts` but neither waits nor uses up the retry policy. A refusal,
+    /// or a decision to write nothing, is never made on a cached state (no append would
+    /// check it): the command is decided again on a fresh load. Concurrent commands on one
+    /// stream through one repository do not share its entry: one decides on it, the others
+    /// read the stream.
+    ///
+    /// A cached state is the fold of the events as the command decided them; a reload folds
+    /// them as decoded from the store. The two agree when events read back as they were
+    /// written (as serde-derived events without skipped fields do; `DomainEvent::encode`
+    /// checks that an event decodes, not that it decodes to an equal value).
+    ///
+    /// Costs: one state per cached stream in memory, and one wasted append round trip per
+    /// command on a stream that changed elsewhere since it was cached.
+    #[must_use]
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = (capacity > 0).then(|| StateCache::new(capacity));
+        self
+    }
+
     /// The underlying store.
     pub fn store(&self) -> &S {
         &self.store
     }
 
-    /// Loads the aggregate (snapshot, then the tail folded one event at a time).
+    /// Loads the aggregate (snapshot, then the tail folded one event at a time), from the
+    /// store: the cache of [`Repository::with_cache`] is neither read nor filled.
     ///
     /// # Errors
     /// [`StoreError::Decode`] when a stored event does not decode as `A::Event` (named by
@@ -378,6 +426,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// An ambiguous backend failure (commit acknowledgement lost) re-sends the *same*
     /// events with the same ids, so the store's idempotent append tells whether they landed.
     ///
+    /// With [`Repository::with_cache`], a cached stream is not read first; a stale cached
+    /// state costs one extra attempt beyond the policy's (see there).
+    ///
     /// # Errors
     /// [`RepositoryError::Domain`] when the aggregate refuses; [`RepositoryError::RetriesExhausted`]
     /// when every attempt conflicted (it keeps the last conflict); [`RepositoryError::Store`]
@@ -395,68 +446,121 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut conflicts = 0;
         let mut pending: Option<Decided<A>> = None;
         let max = self.retry.max_attempts();
+        // Attempts made, and attempts the retry policy counts: the one that decided on a
+        // cached state found stale is followed at once by one on a fresh load, uncounted.
         let mut attempt = 0;
+        let mut counted = 0;
+        let mut cached = self.cache.as_ref().and_then(|c| c.take(id));
+        let mut stale_retry = false;
         loop {
             attempt += 1;
-            if attempt > 1 {
-                let delay = self
-                    .retry
-                    .delay_before(attempt, (self.jitter)())
-                    .unwrap_or_default();
-                if !delay.is_zero() {
-                    self.sleep.sleep(delay).await;
-                    waited += delay;
+            if stale_retry {
+                stale_retry = false;
+            } else {
+                counted += 1;
+                if counted > 1 {
+                    let delay = self
+                        .retry
+                        .delay_before(counted, (self.jitter)())
+                        .unwrap_or_default();
+                    if !delay.is_zero() {
+                        self.sleep.sleep(delay).await;
+                        waited += delay;
+                    }
                 }
             }
-            let (loaded, events, new) = match pending.take() {
+            let decided = match pending.take() {
                 Some(p) => p,
                 None => {
-                    let loaded = self.load(id).await?;
-                    let events = loaded
-                        .state
-                        .handle(command)
-                        .map_err(RepositoryError::Domain)?;
-                    if events.is_empty() {
-                        return Ok(ExecuteOutcome {
-                            version: loaded.version,
-                            events_written: 0,
-                            attempts: attempt,
-                            conflicts,
-                            append: None,
-                            snapshot_taken: false,
-                            backoff: waited,
+                    // On a cached state only a decision to write is made: the append checks
+                    // the version it was made at. A refusal or a decision to write nothing
+                    // would go unchecked, so those are made again on a fresh load.
+                    let hit = cached
+                        .take()
+                        .and_then(|loaded| match loaded.state.handle(command) {
+                            Ok(events) if !events.is_empty() => Some((loaded, events)),
+                            _ => None,
                         });
+                    match hit {
+                        Some((loaded, events)) => Decided {
+                            new: to_new_events(&events, metadata)?,
+                            loaded,
+                            events,
+                            from_cache: true,
+                        },
+                        None => {
+                            let loaded = self.load(id).await?;
+                            let decision = loaded.state.handle(command);
+                            match decision {
+                                Err(e) => {
+                                    self.remember(id, loaded);
+                                    return Err(RepositoryError::Domain(e));
+                                }
+                                Ok(events) if events.is_empty() => {
+                                    let version = loaded.version;
+                                    self.remember(id, loaded);
+                                    return Ok(ExecuteOutcome {
+                                        version,
+                                        events_written: 0,
+                                        attempts: attempt,
+                                        conflicts,
+                                        append: None,
+                                        snapshot_taken: false,
+                                        backoff: waited,
+                                        cached: false,
+                                    });
+                                }
+                                Ok(events) => Decided {
+                                    new: to_new_events(&events, metadata)?,
+                                    loaded,
+                                    events,
+                                    from_cache: false,
+                                },
+                            }
+                        }
                     }
-                    let new = to_new_events(&events, metadata)?;
-                    (loaded, events, new)
                 }
             };
             match self
                 .store
-                .append(id, ExpectedVersion::Exact(loaded.version), &new)
+                .append(
+                    id,
+                    ExpectedVersion::Exact(decided.loaded.version),
+                    &decided.new,
+                )
                 .await
             {
                 Ok(append) => {
+                    let from_cache = decided.from_cache;
+                    let events_written = decided.events.len();
                     let snapshot_taken = self
-                        .maybe_snapshot(id, loaded, &events, append.last_version)
+                        .after_append(id, decided.loaded, &decided.events, append.last_version)
                         .await;
                     return Ok(ExecuteOutcome {
                         version: append.last_version,
-                        events_written: events.len(),
+                        events_written,
                         attempts: attempt,
                         conflicts,
                         append: Some(append),
                         snapshot_taken,
                         backoff: waited,
+                        cached: from_cache,
                     });
                 }
-                Err(e) if e.is_retryable() && attempt < max => {
+                Err(e) if e.is_conflict() && decided.from_cache => {
+                    // The cached state was stale: another writer got there since. Not a
+                    // sign of contention, so no waiting: decide again on a fresh load.
+                    conflicts += 1;
+                    stale_retry = true;
+                    tracing::debug!(stream = %id, attempt, error = %e, "cached state was stale; reloading");
+                }
+                Err(e) if e.is_retryable() && counted < max => {
                     if e.is_conflict() {
                         conflicts += 1;
                         tracing::debug!(stream = %id, attempt, error = %e, "conflict; reloading and retrying");
                     } else if matches!(e, StoreError::Backend { .. }) {
                         // Outcome unknown: re-send the identical append (idempotent).
-                        pending = Some((loaded, events, new));
+                        pending = Some(decided);
                     }
                 }
                 Err(e) if e.is_retryable() => {
@@ -475,26 +579,58 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
     }
 
-    /// Writes a snapshot when the policy asks for one. A failure is logged, never returned:
-    /// snapshots are a cache, and the command already succeeded.
-    async fn maybe_snapshot(
+    /// Keeps `loaded` in the cache, if there is one.
+    fn remember(&self, id: &StreamId, loaded: Loaded<A>) {
+        if let Some(cache) = &self.cache {
+            cache.put(id, loaded);
+        }
+    }
+
+    /// After a successful append at `version`: writes a snapshot when the policy asks for
+    /// one, and caches the new state when there is a cache. Returns whether a snapshot was
+    /// taken (or, in the background, started).
+    async fn after_append(
         &self,
         id: &StreamId,
         loaded: Loaded<A>,
         events: &[A::Event],
         version: Version,
     ) -> bool {
-        let Some(h) = &self.snapshots else {
-            return false;
-        };
-        if !h.policy.should_snapshot(loaded.snapshot_version, version) {
+        let snapshot_due = self
+            .snapshots
+            .as_ref()
+            .is_some_and(|h| h.policy.should_snapshot(loaded.snapshot_version, version));
+        if !snapshot_due && self.cache.is_none() {
             return false;
         }
         let mut state = loaded.state;
         for e in events {
             state.apply(e);
         }
-        match (h.save)(&self.store, id.clone(), &state, version) {
+        let snapshot_taken = snapshot_due && self.write_snapshot(id, &state, version).await;
+        self.remember(
+            id,
+            Loaded {
+                state,
+                version,
+                snapshot_version: if snapshot_taken {
+                    version
+                } else {
+                    loaded.snapshot_version
+                },
+                events_replayed: 0,
+            },
+        );
+        snapshot_taken
+    }
+
+    /// Writes a snapshot of `state` at `version`. A failure is logged, never returned:
+    /// snapshots are a cache, and the command already succeeded.
+    async fn write_snapshot(&self, id: &StreamId, state: &A, version: Version) -> bool {
+        let Some(h) = &self.snapshots else {
+            return false;
+        };
+        match (h.save)(&self.store, id.clone(), state, version) {
             Ok(write) => match &h.background {
                 Some(spawn) => {
                     let id = id.clone();

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use chronik_core::{
     Aggregate as _, CausationId, CorrelationId, EventId, EventType, ExpectedVersion, FeedCursor,
@@ -10,8 +10,8 @@ use chronik_core::{
 };
 use chronik_memory::MemoryStore;
 use chronik_store::{
-    AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, Repository,
-    RepositoryError, Snapshot, SnapshotStore, StoreError, Upcasting,
+    AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, PayloadStream,
+    Repository, RepositoryError, Snapshot, SnapshotStore, StoreError, Upcasting,
 };
 use futures::TryStreamExt;
 use orders::{Order, OrderCommand, OrderError, OrderStatus};
@@ -496,4 +496,229 @@ async fn an_upcasting_store_is_still_a_snapshot_and_checkpoint_store() {
             .events_processed,
         1
     );
+}
+
+/// Forwards to memory and counts the reads and appends it serves.
+#[derive(Clone, Default)]
+struct Counting {
+    inner: MemoryStore,
+    reads: Arc<AtomicUsize>,
+    appends: Arc<AtomicUsize>,
+}
+
+impl Counting {
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+    fn appends(&self) -> usize {
+        self.appends.load(Ordering::SeqCst)
+    }
+}
+
+impl EventStore for Counting {
+    async fn append(
+        &self,
+        s: &StreamId,
+        e: ExpectedVersion,
+        ev: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        self.inner.append(s, e, ev).await
+    }
+    fn read_stream(&self, s: &StreamId, from: Version) -> EventStream<'_> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_stream(s, from)
+    }
+    fn read_payloads(&self, s: &StreamId, from: Version) -> PayloadStream<'_> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_payloads(s, from)
+    }
+    async fn stream_version(&self, s: &StreamId) -> Result<Version, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.stream_version(s).await
+    }
+    async fn read_feed(
+        &self,
+        a: FeedCursor,
+        f: &FeedFilter,
+        l: usize,
+    ) -> Result<FeedPage, StoreError> {
+        self.inner.read_feed(a, f, l).await
+    }
+    async fn feed_head(&self) -> Result<FeedHead, StoreError> {
+        self.inner.feed_head().await
+    }
+    async fn count_after(&self, a: FeedCursor) -> Result<u64, StoreError> {
+        self.inner.count_after(a).await
+    }
+}
+
+#[tokio::test]
+async fn a_cached_stream_is_decided_without_reading_it() {
+    let store = Counting::default();
+    let repo = retrying(store.clone()).with_cache(16);
+    let id = order_id();
+    let out = repo.execute(&id, place()).await.unwrap();
+    assert!(!out.cached, "the first command reads the stream");
+    assert_eq!(store.reads(), 1);
+    for n in 2..=4 {
+        let out = repo.execute(&id, line()).await.unwrap();
+        assert_eq!(
+            (out.cached, out.attempts, out.version.get()),
+            (true, 1, n),
+            "decided on the cached state"
+        );
+    }
+    assert_eq!(
+        (store.reads(), store.appends()),
+        (1, 4),
+        "no read after the first"
+    );
+    let loaded = retrying(store.inner.clone()).load(&id).await.unwrap();
+    assert_eq!(
+        (
+            loaded.state.lines,
+            loaded.state.total_amount,
+            loaded.version.get()
+        ),
+        (3, 1_030, 4)
+    );
+    // Without a cache, every command reads.
+    let plain = retrying(store.clone());
+    plain.execute(&id, line()).await.unwrap();
+    assert_eq!(store.reads(), 2);
+}
+
+#[tokio::test]
+async fn a_write_from_another_repository_makes_the_cached_state_conflict_and_reload() {
+    let store = Counting::default();
+    let slept: Arc<std::sync::Mutex<Vec<std::time::Duration>>> = Arc::default();
+    let log = slept.clone();
+    // No retries: the stale cached state must not use up the policy.
+    let cached = Repository::<Order, _>::new(store.clone())
+        .with_retry(RetryPolicy::no_retry())
+        .with_sleep(move |d| {
+            log.lock().unwrap().push(d);
+            async {}
+        })
+        .with_cache(16);
+    let other = retrying(store.inner.clone());
+    let id = order_id();
+    cached.execute(&id, place()).await.unwrap();
+    other.execute(&id, line()).await.unwrap();
+    let reads = store.reads();
+    let out = cached.execute(&id, line()).await.unwrap();
+    assert_eq!(
+        (out.attempts, out.conflicts, out.cached, out.version.get()),
+        (2, 1, false, 3),
+        "the cached decision conflicted, the reloaded one landed"
+    );
+    assert_eq!(store.reads(), reads + 1, "one reload");
+    assert_eq!(out.backoff, std::time::Duration::ZERO);
+    assert!(
+        slept.lock().unwrap().is_empty(),
+        "a stale cache is not contention"
+    );
+    let loaded = other.load(&id).await.unwrap();
+    assert_eq!(
+        (
+            loaded.state.lines,
+            loaded.state.total_amount,
+            loaded.version.get()
+        ),
+        (2, 1_020, 3),
+        "both lines kept"
+    );
+    // The reloaded state is cached again.
+    let out = cached.execute(&id, line()).await.unwrap();
+    assert_eq!((out.cached, out.attempts, out.version.get()), (true, 1, 4));
+}
+
+#[tokio::test]
+async fn a_refusal_is_never_made_on_a_cached_state() {
+    let store = Counting::default();
+    let cached = retrying(store.clone()).with_cache(16);
+    let other = retrying(store.inner.clone());
+    let id = order_id();
+    // Refused on a fresh load: the empty order is cached.
+    assert!(matches!(
+        cached.execute(&id, line()).await,
+        Err(RepositoryError::Domain(OrderError::NotPlaced))
+    ));
+    other.execute(&id, place()).await.unwrap();
+    // The cached state would refuse again; the order exists now, so the line is added.
+    let out = cached.execute(&id, line()).await.unwrap();
+    assert_eq!((out.cached, out.version.get()), (false, 2));
+    // A refusal that holds on the fresh load is returned, and nothing is written.
+    other
+        .execute(&id, OrderCommand::Cancel { reason: "r".into() })
+        .await
+        .unwrap();
+    assert!(matches!(
+        cached.execute(&id, line()).await,
+        Err(RepositoryError::Domain(OrderError::Closed(_)))
+    ));
+    assert_eq!(
+        store.inner.stream_version(&id).await.unwrap(),
+        Version::new(3).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn snapshots_and_the_cache_work_together() {
+    let store = MemoryStore::new();
+    let repo = retrying(store.clone())
+        .with_cache(16)
+        .with_snapshots(SnapshotPolicy::every(3).unwrap());
+    let id = order_id();
+    repo.execute(&id, place()).await.unwrap();
+    let mut taken = vec![];
+    for _ in 0..8 {
+        let out = repo.execute(&id, line()).await.unwrap();
+        assert!(out.cached);
+        if out.snapshot_taken {
+            taken.push(out.version.get());
+        }
+    }
+    assert_eq!(
+        taken,
+        vec![3, 6, 9],
+        "the policy counts from the cached snapshot version"
+    );
+    let from_snapshot = repo.load(&id).await.unwrap();
+    assert_eq!(from_snapshot.snapshot_version.get(), 9);
+    assert_eq!(
+        from_snapshot.state,
+        retrying(store).load(&id).await.unwrap().state
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_repositories_racing_on_one_stream_lose_nothing() {
+    const TASKS: usize = 8;
+    const COMMANDS: usize = 10;
+    let store = MemoryStore::new();
+    let id = Arc::new(order_id());
+    retrying(store.clone()).execute(&id, place()).await.unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (store, id, barrier) = (store.clone(), id.clone(), barrier.clone());
+            tokio::spawn(async move {
+                // One repository per task, as one per process.
+                let repo = retrying(store).with_cache(4);
+                barrier.wait().await;
+                for _ in 0..COMMANDS {
+                    repo.execute(&id, line()).await?;
+                }
+                Ok::<_, RepositoryError<OrderError>>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let order = retrying(store).load(&id).await.unwrap();
+    assert_eq!(order.state.lines, (TASKS * COMMANDS) as u64);
+    assert_eq!(order.version.get(), (TASKS * COMMANDS) as u64 + 1);
 }

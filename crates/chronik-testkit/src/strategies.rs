@@ -142,6 +142,91 @@ pub async fn check_snapshot_plus_tail_equals_replay<A, S>(
     );
 }
 
+/// Commands for [`check_cached_commands_decide_as_on_a_fresh_load`]: which writer runs it
+/// (0 to 2), on which of three streams, and the command (drawn from `command`).
+pub fn cached_command_ops<C: std::fmt::Debug>(
+    command: impl Strategy<Value = C>,
+    max_commands: usize,
+) -> impl Strategy<Value = Vec<(u8, u8, C)>> {
+    prop::collection::vec((0..3u8, 0..3u8, command), 0..max_commands)
+}
+
+/// Law: a repository with a cache ([`Repository::with_cache`]) decides every command as a
+/// repository without one would on a fresh load: the same refusal, or the same events at
+/// the same version, leaving the same state. Three writers share the store as separate
+/// processes would: one with a cache of two streams (so entries are evicted), one with a
+/// larger cache and snapshots, one without a cache; each writer's writes make the others'
+/// cached states stale. They retry nothing (`RetryPolicy::no_retry`), so the law also
+/// checks that a stale cached state costs no attempt of the policy. Runs on any adapter,
+/// with any aggregate whose commands are drawn by [`cached_command_ops`].
+///
+/// # Panics
+/// When the law is violated (a test assertion).
+pub async fn check_cached_commands_decide_as_on_a_fresh_load<A, S>(
+    store: S,
+    ops: Vec<(u8, u8, A::Command)>,
+) where
+    A: Aggregate + chronik_core::SnapshotState + PartialEq + std::fmt::Debug,
+    A::Command: Clone + std::fmt::Debug,
+    A::Error: PartialEq + std::fmt::Debug,
+    A::Event: std::fmt::Debug,
+    S: Store,
+{
+    use chronik_core::{RetryPolicy, SnapshotPolicy};
+    use chronik_store::RepositoryError;
+
+    let ids: Vec<StreamId> = (0..3)
+        .map(|_| StreamId::for_category(A::TYPE, Uuid::new_v4()).expect("valid"))
+        .collect();
+    let once = |repo: Repository<A, S>| repo.with_retry(RetryPolicy::no_retry());
+    let writers = [
+        once(Repository::new(store.clone())).with_cache(2),
+        once(Repository::new(store.clone()))
+            .with_cache(64)
+            .with_snapshots(SnapshotPolicy::every(3).expect("positive")),
+        once(Repository::new(store.clone())),
+    ];
+    let fresh = Repository::<A, _>::new(store);
+    for (step, (writer, stream, command)) in ops.into_iter().enumerate() {
+        let id = &ids[usize::from(stream) % ids.len()];
+        let before = fresh.load(id).await.expect("fresh load");
+        let expected = before.state.handle(&command);
+        let got = writers[usize::from(writer) % writers.len()]
+            .execute(id, command.clone())
+            .await;
+        let after = fresh.load(id).await.expect("fresh load");
+        match (expected, got) {
+            (Err(want), Err(RepositoryError::Domain(refused))) => {
+                assert_eq!(refused, want, "step {step}: {command:?} refused alike");
+                assert_eq!(
+                    after.version, before.version,
+                    "step {step}: a refusal writes nothing"
+                );
+            }
+            (Ok(events), Ok(out)) => {
+                let written = events.len() as u64;
+                assert_eq!(
+                    (out.events_written as u64, out.version.get()),
+                    (written, before.version.get() + written),
+                    "step {step}: {command:?} wrote what a fresh decision writes"
+                );
+                let mut state = before.state;
+                for e in &events {
+                    state.apply(e);
+                }
+                assert_eq!(
+                    after.state, state,
+                    "step {step}: the state a fresh decision leaves"
+                );
+                assert_eq!(after.version, out.version);
+            }
+            (want, got) => panic!(
+                "step {step}: {command:?} on a fresh load decides {want:?}, through writer {writer} {got:?}"
+            ),
+        }
+    }
+}
+
 /// Text that breaks naive SQL, JSON, shell or terminal handling: quotes, backslashes,
 /// `$1`, `%s`, escapes spelled out, right-to-left overrides, emoji, non-characters and
 /// long multi-byte runs. May hold whitespace and control characters (never NUL).

@@ -1,15 +1,19 @@
-//! Snapshots on PostgreSQL: the law snapshot + tail == full replay for random Orders
-//! histories and snapshot points (the same check the in-memory adapter runs), and the
-//! repository's snapshot policy writing through the Postgres snapshot store.
+//! The repository's caches on PostgreSQL: the law snapshot + tail == full replay for random
+//! Orders histories and snapshot points, the law that cached repositories decide as on a
+//! fresh load (the same checks the in-memory adapter runs), and the repository's snapshot
+//! policy writing through the Postgres snapshot store.
 
 use chronik::postgres::{PgEventStore, PgStoreConfig, SchemaName};
-use chronik::testkit::strategies::check_snapshot_plus_tail_equals_replay;
+use chronik::testkit::strategies::{
+    cached_command_ops, check_cached_commands_decide_as_on_a_fresh_load,
+    check_snapshot_plus_tail_equals_replay,
+};
 use chronik::{Aggregate as _, Metadata, SnapshotPolicy, SnapshotState, Version};
 use chronik::{Repository, SnapshotStore};
 use orders::{Order, OrderCommand};
 mod common;
 
-use common::order_history;
+use common::{order_command, order_history};
 use proptest::test_runner::{Config, TestRunner};
 use sqlx::Executor;
 use uuid::Uuid;
@@ -60,6 +64,29 @@ fn snapshot_plus_tail_equals_full_replay_on_postgres() {
     });
     rt.block_on(drop_schema(&store, &schema));
     result.expect("snapshot + tail == full replay");
+}
+
+#[test]
+fn cached_commands_decide_as_on_a_fresh_load_on_postgres() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (store, schema) = rt.block_on(fresh_store());
+    let mut runner = TestRunner::new(Config {
+        cases: 12,
+        ..Config::default()
+    });
+    let result = runner.run(&cached_command_ops(order_command(), 40), |ops| {
+        rt.block_on(check_cached_commands_decide_as_on_a_fresh_load::<Order, _>(
+            store.clone(),
+            ops,
+        ));
+        Ok(())
+    });
+    rt.block_on(drop_schema(&store, &schema));
+    result.expect("cached commands decide as on a fresh load");
 }
 
 #[test]
