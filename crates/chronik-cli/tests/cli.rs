@@ -1057,3 +1057,35 @@ fn snapshots_refuse_bad_stream_ids_and_categories() {
         assert_eq!(stderr, format!("error: {expected}\n"), "{args:?}");
     }
 }
+
+/// A server that is not there is named at once with the real cause, said once (issue 14,
+/// item 3), by every command that connects: never "pool timed out" after a timeout.
+#[test]
+fn a_refused_connection_is_named_at_once_by_every_command() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    for args in [
+        &["doctor"][..],
+        &["projections", "status"],
+        &["migrate"],
+        &["tail", "--no-follow"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_chronik"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("the chronik binary runs");
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        let cause = format!("connection refused: is PostgreSQL running on 127.0.0.1:{port}?");
+        assert_eq!(stderr.matches(&cause).count(), 1, "{args:?}: {stderr}");
+        assert_eq!(stderr.matches("refused").count(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("timed out"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

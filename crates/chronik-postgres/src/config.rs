@@ -100,7 +100,9 @@ pub struct PgStoreConfig {
     pub schema: SchemaName,
     /// Largest number of pooled connections (default 10).
     pub max_connections: u32,
-    /// How long to wait for a pooled connection before a retryable error (default 10 s).
+    /// How long to wait for a pooled connection before a retryable error (default 10 s);
+    /// also the bound on the first connection `connect` opens, which only a server that
+    /// does not answer at all reaches (a refusal fails at once, with its cause).
     pub acquire_timeout: Duration,
     /// Server-side limit for every statement; `None` keeps the server's setting
     /// (default 30 s). A statement that hits it fails with a retryable error.

@@ -133,8 +133,14 @@ impl PgEventStore {
     /// `statement_timeout` and `application_name = chronik`. Connections are not pinged
     /// on acquire, so an owned append costs exactly one round trip.
     ///
+    /// It first opens one connection directly, so a server that is down, a wrong port, a
+    /// refused password or a missing database fail at once with that cause (never after
+    /// the pool's acquire timeout as "pool timed out"); only a server that does not answer
+    /// at all takes `acquire_timeout`.
+    ///
     /// # Errors
-    /// As [`PgEventStore::connect`].
+    /// As [`PgEventStore::connect`]; the message says what was refused and what to check
+    /// (`connection refused: is PostgreSQL running on 127.0.0.1:5499?`), once.
     pub async fn connect_with(url: &str, config: PgStoreConfig) -> Result<Self, StoreError> {
         let mut options = PgConnectOptions::from_str(url)
             .map_err(|_| {
@@ -146,6 +152,33 @@ impl PgEventStore {
         if let Some(timeout) = config.statement_timeout {
             options = options.options([("statement_timeout", timeout.as_millis().to_string())]);
         }
+        // One direct connection first. A pool retries a refused connection until its
+        // acquire timeout and then says only "pool timed out"; a direct connection fails at
+        // once with the real cause, which `connect_error` words for an operator.
+        let probe = tokio::time::timeout(
+            config.acquire_timeout,
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+        )
+        .await;
+        match probe {
+            Ok(Ok(conn)) => {
+                // Only a courtesy to the server: the pool opens its own connections.
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            Ok(Err(e)) => return Err(connect_error(e, &options)),
+            Err(_) => {
+                return Err(StoreError::Backend {
+                    message: format!(
+                        "no answer from PostgreSQL at {} within {} s: is the host right, and \
+                         does a firewall drop the connection?",
+                        endpoint(&options),
+                        config.acquire_timeout.as_secs_f64()
+                    ),
+                    retryable: true,
+                    source: None,
+                });
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.acquire_timeout)
@@ -153,9 +186,7 @@ impl PgEventStore {
             // path) and drops broken ones; a second ping on acquire would double an
             // append's round trips.
             .test_before_acquire(false)
-            .connect_with(options)
-            .await
-            .map_err(backend)?;
+            .connect_lazy_with(options);
         Ok(Self::from_pool_with(pool, &config))
     }
 
@@ -286,6 +317,69 @@ impl PgEventStore {
     /// and the position. Both fit by construction ([`FeedCursor`] checks its range).
     pub(crate) fn cursor_params(cursor: FeedCursor) -> (String, i64) {
         (cursor.transaction().to_string(), cursor.position_i64())
+    }
+}
+
+/// `host:port` (or the socket directory) of a connection's target, for messages: never
+/// the user, password or any other part of the URL.
+fn endpoint(options: &PgConnectOptions) -> String {
+    match options.get_socket() {
+        Some(dir) => format!(
+            "the socket in {} (port {})",
+            dir.display(),
+            options.get_port()
+        ),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    }
+}
+
+/// A failed first connection, said once and with what to do next. The message is the whole
+/// story, so no `source` repeats it.
+fn connect_error(err: sqlx::Error, options: &PgConnectOptions) -> StoreError {
+    let at = endpoint(options);
+    let retryable = crate::error::is_retryable(&err);
+    let message = match &err {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("connection refused: is PostgreSQL running on {at}?")
+        }
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            format!(
+                "no PostgreSQL socket at {at}: is the server running, and is the socket directory right?"
+            )
+        }
+        sqlx::Error::Io(io) => format!("cannot reach PostgreSQL at {at}: {io}"),
+        sqlx::Error::Tls(tls) => format!("TLS with PostgreSQL at {at} failed: {tls}"),
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(std::borrow::Cow::into_owned).unwrap_or_default();
+            let hint = match code.as_str() {
+                "28P01" | "28000" => {
+                    "; check the user and password in the URL, and the server's pg_hba.conf"
+                }
+                "3D000" => "; create it (createdb) or fix the database name in the URL",
+                "53300" => {
+                    "; the server has no free connection slot: lower max_connections of the pools using it, or raise the server's"
+                }
+                "57P03" => "; the server is starting up or shutting down: try again shortly",
+                _ => "",
+            };
+            format!(
+                "PostgreSQL at {at} refused the connection: {} (SQLSTATE {code}){hint}",
+                db.message()
+            )
+        }
+        _ => {
+            let (message, _, _) = crate::error::parts(err);
+            return StoreError::Backend {
+                message: format!("cannot connect to PostgreSQL at {at}: {message}"),
+                retryable,
+                source: None,
+            };
+        }
+    };
+    StoreError::Backend {
+        message,
+        retryable,
+        source: None,
     }
 }
 
