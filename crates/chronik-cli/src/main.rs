@@ -342,7 +342,12 @@ fn chain(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if line.contains(&text) {
+        // sqlx words a server error as `error returned from database: <message>`, which
+        // the store's own message already holds: say the message once.
+        let core = text
+            .strip_prefix("error returned from database: ")
+            .unwrap_or(&text);
+        if line.contains(core) {
             continue;
         }
         if !line.is_empty() {

@@ -350,7 +350,10 @@ fn connect_error(err: sqlx::Error, options: &PgConnectOptions) -> StoreError {
         sqlx::Error::Io(io) => format!("cannot reach PostgreSQL at {at}: {io}"),
         sqlx::Error::Tls(tls) => format!("TLS with PostgreSQL at {at} failed: {tls}"),
         sqlx::Error::Database(db) => {
-            let code = db.code().map(std::borrow::Cow::into_owned).unwrap_or_default();
+            let code = db
+                .code()
+                .map(std::borrow::Cow::into_owned)
+                .unwrap_or_default();
             let hint = match code.as_str() {
                 "28P01" | "28000" => {
                     "; check the user and password in the URL, and the server's pg_hba.conf"

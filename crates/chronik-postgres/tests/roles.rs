@@ -17,8 +17,8 @@ use chronik_core::{
 use chronik_postgres::{
     APPLICATION_PRIVILEGES, HandlerFailure, ParkDecision, PgEventStore, PgProjection,
     PgProjectionRunner, PgRunnerOptions, PgStoreConfig, PgTransaction, RoleName, SchemaName,
-    application_role_sql, park_event, parked_events, projection_reports, rebuild,
-    wait_for_projection,
+    ShadowProjection, application_role_sql, park_event, parked_events, projection_reports, rebuild,
+    rebuild_shadow, wait_for_projection,
 };
 use chronik_store::{CheckpointStore, EventStore, FeedFilter, SnapshotStore, StoreError};
 use futures::TryStreamExt as _;
@@ -116,22 +116,31 @@ fn event(event_type: &str) -> NewEvent {
 /// version-guarded. The service (here: the owner) creates the table; the grant names it.
 #[derive(Debug)]
 struct Tallies {
+    qualified: String,
+    /// The unqualified name (a shadow rebuild writes into `<table>__shadow`).
     table: String,
+    schema: SchemaName,
 }
 
 impl Tallies {
     const NAME: &'static str = "tallies";
 
     fn new(schema: &SchemaName) -> Self {
+        Self::in_table(schema, "tallies")
+    }
+
+    fn in_table(schema: &SchemaName, bare: &str) -> Self {
         Self {
-            table: format!("{}.tallies", schema.quoted()),
+            qualified: format!("{}.\"{bare}\"", schema.quoted()),
+            table: bare.to_owned(),
+            schema: schema.clone(),
         }
     }
 
     async fn create(&self, owner: &PgPool) {
         sqlx::query(&format!(
             "CREATE TABLE {} (stream_id text PRIMARY KEY, events bigint NOT NULL, version bigint NOT NULL)",
-            self.table
+            self.qualified
         ))
         .execute(owner)
         .await
@@ -141,7 +150,7 @@ impl Tallies {
     async fn rows(&self, pool: &PgPool) -> Vec<(String, i64, i64)> {
         sqlx::query_as(&format!(
             "SELECT stream_id, events, version FROM {} ORDER BY stream_id",
-            self.table
+            self.qualified
         ))
         .fetch_all(pool)
         .await
@@ -167,7 +176,7 @@ impl PgProjection for Tallies {
             "INSERT INTO {} (stream_id, events, version) VALUES ($1, 1, $2) \
              ON CONFLICT (stream_id) DO UPDATE SET events = {0}.events + 1, version = EXCLUDED.version \
              WHERE {0}.version < EXCLUDED.version",
-            self.table
+            self.qualified
         ))
         .bind(event.stream_id.as_str())
         .bind(event.version.as_i64())
@@ -177,10 +186,20 @@ impl PgProjection for Tallies {
     }
 
     async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
-        sqlx::query(&format!("DELETE FROM {}", self.table))
+        sqlx::query(&format!("DELETE FROM {}", self.qualified))
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+}
+
+impl ShadowProjection for Tallies {
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn with_table(&self, table: &str) -> Self {
+        Self::in_table(&self.schema, table)
     }
 }
 
@@ -532,4 +551,108 @@ async fn every_table_has_decided_privileges_and_no_function_is_security_definer(
         sql.iter()
             .all(|s| s.contains("\"public\"") && s.contains("\"app\""))
     );
+}
+
+/// The privileges `role` has on `table` of `schema`, as `has_table_privilege` reports them.
+async fn table_privileges(
+    admin: &PgPool,
+    role: &RoleName,
+    schema: &SchemaName,
+    table: &str,
+) -> Vec<String> {
+    let mut held = Vec::new();
+    for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"] {
+        let has: bool = sqlx::query_scalar("SELECT has_table_privilege($1, $2, $3)")
+            .bind(role.as_str())
+            .bind(format!("{}.\"{table}\"", schema.quoted()))
+            .bind(privilege)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+        if has {
+            held.push(privilege.to_owned());
+        }
+    }
+    held
+}
+
+/// Issue 14, item 1: a shadow rebuild swapped in a table with none of the live table's
+/// grants, so the application role got `permission denied` on its read model until
+/// `roles grant` ran again. The swap now carries the owner and every grant over; and run
+/// by the application role, the rebuild says once that the schema owner must run it.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_shadow_rebuild_keeps_the_application_roles_access(admin: PgPool) {
+    let roles = Roles::create(&admin).await;
+    let schema = SchemaName::new("shadow_store").unwrap();
+    let owner_pool = pool_as(&admin, &roles.owner).await;
+    let owner = store_as(owner_pool.clone(), &schema);
+    owner.migrate().await.unwrap();
+    let tallies = Tallies::new(&schema);
+    tallies.create(&owner_pool).await;
+    owner
+        .grant_application_role_with(&roles.app, &[Tallies::NAME])
+        .await
+        .unwrap();
+    let before = table_privileges(&admin, &roles.app, &schema, Tallies::NAME).await;
+    assert!(before.contains(&"SELECT".to_owned()), "{before:?}");
+
+    let app_pool = pool_as(&admin, &roles.app).await;
+    let app = store_as(app_pool.clone(), &schema);
+    let mut last = FeedCursor::START;
+    for n in 1..=3 {
+        let stream = StreamId::new(format!("tab-shadow-{n}")).unwrap();
+        last = app
+            .append(&stream, ExpectedVersion::NoStream, &[event("Placed")])
+            .await
+            .unwrap()
+            .cursor;
+    }
+    // Other tests' transactions in this cluster may hold the feed back for a moment.
+    app.wait_for_feed(last, DEADLINE).await.unwrap();
+
+    let done = rebuild_shadow(&owner, Arc::new(tallies), None, 100, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(done.handled, 3);
+    let after = table_privileges(&admin, &roles.app, &schema, Tallies::NAME).await;
+    assert_eq!(
+        after, before,
+        "the application role's grants survive the swap"
+    );
+    let table_owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = $1::regclass",
+    )
+    .bind(format!("{}.tallies", schema.quoted()))
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(table_owner, roles.owner.as_str());
+    // The application reads its read model as itself, right after the swap.
+    let rows = Tallies::new(&schema).rows(&app_pool).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+
+    // Run by the application role: refused, saying who must run it, the cause once.
+    let err = rebuild_shadow(
+        &app,
+        Arc::new(Tallies::new(&schema)),
+        None,
+        100,
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("run it as the schema owner"), "{shown}");
+    assert_eq!(shown.matches("permission denied").count(), 1, "{shown}");
+    assert!(std::error::Error::source(&err).is_none(), "{err:?}");
+    let rows = Tallies::new(&schema).rows(&app_pool).await;
+    assert_eq!(
+        rows.len(),
+        3,
+        "the failed rebuild left the live table alone"
+    );
+
+    app_pool.close().await;
+    owner_pool.close().await;
+    roles.drop(&admin).await;
 }

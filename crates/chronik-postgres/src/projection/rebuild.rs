@@ -212,7 +212,9 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
         shadow_table,
         old_table,
     };
-    let result = shadow_inner(store, &shadow, &live, &names, batch, progress).await;
+    let result = shadow_inner(store, &shadow, &live, &names, batch, progress)
+        .await
+        .map_err(|e| needs_owner(e, store.schema()));
     let _ = lock.close().await;
     if result.is_err() {
         let drop_shadow = format!("DROP TABLE IF EXISTS {s}.\"{}\"", names.shadow_table);
@@ -221,6 +223,52 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
         }
     }
     result
+}
+
+/// A shadow rebuild creates, renames and drops tables: run by a role without those rights
+/// (typically the application role), say who must run it instead.
+fn needs_owner(e: PgProjectionError, schema: &SchemaName) -> PgProjectionError {
+    match e {
+        PgProjectionError::Store(StoreError::Backend {
+            message, retryable, ..
+        }) if message.starts_with("database error 42501") => {
+            PgProjectionError::Store(StoreError::Backend {
+                message: format!(
+                    "a shadow rebuild creates, renames and drops tables in schema {schema}: \
+                     run it as the schema owner, the role that migrated the store ({message})"
+                ),
+                retryable,
+                source: None,
+            })
+        }
+        other => other,
+    }
+}
+
+/// A `DO` block that makes `shadow`'s owner and grants those of `live` (both tables of
+/// schema `s`, already validated identifiers): every entry of the live table's ACL,
+/// `PUBLIC` included, `WITH GRANT OPTION` where it had it. Grantee names are quoted by the
+/// server (`%I`), never interpolated here.
+fn carry_privileges(s: &str, live_table: &str, shadow_table: &str) -> String {
+    format!(
+        "DO $chronik$ \
+         DECLARE r record; live_owner name; \
+         BEGIN \
+           SELECT pg_get_userbyid(relowner) INTO live_owner FROM pg_class \
+             WHERE oid = '{s}.\"{live_table}\"'::regclass; \
+           IF live_owner IS DISTINCT FROM (SELECT pg_get_userbyid(relowner) FROM pg_class \
+               WHERE oid = '{s}.\"{shadow_table}\"'::regclass) THEN \
+             EXECUTE format('ALTER TABLE {s}.\"{shadow_table}\" OWNER TO %I', live_owner); \
+           END IF; \
+           FOR r IN SELECT a.privilege_type, a.grantee, a.is_grantable \
+               FROM pg_class c, aclexplode(c.relacl) a \
+               WHERE c.oid = '{s}.\"{live_table}\"'::regclass LOOP \
+             EXECUTE format('GRANT %s ON TABLE {s}.\"{shadow_table}\" TO %s%s', r.privilege_type, \
+               CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END, \
+               CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END); \
+           END LOOP; \
+         END $chronik$"
+    )
 }
 
 struct ShadowNames {
@@ -306,6 +354,13 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     // Everything visible is in the shadow, and the live checkpoint cannot move while
     // its row is locked: the shadow's position covers it.
     let cursor = p.cursor.max(live_cursor);
+    // `LIKE ... INCLUDING ALL` copies no privileges and the shadow belongs to whoever runs
+    // the rebuild: give it the live table's owner and grants before it takes the live name,
+    // in this transaction, so that no grant made meanwhile is lost and the application
+    // role never loses its access.
+    sqlx::query(&carry_privileges(&s, live_table, shadow_table))
+        .execute(&mut *tx)
+        .await?;
     for swap in [
         format!("ALTER TABLE {s}.\"{live_table}\" RENAME TO \"{old_table}\""),
         format!("ALTER TABLE {s}.\"{shadow_table}\" RENAME TO \"{live_table}\""),
