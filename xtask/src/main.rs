@@ -87,6 +87,20 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
+/// The `ci` steps that talk to PostgreSQL (checked up front, before any build).
+const DATABASE_STEPS: [&str; 3] = ["test", "torture-smoke", "bench-smoke"];
+
+/// What `ci` does to the cluster it is pointed at, said before it does it.
+const WHAT_CI_WRITES: &str = "\
+note: ci writes to this cluster (use one of its own, never a production one):
+  - test: throwaway databases (sqlx::test; dropped when their test passes), uniquely named
+    schemas and LOGIN roles `chronik_*` (dropped at each test's end), sessions it opened
+    itself terminated, held-open and prepared transactions (always resolved);
+  - torture-smoke: drops and re-creates database `chronik_torture`, prepares and resolves
+    two-phase transactions, kills its own sessions; the database is left for inspection;
+  - bench-smoke: drops and re-creates scratch schemas `chronik_bench*` in the target database;
+  - a held transaction pauses every feed reader in the cluster while it lasts.";
+
 /// One step of `ci`.
 struct Step {
     name: &'static str,
@@ -191,6 +205,13 @@ fn ci(sh: &Shell, only: &[&str]) -> anyhow::Result<()> {
         .iter()
         .filter(|s| only.is_empty() || only.contains(&s.name))
         .collect();
+    // Before minutes of building: a database the later steps need must answer now.
+    if steps.iter().any(|s| DATABASE_STEPS.contains(&s.name)) {
+        let url = database_url();
+        check_database(sh, &url)
+            .context("the PostgreSQL steps need a database and are never skipped")?;
+        println!("{WHAT_CI_WRITES}");
+    }
     let started = Instant::now();
     let total = steps.len();
     for (i, step) in steps.iter().enumerate() {

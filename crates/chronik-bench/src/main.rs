@@ -28,7 +28,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// PostgreSQL to measure against (a scratch schema is created and dropped).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Where to write results.json and results.md.
     #[arg(long, default_value = "target/bench")]
