@@ -243,7 +243,9 @@ fn migrate(sh: &Shell) -> anyhow::Result<()> {
             "run",
             "--quiet",
             "--package",
-            "chronik-cli",
+            "chronik-example-orders",
+            "--bin",
+            "chronik",
             "--",
             "migrate",
         ])

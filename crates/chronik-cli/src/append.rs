@@ -1,4 +1,4 @@
-//! `chronik append STREAM_ID --type TYPE`: one event, its payload from `--data` or stdin.
+//! `append STREAM_ID --type TYPE`: one event, its payload from `--data` or stdin.
 //!
 //! Everything the command line says is validated before the database is touched: a
 //! malformed expected version, payload or header is a usage error (status 2) and writes
@@ -127,7 +127,7 @@ pub(crate) fn request(
 }
 
 /// Appends the event and prints its version and feed cursor.
-pub(crate) async fn run(store: &PgEventStore, request: Request) -> anyhow::Result<()> {
+pub(crate) async fn run(store: &PgEventStore, request: Request, json: bool) -> anyhow::Result<()> {
     let Request {
         stream,
         expected,
@@ -138,6 +138,18 @@ pub(crate) async fn run(store: &PgEventStore, request: Request) -> anyhow::Resul
         .append(&stream, expected, std::slice::from_ref(&event))
         .await
         .with_context(|| format!("cannot append to {stream}"))?;
+    if json {
+        let doc = serde_json::json!({
+            "stream_id": stream.as_str(),
+            "version": result.last_version.get(),
+            "event_type": event.event_type().as_str(),
+            "event_id": id.to_string(),
+            "cursor": result.cursor.to_string(),
+            "already_appended": result.already_appended,
+        });
+        writeln!(io::stdout(), "{doc}")?;
+        return Ok(());
+    }
     let what = if result.already_appended {
         "already appended (nothing written)"
     } else {

@@ -1,107 +1,161 @@
-//! The PostgreSQL side of the CLI: `--database-url` for the demo, `chronik migrate`, the
-//! connection the operator commands work on, and the migration state they check.
+//! The one way every command connects, the migration check every store-reading command
+//! runs first, `migrate`, and the errors that choose the exit status.
 
 use std::fmt;
 use std::io::Write as _;
 
 use anyhow::Context as _;
-use chronik_postgres::{
-    MigrationProblem, MigrationStatus, PgEventStore, PgStoreConfig, SchemaName,
-};
+use chronik_postgres::{MigrationProblem, MigrationStatus, PgEventStore, PgStoreConfig};
+use serde_json::json;
 
-use crate::demo;
+use crate::{Database, Registry};
 
-/// A command line that cannot work as given (exit status 2, like clap's own errors).
-#[derive(Debug)]
-pub(crate) struct Usage(pub(crate) String);
+macro_rules! message_error {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name(pub String);
 
-impl fmt::Display for Usage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::error::Error for $name {}
+    };
 }
 
-impl std::error::Error for Usage {}
+message_error!(
+    /// A command line that cannot work as given: exit status 2 ([`crate::exit::USAGE`]),
+    /// like clap's own errors; nothing was written.
+    Usage
+);
+message_error!(
+    /// Something the command names does not exist (a stream): exit status 3
+    /// ([`crate::exit::NOT_FOUND`]).
+    NotFound
+);
+message_error!(
+    /// The store's schema is not migrated: exit status 4 ([`crate::exit::NOT_MIGRATED`]).
+    NotMigrated
+);
 
-/// Connects to `url`, for the store in `schema`, without changing anything.
-///
-/// Errors name the server as `host:port/database` only: a URL may hold a password.
-pub(crate) async fn connect(url: &str, schema: SchemaName) -> anyhow::Result<PgEventStore> {
-    PgEventStore::connect_with(url, PgStoreConfig::with_schema(schema))
+/// Connects to the database of `command`, without checking or changing anything; also
+/// returns the server's name for messages (never the URL, which may hold a password).
+pub(crate) async fn connect(
+    database: Database,
+    binary: &str,
+    command: &str,
+) -> anyhow::Result<(PgEventStore, String)> {
+    let Some(url) = database.database_url.filter(|u| !u.trim().is_empty()) else {
+        return Err(Usage(format!(
+            "`{binary} {command}` works on PostgreSQL only: pass --database-url URL or set DATABASE_URL"
+        ))
+        .into());
+    };
+    let server = server(&url);
+    let store = PgEventStore::connect_with(&url, PgStoreConfig::with_schema(database.schema))
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", server(url)))
+        .with_context(|| format!("cannot connect to PostgreSQL at {server}"))?;
+    Ok((store, server))
 }
 
-/// Connects to `url` and applies the embedded migrations in `schema` (idempotent).
-async fn connect_and_migrate(url: &str, schema: SchemaName) -> anyhow::Result<PgEventStore> {
-    let server = server(url);
-    let store = connect(url, schema).await?;
+/// Connects for `command`, whose schema must be migrated.
+pub(crate) async fn open(
+    database: Database,
+    binary: &str,
+    command: &str,
+) -> anyhow::Result<PgEventStore> {
+    let (store, _) = connect(database, binary, command).await?;
+    require_migrated(&store, binary).await?;
+    Ok(store)
+}
+
+/// Applies the embedded migrations, then the registered setup steps, and says so.
+pub(crate) async fn migrate(
+    registry: &Registry,
+    store: &PgEventStore,
+    server: &str,
+    json: bool,
+) -> anyhow::Result<()> {
     store
         .migrate()
         .await
         .with_context(|| format!("cannot apply the migrations to {server}"))?;
-    Ok(store)
-}
-
-/// Runs the demo on PostgreSQL at `url`, after applying the migrations.
-pub(crate) async fn demo_on_postgres(url: &str, options: &demo::Options) -> anyhow::Result<()> {
-    let store = connect_and_migrate(url, SchemaName::default()).await?;
-    let label = format!("PostgreSQL ({})", server(url));
-    demo::run(store, &label, options, &crate::read_model::PgOrders)
-        .await
-        .context("demo failed")
-}
-
-/// Applies the embedded migrations to the database at `url`, in `schema`, then creates
-/// the tables of this binary's read models (the Orders example's) unless they exist.
-pub(crate) async fn migrate(url: &str, schema: SchemaName) -> anyhow::Result<()> {
-    let store = connect_and_migrate(url, schema).await?;
-    orders::OrderProjection::create_table(&store)
-        .await
-        .with_context(|| format!("cannot create {}", orders::OrderProjection::TABLE))?;
+    run_setups(registry, store).await?;
     let migrations: Vec<String> = MigrationStatus::embedded()
         .iter()
         .map(|(version, description)| format!("{version:04} {description}"))
         .collect();
+    let tables = registry.tables();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let doc = json!({
+            "schema": store.schema().as_str(),
+            "migrations": migrations,
+            "setup_steps": registry.setups.len(),
+            "read_models": tables,
+        });
+        writeln!(out, "{doc}")?;
+        return Ok(());
+    }
+    let read_models = if tables.is_empty() {
+        String::new()
+    } else {
+        format!("; read models: {}", tables.join(", "))
+    };
     writeln!(
-        std::io::stdout(),
-        "{} is migrated; migrations: {}; read models: {}",
-        server(url),
+        out,
+        "{server} is migrated; migrations: {}{read_models}",
         migrations.join(", "),
-        orders::OrderProjection::TABLE
     )?;
     Ok(())
 }
 
+/// Runs the registered setup steps, in order.
+pub(crate) async fn run_setups(registry: &Registry, store: &PgEventStore) -> anyhow::Result<()> {
+    for (i, step) in registry.setups.iter().enumerate() {
+        step(store.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("setup step {} of {} failed", i + 1, registry.binary))?;
+    }
+    Ok(())
+}
+
 /// Everything wrong with `status`, one sentence each, saying what to do.
-pub(crate) fn migration_problems(status: &MigrationStatus) -> Vec<String> {
+pub(crate) fn migration_problems(status: &MigrationStatus, binary: &str) -> Vec<String> {
     let schema = &status.schema;
     status
         .problems()
         .iter()
         .map(|p| match p {
             MigrationProblem::Pending { .. } => {
-                format!("{p} in schema {schema}: run `chronik migrate --schema {schema}`")
+                format!("{p} in schema {schema}: run `{binary} migrate --schema {schema}`")
             }
             _ => format!("{p} (schema {schema})"),
         })
         .collect()
 }
 
-/// Fails unless every embedded migration is applied in `store`'s schema.
-pub(crate) async fn require_migrated(store: &PgEventStore) -> anyhow::Result<()> {
+/// Fails with [`NotMigrated`] unless every embedded migration is applied in `store`'s
+/// schema.
+pub(crate) async fn require_migrated(store: &PgEventStore, binary: &str) -> anyhow::Result<()> {
     let status = store
         .migration_status()
         .await
         .context("cannot read the schema's migrations")?;
-    let embedded = MigrationStatus::embedded().len();
-    let applied = status.applied_count();
-    anyhow::ensure!(
-        status.is_current(),
-        "schema {schema} is not migrated ({applied} of {embedded} migrations applied): run `chronik migrate --schema {schema}`",
-        schema = store.schema()
-    );
-    Ok(())
+    if status.is_current() {
+        return Ok(());
+    }
+    Err(NotMigrated(format!(
+        "schema {schema} is not migrated ({applied} of {embedded} migrations applied): run `{binary} migrate --schema {schema}`",
+        schema = store.schema(),
+        applied = status.applied_count(),
+        embedded = MigrationStatus::embedded().len(),
+    ))
+    .into())
 }
 
 /// `host:port/database` from a URL, without scheme, user or password.

@@ -10,7 +10,7 @@ use chronik_postgres::{HolderKind, PgEventStore};
 use chronik_postgres::MigrationStatus;
 
 use crate::backend;
-use crate::demo::{count, n};
+use crate::fmt::{count, n};
 use crate::projections;
 use crate::table;
 
@@ -24,11 +24,16 @@ pub(crate) struct Limits {
 }
 
 /// Prints the report; fails with the list of problems when there are any.
-pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    store: &PgEventStore,
+    binary: &str,
+    server: &str,
+    limits: Limits,
+) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     let mut problems: Vec<String> = Vec::new();
     let schema = store.schema();
-    writeln!(out, "chronik doctor: {server}, schema {schema}")?;
+    writeln!(out, "{binary} doctor: {server}, schema {schema}")?;
 
     // Migrations: applied in the schema vs embedded in this binary.
     let migrations = store
@@ -47,7 +52,7 @@ pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> a
         embedded.len(),
         names.join(", ")
     )?;
-    problems.extend(backend::migration_problems(&migrations));
+    problems.extend(backend::migration_problems(&migrations, binary));
     let migrated = applied == embedded.len();
 
     // The role: an application connected as a superuser or as the owner can rewrite history.
@@ -76,7 +81,7 @@ pub(crate) async fn run(store: &PgEventStore, server: &str, limits: Limits) -> a
         warnings.push(format!(
             "connected as {}, {what}: if the application connects like this, {risk}; \
              connect it as a role with only the application privileges: create one and run \
-             `chronik roles grant APP_ROLE --schema {schema}` as the schema owner",
+             `{binary} roles grant APP_ROLE --schema {schema}` as the schema owner",
             role.name
         ));
     }

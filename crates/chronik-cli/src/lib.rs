@@ -1,1 +1,867 @@
-//! The `chronik` binary lives in `src/main.rs`; this library target holds no code.
+//! The operator tool for a service built on chronik, as a builder: a service registers its
+//! upcasters, projections and snapshotted aggregates, and gets every operator command for
+//! them in a binary of its own.
+//!
+//! ```no_run
+//! # use chronik_cli::Operator;
+//! fn main() -> std::process::ExitCode {
+//!     Operator::new("accounts-admin")
+//!         // .upcasters(accounts::upcasters())
+//!         // .projection(|schema| accounts::Balances::new(schema))
+//!         // .snapshots::<accounts::Account>()
+//!         .run()
+//! }
+//! ```
+//!
+//! Commands that need no domain knowledge work with no registration, on any store:
+//! `migrate`, `tail` (upcast where upcasters are registered), `streams list`, `streams show`,
+//! `projections status`, `doctor`, `append`, `snapshots list | drop`, `roles grant`. With
+//! registrations: `projections rebuild NAME` (registered projections), `snapshots take`
+//! (registered aggregates), `roles grant` also grants the registered read-model tables, and
+//! `migrate` also runs the registered setups (e.g. creating a read model's table).
+//!
+//! Every command that reads a store first checks that its schema is migrated and, if not,
+//! says what to run. Logging goes to stderr (`RUST_LOG`, default `warn`); results go to
+//! stdout; `--json` prints documents for scripts. Exit status ([`exit`]): 0 success, 1 a
+//! failure (the store refused, or could not be reached), 2 bad input (nothing was written),
+//! 3 something named does not exist (a stream), 4 the schema is not migrated.
+
+mod append;
+mod backend;
+mod doctor;
+mod fmt;
+mod projections;
+mod roles;
+mod snapshots;
+mod streams;
+mod table;
+mod tail;
+
+use std::future::Future;
+use std::io::{IsTerminal as _, Write as _};
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chronik_core::{Aggregate, FeedCursor, SnapshotState, StreamId, UpcasterRegistry};
+use chronik_postgres::{
+    PgEventStore, PgProjection, PgProjectionError, PgRebuildProgress, SchemaName, ShadowProjection,
+};
+use chronik_store::FeedFilter;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+pub use backend::{NotFound, NotMigrated, Usage};
+
+/// Exit statuses of an operator binary.
+pub mod exit {
+    /// The command did what it was asked.
+    pub const SUCCESS: u8 = 0;
+    /// It failed: the store refused (e.g. a version conflict) or could not be reached, or
+    /// `doctor` found problems.
+    pub const FAILURE: u8 = 1;
+    /// Bad input: a malformed argument, an unknown projection; nothing was written.
+    pub const USAGE: u8 = 2;
+    /// Something named does not exist, e.g. a stream with no events.
+    pub const NOT_FOUND: u8 = 3;
+    /// The store's schema is not migrated (run `migrate`).
+    pub const NOT_MIGRATED: u8 = 4;
+}
+
+/// An error a registered hook returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type Progress<'a> = &'a mut (dyn FnMut(&PgRebuildProgress) + Send);
+type RebuildFn = Box<
+    dyn for<'a> Fn(
+            &'a PgEventStore,
+            Option<Arc<UpcasterRegistry>>,
+            bool,
+            usize,
+            Progress<'a>,
+        ) -> BoxFuture<'a, Result<PgRebuildProgress, PgProjectionError>>
+        + Send
+        + Sync,
+>;
+type TakeFn = Box<
+    dyn for<'a> Fn(
+            &'a PgEventStore,
+            Arc<UpcasterRegistry>,
+            &'a StreamId,
+        ) -> BoxFuture<'a, anyhow::Result<snapshots::Taken>>
+        + Send
+        + Sync,
+>;
+type SetupFn = Box<dyn Fn(PgEventStore) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+
+/// A registered projection: what `projections rebuild` and `roles grant` need.
+pub(crate) struct RegisteredProjection {
+    pub(crate) name: String,
+    pub(crate) table: String,
+    pub(crate) rebuild: RebuildFn,
+}
+
+/// A registered aggregate: what `snapshots take | list` need.
+pub(crate) struct RegisteredAggregate {
+    pub(crate) category: &'static str,
+    pub(crate) state_schema_version: u32,
+    pub(crate) take: TakeFn,
+}
+
+/// What a service registered (see [`Operator`]).
+pub(crate) struct Registry {
+    pub(crate) binary: String,
+    pub(crate) upcasters: Option<Arc<UpcasterRegistry>>,
+    pub(crate) projections: Vec<RegisteredProjection>,
+    pub(crate) aggregates: Vec<RegisteredAggregate>,
+    pub(crate) setups: Vec<SetupFn>,
+}
+
+impl Registry {
+    /// The registered upcasters, or an empty registry (which passes every event through).
+    pub(crate) fn upcasters_or_empty(&self) -> anyhow::Result<Arc<UpcasterRegistry>> {
+        match &self.upcasters {
+            Some(r) => Ok(Arc::clone(r)),
+            None => Ok(Arc::new(
+                UpcasterRegistry::builder()
+                    .build()
+                    .context("an empty upcaster registry is invalid")?,
+            )),
+        }
+    }
+
+    /// The read-model tables of the registered projections.
+    pub(crate) fn tables(&self) -> Vec<&str> {
+        self.projections.iter().map(|p| p.table.as_str()).collect()
+    }
+}
+
+/// The operator tool of one service: register its domain, then [`Operator::run`] from
+/// `main`.
+///
+/// Contract: registration never fails; problems (an invalid upcaster chain, a duplicate
+/// projection name) are reported when the binary runs, as a failure, before any command.
+pub struct Operator {
+    registry: Registry,
+    problems: Vec<String>,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("binary", &self.registry.binary)
+            .field(
+                "projections",
+                &self
+                    .registry
+                    .projections
+                    .iter()
+                    .map(|p| &p.name)
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "aggregates",
+                &self
+                    .registry
+                    .aggregates
+                    .iter()
+                    .map(|a| a.category)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Operator {
+    /// An operator tool that knows no domain yet. `binary` is its name, used in usage
+    /// and in the messages that say what to run (e.g. `chronik`, `accounts-admin`).
+    #[must_use]
+    pub fn new(binary: impl Into<String>) -> Self {
+        Self {
+            registry: Registry {
+                binary: binary.into(),
+                upcasters: None,
+                projections: Vec::new(),
+                aggregates: Vec::new(),
+                setups: Vec::new(),
+            },
+            problems: Vec::new(),
+        }
+    }
+
+    /// The service's upcasters: `tail`, `projections rebuild` and `snapshots take` read
+    /// old event versions through them. Takes the result of building the registry, so that
+    /// an invalid chain is reported when the binary runs.
+    #[must_use]
+    pub fn upcasters<E: std::fmt::Display>(
+        mut self,
+        registry: Result<UpcasterRegistry, E>,
+    ) -> Self {
+        match registry {
+            Ok(r) => self.registry.upcasters = Some(Arc::new(r)),
+            Err(e) => self
+                .problems
+                .push(format!("the upcasters are invalid: {e}")),
+        }
+        self
+    }
+
+    /// A PostgreSQL projection `projections rebuild NAME` can rebuild (from scratch or,
+    /// with `--shadow`, into a shadow table), built by `factory` for the store's schema.
+    /// Its table is granted to the application role by `roles grant`.
+    #[must_use]
+    pub fn projection<P, F>(mut self, factory: F) -> Self
+    where
+        P: PgProjection + ShadowProjection,
+        F: Fn(&SchemaName) -> P + Send + Sync + 'static,
+    {
+        let probe = factory(&SchemaName::default());
+        let name = probe.name().to_owned();
+        let table = probe.table().to_owned();
+        if self.registry.projections.iter().any(|p| p.name == name) {
+            self.problems
+                .push(format!("projection {name:?} is registered twice"));
+            return self;
+        }
+        let factory = Arc::new(factory);
+        let rebuild = rebuild_fn(move |store, upcasters, shadow, batch, progress| {
+            let projection = Arc::new(factory(store.schema()));
+            Box::pin(async move {
+                if shadow {
+                    chronik_postgres::rebuild_shadow(store, projection, upcasters, batch, progress)
+                        .await
+                } else {
+                    chronik_postgres::rebuild(store, projection, upcasters, batch, progress).await
+                }
+            })
+        });
+        self.registry.projections.push(RegisteredProjection {
+            name,
+            table,
+            rebuild,
+        });
+        self
+    }
+
+    /// Aggregate `A` can be snapshotted (`snapshots take STREAM_ID` for streams of its
+    /// category), and `snapshots list` says whether a snapshot of its streams is usable.
+    #[must_use]
+    pub fn snapshots<A: Aggregate + SnapshotState>(mut self) -> Self {
+        if self
+            .registry
+            .aggregates
+            .iter()
+            .any(|a| a.category == A::TYPE)
+        {
+            self.problems
+                .push(format!("category {:?} is registered twice", A::TYPE));
+            return self;
+        }
+        self.registry.aggregates.push(RegisteredAggregate {
+            category: A::TYPE,
+            state_schema_version: A::STATE_SCHEMA_VERSION,
+            take: take_fn(|store, upcasters, stream| {
+                Box::pin(snapshots::take_as::<A>(store, upcasters, stream))
+            }),
+        });
+        self
+    }
+
+    /// A setup step `migrate` runs after chronik's migrations, and `projections rebuild`
+    /// before rebuilding, e.g. creating a read model's table unless it exists. Must be
+    /// idempotent.
+    #[must_use]
+    pub fn setup<F, Fut, E>(mut self, step: F) -> Self
+    where
+        F: Fn(PgEventStore) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.registry.setups.push(Box::new(move |store| {
+            let fut = step(store);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        }));
+        self
+    }
+
+    /// Parses the command line, runs the command and returns the exit status ([`exit`]).
+    pub fn run(self) -> ExitCode {
+        self.run_with::<NoCommands, _, _>(|none| async move { match none {} })
+    }
+
+    /// [`Operator::run`], with the service's own subcommands `C` next to the operator
+    /// commands (e.g. a demo), run by `handler` on the binary's runtime.
+    pub fn run_with<C, H, Fut>(self, handler: H) -> ExitCode
+    where
+        C: Subcommand,
+        H: FnOnce(C) -> Fut,
+        Fut: Future<Output = Result<(), BoxError>>,
+    {
+        let command = C::augment_subcommands(Cli::command())
+            .name(self.registry.binary.clone())
+            .about(format!(
+                "{}: operator commands for a chronik event store on PostgreSQL",
+                self.registry.binary
+            ));
+        let command = if self.registry.projections.is_empty() {
+            command
+        } else {
+            command.mut_subcommand("projections", |p| {
+                p.mut_subcommand("rebuild", |r| {
+                    r.mut_arg("name", |a| {
+                        a.value_parser(clap::builder::PossibleValuesParser::new(
+                            self.registry
+                                .projections
+                                .iter()
+                                .map(|p| p.name.clone())
+                                .collect::<Vec<_>>(),
+                        ))
+                    })
+                })
+            })
+        };
+        // Parse first: clap prints its own `error: ...` with usage and exits with status 2.
+        let matches = command.get_matches();
+        init_logging();
+        let own = matches
+            .subcommand_name()
+            .is_some_and(|name| C::has_subcommand(name));
+        let result = if self.problems.is_empty() {
+            runtime().and_then(|rt| {
+                rt.block_on(async {
+                    if own {
+                        let c = C::from_arg_matches(&matches).map_err(anyhow::Error::from)?;
+                        handler(c).await.map_err(|e| anyhow::anyhow!(e))
+                    } else {
+                        let cli = Cli::from_arg_matches(&matches).map_err(anyhow::Error::from)?;
+                        dispatch(&self.registry, cli.command).await
+                    }
+                })
+            })
+        } else {
+            Err(anyhow::anyhow!(
+                "{} is misconfigured: {}",
+                self.registry.binary,
+                self.problems.join("; ")
+            ))
+        };
+        finish(result)
+    }
+}
+
+/// No extra subcommands.
+#[derive(Debug, Subcommand)]
+enum NoCommands {}
+
+fn rebuild_fn<F>(f: F) -> RebuildFn
+where
+    F: for<'a> Fn(
+            &'a PgEventStore,
+            Option<Arc<UpcasterRegistry>>,
+            bool,
+            usize,
+            Progress<'a>,
+        ) -> BoxFuture<'a, Result<PgRebuildProgress, PgProjectionError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    Box::new(f)
+}
+
+fn take_fn<F>(f: F) -> TakeFn
+where
+    F: for<'a> Fn(
+            &'a PgEventStore,
+            Arc<UpcasterRegistry>,
+            &'a StreamId,
+        ) -> BoxFuture<'a, anyhow::Result<snapshots::Taken>>
+        + Send
+        + Sync
+        + 'static,
+{
+    Box::new(f)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The exit status of `result`, after printing its error.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    let Err(e) = result else {
+        return ExitCode::SUCCESS;
+    };
+    // The reader went away (`chronik tail | head`): nobody is left to tell.
+    if is_broken_pipe(&e) {
+        return ExitCode::SUCCESS;
+    }
+    let code = if e.chain().any(|c| c.downcast_ref::<Usage>().is_some()) {
+        exit::USAGE
+    } else if e.chain().any(|c| c.downcast_ref::<NotMigrated>().is_some()) {
+        exit::NOT_MIGRATED
+    } else if e.chain().any(|c| c.downcast_ref::<NotFound>().is_some()) {
+        exit::NOT_FOUND
+    } else {
+        exit::FAILURE
+    };
+    // Not `eprintln!`, which panics when stderr is closed.
+    let _ = writeln!(std::io::stderr(), "error: {}", chain(&e));
+    ExitCode::from(code)
+}
+
+/// The operator commands.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Applies chronik's embedded SQL migrations to a PostgreSQL schema, then the
+    /// service's registered setup steps (e.g. its read models' tables).
+    Migrate(MigrateArgs),
+    /// Prints the global feed, upcast where upcasters are registered, one event per line
+    /// (`<cursor> <stream> v<version> <type> v<schema> <payload>`), then follows it live.
+    Tail(TailArgs),
+    /// Lists and shows streams.
+    Streams {
+        #[command(subcommand)]
+        command: StreamsCommand,
+    },
+    /// Checks a PostgreSQL store: migrations applied vs embedded, transactions holding the
+    /// feed horizon back, projection lag. Exit status 0 when healthy, 1 with the problems.
+    Doctor(DoctorArgs),
+    /// Lists, takes and drops snapshots.
+    Snapshots {
+        #[command(subcommand)]
+        command: SnapshotsCommand,
+    },
+    /// Operates the PostgreSQL projections: status and lag, rebuilds.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// Appends one event and prints its version and feed cursor. The payload is one JSON
+    /// object, from `--data` or stdin. Exit status 2 for bad input (nothing is written), 1
+    /// when the store refuses (e.g. a version conflict).
+    Append(AppendArgs),
+    /// Least privilege: the application role's privileges on a store's schema.
+    Roles {
+        #[command(subcommand)]
+        command: RolesCommand,
+    },
+}
+
+/// `roles ...`.
+#[derive(Debug, Subcommand)]
+enum RolesCommand {
+    /// Gives an existing role exactly what an application needs (append and read events,
+    /// snapshots, checkpoints, projections and the registered read models) and nothing
+    /// that changes history or the schema. Connect as the schema's owner; idempotent: run
+    /// it again after every migration and shadow rebuild.
+    Grant(GrantArgs),
+}
+
+/// Options of `roles grant`.
+#[derive(Debug, Args)]
+struct GrantArgs {
+    /// The application role (it must exist and must not own the schema).
+    #[arg(value_parser = roles::parse_role)]
+    role: chronik_postgres::RoleName,
+    /// Print the SQL for a DBA to review instead of running it (no database needed).
+    #[arg(long)]
+    print: bool,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// Options of `append`.
+#[derive(Debug, Args)]
+struct AppendArgs {
+    /// The stream, e.g. `account-42`.
+    #[arg(value_parser = parse_stream_id)]
+    stream_id: StreamId,
+    /// The stored event type, e.g. `Deposited`.
+    #[arg(long = "type", value_name = "EVENT_TYPE", value_parser = append::parse_event_type)]
+    event_type: chronik_core::EventType,
+    /// What the stream's version must be: a number (0: no events), `any`, `no-stream` or
+    /// `exists`.
+    #[arg(long, value_name = "VERSION", default_value = "any", value_parser = append::parse_expected)]
+    expected_version: chronik_core::ExpectedVersion,
+    /// The schema version the payload is written in.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    schema_version: u32,
+    /// The payload, one JSON object; read from stdin when absent.
+    #[arg(long, value_name = "JSON")]
+    data: Option<String>,
+    /// A metadata header (repeatable).
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = append::parse_header)]
+    headers: Vec<(String, String)>,
+    /// The event's id (a UUID); default: a new one. Running the command again with the
+    /// same id and expected version is an idempotent retry: nothing is written twice.
+    #[arg(long, value_name = "UUID", value_parser = append::parse_event_id)]
+    event_id: Option<chronik_core::EventId>,
+    /// Print the result as one JSON document.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// `projections ...`.
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// A table of every projection (position, lag in events and seconds, state, last error)
+    /// and the transaction holding the feed horizon back, if one does.
+    Status(StatusArgs),
+    /// Rebuilds a registered projection's read model by replaying the whole feed, with
+    /// progress on stderr. Stop the projection's runners first (unless `--shadow`).
+    Rebuild(RebuildArgs),
+}
+
+/// `streams ...`.
+#[derive(Debug, Subcommand)]
+enum StreamsCommand {
+    /// The streams of the store (id, category, version), by id.
+    List(ListArgs),
+    /// One stream's events: version, type, schema version, cursor, correlation, causation,
+    /// recorded at, payload (as stored).
+    Show(ShowArgs),
+}
+
+/// Options of `streams list`.
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only streams of this category, e.g. `account`.
+    #[arg(long, value_parser = snapshots::parse_category)]
+    category: Option<String>,
+    /// At most this many streams.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    limit: u32,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// Options of `streams show`.
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// The stream, e.g. `account-42`.
+    #[arg(value_parser = parse_stream_id)]
+    stream_id: StreamId,
+    /// The first version to show.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    from: u64,
+    /// One JSON object per line (the whole recorded event), for scripts.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// `snapshots ...`.
+#[derive(Debug, Subcommand)]
+enum SnapshotsCommand {
+    /// The snapshots of one stream: version, state schema, when, size, usable or not.
+    List(StreamArgs),
+    /// Loads a stream of a registered aggregate from all its events and saves a snapshot
+    /// at its current version.
+    Take(StreamArgs),
+    /// Drops every snapshot of a category (after changing its state schema); prints how many.
+    Drop(CategoryArgs),
+}
+
+/// A stream id and the database.
+#[derive(Debug, Args)]
+struct StreamArgs {
+    /// The stream, e.g. `account-42`.
+    #[arg(value_parser = parse_stream_id)]
+    stream_id: StreamId,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// A category and the database.
+#[derive(Debug, Args)]
+struct CategoryArgs {
+    /// The category: the part of stream ids before the first `-`, e.g. `account`.
+    #[arg(value_parser = snapshots::parse_category)]
+    category: String,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// Options of `doctor`.
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    database: Database,
+    /// A write or prepared transaction open longer than this many seconds is a problem.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    max_horizon_age: u64,
+    /// A projection whose oldest unprocessed event is older than this many seconds is a problem.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    max_lag: u64,
+}
+
+/// Options of `projections rebuild`.
+#[derive(Debug, Args)]
+struct RebuildArgs {
+    /// The projection to rebuild (one the binary registered).
+    name: String,
+    /// Build into a shadow table while the live one keeps serving (and its runner keeps
+    /// running), then swap them atomically.
+    #[arg(long)]
+    shadow: bool,
+    /// Events per transaction.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    batch: u16,
+    /// Print the result as one JSON document.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// Where a command works: the one way every command connects.
+#[derive(Debug, Args)]
+struct Database {
+    /// The database, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The schema holding the store's tables.
+    #[arg(long, default_value = "public", value_parser = parse_schema)]
+    schema: SchemaName,
+}
+
+/// Options of `projections status`.
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    database: Database,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `migrate`.
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    database: Database,
+    /// Print the result as one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `tail`.
+#[derive(Debug, Args)]
+struct TailArgs {
+    #[command(flatten)]
+    database: Database,
+    /// Start after this feed cursor (`<transaction>:<position>`, as printed); default: the beginning.
+    #[arg(long, value_parser = parse_cursor)]
+    after: Option<FeedCursor>,
+    /// Only events of this stored type (repeatable).
+    #[arg(long = "type", value_name = "EVENT_TYPE")]
+    event_types: Vec<String>,
+    /// Only streams of this category, e.g. `account` (repeatable).
+    #[arg(long = "category", value_name = "CATEGORY")]
+    categories: Vec<String>,
+    /// Stop after this many events.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// Stop once caught up instead of waiting for new events.
+    #[arg(long)]
+    no_follow: bool,
+    /// One JSON object per line (the whole recorded event), for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_cursor(text: &str) -> Result<FeedCursor, String> {
+    text.parse()
+        .map_err(|e: chronik_core::InvalidInput| e.to_string())
+}
+
+fn parse_stream_id(text: &str) -> Result<StreamId, String> {
+    StreamId::new(text).map_err(|e| e.to_string())
+}
+
+fn parse_schema(text: &str) -> Result<SchemaName, String> {
+    SchemaName::new(text).map_err(|e| e.to_string())
+}
+
+/// Whether `e` comes from writing to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The error and its causes on one line, `outer: inner: root`, skipping a cause whose text
+/// the line already holds (some errors repeat their source's message in their own).
+fn chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        // sqlx words a server error as `error returned from database: <message>`, which
+        // the store's own message already holds: say the message once.
+        let core = text
+            .strip_prefix("error returned from database: ")
+            .unwrap_or(&text);
+        if line.contains(core) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // `try_init` fails only if a subscriber is already set; nothing to do then.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
+    let bin = registry.binary.as_str();
+    match command {
+        Command::Migrate(args) => {
+            let (store, server) = backend::connect(args.database, bin, "migrate").await?;
+            backend::migrate(registry, &store, &server, args.json).await
+        }
+        Command::Tail(args) => {
+            let options = tail::Options {
+                after: args.after.unwrap_or(FeedCursor::START),
+                filter: FeedFilter {
+                    event_types: args.event_types,
+                    categories: args.categories,
+                },
+                limit: args.limit,
+                no_follow: args.no_follow,
+                json: args.json,
+            };
+            let store = backend::open(args.database, bin, "tail").await?;
+            tail::run(store, registry.upcasters_or_empty()?, &options).await
+        }
+        Command::Streams { command } => match command {
+            StreamsCommand::List(args) => {
+                let store = backend::open(args.database, bin, "streams list").await?;
+                streams::list(&store, args.category.as_deref(), args.limit, args.json).await
+            }
+            StreamsCommand::Show(args) => {
+                let store = backend::open(args.database, bin, "streams show").await?;
+                streams::show(&store, bin, &args.stream_id, args.from, args.json).await
+            }
+        },
+        Command::Doctor(args) => {
+            let (store, server) = backend::connect(args.database, bin, "doctor").await?;
+            let limits = doctor::Limits {
+                max_horizon_age: args.max_horizon_age,
+                max_lag: args.max_lag,
+            };
+            doctor::run(&store, bin, &server, limits).await
+        }
+        Command::Snapshots { command } => match command {
+            SnapshotsCommand::List(args) => {
+                let store = backend::open(args.database, bin, "snapshots list").await?;
+                snapshots::list(registry, &store, &args.stream_id).await
+            }
+            SnapshotsCommand::Take(args) => {
+                let store = backend::open(args.database, bin, "snapshots take").await?;
+                snapshots::take(registry, &store, &args.stream_id).await
+            }
+            SnapshotsCommand::Drop(args) => {
+                let store = backend::open(args.database, bin, "snapshots drop").await?;
+                snapshots::drop_category(&store, &args.category).await
+            }
+        },
+        Command::Projections {
+            command: ProjectionsCommand::Status(args),
+        } => {
+            let store = backend::open(args.database, bin, "projections status").await?;
+            projections::status(&store, args.json).await
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild(args),
+        } => {
+            // Checked before connecting: an unknown name never reaches the store.
+            let Some(projection) = registry.projections.iter().find(|p| p.name == args.name) else {
+                let known: Vec<&str> = registry
+                    .projections
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect();
+                return Err(Usage(if known.is_empty() {
+                    format!(
+                        "unknown projection {:?}: {bin} registers no projection (a service registers its own with Operator::projection)",
+                        args.name
+                    )
+                } else {
+                    format!(
+                        "unknown projection {:?}; known projections: {}",
+                        args.name,
+                        known.join(", ")
+                    )
+                })
+                .into());
+            };
+            let store = backend::open(args.database, bin, "projections rebuild").await?;
+            backend::run_setups(registry, &store).await?;
+            projections::rebuild(
+                registry,
+                &store,
+                projection,
+                args.shadow,
+                args.batch.into(),
+                args.json,
+            )
+            .await
+        }
+        Command::Append(args) => {
+            // All input is checked before connecting: bad input never reaches the store.
+            let payload = append::read_payload(args.data)?;
+            let request = append::request(
+                args.stream_id,
+                args.expected_version,
+                args.event_type,
+                args.schema_version,
+                &payload,
+                args.headers,
+                args.event_id,
+            )?;
+            let store = backend::open(args.database, bin, "append").await?;
+            append::run(&store, request, args.json).await
+        }
+        Command::Roles {
+            command: RolesCommand::Grant(args),
+        } => {
+            let tables = registry.tables();
+            if args.print {
+                return roles::print(&args.database.schema, &args.role, &tables);
+            }
+            let (store, _) = backend::connect(args.database, bin, "roles grant").await?;
+            roles::grant(&store, &args.role, &tables).await
+        }
+    }
+}

@@ -2,7 +2,6 @@
 //! them, and their rebuilds.
 
 use std::io::{self, IsTerminal as _, Write as _};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -11,11 +10,11 @@ use chronik_postgres::{
 };
 use chronik_store::EventStore as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use orders::OrderProjection;
 use serde_json::{Value, json};
 
-use crate::demo::{count, ms, n};
+use crate::fmt::{count, ms, n};
 use crate::table::{self, Align};
+use crate::{RegisteredProjection, Registry};
 
 /// The transaction whose id is the feed horizon (the blocker), when committed events of
 /// this store are invisible because of it (the rule of `projection_reports`).
@@ -219,63 +218,65 @@ pub(crate) fn holder_json(h: &HorizonHolder) -> Value {
     })
 }
 
-/// The projections this binary can rebuild (`chronik projections rebuild NAME`).
-pub(crate) const KNOWN: [&str; 1] = [OrderProjection::NAME];
-
-/// Rebuilds projection `name` (one of [`KNOWN`]) from scratch or, with `shadow`, into a
-/// shadow table swapped in at the end; progress on stderr, a summary on stdout.
+/// Rebuilds the registered `projection` from scratch or, with `shadow`, into a shadow
+/// table swapped in at the end; progress on stderr, a summary on stdout.
 pub(crate) async fn rebuild(
+    registry: &Registry,
     store: &PgEventStore,
-    name: &str,
+    projection: &RegisteredProjection,
     shadow: bool,
     batch: usize,
+    json: bool,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        name == OrderProjection::NAME,
-        "unknown projection {name:?}; known projections: {}",
-        KNOWN.join(", ")
-    );
-    // The read model's table is the example's own: created here unless it exists.
-    OrderProjection::create_table(store)
-        .await
-        .with_context(|| format!("cannot create {}", OrderProjection::TABLE))?;
-    let projection = Arc::new(OrderProjection::new(store.schema()));
-    let upcasters = Arc::new(orders::upcasters().context("the orders upcasters are invalid")?);
+    let name = projection.name.as_str();
+    let table = projection.table.as_str();
     let mut bar = Progress::new(name);
     let mut report = |p: &PgRebuildProgress| bar.update(p);
-    let result = if shadow {
-        chronik_postgres::rebuild_shadow(store, projection, Some(upcasters), batch, &mut report)
-            .await
-    } else {
-        chronik_postgres::rebuild(store, projection, Some(upcasters), batch, &mut report).await
-    };
-    let done = result.with_context(|| format!("rebuilding projection {name} failed"))?;
+    let done = (projection.rebuild)(
+        store,
+        registry.upcasters.clone(),
+        shadow,
+        batch,
+        &mut report,
+    )
+    .await
+    .with_context(|| format!("rebuilding projection {name} failed"))?;
     bar.finish(&done);
-
-    let rows = OrderProjection::new(store.schema())
-        .count(store.pool())
+    let rows = store
+        .count_rows(table)
         .await
-        .with_context(|| format!("cannot count the rows of {}", OrderProjection::TABLE))?;
+        .with_context(|| format!("cannot count the rows of {table}"))?;
+    if json {
+        let doc = json!({
+            "projection": name,
+            "schema": store.schema().as_str(),
+            "table": table,
+            "shadow": shadow,
+            "scanned": done.scanned,
+            "handled": done.handled,
+            "elapsed_seconds": done.elapsed.as_secs_f64(),
+            "checkpoint": done.cursor.to_string(),
+            "rows": rows,
+        });
+        writeln!(io::stdout(), "{doc}")?;
+        return Ok(());
+    }
     let how = if shadow {
-        format!(
-            "into {}__shadow, swapped in atomically",
-            OrderProjection::TABLE
-        )
+        format!("into {table}__shadow, swapped in atomically")
     } else {
         "from scratch".to_owned()
     };
     writeln!(
         io::stdout(),
         "rebuilt projection {name} in schema {} {how}: {} events scanned, {} handled, in {} ({} events/s); \
-         checkpoint {}; {} now holds {}",
+         checkpoint {}; {table} now holds {}",
         store.schema(),
         n(done.scanned),
         n(done.handled),
         ms(done.elapsed),
         n(rate(&done)),
         done.cursor,
-        OrderProjection::TABLE,
-        count(u64::try_from(rows).unwrap_or(0), "row"),
+        count(rows, "row"),
     )?;
     Ok(())
 }

@@ -1,14 +1,12 @@
-//! `chronik roles grant APP_ROLE`: the application role's privileges on a store's schema,
+//! `roles grant APP_ROLE`: the application role's privileges on a store's schema,
 //! granted (connected as the schema's owner) or printed as SQL for a DBA to review.
 
 use std::io::{self, Write as _};
 
 use anyhow::Context as _;
 use chronik_postgres::{PgEventStore, RoleName, SchemaName, application_role_sql_with};
-use orders::OrderProjection;
 
-/// The read-model tables this binary's projections keep: granted with the library's.
-const READ_MODELS: [&str; 1] = [OrderProjection::TABLE];
+use crate::backend::Usage;
 
 /// Parses a role name.
 pub(crate) fn parse_role(text: &str) -> Result<RoleName, String> {
@@ -16,7 +14,10 @@ pub(crate) fn parse_role(text: &str) -> Result<RoleName, String> {
 }
 
 /// Prints the grant as one SQL transaction, without connecting.
-pub(crate) fn print(schema: &SchemaName, role: &RoleName) -> anyhow::Result<()> {
+pub(crate) fn print(schema: &SchemaName, role: &RoleName, tables: &[&str]) -> anyhow::Result<()> {
+    // Checked before anything is printed.
+    let statements =
+        application_role_sql_with(schema, role, tables).map_err(|e| Usage(e.to_string()))?;
     let mut out = io::stdout().lock();
     writeln!(
         out,
@@ -24,7 +25,7 @@ pub(crate) fn print(schema: &SchemaName, role: &RoleName) -> anyhow::Result<()> 
          -- The role must exist (CREATE ROLE {role} LOGIN) and must not own the schema.\n\
          BEGIN;"
     )?;
-    for statement in application_role_sql_with(schema, role, &READ_MODELS)? {
+    for statement in statements {
         writeln!(out, "{statement};")?;
     }
     writeln!(out, "COMMIT;")?;
@@ -32,9 +33,13 @@ pub(crate) fn print(schema: &SchemaName, role: &RoleName) -> anyhow::Result<()> 
 }
 
 /// Grants the privileges through `store` (connected as the owner).
-pub(crate) async fn grant(store: &PgEventStore, role: &RoleName) -> anyhow::Result<()> {
+pub(crate) async fn grant(
+    store: &PgEventStore,
+    role: &RoleName,
+    tables: &[&str],
+) -> anyhow::Result<()> {
     store
-        .grant_application_role_with(role, &READ_MODELS)
+        .grant_application_role_with(role, tables)
         .await
         .with_context(|| format!("cannot grant the application privileges to {role}"))?;
     writeln!(
@@ -43,7 +48,11 @@ pub(crate) async fn grant(store: &PgEventStore, role: &RoleName) -> anyhow::Resu
          events, keep snapshots and checkpoints and run projections (read models: {}), and \
          never change history",
         store.schema(),
-        READ_MODELS.join(", ")
+        if tables.is_empty() {
+            "none registered".to_owned()
+        } else {
+            tables.join(", ")
+        }
     )?;
     Ok(())
 }

@@ -5,18 +5,21 @@ use std::io::{self, Write as _};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chronik_core::{Aggregate as _, SnapshotState as _, StreamId, Version};
+use chronik_core::{Aggregate, SnapshotState, StreamId, UpcasterRegistry, Version};
 use chronik_postgres::PgEventStore;
 use chronik_store::{EventStore as _, Repository, SnapshotStore as _, Upcasting};
-use orders::Order;
 
-use crate::backend::Usage;
-use crate::demo::{count, n};
+use crate::Registry;
+use crate::backend::{NotFound, Usage};
+use crate::fmt::{count, n};
 use crate::table::{self, Align};
 
-/// The state schema version this binary reads for a category, if it knows the category.
-fn current_state_schema(category: &str) -> Option<u32> {
-    (category == Order::TYPE).then_some(Order::STATE_SCHEMA_VERSION)
+/// A snapshot just taken.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    pub(crate) version: Version,
+    pub(crate) state_schema_version: u32,
+    pub(crate) events_replayed: u64,
 }
 
 /// Validates a category name for `chronik snapshots drop`.
@@ -26,7 +29,7 @@ pub(crate) fn parse_category(text: &str) -> Result<String, String> {
     }
     if text.contains('-') {
         return Err(format!(
-            "{text:?} is not a category: a category is the part of a stream id before the first `-` (e.g. `order`)"
+            "{text:?} is not a category: a category is the part of a stream id before the first `-` (e.g. `account`)"
         ));
     }
     // Same characters as a stream id.
@@ -35,7 +38,11 @@ pub(crate) fn parse_category(text: &str) -> Result<String, String> {
 }
 
 /// Prints the snapshots of `stream`.
-pub(crate) async fn list(store: &PgEventStore, stream: &StreamId) -> anyhow::Result<()> {
+pub(crate) async fn list(
+    registry: &Registry,
+    store: &PgEventStore,
+    stream: &StreamId,
+) -> anyhow::Result<()> {
     let version = store
         .stream_version(stream)
         .await
@@ -44,7 +51,11 @@ pub(crate) async fn list(store: &PgEventStore, stream: &StreamId) -> anyhow::Res
         .list_snapshots(stream)
         .await
         .with_context(|| format!("cannot list the snapshots of {stream}"))?;
-    let current = current_state_schema(stream.category());
+    let current = registry
+        .aggregates
+        .iter()
+        .find(|a| a.category == stream.category())
+        .map(|a| a.state_schema_version);
     let mut out = io::stdout().lock();
     writeln!(
         out,
@@ -65,7 +76,7 @@ pub(crate) async fn list(store: &PgEventStore, stream: &StreamId) -> anyhow::Res
             let usable = match current {
                 Some(v) if v == s.state_schema_version => "yes".to_owned(),
                 Some(v) => format!("no (current state schema is v{v})"),
-                None => "unknown category".to_owned(),
+                None => "unknown category (not registered)".to_owned(),
             };
             vec![
                 n(s.version.get()),
@@ -94,42 +105,76 @@ pub(crate) async fn list(store: &PgEventStore, stream: &StreamId) -> anyhow::Res
     Ok(())
 }
 
-/// Loads order `stream` from all its events (upcast) and saves a snapshot at its version.
-pub(crate) async fn take(store: &PgEventStore, stream: &StreamId) -> anyhow::Result<()> {
-    if stream.category() != Order::TYPE {
+/// Loads `stream` (of a registered aggregate) from all its events, upcast, and saves a
+/// snapshot at its version.
+pub(crate) async fn take(
+    registry: &Registry,
+    store: &PgEventStore,
+    stream: &StreamId,
+) -> anyhow::Result<()> {
+    let Some(aggregate) = registry
+        .aggregates
+        .iter()
+        .find(|a| a.category == stream.category())
+    else {
+        let known: Vec<String> = registry
+            .aggregates
+            .iter()
+            .map(|a| format!("`{}`", a.category))
+            .collect();
+        let knows = if known.is_empty() {
+            "no aggregate (a service registers its own with Operator::snapshots)".to_owned()
+        } else {
+            format!("streams of category {} only", known.join(", "))
+        };
         return Err(Usage(format!(
-            "cannot snapshot {stream}: this binary knows how to fold streams of category `{}` only, not `{}`",
-            Order::TYPE,
+            "cannot snapshot {stream}: {} knows how to fold {knows}, not `{}`",
+            registry.binary,
             stream.category()
         ))
         .into());
-    }
-    let registry = Arc::new(orders::upcasters().context("the orders upcasters are invalid")?);
-    let repo = Repository::<Order, _>::new(Upcasting::new(store.clone(), registry));
+    };
+    let taken = (aggregate.take)(store, registry.upcasters_or_empty()?, stream).await?;
+    writeln!(
+        io::stdout(),
+        "snapshot of {stream} taken at version {} (state schema v{}): it covers {}; loads now replay only what comes after",
+        n(taken.version.get()),
+        taken.state_schema_version,
+        count(taken.events_replayed, "event"),
+    )?;
+    Ok(())
+}
+
+/// [`take`] for aggregate `A`.
+pub(crate) async fn take_as<A: Aggregate + SnapshotState>(
+    store: &PgEventStore,
+    upcasters: Arc<UpcasterRegistry>,
+    stream: &StreamId,
+) -> anyhow::Result<Taken> {
+    let repo = Repository::<A, _>::new(Upcasting::new(store.clone(), upcasters));
     let loaded = repo
         .load(stream)
         .await
         .with_context(|| format!("cannot load {stream}"))?;
-    anyhow::ensure!(
-        loaded.version != Version::ZERO,
-        "stream {stream} has no events: nothing to snapshot"
-    );
+    if loaded.version == Version::ZERO {
+        return Err(NotFound(format!(
+            "stream {stream} has no events: nothing to snapshot"
+        ))
+        .into());
+    }
     let state = loaded
         .state
         .to_state()
         .with_context(|| format!("the state of {stream} does not serialize"))?;
     store
-        .save_snapshot(stream, loaded.version, Order::STATE_SCHEMA_VERSION, &state)
+        .save_snapshot(stream, loaded.version, A::STATE_SCHEMA_VERSION, &state)
         .await
         .with_context(|| format!("cannot save the snapshot of {stream}"))?;
-    writeln!(
-        io::stdout(),
-        "snapshot of {stream} taken at version {} (state schema v{}): it covers {}; loads now replay only what comes after",
-        n(loaded.version.get()),
-        Order::STATE_SCHEMA_VERSION,
-        count(loaded.events_replayed, "event"),
-    )?;
-    Ok(())
+    Ok(Taken {
+        version: loaded.version,
+        state_schema_version: A::STATE_SCHEMA_VERSION,
+        events_replayed: loaded.events_replayed,
+    })
 }
 
 /// Drops every snapshot of streams in `category`.

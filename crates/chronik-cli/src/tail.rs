@@ -1,10 +1,10 @@
-//! `chronik tail`: the global feed, upcast, one event per line.
+//! `tail`: the global feed, upcast where upcasters are registered, one event per line.
 
 use std::io::{self, Write as _};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chronik_core::{FeedCursor, RecordedEvent};
+use chronik_core::{FeedCursor, RecordedEvent, UpcasterRegistry};
 use chronik_projections::{FollowOptions, PollingOnly, follow};
 use chronik_store::{EventStore, FeedFilter, MAX_FEED_PAGE, Upcasting};
 use futures::StreamExt as _;
@@ -24,11 +24,14 @@ pub(crate) struct Options {
     pub(crate) json: bool,
 }
 
-/// Prints the feed of `store` after `options.after`, upcast through the Orders registry.
+/// Prints the feed of `store` after `options.after`, upcast through `registry`.
 ///
 /// Follows live (adaptive polling) unless `no_follow`; stops after `limit` events.
-pub(crate) async fn run<S: EventStore>(store: S, options: &Options) -> anyhow::Result<()> {
-    let registry = Arc::new(orders::upcasters().context("the orders upcasters are invalid")?);
+pub(crate) async fn run<S: EventStore>(
+    store: S,
+    registry: Arc<UpcasterRegistry>,
+    options: &Options,
+) -> anyhow::Result<()> {
     let feed = Upcasting::new(store, registry);
     let limit = options.limit.unwrap_or(u64::MAX);
     let mut printed = 0u64;

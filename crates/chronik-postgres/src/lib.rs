@@ -66,6 +66,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod horizon;
+mod inspect;
 mod json;
 mod migration;
 mod projection;
@@ -78,6 +79,7 @@ mod transaction;
 
 pub use config::{PgStoreConfig, SchemaName};
 pub use horizon::{HolderKind, HorizonHolder};
+pub use inspect::StreamSummary;
 pub use migration::{AppliedMigration, MigrationProblem, MigrationStatus};
 pub use projection::{
     HandlerFailure, ParkDecision, PgProjection, PgProjectionError, PgProjectionRunner,

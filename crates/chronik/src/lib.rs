@@ -16,6 +16,8 @@
 //! - projections (feature `projections`): [`ProjectionRunner`] for any store, typed with
 //!   [`TypedProjection`]; exactly-once PostgreSQL read models in [`postgres`]
 //!   ([`postgres::PgTypedProjection`]);
+//! - the operator tool (feature `cli`): `cli::Operator`, a service's own operator binary in
+//!   a few lines;
 //! - test support (feature `testkit`): the `testkit` module.
 //!
 //! Features `memory`, `postgres` and `projections` are on by default.
@@ -86,6 +88,15 @@ pub mod postgres {
 #[cfg(feature = "projections")]
 pub mod projections {
     pub use chronik_projections::*;
+}
+
+/// The operator tool for a service (feature `cli`): [`cli::Operator`] registers the
+/// service's upcasters, projections and snapshotted aggregates and runs every operator
+/// command for them (`migrate`, `tail`, `streams list | show`, `projections status |
+/// rebuild`, `snapshots`, `doctor`, `append`, `roles grant`).
+#[cfg(feature = "cli")]
+pub mod cli {
+    pub use chronik_cli::*;
 }
 
 /// Test support: given/when/then for aggregates, the adapter conformance suite, proptest

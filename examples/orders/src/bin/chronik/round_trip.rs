@@ -1,10 +1,10 @@
 //! A store decorator that makes the race between a command's read and its write real.
 
-use chronik_core::{ExpectedVersion, FeedCursor, NewEvent, StreamId, Version};
-use chronik_store::{
+use chronik::{
     AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
     FeedPage, Snapshot, SnapshotStore, StoreError,
 };
+use chronik::{ExpectedVersion, FeedCursor, NewEvent, StreamId, Version};
 use serde_json::Value;
 
 /// Yields to the scheduler once before every append, as a network round trip would.

@@ -1,6 +1,6 @@
 //! Phase 7 of the demo on each store: a projection runner catches up with the feed.
 //!
-//! In memory, `chronik_projections::ProjectionRunner` drives a small counting projection
+//! In memory, `chronik::projections::ProjectionRunner` drives a small counting projection
 //! (at-least-once, woken by the store on every commit). On PostgreSQL,
 //! `PgProjectionRunner` keeps the Orders read model (`order_summaries`) exactly once, and
 //! `wait_for_projection` waits for the demo's last event like a service would after its
@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use async_trait::async_trait;
-use chronik_core::{FeedCursor, RecordedEvent};
-use chronik_memory::MemoryStore;
-use chronik_postgres::{PgEventStore, PgProjectionRunner, wait_for_projection};
-use chronik_projections::{HandlerError, Projection, ProjectionRunner};
-use chronik_store::FeedFilter;
+use chronik::FeedFilter;
+use chronik::MemoryStore;
+use chronik::postgres::{PgEventStore, PgProjectionRunner, wait_for_projection};
+use chronik::projections::{HandlerError, Projection, ProjectionRunner};
+use chronik::{FeedCursor, RecordedEvent};
 use orders::{OrderProjection, OrderStatus};
 
 use crate::demo::{Expected, ReadModel, count, detail, ms, n};

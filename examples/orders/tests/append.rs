@@ -12,9 +12,9 @@ use std::io::Write as _;
 use std::os::unix::ffi::OsStringExt as _;
 use std::process::{Command, Output, Stdio};
 
-use chronik_core::{EventId, EventType, Metadata, NewEvent, StreamId, Version};
-use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
-use chronik_store::EventStore as _;
+use chronik::EventStore as _;
+use chronik::postgres::{PgEventStore, PgStoreConfig, SchemaName};
+use chronik::{EventId, EventType, Metadata, NewEvent, StreamId, Version};
 use futures::TryStreamExt as _;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -144,21 +144,21 @@ fn accepted(bytes: &[u8]) -> Option<Value> {
 
 /// Bytes an operator (or a broken script) could pipe in.
 fn stdin_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let json = chronik_testkit::strategies::json_value()
+    let json = chronik::testkit::strategies::json_value()
         .prop_map(|v| v.to_string())
         .boxed();
     prop_oneof![
         // Anything at all, invalid UTF-8 included.
         2 => prop::collection::vec(any::<u8>(), 0..600),
         // Valid objects (appended) and other JSON values (refused).
-        2 => chronik_testkit::strategies::payload().prop_map(|v| v.to_string().into_bytes()),
+        2 => chronik::testkit::strategies::payload().prop_map(|v| v.to_string().into_bytes()),
         1 => json.clone().prop_map(String::into_bytes),
         // Valid JSON damaged: truncated, or one byte replaced by anything.
         2 => (json.clone(), any::<prop::sample::Index>()).prop_map(|(s, i)| {
             let b = s.into_bytes();
             b[..i.index(b.len() + 1)].to_vec()
         }),
-        2 => (chronik_testkit::strategies::payload(), any::<prop::sample::Index>(), any::<u8>())
+        2 => (chronik::testkit::strategies::payload(), any::<prop::sample::Index>(), any::<u8>())
             .prop_map(|(v, i, byte)| {
                 let mut b = v.to_string().into_bytes();
                 let at = i.index(b.len());
@@ -262,7 +262,7 @@ fn argument(valid: impl Strategy<Value = String> + 'static) -> BoxedStrategy<OsS
     };
     prop_oneof![
         8 => valid.prop_map(OsString::from),
-        1 => chronik_testkit::strategies::any_text().prop_map(move |s| no_nul(s.into_bytes())),
+        1 => chronik::testkit::strategies::any_text().prop_map(move |s| no_nul(s.into_bytes())),
         1 => prop::collection::vec(any::<u8>(), 0..40).prop_map(no_nul),
     ]
     .boxed()
@@ -338,11 +338,8 @@ fn argument_fuzz_never_panics_and_writes_only_what_succeeded() {
 #[test]
 fn huge_deep_and_invalid_inputs_are_clear_errors_and_write_nothing() {
     let schema = Schema::migrated();
-    let over = vec![b' '; chronik_core::MAX_PAYLOAD_BYTES * 4 + 1];
-    let big_string = format!(
-        "{{\"s\":\"{}\"}}",
-        "x".repeat(chronik_core::MAX_PAYLOAD_BYTES)
-    );
+    let over = vec![b' '; chronik::MAX_PAYLOAD_BYTES * 4 + 1];
+    let big_string = format!("{{\"s\":\"{}\"}}", "x".repeat(chronik::MAX_PAYLOAD_BYTES));
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let deep_object = format!("{}1{}", "{\"a\":".repeat(100), "}".repeat(100));
     let cases: Vec<(Vec<u8>, &str)> = vec![

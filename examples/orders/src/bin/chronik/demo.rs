@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use chronik_core::{
+use chronik::{
     Aggregate as _, CausationId, CorrelationId, EventId, EventType, ExpectedVersion, FeedCursor,
     Metadata, NewEvent, RecordedEvent, RetryPolicy, SnapshotPolicy, StreamId, Version,
 };
-use chronik_store::{
+use chronik::{
     CheckpointStore, EventStore, FeedFilter, Loaded, Repository, RepositoryError, SnapshotStore,
     StoreError, Upcasting,
 };
@@ -565,7 +565,7 @@ async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<(
     Ok((tally, id))
 }
 
-async fn first_event(mut events: chronik_store::EventStream<'_>) -> anyhow::Result<RecordedEvent> {
+async fn first_event(mut events: chronik::EventStream<'_>) -> anyhow::Result<RecordedEvent> {
     events
         .try_next()
         .await?

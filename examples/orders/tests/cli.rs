@@ -146,7 +146,11 @@ fn unknown_commands_and_flags_are_refused() {
         2,
         "unexpected argument '--bogus'",
     );
-    check_refused(&os(&["migrate"]), 2, "--database-url <DATABASE_URL>");
+    check_refused(
+        &os(&["migrate"]),
+        2,
+        "`chronik migrate` works on PostgreSQL only: pass --database-url URL or set DATABASE_URL",
+    );
     // No subcommand: clap prints the help to stderr and exits 2.
     check_refused(&os(&[]), 2, "Usage: chronik <COMMAND>");
 }
@@ -304,12 +308,12 @@ fn a_closed_stdout_ends_the_demo_quietly() {
 /// Appends a v1 `OrderPlaced` (stored `amount`) to a fresh stream of a category no other
 /// test uses, and returns the category.
 fn append_v1_order_placed() -> String {
-    use chronik_core::{EventId, EventType, ExpectedVersion, Metadata, NewEvent, StreamId};
-    use chronik_store::EventStore as _;
+    use chronik::EventStore as _;
+    use chronik::{EventId, EventType, ExpectedVersion, Metadata, NewEvent, StreamId};
     let category = format!("clitail{}", uuid::Uuid::new_v4().simple());
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
-        let store = chronik_postgres::PgEventStore::connect(&database_url())
+        let store = chronik::postgres::PgEventStore::connect(&database_url())
             .await
             .expect("the test database is reachable");
         store.migrate().await.expect("migrations apply");
@@ -398,7 +402,11 @@ fn tail_prints_the_feed_upcast_and_stops_at_the_limit() {
 fn tail_refuses_bad_cursors_and_needs_a_database() {
     check_refused(&os(&["tail", "--after", "7"]), 2, "malformed feed cursor");
     check_refused(&os(&["tail", "--limit", "0"]), 2, "0 is not in 1..");
-    check_refused(&os(&["tail"]), 2, "--database-url <DATABASE_URL>");
+    check_refused(
+        &os(&["tail"]),
+        2,
+        "`chronik tail` works on PostgreSQL only: pass --database-url URL or set DATABASE_URL",
+    );
 }
 
 /// A fresh schema of the test database for one test (the operator commands take
@@ -406,7 +414,7 @@ fn tail_refuses_bad_cursors_and_needs_a_database() {
 struct Schema {
     name: String,
     runtime: tokio::runtime::Runtime,
-    store: chronik_postgres::PgEventStore,
+    store: chronik::postgres::PgEventStore,
 }
 
 impl Schema {
@@ -429,11 +437,11 @@ impl Schema {
     fn unmigrated() -> Self {
         let name = format!("clitest_{}", uuid::Uuid::new_v4().simple());
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-        let config = chronik_postgres::PgStoreConfig::with_schema(
-            chronik_postgres::SchemaName::new(name.clone()).expect("a valid schema name"),
+        let config = chronik::postgres::PgStoreConfig::with_schema(
+            chronik::postgres::SchemaName::new(name.clone()).expect("a valid schema name"),
         );
         let store = runtime
-            .block_on(chronik_postgres::PgEventStore::connect_with(
+            .block_on(chronik::postgres::PgEventStore::connect_with(
                 &database_url(),
                 config,
             ))
@@ -467,15 +475,15 @@ impl Schema {
 
     /// Places `count` orders, each with one line (two events each), through the
     /// repository; returns their stream ids once every event is visible in the feed.
-    fn place_orders(&self, count: usize) -> Vec<chronik_core::StreamId> {
-        use chronik_store::Repository;
+    fn place_orders(&self, count: usize) -> Vec<chronik::StreamId> {
+        use chronik::Repository;
         use orders::{Order, OrderCommand};
         let repo = Repository::<Order, _>::new(self.store.clone());
         self.runtime.block_on(async {
             let mut ids = Vec::new();
             let mut last = None;
             for i in 0..count {
-                let id = chronik_core::StreamId::new(format!("order-{}", uuid::Uuid::new_v4()))
+                let id = chronik::StreamId::new(format!("order-{}", uuid::Uuid::new_v4()))
                     .expect("a valid stream id");
                 for command in [
                     OrderCommand::Place {
@@ -523,7 +531,7 @@ fn json(stdout: &str) -> serde_json::Value {
 
 #[test]
 fn projections_status_shows_position_and_lag() {
-    use chronik_store::CheckpointStore as _;
+    use chronik::CheckpointStore as _;
     let schema = Schema::migrated();
     let stdout = schema.ok(&["projections", "status"]);
     assert!(
@@ -537,7 +545,7 @@ fn projections_status_shows_position_and_lag() {
         .block_on(
             schema
                 .store
-                .save_checkpoint("orders", chronik_core::FeedCursor::START, 0),
+                .save_checkpoint("orders", chronik::FeedCursor::START, 0),
         )
         .expect("checkpoint saved");
     let stdout = schema.ok(&["projections", "status"]);
@@ -582,20 +590,20 @@ fn projections_status_names_the_transaction_holding_the_horizon() {
         .block_on(sqlx::query("SELECT pg_current_xact_id()").execute(&mut *open))
         .expect("an xid");
     // Committed after it began: invisible until it ends.
-    let id = chronik_core::StreamId::new("order-held").expect("valid");
-    let event = chronik_core::NewEvent::new(
-        chronik_core::EventId::new(uuid::Uuid::new_v4()).expect("not nil"),
-        chronik_core::EventType::new("OrderPlaced").expect("valid"),
+    let id = chronik::StreamId::new("order-held").expect("valid");
+    let event = chronik::NewEvent::new(
+        chronik::EventId::new(uuid::Uuid::new_v4()).expect("not nil"),
+        chronik::EventType::new("OrderPlaced").expect("valid"),
         2,
         serde_json::json!({ "customer_id": "c", "total_amount": 1 }),
-        chronik_core::Metadata::default(),
+        chronik::Metadata::default(),
     )
     .expect("valid event");
     runtime
-        .block_on(chronik_store::EventStore::append(
+        .block_on(chronik::EventStore::append(
             &schema.store,
             &id,
-            chronik_core::ExpectedVersion::NoStream,
+            chronik::ExpectedVersion::NoStream,
             &[event],
         ))
         .expect("append");
@@ -635,7 +643,7 @@ fn projections_status_needs_a_migrated_postgres_schema() {
     let schema = Schema::unmigrated();
     let out = schema.chronik(&["projections", "status"]);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
         stderr.starts_with(&format!(
             "error: schema {} is not migrated (0 of ",
@@ -689,7 +697,7 @@ fn projections_rebuild_replays_the_feed_with_progress() {
 
 #[test]
 fn projections_rebuild_refuses_unknown_names_and_a_running_projection() {
-    use chronik_postgres::PgProjectionRunner;
+    use chronik::postgres::PgProjectionRunner;
     use orders::OrderProjection;
     use std::sync::Arc;
     check_refused(
@@ -768,7 +776,7 @@ fn doctor_is_healthy_on_a_migrated_schema_and_lists_missing_migrations() {
         !database_url().contains('@') || !first.contains('@'),
         "the URL is printed: {first}"
     );
-    let embedded = chronik_postgres::MIGRATOR.iter().count();
+    let embedded = chronik::postgres::MIGRATOR.iter().count();
     assert!(
         stdout.contains(&format!("migrations   {embedded} of {embedded} applied (")),
         "{stdout}"
@@ -854,23 +862,23 @@ fn doctor_names_an_old_horizon_holder() {
 /// A read model whose handler always fails.
 struct Broken;
 
-impl chronik_postgres::PgProjection for Broken {
+impl chronik::postgres::PgProjection for Broken {
     fn name(&self) -> &str {
         "broken"
     }
 
     async fn handle(
         &self,
-        _tx: &mut chronik_postgres::PgTransaction,
-        _event: &chronik_core::RecordedEvent,
-    ) -> Result<(), chronik_postgres::HandlerFailure> {
-        Err(chronik_postgres::HandlerFailure::new("always broken"))
+        _tx: &mut chronik::postgres::PgTransaction,
+        _event: &chronik::RecordedEvent,
+    ) -> Result<(), chronik::postgres::HandlerFailure> {
+        Err(chronik::postgres::HandlerFailure::new("always broken"))
     }
 
     async fn clear(
         &self,
-        _tx: &mut chronik_postgres::PgTransaction,
-    ) -> Result<(), chronik_postgres::HandlerFailure> {
+        _tx: &mut chronik::postgres::PgTransaction,
+    ) -> Result<(), chronik::postgres::HandlerFailure> {
         Ok(())
     }
 }
@@ -882,7 +890,7 @@ fn doctor_and_status_report_a_failing_projection() {
     schema.place_orders(1);
     let runner = {
         let _entered = schema.runtime.enter();
-        chronik_postgres::PgProjectionRunner::new(schema.store.clone(), Arc::new(Broken))
+        chronik::postgres::PgProjectionRunner::new(schema.store.clone(), Arc::new(Broken))
             .spawn()
             .expect("the runner starts")
     };
@@ -909,7 +917,7 @@ fn doctor_and_status_report_a_failing_projection() {
     // A second runner waits as a standby; the owner is still the failing one.
     let standby = {
         let _entered = schema.runtime.enter();
-        chronik_postgres::PgProjectionRunner::new(schema.store.clone(), Arc::new(Broken))
+        chronik::postgres::PgProjectionRunner::new(schema.store.clone(), Arc::new(Broken))
             .spawn()
             .expect("the runner starts")
     };
@@ -918,7 +926,7 @@ fn doctor_and_status_report_a_failing_projection() {
         .block_on(
             standby
                 .subscribe()
-                .wait_for(|s| s.state == chronik_postgres::PgRunnerState::Standby),
+                .wait_for(|s| s.state == chronik::postgres::PgRunnerState::Standby),
         )
         .expect("the second runner waits");
     let owner = runner
@@ -987,8 +995,8 @@ fn snapshots_list_take_and_drop() {
     let loaded = schema
         .runtime
         .block_on(
-            chronik_store::Repository::<orders::Order, _>::new(schema.store.clone())
-                .with_snapshots(chronik_core::SnapshotPolicy::every(1_000).expect("valid"))
+            chronik::Repository::<orders::Order, _>::new(schema.store.clone())
+                .with_snapshots(chronik::SnapshotPolicy::every(1_000).expect("valid"))
                 .load(&ids[0]),
         )
         .expect("loads");
@@ -1043,11 +1051,11 @@ fn snapshots_refuse_bad_stream_ids_and_categories() {
         (
             &["snapshots", "take", "invoice-1"][..],
             2,
-            "cannot snapshot invoice-1: this binary knows how to fold streams of category `order` only, not `invoice`",
+            "cannot snapshot invoice-1: chronik knows how to fold streams of category `order` only, not `invoice`",
         ),
         (
             &["snapshots", "take", "order-missing"],
-            1,
+            3,
             "stream order-missing has no events: nothing to snapshot",
         ),
     ] {
@@ -1088,4 +1096,117 @@ fn a_refused_connection_is_named_at_once_by_every_command() {
         assert!(!stderr.contains("timed out"), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// `streams list | show` need no registration: they read any stream as stored. Bad input
+/// and a schema without migrations are refused with their own exit status, writing nothing.
+#[test]
+fn streams_list_and_show_read_any_stream_and_refuse_bad_input() {
+    check_refused(
+        &os(&["streams", "show", "has space"]),
+        2,
+        "invalid value 'has space' for '<STREAM_ID>'",
+    );
+    check_refused(
+        &os(&["streams", "show", "order-1", "--from", "0"]),
+        2,
+        "invalid value '0' for '--from <FROM>'",
+    );
+    check_refused(
+        &os(&["streams", "list", "--category", "a-b"]),
+        2,
+        "is not a category",
+    );
+    check_refused(
+        &os(&["streams", "list"]),
+        2,
+        "`chronik streams list` works on PostgreSQL only",
+    );
+
+    let bare = Schema::unmigrated();
+    for args in [&["streams", "list"][..], &["streams", "show", "order-1"]] {
+        let out = bare.chronik(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("run `chronik migrate --schema {}`", bare.name)),
+            "{stderr}"
+        );
+    }
+    let status = bare
+        .runtime
+        .block_on(bare.store.migration_status())
+        .expect("status");
+    assert!(status.applied.is_empty(), "nothing was migrated or written");
+
+    let schema = Schema::migrated();
+    schema.ok(&[
+        "append",
+        "order-s1",
+        "--type",
+        "OrderPlaced",
+        "--schema-version",
+        "2",
+        "--data",
+        r#"{"customer_id":"c-1","total_amount":500}"#,
+    ]);
+    schema.ok(&[
+        "append",
+        "order-s1",
+        "--type",
+        "LineAdded",
+        "--data",
+        r#"{"sku":"a","quantity":1,"unit_price":5}"#,
+        "--header",
+        "via=test",
+    ]);
+    schema.ok(&[
+        "append",
+        "invoice-9",
+        "--type",
+        "InvoiceSent",
+        "--data",
+        "{}",
+    ]);
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&schema.ok(&["streams", "list", "--json"])).expect("json");
+    assert_eq!(
+        listed["streams"],
+        serde_json::json!([
+            { "stream_id": "invoice-9", "category": "invoice", "version": 1 },
+            { "stream_id": "order-s1", "category": "order", "version": 2 },
+        ])
+    );
+    let table = schema.ok(&["streams", "list", "--category", "order"]);
+    assert!(
+        table.contains("order-s1") && !table.contains("invoice-9"),
+        "{table}"
+    );
+
+    let shown = schema.ok(&["streams", "show", "order-s1", "--json"]);
+    let events: Vec<serde_json::Value> = shown
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(events.len(), 2, "{shown}");
+    assert_eq!(events[0]["event_type"], "OrderPlaced");
+    assert_eq!(events[0]["schema_version"], 2);
+    assert_eq!(events[1]["metadata"]["headers"]["via"], "test");
+    let from_two = schema.ok(&["streams", "show", "order-s1", "--from", "2"]);
+    assert!(
+        from_two.contains("LineAdded") && !from_two.contains("OrderPlaced"),
+        "{from_two}"
+    );
+
+    let out = schema.chronik(&["streams", "show", "order-nope"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "error: stream order-nope has no events in schema {0}: `chronik streams list --schema {0}` lists the streams there\n",
+            schema.name
+        )
+    );
 }
