@@ -1,6 +1,6 @@
 //! Scenario 7: the in-memory adapter on appends and loads (what users unit-test with).
 
-use chronik_core::{Metadata, NewEvent, StreamId, Version};
+use chronik_core::{EventId, EventType, Metadata, NewEvent, StreamId, Version};
 use chronik_memory::MemoryStore;
 use chronik_store::{EventStore, Repository};
 use orders::{LineAdded, Order, OrderEvent, OrderPlaced};
@@ -26,8 +26,16 @@ pub(crate) fn payload_size() -> usize {
     payload().to_string().len()
 }
 
+/// One event of the append scenarios, with a time-ordered id as `Repository` generates.
 pub(crate) fn new_event() -> NewEvent {
-    chronik_testkit::conformance::event("OrderPlaced", payload())
+    NewEvent::new(
+        EventId::new(Uuid::now_v7()).expect("v7 is never nil"),
+        EventType::new("OrderPlaced").expect("valid type"),
+        1,
+        payload(),
+        Metadata::default(),
+    )
+    .expect("valid event")
 }
 
 /// A long Orders history: placed, then lines.

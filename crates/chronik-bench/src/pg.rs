@@ -132,7 +132,7 @@ fn raw_guarded_sql() -> String {
 
 async fn raw_guarded_append(p: &PgPool, sql: &str, n: usize, body: &str) -> anyhow::Result<u64> {
     let stream = format!("order-{}", Uuid::new_v4());
-    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
     let outcome: i16 = sqlx::query_scalar(sql)
         .bind(&stream)
         .bind(-2_i64)
@@ -199,7 +199,7 @@ fn raw_rows_op(p: &PgPool, n: usize) -> Op {
     Arc::new(move |_, _| {
         let (p, sql, body) = (p.clone(), sql.clone(), body.clone());
         Box::pin(async move {
-            let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+            let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
             sqlx::query(&sql)
                 .bind(format!("order-{}", Uuid::new_v4()))
                 .bind(&ids)

@@ -115,7 +115,7 @@ pub(crate) fn request(
     }
     let event_id = match event_id {
         Some(id) => id,
-        None => EventId::new(uuid::Uuid::new_v4()).context("a fresh event id")?,
+        None => EventId::new(uuid::Uuid::now_v7()).context("a fresh event id")?,
     };
     let event = NewEvent::new(event_id, event_type, schema_version, payload, metadata)
         .map_err(|e| usage(format!("invalid event: {e}")))?;

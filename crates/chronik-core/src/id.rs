@@ -104,7 +104,9 @@ impl<'de> Deserialize<'de> for StreamId {
 /// Globally unique id of one event; the key of idempotent appends.
 ///
 /// Contract: never the nil UUID. chronik never generates ids itself in this crate:
-/// callers pass them in (for example `Uuid::new_v4()` at the edge of the system).
+/// callers pass them in, at the edge of the system. Time-ordered ids (`Uuid::now_v7()`,
+/// what `Repository` generates) keep the PostgreSQL event-id index's inserts on its newest
+/// pages; random ones (`Uuid::new_v4()`) work the same, with an insert on a random page each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct EventId(Uuid);

@@ -58,7 +58,9 @@ pub use chronik_store::{
     Repository, RepositoryError, Sleep, Snapshot, SnapshotStore, Spawn, StoreError, StreamEvent,
     Upcasting, upcast_recorded, upcast_stream_event,
 };
-/// Event and correlation ids are UUIDs: `EventId::new(Uuid::new_v4())`.
+/// Event and correlation ids are UUIDs. Prefer time-ordered ones for events,
+/// `EventId::new(Uuid::now_v7())` (what `Repository` generates): they keep the event-id
+/// index's inserts on its newest pages. Any non-nil UUID is accepted.
 pub use uuid::Uuid;
 
 #[cfg(feature = "memory")]

@@ -511,7 +511,7 @@ async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<(
     heading(4, "a v1 event read through the upcaster")?;
     let id = new_order_id()?;
     let v1 = NewEvent::new(
-        EventId::new(Uuid::new_v4())?,
+        EventId::new(Uuid::now_v7())?,
         EventType::new("OrderPlaced")?,
         1,
         json!({ "customer_id": "legacy-customer", "amount": 4_200 }),
