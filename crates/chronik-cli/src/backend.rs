@@ -149,9 +149,25 @@ pub(crate) async fn require_migrated(store: &PgEventStore, binary: &str) -> anyh
     if status.is_current() {
         return Ok(());
     }
+    let schema = store.schema();
+    if !status.schema_exists {
+        // A typo is not an unmigrated store: migrating it would create an empty one.
+        let known = if status.stores_elsewhere.is_empty() {
+            "no schema of this database holds a chronik store".to_owned()
+        } else {
+            format!(
+                "chronik stores in this database: {}",
+                status.stores_elsewhere.join(", ")
+            )
+        };
+        return Err(NotMigrated(format!(
+            "schema {schema} does not exist in this database ({known}): check --schema; \
+             to create a new, empty store there, run `{binary} migrate --schema {schema}`"
+        ))
+        .into());
+    }
     Err(NotMigrated(format!(
         "schema {schema} is not migrated ({applied} of {embedded} migrations applied): run `{binary} migrate --schema {schema}`",
-        schema = store.schema(),
         applied = status.applied_count(),
         embedded = MigrationStatus::embedded().len(),
     ))

@@ -101,6 +101,12 @@ pub struct MigrationStatus {
     /// Recorded migrations, by version (empty when the schema or its migrations table does
     /// not exist).
     pub applied: Vec<AppliedMigration>,
+    /// Whether the schema exists in this database at all. A mistyped `--schema` is not an
+    /// unmigrated store: migrating it would create a new, empty store under that name.
+    pub schema_exists: bool,
+    /// Other schemas of this database that hold a chronik store (an `events` table and a
+    /// migrations table), by name: what a mistyped schema probably meant.
+    pub stores_elsewhere: Vec<String>,
 }
 
 impl MigrationStatus {
@@ -181,6 +187,25 @@ impl PgEventStore {
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
+        let schema_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(self.schema.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+        let stores_elsewhere: Vec<String> = sqlx::query_scalar(
+            "SELECT n.nspname::text FROM pg_namespace n \
+             WHERE n.nspname <> $1 \
+               AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid \
+                           AND c.relname = 'events' AND c.relkind IN ('r', 'p')) \
+               AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid \
+                           AND c.relname = '_sqlx_migrations' AND c.relkind = 'r') \
+             ORDER BY 1",
+        )
+        .bind(self.schema.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
         let mut applied = Vec::new();
         if exists {
             let rows = sqlx::query(&format!(
@@ -201,6 +226,8 @@ impl PgEventStore {
         Ok(MigrationStatus {
             schema: self.schema.clone(),
             applied,
+            schema_exists,
+            stores_elsewhere,
         })
     }
 }

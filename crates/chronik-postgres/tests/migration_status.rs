@@ -51,3 +51,45 @@ async fn an_unmigrated_schema_has_every_migration_pending_and_a_migrated_one_non
         newer.problems()
     );
 }
+
+/// Issue 14, item 8: a mistyped schema is not an unmigrated store. The status says that
+/// the schema does not exist, and which schemas of the database hold a store.
+#[sqlx::test(migrations = false)]
+async fn a_missing_schema_is_told_apart_from_an_unmigrated_one(pool: PgPool) {
+    let real = SchemaName::new("status_real").unwrap();
+    PgEventStore::from_pool_with(pool.clone(), &PgStoreConfig::with_schema(real))
+        .migrate()
+        .await
+        .unwrap();
+    sqlx::query("CREATE SCHEMA status_empty")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let typo = PgEventStore::from_pool_with(
+        pool.clone(),
+        &PgStoreConfig::with_schema(SchemaName::new("status_reel").unwrap()),
+    )
+    .migration_status()
+    .await
+    .unwrap();
+    assert!(!typo.schema_exists && !typo.is_current());
+    assert_eq!(typo.stores_elsewhere, vec!["status_real".to_owned()]);
+
+    let empty = PgEventStore::from_pool_with(
+        pool.clone(),
+        &PgStoreConfig::with_schema(SchemaName::new("status_empty").unwrap()),
+    )
+    .migration_status()
+    .await
+    .unwrap();
+    assert!(empty.schema_exists && !empty.is_current());
+    assert_eq!(empty.stores_elsewhere, vec!["status_real".to_owned()]);
+    let nothing_created: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'status_reel')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!nothing_created, "reading the status creates nothing");
+}

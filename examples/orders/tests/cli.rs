@@ -640,10 +640,33 @@ fn projections_status_needs_a_migrated_postgres_schema() {
         2,
         "invalid schema name",
     );
+    // A schema that does not exist (a typo) is told apart from an unmigrated one, and
+    // reading its status creates nothing.
     let schema = Schema::unmigrated();
     let out = schema.chronik(&["projections", "status"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: schema {} does not exist in this database (",
+            schema.name
+        )) && stderr.contains("check --schema"),
+        "{stderr}"
+    );
+    let out = schema.chronik(&["projections", "status"]);
+    assert!(
+        text(&out.stderr).contains("does not exist"),
+        "still absent: nothing was created"
+    );
+    // An existing schema without the store's tables is not migrated.
+    let create = format!("CREATE SCHEMA \"{}\"", schema.name);
+    schema
+        .runtime
+        .block_on(sqlx::query(&create).execute(schema.store.pool()))
+        .expect("create the schema");
+    let out = schema.chronik(&["projections", "status"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.starts_with(&format!(
             "error: schema {} is not migrated (0 of ",
