@@ -92,11 +92,12 @@ pub(crate) async fn run(
         .horizon_holders()
         .await
         .context("cannot list the transactions holding the horizon")?;
+    // A holder whose age this role cannot see counts as old: it may be hours.
     let old: Vec<_> = holders
         .iter()
         .filter(|h| {
             h.age_seconds
-                .is_some_and(|a| a >= limit(limits.max_horizon_age))
+                .is_none_or(|a| a >= limit(limits.max_horizon_age))
         })
         .collect();
     writeln!(
@@ -126,9 +127,22 @@ pub(crate) async fn run(
         } else {
             "it holds the feed back next, once the older ones end"
         };
+        let age = if h.age_seconds.is_none() {
+            " (its age is hidden from this role: connect as a member of pg_read_all_stats \
+             to see it)"
+        } else {
+            ""
+        };
+        let idle = if h.kind == HolderKind::Session && h.detail.starts_with("idle in transaction") {
+            "; a session left idle in a transaction: idle_in_transaction_session_timeout \
+             ends such sessions automatically"
+        } else {
+            ""
+        };
         problems.push(format!(
-            "{what} holds the feed horizon back: {}; {effect}",
-            table::holder(h)
+            "{what} holds the feed horizon back: {}{age}; {effect}; end it with `{}`{idle}",
+            table::holder_short(h),
+            h.how_to_end()
         ));
     }
 
@@ -138,7 +152,7 @@ pub(crate) async fn run(
             writeln!(
                 out,
                 "               committed events of schema {schema} are invisible until {} ends",
-                table::holder(&h)
+                table::holder_short(&h)
             )?;
         }
         let reports = projections::reports(store).await?;

@@ -68,9 +68,24 @@ pub(crate) fn age(seconds: f64) -> String {
 pub(crate) fn holder(h: &HorizonHolder) -> String {
     let database = h.database.as_deref().unwrap_or("?");
     let age = h.age_seconds.map_or_else(|| "?".to_owned(), age);
+    let mut who = Vec::new();
+    if let Some(u) = &h.user {
+        who.push(format!("user {u}"));
+    }
+    if let Some(a) = &h.application_name {
+        who.push(format!("application {a}"));
+    }
+    if let Some(c) = &h.client_addr {
+        who.push(format!("client {c}"));
+    }
+    let who = if who.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", who.join(", "))
+    };
     match (h.kind, h.pid) {
         (HolderKind::Prepared, _) => format!(
-            "{} (xid {}, database {database}, prepared {age} ago; COMMIT PREPARED or ROLLBACK PREPARED it)",
+            "{} (xid {}, database {database}{who}, prepared {age} ago)",
             h.detail, h.xid
         ),
         (_, pid) => {
@@ -81,10 +96,19 @@ pub(crate) fn holder(h: &HorizonHolder) -> String {
                 format!(", {}", one_line(&h.detail))
             };
             format!(
-                "pid {pid} (xid {}, database {database}, open for {age}{detail})",
+                "pid {pid} (xid {}, database {database}{who}, open for {age}{detail})",
                 h.xid
             )
         }
+    }
+}
+
+/// A holder in a few words, for a line that refers back to the full listing.
+pub(crate) fn holder_short(h: &HorizonHolder) -> String {
+    match (h.kind, h.pid) {
+        (HolderKind::Prepared, _) => format!("prepared transaction xid {}", h.xid),
+        (_, Some(pid)) => format!("pid {pid} (xid {})", h.xid),
+        (_, None) => format!("xid {}", h.xid),
     }
 }
 

@@ -45,10 +45,42 @@ pub struct HorizonHolder {
     pub age_seconds: Option<f64>,
     /// Session state and the start of its current query, or the prepared transaction's gid.
     pub detail: String,
+    /// The role it runs as (a session's user, a prepared transaction's owner).
+    pub user: Option<String>,
+    /// The session's `application_name`, when it set one.
+    pub application_name: Option<String>,
+    /// The session's client address (`None` for a Unix socket or a prepared transaction).
+    pub client_addr: Option<String>,
+    /// A prepared transaction's global id (what `ROLLBACK PREPARED` takes).
+    pub gid: Option<String>,
 }
 
 impl HorizonHolder {
-    /// One line for an operator: what it is, where, since when, and how to end it.
+    /// The exact command that ends this holder: `SELECT pg_terminate_backend(<pid>)` for
+    /// a session; for a prepared transaction `psql -d <database> -c "ROLLBACK PREPARED
+    /// '<gid>'"`, since it must run in the database it was prepared in (`COMMIT PREPARED`
+    /// instead keeps its work). Ending it discards its uncommitted work.
+    #[must_use]
+    pub fn how_to_end(&self) -> String {
+        match (self.kind, self.pid) {
+            // Shown to an operator, never executed here (so not built with `format!`).
+            (HolderKind::Session, Some(pid)) => {
+                let mut statement = String::from("SELECT pg_terminate_backend(");
+                statement.push_str(&pid.to_string());
+                statement.push(')');
+                statement
+            }
+            (HolderKind::Session, None) => "end the session (its pid is not visible)".to_owned(),
+            (HolderKind::Prepared, _) => {
+                let gid = self.gid.as_deref().unwrap_or_default().replace('\'', "''");
+                let db = self.database.as_deref().unwrap_or("<its database>");
+                format!("psql -d {db} -c \"ROLLBACK PREPARED '{gid}'\"")
+            }
+        }
+    }
+
+    /// One line for an operator: what it is, who runs it from where, since when, and the
+    /// command that ends it ([`HorizonHolder::how_to_end`]).
     #[must_use]
     pub fn describe(&self) -> String {
         let age = self
@@ -58,19 +90,33 @@ impl HorizonHolder {
             .database
             .as_deref()
             .map_or_else(String::new, |d| format!(" in database {d}"));
+        let mut who = Vec::new();
+        if let Some(u) = &self.user {
+            who.push(format!("user {u}"));
+        }
+        if let Some(a) = &self.application_name {
+            who.push(format!("application {a}"));
+        }
+        if let Some(c) = &self.client_addr {
+            who.push(format!("from {c}"));
+        }
+        let who = if who.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", who.join(", "))
+        };
+        let end = self.how_to_end();
         match (self.kind, self.pid) {
             (HolderKind::Session, Some(pid)) => format!(
-                "transaction {} of backend pid {pid}{db}{age} ({}; end it with `pg_terminate_backend({pid})`)",
+                "transaction {} of backend pid {pid}{db}{who}{age} ({}); end it with `{end}`",
                 self.xid, self.detail
             ),
-            (HolderKind::Session, None) => {
-                format!(
-                    "transaction {} of a session{db}{age} ({})",
-                    self.xid, self.detail
-                )
-            }
+            (HolderKind::Session, None) => format!(
+                "transaction {} of a session{db}{who}{age} ({})",
+                self.xid, self.detail
+            ),
             (HolderKind::Prepared, _) => format!(
-                "{} (transaction {}){db}{age}: `COMMIT PREPARED` or `ROLLBACK PREPARED` it",
+                "{} (transaction {}){db}{who}{age}; end it with `{end}` (or COMMIT PREPARED)",
                 self.detail, self.xid
             ),
         }
@@ -210,6 +256,10 @@ impl PgEventStore {
                         .try_get::<Option<String>, _>(5)
                         .map_err(backend)?
                         .unwrap_or_default(),
+                    user: r.try_get(7).map_err(backend)?,
+                    application_name: r.try_get(8).map_err(backend)?,
+                    client_addr: r.try_get(9).map_err(backend)?,
+                    gid: r.try_get(10).map_err(backend)?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

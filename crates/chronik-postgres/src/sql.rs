@@ -136,12 +136,15 @@ impl Sql {
                      backend_xid::text::bigint AS xid, \
                      extract(epoch FROM now() - xact_start)::float8 AS age_seconds, \
                      coalesce(state, '') || ': ' || left(query, 200) AS detail, \
-                     pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS reference \
+                     pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS reference, \
+                     usename::text AS user_name, nullif(application_name, '') AS application_name, \
+                     client_addr::text AS client_addr, NULL::text AS gid \
                 FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
               UNION ALL \
               SELECT 'prepared', NULL, database::text, transaction::text::bigint, \
                      extract(epoch FROM now() - prepared)::float8, 'prepared transaction ' || gid, \
-                     pg_snapshot_xmax(pg_current_snapshot())::text::bigint \
+                     pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+                     owner::text, NULL, NULL, gid \
                 FROM pg_prepared_xacts"
                 .to_owned(),
         }

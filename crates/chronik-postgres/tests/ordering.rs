@@ -243,6 +243,12 @@ async fn the_transaction_holding_the_feed_back_is_named(pool: PgPool) {
         .expect("the open transaction is listed");
     assert_eq!(ours.kind, HolderKind::Session);
     assert_eq!(ours.xid, u64::try_from(xid).expect("xid"));
+    let me: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&pool)
+        .await
+        .expect("user");
+    assert_eq!(ours.user.as_deref(), Some(me.as_str()));
+    assert_eq!(ours.gid, None);
     assert_eq!(
         ours.database.as_deref(),
         Some(current_database(&pool).await.as_str())
@@ -387,6 +393,21 @@ async fn a_prepared_transaction_with_the_oldest_xid_is_the_blocker(pool: PgPool)
         (p_xid, s_xid)
     );
     assert_ordered_with_one_blocker(&holders, p_xid);
+    // Issue 14, item 6: who holds it, and the exact command that ends it, in its database.
+    let db = current_database(&pool).await;
+    let p = &holders[prepared];
+    assert_eq!(p.gid.as_deref(), Some(gid.as_str()));
+    assert_eq!(
+        p.how_to_end(),
+        format!("psql -d {db} -c \"ROLLBACK PREPARED '{gid}'\"")
+    );
+    assert!(p.user.is_some(), "{p:?}");
+    let s = &holders[session];
+    assert_eq!(
+        s.how_to_end(),
+        format!("SELECT pg_terminate_backend({s_pid})")
+    );
+    assert!(s.describe().contains(&s.how_to_end()), "{}", s.describe());
 }
 
 /// Holders strictly ascending by transaction id, and the first one, at or below

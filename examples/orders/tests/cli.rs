@@ -666,7 +666,7 @@ fn projections_status_needs_a_migrated_postgres_schema() {
         .expect("create the schema");
     let out = schema.chronik(&["projections", "status"]);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
         stderr.starts_with(&format!(
             "error: schema {} is not migrated (0 of ",
@@ -852,11 +852,23 @@ fn doctor_names_an_old_horizon_holder() {
         .expect("an xid and a pid");
     let (code, stdout, stderr) = doctor(&schema, &["--max-horizon-age", "0"]);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    // Issue 14, item 6: the problem says how to end it; the holder is listed once.
     assert!(
         stdout.contains(&format!(
-            "  - a transaction holds the feed horizon back: pid {pid} (xid {xid}, "
-        )),
+            "  - a transaction holds the feed horizon back: pid {pid} (xid {xid}); "
+        )) && stdout.contains(&format!("end it with `SELECT pg_terminate_backend({pid})`")),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("idle_in_transaction_session_timeout"),
+        "an idle transaction gets the hint: {stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches(&format!("pid {pid} (xid {xid}, database "))
+            .count(),
+        1,
+        "the full description once: {stdout}"
     );
     // Listed by transaction id: the first is the blocker, every later one is behind it.
     let listed: Vec<&str> = stdout
