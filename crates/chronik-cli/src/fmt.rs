@@ -1,9 +1,10 @@
-//! Numbers and durations for people.
+//! Numbers and durations for people, as the operator commands print them; public so
+//! that a service's own commands (and the demo) print them the same way.
 
 use std::time::Duration;
 
 /// `1 page`, `2 pages`.
-pub(crate) fn count(value: u64, noun: &str) -> String {
+pub fn count(value: u64, noun: &str) -> String {
     if value == 1 {
         format!("1 {noun}")
     } else {
@@ -12,7 +13,7 @@ pub(crate) fn count(value: u64, noun: &str) -> String {
 }
 
 /// A duration for people: `842 µs`, `12.3 ms`, `1.42 s`.
-pub(crate) fn ms(d: Duration) -> String {
+pub fn ms(d: Duration) -> String {
     let micros = d.as_micros();
     if micros < 1_000 {
         format!("{micros} µs")
@@ -24,7 +25,7 @@ pub(crate) fn ms(d: Duration) -> String {
 }
 
 /// An integer with thousands separators: `12,345`.
-pub(crate) fn n(value: impl Into<i128>) -> String {
+pub fn n(value: impl Into<i128>) -> String {
     let value: i128 = value.into();
     let digits = value.unsigned_abs().to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
@@ -47,6 +48,8 @@ mod tests {
     #[test]
     fn numbers_and_durations_read_well() {
         assert_eq!(n(0u32), "0");
+        assert_eq!(n(999u32), "999");
+        assert_eq!(n(1_000u32), "1,000");
         assert_eq!(n(1_234_567u64), "1,234,567");
         assert_eq!(n(-4_200i64), "-4,200");
         assert_eq!(ms(Duration::from_micros(842)), "842 µs");

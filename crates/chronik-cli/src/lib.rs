@@ -29,7 +29,7 @@
 mod append;
 mod backend;
 mod doctor;
-mod fmt;
+pub mod fmt;
 mod projections;
 mod roles;
 mod snapshots;

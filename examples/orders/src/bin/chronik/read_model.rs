@@ -20,7 +20,9 @@ use chronik::projections::{HandlerError, Projection, ProjectionRunner};
 use chronik::{FeedCursor, RecordedEvent};
 use orders::{OrderProjection, OrderStatus};
 
-use crate::demo::{Expected, ReadModel, count, detail, ms, n};
+use chronik::cli::fmt::{count, ms, n};
+
+use crate::demo::{Expected, ReadModel, detail};
 
 /// How long phase 7 waits for the projection before the demo fails.
 const CATCH_UP: Duration = Duration::from_secs(60);
