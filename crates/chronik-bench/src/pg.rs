@@ -391,19 +391,7 @@ async fn feed(url: &str, s: &PgEventStore, plan: &Plan, report: &mut Report) -> 
     let stats = harness::repeat(1, |_| {
         let (p, sql) = (s.pool(), keyset.as_str());
         async move {
-            let (mut tx, mut pos) = (0i64, 0i64);
-            let mut n = 0u64;
-            loop {
-                let rows = sqlx::query(sql)
-                    .bind(tx.to_string())
-                    .bind(pos)
-                    .fetch_all(p)
-                    .await?;
-                let Some(last) = rows.last() else { break };
-                tx = sqlx::Row::try_get(last, 0)?;
-                pos = sqlx::Row::try_get(last, 1)?;
-                n += rows.len() as u64;
-            }
+            let n = keyset_scan(p, sql, |rows| Ok(rows.len() as u64)).await?;
             anyhow::ensure!(n == total, "raw scan read {n} of {total}");
             Ok(n)
         }
@@ -415,23 +403,16 @@ async fn feed(url: &str, s: &PgEventStore, plan: &Plan, report: &mut Report) -> 
     let stats = harness::repeat(1, |_| {
         let (p, sql) = (s.pool(), keyset.as_str());
         async move {
-            let (mut tx, mut pos) = (0i64, 0i64);
-            let mut n = 0u64;
-            loop {
-                let rows = sqlx::query(sql)
-                    .bind(tx.to_string())
-                    .bind(pos)
-                    .fetch_all(p)
-                    .await?;
-                let Some(last) = rows.last() else { break };
-                tx = sqlx::Row::try_get(last, 0)?;
-                pos = sqlx::Row::try_get(last, 1)?;
-                for row in &rows {
+            let n = keyset_scan(p, sql, |rows| {
+                let mut n = 0u64;
+                for row in rows {
                     let payload: serde_json::Value = sqlx::Row::try_get(row, 7)?;
                     let metadata: serde_json::Value = sqlx::Row::try_get(row, 8)?;
                     n += u64::from(payload.is_object() && metadata.is_object());
                 }
-            }
+                Ok(n)
+            })
+            .await?;
             anyhow::ensure!(n == total, "raw decoded scan read {n} of {total}");
             Ok(n)
         }
@@ -444,26 +425,19 @@ async fn feed(url: &str, s: &PgEventStore, plan: &Plan, report: &mut Report) -> 
     let stats = harness::repeat(1, |_| {
         let (p, sql) = (s.pool(), keyset.as_str());
         async move {
-            let (mut tx, mut pos) = (0i64, 0i64);
-            let mut n = 0u64;
-            loop {
-                let rows = sqlx::query(sql)
-                    .bind(tx.to_string())
-                    .bind(pos)
-                    .fetch_all(p)
-                    .await?;
-                let Some(last) = rows.last() else { break };
-                tx = sqlx::Row::try_get(last, 0)?;
-                pos = sqlx::Row::try_get(last, 1)?;
+            let n = keyset_scan(p, sql, |rows| {
+                let mut n = 0u64;
                 let mut page = Vec::with_capacity(rows.len());
-                for row in &rows {
+                for row in rows {
                     let payload: serde_json::Value = sqlx::Row::try_get(row, 7)?;
                     let metadata: serde_json::Value = sqlx::Row::try_get(row, 8)?;
                     n += u64::from(payload.is_object() && metadata.is_object());
                     page.push((payload, metadata));
                 }
                 drop(page);
-            }
+                Ok(n)
+            })
+            .await?;
             anyhow::ensure!(n == total, "raw held scan read {n} of {total}");
             Ok(n)
         }
@@ -634,4 +608,28 @@ async fn load_scenario(
     );
     report.ratio(&scenario, "chronik full replay", "raw select", 1, None);
     Ok(())
+}
+
+/// The raw baselines' keyset scan: pages of `sql` (`$1` the last transaction id as text,
+/// `$2` the last position; columns 0 and 1 the same, as bigint) until one comes back
+/// empty. `per_page` handles each page and returns how many events it counts.
+async fn keyset_scan(
+    pool: &PgPool,
+    sql: &str,
+    mut per_page: impl FnMut(&[sqlx::postgres::PgRow]) -> anyhow::Result<u64>,
+) -> anyhow::Result<u64> {
+    let (mut tx, mut pos) = (0i64, 0i64);
+    let mut n = 0u64;
+    loop {
+        let rows = sqlx::query(sql)
+            .bind(tx.to_string())
+            .bind(pos)
+            .fetch_all(pool)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        tx = sqlx::Row::try_get(last, 0)?;
+        pos = sqlx::Row::try_get(last, 1)?;
+        n += per_page(&rows)?;
+    }
+    Ok(n)
 }
