@@ -230,8 +230,10 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
 fn needs_owner(e: PgProjectionError, schema: &SchemaName) -> PgProjectionError {
     match e {
         PgProjectionError::Store(StoreError::Backend {
-            message, retryable, ..
-        }) if message.starts_with("database error 42501") => {
+            message,
+            retryable,
+            source,
+        }) if is_insufficient_privilege(source.as_deref()) => {
             PgProjectionError::Store(StoreError::Backend {
                 message: format!(
                     "a shadow rebuild creates, renames and drops tables in schema {schema}: \
@@ -243,6 +245,17 @@ fn needs_owner(e: PgProjectionError, schema: &SchemaName) -> PgProjectionError {
         }
         other => other,
     }
+}
+
+/// Whether a backend error's source is the server's `42501 insufficient_privilege`.
+fn is_insufficient_privilege(
+    source: Option<&(dyn std::error::Error + Send + Sync + 'static)>,
+) -> bool {
+    source
+        .and_then(|e| e.downcast_ref::<sqlx::Error>())
+        .and_then(sqlx::Error::as_database_error)
+        .and_then(sqlx::error::DatabaseError::code)
+        .is_some_and(|code| code == "42501")
 }
 
 /// A `DO` block that makes `shadow`'s owner and grants those of `live` (both tables of
