@@ -1,5 +1,5 @@
 //! The layering check: dependency edges point inward, the pure crates stay pure, the
-//! operator binary runs no SQL of its own and ships no test code, and the PostgreSQL
+//! operator tool runs no SQL of its own, no binary ships test code, and the PostgreSQL
 //! adapter knows no example domain.
 //!
 //! Reads `cargo tree` (normal and build edges only: dev-dependencies may point anywhere,
@@ -41,8 +41,20 @@ const STORE_FORBIDDEN: &[&str] = &["sqlx", "async-std", "smol"];
 /// The operator tool (`chronik-cli`) must not depend on these directly: all SQL lives in
 /// chronik-postgres.
 const CLI_FORBIDDEN_DIRECT: &[&str] = &["sqlx"];
-/// Nor on these at any depth: test code must not ship inside the binary.
-const CLI_FORBIDDEN: &[&str] = &["chronik-testkit", "proptest"];
+/// Test code, which must not ship inside a binary: no member that builds one (nor the
+/// operator library every service binary links) may pull these in through normal or build
+/// edges, at any depth. Dev-dependencies are where they belong.
+const TEST_CODE: &[&str] = &["chronik-testkit", "proptest"];
+/// The members whose normal dependencies end up in a binary a user runs: the operator
+/// library, the example services (the stock `chronik` binary, `accounts-admin`), the bench
+/// and the torture harness.
+const SHIPPING: &[&str] = &[
+    "chronik-cli",
+    "chronik-example-orders",
+    "chronik-example-accounts",
+    "chronik-bench",
+    "chronik-torture",
+];
 /// The example services' vocabulary, which the library's PostgreSQL adapter must not
 /// contain (in `src/` and `build.rs`): read models and domains belong to the examples.
 const EXAMPLE_DOMAIN_WORDS: &[&str] = &[
@@ -105,14 +117,16 @@ pub(crate) fn check(sh: &Shell) -> anyhow::Result<()> {
     }
     problems.extend(purity(sh, "chronik-core", CORE_FORBIDDEN)?);
     problems.extend(purity(sh, "chronik-store", STORE_FORBIDDEN)?);
-    problems.extend(cli_dependencies(sh)?);
+    for package in SHIPPING {
+        problems.extend(shipping_dependencies(sh, package)?);
+    }
     problems.extend(adapter_knows_no_example("crates/chronik-postgres")?);
     if !problems.is_empty() {
         bail!("layering violations:\n  {}", problems.join("\n  "));
     }
     println!(
         "{} members checked; chronik-core and chronik-store pull in no sqlx and no tokio runtime; \
-         chronik-cli depends on no sqlx and no testkit; chronik-postgres names no example domain",
+         chronik-cli depends on no sqlx; no binary ships test code; chronik-postgres names no example domain",
         members.len()
     );
     Ok(())
@@ -189,22 +203,22 @@ fn purity(sh: &Shell, package: &str, forbidden: &[&str]) -> anyhow::Result<Vec<S
     Ok(problems)
 }
 
-/// What the operator tool depends on that it must not: sqlx directly, test code at any
-/// depth (normal and build edges).
-fn cli_dependencies(sh: &Shell) -> anyhow::Result<Vec<String>> {
+/// What a shipping member ([`SHIPPING`]) depends on that it must not: test code at any
+/// depth (normal and build edges) and, for the operator tool, sqlx directly.
+fn shipping_dependencies(sh: &Shell, package: &str) -> anyhow::Result<Vec<String>> {
     let cargo = crate::cargo();
     let out = cmd!(
         sh,
-        "{cargo} tree -p chronik-cli -e normal,build --prefix depth"
+        "{cargo} tree -p {package} -e normal,build --prefix depth"
     )
     .quiet()
     .read()
-    .context("cargo tree -p chronik-cli")?;
-    Ok(cli_problems(&out))
+    .with_context(|| format!("cargo tree -p {package}"))?;
+    Ok(shipping_problems(package, &out))
 }
 
-/// [`cli_dependencies`] on the text of `cargo tree --prefix depth`.
-fn cli_problems(tree: &str) -> Vec<String> {
+/// [`shipping_dependencies`] on the text of `cargo tree --prefix depth`.
+fn shipping_problems(package: &str, tree: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for line in tree.lines() {
         let depth_len = line.bytes().take_while(u8::is_ascii_digit).count();
@@ -212,13 +226,16 @@ fn cli_problems(tree: &str) -> Vec<String> {
         let Some(name) = rest.split_whitespace().next() else {
             continue;
         };
-        let problem = if depth == "1" && CLI_FORBIDDEN_DIRECT.contains(&name) {
+        let problem = if package == "chronik-cli"
+            && depth == "1"
+            && CLI_FORBIDDEN_DIRECT.contains(&name)
+        {
             format!(
                 "chronik-cli depends on {name}: its SQL belongs in chronik-postgres (e.g. PgEventStore::migration_status)"
             )
-        } else if CLI_FORBIDDEN.contains(&name) {
+        } else if TEST_CODE.contains(&name) {
             format!(
-                "chronik-cli pulls in {name}: test code must not ship in the binary (make it a dev-dependency)"
+                "{package} pulls in {name}: test code must not ship in a binary (make it a dev-dependency)"
             )
         } else {
             continue;
@@ -286,20 +303,34 @@ fn parse_tree_line(line: &str) -> Option<(&str, Option<&str>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cli_problems, example_mentions, parse_tree_line};
+    use super::{example_mentions, parse_tree_line, shipping_problems};
 
     #[test]
     fn the_cli_may_not_use_sqlx_directly_nor_ship_testkit() {
         let clean = "0chronik-cli v0.1.0\n1chronik-postgres v0.1.0\n2sqlx v0.8.6\n";
         assert!(
-            cli_problems(clean).is_empty(),
+            shipping_problems("chronik-cli", clean).is_empty(),
             "sqlx through the adapter is fine"
         );
         let direct = "0chronik-cli v0.1.0\n1sqlx v0.8.6\n";
-        assert_eq!(cli_problems(direct).len(), 1);
+        assert_eq!(shipping_problems("chronik-cli", direct).len(), 1);
         let testkit =
             "0chronik-cli v0.1.0\n1chronik v0.1.0\n2chronik-testkit v0.1.0\n3proptest v1.0.0\n";
-        assert_eq!(cli_problems(testkit).len(), 2);
+        assert_eq!(shipping_problems("chronik-cli", testkit).len(), 2);
+    }
+
+    #[test]
+    fn no_binary_ships_test_code() {
+        let bench =
+            "0chronik-bench v0.1.0\n1chronik-testkit v0.1.0\n2proptest v1.0.0\n1sqlx v0.8.6\n";
+        assert_eq!(
+            shipping_problems("chronik-bench", bench),
+            [
+                "chronik-bench pulls in chronik-testkit: test code must not ship in a binary (make it a dev-dependency)",
+                "chronik-bench pulls in proptest: test code must not ship in a binary (make it a dev-dependency)",
+            ],
+            "sqlx is the bench's own business; test code is not"
+        );
     }
 
     #[test]
