@@ -7,7 +7,8 @@ use chronik_core::{
 };
 use chronik_store::{
     AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
-    FeedPage, MAX_FEED_PAGE, Snapshot, SnapshotStore, StoreError, validate_projection_name,
+    FeedPage, MAX_FEED_PAGE, Snapshot, SnapshotStore, StoreError, StreamAppend, StreamConflict,
+    validate_appends, validate_projection_name,
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -96,6 +97,140 @@ fn check_limit(limit: usize) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What one append to one stream would do, decided under the lock before anything changes.
+struct Decision {
+    result: AppendResult,
+    /// The events to store (none for an idempotent retry).
+    records: Vec<RecordedEvent>,
+}
+
+/// Decides one append as the contract orders its checks: idempotency (the same ids at the
+/// same place), then the expected version. `tx` is the commit the events would belong to
+/// and `base` the log length before them. Changes nothing.
+fn decide(
+    inner: &Inner,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    tx: u64,
+    base: usize,
+) -> Result<Decision, StoreError> {
+    // Idempotency first: the same ids at the same place are a successful retry.
+    if let Some(&at) = inner.ids.get(&events[0].event_id()) {
+        let first = &inner.log[at];
+        // The place an expected version implies: Exact(v) puts the first event at v + 1,
+        // NoStream at 1; Any and StreamExists accept wherever the batch landed.
+        let place_ok = match expected {
+            ExpectedVersion::Exact(v) => first.version.get() == v.get() + 1,
+            ExpectedVersion::NoStream => first.version == Version::FIRST,
+            ExpectedVersion::StreamExists | ExpectedVersion::Any => true,
+        };
+        let same_place = place_ok
+            && first.stream_id == *stream
+            && events.iter().enumerate().all(|(i, e)| {
+                inner.ids.get(&e.event_id()).is_some_and(|&j| {
+                    let r = &inner.log[j];
+                    r.stream_id == *stream && r.version.get() == first.version.get() + i as u64
+                })
+            });
+        if same_place {
+            // The same place, but is it the same events? An id reused for other
+            // content is refused, naming the first event that differs.
+            if let Some(r) = events.iter().find_map(|e| {
+                let r = &inner.log[inner.ids[&e.event_id()]];
+                let same = r.event_type == *e.event_type()
+                    && r.schema_version == e.schema_version()
+                    && r.payload == *e.payload();
+                (!same).then_some(r)
+            }) {
+                return Err(StoreError::EventIdReused {
+                    event_id: r.event_id,
+                    stream: r.stream_id.clone(),
+                    version: r.version,
+                });
+            }
+            let last = &inner.log[inner.ids[&events[events.len() - 1].event_id()]];
+            return Ok(Decision {
+                result: AppendResult {
+                    first_version: first.version,
+                    last_version: last.version,
+                    cursor: last.cursor,
+                    already_appended: true,
+                },
+                records: Vec::new(),
+            });
+        }
+        return Err(StoreError::DuplicateEventId {
+            event_id: events[0].event_id(),
+            stream: first.stream_id.clone(),
+            version: first.version,
+        });
+    }
+    if let Some((e, &j)) = events
+        .iter()
+        .find_map(|e| inner.ids.get(&e.event_id()).map(|j| (e, j)))
+    {
+        let r = &inner.log[j];
+        return Err(StoreError::DuplicateEventId {
+            event_id: e.event_id(),
+            stream: r.stream_id.clone(),
+            version: r.version,
+        });
+    }
+    let current = version_of(inner, stream);
+    if !expected.matches(current) {
+        return Err(StoreError::Conflict {
+            stream: stream.clone(),
+            expected,
+            actual: current,
+        });
+    }
+    let first_version = current.next()?;
+    let last_version = current.checked_add(events.len() as u64)?;
+    let now = Utc::now();
+    let records = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Ok(RecordedEvent {
+                stream_id: stream.clone(),
+                version: Version::new(first_version.get() + i as u64).unwrap_or(Version::MAX),
+                cursor: FeedCursor::new(tx, (base + i + 1) as u64)?,
+                event_id: e.event_id(),
+                event_type: e.event_type().clone(),
+                schema_version: e.schema_version(),
+                payload: e.payload().clone(),
+                metadata: e.metadata().clone(),
+                recorded_at: now,
+            })
+        })
+        .collect::<Result<Vec<RecordedEvent>, InvalidInput>>()?;
+    let cursor = records.last().map_or(FeedCursor::START, |r| r.cursor);
+    Ok(Decision {
+        result: AppendResult {
+            first_version,
+            last_version,
+            cursor,
+            already_appended: false,
+        },
+        records,
+    })
+}
+
+/// Stores decided events (infallible: everything that can fail was decided first).
+fn apply(inner: &mut Inner, records: Vec<RecordedEvent>) {
+    for r in records {
+        let at = inner.log.len();
+        inner.ids.insert(r.event_id, at);
+        inner
+            .streams
+            .entry(r.stream_id.clone())
+            .or_default()
+            .push(at);
+        inner.log.push(r);
+    }
+}
+
 impl EventStore for MemoryStore {
     async fn append(
         &self,
@@ -105,115 +240,68 @@ impl EventStore for MemoryStore {
     ) -> Result<AppendResult, StoreError> {
         validate_batch(events)?;
         let mut inner = self.lock();
-        // Idempotency first: the same ids at the same place are a successful retry.
-        if let Some(&at) = inner.ids.get(&events[0].event_id()) {
-            let first = &inner.log[at];
-            // The place an expected version implies: Exact(v) puts the first event at v + 1,
-            // NoStream at 1; Any and StreamExists accept wherever the batch landed.
-            let place_ok = match expected {
-                ExpectedVersion::Exact(v) => first.version.get() == v.get() + 1,
-                ExpectedVersion::NoStream => first.version == Version::FIRST,
-                ExpectedVersion::StreamExists | ExpectedVersion::Any => true,
-            };
-            let same_place = place_ok
-                && first.stream_id == *stream
-                && events.iter().enumerate().all(|(i, e)| {
-                    inner.ids.get(&e.event_id()).is_some_and(|&j| {
-                        let r = &inner.log[j];
-                        r.stream_id == *stream && r.version.get() == first.version.get() + i as u64
-                    })
-                });
-            if same_place {
-                // The same place, but is it the same events? An id reused for other
-                // content is refused, naming the first event that differs.
-                if let Some(r) = events.iter().find_map(|e| {
-                    let r = &inner.log[inner.ids[&e.event_id()]];
-                    let same = r.event_type == *e.event_type()
-                        && r.schema_version == e.schema_version()
-                        && r.payload == *e.payload();
-                    (!same).then_some(r)
-                }) {
-                    return Err(StoreError::EventIdReused {
-                        event_id: r.event_id,
-                        stream: r.stream_id.clone(),
-                        version: r.version,
-                    });
-                }
-                let last = &inner.log[inner.ids[&events[events.len() - 1].event_id()]];
-                return Ok(AppendResult {
-                    first_version: first.version,
-                    last_version: last.version,
-                    cursor: last.cursor,
-                    already_appended: true,
-                });
-            }
-            return Err(StoreError::DuplicateEventId {
-                event_id: events[0].event_id(),
-                stream: first.stream_id.clone(),
-                version: first.version,
-            });
-        }
-        if let Some((e, &j)) = events
-            .iter()
-            .find_map(|e| inner.ids.get(&e.event_id()).map(|j| (e, j)))
-        {
-            let r = &inner.log[j];
-            return Err(StoreError::DuplicateEventId {
-                event_id: e.event_id(),
-                stream: r.stream_id.clone(),
-                version: r.version,
-            });
-        }
-        let current = version_of(&inner, stream);
-        if !expected.matches(current) {
-            return Err(StoreError::Conflict {
-                stream: stream.clone(),
-                expected,
-                actual: current,
-            });
-        }
-        let first_version = current.next()?;
-        let last_version = current.checked_add(events.len() as u64)?;
         let tx = inner.last_tx + 1;
-        let now = Utc::now();
         let base = inner.log.len();
-        let records = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                Ok(RecordedEvent {
-                    stream_id: stream.clone(),
-                    version: Version::new(first_version.get() + i as u64).unwrap_or(Version::MAX),
-                    cursor: FeedCursor::new(tx, (base + i + 1) as u64)?,
-                    event_id: e.event_id(),
-                    event_type: e.event_type().clone(),
-                    schema_version: e.schema_version(),
-                    payload: e.payload().clone(),
-                    metadata: e.metadata().clone(),
-                    recorded_at: now,
-                })
-            })
-            .collect::<Result<Vec<RecordedEvent>, InvalidInput>>()?;
-        let cursor = records.last().map_or(FeedCursor::START, |r| r.cursor);
+        let Decision { result, records } = decide(&inner, stream, expected, events, tx, base)?;
+        if records.is_empty() {
+            return Ok(result);
+        }
         // Everything fallible is done; apply.
         inner.last_tx = tx;
-        for (i, r) in records.into_iter().enumerate() {
-            inner.ids.insert(r.event_id, base + i);
-            inner
-                .streams
-                .entry(stream.clone())
-                .or_default()
-                .push(base + i);
-            inner.log.push(r);
-        }
+        apply(&mut inner, records);
         drop(inner);
-        self.head.send_replace(Some(cursor));
-        Ok(AppendResult {
-            first_version,
-            last_version,
-            cursor,
-            already_appended: false,
-        })
+        self.head.send_replace(Some(result.cursor));
+        Ok(result)
+    }
+
+    async fn append_streams(
+        &self,
+        appends: &[StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        validate_appends(appends)?;
+        let mut inner = self.lock();
+        // One commit for every part; each part's events follow the previous part's.
+        let tx = inner.last_tx + 1;
+        let mut base = inner.log.len();
+        let mut decided = Vec::with_capacity(appends.len());
+        let mut conflicts = Vec::new();
+        for part in appends {
+            match decide(&inner, &part.stream, part.expected, &part.events, tx, base) {
+                Ok(d) => {
+                    base += d.records.len();
+                    decided.push(d);
+                }
+                Err(StoreError::Conflict {
+                    stream,
+                    expected,
+                    actual,
+                }) => conflicts.push(StreamConflict {
+                    stream,
+                    expected,
+                    actual,
+                }),
+                // A refusal that is not about versions decides the error.
+                Err(other) => return Err(other),
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(StoreError::Conflicts { conflicts });
+        }
+        let mut results = Vec::with_capacity(decided.len());
+        let mut head = None;
+        for Decision { result, records } in decided {
+            if !records.is_empty() {
+                head = Some(result.cursor);
+                apply(&mut inner, records);
+            }
+            results.push(result);
+        }
+        if let Some(cursor) = head {
+            inner.last_tx = tx;
+            drop(inner);
+            self.head.send_replace(Some(cursor));
+        }
+        Ok(results)
     }
 
     fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {

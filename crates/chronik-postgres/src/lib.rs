@@ -69,6 +69,7 @@ mod horizon;
 mod inspect;
 mod json;
 mod migration;
+mod multi;
 mod projection;
 mod roles;
 mod row;

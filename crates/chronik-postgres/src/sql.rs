@@ -14,6 +14,7 @@ const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) append: String,
+    pub(crate) append_streams: String,
     pub(crate) read_stream: String,
     pub(crate) read_payloads: String,
     pub(crate) stream_version: String,
@@ -46,6 +47,13 @@ impl Sql {
                         other_event_id, other_stream_id, other_version \
                    FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
                                           $8::text[]::jsonb[], $9, $10)"
+            ),
+            // The same columns as `append`, in the same order, then the part's index.
+            append_streams: format!(
+                "SELECT r_outcome, r_first_version, r_last_version, r_tx, r_pos, \
+                        r_other_event_id, r_other_stream_id, r_other_version, r_part \
+                   FROM {s}.append_streams($1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], \
+                                           $9::text[]::jsonb[], $10, $11)"
             ),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \

@@ -7,7 +7,7 @@ use chronik_core::{
 };
 use chronik_store::{
     AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, MAX_FEED_PAGE,
-    PayloadStream, StoreError,
+    PayloadStream, StoreError, StreamAppend,
 };
 use futures::{StreamExt, TryStreamExt};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -42,7 +42,7 @@ pub struct PgEventStore {
     pub(crate) pool: PgPool,
     pub(crate) schema: SchemaName,
     pub(crate) sql: Arc<Sql>,
-    order_retries: u32,
+    pub(crate) order_retries: u32,
 }
 
 impl fmt::Debug for PgEventStore {
@@ -56,21 +56,21 @@ impl fmt::Debug for PgEventStore {
 }
 
 /// One append's arguments, validated and converted once (re-used by retries).
-struct AppendArgs<'a> {
-    stream: &'a StreamId,
-    expected: ExpectedVersion,
-    code: i64,
-    ids: Vec<Uuid>,
-    types: Vec<&'a str>,
-    schema_versions: Vec<i64>,
-    payloads: Vec<String>,
-    headers: Vec<String>,
-    correlations: Vec<Option<Uuid>>,
-    causations: Vec<Option<Uuid>>,
+pub(crate) struct AppendArgs<'a> {
+    pub(crate) stream: &'a StreamId,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) code: i64,
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) types: Vec<&'a str>,
+    pub(crate) schema_versions: Vec<i64>,
+    pub(crate) payloads: Vec<String>,
+    pub(crate) headers: Vec<String>,
+    pub(crate) correlations: Vec<Option<Uuid>>,
+    pub(crate) causations: Vec<Option<Uuid>>,
 }
 
 impl<'a> AppendArgs<'a> {
-    fn new(
+    pub(crate) fn new(
         stream: &'a StreamId,
         expected: ExpectedVersion,
         events: &'a [NewEvent],
@@ -386,7 +386,9 @@ fn connect_error(err: sqlx::Error, options: &PgConnectOptions) -> StoreError {
     }
 }
 
-fn outcome(row: &PgRow, args: &AppendArgs<'_>) -> Result<AppendResult, StoreError> {
+/// What `append_events` reported (columns 0 to 7 of `row`, as `Sql::append` selects them),
+/// as the port's result or refusal.
+pub(crate) fn outcome(row: &PgRow, args: &AppendArgs<'_>) -> Result<AppendResult, StoreError> {
     let get_i64 = |i: usize| -> Result<i64, StoreError> {
         row.try_get::<Option<i64>, _>(i)
             .map_err(backend)?
@@ -476,6 +478,13 @@ impl EventStore for PgEventStore {
                 r => return r,
             }
         }
+    }
+
+    async fn append_streams(
+        &self,
+        appends: &[StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        self.append_streams_owned(appends).await
     }
 
     fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {

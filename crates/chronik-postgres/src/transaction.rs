@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 
 use chronik_core::{ExpectedVersion, NewEvent, StreamId};
-use chronik_store::{AppendResult, StoreError};
+use chronik_store::{AppendResult, StoreError, StreamAppend};
 use sqlx::{PgConnection, Postgres};
 
 use crate::PgEventStore;
@@ -85,6 +85,30 @@ impl PgStoreTransaction {
             .store
             .append_in(&mut self.tx, stream, expected, events)
             .await;
+        if let Err(StoreError::TransactionAborted {
+            message, retryable, ..
+        }) = &result
+        {
+            self.aborted = Some((message.clone(), *retryable));
+        }
+        result
+    }
+
+    /// Appends to several streams atomically, as
+    /// [`PgEventStore::append_streams_in`]: a refusal leaves the transaction usable; an
+    /// error that aborted it marks it aborted (see [`append`](Self::append)).
+    ///
+    /// # Errors
+    /// As [`PgEventStore::append_streams_in`]; [`StoreError::TransactionAborted`] once the
+    /// transaction is aborted.
+    pub async fn append_streams(
+        &mut self,
+        appends: &[StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        if let Some((why, retryable)) = &self.aborted {
+            return Err(still_aborted(why, *retryable));
+        }
+        let result = self.store.append_streams_in(&mut self.tx, appends).await;
         if let Err(StoreError::TransactionAborted {
             message, retryable, ..
         }) = &result

@@ -17,6 +17,14 @@ pub enum StoreError {
         /// The stream's actual version (`0` = no stream).
         actual: Version,
     },
+    /// Optimistic concurrency in a multi-stream append ([`crate::EventStore::append_streams`]):
+    /// these streams were not at their expected versions. Nothing was written to any stream
+    /// of the append.
+    #[error("conflict on {} of the append's streams: {}", .conflicts.len(), describe_conflicts(.conflicts))]
+    Conflicts {
+        /// Every conflicting stream, in the order the append gave them.
+        conflicts: Vec<StreamConflict>,
+    },
     /// The append would put this stream's new events before its previous ones in the
     /// global feed (the writing transaction is older than the stream's last writer).
     /// Nothing was written; retry the unit of work in a fresh transaction.
@@ -129,12 +137,36 @@ pub enum StoreError {
     },
 }
 
+/// One stream's conflict in [`StoreError::Conflicts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConflict {
+    /// The stream.
+    pub stream: StreamId,
+    /// What the writer expected.
+    pub expected: ExpectedVersion,
+    /// The stream's actual version (`0` = no stream).
+    pub actual: Version,
+}
+
+fn describe_conflicts(conflicts: &[StreamConflict]) -> String {
+    conflicts
+        .iter()
+        .map(|c| {
+            format!(
+                "{} (expected {}, at version {})",
+                c.stream, c.expected, c.actual
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl StoreError {
     /// Whether retrying the whole unit of work (reload, decide, append) may succeed.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Conflict { .. } | Self::TransactionOrder { .. } => true,
+            Self::Conflict { .. } | Self::Conflicts { .. } | Self::TransactionOrder { .. } => true,
             Self::Backend { retryable, .. } | Self::TransactionAborted { retryable, .. } => {
                 *retryable
             }
@@ -149,10 +181,11 @@ impl StoreError {
         matches!(self, Self::TransactionAborted { .. })
     }
 
-    /// Whether this is an optimistic-concurrency conflict.
+    /// Whether this is an optimistic-concurrency conflict, on one stream
+    /// ([`StoreError::Conflict`]) or on several ([`StoreError::Conflicts`]).
     #[must_use]
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::Conflict { .. })
+        matches!(self, Self::Conflict { .. } | Self::Conflicts { .. })
     }
 
     /// A backend error from a message.

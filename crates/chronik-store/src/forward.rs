@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::StoreError;
 use crate::port::{
     AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
-    FeedPage, PayloadStream, Snapshot, SnapshotStore,
+    FeedPage, PayloadStream, Snapshot, SnapshotStore, StreamAppend,
 };
 
 macro_rules! forward {
@@ -18,6 +18,9 @@ macro_rules! forward {
         impl<S: EventStore + ?Sized> EventStore for $ptr {
             fn append(&self, stream: &StreamId, expected: ExpectedVersion, events: &[NewEvent]) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
                 (**self).append(stream, expected, events)
+            }
+            fn append_streams(&self, appends: &[StreamAppend]) -> impl Future<Output = Result<Vec<AppendResult>, StoreError>> + Send {
+                (**self).append_streams(appends)
             }
             fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
                 (**self).read_stream(stream, from)

@@ -13,11 +13,11 @@ mod port;
 mod repository;
 mod upcasting;
 
-pub use error::StoreError;
+pub use error::{StoreError, StreamConflict};
 pub use port::{
     AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
-    FeedPage, MAX_FEED_PAGE, Payload, PayloadStream, Snapshot, SnapshotStore, StreamEvent,
-    validate_projection_name,
+    FeedPage, MAX_APPEND_STREAMS, MAX_FEED_PAGE, Payload, PayloadStream, Snapshot, SnapshotStore,
+    StreamAppend, StreamEvent, validate_appends, validate_projection_name,
 };
 #[cfg(any(test, feature = "mocks"))]
 pub use port::{MockCheckpointStore, MockEventStore, MockSnapshotStore};

@@ -1,7 +1,10 @@
 use std::future::Future;
 
+use std::collections::HashSet;
+
 use chronik_core::{
-    EventId, EventType, ExpectedVersion, FeedCursor, NewEvent, RecordedEvent, StreamId, Version,
+    EventId, EventType, ExpectedVersion, FeedCursor, InvalidInput, MAX_APPEND_EVENTS, NewEvent,
+    RecordedEvent, StreamId, Version, validate_batch,
 };
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
@@ -71,6 +74,79 @@ pub struct AppendResult {
     pub already_appended: bool,
 }
 
+/// Most streams one [`EventStore::append_streams`] may change.
+pub const MAX_APPEND_STREAMS: usize = 100;
+
+/// One stream's part of a multi-stream append ([`EventStore::append_streams`]): the events
+/// to append to `stream` if it is at `expected`, exactly as one [`EventStore::append`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamAppend {
+    /// The stream.
+    pub stream: StreamId,
+    /// The version the writer expects the stream to be at.
+    pub expected: ExpectedVersion,
+    /// The events, in order (at least one).
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    /// `events` for `stream`, expected at `expected`.
+    #[must_use]
+    pub fn new(stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        Self {
+            stream,
+            expected,
+            events,
+        }
+    }
+}
+
+/// Checks a multi-stream append before any I/O, as every adapter must: 1 to
+/// [`MAX_APPEND_STREAMS`] streams, no stream twice, each part a valid batch
+/// ([`validate_batch`]), at most [`chronik_core::MAX_APPEND_EVENTS`] events in all, and no
+/// event id twice anywhere in the append.
+///
+/// # Errors
+/// [`StoreError::InvalidRequest`] for the shape of the append (no stream, too many, a
+/// stream twice, too many events in all), [`StoreError::Invalid`] for a part's events.
+pub fn validate_appends(appends: &[StreamAppend]) -> Result<(), StoreError> {
+    if appends.is_empty() {
+        return Err(StoreError::InvalidRequest(
+            "a multi-stream append needs at least one stream".to_owned(),
+        ));
+    }
+    if appends.len() > MAX_APPEND_STREAMS {
+        return Err(StoreError::InvalidRequest(format!(
+            "a multi-stream append may change at most {MAX_APPEND_STREAMS} streams, got {}",
+            appends.len()
+        )));
+    }
+    let mut streams = HashSet::with_capacity(appends.len());
+    let mut ids = HashSet::new();
+    let mut total = 0_usize;
+    for part in appends {
+        if !streams.insert(&part.stream) {
+            return Err(StoreError::InvalidRequest(format!(
+                "stream {} appears twice in one multi-stream append: put all its events in one part",
+                part.stream
+            )));
+        }
+        validate_batch(&part.events)?;
+        total += part.events.len();
+        for e in &part.events {
+            if !ids.insert(e.event_id()) {
+                return Err(InvalidInput::DuplicateEventInBatch(e.event_id().as_uuid()).into());
+            }
+        }
+    }
+    if total > MAX_APPEND_EVENTS {
+        return Err(StoreError::InvalidRequest(format!(
+            "a multi-stream append may carry at most {MAX_APPEND_EVENTS} events in all, got {total}"
+        )));
+    }
+    Ok(())
+}
+
 /// Which events of the feed to return. Empty lists mean "all".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedFilter {
@@ -134,6 +210,8 @@ pub struct FeedHead {
 ///   the same as the stored one (event type, schema version and payload; metadata is not
 ///   compared), or the append is [`StoreError::EventIdReused`] naming the first that
 ///   differs, and nothing is written.
+/// - `append_streams` appends to several streams in one transaction: every part as one
+///   `append` would (idempotency, expected version, feed order), and all parts or none.
 /// - Input is validated before any I/O ([`StoreError::Invalid`]).
 /// - `read_feed` returns events strictly after `after`, in feed order, never skipping an
 ///   event that commits later below a returned cursor, and never showing version `n + 1`
@@ -147,6 +225,32 @@ pub trait EventStore: Send + Sync {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send;
+
+    /// Appends to several streams at once, atomically: each [`StreamAppend`] is checked as
+    /// [`EventStore::append`] checks one (idempotency first, then the expected version,
+    /// then feed order), and either every part is written, in one transaction (so all of
+    /// its events share one feed transaction and become visible together), or none is.
+    ///
+    /// Returns one [`AppendResult`] per part, in the order given. A part whose events are
+    /// already stored at its place is `already_appended` (an idempotent retry of the same
+    /// call after a lost acknowledgement succeeds once, every part `already_appended`);
+    /// the other parts are then written as usual.
+    ///
+    /// Adapters take the streams' locks in one deterministic order (by stream id), so
+    /// concurrent multi-stream appends naming the same streams in other orders cannot
+    /// deadlock.
+    ///
+    /// # Errors
+    /// Nothing is written on any error. Validation ([`validate_appends`]) comes first.
+    /// When a part is refused for another reason than its version
+    /// ([`StoreError::DuplicateEventId`], [`StoreError::EventIdReused`],
+    /// [`StoreError::TransactionOrder`]), the first such part in the order given decides
+    /// the error; otherwise, when parts conflict, [`StoreError::Conflicts`] names every
+    /// conflicting stream with its actual version.
+    fn append_streams(
+        &self,
+        appends: &[StreamAppend],
+    ) -> impl Future<Output = Result<Vec<AppendResult>, StoreError>> + Send;
 
     /// Reads `stream` forward from version `from` (inclusive; `Version::ZERO` and
     /// `Version::FIRST` both mean "from the start"), lazily. A missing stream is empty.

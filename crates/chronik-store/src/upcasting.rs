@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::StoreError;
 use crate::port::{
     AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
-    FeedPage, Payload, PayloadStream, Snapshot, SnapshotStore, StreamEvent,
+    FeedPage, Payload, PayloadStream, Snapshot, SnapshotStore, StreamAppend, StreamEvent,
 };
 
 /// Lifts one stored event to the current schema through `registry`.
@@ -113,6 +113,13 @@ impl<S: EventStore> EventStore for Upcasting<S> {
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
         self.inner.append(stream, expected, events).await
+    }
+
+    async fn append_streams(
+        &self,
+        appends: &[StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        self.inner.append_streams(appends).await
     }
 
     fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {

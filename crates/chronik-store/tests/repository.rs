@@ -139,6 +139,13 @@ impl EventStore for Interloper {
         }
         self.inner.append(stream, expected, events).await
     }
+    async fn append_streams(
+        &self,
+        appends: &[chronik_store::StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        self.inner.append_streams(appends).await
+    }
+
     fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
         self.inner.read_stream(stream, from)
     }
@@ -293,6 +300,13 @@ impl EventStore for BrokenSnapshots {
     ) -> Result<AppendResult, StoreError> {
         self.0.append(s, e, ev).await
     }
+    async fn append_streams(
+        &self,
+        appends: &[chronik_store::StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        self.0.append_streams(appends).await
+    }
+
     fn read_stream(&self, s: &StreamId, from: Version) -> EventStream<'_> {
         self.0.read_stream(s, from)
     }
@@ -525,6 +539,13 @@ impl EventStore for Counting {
         self.appends.fetch_add(1, Ordering::SeqCst);
         self.inner.append(s, e, ev).await
     }
+    async fn append_streams(
+        &self,
+        appends: &[chronik_store::StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        self.inner.append_streams(appends).await
+    }
+
     fn read_stream(&self, s: &StreamId, from: Version) -> EventStream<'_> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.read_stream(s, from)

@@ -26,6 +26,9 @@ use futures::TryStreamExt;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+mod multi;
+pub use multi::*;
+
 /// Everything a conformance case needs from an adapter.
 pub trait Store:
     EventStore + SnapshotStore + CheckpointStore + Clone + Send + Sync + 'static
@@ -61,6 +64,11 @@ macro_rules! conformance_cases {
             snapshots_delete_by_category,
             checkpoints_round_trip,
             checkpoint_names_are_validated,
+            multi_stream_append_writes_every_part_in_one_transaction,
+            multi_stream_conflict_names_every_stream_and_writes_nothing,
+            multi_stream_retry_is_idempotent,
+            multi_stream_invalid_input_writes_nothing,
+            concurrent_multi_stream_appends_in_opposite_orders_all_finish,
         }
     };
 }

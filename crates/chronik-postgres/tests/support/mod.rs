@@ -59,6 +59,13 @@ impl EventStore for Settled {
         self.0.append(stream, expected, events).await
     }
 
+    async fn append_streams(
+        &self,
+        appends: &[chronik_store::StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        self.0.append_streams(appends).await
+    }
+
     fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
         self.0.read_stream(stream, from)
     }

@@ -29,6 +29,14 @@ impl<S: EventStore> EventStore for RoundTrip<S> {
         self.0.append(stream, expected, events).await
     }
 
+    async fn append_streams(
+        &self,
+        appends: &[chronik::StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.append_streams(appends).await
+    }
+
     fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
         self.0.read_stream(stream, from)
     }
