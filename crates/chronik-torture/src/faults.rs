@@ -292,7 +292,7 @@ impl Victim {
         match self {
             Self::MidAppend => format!(
                 "{base} AND application_name IN ('{}', '{}') AND state = 'active' \
-                 AND query LIKE '%append_events%'",
+                 AND (query LIKE '%append_events%' OR query LIKE '%append_streams%')",
                 app::WRITER,
                 app::TINY
             ),

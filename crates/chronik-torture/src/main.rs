@@ -392,6 +392,11 @@ async fn run() -> anyhow::Result<bool> {
         c.get(C::failed_other),
     );
     println!(
+        "multi-stream appends: {} stored whole, {} refused for conflicts",
+        c.get(C::multi_stream_appends_ok),
+        c.get(C::multi_stream_refused),
+    );
+    println!(
         "racing caller transactions: {} ({} refusals the transaction went on after; contested \
          ids: {} won, {} answered duplicate; {} commits after an ignored error of the caller's own)",
         c.get(C::racing_transactions),

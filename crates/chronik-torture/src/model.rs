@@ -176,6 +176,7 @@ pub(crate) fn check(o: &Observed) -> Vec<CheckResult> {
         checkpoint_at_feed_end(o),
         checkpoint_never_ahead(o),
         resends_idempotent(o),
+        multi_stream_appends_are_one_transaction(o),
     ]
 }
 
@@ -555,6 +556,41 @@ pub(crate) fn resends_idempotent(o: &Observed) -> CheckResult {
     )
 }
 
+/// The events of a stored multi-stream append (records `via == "append_streams"` sharing a
+/// transaction number) belong to one database transaction: the feed shows them together.
+/// That they are all stored or none is the caller-transaction check's.
+pub(crate) fn multi_stream_appends_are_one_transaction(o: &Observed) -> CheckResult {
+    let stored = by_id(&o.stored);
+    let mut appends: BTreeMap<u64, Vec<&AppendRecord>> = BTreeMap::new();
+    for r in &o.records {
+        if let (Some(tx), "append_streams") = (r.tx, r.via) {
+            appends.entry(tx).or_default().push(r);
+        }
+    }
+    let mut bad = Vec::new();
+    for (tx, records) in &appends {
+        let transactions: HashSet<u64> = records
+            .iter()
+            .filter(|r| r.stored_at().is_some())
+            .flat_map(|r| r.ids.iter())
+            .filter_map(|id| stored.get(id))
+            .flat_map(|rows| rows.iter().map(|row| row.cursor.0))
+            .collect();
+        if transactions.len() > 1 {
+            bad.push(format!(
+                "multi-stream append {tx} ({} streams) was stored by {} transactions: {transactions:?}",
+                records.len(),
+                transactions.len()
+            ));
+        }
+    }
+    CheckResult::new(
+        "a multi-stream append's events are stored by one transaction",
+        format!("{} multi-stream appends", appends.len()),
+        bad,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,6 +663,62 @@ mod tests {
             .filter(|c| !c.passed())
             .map(|c| c.name)
             .collect()
+    }
+
+    /// A multi-stream append of a-9 (id 20) and b-9 (id 21), with `outcome` for both parts,
+    /// and the rows `stored` of it.
+    fn multi(o: &mut Observed, outcome: &Outcome, stored: &[StoredEvent]) {
+        for (stream, n) in [("a-9", 20), ("b-9", 21)] {
+            o.records.push(AppendRecord {
+                via: "append_streams",
+                tx: Some(900),
+                ..rec(stream, &[n], outcome.clone())
+            });
+        }
+        o.stored.extend_from_slice(stored);
+        o.feed.extend_from_slice(stored);
+        for e in stored {
+            o.projection.push(ProjectedEvent {
+                seq: o.projection.len() as u64 + 1,
+                stream: e.stream.clone(),
+                version: e.version,
+                event_id: e.event_id,
+            });
+        }
+        o.checkpoint = o.feed.last().map(|e| e.cursor);
+    }
+
+    #[test]
+    fn a_multi_stream_append_split_or_half_written_is_reported() {
+        let both = [row("a-9", 1, 20, (20, 10)), row("b-9", 1, 21, (20, 11))];
+        let mut o = healthy();
+        multi(&mut o, &Outcome::Stored { first: 1 }, &both);
+        assert_eq!(
+            failing(&o),
+            Vec::<&str>::new(),
+            "one transaction, both parts"
+        );
+
+        let mut o = healthy();
+        let split = [row("a-9", 1, 20, (20, 10)), row("b-9", 1, 21, (21, 11))];
+        multi(&mut o, &Outcome::Stored { first: 1 }, &split);
+        assert_eq!(
+            failing(&o),
+            ["a multi-stream append's events are stored by one transaction"]
+        );
+
+        let mut o = healthy();
+        let failed = Outcome::Failed {
+            why: "conflict".into(),
+        };
+        multi(&mut o, &failed, &both[..1]);
+        assert!(
+            failing(&o).contains(
+                &"caller transactions: what a committed transaction acknowledged is stored, nothing of a refused append or a failed transaction"
+            ),
+            "{:?}",
+            failing(&o)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chronik_core::{EventId, EventType, ExpectedVersion, Metadata, NewEvent, StreamId, Version};
 use chronik_postgres::{PgEventStore, PgStoreTransaction};
-use chronik_store::{AppendResult, EventStore as _, StoreError};
+use chronik_store::{AppendResult, EventStore as _, StoreError, StreamAppend};
 use rand::Rng as _;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -285,7 +285,14 @@ pub(crate) async fn writer(world: Arc<World>, index: usize) {
             racing_caller_tx(&world, &mut rng, &name, &mut known).await;
             continue;
         }
-        let streams = if kind < 8 { 2 } else { 1 };
+        // 40..48: one multi-stream append of two or three streams.
+        let streams = if kind < 8 {
+            2
+        } else if (40..48).contains(&kind) {
+            rng.gen_range(2..=3)
+        } else {
+            1
+        };
         let mut parts = Vec::with_capacity(streams);
         for _ in 0..streams {
             let stream = pick_stream(&world, &mut rng, 0.5);
@@ -311,6 +318,8 @@ pub(crate) async fn writer(world: Arc<World>, index: usize) {
         }
         if kind < 25 {
             in_caller_tx(&world, &mut rng, &parts, &mut known).await;
+        } else if (40..48).contains(&kind) {
+            multi_stream(&world, &mut rng, &parts, &mut known).await;
         } else if kind < 48 {
             owned(&world, &world.tiny, &mut rng, &parts[0], &mut known).await;
         } else {
@@ -372,6 +381,120 @@ async fn owned(
             world.record(part.record("append", outcome));
         }
     }
+}
+
+/// `EventStore::append_streams`: several streams in one owned transaction, all or nothing.
+/// Every part is recorded under one transaction number with the append's one outcome, so
+/// the model's caller-transaction and one-transaction checks hold it to atomicity.
+async fn multi_stream(
+    world: &World,
+    rng: &mut ChaCha8Rng,
+    parts: &[Part],
+    known: &mut HashMap<StreamId, u64>,
+) {
+    const VIA: &str = "append_streams";
+    let tx_no = world.next_tx();
+    let appends: Vec<StreamAppend> = parts
+        .iter()
+        .map(|p| StreamAppend::new(p.stream.clone(), p.expected, p.events.clone()))
+        .collect();
+    match world.store.append_streams(&appends).await {
+        Ok(results) if results.iter().any(|r| r.already_appended) => {
+            world.counts.inc(C::anomalies);
+            for p in parts {
+                world.record(p.record_in(
+                    VIA,
+                    tx_no,
+                    Outcome::Anomaly {
+                        why: "fresh ids answered already-appended".to_owned(),
+                    },
+                ));
+            }
+        }
+        Ok(results) => {
+            world.counts.inc(C::multi_stream_appends_ok);
+            for (part, r) in parts.iter().zip(&results) {
+                known.insert(part.stream.clone(), r.last_version.get());
+                let (first, last) = (r.first_version.get(), r.last_version.get());
+                succeeded(world, rng, part, (VIA, Some(tx_no)), first, last).await;
+            }
+        }
+        Err(e) => {
+            let outcome = match &e {
+                StoreError::Conflicts { conflicts } => {
+                    for c in conflicts {
+                        known.insert(c.stream.clone(), c.actual.get());
+                    }
+                    world.counts.inc(C::multi_stream_refused);
+                    world.counts.inc(C::conflicts);
+                    None
+                }
+                StoreError::Backend { .. } if !is_pool_timeout(&e) => {
+                    Some(resolve_multi(world, &appends).await)
+                }
+                _ => Some(vec![definite_failure(world, &e); parts.len()]),
+            };
+            let outcomes = outcome.unwrap_or_else(|| {
+                vec![
+                    Outcome::Failed {
+                        why: "conflict".to_owned(),
+                    };
+                    parts.len()
+                ]
+            });
+            for (p, o) in parts.iter().zip(outcomes) {
+                world.record(p.record_in(VIA, tx_no, o));
+            }
+        }
+    }
+}
+
+/// [`resolve`] for a multi-stream append: re-sends the whole append. Stored means stored
+/// for every part (already appended, or appended on the re-send); a conflict means the
+/// original never committed (it would be already appended: idempotency is checked before
+/// versions), so nothing of it is stored.
+async fn resolve_multi(world: &World, appends: &[StreamAppend]) -> Vec<Outcome> {
+    world.counts.inc(C::ambiguous);
+    let mut last = String::new();
+    for attempt in 0..RESOLVE_ATTEMPTS {
+        match world.store.append_streams(appends).await {
+            Ok(results) => {
+                world
+                    .counts
+                    .inc(if results.iter().all(|r| r.already_appended) {
+                        C::ambiguous_already_appended
+                    } else {
+                        C::ambiguous_appended_on_resend
+                    });
+                return results
+                    .iter()
+                    .map(|r| Outcome::Resolved {
+                        first: Some(r.first_version.get()),
+                    })
+                    .collect();
+            }
+            Err(StoreError::Conflicts { .. }) => {
+                world.counts.inc(C::ambiguous_not_stored);
+                return vec![Outcome::Resolved { first: None }; appends.len()];
+            }
+            Err(e) if e.is_retryable() => {
+                last = e.to_string();
+                let ms = 10u64.saturating_mul(1 << attempt.min(6)).min(500);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            Err(e) => {
+                world.counts.inc(C::anomalies);
+                return vec![
+                    Outcome::Anomaly {
+                        why: format!("re-sending an ambiguous multi-stream append failed: {e}"),
+                    };
+                    appends.len()
+                ];
+            }
+        }
+    }
+    world.counts.inc(C::unresolved);
+    vec![Outcome::Unresolved { why: last }; appends.len()]
 }
 
 /// `PgEventStore::append_in` inside a caller transaction (one or two streams), then commit.

@@ -28,6 +28,8 @@ macro_rules! counters {
 counters!(
     appends_ok,
     appends_ok_in_caller_tx,
+    multi_stream_appends_ok,
+    multi_stream_refused,
     racing_transactions,
     refused_in_caller_tx,
     contested_won,
