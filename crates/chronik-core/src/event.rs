@@ -4,6 +4,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::cursor::FeedCursor;
 use crate::error::{InvalidInput, truncate};
@@ -99,6 +100,35 @@ impl Metadata {
     pub fn with_causation(mut self, id: CausationId) -> Self {
         self.causation_id = Some(id);
         self
+    }
+
+    /// The metadata of a command whose own id is `command`: the causation id is `command`
+    /// unless one was given (a reaction names the event it reacts to), and the correlation
+    /// id is kept when given, else it is `command` too (the command starts a new chain).
+    /// Every event the command records carries both, so the chain can be traced.
+    #[must_use]
+    pub fn for_command(mut self, command: Uuid) -> Self {
+        self.correlation_id
+            .get_or_insert_with(|| CorrelationId::new(command));
+        self.causation_id
+            .get_or_insert_with(|| CausationId::new(command));
+        self
+    }
+
+    /// The metadata of a reaction to `event`: the same correlation id (the event's own id
+    /// when it has none) and `event` as the causation. Headers are not carried over.
+    #[must_use]
+    pub fn caused_by(event: &RecordedEvent) -> Self {
+        Self {
+            correlation_id: Some(
+                event
+                    .metadata
+                    .correlation_id
+                    .unwrap_or_else(|| CorrelationId::new(event.event_id.as_uuid())),
+            ),
+            causation_id: Some(CausationId::new(event.event_id.as_uuid())),
+            headers: BTreeMap::new(),
+        }
     }
 
     /// Adds a header.

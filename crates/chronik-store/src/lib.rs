@@ -22,6 +22,6 @@ pub use port::{
 #[cfg(any(test, feature = "mocks"))]
 pub use port::{MockCheckpointStore, MockEventStore, MockSnapshotStore};
 pub use repository::{
-    DefaultSleep, ExecuteOutcome, Loaded, Repository, RepositoryError, Sleep, Spawn,
+    DefaultSleep, ExecuteOutcome, Loaded, MultiOutcome, Repository, RepositoryError, Sleep, Spawn,
 };
 pub use upcasting::{Upcasting, upcast_recorded, upcast_stream_event};

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::cache::StateCache;
 use crate::error::StoreError;
-use crate::port::{AppendResult, EventStore, Payload, SnapshotStore, StreamEvent};
+use crate::port::{AppendResult, EventStore, Payload, SnapshotStore, StreamAppend, StreamEvent};
 
 /// Waiting between retries. [`DefaultSleep`] works under any async runtime; pass another
 /// (e.g. `tokio::time::sleep`, or a recorder in tests) with [`Repository::with_sleep`].
@@ -94,6 +94,24 @@ pub struct ExecuteOutcome {
     pub cached: bool,
 }
 
+/// What [`Repository::execute_across`] (or [`Repository::execute_all`]) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiOutcome {
+    /// Each stream's version after the command, in the order given.
+    pub versions: Vec<Version>,
+    /// How many events the command recorded on each stream, in the order given.
+    pub events_written: Vec<usize>,
+    /// Attempts made, the successful one included.
+    pub attempts: u32,
+    /// Optimistic-concurrency conflicts met and retried.
+    pub conflicts: u32,
+    /// The append's results, one per stream that recorded events (in the order given);
+    /// empty when the decision recorded nothing.
+    pub appends: Vec<AppendResult>,
+    /// Time spent backing off between attempts.
+    pub backoff: Duration,
+}
+
 /// Why a command was not carried out.
 #[derive(Debug, Error)]
 pub enum RepositoryError<E: std::error::Error + 'static> {
@@ -120,6 +138,14 @@ pub enum RepositoryError<E: std::error::Error + 'static> {
         #[source]
         last: StoreError,
     },
+}
+
+/// A decision across streams waiting to be appended: the states it was made on, the
+/// events per stream (in the order given), and the parts to append (streams with events).
+struct DecidedAcross<A: Aggregate> {
+    loaded: Vec<Loaded<A>>,
+    decided: Vec<Vec<A::Event>>,
+    parts: Vec<StreamAppend>,
 }
 
 /// A decision waiting to be appended.
@@ -423,6 +449,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// written; a conflict is retried per the retry policy: back off (with jitter), reload,
     /// decide again.
     ///
+    /// The command gets an id of its own (time-ordered): its events' causation id unless
+    /// `metadata` names one (a reaction names its triggering event, see
+    /// [`Metadata::caused_by`]), and their correlation id unless `metadata` names one (the
+    /// command then starts a new chain). `chronik trace` follows these ids.
+    ///
     /// An ambiguous backend failure (commit acknowledgement lost) re-sends the *same*
     /// events with the same ids, so the store's idempotent append tells whether they landed.
     ///
@@ -441,7 +472,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         metadata: Metadata,
     ) -> Result<ExecuteOutcome, RepositoryError<A::Error>> {
         let command = &command;
-        let metadata = &metadata;
+        // The command's own id is its events' causation (and, for a new chain, their
+        // correlation): fixed once, so a re-send after a lost acknowledgement is identical.
+        let metadata = &metadata.for_command(Uuid::now_v7());
         let mut waited = Duration::ZERO;
         let mut conflicts = 0;
         let mut pending: Option<Decided<A>> = None;
@@ -561,6 +594,203 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     } else if matches!(e, StoreError::Backend { .. }) {
                         // Outcome unknown: re-send the identical append (idempotent).
                         pending = Some(decided);
+                    }
+                }
+                Err(e) if e.is_retryable() => {
+                    if e.is_conflict() {
+                        conflicts += 1;
+                    }
+                    return Err(RepositoryError::RetriesExhausted {
+                        attempts: attempt,
+                        conflicts,
+                        waited,
+                        last: e,
+                    });
+                }
+                Err(e) => return Err(RepositoryError::Store(e)),
+            }
+        }
+    }
+
+    /// Commands on several aggregates of this type, decided together and appended
+    /// atomically: each `(stream, command)` is decided on its own loaded state (a refusal of
+    /// any of them refuses all), and every stream's events are appended in one
+    /// [`EventStore::append_streams`], each part expecting the version its state was loaded
+    /// at. A transfer is `[(from, Withdraw(n)), (to, Deposit(n))]`. Same metadata, retry
+    /// and give-up semantics as [`Repository::execute_with`]; see
+    /// [`Repository::execute_across`] for a decision that needs every state at once.
+    ///
+    /// # Errors
+    /// As [`Repository::execute_across`].
+    pub async fn execute_all(
+        &self,
+        commands: &[(StreamId, A::Command)],
+        metadata: Metadata,
+    ) -> Result<MultiOutcome, RepositoryError<A::Error>> {
+        let ids: Vec<StreamId> = commands.iter().map(|(id, _)| id.clone()).collect();
+        self.execute_across(
+            &ids,
+            |states| {
+                states
+                    .iter()
+                    .zip(commands)
+                    .map(|(state, (_, command))| state.handle(command))
+                    .collect()
+            },
+            metadata,
+        )
+        .await
+    }
+
+    /// Loads the aggregates at `ids`, lets `decide` make one decision on all their states
+    /// (in the order of `ids`; it returns the events to record on each, in the same order),
+    /// and appends them in one atomic [`EventStore::append_streams`], every stream expecting
+    /// the version its state was loaded at. A conflict on any of them (another writer got
+    /// to one first) reloads them all and decides again, per the retry policy, with backoff
+    /// and jitter; an ambiguous failure re-sends the identical append. `decide` may run
+    /// several times, so it must only decide (no side effects): a command that must not be
+    /// retried runs on a repository built `with_retry(RetryPolicy::no_retry())`.
+    ///
+    /// A stream for which `decide` records nothing is not part of the append, so its
+    /// version is not checked: the decision must not depend on a state it leaves
+    /// unchanged. The states are read from the store (the cache of
+    /// [`Repository::with_cache`] is not used for the decision; it is refreshed after).
+    ///
+    /// # Errors
+    /// [`RepositoryError::Domain`] when `decide` refuses (nothing written);
+    /// [`RepositoryError::RetriesExhausted`] when every attempt conflicted (it keeps the
+    /// last [`StoreError::Conflicts`], naming every stream another writer changed);
+    /// [`RepositoryError::Store`] otherwise: [`StoreError::InvalidRequest`] when `ids` is
+    /// empty or names a stream twice, or `decide` returns another number of event lists
+    /// than there are streams.
+    pub async fn execute_across<F>(
+        &self,
+        ids: &[StreamId],
+        decide: F,
+        metadata: Metadata,
+    ) -> Result<MultiOutcome, RepositoryError<A::Error>>
+    where
+        F: Fn(&[&A]) -> Result<Vec<Vec<A::Event>>, A::Error>,
+    {
+        if ids.is_empty() {
+            return Err(StoreError::InvalidRequest(
+                "a command across streams needs at least one stream".to_owned(),
+            )
+            .into());
+        }
+        if let Some(twice) = ids
+            .iter()
+            .enumerate()
+            .find_map(|(i, id)| ids[..i].contains(id).then_some(id))
+        {
+            return Err(StoreError::InvalidRequest(format!(
+                "stream {twice} is named twice in one command across streams"
+            ))
+            .into());
+        }
+        let metadata = &metadata.for_command(Uuid::now_v7());
+        let max = self.retry.max_attempts();
+        let mut waited = Duration::ZERO;
+        let mut conflicts = 0;
+        let mut attempt = 0;
+        // A decision whose append had an unknown outcome, re-sent as it was.
+        let mut pending: Option<DecidedAcross<A>> = None;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                let delay = self
+                    .retry
+                    .delay_before(attempt, (self.jitter)())
+                    .unwrap_or_default();
+                if !delay.is_zero() {
+                    self.sleep.sleep(delay).await;
+                    waited += delay;
+                }
+            }
+            let DecidedAcross {
+                loaded,
+                decided,
+                parts,
+            } = match pending.take() {
+                Some(p) => p,
+                None => {
+                    let mut loaded = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        loaded.push(self.load(id).await?);
+                    }
+                    let states: Vec<&A> = loaded.iter().map(|l| &l.state).collect();
+                    let decided = decide(&states).map_err(RepositoryError::Domain)?;
+                    if decided.len() != ids.len() {
+                        return Err(StoreError::InvalidRequest(format!(
+                            "the decision returned {} event lists for {} streams",
+                            decided.len(),
+                            ids.len()
+                        ))
+                        .into());
+                    }
+                    let mut parts = Vec::new();
+                    for ((id, l), events) in ids.iter().zip(&loaded).zip(&decided) {
+                        if !events.is_empty() {
+                            parts.push(StreamAppend::new(
+                                id.clone(),
+                                ExpectedVersion::Exact(l.version),
+                                to_new_events(events, metadata)?,
+                            ));
+                        }
+                    }
+                    DecidedAcross {
+                        loaded,
+                        decided,
+                        parts,
+                    }
+                }
+            };
+            if parts.is_empty() {
+                return Ok(MultiOutcome {
+                    versions: loaded.iter().map(|l| l.version).collect(),
+                    events_written: vec![0; ids.len()],
+                    attempts: attempt,
+                    conflicts,
+                    appends: Vec::new(),
+                    backoff: waited,
+                });
+            }
+            match self.store.append_streams(&parts).await {
+                Ok(appends) => {
+                    let mut results = appends.iter();
+                    let mut versions = Vec::with_capacity(ids.len());
+                    for ((id, l), events) in ids.iter().zip(loaded).zip(&decided) {
+                        if events.is_empty() {
+                            versions.push(l.version);
+                            continue;
+                        }
+                        let version = results.next().map_or(l.version, |r| r.last_version);
+                        if let Some(cache) = &self.cache {
+                            cache.take(id);
+                        }
+                        self.after_append(id, l, events, version).await;
+                        versions.push(version);
+                    }
+                    return Ok(MultiOutcome {
+                        versions,
+                        events_written: decided.iter().map(Vec::len).collect(),
+                        attempts: attempt,
+                        conflicts,
+                        appends,
+                        backoff: waited,
+                    });
+                }
+                Err(e) if e.is_retryable() && attempt < max => {
+                    if e.is_conflict() {
+                        conflicts += 1;
+                        tracing::debug!(attempt, error = %e, "conflict across streams; reloading and retrying");
+                    } else if matches!(e, StoreError::Backend { .. }) {
+                        // Outcome unknown: re-send the identical append (idempotent).
+                        pending = Some(DecidedAcross {
+                            loaded,
+                            decided,
+                            parts,
+                        });
                     }
                 }
                 Err(e) if e.is_retryable() => {

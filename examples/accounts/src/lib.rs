@@ -1,7 +1,8 @@
 //! A second example service on chronik, shaped differently from Orders: bank accounts,
 //! and transfers between them as a debit on one account and a credit on another, both
-//! carrying the transfer's id (no cross-stream transaction: each account decides alone,
-//! and a refused debit stops the transfer before anything is credited).
+//! carrying the transfer's id, written atomically ([`transfer`]: one multi-stream append,
+//! so money is never debited without being credited; each account decides its own part,
+//! and a refused debit refuses the whole transfer).
 //!
 //! - [`Account`]: opened by an owner, credited and debited in cents, never below zero,
 //!   closed only when empty;
@@ -18,7 +19,8 @@
 use chronik::postgres::sqlx::{self, PgExecutor, Row as _};
 use chronik::postgres::{HandlerFailure, PgTransaction, PgTypedProjection, ShadowProjection};
 use chronik::{
-    Aggregate, DomainEvent, PgEventStore, RecordedEvent, SchemaName, SnapshotState, UpcastError,
+    Aggregate, DomainEvent, EventStore, Metadata, MultiOutcome, PgEventStore, RecordedEvent,
+    Repository, RepositoryError, SchemaName, SnapshotState, StreamId, UpcastError,
     UpcasterRegistry,
 };
 use serde::{Deserialize, Serialize};
@@ -181,6 +183,43 @@ impl Aggregate for Account {
             }
         }
     }
+}
+
+/// Moves `amount` cents from `from` to `to` as transfer `transfer_id`: a debit of `from`
+/// and a credit of `to`, decided each on its own account and appended together in one
+/// atomic multi-stream append ([`Repository::execute_all`]). Either both are recorded or
+/// neither: a refused debit (insufficient funds, a closed account) refuses the transfer,
+/// and a concurrent change to either account reloads both and decides again (with the
+/// repository's backoff), giving up with [`RepositoryError::RetriesExhausted`].
+///
+/// # Errors
+/// [`RepositoryError::Domain`] when either account refuses its part (nothing written),
+/// [`RepositoryError::Store`] with `InvalidRequest` when `from` and `to` are the same
+/// account, and the repository's other errors.
+pub async fn transfer<S: EventStore>(
+    accounts: &Repository<Account, S>,
+    from: &StreamId,
+    to: &StreamId,
+    amount: i64,
+    transfer_id: &str,
+    metadata: Metadata,
+) -> Result<MultiOutcome, RepositoryError<AccountError>> {
+    let transfer = Some(transfer_id.to_owned());
+    accounts
+        .execute_all(
+            &[
+                (
+                    from.clone(),
+                    AccountCommand::Debit {
+                        amount,
+                        transfer: transfer.clone(),
+                    },
+                ),
+                (to.clone(), AccountCommand::Credit { amount, transfer }),
+            ],
+            metadata,
+        )
+        .await
 }
 
 impl SnapshotState for Account {
