@@ -36,6 +36,7 @@ mod snapshots;
 mod streams;
 mod table;
 mod tail;
+mod trace;
 
 use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
@@ -44,7 +45,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chronik_core::{Aggregate, FeedCursor, SnapshotState, StreamId, UpcasterRegistry};
+use chronik_core::{Aggregate, EventId, FeedCursor, SnapshotState, StreamId, UpcasterRegistry};
 use chronik_postgres::{
     PgEventStore, PgProjection, PgProjectionError, PgRebuildProgress, SchemaName, ShadowProjection,
 };
@@ -436,6 +437,10 @@ enum Command {
         #[command(subcommand)]
         command: StreamsCommand,
     },
+    /// Prints a chain of commands and reactions as a causation tree across streams: every
+    /// event recorded under one correlation id (or under the correlation of `--event`), in
+    /// causal order, with stream, version, type, time and cursor.
+    Trace(TraceArgs),
     /// Checks a PostgreSQL store: migrations applied vs embedded, transactions holding the
     /// feed horizon back, projection lag. Exit status 0 when healthy, 1 with the problems.
     Doctor(DoctorArgs),
@@ -551,6 +556,32 @@ struct ListArgs {
     json: bool,
     #[command(flatten)]
     database: Database,
+}
+
+/// Options of `trace`.
+#[derive(Debug, Args)]
+struct TraceArgs {
+    /// The correlation id (a UUID, as `streams show` prints it).
+    #[arg(
+        value_name = "CORRELATION_ID",
+        required_unless_present = "event",
+        conflicts_with = "event"
+    )]
+    correlation: Option<uuid::Uuid>,
+    /// Trace the chain this event belongs to (its correlation id), marking the event.
+    #[arg(long, value_name = "EVENT_ID", value_parser = parse_event_id)]
+    event: Option<EventId>,
+    /// One JSON document: the correlation id and the events in tree order, each with its
+    /// depth and parent.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    database: Database,
+}
+
+fn parse_event_id(text: &str) -> Result<EventId, String> {
+    let id: uuid::Uuid = text.parse().map_err(|e: uuid::Error| e.to_string())?;
+    EventId::new(id).map_err(|e| e.to_string())
 }
 
 /// Options of `streams show`.
@@ -774,6 +805,16 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 streams::show(&store, bin, &args.stream_id, args.from, args.json).await
             }
         },
+        Command::Trace(args) => {
+            let store = backend::open(args.database, bin, "trace").await?;
+            trace::run(
+                &store,
+                args.correlation.map(chronik_core::CorrelationId::new),
+                args.event,
+                args.json,
+            )
+            .await
+        }
         Command::Doctor(args) => {
             let (store, server) = backend::connect(args.database, bin, "doctor").await?;
             let limits = doctor::Limits {

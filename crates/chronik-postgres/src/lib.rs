@@ -76,6 +76,7 @@ mod row;
 mod snapshot;
 mod sql;
 mod store;
+mod trace;
 mod transaction;
 
 pub use config::{PgStoreConfig, SchemaName};

@@ -16,6 +16,8 @@ pub(crate) struct Sql {
     pub(crate) append: String,
     pub(crate) append_streams: String,
     pub(crate) read_stream: String,
+    pub(crate) correlated: String,
+    pub(crate) event_by_id: String,
     pub(crate) read_payloads: String,
     pub(crate) stream_version: String,
     pub(crate) read_feed: String,
@@ -55,6 +57,14 @@ impl Sql {
                    FROM {s}.append_streams($1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], \
                                            $9::text[]::jsonb[], $10, $11)"
             ),
+            // Through events_correlation_id_idx (partial: correlation_id IS NOT NULL), then
+            // sorted: never a scan of the table (docs/commands.md shows the plan).
+            correlated: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                  WHERE correlation_id = $1 \
+                  ORDER BY transaction_id, global_position LIMIT $2"
+            ),
+            event_by_id: format!("SELECT {EVENT_COLUMNS} FROM {s}.events WHERE event_id = $1"),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                   WHERE stream_id = $1 AND version >= $2 ORDER BY version"
