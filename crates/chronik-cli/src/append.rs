@@ -138,6 +138,13 @@ pub(crate) async fn run(store: &PgEventStore, request: Request, json: bool) -> a
         .append(&stream, expected, std::slice::from_ref(&event))
         .await
         .with_context(|| format!("cannot append to {stream}"))?;
+    // After the commit (never inside it): wakes `tail`s following the feed at once. Best
+    // effort: they poll anyway.
+    if let Err(e) =
+        chronik_postgres::notify_feed(store.pool(), chronik_postgres::FEED_CHANNEL).await
+    {
+        tracing::debug!(error = %e, "cannot notify the feed's listeners");
+    }
     if json {
         let doc = serde_json::json!({
             "stream_id": stream.as_str(),

@@ -1,13 +1,12 @@
 //! `chronik doctor`: is this PostgreSQL store healthy? Migrations, the connected role,
 //! horizon blockers, projection lag. Exit status 0 when healthy (warnings included), 1
-//! with the list of problems otherwise.
+//! with the list of problems otherwise; `--json` prints the same report as one object.
 
 use std::io::{self, Write as _};
 
 use anyhow::Context as _;
-use chronik_postgres::{HolderKind, PgEventStore};
-
-use chronik_postgres::MigrationStatus;
+use chronik_postgres::{HolderKind, HorizonHolder, MigrationStatus, PgEventStore};
+use serde_json::{Value, json};
 
 use crate::backend;
 use crate::fmt::{count, n};
@@ -23,17 +22,21 @@ pub(crate) struct Limits {
     pub(crate) max_lag: u64,
 }
 
-/// Prints the report; fails with the list of problems when there are any.
+/// Prints the report (as text, or as one JSON object); fails with the list of problems
+/// when there are any.
 pub(crate) async fn run(
     store: &PgEventStore,
     binary: &str,
     server: &str,
     limits: Limits,
+    json: bool,
 ) -> anyhow::Result<()> {
-    let mut out = io::stdout().lock();
+    // The text report, printed at the end unless `json`.
+    let mut out: Vec<String> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
     let schema = store.schema();
-    writeln!(out, "{binary} doctor: {server}, schema {schema}")?;
+    out.push(format!("{binary} doctor: {server}, schema {schema}"));
 
     // Migrations: applied in the schema vs embedded in this binary.
     let migrations = store
@@ -46,17 +49,16 @@ pub(crate) async fn run(
         .iter()
         .map(|(v, d)| format!("{v:04} {d}"))
         .collect();
-    writeln!(
-        out,
+    out.push(format!(
         "  migrations   {applied} of {} applied ({})",
         embedded.len(),
         names.join(", ")
-    )?;
-    problems.extend(backend::migration_problems(&migrations, binary));
+    ));
+    let migration_problems = backend::migration_problems(&migrations, binary);
+    problems.extend(migration_problems.iter().cloned());
     let migrated = applied == embedded.len();
 
     // The role: an application connected as a superuser or as the owner can rewrite history.
-    let mut warnings: Vec<String> = Vec::new();
     let role = store
         .connected_role()
         .await
@@ -76,7 +78,7 @@ pub(crate) async fn run(
     } else {
         ("neither a superuser nor the owner of the schema", "")
     };
-    writeln!(out, "  role         connected as {}, {what}", role.name)?;
+    out.push(format!("  role         connected as {}, {what}", role.name));
     if !risk.is_empty() {
         warnings.push(format!(
             "connected as {}, {what}: if the application connects like this, {risk}; \
@@ -93,86 +95,57 @@ pub(crate) async fn run(
         .await
         .context("cannot list the transactions holding the horizon")?;
     // A holder whose age this role cannot see counts as old: it may be hours.
-    let old: Vec<_> = holders
-        .iter()
-        .filter(|h| {
-            h.age_seconds
-                .is_none_or(|a| a >= limit(limits.max_horizon_age))
-        })
-        .collect();
-    writeln!(
-        out,
+    let is_old = |h: &HorizonHolder| {
+        h.age_seconds
+            .is_none_or(|a| a >= limit(limits.max_horizon_age))
+    };
+    let old = holders.iter().filter(|h| is_old(h)).count();
+    out.push(format!(
         "  horizon      {} open in the cluster, {} older than {} s{}",
         count(holders.len() as u64, "write transaction"),
-        n(old.len() as u64),
+        n(old as u64),
         n(limits.max_horizon_age),
         if holders.is_empty() {
             ": nothing holds the feed back"
         } else {
             ""
         }
-    )?;
+    ));
     for h in &holders {
         let role = if h.blocker { "blocker" } else { "behind it" };
-        writeln!(out, "               {role}: {}", table::holder(h))?;
+        out.push(format!("               {role}: {}", table::holder(h)));
     }
-    for h in &old {
-        let what = if h.kind == HolderKind::Prepared {
-            "a prepared transaction"
-        } else {
-            "a transaction"
-        };
-        let effect = if h.blocker {
-            "every projection waits for it"
-        } else {
-            "it holds the feed back next, once the older ones end"
-        };
-        let age = if h.age_seconds.is_none() {
-            " (its age is hidden from this role: connect as a member of pg_read_all_stats \
-             to see it)"
-        } else {
-            ""
-        };
-        let idle = if h.kind == HolderKind::Session && h.detail.starts_with("idle in transaction") {
-            "; a session left idle in a transaction: idle_in_transaction_session_timeout \
-             ends such sessions automatically"
-        } else {
-            ""
-        };
-        problems.push(format!(
-            "{what} holds the feed horizon back: {}{age}; {effect}; end it with `{}`{idle}",
-            table::holder_short(h),
-            h.how_to_end()
-        ));
+    for h in holders.iter().filter(|h| is_old(h)) {
+        problems.push(holder_problem(h, &role.name));
     }
 
     // Projections: only once the tables exist.
+    let mut reports = Vec::new();
+    let mut held_back_by = None;
     if migrated {
-        if let Some(h) = projections::horizon_blocker(store).await? {
-            writeln!(
-                out,
+        held_back_by = projections::horizon_blocker(store).await?;
+        if let Some(h) = &held_back_by {
+            out.push(format!(
                 "               committed events of schema {schema} are invisible until {} ends",
-                table::holder_short(&h)
-            )?;
+                table::holder_short(h)
+            ));
         }
-        let reports = projections::reports(store).await?;
+        reports = projections::reports(store).await?;
         let behind = reports.iter().filter(|r| r.lag_events > 0).count();
-        writeln!(
-            out,
+        out.push(format!(
             "  projections  {}, {} caught up, {} behind",
             count(reports.len() as u64, "projection"),
             n((reports.len() - behind) as u64),
             n(behind as u64),
-        )?;
+        ));
         for r in &reports {
             let state = r.state.as_deref().unwrap_or("no runner yet");
-            writeln!(
-                out,
+            out.push(format!(
                 "               {}: {state}, {} behind ({:.1} s)",
                 r.name,
                 count(r.lag_events, "event"),
                 r.lag_seconds
-            )?;
+            ));
             if r.state.as_deref() == Some("dead") {
                 problems.push(format!(
                     "projection {} has no live runner: {}; start one",
@@ -203,31 +176,118 @@ pub(crate) async fn run(
             }
         }
     } else {
-        writeln!(
-            out,
-            "  projections  not checked: the schema is not migrated"
-        )?;
+        out.push("  projections  not checked: the schema is not migrated".to_owned());
     }
 
-    if !warnings.is_empty() {
-        writeln!(out, "{}:", count(warnings.len() as u64, "warning"))?;
-        for w in &warnings {
-            writeln!(out, "  - {w}")?;
+    let mut stdout = io::stdout().lock();
+    if json {
+        let doc = json!({
+            "healthy": problems.is_empty(),
+            "server": server,
+            "schema": schema.as_str(),
+            "problems": problems,
+            "warnings": warnings,
+            "migrations": {
+                "applied": applied,
+                "embedded": names,
+                "current": migrated,
+                "problems": migration_problems,
+            },
+            "role": {
+                "name": role.name,
+                "superuser": role.superuser,
+                "owner": role.owner,
+            },
+            "horizon": {
+                "max_age_seconds": limits.max_horizon_age,
+                "holders": holders.iter().map(|h| {
+                    let mut v = projections::holder_json(h);
+                    v["old"] = Value::Bool(is_old(h));
+                    v
+                }).collect::<Vec<_>>(),
+                "holds_back_this_schema": held_back_by.as_ref().map(projections::holder_json),
+            },
+            "projections": if migrated {
+                Value::Array(reports.iter().map(projections::report_json).collect())
+            } else {
+                Value::Null
+            },
+        });
+        writeln!(stdout, "{doc}")?;
+    } else {
+        for line in &out {
+            writeln!(stdout, "{line}")?;
+        }
+        if !warnings.is_empty() {
+            writeln!(stdout, "{}:", count(warnings.len() as u64, "warning"))?;
+            for w in &warnings {
+                writeln!(stdout, "  - {w}")?;
+            }
+        }
+        if problems.is_empty() {
+            writeln!(stdout, "healthy")?;
+        } else {
+            writeln!(stdout, "{}:", count(problems.len() as u64, "problem"))?;
+            for p in &problems {
+                writeln!(stdout, "  - {p}")?;
+            }
         }
     }
+    stdout.flush()?;
     if problems.is_empty() {
-        writeln!(out, "healthy")?;
         return Ok(());
     }
-    writeln!(out, "{}:", count(problems.len() as u64, "problem"))?;
-    for p in &problems {
-        writeln!(out, "  - {p}")?;
-    }
-    out.flush()?;
     anyhow::bail!(
         "{} found: {}",
         count(problems.len() as u64, "problem"),
         problems.join("; ")
+    )
+}
+
+/// The problem a horizon holder older than the limit (or of unknown age) is: what it is,
+/// what it does to the feed, what reveals its age when it is hidden from `connected` (the
+/// role doctor runs as), and how to end it.
+fn holder_problem(h: &HorizonHolder, connected: &str) -> String {
+    let what = if h.kind == HolderKind::Prepared {
+        "a prepared transaction"
+    } else {
+        "a transaction"
+    };
+    let effect = if h.blocker {
+        "every projection waits for it"
+    } else {
+        "it holds the feed back next, once the older ones end"
+    };
+    let age = if h.age_seconds.is_none() {
+        // PostgreSQL shows a session's start times only to members of its role and of
+        // pg_read_all_stats.
+        let own = h.user.as_deref().unwrap_or("?");
+        // Shown to an operator, never executed (so not built with `format!`, which the
+        // SQL tidy check reserves for statements).
+        let mut hint = String::from(" (its age is hidden from role ");
+        hint.push_str(connected);
+        hint.push_str(
+            ", so it counts as old: PostgreSQL shows it only to members of pg_read_all_stats \
+             and of the holder's role ",
+        );
+        hint.push_str(own);
+        hint.push_str("; to see it, run doctor as one or `GRANT pg_read_all_stats TO ");
+        hint.push_str(connected);
+        hint.push_str("`)");
+        hint
+    } else {
+        String::new()
+    };
+    let idle = if h.kind == HolderKind::Session && h.detail.starts_with("idle in transaction") {
+        "; a session left idle in a transaction: idle_in_transaction_session_timeout \
+         ends such sessions automatically"
+    } else {
+        ""
+    };
+    format!(
+        "{what} holds the feed horizon back: {}{age}; {effect}; end it with `{}`{idle}",
+        table::holder_short(h),
+        h.how_to_end()
     )
 }
 

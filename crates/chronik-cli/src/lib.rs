@@ -21,7 +21,8 @@
 //! `migrate` also runs the registered setups (e.g. creating a read model's table).
 //!
 //! Every command that reads a store first checks that its schema is migrated and, if not,
-//! says what to run. Logging goes to stderr (`RUST_LOG`, default `warn`); results go to
+//! says what to run. Logging goes to stderr (`RUST_LOG`, default `warn`, `error` for sqlx's
+//! pool, whose reconnection warnings the commands word themselves); results go to
 //! stdout; `--json` prints documents for scripts. Exit status ([`exit`]): 0 success, 1 a
 //! failure (the store refused, or could not be reached), 2 bad input (nothing was written),
 //! 3 something named does not exist (a stream), 4 the schema is not migrated.
@@ -618,6 +619,9 @@ struct StreamArgs {
     /// The stream, e.g. `account-42`.
     #[arg(value_parser = parse_stream_id)]
     stream_id: StreamId,
+    /// Print the result as one JSON document.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     database: Database,
 }
@@ -628,6 +632,9 @@ struct CategoryArgs {
     /// The category: the part of stream ids before the first `-`, e.g. `account`.
     #[arg(value_parser = snapshots::parse_category)]
     category: String,
+    /// Print the result as one JSON document.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     database: Database,
 }
@@ -643,6 +650,11 @@ struct DoctorArgs {
     /// A projection whose oldest unprocessed event is older than this many seconds is a problem.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     max_lag: u64,
+    /// Print the report as one JSON object (`healthy`, `problems`, `warnings`,
+    /// `migrations`, `role`, `horizon` with each holder's `how_to_end`, `projections`);
+    /// the exit status is the same.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `projections rebuild`.
@@ -700,9 +712,19 @@ struct MigrateArgs {
 struct TailArgs {
     #[command(flatten)]
     database: Database,
-    /// Start after this feed cursor (`<transaction>:<position>`, as printed); default: the beginning.
-    #[arg(long, value_parser = parse_cursor)]
+    /// Start after this feed cursor (`<transaction>:<position>`, as every command prints
+    /// cursors); default: the beginning of the feed.
+    #[arg(long, value_parser = parse_cursor, conflicts_with_all = ["from_end", "last"])]
     after: Option<FeedCursor>,
+    /// Start at the end of the feed: only events that become visible from now on.
+    #[arg(long, conflicts_with = "last")]
+    from_end: bool,
+    /// Start with the last N matching events (then follow, unless `--no-follow`).
+    #[arg(short = 'n', long = "last", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    last: Option<u64>,
+    /// Only this stream's events, e.g. `order-42`.
+    #[arg(long = "stream", value_name = "STREAM_ID", value_parser = parse_stream_id, conflicts_with = "categories")]
+    stream: Option<StreamId>,
     /// Only events of this stored type (repeatable).
     #[arg(long = "type", value_name = "EVENT_TYPE")]
     event_types: Vec<String>,
@@ -718,6 +740,15 @@ struct TailArgs {
     /// One JSON object per line (the whole recorded event), for scripts.
     #[arg(long)]
     json: bool,
+    /// While following, wake on `NOTIFY` on this channel (what `append` sends after its
+    /// commit, and what a service's writers send with `notify_feed`); polling (at most
+    /// every second) catches what is never notified.
+    #[arg(long, value_name = "CHANNEL", default_value = chronik_postgres::FEED_CHANNEL)]
+    listen: String,
+    /// While following, retry a lost connection (a server restart) for this many seconds
+    /// before giving up with the cursor to resume after.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    retry_for: u64,
 }
 
 fn parse_cursor(text: &str) -> Result<FeedCursor, String> {
@@ -744,7 +775,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// The error and its causes on one line, `outer: inner: root`, skipping a cause whose text
 /// the line already holds (some errors repeat their source's message in their own).
-fn chain(e: &anyhow::Error) -> String {
+pub(crate) fn chain(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -765,7 +796,10 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env()
+        // sqlx's pool warns about every connection a restarting server drops; the
+        // commands say what happened themselves.
+        .unwrap_or_else(|_| EnvFilter::new("warn,sqlx=error,sqlx_core=error"));
     // `try_init` fails only if a subscriber is already set; nothing to do then.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -782,15 +816,30 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
             backend::migrate(registry, &store, &server, args.json).await
         }
         Command::Tail(args) => {
+            let start = match (args.after, args.from_end, args.last) {
+                (Some(cursor), _, _) => tail::Start::After(cursor),
+                (None, true, _) => tail::Start::End,
+                (None, false, Some(n)) => tail::Start::Last(n),
+                (None, false, None) => tail::Start::After(FeedCursor::START),
+            };
+            // A stream's events are read through its category's filter.
+            let categories = match &args.stream {
+                Some(stream) => vec![stream.category().to_owned()],
+                None => args.categories,
+            };
             let options = tail::Options {
-                after: args.after.unwrap_or(FeedCursor::START),
+                start,
                 filter: FeedFilter {
                     event_types: args.event_types,
-                    categories: args.categories,
+                    categories,
                 },
+                stream: args.stream,
                 limit: args.limit,
                 no_follow: args.no_follow,
                 json: args.json,
+                listen: Some(args.listen),
+                retry_for: std::time::Duration::from_secs(args.retry_for),
+                binary: bin.to_owned(),
             };
             let store = backend::open(args.database, bin, "tail").await?;
             tail::run(store, registry.upcasters_or_empty()?, &options).await
@@ -821,20 +870,20 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 max_horizon_age: args.max_horizon_age,
                 max_lag: args.max_lag,
             };
-            doctor::run(&store, bin, &server, limits).await
+            doctor::run(&store, bin, &server, limits, args.json).await
         }
         Command::Snapshots { command } => match command {
             SnapshotsCommand::List(args) => {
                 let store = backend::open(args.database, bin, "snapshots list").await?;
-                snapshots::list(registry, &store, &args.stream_id).await
+                snapshots::list(registry, &store, &args.stream_id, args.json).await
             }
             SnapshotsCommand::Take(args) => {
                 let store = backend::open(args.database, bin, "snapshots take").await?;
-                snapshots::take(registry, &store, &args.stream_id).await
+                snapshots::take(registry, &store, &args.stream_id, args.json).await
             }
             SnapshotsCommand::Drop(args) => {
                 let store = backend::open(args.database, bin, "snapshots drop").await?;
-                snapshots::drop_category(&store, &args.category).await
+                snapshots::drop_category(&store, &args.category, args.json).await
             }
         },
         Command::Projections {

@@ -187,7 +187,8 @@ fn row(r: &ProjectionReport) -> Vec<String> {
     ]
 }
 
-fn report_json(r: &ProjectionReport) -> Value {
+/// One projection's report as JSON (`projections status --json`, `doctor --json`).
+pub(crate) fn report_json(r: &ProjectionReport) -> Value {
     json!({
         "name": r.name,
         "position": r.checkpoint.map(|c| c.to_string()),
@@ -206,6 +207,7 @@ fn report_json(r: &ProjectionReport) -> Value {
     })
 }
 
+/// A transaction holding the horizon as JSON, with the statement that ends it.
 pub(crate) fn holder_json(h: &HorizonHolder) -> Value {
     json!({
         "kind": if h.kind == HolderKind::Prepared { "prepared" } else { "session" },
@@ -215,6 +217,11 @@ pub(crate) fn holder_json(h: &HorizonHolder) -> Value {
         "blocker": h.blocker,
         "age_seconds": h.age_seconds,
         "detail": h.detail,
+        "user": h.user,
+        "application_name": h.application_name,
+        "client_addr": h.client_addr,
+        "gid": h.gid,
+        "how_to_end": h.how_to_end(),
     })
 }
 

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use chronik_core::{Aggregate, SnapshotState, StreamId, UpcasterRegistry, Version};
 use chronik_postgres::PgEventStore;
 use chronik_store::{EventStore as _, Repository, SnapshotStore as _, Upcasting};
+use serde_json::json;
 
 use crate::Registry;
 use crate::backend::{NotFound, Usage};
@@ -37,11 +38,12 @@ pub(crate) fn parse_category(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// Prints the snapshots of `stream`.
+/// Prints the snapshots of `stream` (a table, or one JSON document).
 pub(crate) async fn list(
     registry: &Registry,
     store: &PgEventStore,
     stream: &StreamId,
+    json: bool,
 ) -> anyhow::Result<()> {
     let version = store
         .stream_version(stream)
@@ -57,6 +59,25 @@ pub(crate) async fn list(
         .find(|a| a.category == stream.category())
         .map(|a| a.state_schema_version);
     let mut out = io::stdout().lock();
+    if json {
+        let doc = json!({
+            "stream_id": stream.as_str(),
+            "schema": store.schema().as_str(),
+            "version": version.get(),
+            "current_state_schema_version": current,
+            "snapshots": snapshots.iter().map(|s| json!({
+                "version": s.version.get(),
+                "state_schema_version": s.state_schema_version,
+                "taken_at": s.taken_at.to_rfc3339(),
+                "bytes": s.state.to_string().len(),
+                "events_after": version.get().saturating_sub(s.version.get()),
+                // `null`: the category is not registered, so usability is unknown.
+                "usable": current.map(|v| v == s.state_schema_version),
+            })).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{doc}")?;
+        return Ok(());
+    }
     writeln!(
         out,
         "stream {stream} is at version {}; {}",
@@ -106,11 +127,12 @@ pub(crate) async fn list(
 }
 
 /// Loads `stream` (of a registered aggregate) from all its events, upcast, and saves a
-/// snapshot at its version.
+/// snapshot at its version; says so (in JSON with `json`).
 pub(crate) async fn take(
     registry: &Registry,
     store: &PgEventStore,
     stream: &StreamId,
+    json: bool,
 ) -> anyhow::Result<()> {
     let Some(aggregate) = registry
         .aggregates
@@ -135,6 +157,17 @@ pub(crate) async fn take(
         .into());
     };
     let taken = (aggregate.take)(store, registry.upcasters_or_empty()?, stream).await?;
+    if json {
+        let doc = json!({
+            "stream_id": stream.as_str(),
+            "schema": store.schema().as_str(),
+            "version": taken.version.get(),
+            "state_schema_version": taken.state_schema_version,
+            "events_replayed": taken.events_replayed,
+        });
+        writeln!(io::stdout(), "{doc}")?;
+        return Ok(());
+    }
     writeln!(
         io::stdout(),
         "snapshot of {stream} taken at version {} (state schema v{}): it covers {}; loads now replay only what comes after",
@@ -177,12 +210,25 @@ pub(crate) async fn take_as<A: Aggregate + SnapshotState>(
     })
 }
 
-/// Drops every snapshot of streams in `category`.
-pub(crate) async fn drop_category(store: &PgEventStore, category: &str) -> anyhow::Result<()> {
+/// Drops every snapshot of streams in `category`; says how many (in JSON with `json`).
+pub(crate) async fn drop_category(
+    store: &PgEventStore,
+    category: &str,
+    json: bool,
+) -> anyhow::Result<()> {
     let dropped = store
         .delete_snapshots(category)
         .await
         .with_context(|| format!("cannot drop the snapshots of category {category}"))?;
+    if json {
+        let doc = json!({
+            "category": category,
+            "schema": store.schema().as_str(),
+            "dropped": dropped,
+        });
+        writeln!(io::stdout(), "{doc}")?;
+        return Ok(());
+    }
     writeln!(
         io::stdout(),
         "dropped {} of category {category} in schema {}",

@@ -106,8 +106,7 @@ pub(crate) async fn show(
     let mut out = io::stdout().lock();
     if json {
         for event in &events {
-            let line = serde_json::to_string(event).map_err(io::Error::other)?;
-            writeln!(out, "{line}")?;
+            writeln!(out, "{}", crate::table::event_json(event)?)?;
         }
         return Ok(());
     }

@@ -1,6 +1,8 @@
 //! Plain-text tables and human-readable values for the operator commands.
 
+use chronik_core::RecordedEvent;
 use chronik_postgres::{HolderKind, HorizonHolder};
+use serde_json::Value;
 
 /// How a column's cells are aligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +112,16 @@ pub(crate) fn holder_short(h: &HorizonHolder) -> String {
         (_, Some(pid)) => format!("pid {pid} (xid {})", h.xid),
         (_, None) => format!("xid {}", h.xid),
     }
+}
+
+/// A recorded event as one JSON object (`tail --json`, `streams show --json`), its cursor
+/// in the one form every command prints and `--after` takes: `"<transaction>:<position>"`.
+pub(crate) fn event_json(event: &RecordedEvent) -> std::io::Result<Value> {
+    let mut doc = serde_json::to_value(event).map_err(std::io::Error::other)?;
+    if let Some(fields) = doc.as_object_mut() {
+        fields.insert("cursor".to_owned(), Value::String(event.cursor.to_string()));
+    }
+    Ok(doc)
 }
 
 /// Text on one line: newlines and tabs become spaces.

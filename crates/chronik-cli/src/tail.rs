@@ -1,81 +1,221 @@
-//! `tail`: the global feed, upcast where upcasters are registered, one event per line.
+//! `tail`: the global feed, upcast where upcasters are registered, one event per line;
+//! following it live (woken by `LISTEN`, polling as the fallback) through server restarts.
 
 use std::io::{self, Write as _};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chronik_core::{FeedCursor, RecordedEvent, UpcasterRegistry};
-use chronik_projections::{FollowOptions, PollingOnly, follow};
-use chronik_store::{EventStore, FeedFilter, MAX_FEED_PAGE, Upcasting};
-use futures::StreamExt as _;
+use chronik_core::{FeedCursor, RecordedEvent, StreamId, UpcasterRegistry};
+use chronik_postgres::{PgEventStore, PgFeedListener};
+use chronik_store::{EventStore as _, FeedFilter, MAX_FEED_PAGE, StoreError, Upcasting};
+
+use crate::table;
+
+/// Where the tail begins.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start {
+    /// Strictly after this cursor (`--after`; the start of the feed by default).
+    After(FeedCursor),
+    /// After the last visible event: only new events (`--from-end`).
+    End,
+    /// The last this many matching events, then new ones (`-n N`).
+    Last(u64),
+}
 
 /// What to print.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
-    /// Print events strictly after this cursor.
-    pub(crate) after: FeedCursor,
+    /// Where to begin.
+    pub(crate) start: Start,
     /// Only these stored event types / stream categories (empty: all).
     pub(crate) filter: FeedFilter,
+    /// Only this stream's events.
+    pub(crate) stream: Option<StreamId>,
     /// Stop after this many events.
     pub(crate) limit: Option<u64>,
     /// Stop once caught up instead of waiting for new events.
     pub(crate) no_follow: bool,
     /// Print each event as one JSON object per line.
     pub(crate) json: bool,
+    /// `LISTEN` on this channel while following (`None`: poll only).
+    pub(crate) listen: Option<String>,
+    /// While following, how long to keep retrying a lost connection before giving up.
+    pub(crate) retry_for: Duration,
+    /// The binary's name, for the command that resumes.
+    pub(crate) binary: String,
 }
 
-/// Prints the feed of `store` after `options.after`, upcast through `registry`.
+/// Shortest and longest pause between two reads of a quiet feed.
+const POLL_MIN: Duration = Duration::from_millis(50);
+const POLL_MAX: Duration = Duration::from_secs(1);
+/// First and longest pause between two attempts to reach a lost server.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Prints the feed of `store` from `options.start`, upcast through `registry`.
 ///
-/// Follows live (adaptive polling) unless `no_follow`; stops after `limit` events.
-pub(crate) async fn run<S: EventStore>(
-    store: S,
+/// Follows live unless `no_follow`: woken by a notification on `options.listen` (writers
+/// send one after their commit) or, without one, by polling every 50 ms to 1 s. A
+/// retryable failure (the server restarted, the connection dropped) is retried with
+/// backoff for up to `retry_for`; giving up names the cursor to resume after. Stops after
+/// `limit` events.
+pub(crate) async fn run(
+    store: PgEventStore,
     registry: Arc<UpcasterRegistry>,
     options: &Options,
 ) -> anyhow::Result<()> {
-    let feed = Upcasting::new(store, registry);
+    let stream = options.stream.as_ref();
+    let mut cursor = match options.start {
+        Start::After(cursor) => cursor,
+        Start::End => store
+            .feed_head()
+            .await
+            .context("cannot read the end of the feed")?
+            .last
+            .unwrap_or(FeedCursor::START),
+        Start::Last(n) => store
+            .feed_start_for_last(&options.filter, stream, n)
+            .await
+            .with_context(|| format!("cannot find the last {n} events of the feed"))?,
+    };
+    let follow = !options.no_follow;
+    let mut listener = if follow {
+        listen(&store, options.listen.as_deref()).await
+    } else {
+        None
+    };
+    let feed = Upcasting::new(store.clone(), registry);
     let limit = options.limit.unwrap_or(u64::MAX);
     let mut printed = 0u64;
-    if options.no_follow {
-        let mut cursor = options.after;
-        while printed < limit {
-            let want = usize::try_from(limit - printed).unwrap_or(MAX_FEED_PAGE);
-            let page = feed
-                .read_feed(cursor, &options.filter, want.clamp(1, MAX_FEED_PAGE))
-                .await
-                .with_context(|| format!("reading the feed after {cursor}"))?;
-            if page.events.is_empty() {
+    let mut idle = POLL_MIN;
+    // Whether the "following ..." line was printed since the feed was last busy or lost.
+    let mut announced = false;
+    // Since when, and how, the store has been failing.
+    let mut lost: Option<(Instant, Duration)> = None;
+    // When a lost listener was last replaced (the pool may reconnect without a failed read).
+    let mut listened_at = Instant::now();
+    while printed < limit {
+        let want = usize::try_from(limit - printed).unwrap_or(MAX_FEED_PAGE);
+        let page = match feed
+            .read_feed(cursor, &options.filter, want.clamp(1, MAX_FEED_PAGE))
+            .await
+        {
+            Ok(page) => page,
+            Err(e) if follow && e.is_retryable() => {
+                let (since, pause) = *lost.get_or_insert((Instant::now(), RETRY_FIRST));
+                if since.elapsed() >= options.retry_for {
+                    return Err(e).context(format!(
+                        "gave up after retrying for {}: the last cursor is {cursor}; resume \
+                         with `{} tail --after {cursor}`",
+                        table::age(since.elapsed().as_secs_f64()),
+                        options.binary
+                    ));
+                }
+                warn(&format!(
+                    "cannot read the feed after {cursor} ({}); retrying in {}",
+                    crate::chain(&anyhow::Error::new(e)),
+                    table::age(pause.as_secs_f64())
+                ));
+                tokio::time::sleep(pause).await;
+                lost = Some((since, (pause * 2).min(RETRY_MAX)));
+                listener = None;
+                announced = false;
+                continue;
+            }
+            Err(e) => {
+                return Err(e).context(format!(
+                    "cannot read the feed after {cursor}; resume with `{} tail --after {cursor}`",
+                    options.binary
+                ));
+            }
+        };
+        if let Some((since, _)) = lost.take() {
+            warn(&format!(
+                "reconnected after {}; resuming after {cursor}",
+                table::age(since.elapsed().as_secs_f64())
+            ));
+            listener = listen(&store, options.listen.as_deref()).await;
+            listened_at = Instant::now();
+        }
+        if page.events.is_empty() {
+            if !follow {
                 break;
             }
-            for event in &page.events {
-                print(event, options.json)?;
-                printed += 1;
+            if listener.is_none() && listened_at.elapsed() >= RETRY_MAX {
+                listener = listen(&store, options.listen.as_deref()).await;
+                listened_at = Instant::now();
             }
-            cursor = page.next;
+            if !announced {
+                let how = listener.as_ref().map_or_else(
+                    || "polling".to_owned(),
+                    |l| format!("woken by NOTIFY {}, polling", l.channel()),
+                );
+                warn(&format!(
+                    "following the feed after {cursor} ({how} at most every {}): waiting for new events",
+                    table::age(POLL_MAX.as_secs_f64())
+                ));
+                announced = true;
+            }
+            wait(&mut listener, idle).await;
+            idle = (idle * 2).min(POLL_MAX);
+            continue;
         }
-        return Ok(());
-    }
-    let mut events = follow(
-        &feed,
-        options.after,
-        options.filter.clone(),
-        &PollingOnly,
-        FollowOptions::default(),
-    );
-    while printed < limit {
-        let Some(event) = events.next().await else {
-            break;
-        };
-        print(&event.context("reading the feed")?, options.json)?;
-        printed += 1;
+        idle = POLL_MIN;
+        announced = false;
+        for event in &page.events {
+            if stream.is_some_and(|s| *s != event.stream_id) {
+                continue;
+            }
+            print(event, options.json)?;
+            printed += 1;
+            if printed >= limit {
+                break;
+            }
+        }
+        cursor = page.next;
     }
     Ok(())
+}
+
+/// A listener on `channel`, or `None` (polling only) when there is none or it fails.
+async fn listen(store: &PgEventStore, channel: Option<&str>) -> Option<PgFeedListener> {
+    let channel = channel?;
+    match store.listen(channel).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, channel, "cannot LISTEN; polling only");
+            None
+        }
+    }
+}
+
+/// Waits `pause`, or less when a notification arrives; a failed listener is dropped
+/// (polling carries on; the next reconnection listens again).
+async fn wait(listener: &mut Option<PgFeedListener>, pause: Duration) {
+    let Some(l) = listener.as_mut() else {
+        tokio::time::sleep(pause).await;
+        return;
+    };
+    let woken: Option<Result<(), StoreError>> = tokio::select! {
+        () = tokio::time::sleep(pause) => None,
+        r = l.notified() => Some(r),
+    };
+    if let Some(Err(e)) = woken {
+        tracing::debug!(error = %e, "lost the LISTEN connection; polling only");
+        *listener = None;
+    }
+}
+
+/// A line on stderr, best effort (a closed stderr must not stop the tail).
+fn warn(line: &str) {
+    let _ = writeln!(io::stderr(), "{line}");
 }
 
 /// `<cursor> <stream> v<version> <type> v<schema> <payload>`, or the event as one JSON line.
 fn print(event: &RecordedEvent, json: bool) -> io::Result<()> {
     if json {
-        let line = serde_json::to_string(event).map_err(io::Error::other)?;
-        return writeln!(io::stdout(), "{line}");
+        return writeln!(io::stdout(), "{}", table::event_json(event)?);
     }
     writeln!(
         io::stdout(),

@@ -1,12 +1,14 @@
-//! What an operator reads from a store, for any domain: its streams, a table's size.
+//! What an operator reads from a store, for any domain: its streams, a table's size, where
+//! the last events of the feed begin.
 
-use chronik_core::{StreamId, Version};
-use chronik_store::StoreError;
+use chronik_core::{FeedCursor, StreamId, Version};
+use chronik_store::{FeedFilter, StoreError};
 use sqlx::Row as _;
 
 use crate::PgEventStore;
 use crate::config::check_identifier;
 use crate::error::backend;
+use crate::row::to_u64;
 
 /// One stream of a store, as `PgEventStore::list_streams` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,5 +78,46 @@ impl PgEventStore {
         .await
         .map_err(backend)?;
         Ok(u64::try_from(rows).unwrap_or(0))
+    }
+
+    /// Where the last `n` visible feed events matching `filter` (and of `stream` only, when
+    /// given) begin: the cursor after which exactly those events lie, in feed order, or
+    /// [`FeedCursor::START`] when there are at most `n` (what `tail -n N` starts after).
+    /// With `n = 0` it is the cursor of the last matching event.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]; [`StoreError::Invalid`] when a stored position is invalid.
+    pub async fn feed_start_for_last(
+        &self,
+        filter: &FeedFilter,
+        stream: Option<&StreamId>,
+        n: u64,
+    ) -> Result<FeedCursor, StoreError> {
+        // Walks the feed index backwards from the horizon: the newest matching events first.
+        let row = sqlx::query(&format!(
+            "SELECT transaction_id::text::bigint, global_position FROM {}.events \
+              WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                AND (cardinality($1::text[]) = 0 OR event_type = ANY($1)) \
+                AND (cardinality($2::text[]) = 0 OR stream_type = ANY($2)) \
+                AND ($3::text IS NULL OR stream_id = $3) \
+              ORDER BY transaction_id DESC, global_position DESC OFFSET $4 LIMIT 1",
+            self.schema.quoted()
+        ))
+        .bind(&filter.event_types)
+        .bind(&filter.categories)
+        .bind(stream.map(StreamId::as_str))
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(FeedCursor::START);
+        };
+        let tx: i64 = row.try_get(0).map_err(backend)?;
+        let pos: i64 = row.try_get(1).map_err(backend)?;
+        Ok(FeedCursor::new(
+            to_u64(tx, "transaction id")?,
+            to_u64(pos, "position")?,
+        )?)
     }
 }

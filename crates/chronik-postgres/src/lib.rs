@@ -70,6 +70,7 @@ mod inspect;
 mod json;
 mod migration;
 mod multi;
+mod notify;
 mod projection;
 mod roles;
 mod row;
@@ -83,6 +84,7 @@ pub use config::{PgStoreConfig, SchemaName};
 pub use horizon::{HolderKind, HorizonHolder};
 pub use inspect::StreamSummary;
 pub use migration::{AppliedMigration, MigrationProblem, MigrationStatus};
+pub use notify::{FEED_CHANNEL, PgFeedListener};
 pub use projection::{
     HandlerFailure, ParkDecision, PgProjection, PgProjectionError, PgProjectionRunner,
     PgRebuildProgress, PgRunnerHandle, PgRunnerInstance, PgRunnerOptions, PgRunnerState,

@@ -894,6 +894,85 @@ fn doctor_names_an_old_horizon_holder() {
     runtime.block_on(open.rollback()).expect("rolled back");
 }
 
+/// `doctor --json` (issue 14, item 6; issue 13's `--json` everywhere): one object with the
+/// verdict, the problems and warnings, the migrations, the role, every horizon holder with
+/// the statement that ends it, and the projections; the exit status is the text report's.
+#[test]
+fn doctor_json_is_one_object_with_the_same_verdict() {
+    let schema = Schema::migrated();
+    let (code, stdout, stderr) = doctor(&schema, &["--json", "--max-horizon-age", "3600"]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let doc = json(&stdout);
+    assert_eq!(doc["healthy"], true, "{doc}");
+    assert_eq!(doc["schema"], schema.name.as_str(), "{doc}");
+    assert_eq!(doc["problems"], serde_json::json!([]), "{doc}");
+    assert_eq!(doc["migrations"]["current"], true, "{doc}");
+    assert_eq!(
+        doc["migrations"]["applied"],
+        doc["migrations"]["embedded"].as_array().map_or(0, Vec::len),
+        "{doc}"
+    );
+    assert_eq!(doc["role"]["superuser"], true, "{doc}");
+    assert_eq!(doc["warnings"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert_eq!(doc["projections"], serde_json::json!([]), "{doc}");
+    assert!(doc["horizon"]["holders"].is_array(), "{doc}");
+
+    let bare = Schema::unmigrated();
+    let (code, stdout, _) = doctor(&bare, &["--json", "--max-horizon-age", "3600"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let doc = json(&stdout);
+    assert_eq!(doc["healthy"], false, "{doc}");
+    assert_eq!(doc["migrations"]["current"], false, "{doc}");
+    assert_eq!(doc["projections"], serde_json::Value::Null, "{doc}");
+    let fix = format!("run `chronik migrate --schema {}`", bare.name);
+    assert!(
+        doc["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains(&fix))
+            && doc["migrations"]["problems"][0]
+                .as_str()
+                .is_some_and(|p| p.contains(&fix)),
+        "{doc}"
+    );
+
+    let runtime = &schema.runtime;
+    let _entered = runtime.enter();
+    let mut open = runtime
+        .block_on(schema.store.pool().begin())
+        .expect("a transaction");
+    let (xid, pid): (String, i32) = runtime
+        .block_on(
+            sqlx::query_as("SELECT pg_current_xact_id()::text, pg_backend_pid()")
+                .fetch_one(&mut *open),
+        )
+        .expect("an xid and a pid");
+    let (code, stdout, _) = doctor(&schema, &["--json", "--max-horizon-age", "0"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let doc = json(&stdout);
+    let holder = doc["horizon"]["holders"]
+        .as_array()
+        .and_then(|all| all.iter().find(|h| h["pid"] == pid))
+        .unwrap_or_else(|| panic!("pid {pid} is not listed: {doc}"));
+    assert_eq!(holder["xid"].to_string(), xid, "{doc}");
+    assert_eq!(holder["kind"], "session", "{doc}");
+    assert_eq!(holder["old"], true, "{doc}");
+    assert_eq!(holder["user"], "postgres", "{doc}");
+    assert_eq!(
+        holder["how_to_end"],
+        format!("SELECT pg_terminate_backend({pid})"),
+        "{doc}"
+    );
+    assert!(
+        doc["problems"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|p| p
+                .as_str()
+                .is_some_and(|p| p.contains(&format!("pid {pid} (xid {xid})"))))),
+        "{doc}"
+    );
+    runtime.block_on(open.rollback()).expect("rolled back");
+}
+
 /// A read model whose handler always fails.
 struct Broken;
 
@@ -1011,6 +1090,38 @@ fn snapshots_list_take_and_drop() {
         )
     );
     schema.ok(&["snapshots", "take", second]);
+    // Issue 13: `--json` on list, take and drop.
+    let doc = json(&schema.ok(&["snapshots", "take", second, "--json"]));
+    assert_eq!(
+        doc,
+        serde_json::json!({
+            "stream_id": second, "schema": schema.name, "version": 2,
+            "state_schema_version": 1, "events_replayed": 2,
+        })
+    );
+    let doc = json(&schema.ok(&["snapshots", "list", second, "--json"]));
+    assert_eq!(doc["stream_id"], second, "{doc}");
+    assert_eq!(doc["version"], 2, "{doc}");
+    assert_eq!(doc["current_state_schema_version"], 1, "{doc}");
+    let listed = doc["snapshots"].as_array().expect("an array");
+    assert_eq!(
+        listed.len(),
+        1,
+        "the store keeps the latest snapshot: {doc}"
+    );
+    assert_eq!(
+        (
+            &listed[0]["version"],
+            &listed[0]["usable"],
+            &listed[0]["events_after"]
+        ),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(true),
+            &serde_json::json!(0)
+        ),
+        "{doc}"
+    );
     let stdout = schema.ok(&["snapshots", "list", first]);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
@@ -1054,6 +1165,11 @@ fn snapshots_list_take_and_drop() {
     assert!(
         stdout.starts_with("dropped 0 snapshots of category order"),
         "{stdout}"
+    );
+    let doc = json(&schema.ok(&["snapshots", "drop", "order", "--json"]));
+    assert_eq!(
+        doc,
+        serde_json::json!({ "category": "order", "schema": schema.name, "dropped": 0 })
     );
 }
 
@@ -1244,4 +1360,296 @@ fn streams_list_and_show_read_any_stream_and_refuse_bad_input() {
             schema.name
         )
     );
+}
+
+/// A running `chronik` whose stderr is read line by line, so that a test can wait for what
+/// it says (never for a time).
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Vec<String>,
+}
+
+impl Running {
+    fn spawn(args: &[&str], url: &str) -> Self {
+        use std::io::BufRead as _;
+        use std::process::Stdio;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
+            .args(args)
+            .env("DATABASE_URL", url)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chronik starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Waits until a line of stderr contains `needle` and returns it. Fails the test when
+    /// the process ends (or two minutes pass, a safety net) without saying it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("stderr never said {needle:?}:\n{}", self.stderr.join("\n"));
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to end: (exit status, stdout, all of stderr).
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        let out = self.child.wait_with_output().expect("chronik ends");
+        self.stderr.extend(self.lines.iter());
+        (out.status.code(), text(&out.stdout), self.stderr.join("\n"))
+    }
+}
+
+/// The test database's URL with another user (the local server trusts local logins).
+fn url_as(role: &str) -> String {
+    let url = database_url();
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{role}@{host}")
+}
+
+/// Issue 14, item 9: `tail` on an unmigrated schema says what to run, like every command.
+#[test]
+fn tail_on_an_unmigrated_schema_says_what_to_run() {
+    let bare = Schema::unmigrated();
+    for args in [
+        &["tail", "--no-follow"][..],
+        &["tail"],
+        &["tail", "-n", "5"],
+    ] {
+        let out = bare.chronik(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ")
+                && stderr.contains(&format!("run `chronik migrate --schema {}`", bare.name)),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Issue 14, items 9 and 12: `-n N` (the last N events), `--from-end`, `--stream ID`, and
+/// one cursor format: `tail --json` prints the cursor `--after` takes.
+#[test]
+fn tail_starts_at_the_last_events_or_the_end_and_follows_one_stream() {
+    let schema = Schema::migrated();
+    let ids = schema.place_orders(3);
+    let lines = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["tail", "--no-follow"];
+        all.extend(args);
+        schema.ok(&all).lines().map(str::to_owned).collect()
+    };
+    let everything = lines(&[]);
+    assert_eq!(everything.len(), 6, "{everything:?}");
+    assert_eq!(lines(&["-n", "2"]), everything[4..], "the last two");
+    assert_eq!(
+        lines(&["--last", "10"]),
+        everything,
+        "fewer than asked: all"
+    );
+    assert_eq!(lines(&["--from-end"]), Vec::<String>::new());
+    let first = ids[0].as_str();
+    let of_first: Vec<String> = everything
+        .iter()
+        .filter(|l| l.contains(&format!(" {first} v")))
+        .cloned()
+        .collect();
+    assert_eq!(of_first.len(), 2, "{everything:?}");
+    assert_eq!(lines(&["--stream", first]), of_first);
+    assert_eq!(lines(&["--stream", first, "-n", "1"]), of_first[1..]);
+    assert_eq!(
+        lines(&["--stream", ids[2].as_str(), "--limit", "1"]),
+        everything[4..5]
+    );
+
+    // The JSON cursor is the printed one, and `--after` takes it.
+    let json_lines = lines(&["--json", "-n", "2"]);
+    let docs: Vec<serde_json::Value> = json_lines.iter().map(|l| json(l)).collect();
+    let printed = everything[4].split_whitespace().next().expect("a cursor");
+    assert_eq!(docs[0]["cursor"], printed, "{json_lines:?}");
+    let cursor = docs[0]["cursor"].as_str().expect("a string cursor");
+    assert_eq!(lines(&["--after", cursor]), everything[5..]);
+
+    for (args, expected) in [
+        (
+            &["tail", "--from-end", "--after", "1:1"][..],
+            "cannot be used with",
+        ),
+        (&["tail", "-n", "2", "--from-end"], "cannot be used with"),
+        (&["tail", "-n", "0"], "0 is not in 1..=1000000"),
+        (
+            &["tail", "--stream", "order 1"],
+            "stream id contains whitespace",
+        ),
+        (
+            &["tail", "--stream", "order-1", "--category", "order"],
+            "cannot be used with",
+        ),
+    ] {
+        check_refused(&os(args), 2, expected);
+    }
+}
+
+/// Issue 14, item 9: a quiet feed says that `tail` is following, and a notification on
+/// its channel (sent after the commit) wakes it.
+#[test]
+fn tail_says_it_is_following_and_wakes_on_notify() {
+    let schema = Schema::migrated();
+    let channel = format!("tailtest_{}", uuid::Uuid::new_v4().simple());
+    let mut tail = Running::spawn(
+        &[
+            "tail",
+            "--from-end",
+            "--limit",
+            "1",
+            "--listen",
+            &channel,
+            "--schema",
+            &schema.name,
+        ],
+        &database_url(),
+    );
+    let following = tail.wait_for("following the feed after ");
+    assert!(
+        following.contains(&format!(
+            "woken by NOTIFY {channel}, polling at most every 1.0 s"
+        )),
+        "{following}"
+    );
+    let listening: i64 = schema
+        .runtime
+        .block_on(
+            sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"' || $1 || '\"'",
+            )
+            .bind(&channel)
+            .fetch_one(schema.store.pool()),
+        )
+        .expect("pg_stat_activity");
+    assert_eq!(listening, 1, "tail LISTENs on {channel}");
+    let placed = schema.place_orders(1);
+    schema
+        .runtime
+        .block_on(chronik::postgres::notify_feed(
+            schema.store.pool(),
+            &channel,
+        ))
+        .expect("notified");
+    let (code, stdout, stderr) = tail.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!(" {} v1 OrderPlaced v2 ", placed[0])),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+}
+
+/// Issue 14, item 9: following `tail` survives losing its connections: it retries with
+/// backoff, says so, and resumes where it was once the server lets it in again; a tail
+/// that may not retry that long gives up with the cursor to resume after. The server
+/// refusing the role's connections (CONNECTION LIMIT 0) stands in for a restart, which a
+/// test on a shared cluster must not do.
+#[test]
+fn tail_reconnects_after_losing_its_connection_and_gives_up_with_the_cursor() {
+    let schema = Schema::migrated();
+    let role = format!(
+        "cli_tail_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let exec = |sql: String| {
+        schema
+            .runtime
+            .block_on(sqlx::query(&sql).execute(schema.store.pool()))
+            .expect("admin statement");
+    };
+    exec(format!("CREATE ROLE \"{role}\" LOGIN"));
+    schema.ok(&["roles", "grant", &role]);
+    let first = schema.place_orders(1);
+    let category = "order";
+    let args = |retry_for: &'static str, limit: &'static str| {
+        vec![
+            "tail".to_owned(),
+            "--category".to_owned(),
+            category.to_owned(),
+            "--retry-for".to_owned(),
+            retry_for.to_owned(),
+            "--limit".to_owned(),
+            limit.to_owned(),
+            "--schema".to_owned(),
+            schema.name.clone(),
+        ]
+    };
+    let spawn = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        Running::spawn(&a, &url_as(&role))
+    };
+    // Prints the two events there are, then follows; the second waits for a third one.
+    let mut patient = spawn(args("3600", "3"));
+    let mut hasty = spawn(args("1", "3"));
+    patient.wait_for("following the feed after ");
+    let following = hasty.wait_for("following the feed after ");
+    let cursor = following
+        .strip_prefix("following the feed after ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a cursor")
+        .to_owned();
+
+    exec(format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 0"));
+    exec(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ));
+    let (code, stdout, stderr) = hasty.finish();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stderr.contains("error: gave up after retrying for ")
+            && stderr.contains(&format!(
+                ": the last cursor is {cursor}; resume with `chronik tail --after {cursor}`: "
+            )),
+        "{stderr}"
+    );
+    patient.wait_for("retrying in ");
+
+    exec(format!("ALTER ROLE \"{role}\" CONNECTION LIMIT -1"));
+    patient.wait_for("reconnected after ");
+    let placed = schema.place_orders(1);
+    let (code, stdout, stderr) = patient.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].contains(&format!(" {} v1 OrderPlaced ", first[0]))
+            && lines[2].contains(&format!(" {} v1 OrderPlaced ", placed[0])),
+        "{stdout}"
+    );
+    exec(format!("DROP OWNED BY \"{role}\""));
+    exec(format!("DROP ROLE \"{role}\""));
 }

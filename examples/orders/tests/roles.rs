@@ -220,3 +220,91 @@ fn doctor_warns_about_a_superuser_or_the_owner_and_not_about_the_application() {
         exec(format!("DROP ROLE \"{role}\""));
     }
 }
+
+/// Issue 14, item 5: run as an unprivileged LOGIN role, `doctor` cannot see how long
+/// another role's write transaction has been open. Such a holder may be hours old, so it
+/// is a problem, and the report says which privilege would reveal its age. Other tests'
+/// transactions on a shared cluster may be listed too: only this test's is checked.
+#[test]
+fn doctor_as_an_unprivileged_role_counts_a_holder_of_hidden_age_as_a_problem() {
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (app, schema) = (format!("cli_hid_{tag}"), format!("cli_hidden_{tag}"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Entered for the whole test, so that the open transaction can be dropped on a panic.
+    let _entered = runtime.enter();
+    let admin = runtime
+        .block_on(sqlx::PgPool::connect(&database_url()))
+        .unwrap();
+    let exec = |sql: String| {
+        runtime.block_on(sqlx::query(&sql).execute(&admin)).unwrap();
+    };
+    exec(format!("CREATE ROLE \"{app}\" LOGIN"));
+    for args in [
+        vec!["migrate", "--schema", &schema],
+        vec!["roles", "grant", &app, "--schema", &schema],
+    ] {
+        let out = chronik(&args, &database_url());
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    // A write transaction of another role (postgres), left open.
+    let mut open = runtime.block_on(admin.begin()).unwrap();
+    let (xid, pid): (String, i32) = runtime
+        .block_on(
+            sqlx::query_as("SELECT pg_current_xact_id()::text, pg_backend_pid()")
+                .fetch_one(&mut *open),
+        )
+        .unwrap();
+
+    // The default limit (60 s): an age that is known would be far below it.
+    let out = chronik(&["doctor", "--schema", &schema], &url_as(&app));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let problem = format!(
+        "  - a transaction holds the feed horizon back: pid {pid} (xid {xid}) (its age is \
+         hidden from role {app}, so it counts as old: PostgreSQL shows it only to members of \
+         pg_read_all_stats and of the holder's role postgres; to see it, run doctor as one or \
+         `GRANT pg_read_all_stats TO {app}`); "
+    );
+    assert!(stdout.contains(&problem), "{stdout}");
+    assert!(
+        stdout.contains(&format!("end it with `SELECT pg_terminate_backend({pid})`")),
+        "{stdout}"
+    );
+    assert!(!stdout.trim_end().ends_with("healthy"), "{stdout}");
+
+    // The same in the JSON report.
+    let out = chronik(&["doctor", "--schema", &schema, "--json"], &url_as(&app));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["healthy"], false, "{doc}");
+    assert_eq!(doc["role"]["name"], app.as_str(), "{doc}");
+    let holder = doc["horizon"]["holders"]
+        .as_array()
+        .and_then(|all| all.iter().find(|h| h["pid"] == pid))
+        .unwrap_or_else(|| panic!("pid {pid} is not listed: {doc}"));
+    assert_eq!(holder["age_seconds"], serde_json::Value::Null, "{doc}");
+    assert_eq!(holder["old"], true, "{doc}");
+    assert_eq!(holder["user"], "postgres", "{doc}");
+    assert_eq!(
+        holder["how_to_end"],
+        format!("SELECT pg_terminate_backend({pid})"),
+        "{doc}"
+    );
+    assert!(
+        doc["problems"].as_array().unwrap().iter().any(|p| p
+            .as_str()
+            .is_some_and(|p| p.contains(&format!("pid {pid} (xid {xid})"))
+                && p.contains("pg_read_all_stats"))),
+        "{doc}"
+    );
+
+    runtime.block_on(open.rollback()).unwrap();
+    exec(format!("DROP SCHEMA \"{schema}\" CASCADE"));
+    exec(format!("DROP OWNED BY \"{app}\""));
+    exec(format!("DROP ROLE \"{app}\""));
+}
