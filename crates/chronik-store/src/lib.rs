@@ -22,6 +22,7 @@ pub use port::{
 #[cfg(any(test, feature = "mocks"))]
 pub use port::{MockCheckpointStore, MockEventStore, MockSnapshotStore};
 pub use repository::{
-    DefaultSleep, ExecuteOutcome, Loaded, MultiOutcome, Repository, RepositoryError, Sleep, Spawn,
+    DefaultSleep, ExecuteOutcome, Loaded, MultiOutcome, ReactOutcome, Repository, RepositoryError,
+    Sleep, Spawn, reaction_event_id,
 };
 pub use upcasting::{Upcasting, upcast_recorded, upcast_stream_event};

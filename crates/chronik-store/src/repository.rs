@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronik_core::{
-    Aggregate, DomainEvent, EventId, EventType, ExpectedVersion, Metadata, NewEvent, RetryPolicy,
-    SnapshotPolicy, SnapshotState, StreamId, Version,
+    Aggregate, DomainEvent, EventId, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent,
+    RetryPolicy, SnapshotPolicy, SnapshotState, StreamId, Version,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -92,6 +92,38 @@ pub struct ExecuteOutcome {
     /// Whether the successful attempt decided on the state an earlier command left in the
     /// cache ([`Repository::with_cache`]), without reading the stream.
     pub cached: bool,
+}
+
+/// What [`Repository::react`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReactOutcome {
+    /// The reaction was carried out now.
+    Executed(ExecuteOutcome),
+    /// An earlier delivery of the trigger already carried it out: nothing was written.
+    AlreadyDone,
+    /// The aggregate decided that nothing changes: nothing was written (a later delivery
+    /// decides again).
+    Nothing,
+}
+
+/// The id of event `index` of the reaction of `reactor` to event `trigger` on `stream`:
+/// a name-based (v5) UUID of the four, so every delivery of the trigger gives the same ids.
+///
+/// # Errors
+/// Never in practice ([`StoreError::Invalid`] if the derived UUID were nil).
+pub fn reaction_event_id(
+    reactor: &str,
+    trigger: EventId,
+    stream: &StreamId,
+    index: usize,
+) -> Result<EventId, StoreError> {
+    /// The namespace of chronik's reaction ids (a fixed, random v4 UUID).
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6f0c_27a4_43c1_4d8e_9a5e_2b7d_14c3_88f1);
+    let name = format!(
+        "{reactor}\u{0}{}\u{0}{stream}\u{0}{index}",
+        trigger.as_uuid()
+    );
+    Ok(EventId::new(Uuid::new_v5(&NAMESPACE, name.as_bytes()))?)
 }
 
 /// What [`Repository::execute_across`] (or [`Repository::execute_all`]) did.
@@ -377,14 +409,27 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// [`StoreError::Decode`] when a stored event does not decode as `A::Event` (named by
     /// stream, version and id), or any read error.
     pub async fn load(&self, id: &StreamId) -> Result<Loaded<A>, StoreError> {
-        let (mut state, snapshot_version) = match &self.snapshots {
+        let (state, snapshot_version) = match &self.snapshots {
             Some(h) => (h.load)(&self.store, id)
                 .await
                 .map_or((A::default(), Version::ZERO), |(s, v)| (s, v)),
             None => (A::default(), Version::ZERO),
         };
+        Ok(self.fold(id, state, snapshot_version, None).await?.0)
+    }
+
+    /// Folds the events of `id` after `snapshot_version` onto `state`; also tells whether
+    /// an event with id `watch` went by.
+    async fn fold(
+        &self,
+        id: &StreamId,
+        mut state: A,
+        snapshot_version: Version,
+        watch: Option<EventId>,
+    ) -> Result<(Loaded<A>, bool), StoreError> {
         let mut version = snapshot_version;
         let mut replayed = 0;
+        let mut seen = false;
         let mut events = self.store.read_payloads(id, version.next()?);
         while let Some(stored) = events.next().await {
             let StreamEvent {
@@ -394,6 +439,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 payload,
                 ..
             } = stored?;
+            seen |= watch == Some(event_id);
             let event = match payload {
                 Payload::Json(text) => A::Event::from_json(event_type.as_str(), &text),
                 Payload::Value(value) => A::Event::from_payload(event_type.as_str(), value),
@@ -408,12 +454,135 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             version = at;
             replayed += 1;
         }
-        Ok(Loaded {
-            state,
-            version,
-            snapshot_version,
-            events_replayed: replayed,
-        })
+        Ok((
+            Loaded {
+                state,
+                version,
+                snapshot_version,
+                events_replayed: replayed,
+            },
+            seen,
+        ))
+    }
+
+    /// Executes `command` on `id` in reaction to `trigger`, exactly once per
+    /// `(reactor, trigger, stream)` however often the trigger is delivered: what a reactor
+    /// (a process manager following the feed at least once) calls.
+    ///
+    /// The reaction's events get ids derived from `reactor`, the trigger's id and the
+    /// stream ([`reaction_event_id`]), and its metadata is [`Metadata::caused_by`] the
+    /// trigger (same correlation, the trigger as causation). Before deciding, the stream
+    /// is read from its start (not from a snapshot, and not from the cache) looking for the
+    /// reaction's first id: when it is there, the reaction was already carried out by an
+    /// earlier delivery and nothing is done ([`ReactOutcome::AlreadyDone`]), whatever the
+    /// aggregate would decide now. A concurrent delivery that wins the race makes this
+    /// append meet the same ids: at the same place (it decided on the same state) the
+    /// store answers "already appended", elsewhere [`StoreError::DuplicateEventId`]; both
+    /// are `AlreadyDone`, so exactly one delivery reports `Executed`. Conflicts with other writers are retried as in
+    /// [`Repository::execute_with`].
+    ///
+    /// # Errors
+    /// As [`Repository::execute_with`]; a refusal by the aggregate is
+    /// [`RepositoryError::Domain`] (a reactor decides whether to park the trigger).
+    pub async fn react(
+        &self,
+        id: &StreamId,
+        command: A::Command,
+        trigger: &RecordedEvent,
+        reactor: &str,
+    ) -> Result<ReactOutcome, RepositoryError<A::Error>> {
+        let metadata = Metadata::caused_by(trigger);
+        let first_id = reaction_event_id(reactor, trigger.event_id, id, 0)?;
+        let max = self.retry.max_attempts();
+        let mut waited = Duration::ZERO;
+        let mut conflicts = 0;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                let delay = self
+                    .retry
+                    .delay_before(attempt, (self.jitter)())
+                    .unwrap_or_default();
+                if !delay.is_zero() {
+                    self.sleep.sleep(delay).await;
+                    waited += delay;
+                }
+            }
+            let (loaded, done) = self
+                .fold(id, A::default(), Version::ZERO, Some(first_id))
+                .await?;
+            if done {
+                return Ok(ReactOutcome::AlreadyDone);
+            }
+            let events = loaded
+                .state
+                .handle(&command)
+                .map_err(RepositoryError::Domain)?;
+            if events.is_empty() {
+                return Ok(ReactOutcome::Nothing);
+            }
+            let mut new = to_new_events(&events, &metadata)?;
+            for (i, e) in new.iter_mut().enumerate() {
+                *e = NewEvent::new(
+                    reaction_event_id(reactor, trigger.event_id, id, i)?,
+                    e.event_type().clone(),
+                    e.schema_version(),
+                    e.payload().clone(),
+                    e.metadata().clone(),
+                )
+                .map_err(StoreError::Invalid)?;
+            }
+            match self
+                .store
+                .append(id, ExpectedVersion::Exact(loaded.version), &new)
+                .await
+            {
+                // The same ids at the same place: a concurrent delivery decided the same
+                // reaction on the same state and appended it first.
+                Ok(append) if append.already_appended => return Ok(ReactOutcome::AlreadyDone),
+                Ok(append) => {
+                    if let Some(cache) = &self.cache {
+                        cache.take(id);
+                    }
+                    let snapshot_taken = self
+                        .after_append(id, loaded, &events, append.last_version)
+                        .await;
+                    return Ok(ReactOutcome::Executed(ExecuteOutcome {
+                        version: append.last_version,
+                        events_written: events.len(),
+                        attempts: attempt,
+                        conflicts,
+                        append: Some(append),
+                        snapshot_taken,
+                        backoff: waited,
+                        cached: false,
+                    }));
+                }
+                Err(StoreError::DuplicateEventId { event_id, .. }) if event_id == first_id => {
+                    return Ok(ReactOutcome::AlreadyDone);
+                }
+                // Outcome unknown: the next attempt reads the stream, and finds the
+                // reaction there if it landed.
+                Err(e) if e.is_retryable() && attempt < max => {
+                    if e.is_conflict() {
+                        conflicts += 1;
+                    }
+                }
+                Err(e) if e.is_retryable() => {
+                    if e.is_conflict() {
+                        conflicts += 1;
+                    }
+                    return Err(RepositoryError::RetriesExhausted {
+                        attempts: attempt,
+                        conflicts,
+                        waited,
+                        last: e,
+                    });
+                }
+                Err(e) => return Err(RepositoryError::Store(e)),
+            }
+        }
     }
 
     /// Appends `events` expecting the stream at `expected` (the loaded version).

@@ -55,9 +55,9 @@ pub use chronik_core::{
 pub use chronik_store::{
     AppendResult, Checkpoint, CheckpointStore, DefaultSleep, EventStore, EventStream,
     ExecuteOutcome, FeedFilter, FeedHead, FeedPage, Loaded, MAX_APPEND_STREAMS, MAX_FEED_PAGE,
-    MultiOutcome, Payload, PayloadStream, Repository, RepositoryError, Sleep, Snapshot,
-    SnapshotStore, Spawn, StoreError, StreamAppend, StreamConflict, StreamEvent, Upcasting,
-    upcast_recorded, upcast_stream_event, validate_appends,
+    MultiOutcome, Payload, PayloadStream, ReactOutcome, Repository, RepositoryError, Sleep,
+    Snapshot, SnapshotStore, Spawn, StoreError, StreamAppend, StreamConflict, StreamEvent,
+    Upcasting, reaction_event_id, upcast_recorded, upcast_stream_event, validate_appends,
 };
 /// Event and correlation ids are UUIDs. Prefer time-ordered ones for events,
 /// `EventId::new(Uuid::now_v7())` (what `Repository` generates): they keep the event-id

@@ -9,10 +9,15 @@
 //! - its read model on PostgreSQL ([`OrderProjection`], table `order_summaries`, created by
 //!   [`OrderProjection::create_table`], not by chronik's migrations).
 //!
+//! - payments and a reactor ([`payments`]): `Payment` aggregates and [`ShipPaidOrders`],
+//!   which ships an order when its payment is received, exactly once per payment.
+//!
 //! It depends on the `chronik` facade only, as any service would.
 
 mod domain;
+pub mod payments;
 mod read_model;
 
 pub use domain::*;
+pub use payments::{Payment, PaymentCommand, PaymentError, PaymentEvent, ShipPaidOrders};
 pub use read_model::{OrderProjection, OrderSummary};
