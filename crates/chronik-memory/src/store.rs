@@ -259,49 +259,67 @@ impl EventStore for MemoryStore {
         appends: &[StreamAppend],
     ) -> Result<Vec<AppendResult>, StoreError> {
         validate_appends(appends)?;
+        // The parts are written in stream-id order (bytewise), as PostgreSQL takes them, so
+        // the feed shows one multi-stream append's events in the same order on both;
+        // errors are chosen in the order given.
+        let mut order: Vec<usize> = (0..appends.len()).collect();
+        order.sort_by(|&a, &b| {
+            appends[a]
+                .stream
+                .as_str()
+                .as_bytes()
+                .cmp(appends[b].stream.as_str().as_bytes())
+        });
         let mut inner = self.lock();
         // One commit for every part; each part's events follow the previous part's.
         let tx = inner.last_tx + 1;
         let mut base = inner.log.len();
-        let mut decided = Vec::with_capacity(appends.len());
-        let mut conflicts = Vec::new();
-        for part in appends {
+        let mut decided: Vec<Option<Decision>> = (0..appends.len()).map(|_| None).collect();
+        let mut refused: Vec<Option<StoreError>> = (0..appends.len()).map(|_| None).collect();
+        for &i in &order {
+            let part = &appends[i];
             match decide(&inner, &part.stream, part.expected, &part.events, tx, base) {
                 Ok(d) => {
                     base += d.records.len();
-                    decided.push(d);
+                    decided[i] = Some(d);
                 }
-                Err(StoreError::Conflict {
+                Err(e) => refused[i] = Some(e),
+            }
+        }
+        let mut conflicts = Vec::new();
+        for e in refused.into_iter().flatten() {
+            match e {
+                StoreError::Conflict {
                     stream,
                     expected,
                     actual,
-                }) => conflicts.push(StreamConflict {
+                } => conflicts.push(StreamConflict {
                     stream,
                     expected,
                     actual,
                 }),
                 // A refusal that is not about versions decides the error.
-                Err(other) => return Err(other),
+                other => return Err(other),
             }
         }
         if !conflicts.is_empty() {
             return Err(StoreError::Conflicts { conflicts });
         }
-        let mut results = Vec::with_capacity(decided.len());
         let mut head = None;
-        for Decision { result, records } in decided {
-            if !records.is_empty() {
-                head = Some(result.cursor);
-                apply(&mut inner, records);
+        for &i in &order {
+            if let Some(d) = decided[i].as_mut()
+                && !d.records.is_empty()
+            {
+                head = Some(d.result.cursor);
+                apply(&mut inner, std::mem::take(&mut d.records));
             }
-            results.push(result);
         }
         if let Some(cursor) = head {
             inner.last_tx = tx;
             drop(inner);
             self.head.send_replace(Some(cursor));
         }
-        Ok(results)
+        Ok(decided.into_iter().flatten().map(|d| d.result).collect())
     }
 
     fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {

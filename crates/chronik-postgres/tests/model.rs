@@ -14,7 +14,7 @@ use chronik_core::{
 };
 use chronik_memory::MemoryStore;
 use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
-use chronik_store::{AppendResult, EventStore, FeedFilter, StoreError};
+use chronik_store::{AppendResult, EventStore, FeedFilter, StoreError, StreamAppend};
 use futures::TryStreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -59,6 +59,10 @@ enum Op {
         stream: usize,
         expected: ExpectedVersion,
         batch: Batch,
+    },
+    /// One multi-stream append: (stream, expected, batch) per part.
+    AppendStreams {
+        parts: Vec<(usize, ExpectedVersion, Batch)>,
     },
     ReadStream {
         stream: usize,
@@ -112,6 +116,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..STREAMS, expected(), batch())
             .prop_map(|(stream, expected, batch)| Op::Append { stream, expected, batch }),
+        2 => prop::collection::vec((0..STREAMS, expected(), batch()), 1..=3)
+            .prop_map(|parts| Op::AppendStreams { parts }),
         1 => (0..STREAMS, 0..8u64).prop_map(|(stream, from)| Op::ReadStream { stream, from }),
         1 => (0..STREAMS).prop_map(|stream| Op::StreamVersion { stream }),
         2 => (
@@ -172,6 +178,50 @@ fn outcome(r: &Result<AppendResult, StoreError>) -> String {
     }
 }
 
+/// What is compared of a multi-stream append's outcome.
+fn multi_outcome(r: &Result<Vec<AppendResult>, StoreError>) -> String {
+    match r {
+        Ok(results) => results
+            .iter()
+            .map(|r| outcome(&Ok(*r)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(StoreError::Conflicts { conflicts }) => conflicts
+            .iter()
+            .map(|c| format!("conflict {} {:?} {}", c.stream, c.expected, c.actual))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(StoreError::InvalidRequest(m)) => format!("invalid request {m}"),
+        Err(e) => outcome(&Err(clone_refusal(e))),
+    }
+}
+
+/// The refusals `outcome` distinguishes, rebuilt (StoreError is not Clone).
+fn clone_refusal(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::DuplicateEventId {
+            event_id,
+            stream,
+            version,
+        } => StoreError::DuplicateEventId {
+            event_id: *event_id,
+            stream: stream.clone(),
+            version: *version,
+        },
+        StoreError::EventIdReused {
+            event_id,
+            stream,
+            version,
+        } => StoreError::EventIdReused {
+            event_id: *event_id,
+            stream: stream.clone(),
+            version: *version,
+        },
+        StoreError::Invalid(i) => StoreError::Invalid(i.clone()),
+        other => StoreError::backend(other.to_string(), false),
+    }
+}
+
 struct Pair<'a> {
     memory: &'a MemoryStore,
     postgres: &'a Settled,
@@ -225,56 +275,34 @@ impl Pair<'_> {
                     expected,
                     batch,
                 } => {
-                    let events = match batch {
-                        Batch::Fresh(items) => items
-                            .iter()
-                            .map(|(t, p)| new_event(TYPES[*t], p.clone()))
-                            .collect(),
-                        Batch::Resend { batch, skip, take } if !sent.is_empty() => {
-                            let b = &sent[batch % sent.len()];
-                            let skip = (*skip).min(b.len() - 1);
-                            b[skip..b.len().min(skip + take)].to_vec()
-                        }
-                        Batch::Mixed { batch, payload } if !sent.is_empty() => vec![
-                            new_event(TYPES[0], payload.clone()),
-                            sent[batch % sent.len()][0].clone(),
-                        ],
-                        Batch::Altered {
-                            batch,
-                            event,
-                            change,
-                        } if !sent.is_empty() => {
-                            let mut b = sent[batch % sent.len()].clone();
-                            let i = event % b.len();
-                            let e = &b[i];
-                            let (t, sv, p) = match change {
-                                Change::Type(t) => (TYPES[*t], e.schema_version(), e.payload()),
-                                Change::SchemaVersion(sv) => {
-                                    (e.event_type().as_str(), *sv, e.payload())
-                                }
-                                Change::Payload(p) => {
-                                    (e.event_type().as_str(), e.schema_version(), p)
-                                }
-                            };
-                            b[i] = NewEvent::new(
-                                e.event_id(),
-                                EventType::new(t).expect("type"),
-                                sv,
-                                p.clone(),
-                                e.metadata().clone(),
-                            )
-                            .expect("event");
-                            b
-                        }
-                        Batch::Resend { .. } | Batch::Mixed { .. } | Batch::Altered { .. } => {
-                            vec![new_event(TYPES[1], Value::Object(serde_json::Map::new()))]
-                        }
-                    };
+                    let events = events_for(batch, &sent);
                     let id = &streams[*stream];
                     let m = self.memory.append(id, *expected, &events).await;
                     let p = self.postgres.append(id, *expected, &events).await;
                     prop_assert_eq!(outcome(&m), outcome(&p), "step {}: {:?}", step, op);
                     sent.push(events);
+                }
+                Op::AppendStreams { parts } => {
+                    let appends: Vec<StreamAppend> = parts
+                        .iter()
+                        .map(|(stream, expected, batch)| {
+                            StreamAppend::new(
+                                streams[*stream].clone(),
+                                *expected,
+                                events_for(batch, &sent),
+                            )
+                        })
+                        .collect();
+                    let m = self.memory.append_streams(&appends).await;
+                    let p = self.postgres.append_streams(&appends).await;
+                    prop_assert_eq!(
+                        multi_outcome(&m),
+                        multi_outcome(&p),
+                        "step {}: {:?}",
+                        step,
+                        op
+                    );
+                    sent.extend(appends.into_iter().map(|a| a.events));
                 }
                 Op::ReadStream { stream, from } => {
                     let from = Version::new(*from).expect("small");
@@ -403,6 +431,51 @@ impl Pair<'_> {
             pf.iter().map(essence).collect::<Vec<_>>()
         );
         Ok(())
+    }
+}
+
+/// The events of `batch`, given what was sent before.
+fn events_for(batch: &Batch, sent: &[Vec<NewEvent>]) -> Vec<NewEvent> {
+    match batch {
+        Batch::Fresh(items) => items
+            .iter()
+            .map(|(t, p)| new_event(TYPES[*t], p.clone()))
+            .collect(),
+        Batch::Resend { batch, skip, take } if !sent.is_empty() => {
+            let b = &sent[batch % sent.len()];
+            let skip = (*skip).min(b.len() - 1);
+            b[skip..b.len().min(skip + take)].to_vec()
+        }
+        Batch::Mixed { batch, payload } if !sent.is_empty() => vec![
+            new_event(TYPES[0], payload.clone()),
+            sent[batch % sent.len()][0].clone(),
+        ],
+        Batch::Altered {
+            batch,
+            event,
+            change,
+        } if !sent.is_empty() => {
+            let mut b = sent[batch % sent.len()].clone();
+            let i = event % b.len();
+            let e = &b[i];
+            let (t, sv, p) = match change {
+                Change::Type(t) => (TYPES[*t], e.schema_version(), e.payload()),
+                Change::SchemaVersion(sv) => (e.event_type().as_str(), *sv, e.payload()),
+                Change::Payload(p) => (e.event_type().as_str(), e.schema_version(), p),
+            };
+            b[i] = NewEvent::new(
+                e.event_id(),
+                EventType::new(t).expect("type"),
+                sv,
+                p.clone(),
+                e.metadata().clone(),
+            )
+            .expect("event");
+            b
+        }
+        Batch::Resend { .. } | Batch::Mixed { .. } | Batch::Altered { .. } => {
+            vec![new_event(TYPES[1], Value::Object(serde_json::Map::new()))]
+        }
     }
 }
 
