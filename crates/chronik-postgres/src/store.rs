@@ -6,10 +6,12 @@ use chronik_core::{
     EventId, ExpectedVersion, FeedCursor, NewEvent, StreamId, Version, validate_batch,
 };
 use chronik_store::{
-    AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, MAX_FEED_PAGE,
-    PayloadStream, StoreError, StreamAppend,
+    AppendResult, BoxSession, EventStore, EventStream, FeedFilter, FeedHead, FeedPage,
+    MAX_FEED_PAGE, PayloadStream, SessionFuture, StoreError, StoreSession, StreamAppend,
 };
+use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Executor, PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
@@ -288,6 +290,52 @@ impl PgEventStore {
         self.attempt(&mut *conn, &args).await.map_err(aborted)?
     }
 
+    /// An owned append ([`EventStore::append`]) on `conn`, or on a pooled connection of its
+    /// own when `None`.
+    async fn append_owned(
+        &self,
+        mut conn: Option<&mut PgConnection>,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        let args = AppendArgs::new(stream, expected, events)?;
+        let retry_order = matches!(
+            expected,
+            ExpectedVersion::Any | ExpectedVersion::StreamExists
+        );
+        let mut order_retries = 0;
+        loop {
+            // One statement in autocommit: its own transaction, the append its first write.
+            let attempt = match conn.as_deref_mut() {
+                Some(c) => self.attempt(c, &args).await,
+                None => self.attempt(&self.pool, &args).await,
+            };
+            match attempt.map_err(backend)? {
+                Err(StoreError::TransactionOrder { .. })
+                    if retry_order && order_retries < self.order_retries =>
+                {
+                    order_retries += 1;
+                    tracing::debug!(stream = %stream, order_retries, "append behind a newer writer, retrying");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// `read_payloads` on `executor`.
+    fn payloads<'e, E>(&'e self, executor: E, stream: &StreamId, from: Version) -> PayloadStream<'e>
+    where
+        E: Executor<'e, Database = Postgres> + 'e,
+    {
+        sqlx::query(&self.sql.read_payloads)
+            .bind(stream.as_str().to_owned())
+            .bind(from.as_i64())
+            .fetch(executor)
+            .map(|r| r.map_err(backend).and_then(|row| row::stream_event(&row)))
+            .boxed()
+    }
+
     /// One execution of `append_events`: the outcome it reported, or the statement's error.
     async fn attempt<'e, E>(
         &self,
@@ -460,24 +508,7 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
-        let args = AppendArgs::new(stream, expected, events)?;
-        let retry_order = matches!(
-            expected,
-            ExpectedVersion::Any | ExpectedVersion::StreamExists
-        );
-        let mut order_retries = 0;
-        loop {
-            // One statement in autocommit: its own transaction, the append its first write.
-            match self.attempt(&self.pool, &args).await.map_err(backend)? {
-                Err(StoreError::TransactionOrder { .. })
-                    if retry_order && order_retries < self.order_retries =>
-                {
-                    order_retries += 1;
-                    tracing::debug!(stream = %stream, order_retries, "append behind a newer writer, retrying");
-                }
-                r => return r,
-            }
-        }
+        self.append_owned(None, stream, expected, events).await
     }
 
     async fn append_streams(
@@ -497,12 +528,19 @@ impl EventStore for PgEventStore {
     }
 
     fn read_payloads(&self, stream: &StreamId, from: Version) -> PayloadStream<'_> {
-        sqlx::query(&self.sql.read_payloads)
-            .bind(stream.as_str().to_owned())
-            .bind(from.as_i64())
-            .fetch(&self.pool)
-            .map(|r| r.map_err(backend).and_then(|row| row::stream_event(&row)))
-            .boxed()
+        self.payloads(&self.pool, stream, from)
+    }
+
+    /// One pooled connection for the command's read and its append (sqlx pings every
+    /// connection it gets back, so a second acquire would cost a round trip).
+    fn session(&self) -> SessionFuture<'_> {
+        Box::pin(async move {
+            let conn = self.pool.acquire().await.map_err(backend)?;
+            Ok(Some(Box::new(PgSession {
+                store: self.clone(),
+                conn,
+            }) as BoxSession))
+        })
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
@@ -575,6 +613,32 @@ impl EventStore for PgEventStore {
             .await
             .map_err(backend)?;
         to_u64(n, "count")
+    }
+}
+
+/// [`PgEventStore::session`](EventStore::session): one pooled connection, held until the
+/// session is dropped. A connection that failed is dropped with it, and sqlx closes it if it
+/// does not answer; the next attempt of the command acquires another.
+struct PgSession {
+    store: PgEventStore,
+    conn: PoolConnection<Postgres>,
+}
+
+impl StoreSession for PgSession {
+    fn read_payloads(&mut self, stream: &StreamId, from: Version) -> PayloadStream<'_> {
+        self.store.payloads(&mut *self.conn, stream, from)
+    }
+
+    fn append<'s>(
+        &'s mut self,
+        stream: &'s StreamId,
+        expected: ExpectedVersion,
+        events: &'s [NewEvent],
+    ) -> BoxFuture<'s, Result<AppendResult, StoreError>> {
+        Box::pin(
+            self.store
+                .append_owned(Some(&mut *self.conn), stream, expected, events),
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::StoreError;
 use crate::port::{
     AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
-    FeedPage, PayloadStream, Snapshot, SnapshotStore, StreamAppend,
+    FeedPage, PayloadStream, SessionFuture, Snapshot, SnapshotStore, StreamAppend,
 };
 
 macro_rules! forward {
@@ -27,6 +27,9 @@ macro_rules! forward {
             }
             fn read_payloads(&self, stream: &StreamId, from: Version) -> PayloadStream<'_> {
                 (**self).read_payloads(stream, from)
+            }
+            fn session(&self) -> SessionFuture<'_> {
+                (**self).session()
             }
             fn stream_version(&self, stream: &StreamId) -> impl Future<Output = Result<Version, StoreError>> + Send {
                 (**self).stream_version(stream)

@@ -15,9 +15,10 @@ mod upcasting;
 
 pub use error::{StoreError, StreamConflict};
 pub use port::{
-    AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
-    FeedPage, MAX_APPEND_STREAMS, MAX_FEED_PAGE, Payload, PayloadStream, Snapshot, SnapshotStore,
-    StreamAppend, StreamEvent, validate_appends, validate_projection_name,
+    AppendResult, BoxSession, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter,
+    FeedHead, FeedPage, MAX_APPEND_STREAMS, MAX_FEED_PAGE, Payload, PayloadStream, SessionFuture,
+    Snapshot, SnapshotStore, StoreSession, StreamAppend, StreamEvent, validate_appends,
+    validate_projection_name,
 };
 #[cfg(any(test, feature = "mocks"))]
 pub use port::{MockCheckpointStore, MockEventStore, MockSnapshotStore};

@@ -7,6 +7,7 @@ use chronik_core::{
     RecordedEvent, StreamId, Version, validate_batch,
 };
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -55,6 +56,34 @@ impl From<RecordedEvent> for StreamEvent {
             payload: Payload::Value(e.payload),
         }
     }
+}
+
+/// A boxed [`StoreSession`] (see [`EventStore::session`]). It owns what it needs (a
+/// connection, a handle on the store), so it borrows nothing.
+pub type BoxSession = Box<dyn StoreSession>;
+
+/// What [`EventStore::session`] returns.
+pub type SessionFuture<'a> = BoxFuture<'a, Result<Option<BoxSession>, StoreError>>;
+
+/// One backend session of an [`EventStore`]: what [`crate::Repository::execute`] reads and
+/// appends for one attempt of a command, on one connection (see [`EventStore::session`]).
+///
+/// Contract: each method behaves exactly as the store's method of the same name (the same
+/// results and errors, each operation its own transaction): a session only saves acquiring
+/// and releasing a connection per operation. A stream it returns borrows the session, so
+/// the session's next operation starts after the stream is dropped. Drop a session as soon
+/// as its attempt is done: it holds its connection until then.
+pub trait StoreSession: Send {
+    /// As [`EventStore::read_payloads`].
+    fn read_payloads(&mut self, stream: &StreamId, from: Version) -> PayloadStream<'_>;
+
+    /// As [`EventStore::append`].
+    fn append<'a>(
+        &'a mut self,
+        stream: &'a StreamId,
+        expected: ExpectedVersion,
+        events: &'a [NewEvent],
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>>;
 }
 
 /// Largest feed page an adapter serves.
@@ -267,6 +296,17 @@ pub trait EventStore: Send + Sync {
             self.read_stream(stream, from),
             |r| r.map(StreamEvent::from),
         ))
+    }
+
+    /// A session for one command's read and append, or `None` (the default) when the
+    /// adapter has nothing to save by holding a connection between them; callers then use
+    /// the store's own methods. A session saves a command one connection acquire and release:
+    /// for a pooled client, one round trip (sqlx pings every connection it gets back).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when no connection can be had (retryable).
+    fn session(&self) -> SessionFuture<'_> {
+        Box::pin(async { Ok(None) })
     }
 
     /// The stream's current version (`Version::ZERO` when it does not exist).

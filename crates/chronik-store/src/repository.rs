@@ -15,7 +15,10 @@ use uuid::Uuid;
 
 use crate::cache::StateCache;
 use crate::error::StoreError;
-use crate::port::{AppendResult, EventStore, Payload, SnapshotStore, StreamAppend, StreamEvent};
+use crate::port::{
+    AppendResult, BoxSession, EventStore, Payload, PayloadStream, SnapshotStore, StreamAppend,
+    StreamEvent,
+};
 
 /// Waiting between retries. [`DefaultSleep`] works under any async runtime; pass another
 /// (e.g. `tokio::time::sleep`, or a recorder in tests) with [`Repository::with_sleep`].
@@ -409,28 +412,57 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// [`StoreError::Decode`] when a stored event does not decode as `A::Event` (named by
     /// stream, version and id), or any read error.
     pub async fn load(&self, id: &StreamId) -> Result<Loaded<A>, StoreError> {
-        let (state, snapshot_version) = match &self.snapshots {
+        let (state, snapshot_version) = self.start(id).await;
+        let events = self.store.read_payloads(id, snapshot_version.next()?);
+        Ok(Self::fold(id, state, snapshot_version, None, events)
+            .await?
+            .0)
+    }
+
+    /// [`Repository::load`] for one attempt of a command: the stream is read on a session
+    /// of the store when it offers one ([`EventStore::session`]), returned for the append.
+    /// The snapshot is read first, so that the session is the only connection held.
+    async fn load_for_command(
+        &self,
+        id: &StreamId,
+    ) -> Result<(Loaded<A>, Option<BoxSession>), StoreError> {
+        let (state, snapshot_version) = self.start(id).await;
+        let from = snapshot_version.next()?;
+        let mut session = self.store.session().await?;
+        let (loaded, _) = match session.as_deref_mut() {
+            Some(s) => {
+                Self::fold(id, state, snapshot_version, None, s.read_payloads(id, from)).await
+            }
+            None => {
+                let events = self.store.read_payloads(id, from);
+                Self::fold(id, state, snapshot_version, None, events).await
+            }
+        }?;
+        Ok((loaded, session))
+    }
+
+    /// Where a load starts: the latest usable snapshot, or the empty state.
+    async fn start(&self, id: &StreamId) -> (A, Version) {
+        match &self.snapshots {
             Some(h) => (h.load)(&self.store, id)
                 .await
                 .map_or((A::default(), Version::ZERO), |(s, v)| (s, v)),
             None => (A::default(), Version::ZERO),
-        };
-        Ok(self.fold(id, state, snapshot_version, None).await?.0)
+        }
     }
 
-    /// Folds the events of `id` after `snapshot_version` onto `state`; also tells whether
-    /// an event with id `watch` went by.
+    /// Folds `events` (the stream of `id` after `snapshot_version`) onto `state`, one at a
+    /// time; also tells whether an event with id `watch` went by.
     async fn fold(
-        &self,
         id: &StreamId,
         mut state: A,
         snapshot_version: Version,
         watch: Option<EventId>,
+        mut events: PayloadStream<'_>,
     ) -> Result<(Loaded<A>, bool), StoreError> {
         let mut version = snapshot_version;
         let mut replayed = 0;
         let mut seen = false;
-        let mut events = self.store.read_payloads(id, version.next()?);
         while let Some(stored) = events.next().await {
             let StreamEvent {
                 version: at,
@@ -509,9 +541,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     waited += delay;
                 }
             }
-            let (loaded, done) = self
-                .fold(id, A::default(), Version::ZERO, Some(first_id))
-                .await?;
+            let events = self.store.read_payloads(id, Version::FIRST);
+            let (loaded, done) =
+                Self::fold(id, A::default(), Version::ZERO, Some(first_id), events).await?;
             if done {
                 return Ok(ReactOutcome::AlreadyDone);
             }
@@ -671,6 +703,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     }
                 }
             }
+            // The session this attempt read on, if any: its append goes through it too.
+            let mut session: Option<BoxSession> = None;
             let decided = match pending.take() {
                 Some(p) => p,
                 None => {
@@ -691,7 +725,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                             from_cache: true,
                         },
                         None => {
-                            let loaded = self.load(id).await?;
+                            let (loaded, read_on) = self.load_for_command(id).await?;
+                            session = read_on;
                             let decision = loaded.state.handle(command);
                             match decision {
                                 Err(e) => {
@@ -723,15 +758,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     }
                 }
             };
-            match self
-                .store
-                .append(
-                    id,
-                    ExpectedVersion::Exact(decided.loaded.version),
-                    &decided.new,
-                )
-                .await
-            {
+            let expected = ExpectedVersion::Exact(decided.loaded.version);
+            let appended = match session.as_deref_mut() {
+                Some(s) => s.append(id, expected, &decided.new).await,
+                None => self.store.append(id, expected, &decided.new).await,
+            };
+            // Released before anything else touches the store (a snapshot write, the next
+            // attempt's backoff): a session holds a connection.
+            drop(session);
+            match appended {
                 Ok(append) => {
                     let from_cache = decided.from_cache;
                     let events_written = decided.events.len();
@@ -1139,6 +1174,8 @@ mod tests {
     }
 
     fn empty_stream(mock: &mut MockEventStore) {
+        mock.expect_session()
+            .returning(|| Box::pin(async { Ok(None) }));
         mock.expect_read_payloads()
             .returning(|_, _| Box::pin(futures::stream::empty()));
     }

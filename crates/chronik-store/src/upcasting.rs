@@ -5,12 +5,14 @@ use chronik_core::{
     Version,
 };
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::error::StoreError;
 use crate::port::{
-    AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
-    FeedPage, Payload, PayloadStream, Snapshot, SnapshotStore, StreamAppend, StreamEvent,
+    AppendResult, BoxSession, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter,
+    FeedHead, FeedPage, Payload, PayloadStream, SessionFuture, Snapshot, SnapshotStore,
+    StoreSession, StreamAppend, StreamEvent,
 };
 
 /// Lifts one stored event to the current schema through `registry`.
@@ -138,6 +140,17 @@ impl<S: EventStore> EventStore for Upcasting<S> {
             .boxed()
     }
 
+    fn session(&self) -> SessionFuture<'_> {
+        Box::pin(async move {
+            Ok(self.inner.session().await?.map(|inner| {
+                Box::new(UpcastingSession {
+                    inner,
+                    registry: self.registry.clone(),
+                }) as BoxSession
+            }))
+        })
+    }
+
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
         self.inner.stream_version(stream).await
     }
@@ -166,6 +179,31 @@ impl<S: EventStore> EventStore for Upcasting<S> {
 
     async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
         self.inner.count_after(after).await
+    }
+}
+
+/// The inner store's session, its reads upcast like [`Upcasting`]'s.
+struct UpcastingSession {
+    inner: BoxSession,
+    registry: Arc<UpcasterRegistry>,
+}
+
+impl StoreSession for UpcastingSession {
+    fn read_payloads(&mut self, stream: &StreamId, from: Version) -> PayloadStream<'_> {
+        let (registry, id) = (&*self.registry, stream.clone());
+        self.inner
+            .read_payloads(stream, from)
+            .map(move |r| r.and_then(|e| upcast_stream_event(registry, &id, e)))
+            .boxed()
+    }
+
+    fn append<'s>(
+        &'s mut self,
+        stream: &'s StreamId,
+        expected: ExpectedVersion,
+        events: &'s [NewEvent],
+    ) -> BoxFuture<'s, Result<AppendResult, StoreError>> {
+        self.inner.append(stream, expected, events)
     }
 }
 

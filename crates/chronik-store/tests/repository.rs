@@ -743,3 +743,191 @@ async fn cached_repositories_racing_on_one_stream_lose_nothing() {
     assert_eq!(order.state.lines, (TASKS * COMMANDS) as u64);
     assert_eq!(order.version.get(), (TASKS * COMMANDS) as u64 + 1);
 }
+
+/// Forwards to memory and logs, in order, what a command does through the store, its
+/// snapshots and its sessions.
+#[derive(Clone, Default)]
+struct Sessioned {
+    inner: MemoryStore,
+    log: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+impl Sessioned {
+    fn note(&self, what: &'static str) {
+        self.log.lock().unwrap().push(what);
+    }
+    fn take_log(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+/// A session of [`Sessioned`]: logs its operations and when it is dropped.
+struct LogSession(Sessioned);
+
+impl chronik_store::StoreSession for LogSession {
+    fn read_payloads(&mut self, s: &StreamId, from: Version) -> PayloadStream<'_> {
+        self.0.note("session read");
+        self.0.inner.read_payloads(s, from)
+    }
+    fn append<'s>(
+        &'s mut self,
+        s: &'s StreamId,
+        e: ExpectedVersion,
+        ev: &'s [NewEvent],
+    ) -> futures::future::BoxFuture<'s, Result<AppendResult, StoreError>> {
+        self.0.note("session append");
+        Box::pin(self.0.inner.append(s, e, ev))
+    }
+}
+
+impl Drop for LogSession {
+    fn drop(&mut self) {
+        self.0.note("session closed");
+    }
+}
+
+impl EventStore for Sessioned {
+    async fn append(
+        &self,
+        s: &StreamId,
+        e: ExpectedVersion,
+        ev: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        self.note("store append");
+        self.inner.append(s, e, ev).await
+    }
+    async fn append_streams(
+        &self,
+        appends: &[chronik_store::StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        self.note("store append");
+        self.inner.append_streams(appends).await
+    }
+    fn read_stream(&self, s: &StreamId, from: Version) -> EventStream<'_> {
+        self.note("store read");
+        self.inner.read_stream(s, from)
+    }
+    fn read_payloads(&self, s: &StreamId, from: Version) -> PayloadStream<'_> {
+        self.note("store read");
+        self.inner.read_payloads(s, from)
+    }
+    fn session(&self) -> chronik_store::SessionFuture<'_> {
+        self.note("session opened");
+        Box::pin(async move {
+            Ok(Some(
+                Box::new(LogSession(self.clone())) as chronik_store::BoxSession
+            ))
+        })
+    }
+    async fn stream_version(&self, s: &StreamId) -> Result<Version, StoreError> {
+        self.inner.stream_version(s).await
+    }
+    async fn read_feed(
+        &self,
+        a: FeedCursor,
+        f: &FeedFilter,
+        l: usize,
+    ) -> Result<FeedPage, StoreError> {
+        self.inner.read_feed(a, f, l).await
+    }
+    async fn feed_head(&self) -> Result<FeedHead, StoreError> {
+        self.inner.feed_head().await
+    }
+    async fn count_after(&self, a: FeedCursor) -> Result<u64, StoreError> {
+        self.inner.count_after(a).await
+    }
+}
+
+impl SnapshotStore for Sessioned {
+    async fn load_snapshot(
+        &self,
+        s: &StreamId,
+        schema: u32,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        self.note("snapshot load");
+        self.inner.load_snapshot(s, schema).await
+    }
+    async fn save_snapshot(
+        &self,
+        s: &StreamId,
+        v: Version,
+        schema: u32,
+        state: &Value,
+    ) -> Result<(), StoreError> {
+        self.note("snapshot save");
+        self.inner.save_snapshot(s, v, schema, state).await
+    }
+    async fn list_snapshots(&self, s: &StreamId) -> Result<Vec<Snapshot>, StoreError> {
+        self.inner.list_snapshots(s).await
+    }
+    async fn delete_snapshots(&self, category: &str) -> Result<u64, StoreError> {
+        self.inner.delete_snapshots(category).await
+    }
+}
+
+#[tokio::test]
+async fn a_command_reads_and_appends_on_one_session_and_holds_nothing_else() {
+    let store = Sessioned::default();
+    let repo = retrying(store.clone()).with_snapshots(SnapshotPolicy::every(1).unwrap());
+    let id = order_id();
+    repo.execute(&id, place()).await.unwrap();
+    // The snapshot is read before the session is taken and written after it is dropped,
+    // so that a pool of one connection serves the whole command.
+    assert_eq!(
+        store.take_log(),
+        [
+            "snapshot load",
+            "session opened",
+            "session read",
+            "session append",
+            "session closed",
+            "snapshot save",
+        ]
+    );
+    // Refused and decided-nothing commands hold no session after they return.
+    let err = repo.execute(&id, place()).await;
+    assert!(matches!(err, Err(RepositoryError::Domain(_))), "{err:?}");
+    let log = store.take_log();
+    assert_eq!(
+        log.iter().filter(|w| **w == "session opened").count(),
+        log.iter().filter(|w| **w == "session closed").count(),
+        "{log:?}"
+    );
+    assert!(
+        !log.contains(&"store read") && !log.contains(&"store append"),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_command_on_an_upcasting_store_upcasts_what_its_session_reads() {
+    let store = Sessioned::default();
+    let id = order_id();
+    store
+        .inner
+        .append(
+            &id,
+            ExpectedVersion::NoStream,
+            &[raw(
+                "OrderPlaced",
+                1,
+                json!({ "customer_id": "c-old", "amount": 4_200 }),
+            )],
+        )
+        .await
+        .unwrap();
+    let upcasting = Upcasting::new(store.clone(), Arc::new(orders::upcasters().unwrap()));
+    // The v1 event decodes only upcast: the command would fail with a decode error if the
+    // session's read bypassed the upcaster.
+    let out = retrying(upcasting).execute(&id, line()).await.unwrap();
+    assert_eq!(out.version, Version::new(2).unwrap());
+    assert_eq!(
+        store.take_log(),
+        [
+            "session opened",
+            "session read",
+            "session append",
+            "session closed"
+        ]
+    );
+}
