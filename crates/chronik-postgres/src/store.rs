@@ -132,8 +132,19 @@ impl PgEventStore {
     }
 
     /// Connects with `config`: a pool of `max_connections`, each session with
-    /// `statement_timeout` and `application_name = chronik`. Connections are not pinged
-    /// on acquire, so an owned append costs exactly one round trip.
+    /// `statement_timeout`, `application_name = chronik` and `enable_seqscan = off`.
+    /// Connections are not pinged on acquire, so an owned append costs exactly one round
+    /// trip.
+    ///
+    /// `enable_seqscan = off`: a session plans each prepared statement once for good after
+    /// a few executions, with the statistics of that moment; on a new or small store a
+    /// lookup by key (a stream's events, a feed page, a snapshot) is then a sequential scan,
+    /// kept while the table grows until something re-analyzes it (`tests/plans.rs`). Every
+    /// statement chronik runs reads by an index, which the setting makes the planner keep
+    /// choosing. A table without a usable index is still scanned: statements of your own on
+    /// these sessions (a projection's writes) only lose plans that scan where an index
+    /// exists. A pool passed to [`PgEventStore::from_pool_with`] keeps its own settings;
+    /// give it the same option (`PgConnectOptions::options([("enable_seqscan", "off")])`).
     ///
     /// It first opens one connection directly, so a server that is down, a wrong port, a
     /// refused password or a missing database fail at once with that cause (never after
@@ -150,7 +161,8 @@ impl PgEventStore {
                     "malformed database url (not shown: it may hold a password)".to_owned(),
                 )
             })?
-            .application_name("chronik");
+            .application_name("chronik")
+            .options([("enable_seqscan", "off")]);
         if let Some(timeout) = config.statement_timeout {
             options = options.options([("statement_timeout", timeout.as_millis().to_string())]);
         }
@@ -199,7 +211,8 @@ impl PgEventStore {
     }
 
     /// Uses an existing pool with `config`'s schema and retry setting (the pool keeps its
-    /// own connection settings).
+    /// own connection settings: see [`PgEventStore::connect_with`] for the one chronik's
+    /// reads want, `enable_seqscan = off`).
     #[must_use]
     pub fn from_pool_with(pool: PgPool, config: &PgStoreConfig) -> Self {
         Self {

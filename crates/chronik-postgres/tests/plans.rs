@@ -1,4 +1,5 @@
-//! Every statement of `append_events` uses its index whatever the statistics were when a
+//! Every statement of `append_events`, and every read by key (stream loads, feed pages,
+//! snapshot and checkpoint loads), uses its index whatever the statistics were when a
 //! session first planned it (issue 12).
 //!
 //! A session caches the plan of every statement PL/pgSQL runs and keeps it until the
@@ -7,12 +8,13 @@
 //! one while the table grows: every append then reads the whole table. So: analyze the
 //! empty store, run every append path from one session many times, count sequential scans.
 
-use chronik_core::{ExpectedVersion, Version};
-use chronik_postgres::PgEventStore;
-use chronik_store::{EventStore, StoreError};
+use chronik_core::{ExpectedVersion, FeedCursor, Version};
+use chronik_postgres::{PgEventStore, PgStoreConfig};
+use chronik_store::{CheckpointStore, EventStore, FeedFilter, SnapshotStore, StoreError};
 use chronik_testkit::conformance::{events, stream};
-use sqlx::PgPool;
+use futures::TryStreamExt as _;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{ConnectOptions as _, PgPool};
 
 /// More rounds than PostgreSQL's five custom plans before it settles on a generic one.
 const ROUNDS: u64 = 40;
@@ -24,8 +26,16 @@ fn v(n: u64) -> Version {
     Version::new(n).expect("small version")
 }
 
+/// Tables whose scans the reads must not move: the ones that grow with the store.
+const READ_TABLES: &str = "'events', 'streams', 'snapshots'";
+
 /// `(table, seq_scan)` of the counted tables, as this session's flushed statistics say.
 async fn seq_scans(pool: &PgPool) -> Vec<(String, i64)> {
+    scans_of(pool, TABLES).await
+}
+
+/// `(table, seq_scan)` of `tables` (a SQL list of names).
+async fn scans_of(pool: &PgPool, tables: &str) -> Vec<(String, i64)> {
     // The session's own counters reach the statistics when it next goes idle, at once
     // when asked to: ask, go idle, then read (in a new transaction, so not cached).
     sqlx::query("SELECT pg_stat_force_next_flush()")
@@ -34,7 +44,7 @@ async fn seq_scans(pool: &PgPool) -> Vec<(String, i64)> {
         .expect("flush statistics");
     sqlx::query_as(&format!(
         "SELECT relname::text, seq_scan FROM pg_stat_user_tables \
-          WHERE schemaname = current_schema() AND relname IN ({TABLES}) ORDER BY relname"
+          WHERE schemaname = current_schema() AND relname IN ({tables}) ORDER BY relname"
     ))
     .fetch_all(pool)
     .await
@@ -115,4 +125,88 @@ async fn appends_never_scan_a_table_planned_empty(pool: PgPool) {
         round(&store, r).await;
     }
     assert_eq!(seq_scans(&session).await, before);
+}
+
+/// A store connected as a service connects it, on one session (so that every statement is
+/// planned once and then reused) to `pool`'s database, with the store analyzed empty.
+async fn planned_empty(pool: &PgPool) -> (PgPool, PgEventStore) {
+    let url = pool.connect_options().to_url_lossy();
+    let store = PgEventStore::connect_with(
+        url.as_str(),
+        PgStoreConfig::default().with_max_connections(1),
+    )
+    .await
+    .expect("connect");
+    let session = store.pool().clone();
+    sqlx::query("ANALYZE events, streams, snapshots, projection_checkpoints")
+        .execute(&session)
+        .await
+        .expect("analyze the empty store");
+    (session, store)
+}
+
+/// One round of every read by key, each on a store that grows between rounds.
+async fn read_round(store: &PgEventStore, r: u64) {
+    let id = stream("plans");
+    store
+        .append(&id, ExpectedVersion::NoStream, &events(3))
+        .await
+        .expect("append");
+    let read: Vec<_> = store
+        .read_stream(&id, Version::ZERO)
+        .try_collect()
+        .await
+        .expect("read stream");
+    assert_eq!(read.len(), 3, "round {r}");
+    let from_two: Vec<_> = store
+        .read_payloads(&id, v(2))
+        .try_collect()
+        .await
+        .expect("read payloads");
+    assert_eq!(from_two.len(), 2, "round {r}");
+    assert_eq!(store.stream_version(&id).await.expect("version"), v(3));
+    // The feed from its start and from the last event read: pages by the feed index.
+    // (What a page holds depends on the cluster's horizon, which other tests may hold.)
+    store
+        .read_feed(FeedCursor::START, &FeedFilter::all(), 2)
+        .await
+        .expect("feed page");
+    let filter = FeedFilter {
+        event_types: Vec::new(),
+        categories: vec!["plans".to_owned()],
+    };
+    store
+        .read_feed(read[2].cursor, &filter, 10)
+        .await
+        .expect("filtered feed page");
+    store
+        .save_snapshot(&id, v(3), 1, &serde_json::json!({ "n": r }))
+        .await
+        .expect("save snapshot");
+    let snapshot = store.load_snapshot(&id, 1).await.expect("load snapshot");
+    assert!(snapshot.is_some(), "round {r}");
+    let name = format!("plans-{}", r % 4);
+    store
+        .save_checkpoint(&name, read[2].cursor, r)
+        .await
+        .expect("save checkpoint");
+    assert!(
+        store
+            .load_checkpoint(&name)
+            .await
+            .expect("load checkpoint")
+            .is_some(),
+        "round {r}"
+    );
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn reads_never_scan_a_table_planned_empty(pool: PgPool) {
+    let (session, store) = planned_empty(&pool).await;
+    let before = scans_of(&session, READ_TABLES).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    for r in 0..ROUNDS {
+        read_round(&store, r).await;
+    }
+    assert_eq!(scans_of(&session, READ_TABLES).await, before);
 }
