@@ -7,6 +7,7 @@
 mod command;
 mod harness;
 mod memory;
+mod multi;
 mod pg;
 mod projection;
 mod report;

@@ -23,7 +23,7 @@ use crate::report::Report;
 use crate::{Plan, projection};
 
 pub(crate) const STORE_SCHEMA: &str = "chronik_bench";
-const RAW_SCHEMA: &str = "chronik_bench_raw";
+pub(crate) const RAW_SCHEMA: &str = "chronik_bench_raw";
 /// Scenario 5's store: a feed of Orders events and nothing else.
 pub(crate) const ORDERS_SCHEMA: &str = "chronik_bench_orders";
 
@@ -301,6 +301,11 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
         report.ratio("append-100", "chronik", "raw-multi-insert", c, Some(0.8));
         report.ratio("append-100", "chronik", "raw-rows", c, None);
         report.ratio("append-100", "raw-rows", "raw-multi-insert", c, None);
+    }
+
+    // 2b. Multi-stream appends, 2 and 4 streams per append.
+    if plan.wants("append-streams") {
+        crate::multi::run(url, plan, report).await?;
     }
 
     // 3. Load one long aggregate, then a very long one (the snapshot scenario).
