@@ -37,6 +37,11 @@ message_error!(
     NotFound
 );
 message_error!(
+    /// The command was stopped by Ctrl-C (SIGINT) and cleaned up: exit status 130
+    /// ([`crate::exit::INTERRUPTED`]), as a shell reports a process killed by SIGINT.
+    Interrupted
+);
+message_error!(
     /// The store's schema is not migrated: exit status 4 ([`crate::exit::NOT_MIGRATED`]).
     NotMigrated
 );

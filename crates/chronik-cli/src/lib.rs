@@ -25,12 +25,14 @@
 //! pool, whose reconnection warnings the commands word themselves); results go to
 //! stdout; `--json` prints documents for scripts. Exit status ([`exit`]): 0 success, 1 a
 //! failure (the store refused, or could not be reached), 2 bad input (nothing was written),
-//! 3 something named does not exist (a stream), 4 the schema is not migrated.
+//! 3 something named does not exist (a stream), 4 the schema is not migrated, 130 stopped by
+//! Ctrl-C (after cleaning up).
 
 mod append;
 mod backend;
 mod doctor;
 pub mod fmt;
+mod parked;
 mod projections;
 mod roles;
 mod snapshots;
@@ -54,7 +56,7 @@ use chronik_store::FeedFilter;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-pub use backend::{NotFound, NotMigrated, Usage};
+pub use backend::{Interrupted, NotFound, NotMigrated, Usage};
 
 /// Exit statuses of an operator binary.
 pub mod exit {
@@ -69,13 +71,16 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 3;
     /// The store's schema is not migrated (run `migrate`).
     pub const NOT_MIGRATED: u8 = 4;
+    /// Ctrl-C (SIGINT) stopped the command, which cleaned up and said in what state it
+    /// left things (`projections rebuild`).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// An error a registered hook returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-type Progress<'a> = &'a mut (dyn FnMut(&PgRebuildProgress) + Send);
+type Progress<'a> = &'a mut (dyn FnMut(&PgRebuildProgress) -> std::ops::ControlFlow<()> + Send);
 type RebuildFn = Box<
     dyn for<'a> Fn(
             &'a PgEventStore,
@@ -96,6 +101,17 @@ type TakeFn = Box<
         + Send
         + Sync,
 >;
+type RetryFn = Box<
+    dyn for<'a> Fn(
+            &'a PgEventStore,
+            Option<Arc<UpcasterRegistry>>,
+            chronik_core::EventId,
+            &'a str,
+        )
+            -> BoxFuture<'a, Result<chronik_postgres::RetryOutcome, PgProjectionError>>
+        + Send
+        + Sync,
+>;
 type SetupFn = Box<dyn Fn(PgEventStore) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 
 /// A registered projection: what `projections rebuild` and `roles grant` need.
@@ -103,6 +119,7 @@ pub(crate) struct RegisteredProjection {
     pub(crate) name: String,
     pub(crate) table: String,
     pub(crate) rebuild: RebuildFn,
+    pub(crate) retry: RetryFn,
 }
 
 /// A registered aggregate: what `snapshots take | list` need.
@@ -228,21 +245,37 @@ impl Operator {
             return self;
         }
         let factory = Arc::new(factory);
-        let rebuild = rebuild_fn(move |store, upcasters, shadow, batch, progress| {
-            let projection = Arc::new(factory(store.schema()));
-            Box::pin(async move {
-                if shadow {
-                    chronik_postgres::rebuild_shadow(store, projection, upcasters, batch, progress)
+        let rebuild = rebuild_fn({
+            let factory = Arc::clone(&factory);
+            move |store, upcasters, shadow, batch, progress| {
+                let projection = Arc::new(factory(store.schema()));
+                Box::pin(async move {
+                    if shadow {
+                        chronik_postgres::rebuild_shadow(
+                            store, projection, upcasters, batch, progress,
+                        )
                         .await
-                } else {
-                    chronik_postgres::rebuild(store, projection, upcasters, batch, progress).await
-                }
-            })
+                    } else {
+                        chronik_postgres::rebuild(store, projection, upcasters, batch, progress)
+                            .await
+                    }
+                })
+            }
         });
+        let retry: RetryFn = {
+            let factory = Arc::clone(&factory);
+            Box::new(move |store, upcasters, id, by| {
+                let projection = Arc::new(factory(store.schema()));
+                Box::pin(chronik_postgres::retry_parked(
+                    store, projection, upcasters, id, by,
+                ))
+            })
+        };
         self.registry.projections.push(RegisteredProjection {
             name,
             table,
             rebuild,
+            retry,
         });
         self
     }
@@ -409,6 +442,8 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
         exit::NOT_MIGRATED
     } else if e.chain().any(|c| c.downcast_ref::<NotFound>().is_some()) {
         exit::NOT_FOUND
+    } else if e.chain().any(|c| c.downcast_ref::<Interrupted>().is_some()) {
+        exit::INTERRUPTED
     } else {
         exit::FAILURE
     };
@@ -530,7 +565,81 @@ enum ProjectionsCommand {
     Status(StatusArgs),
     /// Rebuilds a registered projection's read model by replaying the whole feed, with
     /// progress on stderr. Stop the projection's runners first (unless `--shadow`).
+    /// Never leaves a half-built read model: if an event cannot be applied, or Ctrl-C
+    /// stops it (exit status 130), the old read model stays as it was.
     Rebuild(RebuildArgs),
+    /// The events parked for a projection (decisions to pass over an event it cannot
+    /// apply), with their state, and the event it is failing on if that is not parked.
+    Parked(ParkedArgs),
+    /// Parks an event for a projection: its runner (when it fails on it) and its rebuilds
+    /// pass over it. Recorded with a reason and who decided; never deleted.
+    Park(ParkArgs),
+    /// Retries parked events of a registered projection: one it skipped is applied now
+    /// (late), one it has not reached yet is left for its runner to apply.
+    Retry(ResolveArgs),
+    /// Drops parked events for good: they stay passed over and leave the list.
+    DropParked(ResolveArgs),
+    /// Forgets a projection that no longer runs: deletes its checkpoint and its runners'
+    /// status rows (e.g. a one-off reader's, or a rebuild's leftover `NAME__shadow`).
+    /// Refuses while a runner or a rebuild holds it. Its tables are not touched.
+    Forget(ForgetArgs),
+}
+
+/// Options of `projections parked`.
+#[derive(Debug, Args)]
+struct ParkedArgs {
+    /// The projection.
+    name: String,
+    /// Also the resolved decisions (retried, dropped).
+    #[arg(long)]
+    all: bool,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// Options of `projections park`.
+#[derive(Debug, Args)]
+struct ParkArgs {
+    /// The projection that is to pass over the event.
+    name: String,
+    /// The event's id (as `projections status`, `parked` and errors print it).
+    #[arg(value_parser = append::parse_event_id)]
+    event_id: chronik_core::EventId,
+    /// Why (recorded with the decision).
+    #[arg(long)]
+    reason: String,
+    /// Who decides (default: $USER).
+    #[arg(long, value_name = "WHO")]
+    by: Option<String>,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// Options of `projections retry | drop-parked`.
+#[derive(Debug, Args)]
+struct ResolveArgs {
+    /// The projection.
+    name: String,
+    /// The parked events' ids.
+    #[arg(required = true, value_parser = append::parse_event_id)]
+    event_ids: Vec<chronik_core::EventId>,
+    /// Who decides (default: $USER).
+    #[arg(long, value_name = "WHO")]
+    by: Option<String>,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// Options of `projections forget`.
+#[derive(Debug, Args)]
+struct ForgetArgs {
+    /// The projection (as `projections status` lists it).
+    name: String,
+    #[command(flatten)]
+    database: Database,
 }
 
 /// `streams ...`.
@@ -808,6 +917,26 @@ fn init_logging() {
         .try_init();
 }
 
+/// The usage error for a projection `name` that `registry` does not register.
+fn unknown_projection(registry: &Registry, name: &str) -> Usage {
+    let known: Vec<&str> = registry
+        .projections
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    Usage(if known.is_empty() {
+        format!(
+            "unknown projection {name:?}: {} registers no projection (a service registers its own with Operator::projection)",
+            registry.binary
+        )
+    } else {
+        format!(
+            "unknown projection {name:?}; known projections: {}",
+            known.join(", ")
+        )
+    })
+}
+
 async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
     let bin = registry.binary.as_str();
     match command {
@@ -897,24 +1026,7 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
         } => {
             // Checked before connecting: an unknown name never reaches the store.
             let Some(projection) = registry.projections.iter().find(|p| p.name == args.name) else {
-                let known: Vec<&str> = registry
-                    .projections
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect();
-                return Err(Usage(if known.is_empty() {
-                    format!(
-                        "unknown projection {:?}: {bin} registers no projection (a service registers its own with Operator::projection)",
-                        args.name
-                    )
-                } else {
-                    format!(
-                        "unknown projection {:?}; known projections: {}",
-                        args.name,
-                        known.join(", ")
-                    )
-                })
-                .into());
+                return Err(unknown_projection(registry, &args.name).into());
             };
             let store = backend::open(args.database, bin, "projections rebuild").await?;
             backend::run_setups(registry, &store).await?;
@@ -927,6 +1039,42 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 args.json,
             )
             .await
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Parked(args),
+        } => {
+            let store = backend::open(args.database, bin, "projections parked").await?;
+            parked::list(&store, bin, &args.name, args.all, args.json).await
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Park(args),
+        } => {
+            let by = parked::who(args.by)?;
+            let store = backend::open(args.database, bin, "projections park").await?;
+            parked::park(&store, &args.name, args.event_id, &args.reason, &by).await
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Retry(args),
+        } => {
+            let Some(projection) = registry.projections.iter().find(|p| p.name == args.name) else {
+                return Err(unknown_projection(registry, &args.name).into());
+            };
+            let by = parked::who(args.by)?;
+            let store = backend::open(args.database, bin, "projections retry").await?;
+            parked::retry(registry, &store, projection, &args.event_ids, &by).await
+        }
+        Command::Projections {
+            command: ProjectionsCommand::DropParked(args),
+        } => {
+            let by = parked::who(args.by)?;
+            let store = backend::open(args.database, bin, "projections drop-parked").await?;
+            parked::drop(&store, &args.name, &args.event_ids, &by).await
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Forget(args),
+        } => {
+            let store = backend::open(args.database, bin, "projections forget").await?;
+            projections::forget(&store, bin, &args.name).await
         }
         Command::Append(args) => {
             // All input is checked before connecting: bad input never reaches the store.

@@ -2,16 +2,21 @@
 //! them, and their rebuilds.
 
 use std::io::{self, IsTerminal as _, Write as _};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chronik_postgres::{
-    HolderKind, HorizonHolder, PgEventStore, PgRebuildProgress, PgRunnerInstance, ProjectionReport,
+    HolderKind, HorizonHolder, PgEventStore, PgProjectionError, PgRebuildProgress,
+    PgRunnerInstance, ProjectionReport,
 };
 use chronik_store::EventStore as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
+use crate::backend::{Interrupted, NotFound, Usage};
 use crate::fmt::{count, ms, n};
 use crate::table::{self, Align};
 use crate::{RegisteredProjection, Registry};
@@ -237,17 +242,100 @@ pub(crate) async fn rebuild(
 ) -> anyhow::Result<()> {
     let name = projection.name.as_str();
     let table = projection.table.as_str();
+    let bin = registry.binary.as_str();
     let mut bar = Progress::new(name);
-    let mut report = |p: &PgRebuildProgress| bar.update(p);
-    let done = (projection.rebuild)(
+    // Ctrl-C asks the rebuild to stop at its next batch boundary, where it cleans up; a
+    // second one quits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    // Listening from here on (not from the task's first poll): a Ctrl-C after the first
+    // progress line is always seen.
+    let mut interrupts = Interrupts::listen().context("cannot listen for Ctrl-C")?;
+    let signals = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        let name = name.to_owned();
+        async move {
+            if !interrupts.next().await {
+                return;
+            }
+            stop.store(true, Ordering::SeqCst);
+            let _ = writeln!(
+                io::stderr(),
+                "interrupted: stopping the rebuild of {name} at the next batch boundary and cleaning up (Ctrl-C again quits at once)"
+            );
+            if interrupts.next().await {
+                std::process::exit(i32::from(crate::exit::INTERRUPTED));
+            }
+        }
+    });
+    let last = std::sync::Mutex::new(None::<PgRebuildProgress>);
+    let mut report = |p: &PgRebuildProgress| {
+        bar.update(p);
+        if let Ok(mut l) = last.lock() {
+            *l = Some(*p);
+        }
+        if stop.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let result = (projection.rebuild)(
         store,
         registry.upcasters.clone(),
         shadow,
         batch,
         &mut report,
     )
-    .await
-    .with_context(|| format!("rebuilding projection {name} failed"))?;
+    .await;
+    signals.abort();
+    let done = match result {
+        Ok(done) => done,
+        Err(PgProjectionError::Interrupted { scanned, .. }) => {
+            bar.abandon();
+            let total = last
+                .lock()
+                .ok()
+                .and_then(|l| l.map(|p| p.total.max(p.scanned)))
+                .unwrap_or(scanned);
+            let state = if shadow {
+                format!(
+                    "the live table {table} kept serving and is unchanged; the shadow table \
+                     {table}__shadow and the checkpoint {name}__shadow were dropped; run \
+                     `{bin} projections rebuild {name} --shadow` again to start over"
+                )
+            } else {
+                format!(
+                    "its transaction was rolled back, so {table} and the checkpoint of {name} \
+                     are as they were before the rebuild; restart its runners, or run \
+                     `{bin} projections rebuild {name}` again to start over"
+                )
+            };
+            return Err(Interrupted(format!(
+                "the rebuild of projection {name} was interrupted after {} of {} events: {state}",
+                n(scanned),
+                n(total)
+            ))
+            .into());
+        }
+        Err(e) => {
+            bar.abandon();
+            let state = if shadow {
+                format!("the live table {table} is unchanged and the shadow table was dropped")
+            } else {
+                format!("nothing was changed: {table} is as it was")
+            };
+            let hint = match &e {
+                PgProjectionError::Handler { event_id, .. } => format!(
+                    "; if the event can never be applied, park it (the runner and rebuilds then pass over it): \
+                     `{bin} projections park {name} {event_id} --reason TEXT`"
+                ),
+                _ => String::new(),
+            };
+            return Err(anyhow::Error::new(e).context(format!(
+                "rebuilding projection {name} failed ({state}{hint})"
+            )));
+        }
+    };
     bar.finish(&done);
     let rows = store
         .count_rows(table)
@@ -286,6 +374,90 @@ pub(crate) async fn rebuild(
         count(rows, "row"),
     )?;
     Ok(())
+}
+
+/// Forgets projection `name` (checkpoint and runner rows), refusing while it runs.
+pub(crate) async fn forget(store: &PgEventStore, bin: &str, name: &str) -> anyhow::Result<()> {
+    chronik_store::validate_projection_name(name).map_err(|e| Usage(e.to_string()))?;
+    let reports = reports(store).await?;
+    let Some(report) = reports.iter().find(|r| r.name == name) else {
+        let known: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
+        return Err(NotFound(format!(
+            "no projection {name} in schema {} ({})",
+            store.schema(),
+            if known.is_empty() {
+                "it has none".to_owned()
+            } else {
+                format!("it has {}", known.join(", "))
+            }
+        ))
+        .into());
+    };
+    let running = |who: String| {
+        anyhow::anyhow!(
+            "projection {name} is running ({who}): stop its runners first; `{bin} projections status` shows them"
+        )
+    };
+    if let Some(owner) = &report.owner {
+        return Err(running(format!("owner {}", instance(owner))));
+    }
+    if let Some(pid) = report.locked_by {
+        return Err(running(format!(
+            "its lock is held by pid {pid}, a rebuild or a runner starting"
+        )));
+    }
+    match chronik_postgres::forget_projection(store, name).await {
+        Ok(gone) => {
+            writeln!(
+                io::stdout(),
+                "forgot projection {name} in schema {}: {} and {} deleted; its read model's tables and park decisions are kept",
+                store.schema(),
+                gone.checkpoint.map_or_else(
+                    || "no checkpoint".to_owned(),
+                    |c| format!("its checkpoint at {c}")
+                ),
+                count(gone.runner_rows, "runner row"),
+            )?;
+            Ok(())
+        }
+        Err(PgProjectionError::Busy(_)) => Err(running("its lock was taken meanwhile".to_owned())),
+        Err(PgProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
+            Err(NotFound(m).into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot forget projection {name}"))),
+    }
+}
+
+/// Ctrl-C (SIGINT), listened for from the moment [`Interrupts::listen`] returns.
+#[cfg(unix)]
+struct Interrupts(tokio::signal::unix::Signal);
+
+#[cfg(unix)]
+impl Interrupts {
+    fn listen() -> io::Result<Self> {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map(Self)
+    }
+
+    /// Waits for the next Ctrl-C; `false` when no more can arrive.
+    async fn next(&mut self) -> bool {
+        self.0.recv().await.is_some()
+    }
+}
+
+/// Ctrl-C, listened for from the first wait on.
+#[cfg(not(unix))]
+struct Interrupts;
+
+#[cfg(not(unix))]
+impl Interrupts {
+    fn listen() -> io::Result<Self> {
+        Ok(Self)
+    }
+
+    /// Waits for the next Ctrl-C; `false` when no more can arrive.
+    async fn next(&mut self) -> bool {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
 }
 
 /// Whole events per second, for display.
@@ -355,6 +527,13 @@ impl Progress {
             bar.finish();
         } else {
             self.line(p);
+        }
+    }
+
+    /// Leaves the bar where it stopped (a failed or interrupted rebuild).
+    fn abandon(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.abandon();
         }
     }
 

@@ -86,11 +86,12 @@ pub use inspect::StreamSummary;
 pub use migration::{AppliedMigration, MigrationProblem, MigrationStatus};
 pub use notify::{FEED_CHANNEL, PgFeedListener};
 pub use projection::{
-    HandlerFailure, ParkDecision, PgProjection, PgProjectionError, PgProjectionRunner,
-    PgRebuildProgress, PgRunnerHandle, PgRunnerInstance, PgRunnerOptions, PgRunnerState,
-    PgRunnerStatus, PgTransaction, PgTyped, PgTypedProjection, ProjectionReport, ShadowProjection,
-    notify_feed, park_event, parked_events, projection_reports, rebuild, rebuild_shadow,
-    wait_for_projection,
+    Forgotten, HandlerFailure, ParkDecision, ParkRecord, ParkState, PgProjection,
+    PgProjectionError, PgProjectionRunner, PgRebuildProgress, PgRunnerHandle, PgRunnerInstance,
+    PgRunnerOptions, PgRunnerState, PgRunnerStatus, PgTransaction, PgTyped, PgTypedProjection,
+    ProjectionReport, RetryOutcome, ShadowProjection, drop_parked, forget_projection, notify_feed,
+    park_event, park_records, parked_events, projection_reports, rebuild, rebuild_shadow,
+    retry_parked, wait_for_projection,
 };
 pub use roles::{
     APPLICATION_PRIVILEGES, ConnectedRole, READ_MODEL_PRIVILEGES, RoleName, application_role_sql,

@@ -9,11 +9,13 @@
 //! all but one of them in standby (they take over when its session ends).
 //!
 //! Also here: rebuilds from scratch ([`rebuild`]) and into a shadow table swapped in atomically ([`rebuild_shadow`]),
-//! recorded park decisions ([`park_event`]), cross-process read-your-writes
+//! recorded park decisions ([`park_event`]) and their resolution ([`park_records`],
+//! [`retry_parked`], [`drop_parked`]), forgetting a projection ([`forget_projection`]), cross-process read-your-writes
 //! ([`wait_for_projection`]) and operator status ([`projection_reports`]).
 
 mod handler;
 mod ops;
+mod park;
 mod rebuild;
 mod runner;
 mod sql;
@@ -23,6 +25,10 @@ pub use handler::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection}
 pub use ops::{
     ParkDecision, PgRunnerInstance, ProjectionReport, park_event, parked_events,
     projection_reports, wait_for_projection,
+};
+pub use park::{
+    Forgotten, ParkRecord, ParkState, RetryOutcome, drop_parked, forget_projection, park_records,
+    retry_parked,
 };
 pub use rebuild::{PgRebuildProgress, rebuild, rebuild_shadow};
 pub use runner::{

@@ -78,7 +78,8 @@ impl fmt::Display for RoleName {
 /// - `snapshots`, `projection_checkpoints`: the ports save, replace and delete them.
 /// - `projection_runners`: each runner instance upserts its own row, removes it when it
 ///   stops as a standby, and prunes the rows of dead or stopped instances when it takes
-///   over; `projection_parked`: park decisions are recorded and read, never removed.
+///   over; `projection_parked`: park decisions are recorded, read and resolved
+///   (`projections retry | drop-parked`), never removed.
 /// - `_sqlx_migrations`: read, so that a service (or `chronik doctor`) can check that the
 ///   schema is migrated.
 ///
@@ -91,7 +92,7 @@ pub const APPLICATION_PRIVILEGES: [(&str, &str); 8] = [
     ("snapshots", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_checkpoints", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_runners", "SELECT, INSERT, UPDATE, DELETE"),
-    ("projection_parked", "SELECT, INSERT"),
+    ("projection_parked", "SELECT, INSERT, UPDATE"),
     ("_sqlx_migrations", "SELECT"),
     ("events_global_position_seq", ""),
 ];

@@ -7,6 +7,7 @@
 //! trusts local connections, so no password is needed) and drops them at its end.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -355,9 +356,11 @@ async fn the_application_role_runs_everything_and_can_change_no_history(admin: P
         tallies.rows(app.pool()).await,
         [(stream.as_str().to_owned(), 3, 3)]
     );
-    let rebuilt = rebuild(&app, Arc::clone(&tallies), None, 2, &mut |_| {})
-        .await
-        .unwrap();
+    let rebuilt = rebuild(&app, Arc::clone(&tallies), None, 2, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap();
     assert_eq!(rebuilt.handled, 3);
     park_event(
         &app,
@@ -610,9 +613,11 @@ async fn a_shadow_rebuild_keeps_the_application_roles_access(admin: PgPool) {
     // Other tests' transactions in this cluster may hold the feed back for a moment.
     app.wait_for_feed(last, DEADLINE).await.unwrap();
 
-    let done = rebuild_shadow(&owner, Arc::new(tallies), None, 100, &mut |_| {})
-        .await
-        .unwrap();
+    let done = rebuild_shadow(&owner, Arc::new(tallies), None, 100, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap();
     assert_eq!(done.handled, 3);
     let after = table_privileges(&admin, &roles.app, &schema, Tallies::NAME).await;
     assert_eq!(
@@ -637,7 +642,7 @@ async fn a_shadow_rebuild_keeps_the_application_roles_access(admin: PgPool) {
         Arc::new(Tallies::new(&schema)),
         None,
         100,
-        &mut |_| {},
+        &mut |_| ControlFlow::Continue(()),
     )
     .await
     .unwrap_err();

@@ -2,6 +2,7 @@
 //! and the batch's transaction; runs, rebuilds and shadow rebuilds go through `PgTyped`.
 #![allow(clippy::unwrap_used)]
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,9 +164,11 @@ async fn typed_read_models_run_and_rebuild_on_decoded_upcast_events(pool: PgPool
     runner.stop().await;
     assert_eq!(levels(&pool).await, vec![("item-1".to_owned(), 3, 2)]);
 
-    let done = rebuild_shadow(&store, projection, Some(registry), 2, &mut |_| {})
-        .await
-        .unwrap();
+    let done = rebuild_shadow(&store, projection, Some(registry), 2, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap();
     assert_eq!(done.handled, 2, "only the item category's two events");
     assert_eq!(levels(&pool).await, vec![("item-1".to_owned(), 3, 2)]);
 }

@@ -236,6 +236,14 @@ fn demo_runs_on_postgres_from_database_url() {
         !stdout.contains(&database_url()),
         "the URL is printed:\n{stdout}"
     );
+    // The demo's one-off feed checkpoint is gone: `doctor` would call it a lagging projection.
+    let out = chronik_pg(&["projections", "status", "--json"]);
+    let doc = json(&text(&out.stdout));
+    let names: Vec<&str> = doc["projections"]
+        .as_array()
+        .map(|all| all.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(!names.contains(&"chronik-demo"), "{doc}");
 }
 
 #[test]
@@ -758,7 +766,7 @@ fn projections_rebuild_refuses_unknown_names_and_a_running_projection() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.starts_with("error: rebuilding projection orders failed: projection orders is locked by another session; stop its runner first"),
+        stderr.starts_with("error: rebuilding projection orders failed (nothing was changed: order_summaries is as it was): projection orders is locked by another session; stop its runner first"),
         "{stderr}"
     );
     // A shadow rebuild works beside the running runner.
@@ -1652,4 +1660,449 @@ fn tail_reconnects_after_losing_its_connection_and_gives_up_with_the_cursor() {
     );
     exec(format!("DROP OWNED BY \"{role}\""));
     exec(format!("DROP ROLE \"{role}\""));
+}
+
+impl Schema {
+    /// Appends one event as stored history may hold it (no validation beyond the store's),
+    /// to a new stream; returns its id and feed cursor once it is visible.
+    fn append_raw(
+        &self,
+        stream: &str,
+        event_type: &str,
+        schema_version: u32,
+        payload: serde_json::Value,
+    ) -> (chronik::EventId, chronik::FeedCursor) {
+        use chronik::EventStore as _;
+        use chronik::{EventId, EventType, ExpectedVersion, Metadata, NewEvent, StreamId};
+        let id = EventId::new(uuid::Uuid::new_v4()).expect("not nil");
+        let event = NewEvent::new(
+            id,
+            EventType::new(event_type).expect("valid"),
+            schema_version,
+            payload,
+            Metadata::default(),
+        )
+        .expect("valid event");
+        let stream = StreamId::new(stream).expect("valid stream id");
+        self.runtime.block_on(async {
+            let cursor = self
+                .store
+                .append(&stream, ExpectedVersion::NoStream, &[event])
+                .await
+                .expect("append")
+                .cursor;
+            self.store
+                .wait_for_feed(cursor, std::time::Duration::from_secs(60))
+                .await
+                .expect("visible");
+            (id, cursor)
+        })
+    }
+
+    /// The projections `projections status --json` lists, by name.
+    fn projection_names(&self) -> Vec<String> {
+        let doc = json(&self.ok(&["projections", "status", "--json"]));
+        doc["projections"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether table `table` exists in this schema.
+    fn has_table(&self, table: &str) -> bool {
+        self.runtime
+            .block_on(
+                sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+                    .bind(format!("\"{}\".\"{table}\"", self.name))
+                    .fetch_one(self.store.pool()),
+            )
+            .expect("to_regclass")
+    }
+
+    fn rows(&self, table: &str) -> u64 {
+        self.runtime
+            .block_on(self.store.count_rows(table))
+            .expect("count")
+    }
+}
+
+/// The v2 shape of `OrderPlaced` written as schema version 1: its upcaster cannot lift it.
+fn mislabelled_order_placed() -> serde_json::Value {
+    serde_json::json!({ "customer_id": "c-bad", "total_amount": 5 })
+}
+
+#[test]
+fn a_rebuild_that_meets_an_undecodable_event_keeps_the_old_read_model() {
+    let schema = Schema::migrated();
+    schema.place_orders(2);
+    schema.ok(&["projections", "rebuild", "orders"]);
+    assert_eq!(schema.rows("order_summaries"), 2);
+    let before = json(&schema.ok(&["projections", "status", "--json"]));
+    let (bad, cursor) =
+        schema.append_raw("order-bad", "OrderPlaced", 1, mislabelled_order_placed());
+
+    for shadow in [false, true] {
+        let mut args = vec!["projections", "rebuild", "orders"];
+        if shadow {
+            args.push("--shadow");
+        }
+        let out = schema.chronik(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "shadow {shadow}: {stderr}");
+        for expected in [
+            "error: rebuilding projection orders failed (".to_owned(),
+            format!("order-bad v1 (event {bad}, cursor {cursor})"),
+            format!("`chronik projections park orders {bad} --reason TEXT`"),
+            "OrderPlaced v1 has no `amount`".to_owned(),
+        ] {
+            assert!(
+                stderr.contains(&expected),
+                "shadow {shadow}: lacks {expected:?}:\n{stderr}"
+            );
+        }
+        // Not cleared, not half rebuilt, nothing left behind.
+        assert_eq!(schema.rows("order_summaries"), 2, "shadow {shadow}");
+        assert!(
+            !schema.has_table("order_summaries__shadow"),
+            "shadow {shadow}"
+        );
+        assert_eq!(schema.projection_names(), ["orders"], "shadow {shadow}");
+        let now = json(&schema.ok(&["projections", "status", "--json"]));
+        assert_eq!(
+            now["projections"][0]["position"], before["projections"][0]["position"],
+            "shadow {shadow}"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::Stdio;
+    let schema = Schema::migrated();
+    schema.place_orders(3);
+    schema.ok(&["projections", "rebuild", "orders"]);
+    schema.place_orders(1);
+    let before = json(&schema.ok(&["projections", "status", "--json"]));
+    // Dropped last, so that the blocking transaction is dropped inside the runtime even
+    // when an assertion fails.
+    let _entered = schema.runtime.enter();
+    // The projection's checkpoint row, locked: the rebuild prints its first progress line,
+    // then waits for this transaction, so it cannot finish before the signal is seen.
+    let mut blocker = schema
+        .runtime
+        .block_on(schema.store.pool().begin())
+        .expect("a transaction");
+    schema
+        .runtime
+        .block_on(
+            sqlx::query(&format!(
+                "SELECT 1 FROM \"{}\".projection_checkpoints WHERE name = 'orders' FOR UPDATE",
+                schema.name
+            ))
+            .execute(&mut *blocker),
+        )
+        .expect("the checkpoint row locked");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .args([
+            "projections",
+            "rebuild",
+            "orders",
+            "--batch",
+            "1",
+            "--schema",
+            &schema.name,
+        ])
+        .env("DATABASE_URL", database_url())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the chronik binary starts");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut wait_for = |prefix: &str, seen: &mut String| loop {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).expect("stderr reads");
+        assert!(read > 0, "stderr ended before {prefix:?}:\n{seen}");
+        seen.push_str(&line);
+        if line.starts_with(prefix) {
+            return;
+        }
+    };
+    wait_for("rebuilding orders: ", &mut seen);
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    wait_for("interrupted: stopping the rebuild of orders", &mut seen);
+    schema
+        .runtime
+        .block_on(blocker.rollback())
+        .expect("rollback");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("stderr reads");
+    seen.push_str(&rest);
+    let out = child.wait_with_output().expect("the binary ends");
+    assert_eq!(out.status.code(), Some(130), "{seen}");
+    assert!(
+        seen.contains("error: the rebuild of projection orders was interrupted after ")
+            && seen.contains(
+                "its transaction was rolled back, so order_summaries and the checkpoint of orders \
+                 are as they were before the rebuild; restart its runners, or run \
+                 `chronik projections rebuild orders` again to start over"
+            ),
+        "{seen}"
+    );
+    assert!(!seen.contains("panicked"), "{seen}");
+    // As it was: three rows, the same checkpoint, and nothing else.
+    assert_eq!(schema.rows("order_summaries"), 3);
+    let now = json(&schema.ok(&["projections", "status", "--json"]));
+    for field in ["name", "position", "events_processed", "lag_events"] {
+        assert_eq!(
+            now["projections"][0][field], before["projections"][0][field],
+            "{field}: {now}"
+        );
+    }
+    assert_eq!(
+        now["projections"].as_array().map(Vec::len),
+        Some(1),
+        "{now}"
+    );
+    // And the rebuild works when let finish.
+    let stdout = schema.ok(&["projections", "rebuild", "orders"]);
+    assert!(
+        stdout.contains("order_summaries now holds 4 rows"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten() {
+    use chronik::EventStore as _;
+    use chronik::postgres::{PgProjectionRunner, PgRunnerOptions};
+    use std::sync::Arc;
+    let schema = Schema::migrated();
+    let placed = schema.place_orders(2);
+    let (bad, cursor) =
+        schema.append_raw("order-bad", "OrderPlaced", 1, mislabelled_order_placed());
+    let runner = {
+        let _entered = schema.runtime.enter();
+        let projection = Arc::new(orders::OrderProjection::new(schema.store.schema()));
+        PgProjectionRunner::new(schema.store.clone(), projection)
+            .with_upcasters(Arc::new(orders::upcasters().expect("valid")))
+            .with_options(PgRunnerOptions {
+                retry_base: std::time::Duration::from_millis(5),
+                retry_max: std::time::Duration::from_millis(20),
+                ..PgRunnerOptions::default()
+            })
+            .spawn()
+            .expect("the runner starts")
+    };
+    let mut status = runner.subscribe();
+    schema
+        .runtime
+        .block_on(status.wait_for(|s| s.attempts >= 2))
+        .expect("the runner fails on the bad event");
+    assert!(
+        runner
+            .status()
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(&format!("cursor {cursor}"))),
+        "{:?}",
+        runner.status()
+    );
+
+    // The failing event, not parked yet, and how to park it.
+    let stdout = schema.ok(&["projections", "parked", "orders"]);
+    assert!(
+        stdout.contains("no open parked events for projection orders")
+            && stdout.contains(&format!(
+                "projection orders is failing on event {bad}, which is not parked ("
+            ))
+            && stdout.contains(&format!(
+                "`chronik projections park orders {bad} --reason TEXT`"
+            )),
+        "{stdout}"
+    );
+    let stdout = schema.ok(&[
+        "projections",
+        "park",
+        "orders",
+        &bad.to_string(),
+        "--reason",
+        "v2 payload stored as v1",
+        "--by",
+        "ops",
+    ]);
+    assert!(
+        stdout.starts_with(&format!(
+            "parked event {bad} (order-bad v1, cursor {cursor}) for projection orders"
+        )),
+        "{stdout}"
+    );
+    schema
+        .runtime
+        .block_on(chronik::postgres::wait_for_projection(
+            &schema.store,
+            "orders",
+            cursor,
+            std::time::Duration::from_secs(60),
+        ))
+        .expect("the runner passes over it");
+    let doc = json(&schema.ok(&["projections", "parked", "orders", "--json"]));
+    let parked = &doc["parked"][0];
+    assert_eq!(parked["event_id"], bad.to_string(), "{doc}");
+    assert_eq!(parked["state"], "skipped", "{doc}");
+    assert_eq!(parked["cursor"], cursor.to_string(), "{doc}");
+    assert_eq!(parked["decided_by"], "ops", "{doc}");
+    assert_eq!(doc["failing_event"], serde_json::Value::Null, "{doc}");
+    // A rebuild passes over it too, beside the running runner.
+    let stdout = schema.ok(&["projections", "rebuild", "orders", "--shadow"]);
+    assert!(
+        stdout.contains("order_summaries now holds 2 rows"),
+        "{stdout}"
+    );
+
+    // Retried while it still cannot be applied: refused, and it stays parked.
+    let out = schema.chronik(&[
+        "projections",
+        "retry",
+        "orders",
+        &bad.to_string(),
+        "--by",
+        "ops",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: event {bad} still fails for projection orders: it stays parked: "
+        )) && stderr.contains(&format!("cursor {cursor}")),
+        "{stderr}"
+    );
+    let doc = json(&schema.ok(&["projections", "parked", "orders", "--json"]));
+    assert_eq!(doc["parked"][0]["state"], "skipped", "{doc}");
+
+    // Dropped for good: it leaves the list, and a second drop finds nothing open.
+    let stdout = schema.ok(&[
+        "projections",
+        "drop-parked",
+        "orders",
+        &bad.to_string(),
+        "--by",
+        "ops",
+    ]);
+    assert!(
+        stdout.starts_with(&format!(
+            "dropped event {bad} for projection orders for good"
+        )),
+        "{stdout}"
+    );
+    let stdout = schema.ok(&["projections", "parked", "orders"]);
+    assert!(
+        stdout.starts_with("no open parked events for projection orders"),
+        "{stdout}"
+    );
+    let doc = json(&schema.ok(&["projections", "parked", "orders", "--all", "--json"]));
+    assert_eq!(doc["parked"][0]["state"], "dropped", "{doc}");
+    assert_eq!(doc["parked"][0]["resolved_by"], "ops", "{doc}");
+    let out = schema.chronik(&[
+        "projections",
+        "drop-parked",
+        "orders",
+        &bad.to_string(),
+        "--by",
+        "ops",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(
+        "is not parked for projection orders any more (its decision was resolved: dropped)"
+    ));
+
+    // An event that applies fine is retried: applied now, once (the read model's upserts
+    // are guarded by version).
+    let first = schema
+        .runtime
+        .block_on(schema.store.read_feed(
+            chronik::FeedCursor::START,
+            &chronik::FeedFilter {
+                event_types: vec![],
+                categories: vec![],
+            },
+            1,
+        ))
+        .expect("the feed")
+        .events
+        .remove(0);
+    assert_eq!(first.stream_id, placed[0]);
+    schema.ok(&[
+        "projections",
+        "park",
+        "orders",
+        &first.event_id.to_string(),
+        "--reason",
+        "test",
+        "--by",
+        "ops",
+    ]);
+    let stdout = schema.ok(&[
+        "projections",
+        "retry",
+        "orders",
+        &first.event_id.to_string(),
+        "--by",
+        "ops",
+    ]);
+    assert!(
+        stdout.contains("applied to order_summaries now"),
+        "{stdout}"
+    );
+    assert_eq!(schema.rows("order_summaries"), 2);
+    let out = schema.chronik(&[
+        "projections",
+        "retry",
+        "orders",
+        &uuid::Uuid::new_v4().to_string(),
+        "--by",
+        "ops",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    check_refused(
+        &os(&["projections", "retry", "nope", &bad.to_string()]),
+        2,
+        "unknown projection \"nope\"; known projections: orders",
+    );
+
+    // A running projection is not forgotten; a stopped one is, and only its rows go.
+    let owner = runner.status().lock_pid.expect("the runner holds the lock");
+    let out = schema.chronik(&["projections", "forget", "orders"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: projection orders is running (owner pid {owner} "
+        )),
+        "{stderr}"
+    );
+    schema.runtime.block_on(runner.stop());
+    let stdout = schema.ok(&["projections", "forget", "orders"]);
+    assert!(
+        stdout.starts_with(&format!(
+            "forgot projection orders in schema {}: its checkpoint at ",
+            schema.name
+        )) && stdout.contains("1 runner row deleted"),
+        "{stdout}"
+    );
+    assert!(schema.projection_names().is_empty());
+    assert_eq!(schema.rows("order_summaries"), 2, "the read model stays");
+    let out = schema.chronik(&["projections", "forget", "orders"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }

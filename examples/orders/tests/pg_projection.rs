@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -181,6 +182,19 @@ impl Audited {
             trip: None,
             tripped: Arc::default(),
             poison: Arc::default(),
+        }
+    }
+}
+
+impl chronik::postgres::ShadowProjection for Audited {
+    fn table(&self) -> &str {
+        self.inner.table()
+    }
+
+    fn with_table(&self, table: &str) -> Self {
+        Self {
+            inner: self.inner.with_table(table),
+            ..self.clone()
         }
     }
 }
@@ -376,6 +390,7 @@ async fn a_crash_mid_batch_or_between_batches_applies_nothing_twice(pool: PgPool
     let mut reports = Vec::new();
     let done = rebuild(&store, Arc::new(Audited::new(orders)), None, 5, &mut |p| {
         reports.push(*p);
+        ControlFlow::Continue(())
     })
     .await
     .unwrap();
@@ -528,6 +543,7 @@ async fn a_shadow_rebuild_keeps_serving_the_old_table_then_swaps(pool: PgPool) {
                         paused.notify_one();
                         released.recv().unwrap();
                     }
+                    ControlFlow::Continue(())
                 })
                 .await
             })
@@ -763,16 +779,16 @@ fn rebuilds_can_be_spawned(store: PgEventStore) {
     let a = store.clone();
     drop(tokio::spawn(async move {
         let p = Arc::new(Audited::new(OrderProjection::new(a.schema())));
-        rebuild(&a, p, None, 0, &mut |_| {}).await
+        rebuild(&a, p, None, 0, &mut |_| ControlFlow::Continue(())).await
     }));
     let s = store.clone();
     drop(tokio::spawn(async move {
         let p = Arc::new(OrderProjection::new(s.schema()));
-        rebuild(&s, p, None, 0, &mut |_| {}).await
+        rebuild(&s, p, None, 0, &mut |_| ControlFlow::Continue(())).await
     }));
     drop(tokio::spawn(async move {
         let p = Arc::new(OrderProjection::new(store.schema()));
-        rebuild_shadow(&store, p, None, 0, &mut |_| {}).await
+        rebuild_shadow(&store, p, None, 0, &mut |_| ControlFlow::Continue(())).await
     }));
 }
 
@@ -917,4 +933,147 @@ async fn a_dead_owner_is_reported_dead_until_another_takes_over(pool: PgPool) {
         "the new owner pruned the dead one: {r:#?}"
     );
     b.stop().await;
+}
+
+/// The checkpoint row of `name`: (transaction, position, events processed).
+async fn checkpoint_row(pool: &PgPool, name: &str) -> Option<(i64, i64, i64)> {
+    sqlx::query_as(
+        "SELECT transaction_id, global_position, events_processed \
+           FROM projection_checkpoints WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// Whether a shadow rebuild left its table or its checkpoint behind.
+async fn shadow_leftovers(pool: &PgPool) -> (bool, bool) {
+    let table: bool =
+        sqlx::query_scalar("SELECT to_regclass('order_summaries__shadow') IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    (
+        table,
+        checkpoint_row(pool, "orders__shadow").await.is_some(),
+    )
+}
+
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
+async fn rebuilds_that_fail_or_are_stopped_change_nothing_and_leave_nothing_behind(pool: PgPool) {
+    use chronik::postgres::PgProjectionError;
+    let store = setup(&pool).await;
+    let last = append_orders(&store, 0, 6).await;
+    store
+        .wait_for_feed(last, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let orders = OrderProjection::new(store.schema());
+    rebuild(&store, Arc::new(orders.clone()), None, 4, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap();
+    let before = actual_model(&pool).await;
+    let checkpoint = checkpoint_row(&pool, "orders").await;
+    assert_eq!(before, expected_model(&store).await);
+    let feed = store
+        .read_feed(FeedCursor::START, &FeedFilter::all(), 100)
+        .await
+        .unwrap()
+        .events;
+    let bad = feed[feed.len() - 2].clone();
+    let poisoned = || {
+        let p = Audited::new(orders.clone());
+        p.poison.lock().unwrap().insert(bad.event_id);
+        Arc::new(p)
+    };
+
+    // A handler failure on the next-to-last event: the error names the event's cursor, and
+    // the read model and checkpoint are as they were, not cleared nor half rebuilt.
+    let err = rebuild(&store, poisoned(), None, 4, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, PgProjectionError::Handler { cursor, event_id, .. }
+            if *cursor == bad.cursor && *event_id == bad.event_id),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("cursor {}", bad.cursor)),
+        "{err}"
+    );
+    assert_eq!(actual_model(&pool).await, before);
+    assert_eq!(checkpoint_row(&pool, "orders").await, checkpoint);
+    let err = rebuild_shadow(&store, poisoned(), None, 4, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, PgProjectionError::Handler { .. }), "{err}");
+    assert_eq!(shadow_leftovers(&pool).await, (false, false));
+    assert_eq!(actual_model(&pool).await, before);
+
+    // Stopped by the progress callback after the second batch: the same.
+    for shadow in [false, true] {
+        let mut calls = 0;
+        let mut stop = |_: &chronik::postgres::PgRebuildProgress| {
+            calls += 1;
+            if calls == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let p = Arc::new(orders.clone());
+        let err = if shadow {
+            rebuild_shadow(&store, p, None, 4, &mut stop).await
+        } else {
+            rebuild(&store, p, None, 4, &mut stop).await
+        }
+        .unwrap_err();
+        assert!(
+            matches!(&err, PgProjectionError::Interrupted { projection, scanned: 4 } if projection == "orders"),
+            "shadow {shadow}: {err}"
+        );
+        assert_eq!(actual_model(&pool).await, before, "shadow {shadow}");
+        assert_eq!(checkpoint_row(&pool, "orders").await, checkpoint);
+        assert_eq!(shadow_leftovers(&pool).await, (false, false));
+    }
+
+    // A recorded park decision is honoured by rebuilds as by the runner.
+    park_event(
+        &store,
+        &ParkDecision {
+            projection: OrderProjection::NAME.into(),
+            event_id: bad.event_id,
+            stream_id: bad.stream_id.clone(),
+            version: bad.version,
+            reason: "poison, ticket 9".into(),
+            decided_by: "ops".into(),
+            decided_at: None,
+        },
+    )
+    .await
+    .unwrap();
+    for shadow in [false, true] {
+        let done = if shadow {
+            rebuild_shadow(&store, poisoned(), None, 4, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .await
+        } else {
+            rebuild(&store, poisoned(), None, 4, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .await
+        }
+        .unwrap();
+        assert_eq!(done.scanned, feed.len() as u64, "shadow {shadow}");
+        assert_eq!(done.handled, feed.len() as u64 - 1, "shadow {shadow}");
+    }
+    assert_eq!(shadow_leftovers(&pool).await, (false, false));
 }

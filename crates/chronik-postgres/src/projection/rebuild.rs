@@ -1,9 +1,12 @@
+use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chronik_core::{FeedCursor, UpcasterRegistry};
+use chronik_core::{EventId, FeedCursor, UpcasterRegistry};
 use chronik_store::{EventStore, MAX_FEED_PAGE, StoreError, validate_projection_name};
 use sqlx::Connection;
+use uuid::Uuid;
 
 use super::handler::{PgProjection, ShadowProjection};
 use super::runner::{Batch, Engine, PgProjectionError};
@@ -47,10 +50,79 @@ impl PgRebuildProgress {
     }
 }
 
-type Progress<'a> = &'a mut (dyn FnMut(&PgRebuildProgress) + Send);
+/// Called after every batch with the progress so far; returning
+/// [`ControlFlow::Break`] stops the rebuild at that batch boundary (it then cleans up and
+/// fails with [`PgProjectionError::Interrupted`]).
+type Progress<'a> = &'a mut (dyn FnMut(&PgRebuildProgress) -> ControlFlow<()> + Send);
 
 fn batch_size(n: usize) -> usize {
     if n == 0 { 1_000 } else { n.min(MAX_FEED_PAGE) }
+}
+
+/// The error for a handler failure on `event` during a rebuild of `projection`.
+fn handler_failed(
+    projection: &str,
+    event: &chronik_core::RecordedEvent,
+    failure: super::handler::HandlerFailure,
+) -> PgProjectionError {
+    PgProjectionError::Handler {
+        projection: projection.to_owned(),
+        stream: event.stream_id.to_string(),
+        version: event.version.get(),
+        event_id: event.event_id,
+        cursor: event.cursor,
+        source: Box::new(failure),
+    }
+}
+
+/// The events a rebuild of `name` passes over: those with a recorded park decision,
+/// which the runner skips too, so that a rebuild gives the read model the runner keeps.
+async fn skipped(store: &PgEventStore, name: &str) -> Result<HashSet<EventId>, StoreError> {
+    let sql = super::sql::ProjectionSql::new(store.schema());
+    let ids: Vec<Uuid> = sqlx::query_scalar(&sql.skipped_ids)
+        .bind(name)
+        .fetch_all(store.pool())
+        .await
+        .map_err(backend)?;
+    ids.into_iter().map(super::runner::event_id).collect()
+}
+
+/// Applies pages inside `tx` until `engine` is caught up, reporting after each; stops
+/// with [`PgProjectionError::Interrupted`] when `progress` says so. Commits nothing.
+async fn replay_in<P: PgProjection>(
+    engine: &Engine<P>,
+    tx: &mut super::handler::PgTransaction,
+    limit: usize,
+    p: &mut PgRebuildProgress,
+    started: Instant,
+    progress: Progress<'_>,
+) -> Result<(), PgProjectionError> {
+    loop {
+        match engine.apply_page(tx, limit, false).await? {
+            Batch::Committed {
+                cursor,
+                processed,
+                scanned,
+                full,
+                ..
+            } => {
+                p.scanned += scanned as u64;
+                p.handled = processed;
+                p.cursor = cursor;
+                p.elapsed = started.elapsed();
+                if progress(p).is_break() {
+                    return Err(interrupted(engine.name(), p));
+                }
+                if !full {
+                    return Ok(());
+                }
+            }
+            Batch::Idle { .. } => return Ok(()),
+            Batch::Failed { event, failure, .. } => {
+                return Err(handler_failed(engine.name(), &event, failure));
+            }
+        }
+    }
 }
 
 /// Replays batches (each its own transaction) until the engine is caught up.
@@ -74,36 +146,50 @@ async fn replay<P: PgProjection>(
                 p.handled = processed;
                 p.cursor = cursor;
                 p.elapsed = started.elapsed();
-                progress(p);
+                if progress(p).is_break() {
+                    return Err(interrupted(engine.name(), p));
+                }
                 if !full {
                     return Ok(());
                 }
             }
             Batch::Idle { .. } => return Ok(()),
             Batch::Failed { event, failure, .. } => {
-                return Err(PgProjectionError::Handler {
-                    projection: engine.name().to_owned(),
-                    stream: event.stream_id.to_string(),
-                    version: event.version.get(),
-                    event_id: event.event_id,
-                    source: failure,
-                });
+                return Err(handler_failed(engine.name(), &event, failure));
             }
         }
     }
 }
 
-/// Rebuilds `projection` from scratch: in one transaction, clears the read model and resets
-/// the checkpoint; then replays the whole feed in batches (each committed with its
-/// checkpoint), calling `progress` after each. The read model is empty, then partial,
-/// while this runs: use [`rebuild_shadow`] to keep serving the old one.
+fn interrupted(name: &str, p: &PgRebuildProgress) -> PgProjectionError {
+    PgProjectionError::Interrupted {
+        projection: name.trim_end_matches("__shadow").to_owned(),
+        scanned: p.scanned,
+    }
+}
+
+/// Rebuilds `projection` from scratch, atomically: in **one transaction**, clears the read
+/// model, resets the checkpoint, replays the whole visible feed (in pages of `batch`
+/// events, calling `progress` after each) and moves the checkpoint to its end, then
+/// commits. Until that commit readers see the old read model; if anything fails (an event
+/// that does not decode, a handler error, a lost connection) or `progress` stops it, the
+/// transaction rolls back and the old read model and checkpoint stay as they were.
+///
+/// Events with a recorded park decision ([`crate::park_event`]) are passed over, as the
+/// runner passes over them.
+///
+/// The transaction holds the feed's horizon while it runs: events committed after it
+/// started stay invisible to **every** projection of the cluster until it commits (its
+/// runner then catches up from the checkpoint). On a large feed, prefer
+/// [`rebuild_shadow`], which commits as it goes and keeps the live table serving.
 ///
 /// Takes the projection's advisory lock for the duration, so it fails with
 /// [`PgProjectionError::Busy`] while a runner is active (stop it first; restart it after).
 ///
 /// # Errors
-/// [`PgProjectionError::Busy`], store failures, [`PgProjectionError::Handler`] (the
-/// checkpoint then marks how far it got; a runner resumes from there).
+/// [`PgProjectionError::Busy`], store failures, [`PgProjectionError::Handler`] (naming the
+/// event, its stream, version and cursor), [`PgProjectionError::Interrupted`]; in every
+/// case nothing was changed.
 pub async fn rebuild<P: PgProjection>(
     store: &PgEventStore,
     projection: Arc<P>,
@@ -117,7 +203,11 @@ pub async fn rebuild<P: PgProjection>(
     let Some((lock, _pid)) = engine.try_lock(projection.name()).await? else {
         return Err(PgProjectionError::Busy(projection.name().to_owned()));
     };
-    let result = scratch(store, &engine, &projection, batch, progress).await;
+    let result = async {
+        engine.skip = skipped(store, projection.name()).await?;
+        scratch(store, &engine, &projection, batch, progress).await
+    }
+    .await;
     let _ = lock.close().await;
     result
 }
@@ -131,6 +221,16 @@ async fn scratch<P: PgProjection>(
 ) -> Result<PgRebuildProgress, PgProjectionError> {
     let started = Instant::now();
     let total = store.feed_head().await?.visible_events;
+    let mut p = PgRebuildProgress {
+        scanned: 0,
+        total,
+        handled: 0,
+        cursor: FeedCursor::START,
+        elapsed: Duration::ZERO,
+    };
+    if progress(&p).is_break() {
+        return Err(interrupted(engine.name(), &p));
+    }
     let mut tx = store.pool().begin().await?;
     engine.lock_checkpoint(&mut tx).await?;
     projection
@@ -140,16 +240,21 @@ async fn scratch<P: PgProjection>(
     engine
         .set_checkpoint(&mut tx, projection.name(), FeedCursor::START, 0)
         .await?;
+    let replayed = replay_in(
+        engine,
+        &mut tx,
+        batch_size(batch),
+        &mut p,
+        started,
+        progress,
+    )
+    .await;
+    if let Err(e) = replayed {
+        // Said explicitly while the connection is usable; dropping `tx` rolls back too.
+        let _ = tx.rollback().await;
+        return Err(e);
+    }
     tx.commit().await?;
-    let mut p = PgRebuildProgress {
-        scanned: 0,
-        total,
-        handled: 0,
-        cursor: FeedCursor::START,
-        elapsed: Duration::ZERO,
-    };
-    progress(&p);
-    replay(engine, batch_size(batch), &mut p, started, progress).await?;
     p.elapsed = started.elapsed();
     Ok(p)
 }
@@ -170,10 +275,16 @@ fn ident(name: &str) -> Result<(), StoreError> {
 /// the shadow's, and commit. Readers see the old table until that commit and the new one
 /// after it; nobody sees a partial table.
 ///
+/// Events with a recorded park decision for the projection ([`crate::park_event`]) are
+/// passed over, as its runner passes over them. `progress` is called after every batch;
+/// returning [`ControlFlow::Break`] stops the rebuild at that boundary.
+///
 /// # Errors
 /// [`PgProjectionError::Busy`] when another shadow rebuild of this projection runs;
-/// store failures; [`PgProjectionError::Handler`]. On any error the live table is
-/// untouched (a leftover shadow table is dropped by the next attempt).
+/// store failures; [`PgProjectionError::Handler`] (naming the event, its stream, version
+/// and cursor); [`PgProjectionError::Interrupted`]. On every error the live table and
+/// checkpoint are untouched and the shadow table and its checkpoint `<name>__shadow` are
+/// dropped before returning (whatever the next attempt would find is dropped by it too).
 pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     store: &PgEventStore,
     projection: Arc<P>,
@@ -212,16 +323,27 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
         shadow_table,
         old_table,
     };
-    let result = shadow_inner(store, &shadow, &live, &names, batch, progress)
-        .await
-        .map_err(|e| needs_owner(e, store.schema()));
-    let _ = lock.close().await;
+    let result = async {
+        shadow.skip = skipped(store, &names.name).await?;
+        shadow_inner(store, &shadow, &live, &names, batch, progress).await
+    }
+    .await
+    .map_err(|e| needs_owner(e, store.schema()));
     if result.is_err() {
+        // Cleaned up while the lock is still held, so that no other rebuild is using them.
         let drop_shadow = format!("DROP TABLE IF EXISTS {s}.\"{}\"", names.shadow_table);
         if let Err(e) = sqlx::query(&drop_shadow).execute(store.pool()).await {
             tracing::warn!(error = %backend(e), "could not drop the shadow table");
         }
+        if let Err(e) = sqlx::query(&live.sql.delete_checkpoint)
+            .bind(&names.shadow_name)
+            .execute(store.pool())
+            .await
+        {
+            tracing::warn!(error = %backend(e), "could not delete the shadow checkpoint");
+        }
     }
+    let _ = lock.close().await;
     result
 }
 
@@ -329,7 +451,9 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
         cursor: FeedCursor::START,
         elapsed: Duration::ZERO,
     };
-    progress(&p);
+    if progress(&p).is_break() {
+        return Err(interrupted(shadow_name, &p));
+    }
     let limit = batch_size(batch);
     replay(shadow, limit, &mut p, started, progress).await?;
 
@@ -354,13 +478,7 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
             }
             Batch::Idle { .. } => break,
             Batch::Failed { event, failure, .. } => {
-                return Err(PgProjectionError::Handler {
-                    projection: shadow_name.clone(),
-                    stream: event.stream_id.to_string(),
-                    version: event.version.get(),
-                    event_id: event.event_id,
-                    source: failure,
-                });
+                return Err(handler_failed(shadow_name, &event, failure));
             }
         }
     }
@@ -390,6 +508,7 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     tx.commit().await?;
     p.cursor = cursor;
     p.elapsed = started.elapsed();
-    progress(&p);
+    // Swapped and committed: too late to stop, so the answer does not matter.
+    let _ = progress(&p);
     Ok(p)
 }

@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,11 @@ pub enum PgProjectionError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A handler failed on an event (rebuilds stop on it; the runner retries instead).
-    #[error("projection {projection} failed on {stream} v{version} ({event_id}): {source}")]
+    /// Names the event's feed cursor, so that a reader can resume after it, and its id,
+    /// which a park decision names.
+    #[error(
+        "projection {projection} failed on {stream} v{version} (event {event_id}, cursor {cursor}): {source}"
+    )]
     Handler {
         /// The projection.
         projection: String,
@@ -37,9 +42,24 @@ pub enum PgProjectionError {
         version: u64,
         /// Its id.
         event_id: EventId,
-        /// The handler's failure.
+        /// Its position in the feed.
+        cursor: FeedCursor,
+        /// The handler's failure (boxed: it keeps the error small on the happy path).
         #[source]
-        source: HandlerFailure,
+        source: Box<HandlerFailure>,
+    },
+    /// A rebuild was stopped by its progress callback at a batch boundary, and cleaned up
+    /// after itself: the read model is as it was before the rebuild started (an in-place
+    /// rebuild's transaction is rolled back; a shadow rebuild's table and checkpoint are
+    /// dropped). Running the rebuild again starts it over.
+    #[error(
+        "the rebuild of projection {projection} was stopped after {scanned} events; its read model is as it was before the rebuild"
+    )]
+    Interrupted {
+        /// The projection.
+        projection: String,
+        /// Feed events examined before it stopped.
+        scanned: u64,
     },
     /// Another session holds the projection's lock (a runner or another rebuild).
     #[error("projection {0} is locked by another session; stop its runner first")]
@@ -361,6 +381,9 @@ pub(crate) struct Engine<P> {
     pub(crate) projection: Arc<P>,
     filter: FeedFilter,
     upcasters: Option<Arc<UpcasterRegistry>>,
+    /// Events to pass over without handling (a rebuild honours the park decisions the
+    /// runner does; see [`crate::park_event`]).
+    pub(crate) skip: HashSet<EventId>,
 }
 
 pub(crate) fn cursor_of(tx: i64, pos: i64) -> Result<FeedCursor, StoreError> {
@@ -388,6 +411,7 @@ impl<P: PgProjection> Engine<P> {
             filter: projection.filter(),
             projection,
             upcasters,
+            skip: HashSet::new(),
         }
     }
 
@@ -475,6 +499,12 @@ impl<P: PgProjection> Engine<P> {
                 continue;
             }
             events += 1;
+            if self.skip.contains(&raw.event_id) {
+                tracing::warn!(projection = %self.name, event = %raw.event_id, "skipping parked event");
+                parked += 1;
+                cursor = raw.cursor;
+                continue;
+            }
             if retrying && index == 0 {
                 let is_parked: bool = sqlx::query_scalar(&self.sql.is_parked)
                     .bind(&self.name)
@@ -926,8 +956,8 @@ impl<P: PgProjection> Task<P> {
                     limit = 1;
                     retrying = true;
                     let message = format!(
-                        "{} v{} ({}): {failure}",
-                        event.stream_id, event.version, event.event_id
+                        "{} v{} (event {}, cursor {}): {failure}",
+                        event.stream_id, event.version, event.event_id, event.cursor
                     );
                     self.fail(attempt, message, Some(event.event_id)).await?;
                 }

@@ -12,6 +12,12 @@ pub(crate) struct ProjectionSql {
     pub(crate) is_parked: String,
     pub(crate) park: String,
     pub(crate) parked: String,
+    pub(crate) park_records: String,
+    pub(crate) lock_decision: String,
+    pub(crate) resolve: String,
+    pub(crate) forget_runners: String,
+    /// The events a rebuild of `$1` passes over (those the runner skips).
+    pub(crate) skipped_ids: String,
     pub(crate) save_status: String,
     pub(crate) delete_status: String,
     pub(crate) prune_statuses: String,
@@ -56,9 +62,11 @@ impl ProjectionSql {
                    FROM {s}.projection_checkpoints WHERE name = $1"
             ),
             delete_checkpoint: format!("DELETE FROM {s}.projection_checkpoints WHERE name = $1"),
+            // A decision resolved as `retried` no longer skips its event.
             is_parked: format!(
                 "SELECT EXISTS (SELECT 1 FROM {s}.projection_parked \
-                                 WHERE name = $1 AND event_id = $2)"
+                                 WHERE name = $1 AND event_id = $2 \
+                                   AND resolution IS DISTINCT FROM 'retried')"
             ),
             park: format!(
                 "INSERT INTO {s}.projection_parked \
@@ -68,6 +76,31 @@ impl ProjectionSql {
             parked: format!(
                 "SELECT event_id, stream_id, version, reason, decided_by, decided_at \
                    FROM {s}.projection_parked WHERE name = $1 ORDER BY decided_at, event_id"
+            ),
+            park_records: format!(
+                "SELECT p.event_id, p.stream_id, p.version, p.reason, p.decided_by, p.decided_at, \
+                        e.transaction_id::text::bigint, e.global_position, \
+                        p.resolution, p.resolved_by, p.resolved_at, \
+                        coalesce((c.transaction_id, c.global_position) \
+                                 >= (e.transaction_id::text::bigint, e.global_position), false) \
+                   FROM {s}.projection_parked p \
+                   LEFT JOIN {s}.events e ON e.event_id = p.event_id \
+                   LEFT JOIN {s}.projection_checkpoints c ON c.name = p.name \
+                  WHERE p.name = $1 ORDER BY p.decided_at, p.event_id"
+            ),
+            lock_decision: format!(
+                "SELECT resolution FROM {s}.projection_parked \
+                  WHERE name = $1 AND event_id = $2 FOR UPDATE"
+            ),
+            resolve: format!(
+                "UPDATE {s}.projection_parked \
+                    SET resolution = $3, resolved_by = $4, resolved_at = now() \
+                  WHERE name = $1 AND event_id = $2 AND resolution IS NULL"
+            ),
+            forget_runners: format!("DELETE FROM {s}.projection_runners WHERE name = $1"),
+            skipped_ids: format!(
+                "SELECT event_id FROM {s}.projection_parked \
+                  WHERE name = $1 AND resolution IS DISTINCT FROM 'retried'"
             ),
             // One row per runner instance, written only by that instance. `$8`: whether
             // it holds the projection's lock (`owner_since` keeps the first time it took it).

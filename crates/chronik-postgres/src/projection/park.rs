@@ -1,0 +1,359 @@
+//! Parked events as an operator handles them: listed with their state, retried once the
+//! handler can apply them, dropped for good; and projections forgotten.
+
+use std::sync::Arc;
+
+use chronik_core::{EventId, FeedCursor, StreamId, UpcasterRegistry, Version};
+use chronik_store::{StoreError, upcast_recorded, validate_projection_name};
+use chrono::{DateTime, Utc};
+use sqlx::{Connection as _, Row as _};
+use uuid::Uuid;
+
+use super::handler::{HandlerFailure, PgProjection};
+use super::ops::ParkDecision;
+use super::runner::{PgProjectionError, cursor_of, event_id};
+use super::sql::{ProjectionSql, lock_key};
+use crate::error::backend;
+use crate::store::PgEventStore;
+
+/// Where a parked event stands for its projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ParkState {
+    /// Decided, and the projection's checkpoint has not passed the event yet: its runner
+    /// skips it when it fails on it.
+    Pending,
+    /// The checkpoint passed it: the runner (or a rebuild) skipped it, and the read model
+    /// lacks its effects.
+    Skipped,
+    /// Resolved by [`retry_parked`]: applied after all (or, not reached yet, left for the
+    /// runner to apply); nothing passes over it any more.
+    Retried,
+    /// Resolved by [`drop_parked`]: given up for good; runners and rebuilds keep passing
+    /// over it.
+    Dropped,
+}
+
+impl ParkState {
+    /// `pending`, `skipped`, `retried` or `dropped`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Skipped => "skipped",
+            Self::Retried => "retried",
+            Self::Dropped => "dropped",
+        }
+    }
+
+    /// Whether an operator still has to decide about it (pending or skipped).
+    #[must_use]
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Skipped)
+    }
+}
+
+/// A park decision with where its event stands ([`park_records`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ParkRecord {
+    /// The decision as recorded.
+    pub decision: ParkDecision,
+    /// The event's feed cursor (`None` if the event is not in this store).
+    pub cursor: Option<FeedCursor>,
+    /// Where it stands.
+    pub state: ParkState,
+    /// Who resolved it, when it is resolved.
+    pub resolved_by: Option<String>,
+    /// When.
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// Every park decision of `projection`, oldest first, with its event's cursor and state.
+///
+/// # Errors
+/// [`StoreError::InvalidRequest`] for an invalid name; [`StoreError::Backend`].
+pub async fn park_records(
+    store: &PgEventStore,
+    projection: &str,
+) -> Result<Vec<ParkRecord>, StoreError> {
+    validate_projection_name(projection)?;
+    let sql = ProjectionSql::new(store.schema());
+    let rows = sqlx::query(&sql.park_records)
+        .bind(projection)
+        .fetch_all(store.pool())
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|r| {
+            let id: Uuid = r.try_get(0).map_err(backend)?;
+            let stream: String = r.try_get(1).map_err(backend)?;
+            let version: i64 = r.try_get(2).map_err(backend)?;
+            let tx: Option<i64> = r.try_get(6).map_err(backend)?;
+            let pos: Option<i64> = r.try_get(7).map_err(backend)?;
+            let resolution: Option<String> = r.try_get(8).map_err(backend)?;
+            let passed: bool = r.try_get(11).map_err(backend)?;
+            let state = match resolution.as_deref() {
+                Some("retried") => ParkState::Retried,
+                Some(_) => ParkState::Dropped,
+                None if passed => ParkState::Skipped,
+                None => ParkState::Pending,
+            };
+            Ok(ParkRecord {
+                decision: ParkDecision {
+                    projection: projection.to_owned(),
+                    event_id: event_id(id)?,
+                    stream_id: StreamId::new(stream).map_err(|e| {
+                        StoreError::backend(format!("stored stream id: {e}"), false)
+                    })?,
+                    version: Version::from_i64(version)
+                        .map_err(|e| StoreError::backend(format!("stored version: {e}"), false))?,
+                    reason: r.try_get(3).map_err(backend)?,
+                    decided_by: r.try_get(4).map_err(backend)?,
+                    decided_at: r.try_get(5).map_err(backend)?,
+                },
+                cursor: match (tx, pos) {
+                    (Some(t), Some(p)) => Some(cursor_of(t, p)?),
+                    _ => None,
+                },
+                state,
+                resolved_by: r.try_get(9).map_err(backend)?,
+                resolved_at: r.try_get(10).map_err(backend)?,
+            })
+        })
+        .collect()
+}
+
+/// What [`retry_parked`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryOutcome {
+    /// The event had been skipped: it was applied now, in one transaction with the
+    /// decision's resolution (late: after events that followed it in the feed).
+    Applied,
+    /// The checkpoint had not passed it: the decision is withdrawn, and the runner
+    /// applies (or retries) the event when it reaches it.
+    Withdrawn,
+}
+
+fn not_open(projection: &str, id: EventId, what: &str) -> PgProjectionError {
+    PgProjectionError::Store(StoreError::NotFound(format!(
+        "event {id} is not parked for projection {projection}{what}"
+    )))
+}
+
+/// Locks the open decision about `id` in `tx`, or says why there is none.
+async fn lock_open_decision(
+    tx: &mut sqlx::PgConnection,
+    sql: &ProjectionSql,
+    projection: &str,
+    id: EventId,
+) -> Result<(), PgProjectionError> {
+    let row: Option<Option<String>> = sqlx::query_scalar(&sql.lock_decision)
+        .bind(projection)
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+    match row {
+        None => Err(not_open(projection, id, "")),
+        Some(Some(resolution)) => Err(not_open(
+            projection,
+            id,
+            &format!(" any more (its decision was resolved: {resolution})"),
+        )),
+        Some(None) => Ok(()),
+    }
+}
+
+async fn resolve(
+    tx: &mut sqlx::PgConnection,
+    sql: &ProjectionSql,
+    projection: &str,
+    id: EventId,
+    resolution: &str,
+    by: &str,
+) -> Result<(), PgProjectionError> {
+    sqlx::query(&sql.resolve)
+        .bind(projection)
+        .bind(id.as_uuid())
+        .bind(resolution)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+fn check_by(by: &str) -> Result<(), StoreError> {
+    if by.trim().is_empty() {
+        return Err(StoreError::InvalidRequest(
+            "resolving a park decision needs who resolves it".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Retries the parked event `id` of `projection`: if its checkpoint passed the event
+/// (it was skipped), applies it now through the handler (upcast through `upcasters`), in
+/// one transaction with the decision's resolution `retried`; otherwise withdraws the
+/// decision, so that the runner applies it when it reaches it. Runs under the
+/// projection's checkpoint row lock, so never in the middle of a runner's batch.
+///
+/// # Errors
+/// [`StoreError::NotFound`] when no open decision is recorded for the event;
+/// [`PgProjectionError::Handler`] when it still fails (nothing changes then: the decision
+/// stays open); store failures.
+pub async fn retry_parked<P: PgProjection>(
+    store: &PgEventStore,
+    projection: Arc<P>,
+    upcasters: Option<Arc<UpcasterRegistry>>,
+    id: EventId,
+    by: &str,
+) -> Result<RetryOutcome, PgProjectionError> {
+    let name = projection.name().to_owned();
+    validate_projection_name(&name)?;
+    check_by(by)?;
+    let sql = ProjectionSql::new(store.schema());
+    let mut tx = store.pool().begin().await?;
+    let checkpoint = sqlx::query(&sql.lock_checkpoint)
+        .bind(&name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| -> Result<FeedCursor, StoreError> {
+            cursor_of(
+                r.try_get(0).map_err(backend)?,
+                r.try_get(1).map_err(backend)?,
+            )
+        })
+        .transpose()?;
+    lock_open_decision(&mut tx, &sql, &name, id).await?;
+    let event = store.event_by_id(id).await?.ok_or_else(|| {
+        PgProjectionError::Store(StoreError::NotFound(format!(
+            "event {id} is not in this store"
+        )))
+    })?;
+    let outcome = if checkpoint.is_some_and(|c| event.cursor <= c) {
+        let failed = |event: &chronik_core::RecordedEvent, source: HandlerFailure| {
+            PgProjectionError::Handler {
+                projection: name.clone(),
+                stream: event.stream_id.to_string(),
+                version: event.version.get(),
+                event_id: event.event_id,
+                cursor: event.cursor,
+                source: Box::new(source),
+            }
+        };
+        let event = match &upcasters {
+            Some(r) => upcast_recorded(r, event.clone())
+                .map_err(|e| failed(&event, HandlerFailure::new(e.to_string())))?,
+            None => event,
+        };
+        projection
+            .handle(&mut tx, &event)
+            .await
+            .map_err(|e| failed(&event, e))?;
+        RetryOutcome::Applied
+    } else {
+        RetryOutcome::Withdrawn
+    };
+    resolve(&mut tx, &sql, &name, id, "retried", by).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Drops the parked event `id` of `projection` for good: its decision is resolved as
+/// `dropped`, so that it leaves the list of open decisions; runners and rebuilds keep
+/// passing over the event.
+///
+/// # Errors
+/// [`StoreError::NotFound`] when no open decision is recorded for the event; store
+/// failures.
+pub async fn drop_parked(
+    store: &PgEventStore,
+    projection: &str,
+    id: EventId,
+    by: &str,
+) -> Result<(), PgProjectionError> {
+    validate_projection_name(projection)?;
+    check_by(by)?;
+    let sql = ProjectionSql::new(store.schema());
+    let mut tx = store.pool().begin().await?;
+    lock_open_decision(&mut tx, &sql, projection, id).await?;
+    resolve(&mut tx, &sql, projection, id, "dropped", by).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What [`forget_projection`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Forgotten {
+    /// The checkpoint it had, if any.
+    pub checkpoint: Option<FeedCursor>,
+    /// Runner status rows removed.
+    pub runner_rows: u64,
+}
+
+/// Forgets projection `name`: deletes its checkpoint and its runners' status rows, so
+/// that it no longer shows in `projection_reports` (a one-off reader's checkpoint, a
+/// retired projection, a rebuild's leftover `<name>__shadow`). Its park decisions are kept
+/// as the record, and its read model's tables are not touched. Takes the projection's
+/// advisory lock for the duration.
+///
+/// # Errors
+/// [`PgProjectionError::Busy`] while a runner or a rebuild holds the projection's lock;
+/// [`StoreError::NotFound`] when it has neither a checkpoint nor a runner row; store
+/// failures.
+pub async fn forget_projection(
+    store: &PgEventStore,
+    name: &str,
+) -> Result<Forgotten, PgProjectionError> {
+    validate_projection_name(name)?;
+    let sql = ProjectionSql::new(store.schema());
+    let options = store.pool().connect_options();
+    let mut lock = sqlx::PgConnection::connect_with(&options).await?;
+    let got: bool = sqlx::query_scalar(sql.try_lock)
+        .bind(lock_key(store.schema(), name))
+        .fetch_one(&mut lock)
+        .await?;
+    if !got {
+        let _ = lock.close().await;
+        return Err(PgProjectionError::Busy(name.to_owned()));
+    }
+    let result = async {
+        let mut tx = store.pool().begin().await?;
+        let checkpoint = sqlx::query(&sql.lock_checkpoint)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| -> Result<FeedCursor, StoreError> {
+                cursor_of(
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                )
+            })
+            .transpose()?;
+        sqlx::query(&sql.delete_checkpoint)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let runner_rows = sqlx::query(&sql.forget_runners)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if checkpoint.is_none() && runner_rows == 0 {
+            return Err(PgProjectionError::Store(StoreError::NotFound(format!(
+                "projection {name} has no checkpoint and no runner in schema {}",
+                store.schema()
+            ))));
+        }
+        tx.commit().await?;
+        Ok(Forgotten {
+            checkpoint,
+            runner_rows,
+        })
+    }
+    .await;
+    let _ = lock.close().await;
+    result
+}
