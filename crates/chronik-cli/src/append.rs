@@ -12,6 +12,7 @@ use chronik_postgres::PgEventStore;
 use chronik_store::EventStore as _;
 use serde_json::Value;
 
+use crate::Registry;
 use crate::backend::Usage;
 
 /// The most stdin may hold: the payload limit leaves room for indentation, no more.
@@ -23,6 +24,8 @@ pub(crate) struct Request {
     pub(crate) stream: StreamId,
     pub(crate) expected: ExpectedVersion,
     pub(crate) event: NewEvent,
+    /// Said on stderr once the event is written: it was not checked.
+    pub(crate) warning: Option<String>,
 }
 
 /// Parses `--expected-version`: a version number, `any`, `no-stream` or `exists`.
@@ -92,11 +95,13 @@ pub(crate) fn read_payload(data: Option<String>) -> anyhow::Result<Vec<u8>> {
 ///
 /// # Errors
 /// A [`Usage`] error saying what is wrong with the input.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn request(
+    registry: &Registry,
     stream: StreamId,
     expected: ExpectedVersion,
     event_type: EventType,
-    schema_version: u32,
+    schema_version: Option<u32>,
     payload: &[u8],
     headers: Vec<(String, String)>,
     event_id: Option<EventId>,
@@ -109,6 +114,8 @@ pub(crate) fn request(
     }
     let payload: Value = serde_json::from_slice(payload)
         .map_err(|e| usage(format!("the payload is not valid JSON: {e}")))?;
+    let (schema_version, warning) =
+        check_registered(registry, &event_type, schema_version, &payload)?;
     let mut metadata = Metadata::default();
     for (key, value) in headers {
         metadata = metadata.with_header(key, value);
@@ -123,7 +130,78 @@ pub(crate) fn request(
         stream,
         expected,
         event,
+        warning,
     })
+}
+
+/// The schema version to write `payload` at, after checking it against what `registry`
+/// knows of `event_type`: the version must not be newer than the current one, and the
+/// payload must upcast from it and decode as the registered event type. A type the binary
+/// does not register is written as given (default 1), unchecked: then the warning to give.
+///
+/// # Errors
+/// A [`Usage`] error saying why the payload would not load; nothing is written then.
+pub(crate) fn check_registered(
+    registry: &Registry,
+    event_type: &EventType,
+    given: Option<u32>,
+    payload: &Value,
+) -> anyhow::Result<(u32, Option<String>)> {
+    let name = event_type.as_str();
+    let upcasters = registry.upcasters.as_deref();
+    let known = |t: &str| {
+        registry.events.iter().find_map(|e| {
+            e.types
+                .iter()
+                .find(|i| i.name == t)
+                .map(|i| (e, i.schema_version))
+        })
+    };
+    let current = upcasters
+        .and_then(|r| r.current_version(name))
+        .or_else(|| known(name).map(|(_, v)| v));
+    let Some(current) = current else {
+        let version = given.unwrap_or(1);
+        let warning = format!(
+            "event type {name} is not registered with {} (no upcaster or event type names it): \
+             it was written at schema version {version} without checking that it can be read",
+            registry.binary
+        );
+        return Ok((version, Some(warning)));
+    };
+    let version = given.unwrap_or(current);
+    if version > current {
+        return Err(Usage(format!(
+            "schema version {version} of {name} is newer than its current version {current}: nothing was written"
+        ))
+        .into());
+    }
+    let (read_as, read_version, read) = match upcasters {
+        Some(r) => r.upcast(name, version, payload.clone()).map_err(|e| {
+            Usage(format!(
+                "the payload is not a {name} v{version} that can be read: {e}; nothing was written{}",
+                if given.is_some() && version < current {
+                    format!(" (the current version is v{current}: without --schema-version the payload is written as v{current})")
+                } else {
+                    String::new()
+                }
+            ))
+        })?,
+        None => (name.to_owned(), version, payload.clone()),
+    };
+    if let Some((events, _)) = known(&read_as) {
+        (events.decode)(&read_as, read).map_err(|e| {
+            let upcast = if read_version == version {
+                String::new()
+            } else {
+                format!(" (upcast from v{version})")
+            };
+            Usage(format!(
+                "the payload does not decode as {read_as} v{read_version}{upcast}: {e}; nothing was written"
+            ))
+        })?;
+    }
+    Ok((version, None))
 }
 
 /// Appends the event and prints its version and feed cursor.
@@ -132,12 +210,17 @@ pub(crate) async fn run(store: &PgEventStore, request: Request, json: bool) -> a
         stream,
         expected,
         event,
+        warning,
     } = request;
     let id = event.event_id();
     let result = store
         .append(&stream, expected, std::slice::from_ref(&event))
         .await
         .with_context(|| format!("cannot append to {stream}"))?;
+    if let Some(w) = warning {
+        // Best effort, like every diagnostic: a closed stderr must not fail the command.
+        let _ = writeln!(io::stderr(), "warning: {w}");
+    }
     // After the commit (never inside it): wakes `tail`s following the feed at once. Best
     // effort: they poll anyway.
     if let Err(e) =

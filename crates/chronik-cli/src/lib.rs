@@ -48,7 +48,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chronik_core::{Aggregate, EventId, FeedCursor, SnapshotState, StreamId, UpcasterRegistry};
+use chronik_core::{
+    Aggregate, DomainEvent, EventId, FeedCursor, SnapshotState, StreamId, UpcasterRegistry,
+};
 use chronik_postgres::{
     PgEventStore, PgProjection, PgProjectionError, PgRebuildProgress, SchemaName, ShadowProjection,
 };
@@ -129,10 +131,25 @@ pub(crate) struct RegisteredAggregate {
     pub(crate) take: TakeFn,
 }
 
+/// A registered event enum: what `append` decodes a payload into.
+pub(crate) struct RegisteredEvents {
+    pub(crate) id: std::any::TypeId,
+    pub(crate) types: &'static [chronik_core::EventTypeInfo],
+    /// Decodes a payload (already upcast) of the named type; the error without values.
+    pub(crate) decode: fn(&str, serde_json::Value) -> Result<(), String>,
+}
+
+fn decode_as<E: DomainEvent>(event_type: &str, payload: serde_json::Value) -> Result<(), String> {
+    E::from_payload(event_type, payload)
+        .map(|_| ())
+        .map_err(|e| chronik_core::json_error_without_values(&e))
+}
+
 /// What a service registered (see [`Operator`]).
 pub(crate) struct Registry {
     pub(crate) binary: String,
     pub(crate) upcasters: Option<Arc<UpcasterRegistry>>,
+    pub(crate) events: Vec<RegisteredEvents>,
     pub(crate) projections: Vec<RegisteredProjection>,
     pub(crate) aggregates: Vec<RegisteredAggregate>,
     pub(crate) setups: Vec<SetupFn>,
@@ -202,6 +219,7 @@ impl Operator {
             registry: Registry {
                 binary: binary.into(),
                 upcasters: None,
+                events: Vec::new(),
                 projections: Vec::new(),
                 aggregates: Vec::new(),
                 setups: Vec::new(),
@@ -280,10 +298,29 @@ impl Operator {
         self
     }
 
+    /// The service's event enum `E`: `append` decodes a payload of one of its types (after
+    /// upcasting) before writing it, refusing one that would not load, and writes it at
+    /// the type's current schema version unless told otherwise. [`Operator::snapshots`]
+    /// registers its aggregate's events too.
+    #[must_use]
+    pub fn events<E: DomainEvent>(mut self) -> Self {
+        let id = std::any::TypeId::of::<E>();
+        if !self.registry.events.iter().any(|e| e.id == id) {
+            self.registry.events.push(RegisteredEvents {
+                id,
+                types: E::EVENT_TYPES,
+                decode: decode_as::<E>,
+            });
+        }
+        self
+    }
+
     /// Aggregate `A` can be snapshotted (`snapshots take STREAM_ID` for streams of its
     /// category), and `snapshots list` says whether a snapshot of its streams is usable.
+    /// Registers its events as [`Operator::events`] does.
     #[must_use]
     pub fn snapshots<A: Aggregate + SnapshotState>(mut self) -> Self {
+        self = self.events::<A::Event>();
         if self
             .registry
             .aggregates
@@ -537,9 +574,10 @@ struct AppendArgs {
     /// `exists`.
     #[arg(long, value_name = "VERSION", default_value = "any", value_parser = append::parse_expected)]
     expected_version: chronik_core::ExpectedVersion,
-    /// The schema version the payload is written in.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    schema_version: u32,
+    /// The schema version the payload is written in; default: the current version of the
+    /// type when the binary registers it, else 1 (with a warning).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    schema_version: Option<u32>,
     /// The payload, one JSON object; read from stdin when absent.
     #[arg(long, value_name = "JSON")]
     data: Option<String>,
@@ -1080,6 +1118,7 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
             // All input is checked before connecting: bad input never reaches the store.
             let payload = append::read_payload(args.data)?;
             let request = append::request(
+                registry,
                 args.stream_id,
                 args.expected_version,
                 args.event_type,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use chronik_core::{Aggregate, SnapshotState, StreamId, UpcasterRegistry, Version};
 use chronik_postgres::PgEventStore;
-use chronik_store::{EventStore as _, Repository, SnapshotStore as _, Upcasting};
+use chronik_store::{EventStore as _, Repository, SnapshotStore as _, StoreError, Upcasting};
 use serde_json::json;
 
 use crate::Registry;
@@ -156,7 +156,10 @@ pub(crate) async fn take(
         ))
         .into());
     };
-    let taken = (aggregate.take)(store, registry.upcasters_or_empty()?, stream).await?;
+    let taken = match (aggregate.take)(store, registry.upcasters_or_empty()?, stream).await {
+        Ok(taken) => taken,
+        Err(e) => return Err(with_cursor(store, &registry.binary, e).await),
+    };
     if json {
         let doc = json!({
             "stream_id": stream.as_str(),
@@ -176,6 +179,28 @@ pub(crate) async fn take(
         count(taken.events_replayed, "event"),
     )?;
     Ok(())
+}
+
+/// `e`, with the feed cursor of the event it names when it is a decode error: the stream
+/// read that failed knows only its stream, version and id.
+async fn with_cursor(store: &PgEventStore, bin: &str, e: anyhow::Error) -> anyhow::Error {
+    let Some(id) = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<StoreError>() {
+            Some(StoreError::Decode { event_id, .. }) => Some(*event_id),
+            _ => None,
+        })
+    else {
+        return e;
+    };
+    match store.event_by_id(id).await {
+        Ok(Some(event)) => e.context(format!(
+            "event {id} ({} v{}, cursor {}) cannot be read as the registered aggregate's event \
+             (see it as stored: `{bin} streams show {} --from {}`)",
+            event.stream_id, event.version, event.cursor, event.stream_id, event.version
+        )),
+        _ => e,
+    }
 }
 
 /// [`take`] for aggregate `A`.

@@ -2106,3 +2106,99 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
     let out = schema.chronik(&["projections", "forget", "orders"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
+
+#[test]
+fn append_checks_registered_types_through_the_upcasters_and_defaults_to_the_current_version() {
+    let schema = Schema::migrated();
+    let v2 = r#"{"customer_id":"c","total_amount":5}"#;
+    // The current shape without --schema-version: written at the current version, v2.
+    let stdout = schema.ok(&["append", "order-a1", "--type", "OrderPlaced", "--data", v2]);
+    assert!(
+        stdout.starts_with("appended: order-a1 v1 OrderPlaced"),
+        "{stdout}"
+    );
+    let shown = json(schema.ok(&["streams", "show", "order-a1", "--json"]).trim());
+    assert_eq!(shown["schema_version"], 2, "{shown}");
+    // Payloads that would not load: refused with exit status 2, nothing written.
+    for (args, expected) in [
+        (
+            vec!["--schema-version", "1", "--data", v2],
+            "the payload is not a OrderPlaced v1 that can be read: ",
+        ),
+        (
+            vec!["--data", r#"{"customer_id":7,"total_amount":5}"#],
+            "the payload does not decode as OrderPlaced v2: ",
+        ),
+        (
+            vec![
+                "--schema-version",
+                "1",
+                "--data",
+                r#"{"customer_id":"c","amount":"x"}"#,
+            ],
+            "the payload does not decode as OrderPlaced v2 (upcast from v1): ",
+        ),
+        (
+            vec!["--schema-version", "3", "--data", v2],
+            "schema version 3 of OrderPlaced is newer than its current version 2",
+        ),
+    ] {
+        let mut all = vec!["append", "order-a2", "--type", "OrderPlaced"];
+        all.extend(&args);
+        let out = schema.chronik(&all);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ")
+                && stderr.contains(expected)
+                && stderr.contains("nothing was written"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = schema.chronik(&["streams", "show", "order-a2"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "nothing was written: {}",
+        text(&out.stdout)
+    );
+    // History as it was written: a v1 payload at v1.
+    schema.ok(&[
+        "append",
+        "order-a3",
+        "--type",
+        "OrderPlaced",
+        "--schema-version",
+        "1",
+        "--data",
+        r#"{"customer_id":"c","amount":5}"#,
+    ]);
+    // A type the binary does not know: written as given (v1), with a warning.
+    let out = schema.chronik(&["append", "misc-1", "--type", "Noted", "--data", "{}"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: event type Noted is not registered with chronik (no upcaster or event type names it): \
+             it was written at schema version 1 without checking that it can be read"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn snapshots_take_names_the_cursor_of_an_event_it_cannot_read() {
+    let schema = Schema::migrated();
+    let (bad, cursor) =
+        schema.append_raw("order-bad", "OrderPlaced", 1, mislabelled_order_placed());
+    let out = schema.chronik(&["snapshots", "take", "order-bad"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: event {bad} (order-bad v1, cursor {cursor}) cannot be read as the registered aggregate's event \
+             (see it as stored: `chronik streams show order-bad --from 1`)"
+        )) && stderr.contains("OrderPlaced v1 has no `amount`"),
+        "{stderr}"
+    );
+}
