@@ -504,6 +504,8 @@ enum Command {
     Migrate(MigrateArgs),
     /// Prints the global feed, upcast where upcasters are registered, one event per line
     /// (`<cursor> <stream> v<version> <type> v<schema> <payload>`), then follows it live.
+    /// An event that cannot be upcast is printed as stored after a warning on stderr naming
+    /// its cursor, and the tail goes on (the exit status stays 0).
     Tail(TailArgs),
     /// Lists and shows streams.
     Streams {

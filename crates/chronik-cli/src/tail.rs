@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chronik_core::{FeedCursor, RecordedEvent, StreamId, UpcasterRegistry};
 use chronik_postgres::{PgEventStore, PgFeedListener};
-use chronik_store::{EventStore as _, FeedFilter, MAX_FEED_PAGE, StoreError, Upcasting};
+use chronik_store::{EventStore as _, FeedFilter, MAX_FEED_PAGE, StoreError, upcast_recorded};
 
 use crate::table;
 
@@ -85,7 +85,9 @@ pub(crate) async fn run(
     } else {
         None
     };
-    let feed = Upcasting::new(store.clone(), registry);
+    // Read as stored and upcast one event at a time: one that cannot be upcast is printed as
+    // stored, with a warning, instead of stopping the tail.
+    let feed = store.clone();
     let limit = options.limit.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     let mut idle = POLL_MIN;
@@ -167,7 +169,7 @@ pub(crate) async fn run(
             if stream.is_some_and(|s| *s != event.stream_id) {
                 continue;
             }
-            print(event, options.json)?;
+            show(&registry, event, options.json)?;
             printed += 1;
             if printed >= limit {
                 break;
@@ -210,6 +212,29 @@ async fn wait(listener: &mut Option<PgFeedListener>, pause: Duration) {
 /// A line on stderr, best effort (a closed stderr must not stop the tail).
 fn warn(line: &str) {
     let _ = writeln!(io::stderr(), "{line}");
+}
+
+/// Prints `event` upcast through `registry`; one that cannot be upcast is printed as
+/// stored, after a warning on stderr that names its cursor (to resume after it) and why.
+fn show(registry: &UpcasterRegistry, event: &RecordedEvent, json: bool) -> io::Result<()> {
+    if !registry.needs_upcast(event.event_type.as_str(), event.schema_version) {
+        return print(event, json);
+    }
+    match upcast_recorded(registry, event.clone()) {
+        Ok(upcast) => print(&upcast, json),
+        Err(e) => {
+            warn(&format!(
+                "warning: the event at cursor {} ({} v{}, {} v{}, event {}) cannot be upcast, so it is printed as stored: {e}",
+                event.cursor,
+                event.stream_id,
+                event.version,
+                event.event_type,
+                event.schema_version,
+                event.event_id
+            ));
+            print(event, json)
+        }
+    }
 }
 
 /// `<cursor> <stream> v<version> <type> v<schema> <payload>`, or the event as one JSON line.

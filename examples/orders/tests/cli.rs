@@ -2202,3 +2202,47 @@ fn snapshots_take_names_the_cursor_of_an_event_it_cannot_read() {
         "{stderr}"
     );
 }
+
+#[test]
+fn tail_prints_an_event_it_cannot_upcast_as_stored_and_goes_on() {
+    let schema = Schema::migrated();
+    let good = schema.place_orders(1).remove(0);
+    let (bad, cursor) =
+        schema.append_raw("order-bad", "OrderPlaced", 1, mislabelled_order_placed());
+    let after = schema.place_orders(1).remove(0);
+    for json in [false, true] {
+        let mut args = vec!["tail", "--no-follow"];
+        if json {
+            args.push("--json");
+        }
+        let out = schema.chronik(&args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "json {json}: {stderr}");
+        // Everything before and after it, and it as stored.
+        assert_eq!(stdout.lines().count(), 5, "json {json}: {stdout}");
+        assert!(
+            stdout.contains(good.as_str()) && stdout.contains(after.as_str()),
+            "json {json}: {stdout}"
+        );
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("order-bad"))
+            .unwrap_or_else(|| panic!("json {json}: no order-bad line:\n{stdout}"));
+        if json {
+            let doc = serde_json::from_str::<serde_json::Value>(line).expect("one JSON object");
+            assert_eq!(doc["schema_version"], 1, "{doc}");
+            assert_eq!(doc["payload"], mislabelled_order_placed(), "{doc}");
+        } else {
+            assert!(
+                line.starts_with(&format!("{cursor} order-bad v1 OrderPlaced v1 ")),
+                "{line}"
+            );
+        }
+        assert!(
+            stderr.contains(&format!(
+                "warning: the event at cursor {cursor} (order-bad v1, OrderPlaced v1, event {bad}) cannot be upcast, so it is printed as stored: "
+            )) && stderr.contains("OrderPlaced v1 has no `amount`"),
+            "json {json}: {stderr}"
+        );
+    }
+}
