@@ -2246,3 +2246,104 @@ fn tail_prints_an_event_it_cannot_upcast_as_stored_and_goes_on() {
         );
     }
 }
+
+#[test]
+fn ctrl_c_stops_a_shadow_rebuild_and_leaves_no_shadow_behind() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::Stdio;
+    let schema = Schema::migrated();
+    schema.place_orders(3);
+    schema.ok(&["projections", "rebuild", "orders"]);
+    let before = json(&schema.ok(&["projections", "status", "--json"]));
+    let _entered = schema.runtime.enter();
+    // A leftover `orders__shadow` checkpoint (as a crashed rebuild leaves it), its row locked:
+    // the rebuild prints its first progress line, then waits for this transaction.
+    schema
+        .runtime
+        .block_on(
+            sqlx::query(&format!(
+                "INSERT INTO \"{}\".projection_checkpoints (name, transaction_id, global_position, events_processed) \
+                 VALUES ('orders__shadow', 0, 0, 0)",
+                schema.name
+            ))
+            .execute(schema.store.pool()),
+        )
+        .expect("the leftover checkpoint");
+    let mut blocker = schema
+        .runtime
+        .block_on(schema.store.pool().begin())
+        .expect("a transaction");
+    schema
+        .runtime
+        .block_on(
+            sqlx::query(&format!(
+                "SELECT 1 FROM \"{}\".projection_checkpoints WHERE name = 'orders__shadow' FOR UPDATE",
+                schema.name
+            ))
+            .execute(&mut *blocker),
+        )
+        .expect("the row locked");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .args([
+            "projections",
+            "rebuild",
+            "orders",
+            "--shadow",
+            "--batch",
+            "1",
+            "--schema",
+            &schema.name,
+        ])
+        .env("DATABASE_URL", database_url())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the chronik binary starts");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut wait_for = |prefix: &str, seen: &mut String| loop {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).expect("stderr reads");
+        assert!(read > 0, "stderr ended before {prefix:?}:\n{seen}");
+        seen.push_str(&line);
+        if line.starts_with(prefix) {
+            return;
+        }
+    };
+    wait_for("rebuilding orders: ", &mut seen);
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    wait_for("interrupted: stopping the rebuild of orders", &mut seen);
+    schema
+        .runtime
+        .block_on(blocker.rollback())
+        .expect("rollback");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("stderr reads");
+    seen.push_str(&rest);
+    let out = child.wait_with_output().expect("the binary ends");
+    assert_eq!(out.status.code(), Some(130), "{seen}");
+    assert!(
+        seen.contains(
+            "the live table order_summaries kept serving and is unchanged; the shadow table \
+             order_summaries__shadow and the checkpoint orders__shadow were dropped; run \
+             `chronik projections rebuild orders --shadow` again to start over"
+        ),
+        "{seen}"
+    );
+    // Nothing left behind: no shadow table, no shadow checkpoint, the live one as it was.
+    assert!(!schema.has_table("order_summaries__shadow"));
+    assert_eq!(schema.projection_names(), ["orders"]);
+    assert_eq!(schema.rows("order_summaries"), 3);
+    let now = json(&schema.ok(&["projections", "status", "--json"]));
+    assert_eq!(
+        now["projections"][0]["position"], before["projections"][0]["position"],
+        "{now}"
+    );
+    let (_, stdout, _) = doctor(&schema, &[]);
+    assert!(!stdout.contains("__shadow"), "{stdout}");
+}

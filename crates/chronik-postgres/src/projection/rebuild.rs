@@ -432,6 +432,16 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     let s = store.schema().quoted();
     let started = Instant::now();
     let total = store.feed_head().await?.visible_events;
+    let mut p = PgRebuildProgress {
+        scanned: 0,
+        total,
+        handled: 0,
+        cursor: FeedCursor::START,
+        elapsed: Duration::ZERO,
+    };
+    if progress(&p).is_break() {
+        return Err(interrupted(shadow_name, &p));
+    }
     // Separate statements, not `raw_sql`: its future is not provably `Send` in generic code.
     let drop = format!("DROP TABLE IF EXISTS {s}.\"{shadow_table}\"");
     sqlx::query(&drop).execute(store.pool()).await?;
@@ -444,16 +454,6 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
         .await?;
     tx.commit().await?;
 
-    let mut p = PgRebuildProgress {
-        scanned: 0,
-        total,
-        handled: 0,
-        cursor: FeedCursor::START,
-        elapsed: Duration::ZERO,
-    };
-    if progress(&p).is_break() {
-        return Err(interrupted(shadow_name, &p));
-    }
     let limit = batch_size(batch);
     replay(shadow, limit, &mut p, started, progress).await?;
 
