@@ -2,8 +2,10 @@
 //! (load the aggregate, decide, append one event expecting the loaded version), on a random
 //! stream among [`STREAMS`], against what a user would otherwise write by hand:
 //!
-//! - `raw-insert`: one single-row INSERT into the seed guide's table (no read, no check);
-//! - `raw-naive-command`: the seed guide's command done naively: SELECT the stream's events
+//! - `raw-insert`: one single-row INSERT into the plain table `seed_events` (the usual first
+//!   design of a hand-written store: a unique `(aggregate_id, version)` key, no streams row;
+//!   `pg::seed_table_ddl`), no read, no check;
+//! - `raw-naive-command`: the command as a hand-written store does it, naively: SELECT the stream's events
 //!   (decoded into the same typed payload), then one INSERT of version + 1 that relies on
 //!   the unique `(aggregate_id, version)` key; two autocommit round trips, reloaded and
 //!   retried when the key refuses the insert.
@@ -42,7 +44,7 @@ use crate::{Plan, pg};
 
 /// chronik's schema for this scenario.
 const STORE_SCHEMA: &str = "chronik_bench_cmd";
-/// The seed guide's table for the raw baselines.
+/// The plain table (`pg::seed_table_ddl`) for the raw baselines.
 const RAW_SCHEMA: &str = "chronik_bench_cmd_raw";
 /// How many streams the commands pick from, uniformly at random.
 pub(crate) const STREAMS: usize = 100_000;
@@ -181,7 +183,7 @@ struct CacheHits {
     cached: AtomicU64,
 }
 
-/// Drops and recreates both schemas: chronik's (migrated) and the seed guide's table.
+/// Drops and recreates both schemas: chronik's (migrated) and the plain table's.
 async fn reset(url: &str) -> anyhow::Result<()> {
     let admin = pg::pool(url, 1).await?;
     for schema in [STORE_SCHEMA, RAW_SCHEMA] {
@@ -286,7 +288,7 @@ fn chronik_op(
 /// default `RetryPolicy`'s attempts, so both give up alike).
 const NAIVE_ATTEMPTS: u32 = 5;
 
-/// The seed guide's command done naively: read the stream, fold it, insert version + 1.
+/// The command done naively on the plain table: read the stream, fold it, insert version + 1.
 fn naive_op(pool: &PgPool, streams: &Arc<Streams>) -> Op {
     let load = Arc::new(format!(
         "SELECT version, event_data FROM {RAW_SCHEMA}.seed_events WHERE aggregate_id = $1 ORDER BY version"
@@ -331,7 +333,7 @@ fn naive_op(pool: &PgPool, streams: &Arc<Streams>) -> Op {
     })
 }
 
-/// One single-row INSERT into the seed guide's table: no read, no check.
+/// One single-row INSERT into the plain table: no read, no check.
 fn insert_op(pool: &PgPool) -> Op {
     let sql = Arc::new(format!(
         "INSERT INTO {RAW_SCHEMA}.seed_events (aggregate_id, aggregate_type, event_type, event_data, version) \

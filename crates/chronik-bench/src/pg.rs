@@ -62,9 +62,10 @@ pub(crate) async fn scratch_store(
     Ok(PgEventStore::connect_with(url, config).await?)
 }
 
-/// The seed guide's table in `schema`, with its primary key and its unique
-/// `(aggregate_id, version)` key; no guard, no streams row. (The guide's four extra indexes
-/// are left out: they would only slow the baselines down.)
+/// The plain table in `schema`: the usual first design of a hand-written event store, with
+/// its primary key and its unique `(aggregate_id, version)` key; no guard, no streams row.
+/// (Secondary indexes such a design often adds are left out: they would only slow the
+/// baselines down.)
 pub(crate) fn seed_table_ddl(schema: &str) -> String {
     format!(
         "CREATE TABLE {schema}.seed_events (
@@ -186,7 +187,7 @@ async fn raw_multi_insert(p: &PgPool, sql: &str, n: usize, body: &str) -> anyhow
 /// `streams` row and the events), written by one plain statement with no checks at all: no
 /// row lock, no idempotency probe, no expected version, no order guard. Not a usable append;
 /// the floor of what chronik's schema costs, so that the ratios separate the schema's cost
-/// (`raw-rows` against the seed's table) from `append_events`' (chronik against `raw-rows`).
+/// (`raw-rows` against the plain table) from `append_events`' (chronik against `raw-rows`).
 fn raw_rows_op(p: &PgPool, n: usize) -> Op {
     let sql = Arc::new(format!(
         "WITH s AS (INSERT INTO {STORE_SCHEMA}.streams (stream_id, stream_type, version, last_xid) \

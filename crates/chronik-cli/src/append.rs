@@ -42,6 +42,16 @@ pub(crate) fn parse_expected(text: &str) -> Result<ExpectedVersion, String> {
                 .map(ExpectedVersion::Exact)
                 .map_err(|e| e.to_string())
         }
+        negative
+            if negative.len() > 1
+                && negative.starts_with('-')
+                && negative[1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Err(format!(
+                "{:?} is not a version: versions are never negative; for a stream that must not exist yet, use `no-stream` (or 0)",
+                negative.chars().take(64).collect::<String>()
+            ))
+        }
         other => Err(format!(
             "{:?} is not a version: expected a number, `any`, `no-stream` or `exists`",
             other.chars().take(64).collect::<String>()

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use chronik_postgres::{MigrationProblem, MigrationStatus, PgEventStore, PgStoreConfig};
 use serde_json::json;
 
+use crate::fmt::{count, n};
 use crate::{Database, Registry};
 
 macro_rules! message_error {
@@ -84,6 +85,11 @@ pub(crate) async fn migrate(
     server: &str,
     json: bool,
 ) -> anyhow::Result<()> {
+    let before = store
+        .migration_status()
+        .await
+        .context("cannot read the schema's migrations")?
+        .applied_count();
     store
         .migrate()
         .await
@@ -94,11 +100,15 @@ pub(crate) async fn migrate(
         .map(|(version, description)| format!("{version:04} {description}"))
         .collect();
     let tables = registry.tables();
+    let schema = store.schema();
+    let now = migrations.len().saturating_sub(before);
     let mut out = std::io::stdout().lock();
     if json {
         let doc = json!({
-            "schema": store.schema().as_str(),
+            "schema": schema.as_str(),
             "migrations": migrations,
+            "applied_now": now,
+            "already_applied": before,
             "setup_steps": registry.setups.len(),
             "read_models": tables,
         });
@@ -110,9 +120,21 @@ pub(crate) async fn migrate(
     } else {
         format!("; read models: {}", tables.join(", "))
     };
+    let what = if now == 0 {
+        format!(
+            "all {} were already applied",
+            count(migrations.len() as u64, "migration")
+        )
+    } else {
+        format!(
+            "{} applied now, {} already were",
+            count(now as u64, "migration"),
+            n(before as u64)
+        )
+    };
     writeln!(
         out,
-        "{server} is migrated; migrations: {}{read_models}",
+        "schema {schema} of {server} is migrated: {what} ({}){read_models}",
         migrations.join(", "),
     )?;
     Ok(())

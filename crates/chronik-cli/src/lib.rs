@@ -574,7 +574,7 @@ struct AppendArgs {
     event_type: chronik_core::EventType,
     /// What the stream's version must be: a number (0: no events), `any`, `no-stream` or
     /// `exists`.
-    #[arg(long, value_name = "VERSION", default_value = "any", value_parser = append::parse_expected)]
+    #[arg(long, value_name = "VERSION", default_value = "any", allow_hyphen_values = true, value_parser = append::parse_expected)]
     expected_version: chronik_core::ExpectedVersion,
     /// The schema version the payload is written in; default: the current version of the
     /// type when the binary registers it, else 1 (with a warning).
@@ -910,7 +910,16 @@ fn parse_stream_id(text: &str) -> Result<StreamId, String> {
 }
 
 fn parse_schema(text: &str) -> Result<SchemaName, String> {
-    SchemaName::new(text).map_err(|e| e.to_string())
+    SchemaName::new(text).map_err(|e| request_message(&e))
+}
+
+/// A store error's message for a person: an invalid request says only what is wrong with
+/// it (`invalid schema name ...`), without the `invalid request:` its type adds.
+pub(crate) fn request_message(e: &chronik_store::StoreError) -> String {
+    match e {
+        chronik_store::StoreError::InvalidRequest(message) => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Whether `e` comes from writing to a closed pipe.
@@ -927,7 +936,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 pub(crate) fn chain(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
-        let text = cause.to_string();
+        let text = cause
+            .downcast_ref::<chronik_store::StoreError>()
+            .map_or_else(|| cause.to_string(), request_message);
         // sqlx words a server error as `error returned from database: <message>`, which
         // the store's own message already holds: say the message once.
         let core = text

@@ -10,14 +10,14 @@ use crate::backend::Usage;
 
 /// Parses a role name.
 pub(crate) fn parse_role(text: &str) -> Result<RoleName, String> {
-    RoleName::new(text).map_err(|e| e.to_string())
+    RoleName::new(text).map_err(|e| crate::request_message(&e))
 }
 
 /// Prints the grant as one SQL transaction, without connecting.
 pub(crate) fn print(schema: &SchemaName, role: &RoleName, tables: &[&str]) -> anyhow::Result<()> {
     // Checked before anything is printed.
-    let statements =
-        application_role_sql_with(schema, role, tables).map_err(|e| Usage(e.to_string()))?;
+    let statements = application_role_sql_with(schema, role, tables)
+        .map_err(|e| Usage(crate::request_message(&e)))?;
     let mut out = io::stdout().lock();
     writeln!(
         out,

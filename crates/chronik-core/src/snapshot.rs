@@ -5,7 +5,7 @@ use crate::version::Version;
 
 /// When to take a snapshot of an aggregate: a pure decision.
 ///
-/// [`SnapshotPolicy::BySize`] is the seed's table: streams under 50 events are never
+/// [`SnapshotPolicy::BySize`] is a size table: streams under 50 events are never
 /// snapshotted; from 50 to under 200 events every 100; from 200 to 1000 every 200; past
 /// 1000 every 500.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -15,7 +15,7 @@ pub enum SnapshotPolicy {
     Never,
     /// Snapshot every `n` events (`n >= 1`; build with [`SnapshotPolicy::every`]).
     Every(u64),
-    /// The seed's size-based table.
+    /// The size-based table above.
     BySize,
 }
 

@@ -1,4 +1,5 @@
-//! Exactly-once PostgreSQL read models (DESIGN invariant 7).
+//! Exactly-once PostgreSQL read models: read-model changes and the checkpoint commit in one
+//! transaction.
 //!
 //! A [`PgProjection`] handler receives the open transaction of its batch. The runner
 //! ([`PgProjectionRunner`]) applies a batch of feed events and moves the projection's

@@ -1,5 +1,6 @@
 //! The feed's ordering guarantees on a real server: late commits are never skipped
-//! (DESIGN invariant 5) and feed order agrees with stream order (invariant 6).
+//! (the feed is read by `(transaction_id, global_position)` below the oldest running
+//! transaction) and feed order agrees with stream order (the `streams.last_xid` guard).
 
 mod support;
 
@@ -14,7 +15,7 @@ fn v(n: u64) -> Version {
     Version::new(n).expect("small version")
 }
 
-/// A reader that does what the seed did: `global_position > checkpoint`, committed rows.
+/// A naive reader, as hand-written stores do it: `global_position > checkpoint`, committed rows.
 async fn naive_read(pool: &PgPool, checkpoint: i64) -> Vec<(i64, Uuid)> {
     sqlx::query(
         "SELECT global_position, event_id FROM events \

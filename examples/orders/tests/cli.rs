@@ -96,8 +96,11 @@ fn demo_prints_the_story_and_the_summary() {
         "store              in-memory",
         "orders             23 (20 placed concurrently, 1 contended, 1 long, 1 imported at schema v1)",
         "conflicts retried",
-        "snapshots taken",
+        "written, the latest of each stream kept",
         "read model         23 orders counted by an in-memory projection, caught up in ",
+        // Issue 14, item 12: the cursor is explained once, numbers are labelled.
+        "(a feed cursor, <transaction>:<position>: ",
+        "commands/s while placing orders (a debug build: `cargo run --release -- demo` for real numbers)",
         "total time",
     ] {
         assert!(
@@ -258,10 +261,108 @@ fn migrate_applies_the_migrations_and_is_repeatable() {
             text(&out.stderr)
         );
         assert!(
-            stdout.contains("is migrated; migrations: 0001 event store"),
+            stdout.starts_with("schema public of ")
+                && stdout.contains(" is migrated: ")
+                && stdout.contains(" (0001 event store, "),
             "{stdout}"
         );
     }
+}
+
+/// Issue 14, item 12: `migrate --schema S` says which schema it migrated and how many
+/// migrations it applied then, and again that none were left.
+#[test]
+fn migrate_names_the_schema_and_counts_what_it_applied() {
+    let schema = Schema::unmigrated();
+    let embedded = chronik::postgres::MigrationStatus::embedded().len();
+    let stdout = schema.ok(&["migrate"]);
+    assert!(
+        stdout.starts_with(&format!(
+            "schema {} of {} is migrated: {embedded} migrations applied now, 0 already were (0001 event store, ",
+            schema.name,
+            database_url().rsplit_once('@').map_or("", |(_, host)| host)
+        )) && stdout.trim_end().ends_with("; read models: order_summaries"),
+        "{stdout}"
+    );
+    let stdout = schema.ok(&["migrate"]);
+    assert!(
+        stdout.contains(&format!(
+            " is migrated: all {embedded} migrations were already applied (0001 event store, "
+        )),
+        "{stdout}"
+    );
+    let doc = json(&schema.ok(&["migrate", "--json"]));
+    assert_eq!(
+        (&doc["schema"], &doc["applied_now"], &doc["already_applied"]),
+        (
+            &serde_json::json!(schema.name),
+            &serde_json::json!(0),
+            &serde_json::json!(embedded)
+        ),
+        "{doc}"
+    );
+}
+
+/// Issue 14, item 12: bad names and versions say what is wrong, without the store's
+/// `invalid request:` prefix, and `--expected-version -1` reaches chronik's own parser.
+#[test]
+fn bad_names_and_negative_versions_say_what_is_wrong_plainly() {
+    for (args, expected) in [
+        (
+            &["migrate", "--schema", "Shop"][..],
+            "invalid value 'Shop' for '--schema <SCHEMA>': invalid schema name \"Shop\": only lowercase ascii letters",
+        ),
+        (
+            &["roles", "grant", "App", "--print"],
+            "invalid value 'App' for '<ROLE>': invalid role name \"App\"",
+        ),
+        (
+            &[
+                "append",
+                "order-1",
+                "--type",
+                "OrderPlaced",
+                "--expected-version",
+                "-1",
+                "--data",
+                "{}",
+            ],
+            "invalid value '-1' for '--expected-version <VERSION>': \"-1\" is not a version: versions are never negative; for a stream that must not exist yet, use `no-stream` (or 0)",
+        ),
+    ] {
+        check_refused(&os(args), 2, expected);
+        let stderr = text(&chronik(&os(args)).stderr);
+        assert!(!stderr.contains("invalid request"), "{args:?}: {stderr}");
+    }
+}
+
+/// Issue 14, item 12: `--concurrency 1` still races two tasks in step 2, and says why;
+/// counts read well in the singular.
+#[test]
+fn demo_with_one_task_says_why_two_race() {
+    let out = chronik(&os(&[
+        "demo",
+        "--orders",
+        "1",
+        "--concurrency",
+        "1",
+        "--long-stream",
+        "60",
+    ]));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for expected in [
+        "1 order from 1 task: 4 commands",
+        "2 tasks (a race needs two, whatever --concurrency says) add 5 lines each to ",
+        "nothing was written: the order is still at version 4",
+        "0 snapshots written (policy: by stream size; the store keeps the latest)",
+    ] {
+        assert!(stdout.contains(expected), "lacks {expected:?}:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains(" 1 conflicts") && !stdout.contains("all 1 orders"),
+        "{stdout}"
+    );
 }
 
 #[test]

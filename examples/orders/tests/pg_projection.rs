@@ -1,6 +1,7 @@
-//! Exactly-once PostgreSQL read models (DESIGN invariant 7) on a real server: crashes
-//! mid-batch and between batches, concurrent writers with transactions held open, two
-//! runners for one projection, a shadow rebuild that keeps serving, lag, and parking.
+//! Exactly-once PostgreSQL read models (changes and checkpoint in one transaction) on a
+//! real server: crashes mid-batch and between batches, concurrent writers with
+//! transactions held open, two runners for one projection, a shadow rebuild that keeps
+//! serving, lag, and parking.
 // Helpers outside `#[test]` functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 

@@ -308,7 +308,13 @@ pub(crate) async fn run<S: Store>(
         format_args!("{} (+1 imported v1 event)", n(total.events)),
     )?;
     row("conflicts retried", n(total.conflicts_retried))?;
-    row("snapshots taken", n(total.snapshots))?;
+    row(
+        "snapshots",
+        format_args!(
+            "{} written, the latest of each stream kept",
+            n(total.snapshots)
+        ),
+    )?;
     row(
         "feed events read",
         format_args!(
@@ -321,8 +327,13 @@ pub(crate) async fn run<S: Store>(
     row(
         "throughput",
         format_args!(
-            "{} commands/s while placing orders",
-            n(per_second(placed.tally.commands(), placed.elapsed))
+            "{} commands/s while placing orders{}",
+            n(per_second(placed.tally.commands(), placed.elapsed)),
+            if cfg!(debug_assertions) {
+                " (a debug build: `cargo run --release -- demo` for real numbers)"
+            } else {
+                ""
+            }
         ),
     )?;
     row("total time", ms(started.elapsed()))?;
@@ -435,21 +446,27 @@ async fn contend<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyhow::Re
         race.succeeded
     );
     let policy = RetryPolicy::default();
+    // Said, so that `--concurrency 1` racing two tasks is no surprise.
+    let why = if racers > options.concurrency {
+        " (a race needs two, whatever --concurrency says)"
+    } else {
+        ""
+    };
     detail(format_args!(
-        "{racers} tasks add {LINES_PER_RACER} lines each to {id} at the same time: {} succeeded, {} gave up, in {}",
+        "{racers} tasks{why} add {LINES_PER_RACER} lines each to {id} at the same time: {} succeeded, {} gave up, in {}",
         n(race.succeeded),
         n(race.gave_up),
         ms(elapsed),
     ))?;
     detail(format_args!(
-        "{} conflicts retried (the store refused a stale expected version; retry policy: {} attempts, backoff with jitter)",
-        n(race.conflicts_retried),
+        "{} retried (the store refused a stale expected version; retry policy: {} attempts, backoff with jitter)",
+        count(race.conflicts_retried, "conflict"),
         policy.max_attempts(),
     ))?;
     if race.gave_up > 0 {
         detail(format_args!(
-            "{} commands lost {} races in a row: the caller gets RetriesExhausted, and nothing was half-written",
-            n(race.gave_up),
+            "{} lost {} races in a row: the caller gets RetriesExhausted, and nothing was half-written",
+            count(race.gave_up, "command"),
             policy.max_attempts(),
         ))?;
     }
@@ -486,7 +503,7 @@ async fn long_stream<S: Store>(repo: &Arc<Repo<S>>, options: &Options) -> anyhow
         "snapshot + tail differs from a full replay at {id}"
     );
     detail(format_args!(
-        "{id}: {} events in {}, {} taken (policy: by stream size)",
+        "{id}: {} events in {}, {} written (policy: by stream size; the store keeps the latest)",
         n(with.version.get()),
         ms(written),
         count(tally.snapshots, "snapshot"),
@@ -619,8 +636,11 @@ async fn refusals<S: Store>(
         detail(format_args!("  {:>6} x {reason}", n(*count)))?;
     }
     detail(format_args!(
-        "nothing was written: all {} orders are still at version 4",
-        n(placed.orders.len() as u64)
+        "nothing was written: {}",
+        match placed.orders.len() {
+            1 => "the order is still at version 4".to_owned(),
+            all => format!("all {} orders are still at version 4", n(all as u64)),
+        }
     ))?;
     Ok(tally)
 }
@@ -665,7 +685,7 @@ async fn read_feed<S: Store>(repo: &Arc<Repo<S>>, start: FeedCursor) -> anyhow::
     let elapsed = t.elapsed();
     ensure!(stale == 0, "{stale} feed events were not upcast");
     detail(format_args!(
-        "{} events after the demo's starting cursor, in {} of up to {} ({}); all at their current schema",
+        "{} events written since the demo started, in {} of up to {} ({}); all at their current schema",
         n(events),
         count(pages, "page"),
         n(FEED_PAGE as u64),
@@ -685,7 +705,9 @@ async fn read_feed<S: Store>(repo: &Arc<Repo<S>>, start: FeedCursor) -> anyhow::
     ensure!(deleted?, "the checkpoint just saved could not be deleted");
     ensure!(saved.cursor == cursor, "checkpoint did not round-trip");
     detail(format_args!(
-        "checkpoint {CHECKPOINT:?} saved at {}: a projection would resume from there (deleted again: the demo runs no projection by that name)",
+        "checkpoint {CHECKPOINT:?} saved at {}: a projection would resume from there (a feed \
+         cursor, <transaction>:<position>: the feed is in that order, and a reader asks for \
+         what comes after a cursor; deleted again: the demo runs no projection by that name)",
         saved.cursor
     ))?;
     Ok(Feed {
