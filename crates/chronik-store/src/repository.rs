@@ -532,14 +532,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         loop {
             attempt += 1;
             if attempt > 1 {
-                let delay = self
-                    .retry
-                    .delay_before(attempt, (self.jitter)())
-                    .unwrap_or_default();
-                if !delay.is_zero() {
-                    self.sleep.sleep(delay).await;
-                    waited += delay;
-                }
+                waited += self.back_off(attempt).await;
             }
             let events = self.store.read_payloads(id, Version::FIRST);
             let (loaded, done) =
@@ -693,14 +686,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             } else {
                 counted += 1;
                 if counted > 1 {
-                    let delay = self
-                        .retry
-                        .delay_before(counted, (self.jitter)())
-                        .unwrap_or_default();
-                    if !delay.is_zero() {
-                        self.sleep.sleep(delay).await;
-                        waited += delay;
-                    }
+                    waited += self.back_off(counted).await;
                 }
             }
             // The session this attempt read on, if any: its append goes through it too.
@@ -902,14 +888,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         loop {
             attempt += 1;
             if attempt > 1 {
-                let delay = self
-                    .retry
-                    .delay_before(attempt, (self.jitter)())
-                    .unwrap_or_default();
-                if !delay.is_zero() {
-                    self.sleep.sleep(delay).await;
-                    waited += delay;
-                }
+                waited += self.back_off(attempt).await;
             }
             let DecidedAcross {
                 loaded,
@@ -1011,6 +990,19 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(e) => return Err(RepositoryError::Store(e)),
             }
         }
+    }
+
+    /// Waits before attempt `attempt` (from 2) as the retry policy says, with jitter;
+    /// returns how long it waited.
+    async fn back_off(&self, attempt: u32) -> Duration {
+        let delay = self
+            .retry
+            .delay_before(attempt, (self.jitter)())
+            .unwrap_or_default();
+        if !delay.is_zero() {
+            self.sleep.sleep(delay).await;
+        }
+        delay
     }
 
     /// Keeps `loaded` in the cache, if there is one.
