@@ -1,6 +1,6 @@
 use async_trait::async_trait;
 use chronik_core::RecordedEvent;
-use chronik_store::FeedFilter;
+use chronik_store::{FeedFilter, catch_panic};
 use thiserror::Error;
 
 /// Why a projection handler could not apply an event.
@@ -24,6 +24,18 @@ impl HandlerError {
             message: message.into(),
             source: None,
         }
+    }
+
+    /// Runs `projection`'s handler on `event`, a panic included: a panic is the handler's
+    /// failure like any other (retried, parked only by a recorded decision), never the end
+    /// of the task that called it.
+    pub(crate) async fn guard(
+        projection: &dyn Projection,
+        event: &RecordedEvent,
+    ) -> Result<(), Self> {
+        catch_panic(projection.handle(event))
+            .await
+            .unwrap_or_else(|panic| Err(Self::new(format!("handler panicked: {panic}"))))
     }
 
     /// Wraps another error, keeping it as the source.

@@ -123,7 +123,7 @@ pub async fn rebuild<S: EventStore + CheckpointStore>(
                     None => Ok(raw),
                 };
                 let result = match result {
-                    Ok(event) => projection.handle(&event).await,
+                    Ok(event) => HandlerError::guard(projection, &event).await,
                     Err(e) => Err(e),
                 };
                 if let Err(source) = result {

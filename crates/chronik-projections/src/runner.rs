@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,6 @@ use chronik_store::{
     validate_projection_name,
 };
 use chrono::Utc;
-use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -423,20 +421,7 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
     }
 
     async fn call(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
-        match AssertUnwindSafe(self.projection.handle(event))
-            .catch_unwind()
-            .await
-        {
-            Ok(r) => r,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic".to_owned());
-                Err(HandlerError::new(format!("handler panicked: {msg}")))
-            }
-        }
+        HandlerError::guard(&*self.projection, event).await
     }
 
     fn upcast(&self, event: RecordedEvent) -> Result<RecordedEvent, StoreError> {

@@ -9,11 +9,13 @@
 mod cache;
 mod error;
 mod forward;
+mod panic;
 mod port;
 mod repository;
 mod upcasting;
 
 pub use error::{StoreError, StreamConflict};
+pub use panic::{catch_panic, panic_message};
 pub use port::{
     AppendResult, BoxSession, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter,
     FeedHead, FeedPage, MAX_APPEND_STREAMS, MAX_FEED_PAGE, Payload, PayloadStream, SessionFuture,

@@ -370,6 +370,8 @@ async fn run() -> anyhow::Result<bool> {
         sample_violations: world.sample_violations(),
         resends: world.counts.get(C::idempotent_resends),
         resend_violations: world.resend_violations(),
+        runner_stops: world.counts.get(C::runner_stops),
+        runner_crashes: world.runner_crashes(),
     };
     let checks = model::check(&observed);
     let passed = settle_problems.is_empty() && checks.iter().all(model::CheckResult::passed);
@@ -423,7 +425,7 @@ async fn run() -> anyhow::Result<bool> {
     println!(
         "faults: held open {} committed / {} rolled back; prepared {} committed / {} rolled back{}; \
          killed {} mid-append, {} mid-projection-batch, {} holding a transaction; {} client timeouts mid-append; pool \
-         exhausted {}x; runners {} aborted, {} stopped, {} started; {} handler failures; all connections \
+         exhausted {}x; runners {} aborted, {} stopped, {} started; {} handler failures ({} of them panics); all connections \
          dropped {}x ({} sessions); {} database restarts",
         c.get(C::held_open_committed),
         c.get(C::held_open_rolled_back),
@@ -439,6 +441,7 @@ async fn run() -> anyhow::Result<bool> {
         c.get(C::runner_stops),
         c.get(C::runner_starts),
         c.get(C::handler_failures),
+        c.get(C::handler_panics),
         c.get(C::all_connections_dropped),
         c.get(C::connections_dropped),
         c.get(C::database_restarts),

@@ -131,6 +131,10 @@ pub(crate) struct Observed {
     pub(crate) resends: u64,
     /// Re-sends that were not answered "already appended" at the same versions.
     pub(crate) resend_violations: Vec<String>,
+    /// Runners stopped during the run: how many.
+    pub(crate) runner_stops: u64,
+    /// Those whose task had died instead of retrying (a handler's panic, say).
+    pub(crate) runner_crashes: Vec<String>,
 }
 
 /// The result of one check.
@@ -177,6 +181,7 @@ pub(crate) fn check(o: &Observed) -> Vec<CheckResult> {
         checkpoint_never_ahead(o),
         resends_idempotent(o),
         multi_stream_appends_are_one_transaction(o),
+        runners_survive_their_handlers(o),
     ]
 }
 
@@ -556,6 +561,16 @@ pub(crate) fn resends_idempotent(o: &Observed) -> CheckResult {
     )
 }
 
+/// Every runner the harness stopped was still running: injected handler failures and
+/// panics were retried, never the end of its task.
+pub(crate) fn runners_survive_their_handlers(o: &Observed) -> CheckResult {
+    CheckResult::new(
+        "a failing or panicking handler never kills its runner",
+        format!("{} runners stopped", o.runner_stops),
+        o.runner_crashes.clone(),
+    )
+}
+
 /// The events of a stored multi-stream append (records `via == "append_streams"` sharing a
 /// transaction number) belong to one database transaction: the feed shows them together.
 /// That they are all stored or none is the caller-transaction check's.
@@ -718,6 +733,17 @@ mod tests {
             ),
             "{:?}",
             failing(&o)
+        );
+    }
+
+    #[test]
+    fn a_runner_that_died_is_reported() {
+        let mut o = healthy();
+        o.runner_stops = 2;
+        o.runner_crashes = vec!["runner task panicked: boom".into()];
+        assert_eq!(
+            failing(&o),
+            ["a failing or panicking handler never kills its runner"]
         );
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chronik_core::{FeedCursor, RecordedEvent};
 use chronik_postgres::{
     HandlerFailure, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
-    PgRunnerOptions, PgTransaction,
+    PgRunnerOptions, PgRunnerState, PgTransaction,
 };
 use chronik_store::{CheckpointStore as _, EventStore as _};
 use rand::Rng as _;
@@ -60,6 +60,25 @@ impl TortureProjection {
     }
 }
 
+impl TortureProjection {
+    async fn insert(
+        &self,
+        tx: &mut PgTransaction,
+        event: &RecordedEvent,
+    ) -> Result<(), HandlerFailure> {
+        sqlx::query(
+            "INSERT INTO torture_projection (seq, stream_id, version, event_id) \
+             SELECT coalesce(max(seq), 0) + 1, $1, $2, $3 FROM torture_projection",
+        )
+        .bind(event.stream_id.as_str())
+        .bind(event.version.as_i64())
+        .bind(event.event_id.as_uuid())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
 impl PgProjection for TortureProjection {
     fn name(&self) -> &str {
         NAME
@@ -76,18 +95,16 @@ impl PgProjection for TortureProjection {
             && n % self.fail_one_in == self.fail_one_in - 1
         {
             self.world.counts.inc(C::handler_failures);
+            // Every other injected failure is a panic, thrown after the event's write so
+            // that a runner which kept any part of the batch would show a duplicate.
+            if (n / self.fail_one_in) % 2 == 1 {
+                self.world.counts.inc(C::handler_panics);
+                self.insert(tx, event).await?;
+                panic!("injected handler panic");
+            }
             return Err(HandlerFailure::new("injected handler failure"));
         }
-        sqlx::query(
-            "INSERT INTO torture_projection (seq, stream_id, version, event_id) \
-             SELECT coalesce(max(seq), 0) + 1, $1, $2, $3 FROM torture_projection",
-        )
-        .bind(event.stream_id.as_str())
-        .bind(event.version.as_i64())
-        .bind(event.event_id.as_uuid())
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        self.insert(tx, event).await
     }
 
     async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
@@ -152,7 +169,11 @@ pub(crate) async fn runner_chaos(
             }
             45..70 if !handles.is_empty() => {
                 let h = handles.swap_remove(rng.gen_range(0..handles.len()));
-                let _ = tokio::time::timeout(Duration::from_secs(10), h.stop()).await;
+                if let Ok(s) = tokio::time::timeout(Duration::from_secs(10), h.stop()).await
+                    && s.state == PgRunnerState::Crashed
+                {
+                    world.runner_crash(format!("{:?}", s.last_error));
+                }
                 world.counts.inc(C::runner_stops);
             }
             70..85 if handles.len() < 2 => {
@@ -165,6 +186,9 @@ pub(crate) async fn runner_chaos(
         }
     }
     for h in handles {
+        if h.status().state == PgRunnerState::Crashed {
+            world.runner_crash(format!("{:?}", h.status().last_error));
+        }
         h.abort().await;
     }
 }
@@ -198,7 +222,7 @@ pub(crate) async fn catch_up(
             .map(|c| c.map(|c| c.cursor));
         if let (Ok(head), Ok(cp)) = (&head, &cp)
             && head == cp
-            && handle.status().state != chronik_postgres::PgRunnerState::Starting
+            && handle.status().state != PgRunnerState::Starting
         {
             break Ok(*cp);
         }

@@ -61,6 +61,7 @@ counters!(
     runner_stops,
     runner_starts,
     handler_failures,
+    handler_panics,
     all_connections_dropped,
     connections_dropped,
     database_restarts,
@@ -134,6 +135,7 @@ pub(crate) struct World {
     records: Mutex<Vec<AppendRecord>>,
     resend_violations: Mutex<Vec<String>>,
     sample_violations: Mutex<Vec<String>>,
+    runner_crashes: Mutex<Vec<String>>,
     ops_started: AtomicU64,
     transactions: AtomicU64,
     deadline: Instant,
@@ -157,6 +159,7 @@ impl World {
             records: Mutex::default(),
             resend_violations: Mutex::default(),
             sample_violations: Mutex::default(),
+            runner_crashes: Mutex::default(),
             ops_started: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
             stop: watch::Sender::new(false),
@@ -226,6 +229,15 @@ impl World {
 
     pub(crate) fn sample_violation(&self, v: String) {
         lock(&self.sample_violations).push(v);
+    }
+
+    /// A runner that was stopped and reported its task dead (`Crashed`).
+    pub(crate) fn runner_crash(&self, v: String) {
+        lock(&self.runner_crashes).push(v);
+    }
+
+    pub(crate) fn runner_crashes(&self) -> Vec<String> {
+        lock(&self.runner_crashes).clone()
     }
 
     pub(crate) fn take_records(&self) -> Vec<AppendRecord> {

@@ -1,7 +1,7 @@
 use std::future::Future;
 
 use chronik_core::RecordedEvent;
-use chronik_store::FeedFilter;
+use chronik_store::{FeedFilter, catch_panic};
 use sqlx::Postgres;
 use thiserror::Error;
 
@@ -120,4 +120,17 @@ pub trait ShadowProjection: Sized {
 
     /// The same projection, writing into `table` (same schema) instead.
     fn with_table(&self, table: &str) -> Self;
+}
+
+/// Runs `projection`'s handler on `event`, a panic included: a panic is the handler's
+/// failure like any other (the batch rolls back, the event is retried and parked only by
+/// a recorded decision), never the end of the runner's task.
+pub(crate) async fn handle_guarded<P: PgProjection>(
+    projection: &P,
+    tx: &mut PgTransaction,
+    event: &RecordedEvent,
+) -> Result<(), HandlerFailure> {
+    catch_panic(projection.handle(tx, event))
+        .await
+        .unwrap_or_else(|panic| Err(HandlerFailure::new(format!("handler panicked: {panic}"))))
 }

@@ -292,10 +292,12 @@ fn classify(rows: Vec<RunnerRow>, lock_pid: Option<i32>) -> Runners {
             out.locked_by = None;
         } else if row.instance.state == PgRunnerState::Stopped.as_str() {
             // history: only its errors and the fact that it stopped
-        } else if row.alive {
+        } else if row.alive && row.instance.state != PgRunnerState::Crashed.as_str() {
             out.standbys.push(row.instance.clone());
         } else {
-            dead_owner |= row.instance.owner_since.is_some();
+            // A crashed instance is dead whether or not it owned the lock.
+            dead_owner |= row.instance.owner_since.is_some()
+                || row.instance.state == PgRunnerState::Crashed.as_str();
             out.dead.push(row.instance.clone());
         }
         if holds {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection as _, Row as _};
 use uuid::Uuid;
 
-use super::handler::{HandlerFailure, PgProjection};
+use super::handler::{HandlerFailure, PgProjection, handle_guarded};
 use super::ops::ParkDecision;
 use super::runner::{PgProjectionError, cursor_of, event_id};
 use super::sql::{ProjectionSql, lock_key};
@@ -247,8 +247,7 @@ pub async fn retry_parked<P: PgProjection>(
                 .map_err(|e| failed(&event, HandlerFailure::new(e.to_string())))?,
             None => event,
         };
-        projection
-            .handle(&mut tx, &event)
+        handle_guarded(&*projection, &mut tx, &event)
             .await
             .map_err(|e| failed(&event, e))?;
         RetryOutcome::Applied

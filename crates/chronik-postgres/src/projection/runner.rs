@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use chronik_core::{EventId, FeedCursor, RecordedEvent, UpcasterRegistry};
 use chronik_store::{
-    EventStore, FeedFilter, MAX_FEED_PAGE, StoreError, upcast_recorded, validate_projection_name,
+    EventStore, FeedFilter, MAX_FEED_PAGE, StoreError, catch_panic, upcast_recorded,
+    validate_projection_name,
 };
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
@@ -14,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::handler::{HandlerFailure, PgProjection, PgTransaction};
+use super::handler::{HandlerFailure, PgProjection, PgTransaction, handle_guarded};
 use super::sql::{ProjectionSql, lock_key};
 use crate::error::backend;
 use crate::row::to_u64;
@@ -175,6 +176,10 @@ pub enum PgRunnerState {
     Failing,
     /// Stopped; its last batch committed.
     Stopped,
+    /// The task ended abnormally (a panic outside any handler, or killed by
+    /// [`PgRunnerHandle::abort`]); `last_error` says why. Its last committed batch stands;
+    /// nothing takes over in this process: spawn the runner again.
+    Crashed,
 }
 
 impl PgRunnerState {
@@ -188,6 +193,7 @@ impl PgRunnerState {
             Self::Live => "live",
             Self::Failing => "failing",
             Self::Stopped => "stopped",
+            Self::Crashed => "crashed",
         }
     }
 }
@@ -331,18 +337,42 @@ impl PgRunnerHandle {
 
     /// Graceful shutdown: the current batch commits, the lock is released, and the final
     /// status is returned.
+    ///
+    /// A task that ended abnormally is reported, never hidden: the status is then
+    /// [`PgRunnerState::Crashed`] with `last_error` saying why.
     pub async fn stop(self) -> PgRunnerStatus {
         self.stop.send_replace(true);
-        let _ = self.task.await;
+        if let Err(e) = self.task.await {
+            crashed(&self.status, &e);
+        }
         self.status.borrow().clone()
     }
 
     /// Kills the task at its next await point, as a crash would: an open batch transaction
-    /// is rolled back and the lock session is dropped.
+    /// is rolled back and the lock session is dropped. Subscribers then see
+    /// [`PgRunnerState::Crashed`]; the status row is left as it was, and
+    /// [`crate::projection_reports`] shows the instance dead once its session is gone.
     pub async fn abort(self) {
         self.task.abort();
-        let _ = self.task.await;
+        if let Err(e) = self.task.await {
+            crashed(&self.status, &e);
+        }
     }
+}
+
+/// Marks the in-process status of a task that ended abnormally.
+fn crashed(status: &watch::Sender<PgRunnerStatus>, e: &tokio::task::JoinError) {
+    let why = if e.is_cancelled() {
+        "runner task aborted".to_owned()
+    } else {
+        format!("runner task ended abnormally: {e}")
+    };
+    status.send_modify(|s| {
+        s.state = PgRunnerState::Crashed;
+        s.lock_pid = None;
+        s.last_error = Some(why);
+        s.last_error_at = Some(Utc::now());
+    });
 }
 
 /// What one batch did.
@@ -532,7 +562,7 @@ impl<P: PgProjection> Engine<P> {
                 },
                 None => raw,
             };
-            if let Err(failure) = self.projection.handle(tx, &event).await {
+            if let Err(failure) = handle_guarded(&*self.projection, tx, &event).await {
                 return Ok(Batch::Failed {
                     index,
                     event: Box::new(event),
@@ -806,13 +836,22 @@ impl<P: PgProjection> Task<P> {
     }
 
     async fn run(mut self) {
-        let _ = self.run_inner().await;
+        // A handler's panic is caught per event (`handle_guarded`); this catches the rest,
+        // so that the status says the task is gone instead of showing its last state.
+        let crashed = catch_panic(self.run_inner()).await.err();
         // Recorded before the lock session closes, so that a standby taking over never
         // finds this instance's row still claiming the lock.
         let owned = self.held;
         self.status.send_modify(|s| s.lock_pid = None);
         self.session = None;
-        if owned {
+        if let Some(panic) = crashed {
+            tracing::error!(projection = self.engine.name(), %panic, "projection runner task panicked");
+            self.set_state_with(PgRunnerState::Crashed, |s| {
+                s.last_error = Some(format!("runner task panicked: {panic}"));
+                s.last_error_at = Some(Utc::now());
+            })
+            .await;
+        } else if owned {
             self.set_state(PgRunnerState::Stopped).await;
         } else {
             // A standby that stops leaves no row behind.
