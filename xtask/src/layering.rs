@@ -13,7 +13,8 @@ use xshell::{Shell, cmd};
 
 /// Every workspace member and its layer. An edge `a -> b` between members is allowed only
 /// when `b` sits in a lower layer: macros <- core <- store <- {memory, postgres,
-/// projections, testkit} <- cli (the operator tool) <- the `chronik` facade <- the examples
+/// projections, testkit} <- console (the web console) <- cli (the operator tool) <- the
+/// `chronik` facade <- the examples
 /// (services built on the facade, with their operator binaries) <- {bench, torture, e2e}.
 /// `None`: must depend on no member at all.
 const LAYERS: &[(&str, Option<u8>)] = &[
@@ -24,13 +25,14 @@ const LAYERS: &[(&str, Option<u8>)] = &[
     ("chronik-postgres", Some(3)),
     ("chronik-projections", Some(3)),
     ("chronik-testkit", Some(3)),
-    ("chronik-cli", Some(4)),
-    ("chronik", Some(5)),
-    ("chronik-example-orders", Some(6)),
-    ("chronik-example-accounts", Some(6)),
-    ("chronik-bench", Some(7)),
-    ("chronik-torture", Some(7)),
-    ("chronik-e2e", Some(7)),
+    ("chronik-console", Some(4)),
+    ("chronik-cli", Some(5)),
+    ("chronik", Some(6)),
+    ("chronik-example-orders", Some(7)),
+    ("chronik-example-accounts", Some(7)),
+    ("chronik-bench", Some(8)),
+    ("chronik-torture", Some(8)),
+    ("chronik-e2e", Some(8)),
     ("xtask", None),
 ];
 
@@ -38,8 +40,8 @@ const LAYERS: &[(&str, Option<u8>)] = &[
 const CORE_FORBIDDEN: &[&str] = &["sqlx", "tokio", "async-std", "smol"];
 /// Crates the store ports must not pull in, at any depth.
 const STORE_FORBIDDEN: &[&str] = &["sqlx", "async-std", "smol"];
-/// The operator tool (`chronik-cli`) must not depend on these directly: all SQL lives in
-/// chronik-postgres.
+/// The operator tool (`chronik-cli`) and its web console (`chronik-console`) must not
+/// depend on these directly: all SQL lives in chronik-postgres.
 const CLI_FORBIDDEN_DIRECT: &[&str] = &["sqlx"];
 /// Test code, which must not ship inside a binary: no member that builds one (nor the
 /// operator library every service binary links) may pull these in through normal or build
@@ -49,6 +51,7 @@ const TEST_CODE: &[&str] = &["chronik-testkit", "proptest"];
 /// library, the example services (the stock `chronik` binary, `accounts-admin`), the bench
 /// and the torture harness.
 const SHIPPING: &[&str] = &[
+    "chronik-console",
     "chronik-cli",
     "chronik-example-orders",
     "chronik-example-accounts",
@@ -110,7 +113,7 @@ pub(crate) fn check(sh: &Shell) -> anyhow::Result<()> {
             };
             if !allowed {
                 problems.push(format!(
-                    "{member} -> {dep}: dependency edges must point inward (core <- store <- adapters <- cli <- facade <- examples <- binaries)"
+                    "{member} -> {dep}: dependency edges must point inward (core <- store <- adapters <- console <- cli <- facade <- examples <- binaries)"
                 ));
             }
         }
@@ -121,12 +124,13 @@ pub(crate) fn check(sh: &Shell) -> anyhow::Result<()> {
         problems.extend(shipping_dependencies(sh, package)?);
     }
     problems.extend(adapter_knows_no_example("crates/chronik-postgres")?);
+    problems.extend(adapter_knows_no_example("crates/chronik-console")?);
     if !problems.is_empty() {
         bail!("layering violations:\n  {}", problems.join("\n  "));
     }
     println!(
         "{} members checked; chronik-core and chronik-store pull in no sqlx and no tokio runtime; \
-         chronik-cli depends on no sqlx; no binary ships test code; chronik-postgres names no example domain",
+         chronik-cli and chronik-console depend on no sqlx; no binary ships test code; chronik-postgres and chronik-console name no example domain",
         members.len()
     );
     Ok(())
@@ -226,12 +230,12 @@ fn shipping_problems(package: &str, tree: &str) -> Vec<String> {
         let Some(name) = rest.split_whitespace().next() else {
             continue;
         };
-        let problem = if package == "chronik-cli"
+        let problem = if matches!(package, "chronik-cli" | "chronik-console")
             && depth == "1"
             && CLI_FORBIDDEN_DIRECT.contains(&name)
         {
             format!(
-                "chronik-cli depends on {name}: its SQL belongs in chronik-postgres (e.g. PgEventStore::migration_status)"
+                "{package} depends on {name}: its SQL belongs in chronik-postgres (e.g. PgEventStore::migration_status)"
             )
         } else if TEST_CODE.contains(&name) {
             format!(
@@ -317,6 +321,8 @@ mod tests {
         let testkit =
             "0chronik-cli v0.1.0\n1chronik v0.1.0\n2chronik-testkit v0.1.0\n3proptest v1.0.0\n";
         assert_eq!(shipping_problems("chronik-cli", testkit).len(), 2);
+        let console = "0chronik-console v0.1.0\n1sqlx v0.8.6\n";
+        assert_eq!(shipping_problems("chronik-console", console).len(), 1);
     }
 
     #[test]

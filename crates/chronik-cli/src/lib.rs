@@ -30,6 +30,7 @@
 
 mod append;
 mod backend;
+mod console;
 mod doctor;
 pub mod fmt;
 mod parked;
@@ -533,6 +534,10 @@ enum Command {
     /// object, from `--data` or stdin. Exit status 2 for bad input (nothing is written), 1
     /// when the store refuses (e.g. a version conflict).
     Append(AppendArgs),
+    /// Serves the web console and its JSON API (overview, streams, events, projections,
+    /// live tail) on 127.0.0.1 until Ctrl-C. Rebuilds are off unless `--admin-token` is
+    /// given and a request carries it.
+    Console(ConsoleArgs),
     /// Least privilege: the application role's privileges on a store's schema.
     Roles {
         #[command(subcommand)]
@@ -559,6 +564,25 @@ struct GrantArgs {
     /// Print the SQL for a DBA to review instead of running it (no database needed).
     #[arg(long)]
     print: bool,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// Options of `console`.
+#[derive(Debug, Args)]
+struct ConsoleArgs {
+    /// The address to listen on (port 0: any free port, printed at start).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Allows rebuilds from the console to requests carrying this token
+    /// (`Authorization: Bearer TOKEN`); without it every rebuild is refused.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CHRONIK_CONSOLE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
     #[command(flatten)]
     database: Database,
 }
@@ -1142,6 +1166,10 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
             )?;
             let store = backend::open(args.database, bin, "append").await?;
             append::run(&store, request, args.json).await
+        }
+        Command::Console(args) => {
+            let store = backend::open(args.database, bin, "console").await?;
+            console::run(registry, store, &args.listen, args.admin_token).await
         }
         Command::Roles {
             command: RolesCommand::Grant(args),

@@ -71,6 +71,7 @@ mod json;
 mod migration;
 mod multi;
 mod notify;
+mod overview;
 mod projection;
 mod roles;
 mod row;
@@ -85,6 +86,7 @@ pub use horizon::{HolderKind, HorizonHolder};
 pub use inspect::StreamSummary;
 pub use migration::{AppliedMigration, MigrationProblem, MigrationStatus};
 pub use notify::{FEED_CHANNEL, PgFeedListener};
+pub use overview::{CategoryStats, RATE_SAMPLE, StoreStats, StreamQuery};
 pub use projection::{
     Forgotten, HandlerFailure, ParkDecision, ParkRecord, ParkState, PgProjection,
     PgProjectionError, PgProjectionRunner, PgRebuildProgress, PgRunnerHandle, PgRunnerInstance,

@@ -1,0 +1,88 @@
+//! `console`: the web console and its JSON API ([`chronik_console`]) for this binary's
+//! store, able to rebuild the projections it registers (shadow rebuilds, so the live read
+//! model keeps serving) when started with an admin token.
+
+use std::io::Write as _;
+use std::ops::ControlFlow;
+
+use anyhow::Context as _;
+use chronik_console::{Console, Rebuild, Rebuilt};
+use chronik_postgres::PgEventStore;
+
+use crate::{Registry, backend, chain};
+
+/// Rebuilds through the registrations, on the console's own task.
+struct Rebuilds<'a> {
+    registry: &'a Registry,
+    store: &'a PgEventStore,
+}
+
+impl Rebuild for Rebuilds<'_> {
+    async fn rebuild(&self, name: &str) -> Result<Rebuilt, String> {
+        let Some(projection) = self.registry.projections.iter().find(|p| p.name == name) else {
+            return Err(format!("{name:?} is not registered"));
+        };
+        backend::run_setups(self.registry, self.store)
+            .await
+            .map_err(|e| chain(&e))?;
+        let mut progress = |_: &chronik_postgres::PgRebuildProgress| ControlFlow::Continue(());
+        let done = (projection.rebuild)(
+            self.store,
+            self.registry.upcasters.clone(),
+            true,
+            1_000,
+            &mut progress,
+        )
+        .await
+        .map_err(|e| chain(&anyhow::Error::new(e)))?;
+        Ok(Rebuilt::new(done.scanned, done.handled))
+    }
+}
+
+/// Serves the console on `listen` until Ctrl-C; prints the address it listens on.
+pub(crate) async fn run(
+    registry: &Registry,
+    store: PgEventStore,
+    listen: &str,
+    admin_token: Option<String>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let rebuilds_on = admin_token.as_deref().is_some_and(|t| !t.is_empty());
+    let mut console = Console::new(store.clone())
+        .binary(registry.binary.clone())
+        .admin_token(admin_token)
+        .rebuildable(registry.projections.iter().map(|p| p.name.clone()));
+    if let Some(upcasters) = &registry.upcasters {
+        console = console.upcasters(upcasters.clone());
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{} console listening on http://{address}/ (rebuilds {}; Ctrl-C stops it)",
+            registry.binary,
+            if rebuilds_on {
+                "allowed with the admin token"
+            } else {
+                "off"
+            }
+        )?;
+        out.flush()?;
+    }
+    let rebuilds = Rebuilds {
+        registry,
+        store: &store,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    console
+        .serve(listener, &rebuilds, shutdown)
+        .await
+        .context("the console's server failed")
+}

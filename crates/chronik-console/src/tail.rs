@@ -1,0 +1,153 @@
+//! `GET /api/tail`: the feed as server-sent events, upcast where upcasters are registered.
+//!
+//! Each event is an SSE message of type `event` whose `id` is its feed cursor and whose data
+//! is the event as the API shows it. The feed is polled every [`POLL`] once caught up; while
+//! the database cannot be reached a `down` message says so (and the tail retries), and an
+//! `up` message follows when it is back.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State as Extract};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use chronik_core::{FeedCursor, RecordedEvent, StreamId};
+use chronik_store::{EventStore as _, FeedFilter};
+use futures::Stream;
+use serde::Deserialize;
+
+use crate::api;
+use crate::error::ApiError;
+use crate::state::State;
+use crate::view::EventView;
+
+/// How often a caught-up tail reads the feed again.
+pub(crate) const POLL: Duration = Duration::from_millis(500);
+/// Events a tail starts with when neither `after` nor `from_end` is given.
+const START_WITH_LAST: u64 = 20;
+/// Events read per feed page.
+const PAGE: usize = 200;
+
+/// Parameters of the tail (the page takes the same, to fill its form).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TailParams {
+    /// Start after this cursor (`<transaction>:<position>`).
+    pub(crate) after: Option<String>,
+    /// `true`: only events that become visible from now on.
+    pub(crate) from_end: Option<String>,
+    /// Only streams of this category.
+    pub(crate) category: Option<String>,
+    /// Only events of this stored type.
+    #[serde(rename = "type")]
+    pub(crate) event_type: Option<String>,
+    /// Only this stream.
+    pub(crate) stream: Option<String>,
+}
+
+struct Tail {
+    state: State,
+    cursor: FeedCursor,
+    filter: FeedFilter,
+    stream: Option<StreamId>,
+    buffer: VecDeque<RecordedEvent>,
+    first: bool,
+    down: bool,
+}
+
+pub(crate) async fn sse(
+    Extract(state): Extract<State>,
+    query: Result<Query<TailParams>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let p = api::params(query)?;
+    let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let stream = nonempty(p.stream).map(|s| api::stream_id(&s)).transpose()?;
+    let from_end = match nonempty(p.from_end).as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "from_end must be true or false, got {other:?}"
+            )));
+        }
+    };
+    let after = nonempty(p.after)
+        .map(|a| {
+            a.parse::<FeedCursor>()
+                .map_err(|e| ApiError::BadRequest(format!("bad cursor {a:?}: {e}")))
+        })
+        .transpose()?;
+    let categories = match (&stream, nonempty(p.category)) {
+        (Some(s), _) => vec![s.category().to_owned()],
+        (None, Some(c)) => vec![c],
+        (None, None) => Vec::new(),
+    };
+    let filter = FeedFilter {
+        event_types: nonempty(p.event_type).into_iter().collect(),
+        categories,
+    };
+    let cursor = match (after, from_end) {
+        (Some(cursor), _) => cursor,
+        (None, true) => state
+            .store
+            .feed_head()
+            .await
+            .map_err(|e| ApiError::store("cannot read the feed head", &e))?
+            .last
+            .unwrap_or(FeedCursor::START),
+        (None, false) => state
+            .store
+            .feed_start_for_last(&filter, stream.as_ref(), START_WITH_LAST)
+            .await
+            .map_err(|e| ApiError::store("cannot find where the tail starts", &e))?,
+    };
+    let tail = Tail {
+        state,
+        cursor,
+        filter,
+        stream,
+        buffer: VecDeque::new(),
+        first: true,
+        down: false,
+    };
+    Ok(Sse::new(futures::stream::unfold(tail, next)).keep_alive(KeepAlive::default()))
+}
+
+async fn next(mut tail: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
+    loop {
+        if let Some(e) = tail.buffer.pop_front() {
+            if tail.stream.as_ref().is_some_and(|s| *s != e.stream_id) {
+                continue;
+            }
+            let id = e.cursor.to_string();
+            let view = EventView::new(&tail.state, e);
+            let data = serde_json::to_string(&view).unwrap_or_else(|_| "{}".to_owned());
+            return Some((Ok(Event::default().event("event").id(id).data(data)), tail));
+        }
+        if !tail.first {
+            tokio::time::sleep(POLL).await;
+        }
+        tail.first = false;
+        match tail
+            .state
+            .store
+            .read_feed(tail.cursor, &tail.filter, PAGE)
+            .await
+        {
+            Ok(page) => {
+                tail.cursor = page.next;
+                tail.buffer.extend(page.events);
+                if tail.down {
+                    tail.down = false;
+                    return Some((Ok(Event::default().event("up").data("ok")), tail));
+                }
+            }
+            Err(e) => {
+                tail.down = true;
+                let message = format!("cannot read the feed: {e}").replace(['\n', '\r'], " ");
+                return Some((Ok(Event::default().event("down").data(message)), tail));
+            }
+        }
+    }
+}
