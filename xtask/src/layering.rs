@@ -12,9 +12,10 @@ use anyhow::{Context as _, bail, ensure};
 use xshell::{Shell, cmd};
 
 /// Every workspace member and its layer. An edge `a -> b` between members is allowed only
-/// when `b` sits in a lower layer: macros <- core <- store <- {memory, postgres,
-/// projections, testkit} <- console (the web console) <- cli (the operator tool) <- the
-/// `chronik` facade <- the examples
+/// when `b` sits in a lower layer: macros <- core <- store <- {memory, projections (the
+/// projection engine and its ports)} <- {postgres (implements those ports too), testkit}
+/// <- console (the web console) <- cli (the operator tool) <- the `chronik` facade <- the
+/// examples
 /// (services built on the facade, with their operator binaries) <- {bench, torture, e2e}.
 /// `None`: must depend on no member at all.
 const LAYERS: &[(&str, Option<u8>)] = &[
@@ -22,17 +23,17 @@ const LAYERS: &[(&str, Option<u8>)] = &[
     ("chronik-core", Some(1)),
     ("chronik-store", Some(2)),
     ("chronik-memory", Some(3)),
-    ("chronik-postgres", Some(3)),
     ("chronik-projections", Some(3)),
-    ("chronik-testkit", Some(3)),
-    ("chronik-console", Some(4)),
-    ("chronik-cli", Some(5)),
-    ("chronik", Some(6)),
-    ("chronik-example-orders", Some(7)),
-    ("chronik-example-accounts", Some(7)),
-    ("chronik-bench", Some(8)),
-    ("chronik-torture", Some(8)),
-    ("chronik-e2e", Some(8)),
+    ("chronik-postgres", Some(4)),
+    ("chronik-testkit", Some(4)),
+    ("chronik-console", Some(5)),
+    ("chronik-cli", Some(6)),
+    ("chronik", Some(7)),
+    ("chronik-example-orders", Some(8)),
+    ("chronik-example-accounts", Some(8)),
+    ("chronik-bench", Some(9)),
+    ("chronik-torture", Some(9)),
+    ("chronik-e2e", Some(9)),
     ("xtask", None),
 ];
 

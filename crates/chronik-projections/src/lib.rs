@@ -15,6 +15,8 @@
 
 mod error;
 mod follow;
+mod name;
+mod options;
 mod park;
 mod projection;
 mod rebuild;
@@ -25,10 +27,12 @@ mod wake;
 
 pub use error::ProjectionError;
 pub use follow::{FollowOptions, follow};
+pub use name::ProjectionName;
+pub use options::RunnerOptions;
 pub use park::{MemoryParkingLot, ParkedEvent, ParkingLot};
 pub use projection::{HandlerError, Projection};
 pub use rebuild::{RebuildOptions, RebuildProgress, rebuild};
-pub use runner::{ProjectionRunner, RunnerHandle, RunnerOptions};
+pub use runner::{ProjectionRunner, RunnerHandle};
 pub use status::{EventRef, Lag, ProjectionState, ProjectionStatus, checkpoint_lag, measure_lag};
 pub use typed::{Typed, TypedProjection, decode_recorded, typed_filter};
 pub use wake::{PollingOnly, WakeSource, Wakeup};

@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use chronik_core::{FeedCursor, RecordedEvent, UpcasterRegistry};
 use chronik_store::{
-    CheckpointStore, EventStore, FeedFilter, MAX_FEED_PAGE, StoreError, upcast_recorded,
-    validate_projection_name,
+    CheckpointStore, EventStore, FeedFilter, StoreError, catch_panic, upcast_recorded,
 };
 use chrono::Utc;
 use tokio::sync::watch;
@@ -13,74 +12,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::ProjectionError;
+use crate::name::ProjectionName;
+use crate::options::RunnerOptions;
 use crate::park::{MemoryParkingLot, ParkingLot};
 use crate::projection::{HandlerError, Projection};
 use crate::status::{EventRef, ProjectionState, ProjectionStatus, measure_lag};
 use crate::wake::{PollingOnly, WakeSource, Wakeup};
-
-/// Tuning of a [`ProjectionRunner`]. `Default` suits most services.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunnerOptions {
-    /// Events read per batch; the checkpoint is saved once per batch (1 to 10 000; 500).
-    pub batch_size: usize,
-    /// Shortest idle poll interval, used right after events were seen (50 ms).
-    pub poll_min: Duration,
-    /// Longest idle poll interval: the worst-case delay when every wake-up is lost (1 s).
-    pub poll_max: Duration,
-    /// First retry delay after a failure; doubles per attempt (100 ms).
-    pub retry_base: Duration,
-    /// Retry delay cap (30 s).
-    pub retry_max: Duration,
-    /// How often the lag is re-measured while catching up (1 s); it is always measured
-    /// when the runner catches up or fails. `Duration::ZERO` measures after every batch.
-    pub lag_every: Duration,
-}
-
-impl Default for RunnerOptions {
-    fn default() -> Self {
-        Self {
-            batch_size: 500,
-            poll_min: Duration::from_millis(50),
-            poll_max: Duration::from_secs(1),
-            retry_base: Duration::from_millis(100),
-            retry_max: Duration::from_secs(30),
-            lag_every: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RunnerOptions {
-    /// Checks the ranges.
-    ///
-    /// # Errors
-    /// [`ProjectionError::InvalidOptions`].
-    pub fn validate(&self) -> Result<(), ProjectionError> {
-        if self.batch_size == 0 || self.batch_size > MAX_FEED_PAGE {
-            return Err(ProjectionError::InvalidOptions(
-                "batch_size must be 1 to 10000",
-            ));
-        }
-        if self.poll_min.is_zero() || self.poll_min > self.poll_max {
-            return Err(ProjectionError::InvalidOptions(
-                "poll_min must be positive and at most poll_max",
-            ));
-        }
-        if self.retry_base.is_zero() || self.retry_base > self.retry_max {
-            return Err(ProjectionError::InvalidOptions(
-                "retry_base must be positive and at most retry_max",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The delay before retry number `attempt` (1-based): `retry_base * 2^(attempt-1)`,
-    /// capped at `retry_max`.
-    #[must_use]
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
-        self.retry_base.saturating_mul(exp).min(self.retry_max)
-    }
-}
 
 /// Runs projections against a store: catch-up from each checkpoint in batches, then live.
 ///
@@ -160,7 +97,7 @@ impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
         self.options.validate()?;
         let mut seen = std::collections::HashSet::new();
         for p in &self.projections {
-            validate_projection_name(p.name())?;
+            ProjectionName::new(p.name())?;
             if !seen.insert(p.name().to_owned()) {
                 return Err(ProjectionError::DuplicateName(p.name().to_owned()));
             }
@@ -253,7 +190,10 @@ impl RunnerHandle {
             .ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))?;
         let waited = tokio::time::timeout(
             timeout,
-            rx.wait_for(|s| s.checkpoint >= target || s.state == ProjectionState::Stopped),
+            rx.wait_for(|s| {
+                s.checkpoint >= target
+                    || matches!(s.state, ProjectionState::Stopped | ProjectionState::Crashed)
+            }),
         )
         .await
         .map(|r| r.map(|s| s.clone()));
@@ -290,6 +230,9 @@ impl RunnerHandle {
         let mut names = Vec::with_capacity(self.tasks.len());
         for (name, task) in self.tasks {
             if let Err(e) = task.await {
+                if let Some(status) = self.statuses.get(&name) {
+                    crashed(status, format!("runner task ended abnormally: {e}"));
+                }
                 first_err.get_or_insert(ProjectionError::TaskFailed {
                     projection: name.clone(),
                     message: e.to_string(),
@@ -308,12 +251,23 @@ impl RunnerHandle {
 
     /// Kills every task at its next await point without a final checkpoint, as a crash
     /// would (for tests and emergencies).
+    ///
+    /// Subscribers then see [`ProjectionState::Crashed`].
     pub async fn abort(self) {
-        for (_, task) in self.tasks {
+        for (name, task) in self.tasks {
             task.abort();
-            let _ = task.await;
+            if task.await.is_err()
+                && let Some(status) = self.statuses.get(&name)
+            {
+                crashed(status, "runner task aborted".to_owned());
+            }
         }
     }
+}
+
+/// Marks the status of a task that ended abnormally: never left showing its last state.
+fn crashed(status: &watch::Sender<ProjectionStatus>, why: String) {
+    status.send_modify(|s| s.crash(why, Utc::now()));
 }
 
 struct Task<S> {
@@ -432,9 +386,17 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
     }
 
     async fn run(mut self) {
-        let _ = self.run_inner().await;
-        self.status
-            .send_modify(|s| s.state = ProjectionState::Stopped);
+        // A handler's panic is caught per event (`HandlerError::guard`); this catches the
+        // rest, so that the status says the task is gone instead of showing its last state.
+        match catch_panic(self.run_inner()).await {
+            Ok(_) => self
+                .status
+                .send_modify(|s| s.state = ProjectionState::Stopped),
+            Err(panic) => {
+                tracing::error!(projection = self.name(), %panic, "projection task panicked");
+                crashed(&self.status, format!("runner task panicked: {panic}"));
+            }
+        }
     }
 
     async fn run_inner(&mut self) -> Result<(), Stopping> {

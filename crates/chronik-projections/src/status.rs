@@ -3,9 +3,10 @@ use chronik_store::{CheckpointStore, EventStore, FeedFilter, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// What a projection task is doing.
+/// What a projection task is doing (every engine: in memory, any store, PostgreSQL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ProjectionState {
     /// Loading its checkpoint.
     Starting,
@@ -19,6 +20,10 @@ pub enum ProjectionState {
     Standby,
     /// Stopped after its last batch was checkpointed.
     Stopped,
+    /// The task ended abnormally (a panic outside any handler, or killed by `abort`);
+    /// `last_error` says why. What it checkpointed stands; nothing restarts it: start the
+    /// runner again.
+    Crashed,
 }
 
 impl ProjectionState {
@@ -32,6 +37,7 @@ impl ProjectionState {
             Self::Failing => "failing",
             Self::Standby => "standby",
             Self::Stopped => "stopped",
+            Self::Crashed => "crashed",
         }
     }
 }
@@ -84,6 +90,11 @@ pub struct ProjectionStatus {
     pub attempts: u32,
     /// Events skipped because of a recorded park decision (this run).
     pub parked_skipped: u64,
+    /// Batches this run committed (checkpoints it moved).
+    pub batches: u64,
+    /// Owner: the backend pid of the session holding the projection's lock, while this
+    /// runner holds it (engines that take a lock: PostgreSQL). `None` otherwise.
+    pub lock_pid: Option<i32>,
 }
 
 impl ProjectionStatus {
@@ -102,7 +113,21 @@ impl ProjectionStatus {
             failing_event: None,
             attempts: 0,
             parked_skipped: 0,
+            batches: 0,
+            lock_pid: None,
         }
+    }
+}
+
+impl ProjectionStatus {
+    /// Records that the task ended abnormally at `at`: state
+    /// [`ProjectionState::Crashed`], `why` as the last error, no lock held. Every engine
+    /// calls it, so that a dead runner is shown dead, never as its last state.
+    pub fn crash(&mut self, why: String, at: DateTime<Utc>) {
+        self.state = ProjectionState::Crashed;
+        self.lock_pid = None;
+        self.last_error = Some(why);
+        self.last_error_at = Some(at);
     }
 }
 

@@ -103,6 +103,7 @@ fn fast() -> RunnerOptions {
         retry_base: Duration::from_millis(1),
         retry_max: Duration::from_millis(5),
         lag_every: Duration::ZERO,
+        ..RunnerOptions::default()
     }
 }
 
@@ -323,6 +324,20 @@ async fn a_panicking_handler_is_a_failure_not_a_dead_task() {
     assert!(s.last_error.unwrap().contains("panicked"));
     assert_eq!(p.ids(), all_ids(&store).await);
     h.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_aborted_runner_is_shown_crashed_not_as_its_last_state() {
+    let store = MemoryStore::new();
+    let last = append(&store, 2, "OrderPlaced").await;
+    let p = Recorder::new("aborted");
+    let h = start(&store, &p, fast());
+    h.wait_for("aborted", last, DEADLINE).await.unwrap();
+    let mut rx = h.subscribe("aborted").unwrap();
+    h.abort().await;
+    let s = rx.borrow_and_update().clone();
+    assert_eq!(s.state, ProjectionState::Crashed, "{s:?}");
+    assert!(s.last_error.unwrap().contains("aborted"));
 }
 
 #[tokio::test]

@@ -124,6 +124,7 @@ fn options(rng: &mut ChaCha8Rng) -> PgRunnerOptions {
         retry_max: Duration::from_millis(200),
         standby_poll: Duration::from_millis(50),
         listen_channel: None,
+        ..PgRunnerOptions::default()
     }
 }
 

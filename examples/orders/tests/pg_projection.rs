@@ -42,6 +42,7 @@ fn options() -> PgRunnerOptions {
         retry_max: Duration::from_millis(50),
         standby_poll: Duration::from_millis(20),
         listen_channel: None,
+        ..PgRunnerOptions::default()
     }
 }
 
@@ -684,7 +685,7 @@ async fn a_failing_event_is_retried_until_a_recorded_park_decision(pool: PgPool)
     p.poison.lock().unwrap().insert(bad.event_id);
     let h = spawn(&store, p);
     let s = until(&h, |s| s.state == PgRunnerState::Failing && s.attempts >= 3).await;
-    assert_eq!(s.failing_event, Some(bad.event_id));
+    assert_eq!(s.failing_event.map(|e| e.event_id), Some(bad.event_id));
     assert_eq!(
         s.checkpoint, feed[2].cursor,
         "the events before it are committed"
@@ -753,7 +754,7 @@ async fn a_panicking_handler_is_retried_shown_parked_and_the_runner_goes_on(pool
     let h = spawn(&store, p.clone());
     let s = until(&h, |s| {
         s.state == PgRunnerState::Failing
-            && s.failing_event == Some(bad.event_id)
+            && s.failing_event.as_ref().map(|e| e.event_id) == Some(bad.event_id)
             && s.attempts >= 3
     })
     .await;
@@ -767,6 +768,10 @@ async fn a_panicking_handler_is_retried_shown_parked_and_the_runner_goes_on(pool
     assert_eq!(
         s.checkpoint, feed[4].cursor,
         "the events before it are committed"
+    );
+    assert!(
+        s.lag.events > 0 && s.lag_measured_at.is_some(),
+        "a failing runner's status has its lag: {s:?}"
     );
     let r = report_of(&store, OrderProjection::NAME).await;
     assert_eq!(r.state.as_deref(), Some("failing"));

@@ -2,7 +2,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chronik_core::{EventId, FeedCursor, StreamId, Version};
-use chronik_store::{EventStore, FeedFilter, StoreError, validate_projection_name};
+use chronik_projections::measure_lag;
+use chronik_store::{EventStore, StoreError, validate_projection_name};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
@@ -367,18 +368,7 @@ pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionRe
             _ => None,
         };
         let from = checkpoint.unwrap_or(FeedCursor::START);
-        let lag_events = store.count_after(from).await?;
-        let lag_seconds = if lag_events == 0 {
-            0.0
-        } else {
-            let page = store.read_feed(from, &FeedFilter::all(), 1).await?;
-            page.events.first().map_or(0.0, |e| {
-                let ms = (now - e.recorded_at).num_milliseconds().max(0);
-                #[allow(clippy::cast_precision_loss)]
-                let s = ms as f64 / 1000.0;
-                s
-            })
-        };
+        let lag = measure_lag(store, from, now).await?;
         let processed: Option<i64> = r.try_get(3).map_err(backend)?;
         let lock_pid: Option<i32> = r.try_get(4).map_err(backend)?;
         let who = classify(runners.remove(&name).unwrap_or_default(), lock_pid);
@@ -387,8 +377,8 @@ pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionRe
             name,
             checkpoint,
             events_processed: to_u64(processed.unwrap_or(0), "events processed")?,
-            lag_events,
-            lag_seconds,
+            lag_events: lag.events,
+            lag_seconds: lag.seconds,
             state: who.state,
             owner: who.owner,
             standbys: who.standbys,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chronik_core::{EventId, FeedCursor, UpcasterRegistry};
+use chronik_projections::RebuildProgress;
 use chronik_store::{EventStore, MAX_FEED_PAGE, StoreError, validate_projection_name};
 use sqlx::Connection;
 use uuid::Uuid;
@@ -14,41 +15,9 @@ use crate::config::SchemaName;
 use crate::error::backend;
 use crate::store::PgEventStore;
 
-/// Progress of a PostgreSQL rebuild, reported after every committed batch.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PgRebuildProgress {
-    /// Feed events examined so far.
-    pub scanned: u64,
-    /// Visible feed events when the rebuild started (the target of `scanned`; events
-    /// appended meanwhile are replayed too, so `scanned` may end above it).
-    pub total: u64,
-    /// Events handed to the projection.
-    pub handled: u64,
-    /// Checkpoint reached (of the shadow, during a shadow rebuild).
-    pub cursor: FeedCursor,
-    /// Time since the rebuild started.
-    pub elapsed: Duration,
-}
-
-impl PgRebuildProgress {
-    /// Events scanned per second so far.
-    #[must_use]
-    pub fn rate(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        #[allow(clippy::cast_precision_loss)]
-        let scanned = self.scanned as f64;
-        if secs > 0.0 { scanned / secs } else { 0.0 }
-    }
-
-    /// Estimated time left at the current rate.
-    #[must_use]
-    pub fn eta(&self) -> Option<Duration> {
-        let rate = self.rate();
-        #[allow(clippy::cast_precision_loss)]
-        let left = self.total.saturating_sub(self.scanned) as f64;
-        (rate > 0.0).then(|| Duration::from_secs_f64(left / rate))
-    }
-}
+/// How far a rebuild has got: the engine's shared [`RebuildProgress`] (of the shadow,
+/// during a shadow rebuild).
+pub type PgRebuildProgress = RebuildProgress;
 
 /// Called after every batch with the progress so far; returning
 /// [`ControlFlow::Break`] stops the rebuild at that batch boundary (it then cleans up and

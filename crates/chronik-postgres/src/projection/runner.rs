@@ -3,10 +3,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronik_core::{EventId, FeedCursor, RecordedEvent, UpcasterRegistry};
-use chronik_store::{
-    EventStore, FeedFilter, MAX_FEED_PAGE, StoreError, catch_panic, upcast_recorded,
-    validate_projection_name,
+use chronik_projections::{
+    EventRef, ProjectionName, ProjectionState, ProjectionStatus, RunnerOptions, measure_lag,
 };
+use chronik_store::{EventStore, FeedFilter, StoreError, catch_panic, upcast_recorded};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool, Row};
@@ -83,66 +83,14 @@ impl From<sqlx::Error> for PgProjectionError {
     }
 }
 
-/// Tuning of a [`PgProjectionRunner`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PgRunnerOptions {
-    /// Events per transaction (1 to 10 000; 500).
-    pub batch_size: usize,
-    /// Shortest idle poll interval, right after events were seen (5 ms: under steady
-    /// write load the read model trails the appends by a few milliseconds, at the cost of
-    /// at most 200 small batch transactions a second).
-    pub poll_min: Duration,
-    /// Longest idle poll interval: the worst-case delay when no notification arrives (1 s).
-    pub poll_max: Duration,
-    /// First retry delay after a failure; doubles per attempt (100 ms).
-    pub retry_base: Duration,
-    /// Retry delay cap (30 s).
-    pub retry_max: Duration,
-    /// How often a standby runner tries to take the projection's lock (1 s).
-    pub standby_poll: Duration,
-    /// `LISTEN` on this channel for prompt wake-ups; writers call [`notify_feed`] *after*
-    /// their commit. `None` (default): adaptive polling only.
-    pub listen_channel: Option<String>,
-}
+/// Tuning of a [`PgProjectionRunner`]: the engine's shared [`RunnerOptions`] (this
+/// runner reads `standby_poll` and `listen_channel` too; its backoff is the shared one).
+pub type PgRunnerOptions = RunnerOptions;
 
-impl Default for PgRunnerOptions {
-    fn default() -> Self {
-        Self {
-            batch_size: 500,
-            poll_min: Duration::from_millis(5),
-            poll_max: Duration::from_secs(1),
-            retry_base: Duration::from_millis(100),
-            retry_max: Duration::from_secs(30),
-            standby_poll: Duration::from_secs(1),
-            listen_channel: None,
-        }
-    }
-}
-
-impl PgRunnerOptions {
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
-        self.retry_base.saturating_mul(exp).min(self.retry_max)
-    }
-
-    fn validate(&self) -> Result<(), StoreError> {
-        if self.batch_size == 0 || self.batch_size > MAX_FEED_PAGE {
-            return Err(StoreError::InvalidRequest(
-                "batch_size must be 1 to 10000".to_owned(),
-            ));
-        }
-        if self.poll_min.is_zero()
-            || self.poll_min > self.poll_max
-            || self.retry_base.is_zero()
-            || self.retry_base > self.retry_max
-            || self.standby_poll.is_zero()
-        {
-            return Err(StoreError::InvalidRequest(
-                "poll and retry intervals must be positive and min <= max".to_owned(),
-            ));
-        }
-        Ok(())
-    }
+fn validate(options: &RunnerOptions) -> Result<(), StoreError> {
+    options
+        .validate()
+        .map_err(|e| StoreError::InvalidRequest(e.to_string()))
 }
 
 /// Sends a wake-up on `channel` for runners that `LISTEN` on it. Call it **after** the
@@ -160,70 +108,14 @@ pub async fn notify_feed(pool: &PgPool, channel: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// What a PostgreSQL runner is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PgRunnerState {
-    /// Connecting.
-    Starting,
-    /// Another session holds the projection's lock; this runner waits to take over.
-    Standby,
-    /// Applying full batches.
-    CatchingUp,
-    /// Caught up; waiting for notifications or the next poll.
-    Live,
-    /// Retrying after a failure (see `last_error`).
-    Failing,
-    /// Stopped; its last batch committed.
-    Stopped,
-    /// The task ended abnormally (a panic outside any handler, or killed by
-    /// [`PgRunnerHandle::abort`]); `last_error` says why. Its last committed batch stands;
-    /// nothing takes over in this process: spawn the runner again.
-    Crashed,
-}
+/// What a PostgreSQL runner is doing: the engine's shared [`ProjectionState`] (its labels
+/// are what `projection_runners.state` stores).
+pub type PgRunnerState = ProjectionState;
 
-impl PgRunnerState {
-    /// The label stored in `projection_runners.state`.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Starting => "starting",
-            Self::Standby => "standby",
-            Self::CatchingUp => "catching_up",
-            Self::Live => "live",
-            Self::Failing => "failing",
-            Self::Stopped => "stopped",
-            Self::Crashed => "crashed",
-        }
-    }
-}
-
-/// A runner's in-process view of itself (the persisted view is [`crate::ProjectionReport`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PgRunnerStatus {
-    /// The projection.
-    pub name: String,
-    /// What it is doing.
-    pub state: PgRunnerState,
-    /// Its committed checkpoint, as last seen by this runner.
-    pub checkpoint: FeedCursor,
-    /// Events applied in total (from the checkpoint row).
-    pub events_processed: u64,
-    /// Batches this runner committed.
-    pub batches: u64,
-    /// Events this runner skipped because of a recorded park decision.
-    pub parked_skipped: u64,
-    /// Most recent error (kept after recovery).
-    pub last_error: Option<String>,
-    /// When.
-    pub last_error_at: Option<DateTime<Utc>>,
-    /// The event being retried while failing.
-    pub failing_event: Option<EventId>,
-    /// Consecutive failed attempts.
-    pub attempts: u32,
-    /// Backend pid of the session holding the advisory lock, while this runner holds it.
-    pub lock_pid: Option<i32>,
-}
+/// A runner's in-process view of itself: the engine's shared [`ProjectionStatus`], with
+/// lag, batches and the lock's owner pid (the persisted view is
+/// [`crate::ProjectionReport`]).
+pub type PgRunnerStatus = ProjectionStatus;
 
 /// Applies feed events to one [`PgProjection`] exactly once, one transaction per batch.
 ///
@@ -273,22 +165,12 @@ impl<P: PgProjection> PgProjectionRunner<P> {
     /// # Errors
     /// An invalid projection name or options; nothing is spawned then.
     pub fn spawn(self) -> Result<PgRunnerHandle, PgProjectionError> {
-        validate_projection_name(self.projection.name())?;
-        self.options.validate()?;
+        ProjectionName::new(self.projection.name())?;
+        validate(&self.options)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let status = Arc::new(watch::Sender::new(PgRunnerStatus {
-            name: self.projection.name().to_owned(),
-            state: PgRunnerState::Starting,
-            checkpoint: FeedCursor::START,
-            events_processed: 0,
-            batches: 0,
-            parked_skipped: 0,
-            last_error: None,
-            last_error_at: None,
-            failing_event: None,
-            attempts: 0,
-            lock_pid: None,
-        }));
+        let status = Arc::new(watch::Sender::new(ProjectionStatus::new(
+            self.projection.name(),
+        )));
         let task = Task {
             engine: Engine::new(&self.store, self.projection, self.upcasters),
             options: self.options,
@@ -300,6 +182,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
             instance: Uuid::new_v4(),
             session: None,
             saved: None,
+            last_lag: None,
         };
         Ok(PgRunnerHandle {
             stop: stop_tx,
@@ -367,12 +250,7 @@ fn crashed(status: &watch::Sender<PgRunnerStatus>, e: &tokio::task::JoinError) {
     } else {
         format!("runner task ended abnormally: {e}")
     };
-    status.send_modify(|s| {
-        s.state = PgRunnerState::Crashed;
-        s.lock_pid = None;
-        s.last_error = Some(why);
-        s.last_error_at = Some(Utc::now());
-    });
+    status.send_modify(|s| s.crash(why, Utc::now()));
 }
 
 /// What one batch did.
@@ -694,7 +572,7 @@ impl<P: PgProjection> Engine<P> {
             .bind(s.lock_pid.is_some())
             .bind(s.last_error.as_deref())
             .bind(s.last_error_at)
-            .bind(s.failing_event.map(|e| e.as_uuid()))
+            .bind(s.failing_event.as_ref().map(|e| e.event_id.as_uuid()))
             .bind(i32::try_from(s.attempts).unwrap_or(i32::MAX))
             .execute(self.store.pool())
             .await;
@@ -754,6 +632,8 @@ struct Task<P> {
     session: Option<SessionInfo>,
     /// What the status row last received: state and lock session.
     saved: Option<(PgRunnerState, Option<i32>)>,
+    /// When the lag was last measured.
+    last_lag: Option<tokio::time::Instant>,
 }
 
 struct Stopping;
@@ -821,7 +701,7 @@ impl<P: PgProjection> Task<P> {
         &mut self,
         attempt: u32,
         error: String,
-        event: Option<EventId>,
+        event: Option<EventRef>,
     ) -> Result<(), Stopping> {
         tracing::warn!(projection = self.engine.name(), attempt, %error, "projection failing; retrying");
         let mut next = self.status.borrow().clone();
@@ -832,7 +712,28 @@ impl<P: PgProjection> Task<P> {
         next.attempts = attempt;
         self.persist(&next).await;
         self.status.send_replace(next);
+        self.refresh_lag(true).await;
         self.pause(self.options.backoff(attempt)).await
+    }
+
+    /// Measures the lag of the checkpoint (due every `lag_every`, or now with `force`).
+    async fn refresh_lag(&mut self, force: bool) {
+        let due = force
+            || self
+                .last_lag
+                .is_none_or(|t| t.elapsed() >= self.options.lag_every);
+        if !due {
+            return;
+        }
+        let checkpoint = self.status.borrow().checkpoint;
+        let now = Utc::now();
+        if let Ok(lag) = measure_lag(&self.engine.store, checkpoint, now).await {
+            self.last_lag = Some(tokio::time::Instant::now());
+            self.status.send_modify(|s| {
+                s.lag = lag;
+                s.lag_measured_at = Some(now);
+            });
+        }
     }
 
     async fn run(mut self) {
@@ -967,9 +868,11 @@ impl<P: PgProjection> Task<P> {
                     attempt = 0;
                     if full || was_limited {
                         self.set_state(PgRunnerState::CatchingUp).await;
+                        self.refresh_lag(false).await;
                         continue;
                     }
                     self.set_state(PgRunnerState::Live).await;
+                    self.refresh_lag(true).await;
                     idle = if events > 0 {
                         self.options.poll_min
                     } else {
@@ -983,6 +886,7 @@ impl<P: PgProjection> Task<P> {
                         s.events_processed = processed;
                     });
                     self.set_state(PgRunnerState::Live).await;
+                    self.refresh_lag(false).await;
                     idle = (idle * 2).min(self.options.poll_max);
                     self.idle(idle).await?;
                 }
@@ -998,7 +902,13 @@ impl<P: PgProjection> Task<P> {
                         "{} v{} (event {}, cursor {}): {failure}",
                         event.stream_id, event.version, event.event_id, event.cursor
                     );
-                    self.fail(attempt, message, Some(event.event_id)).await?;
+                    let at = EventRef {
+                        stream_id: event.stream_id,
+                        version: event.version,
+                        event_id: event.event_id,
+                        cursor: event.cursor,
+                    };
+                    self.fail(attempt, message, Some(at)).await?;
                 }
                 Err(e) => {
                     attempt += 1;
