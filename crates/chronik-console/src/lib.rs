@@ -16,6 +16,9 @@
 //! `/streams/{id}` (a stream's events), `/events/{id}` (an event and its causation chain),
 //! `/projections` (status, parked events, rebuild), `/tail` (the live feed). The JSON API
 //! under `/api/` serves the same facts; `/api/tail` is a server-sent event stream.
+//! `/metrics` is the Prometheus text format: this process's append counters and latency
+//! (`chronik-postgres`'s `metrics` feature) and the gauges read from the store
+//! ([`chronik_postgres::metrics::record_store_gauges`]).
 //!
 //! **Invariants:** every value that comes from the store (payloads, types, stream ids,
 //! headers, error texts) is HTML-escaped before it reaches a page, and the page scripts
@@ -29,6 +32,7 @@ mod api;
 mod assets;
 mod error;
 mod html;
+mod metrics;
 mod pages;
 mod state;
 mod tail;
@@ -99,6 +103,7 @@ pub struct Console {
     binary: String,
     admin_token: Option<String>,
     rebuildable: Vec<String>,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Console {
@@ -111,6 +116,7 @@ impl Console {
             binary: "chronik".to_owned(),
             admin_token: None,
             rebuildable: Vec::new(),
+            prometheus: None,
         }
     }
 
@@ -143,6 +149,15 @@ impl Console {
         self
     }
 
+    /// The Prometheus recorder this process installed, for `/metrics` to render. Without
+    /// one the console installs its own as the process's `metrics` recorder when it
+    /// starts; `/metrics` answers 503 when that fails because another is installed.
+    #[must_use]
+    pub fn prometheus(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.prometheus = Some(handle);
+        self
+    }
+
     /// The console's routes, and the queue of rebuild requests they send, which
     /// [`Rebuilds::run`] must serve (for tests and for embedding in another server).
     pub fn into_parts(self) -> (Router, Rebuilds) {
@@ -154,6 +169,7 @@ impl Console {
             admin_token: self.admin_token,
             rebuildable: self.rebuildable,
             rebuilds: tx,
+            prometheus: self.prometheus.map_or_else(metrics::installed, Ok),
         }));
         (router(state), Rebuilds { rx })
     }
@@ -222,6 +238,7 @@ fn router(state: State) -> Router {
         .route("/api/projections", get(api::projections))
         .route("/api/projections/{name}/rebuild", post(api::rebuild))
         .route("/api/tail", get(tail::sse))
+        .route("/metrics", get(metrics::serve))
         .fallback(api::not_found)
         .with_state(state)
 }

@@ -27,6 +27,7 @@ pub(crate) struct Inner {
     pub(crate) admin_token: Option<String>,
     pub(crate) rebuildable: Vec<String>,
     pub(crate) rebuilds: mpsc::Sender<RebuildRequest>,
+    pub(crate) prometheus: Result<metrics_exporter_prometheus::PrometheusHandle, String>,
 }
 
 /// One rebuild asked for by a request, answered on `reply`.

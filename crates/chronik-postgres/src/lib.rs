@@ -68,6 +68,8 @@ mod error;
 mod horizon;
 mod inspect;
 mod json;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod migration;
 mod multi;
 mod notify;

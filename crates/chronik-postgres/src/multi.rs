@@ -76,6 +76,22 @@ impl PgEventStore {
         &self,
         appends: &[StreamAppend],
     ) -> Result<Vec<AppendResult>, StoreError> {
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let result = self.append_streams_retrying(appends).await;
+        #[cfg(feature = "metrics")]
+        {
+            crate::metrics::append_duration(started.elapsed());
+            crate::metrics::append_streams_outcome(appends, result.as_deref());
+        }
+        result
+    }
+
+    /// [`PgEventStore::append_streams_owned`] without its metrics.
+    async fn append_streams_retrying(
+        &self,
+        appends: &[StreamAppend],
+    ) -> Result<Vec<AppendResult>, StoreError> {
         let parts = part_args(appends)?;
         let args = MultiArgs::new(appends, &parts)?;
         let mut order_retries = 0;

@@ -307,6 +307,25 @@ impl PgEventStore {
     /// own when `None`.
     async fn append_owned(
         &self,
+        conn: Option<&mut PgConnection>,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let result = self.append_retrying(conn, stream, expected, events).await;
+        #[cfg(feature = "metrics")]
+        {
+            crate::metrics::append_duration(started.elapsed());
+            crate::metrics::append_outcome(stream, events.len(), result.as_ref());
+        }
+        result
+    }
+
+    /// [`PgEventStore::append_owned`] without its metrics.
+    async fn append_retrying(
+        &self,
         mut conn: Option<&mut PgConnection>,
         stream: &StreamId,
         expected: ExpectedVersion,
