@@ -33,6 +33,8 @@ pub use park::{MemoryParkingLot, ParkedEvent, ParkingLot};
 pub use projection::{HandlerError, Projection};
 pub use rebuild::{RebuildOptions, RebuildProgress, rebuild};
 pub use runner::{ProjectionRunner, RunnerHandle};
-pub use status::{EventRef, Lag, ProjectionState, ProjectionStatus, checkpoint_lag, measure_lag};
+pub use status::{
+    EventRef, Lag, LagMeter, ProjectionState, ProjectionStatus, checkpoint_lag, measure_lag,
+};
 pub use typed::{Typed, TypedProjection, decode_recorded, typed_filter};
 pub use wake::{PollingOnly, WakeSource, Wakeup};

@@ -9,14 +9,13 @@ use chronik_store::{
 use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::error::ProjectionError;
 use crate::name::ProjectionName;
 use crate::options::RunnerOptions;
 use crate::park::{MemoryParkingLot, ParkingLot};
 use crate::projection::{HandlerError, Projection};
-use crate::status::{EventRef, ProjectionState, ProjectionStatus, measure_lag};
+use crate::status::{EventRef, LagMeter, ProjectionState, ProjectionStatus};
 use crate::wake::{PollingOnly, WakeSource, Wakeup};
 
 /// Runs projections against a store: catch-up from each checkpoint in batches, then live.
@@ -118,7 +117,7 @@ impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
                 status: Arc::clone(&status),
                 stop: stop_rx.clone(),
                 wake: self.wake.subscribe(),
-                last_lag: None,
+                lag: LagMeter::new(self.options.lag_every),
             };
             tasks.push((name.clone(), tokio::spawn(task.run())));
             statuses.insert(name, status);
@@ -280,7 +279,7 @@ struct Task<S> {
     status: Arc<watch::Sender<ProjectionStatus>>,
     stop: watch::Receiver<bool>,
     wake: Box<dyn Wakeup>,
-    last_lag: Option<Instant>,
+    lag: LagMeter,
 }
 
 /// Outcome of waiting: the stop signal arrived.
@@ -313,22 +312,7 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
     }
 
     async fn refresh_lag(&mut self, force: bool) {
-        let due = force
-            || self
-                .last_lag
-                .is_none_or(|t| t.elapsed() >= self.options.lag_every);
-        if !due {
-            return;
-        }
-        let checkpoint = self.status.borrow().checkpoint;
-        let now = Utc::now();
-        if let Ok(lag) = measure_lag(&*self.store, checkpoint, now).await {
-            self.last_lag = Some(Instant::now());
-            self.status.send_modify(|s| {
-                s.lag = lag;
-                s.lag_measured_at = Some(now);
-            });
-        }
+        self.lag.refresh(&*self.store, &self.status, force).await;
     }
 
     /// Records a failure, then backs off.

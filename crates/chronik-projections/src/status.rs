@@ -171,3 +171,41 @@ pub async fn checkpoint_lag<S: EventStore + CheckpointStore + ?Sized>(
     let lag = measure_lag(store, cp.cursor, now).await?;
     Ok(Some((cp, lag)))
 }
+
+/// Re-measures a runner's lag into its status at most every `every` (or at once when
+/// forced): the one lag refresh every engine's task uses.
+#[derive(Debug, Clone, Copy)]
+pub struct LagMeter {
+    every: std::time::Duration,
+    last: Option<tokio::time::Instant>,
+}
+
+impl LagMeter {
+    /// A meter that measures every `every` (`Duration::ZERO`: on every call).
+    #[must_use]
+    pub fn new(every: std::time::Duration) -> Self {
+        Self { every, last: None }
+    }
+
+    /// Measures the lag of `status`'s checkpoint when due (or `force`d) and records it
+    /// there with the time measured. A failed measurement leaves the last one.
+    pub async fn refresh<S: EventStore + ?Sized>(
+        &mut self,
+        store: &S,
+        status: &tokio::sync::watch::Sender<ProjectionStatus>,
+        force: bool,
+    ) {
+        if !force && self.last.is_some_and(|t| t.elapsed() < self.every) {
+            return;
+        }
+        let checkpoint = status.borrow().checkpoint;
+        let now = Utc::now();
+        if let Ok(lag) = measure_lag(store, checkpoint, now).await {
+            self.last = Some(tokio::time::Instant::now());
+            status.send_modify(|s| {
+                s.lag = lag;
+                s.lag_measured_at = Some(now);
+            });
+        }
+    }
+}

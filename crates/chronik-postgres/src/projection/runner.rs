@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chronik_core::{EventId, FeedCursor, RecordedEvent, UpcasterRegistry};
 use chronik_projections::{
-    EventRef, ProjectionName, ProjectionState, ProjectionStatus, RunnerOptions, measure_lag,
+    EventRef, LagMeter, ProjectionName, ProjectionState, ProjectionStatus, RunnerOptions,
 };
 use chronik_store::{EventStore, FeedFilter, StoreError, catch_panic, upcast_recorded};
 use chrono::{DateTime, Utc};
@@ -173,6 +173,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         )));
         let task = Task {
             engine: Engine::new(&self.store, self.projection, self.upcasters),
+            lag: LagMeter::new(self.options.lag_every),
             options: self.options,
             status: Arc::clone(&status),
             stop: stop_rx,
@@ -182,7 +183,6 @@ impl<P: PgProjection> PgProjectionRunner<P> {
             instance: Uuid::new_v4(),
             session: None,
             saved: None,
-            last_lag: None,
         };
         Ok(PgRunnerHandle {
             stop: stop_tx,
@@ -632,8 +632,8 @@ struct Task<P> {
     session: Option<SessionInfo>,
     /// What the status row last received: state and lock session.
     saved: Option<(PgRunnerState, Option<i32>)>,
-    /// When the lag was last measured.
-    last_lag: Option<tokio::time::Instant>,
+    /// Measures the lag into the status every `lag_every`.
+    lag: LagMeter,
 }
 
 struct Stopping;
@@ -718,22 +718,9 @@ impl<P: PgProjection> Task<P> {
 
     /// Measures the lag of the checkpoint (due every `lag_every`, or now with `force`).
     async fn refresh_lag(&mut self, force: bool) {
-        let due = force
-            || self
-                .last_lag
-                .is_none_or(|t| t.elapsed() >= self.options.lag_every);
-        if !due {
-            return;
-        }
-        let checkpoint = self.status.borrow().checkpoint;
-        let now = Utc::now();
-        if let Ok(lag) = measure_lag(&self.engine.store, checkpoint, now).await {
-            self.last_lag = Some(tokio::time::Instant::now());
-            self.status.send_modify(|s| {
-                s.lag = lag;
-                s.lag_measured_at = Some(now);
-            });
-        }
+        self.lag
+            .refresh(&self.engine.store, &self.status, force)
+            .await;
     }
 
     async fn run(mut self) {
