@@ -37,27 +37,12 @@ impl PgEventStore {
                 "a stream listing needs a limit of at least 1".to_owned(),
             ));
         }
-        let rows = sqlx::query(&format!(
-            "SELECT stream_id, version FROM {}.streams \
-              WHERE $1::text IS NULL OR stream_type = $1 \
-              ORDER BY stream_id COLLATE \"C\" LIMIT $2",
-            self.schema.quoted()
-        ))
-        .bind(category)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.try_get(0).map_err(backend)?;
-                let version: i64 = r.try_get(1).map_err(backend)?;
-                Ok(StreamSummary {
-                    stream_id: StreamId::new(id)?,
-                    version: Version::new(u64::try_from(version).unwrap_or(0))?,
-                })
-            })
-            .collect()
+        // The category-only case of the console's search (one query for both).
+        let query = crate::overview::StreamQuery {
+            category: category.map(str::to_owned),
+            ..crate::overview::StreamQuery::default()
+        };
+        self.search_streams(&query, limit).await
     }
 }
 
