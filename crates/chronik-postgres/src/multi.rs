@@ -25,10 +25,6 @@ struct MultiArgs<'a> {
     causations: Vec<Option<Uuid>>,
 }
 
-/// How many times more often an owned multi-stream append retries the order guard than
-/// the configured `transaction_order_retries` (see `append_streams_retrying`).
-const MULTI_ORDER_FACTOR: u32 = 8;
-
 impl<'a> MultiArgs<'a> {
     fn new(appends: &'a [StreamAppend], parts: &'a [AppendArgs<'a>]) -> Result<Self, StoreError> {
         let mut m = MultiArgs {
@@ -70,13 +66,14 @@ fn part_args(appends: &[StreamAppend]) -> Result<Vec<AppendArgs<'_>>, StoreError
 
 impl PgEventStore {
     /// [`EventStore::append_streams`](chronik_store::EventStore::append_streams) in autocommit:
-    /// one statement, its own transaction. A part can meet the feed-order guard here (a
-    /// multi-stream append holds its transaction id while it waits for a later stream's
-    /// lock, and that stream's holder may commit a newer transaction first): then nothing
-    /// was written, and the whole append is re-run in a new transaction, up to the
-    /// configured `transaction_order_retries` times [`MULTI_ORDER_FACTOR`], with a random
-    /// wait before each, whatever the parts expect (a part that
-    /// expected an exact version then reports the conflict that is now true).
+    /// one statement, its own transaction. A part can still meet the feed-order guard here,
+    /// rarely: the append takes every stream's advisory lock before its transaction has an
+    /// id (migration 0010), so no other multi-stream append can commit a newer id to one of
+    /// its streams first, but a single-stream append (which takes no advisory lock) can
+    /// slip in between two of its parts. Then nothing was written, and the whole append is
+    /// re-run in a new transaction, up to the configured `transaction_order_retries`, after
+    /// a random wait, whatever the parts expect (a part that expected an exact version then
+    /// reports the conflict that is now true).
     pub(crate) async fn append_streams_owned(
         &self,
         appends: &[StreamAppend],
@@ -93,14 +90,6 @@ impl PgEventStore {
     }
 
     /// [`PgEventStore::append_streams_owned`] without its metrics.
-    ///
-    /// A single-stream append takes its row lock before its transaction id, so the order
-    /// guard cannot trip on it; a multi-stream append has its id from its first part on
-    /// while it waits for the next part's lock, and a newer writer of that stream that
-    /// commits first trips it. Each retry starts a new (newer) transaction, but racing
-    /// writers keep starting newer ones too: the conformance suite's opposite-order race
-    /// ran out of `transaction_order_retries` in about one run of seven. So this path
-    /// retries [`MULTI_ORDER_FACTOR`] times as often, after a random wait.
     async fn append_streams_retrying(
         &self,
         appends: &[StreamAppend],
@@ -115,14 +104,13 @@ impl PgEventStore {
                 .map_err(backend)?
             {
                 Err(StoreError::TransactionOrder { stream })
-                    if order_retries < self.order_retries.saturating_mul(MULTI_ORDER_FACTOR) =>
+                    if order_retries < self.order_retries =>
                 {
                     order_retries += 1;
                     tracing::debug!(%stream, order_retries, "multi-stream append behind a newer writer, retrying");
-                    // The writers that tripped each other retry at the same moment and trip
-                    // again (the conformance suite's opposite-order race ran out of retries
-                    // that way): wait a random moment, up to 1 ms doubling per retry, so
-                    // that one of them goes first.
+                    // The writer that slipped in may be one of several racing on that
+                    // stream: wait a random moment, up to 1 ms doubling per retry, so that
+                    // the retry does not meet the same race at the same moment.
                     let cap = 1_000u64 << order_retries.min(5);
                     #[allow(clippy::cast_possible_truncation)] // low bits of a random id
                     let jitter = (Uuid::new_v4().as_u128() as u64) % cap;

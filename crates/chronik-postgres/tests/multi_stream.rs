@@ -159,3 +159,77 @@ async fn an_owned_multi_stream_append_behind_a_newer_writer_is_retried(pool: PgP
         }
     }
 }
+
+/// How many sessions running `append_streams` are blocked on a lock.
+async fn multi_stream_appends_waiting(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+          WHERE wait_event_type = 'Lock' AND query LIKE '%append_streams(%' \
+            AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// Two multi-stream appends never trip each other's order guard, even with no retries:
+/// the first takes every stream's lock before its transaction has an id, so the second,
+/// which shares `b` with it, waits for it instead of committing to `b` with a newer id
+/// in between (the conformance suite's opposite-order race failed this way).
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn multi_stream_appends_sharing_a_stream_never_trip_each_others_order_guard(pool: PgPool) {
+    let config = PgStoreConfig {
+        transaction_order_retries: 0,
+        ..PgStoreConfig::default()
+    };
+    let store = PgEventStore::from_pool_with(pool.clone(), &config);
+    let a: StreamId = format!("account-a{}", uuid::Uuid::new_v4())
+        .parse()
+        .expect("id");
+    let b: StreamId = format!("account-b{}", uuid::Uuid::new_v4())
+        .parse()
+        .expect("id");
+    let c: StreamId = format!("account-c{}", uuid::Uuid::new_v4())
+        .parse()
+        .expect("id");
+    let mut holder = store.begin().await.expect("begin");
+    holder
+        .append(&a, ExpectedVersion::NoStream, &events(1))
+        .await
+        .expect("holder creates a, uncommitted");
+    let first = {
+        let (store, a, b) = (store.clone(), a.clone(), b.clone());
+        tokio::spawn(async move {
+            store
+                .append_streams(&[
+                    StreamAppend::new(a, ExpectedVersion::Any, events(1)),
+                    StreamAppend::new(b, ExpectedVersion::Any, events(1)),
+                ])
+                .await
+        })
+    };
+    until_a_multi_stream_append_waits(&pool).await;
+    let second = {
+        let (store, b, c) = (store.clone(), b.clone(), c.clone());
+        tokio::spawn(async move {
+            store
+                .append_streams(&[
+                    StreamAppend::new(c, ExpectedVersion::Any, events(1)),
+                    StreamAppend::new(b, ExpectedVersion::Any, events(1)),
+                ])
+                .await
+        })
+    };
+    // The second either waits for the first (the fix) or commits to b at once (the bug).
+    while !second.is_finished() && multi_stream_appends_waiting(&pool).await < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    holder.commit().await.expect("holder commits a");
+    let first = first.await.expect("task");
+    let second = second.await.expect("task");
+    assert!(first.is_ok(), "first: {first:?}");
+    assert!(second.is_ok(), "second: {second:?}");
+    assert_eq!(versions(&store, &a).await, [1, 2]);
+    assert_eq!(versions(&store, &b).await, [1, 2]);
+    assert_eq!(versions(&store, &c).await, [1]);
+}

@@ -153,6 +153,21 @@ pub(crate) fn definite_failure(world: &World, e: &StoreError) -> Outcome {
     }
 }
 
+/// An owned append (its own transaction) answered [`StoreError::TransactionOrder`]. It
+/// wrote nothing, but it must not happen: an owned append takes its streams' locks before
+/// its transaction has an id, so no writer of its streams can commit a newer id before it
+/// (single-stream appends through their row lock; multi-stream appends through advisory
+/// locks, migration 0010), and the rare remaining case, a single-stream writer slipping in
+/// between a multi-stream append's parts, is retried in a new transaction. Only an append
+/// inside a caller's transaction that already has an id may meet the guard.
+fn owned_order_anomaly(world: &World, e: &StoreError) -> Outcome {
+    world.counts.inc(C::order_errors);
+    world.counts.inc(C::anomalies);
+    Outcome::Anomaly {
+        why: format!("an owned append answered the order guard: {e}"),
+    }
+}
+
 /// Resolves an ambiguous outcome by re-sending the same ids with the same expected version
 /// until the store gives a definite answer.
 pub(crate) async fn resolve(world: &World, part: &Part) -> Outcome {
@@ -376,6 +391,7 @@ async fn owned(
             }
             let outcome = match &e {
                 StoreError::Backend { .. } if !is_pool_timeout(&e) => resolve(world, part).await,
+                StoreError::TransactionOrder { .. } => owned_order_anomaly(world, &e),
                 _ => definite_failure(world, &e),
             };
             world.record(part.record("append", outcome));
@@ -431,6 +447,9 @@ async fn multi_stream(
                 }
                 StoreError::Backend { .. } if !is_pool_timeout(&e) => {
                     Some(resolve_multi(world, &appends).await)
+                }
+                StoreError::TransactionOrder { .. } => {
+                    Some(vec![owned_order_anomaly(world, &e); parts.len()])
                 }
                 _ => Some(vec![definite_failure(world, &e); parts.len()]),
             };
