@@ -351,6 +351,29 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// Evolves the state by one event.
     fn apply(&mut self, event: &Self::Event);
 
+    /// Whether `command` may be decided again after it lost an optimistic-concurrency race
+    /// (default: every command may).
+    ///
+    /// A command is retry-safe when deciding it again on the state another writer left is
+    /// what its caller wants, which is the usual case: "add a line" adds the line to the
+    /// newer order. Return `false` for a command whose decision goes with an effect outside
+    /// the store that has already happened or will happen once, on the state the caller saw:
+    /// a payment captured after the card was charged for the amount shown, a reservation
+    /// confirmed to a customer. Deciding it again on a state that changed meanwhile would
+    /// record that effect against a state it was not made for. The repository then decides
+    /// it once, on a fresh load (never on a cached state), and when its append meets a
+    /// conflict it writes nothing and returns the conflict
+    /// (`RepositoryError::Conflict` in `chronik-store`) for the caller to settle (re-check,
+    /// refund, ask again). Failures that leave the decision valid (a lost acknowledgement,
+    /// a transaction-order retry) still re-send the very same events, which the idempotent
+    /// append writes at most once.
+    ///
+    /// It is a property of the command, known before any state is loaded; it must not
+    /// depend on the state.
+    fn retry_safe(_command: &Self::Command) -> bool {
+        true
+    }
+
     /// The stream id of instance `id` of this aggregate: `<TYPE>-<id>`, e.g.
     /// `Order::stream_id(42)` is `order-42`.
     ///

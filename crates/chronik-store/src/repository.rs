@@ -173,6 +173,27 @@ pub enum RepositoryError<E: std::error::Error + 'static> {
         #[source]
         last: StoreError,
     },
+    /// A command that is not retry-safe ([`Aggregate::retry_safe`] is false for it) lost an
+    /// optimistic-concurrency race: it was decided once, nothing of it was written, and it
+    /// was not decided again. The error is the conflict as the store reported it
+    /// ([`StoreError::Conflict`], or [`StoreError::Conflicts`] naming every stream of a
+    /// command across streams that another writer changed), for the caller to settle.
+    #[error("not retried (the command is not retry-safe): {0}")]
+    Conflict(#[source] StoreError),
+}
+
+impl<E: std::error::Error + 'static> RepositoryError<E> {
+    /// Whether the command lost an optimistic-concurrency race: given up after retries
+    /// ([`RepositoryError::RetriesExhausted`] with a conflict last) or not retried
+    /// ([`RepositoryError::Conflict`]). Nothing of the command was written either way.
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Self::Conflict(_) => true,
+            Self::RetriesExhausted { last, .. } => last.is_conflict(),
+            _ => false,
+        }
+    }
 }
 
 /// A decision across streams waiting to be appended: the states it was made on, the
@@ -513,6 +534,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// are `AlreadyDone`, so exactly one delivery reports `Executed`. Conflicts with other writers are retried as in
     /// [`Repository::execute_with`].
     ///
+    /// A reaction whose command is not retry-safe ([`Aggregate::retry_safe`]) is decided
+    /// once per call: a conflict with another writer is returned as
+    /// [`RepositoryError::Conflict`], nothing written. A reactor that returns it as a
+    /// handler error has the trigger redelivered (and the reaction decided again, on the
+    /// state then, by that delivery); one that must not, parks the trigger instead.
+    ///
     /// # Errors
     /// As [`Repository::execute_with`]; a refusal by the aggregate is
     /// [`RepositoryError::Domain`] (a reactor decides whether to park the trigger).
@@ -525,39 +552,58 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     ) -> Result<ReactOutcome, RepositoryError<A::Error>> {
         let metadata = Metadata::caused_by(trigger);
         let first_id = reaction_event_id(reactor, trigger.event_id, id, 0)?;
+        let retry_safe = A::retry_safe(&command);
         let max = self.retry.max_attempts();
         let mut waited = Duration::ZERO;
         let mut conflicts = 0;
         let mut attempt = 0;
+        // A once-only decision whose append must be re-sent as it was.
+        let mut pending: Option<Decided<A>> = None;
         loop {
             attempt += 1;
             if attempt > 1 {
                 waited += self.back_off(attempt).await;
             }
-            let events = self.store.read_payloads(id, Version::FIRST);
-            let (loaded, done) =
-                Self::fold(id, A::default(), Version::ZERO, Some(first_id), events).await?;
-            if done {
-                return Ok(ReactOutcome::AlreadyDone);
-            }
-            let events = loaded
-                .state
-                .handle(&command)
-                .map_err(RepositoryError::Domain)?;
-            if events.is_empty() {
-                return Ok(ReactOutcome::Nothing);
-            }
-            let mut new = to_new_events(&events, &metadata)?;
-            for (i, e) in new.iter_mut().enumerate() {
-                *e = NewEvent::new(
-                    reaction_event_id(reactor, trigger.event_id, id, i)?,
-                    e.event_type().clone(),
-                    e.schema_version(),
-                    e.payload().clone(),
-                    e.metadata().clone(),
-                )
-                .map_err(StoreError::Invalid)?;
-            }
+            let Decided {
+                loaded,
+                events,
+                new,
+                ..
+            } = match pending.take() {
+                Some(p) => p,
+                None => {
+                    let events = self.store.read_payloads(id, Version::FIRST);
+                    let (loaded, done) =
+                        Self::fold(id, A::default(), Version::ZERO, Some(first_id), events).await?;
+                    if done {
+                        return Ok(ReactOutcome::AlreadyDone);
+                    }
+                    let events = loaded
+                        .state
+                        .handle(&command)
+                        .map_err(RepositoryError::Domain)?;
+                    if events.is_empty() {
+                        return Ok(ReactOutcome::Nothing);
+                    }
+                    let mut new = to_new_events(&events, &metadata)?;
+                    for (i, e) in new.iter_mut().enumerate() {
+                        *e = NewEvent::new(
+                            reaction_event_id(reactor, trigger.event_id, id, i)?,
+                            e.event_type().clone(),
+                            e.schema_version(),
+                            e.payload().clone(),
+                            e.metadata().clone(),
+                        )
+                        .map_err(StoreError::Invalid)?;
+                    }
+                    Decided {
+                        loaded,
+                        events,
+                        new,
+                        from_cache: false,
+                    }
+                }
+            };
             match self
                 .store
                 .append(id, ExpectedVersion::Exact(loaded.version), &new)
@@ -587,11 +633,22 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(StoreError::DuplicateEventId { event_id, .. }) if event_id == first_id => {
                     return Ok(ReactOutcome::AlreadyDone);
                 }
+                Err(e) if e.is_conflict() && !retry_safe => {
+                    return Err(RepositoryError::Conflict(e));
+                }
                 // Outcome unknown: the next attempt reads the stream, and finds the
-                // reaction there if it landed.
+                // reaction there if it landed (a once-only decision is re-sent as it was,
+                // and its ids tell the same).
                 Err(e) if e.is_retryable() && attempt < max => {
                     if e.is_conflict() {
                         conflicts += 1;
+                    } else if !retry_safe {
+                        pending = Some(Decided {
+                            loaded,
+                            events,
+                            new,
+                            from_cache: false,
+                        });
                     }
                 }
                 Err(e) if e.is_retryable() => {
@@ -654,9 +711,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// With [`Repository::with_cache`], a cached stream is not read first; a stale cached
     /// state costs one extra attempt beyond the policy's (see there).
     ///
+    /// A command that is not retry-safe ([`Aggregate::retry_safe`]: its decision goes with an
+    /// effect outside the store, say a card already charged) is decided once, on a fresh
+    /// load even when the stream is cached, and a conflict is returned as
+    /// [`RepositoryError::Conflict`] with nothing written instead of being decided again.
+    /// Failures that leave its decision valid (a lost acknowledgement, a transaction-order
+    /// refusal) re-send the same events, per the retry policy.
+    ///
     /// # Errors
     /// [`RepositoryError::Domain`] when the aggregate refuses; [`RepositoryError::RetriesExhausted`]
-    /// when every attempt conflicted (it keeps the last conflict); [`RepositoryError::Store`]
+    /// when every attempt conflicted (it keeps the last conflict); [`RepositoryError::Conflict`]
+    /// when a command that is not retry-safe met a conflict; [`RepositoryError::Store`]
     /// otherwise, including an event that does not encode under its own type
     /// ([`StoreError::InvalidRequest`], nothing written).
     pub async fn execute_with(
@@ -666,6 +731,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         metadata: Metadata,
     ) -> Result<ExecuteOutcome, RepositoryError<A::Error>> {
         let command = &command;
+        let retry_safe = A::retry_safe(command);
         // The command's own id is its events' causation (and, for a new chain, their
         // correlation): fixed once, so a re-send after a lost acknowledgement is identical.
         let metadata = &metadata.for_command(Uuid::now_v7());
@@ -677,7 +743,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         // cached state found stale is followed at once by one on a fresh load, uncounted.
         let mut attempt = 0;
         let mut counted = 0;
-        let mut cached = self.cache.as_ref().and_then(|c| c.take(id));
+        // A command that may not be decided again is never decided on a cached state: a
+        // stale one would cost it the one decision it has.
+        let mut cached = if retry_safe {
+            self.cache.as_ref().and_then(|c| c.take(id))
+        } else {
+            None
+        };
         let mut stale_retry = false;
         loop {
             attempt += 1;
@@ -770,6 +842,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         cached: from_cache,
                     });
                 }
+                Err(e) if e.is_conflict() && !retry_safe => {
+                    tracing::debug!(stream = %id, attempt, error = %e, "conflict on a command that is not retry-safe; not deciding it again");
+                    return Err(RepositoryError::Conflict(e));
+                }
                 Err(e) if e.is_conflict() && decided.from_cache => {
                     // The cached state was stale: another writer got there since. Not a
                     // sign of contention, so no waiting: decide again on a fresh load.
@@ -781,8 +857,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     if e.is_conflict() {
                         conflicts += 1;
                         tracing::debug!(stream = %id, attempt, error = %e, "conflict; reloading and retrying");
-                    } else if matches!(e, StoreError::Backend { .. }) {
-                        // Outcome unknown: re-send the identical append (idempotent).
+                    } else if !retry_safe || matches!(e, StoreError::Backend { .. }) {
+                        // Outcome unknown (or, for a command that is not retry-safe, a
+                        // refusal that leaves its decision valid): re-send the identical
+                        // append (idempotent).
                         pending = Some(decided);
                     }
                 }
@@ -810,15 +888,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// and give-up semantics as [`Repository::execute_with`]; see
     /// [`Repository::execute_across`] for a decision that needs every state at once.
     ///
+    /// When any of the commands is not retry-safe ([`Aggregate::retry_safe`]), the whole
+    /// decision is made once: a conflict on any stream is returned as
+    /// [`RepositoryError::Conflict`] (its [`StoreError::Conflicts`] names every stream another
+    /// writer changed) and nothing is written on any stream.
+    ///
     /// # Errors
-    /// As [`Repository::execute_across`].
+    /// As [`Repository::execute_across`], and [`RepositoryError::Conflict`] as above.
     pub async fn execute_all(
         &self,
         commands: &[(StreamId, A::Command)],
         metadata: Metadata,
     ) -> Result<MultiOutcome, RepositoryError<A::Error>> {
         let ids: Vec<StreamId> = commands.iter().map(|(id, _)| id.clone()).collect();
-        self.execute_across(
+        let retry_safe = commands.iter().all(|(_, command)| A::retry_safe(command));
+        self.across(
             &ids,
             |states| {
                 states
@@ -828,6 +912,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     .collect()
             },
             metadata,
+            retry_safe,
         )
         .await
     }
@@ -838,8 +923,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// the version its state was loaded at. A conflict on any of them (another writer got
     /// to one first) reloads them all and decides again, per the retry policy, with backoff
     /// and jitter; an ambiguous failure re-sends the identical append. `decide` may run
-    /// several times, so it must only decide (no side effects): a command that must not be
-    /// retried runs on a repository built `with_retry(RetryPolicy::no_retry())`.
+    /// several times, so it must only decide (no side effects); a decision that must be made
+    /// only once is [`Repository::execute_all`] with a command that is not retry-safe.
     ///
     /// A stream for which `decide` records nothing is not part of the append, so its
     /// version is not checked: the decision must not depend on a state it leaves
@@ -858,6 +943,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         ids: &[StreamId],
         decide: F,
         metadata: Metadata,
+    ) -> Result<MultiOutcome, RepositoryError<A::Error>>
+    where
+        F: Fn(&[&A]) -> Result<Vec<Vec<A::Event>>, A::Error>,
+    {
+        self.across(ids, decide, metadata, true).await
+    }
+
+    /// [`Repository::execute_across`]; when not `retry_safe`, `decide` runs once and a
+    /// conflict is returned as [`RepositoryError::Conflict`].
+    async fn across<F>(
+        &self,
+        ids: &[StreamId],
+        decide: F,
+        metadata: Metadata,
+        retry_safe: bool,
     ) -> Result<MultiOutcome, RepositoryError<A::Error>>
     where
         F: Fn(&[&A]) -> Result<Vec<Vec<A::Event>>, A::Error>,
@@ -963,12 +1063,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         backoff: waited,
                     });
                 }
+                Err(e) if e.is_conflict() && !retry_safe => {
+                    tracing::debug!(attempt, error = %e, "conflict across streams on a command that is not retry-safe; not deciding it again");
+                    return Err(RepositoryError::Conflict(e));
+                }
                 Err(e) if e.is_retryable() && attempt < max => {
                     if e.is_conflict() {
                         conflicts += 1;
                         tracing::debug!(attempt, error = %e, "conflict across streams; reloading and retrying");
-                    } else if matches!(e, StoreError::Backend { .. }) {
-                        // Outcome unknown: re-send the identical append (idempotent).
+                    } else if !retry_safe || matches!(e, StoreError::Backend { .. }) {
+                        // Outcome unknown (or a refusal that leaves a once-only decision
+                        // valid): re-send the identical append (idempotent).
                         pending = Some(DecidedAcross {
                             loaded,
                             decided,
@@ -1159,7 +1264,13 @@ mod tests {
         fn apply(&mut self, _: &CounterEvent) {
             self.0 += 1;
         }
+        fn retry_safe(limit: &u64) -> bool {
+            *limit != ONCE
+        }
     }
+
+    /// The limit of the one command that is not retry-safe.
+    const ONCE: u64 = 77;
 
     fn id() -> StreamId {
         StreamId::new("counter-1").unwrap()
@@ -1272,6 +1383,70 @@ mod tests {
         );
         let seen = seen.lock().unwrap();
         assert_eq!(seen[0], seen[1], "the re-send carries the identical ids");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_is_not_retry_safe_resends_its_one_decision_after_a_transaction_order_refusal()
+     {
+        type Sent = (ExpectedVersion, Vec<EventId>);
+        let seen: Arc<Mutex<Vec<Sent>>> = Arc::default();
+        let mut mock = MockEventStore::new();
+        mock.expect_session()
+            .returning(|| Box::pin(async { Ok(None) }));
+        mock.expect_read_payloads()
+            .times(1)
+            .returning(|_, _| Box::pin(futures::stream::empty()));
+        let log = seen.clone();
+        mock.expect_append()
+            .times(2)
+            .returning(move |s, expected, events| {
+                let mut log = log.lock().unwrap();
+                log.push((expected, events.iter().map(NewEvent::event_id).collect()));
+                let first = log.len() == 1;
+                let stream = s.clone();
+                Box::pin(async move {
+                    if first {
+                        Err(StoreError::TransactionOrder { stream })
+                    } else {
+                        Ok(AppendResult {
+                            first_version: Version::FIRST,
+                            last_version: Version::FIRST,
+                            cursor: FeedCursor::new(1, 1).expect("in range"),
+                            already_appended: false,
+                        })
+                    }
+                })
+            });
+        let repo = Repository::<Counter, _>::new(mock)
+            .with_retry(policy(3))
+            .with_sleep(|_| async {});
+        let out = repo.execute(&id(), ONCE).await.unwrap();
+        assert_eq!((out.attempts, out.conflicts), (2, 0));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0], seen[1], "the same decision, not a new one");
+    }
+
+    #[tokio::test]
+    async fn a_conflict_on_a_command_that_is_not_retry_safe_is_returned_at_once() {
+        let mut mock = MockEventStore::new();
+        empty_stream(&mut mock);
+        mock.expect_append().times(1).returning(|s, expected, _| {
+            let err = StoreError::Conflict {
+                stream: s.clone(),
+                expected,
+                actual: Version::FIRST,
+            };
+            Box::pin(async move { Err(err) })
+        });
+        let repo = Repository::<Counter, _>::new(mock)
+            .with_retry(policy(5))
+            .with_sleep(|_| async {});
+        match repo.execute(&id(), ONCE).await {
+            Err(e @ RepositoryError::Conflict(StoreError::Conflict { .. })) => {
+                assert!(e.is_conflict());
+            }
+            other => panic!("expected the conflict, got {other:?}"),
+        }
     }
 
     #[tokio::test]

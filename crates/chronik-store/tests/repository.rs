@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chronik_core::{
     Aggregate as _, CausationId, CorrelationId, EventId, EventType, ExpectedVersion, FeedCursor,
@@ -13,6 +13,7 @@ use chronik_store::{
     AppendResult, EventStore, EventStream, FeedFilter, FeedHead, FeedPage, PayloadStream,
     Repository, RepositoryError, Snapshot, SnapshotStore, StoreError, Upcasting,
 };
+use chronik_testkit::Interloper;
 use futures::TryStreamExt;
 use orders::{Order, OrderCommand, OrderError, OrderStatus};
 use serde_json::{Value, json};
@@ -116,58 +117,6 @@ async fn business_rules_refuse_and_write_nothing() {
     );
 }
 
-/// A store that lets a competing writer in just before our first append.
-#[derive(Clone)]
-struct Interloper {
-    inner: MemoryStore,
-    fired: Arc<AtomicBool>,
-}
-
-impl EventStore for Interloper {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-    ) -> Result<AppendResult, StoreError> {
-        if !self.fired.swap(true, Ordering::SeqCst) {
-            let competing = Repository::<Order, _>::new(self.inner.clone());
-            competing
-                .execute(stream, line())
-                .await
-                .expect("competing writer");
-        }
-        self.inner.append(stream, expected, events).await
-    }
-    async fn append_streams(
-        &self,
-        appends: &[chronik_store::StreamAppend],
-    ) -> Result<Vec<AppendResult>, StoreError> {
-        self.inner.append_streams(appends).await
-    }
-
-    fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
-        self.inner.read_stream(stream, from)
-    }
-    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
-        self.inner.stream_version(stream).await
-    }
-    async fn read_feed(
-        &self,
-        after: FeedCursor,
-        filter: &FeedFilter,
-        limit: usize,
-    ) -> Result<FeedPage, StoreError> {
-        self.inner.read_feed(after, filter, limit).await
-    }
-    async fn feed_head(&self) -> Result<FeedHead, StoreError> {
-        self.inner.feed_head().await
-    }
-    async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
-        self.inner.count_after(after).await
-    }
-}
-
 #[tokio::test]
 async fn a_lost_race_is_reloaded_redecided_and_retried() {
     let store = MemoryStore::new();
@@ -176,10 +125,18 @@ async fn a_lost_race_is_reloaded_redecided_and_retried() {
         .execute(&id, place())
         .await
         .unwrap();
-    let repo = retrying(Interloper {
-        inner: store.clone(),
-        fired: Arc::default(),
-    });
+    // A competing writer adds a line between this command's load and its append.
+    let competing = id.clone();
+    let repo = retrying(Interloper::new(store.clone(), move |s: MemoryStore| {
+        let id = competing.clone();
+        async move {
+            Repository::<Order, _>::new(s)
+                .execute(&id, line())
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::backend(e.to_string(), false))
+        }
+    }));
     let out = repo.execute(&id, line()).await.unwrap();
     assert_eq!(
         (out.attempts, out.conflicts, out.version),

@@ -27,7 +27,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 mod multi;
+mod retry;
 pub use multi::*;
+pub use retry::*;
 
 /// Everything a conformance case needs from an adapter.
 pub trait Store:
@@ -69,6 +71,10 @@ macro_rules! conformance_cases {
             multi_stream_retry_is_idempotent,
             multi_stream_invalid_input_writes_nothing,
             concurrent_multi_stream_appends_in_opposite_orders_all_finish,
+            a_lost_race_is_decided_again_unless_the_command_is_not_retry_safe,
+            a_command_that_is_not_retry_safe_is_never_decided_on_a_cached_state,
+            a_command_across_streams_is_decided_again_unless_one_is_not_retry_safe,
+            a_reaction_is_decided_again_unless_its_command_is_not_retry_safe,
         }
     };
 }

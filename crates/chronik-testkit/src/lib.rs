@@ -4,9 +4,13 @@
 //!   over any store, listed once in [`conformance_cases!`]).
 //! - [`given`]: given/when/then for aggregates, without a database.
 //! - [`strategies`]: proptest strategies for ids, payloads and any aggregate's histories.
+//! - [`Interloper`]: a store wrapper that lets a competing writer in between a command's
+//!   load and its append, to race a real concurrent write.
 
 pub mod conformance;
 mod gwt;
+mod interloper;
 pub mod strategies;
 
 pub use gwt::{Scenario, given};
+pub use interloper::Interloper;

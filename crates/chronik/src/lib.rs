@@ -10,7 +10,9 @@
 //! - the [`Repository`]: `execute(&id, command)` loads, decides and appends with
 //!   optimistic concurrency, retrying a conflict with exponential backoff and jitter
 //!   ([`RetryPolicy`], on [`DefaultSleep`] under any runtime) and giving up with
-//!   [`RepositoryError::RetriesExhausted`], which keeps the last conflict;
+//!   [`RepositoryError::RetriesExhausted`], which keeps the last conflict; a command that
+//!   is not retry-safe ([`Aggregate::retry_safe`]) gets its conflict back instead
+//!   ([`RepositoryError::Conflict`]);
 //! - the stores: [`MemoryStore`] (feature `memory`) and [`PgEventStore`] (feature
 //!   `postgres`);
 //! - projections (feature `projections`): [`ProjectionRunner`] for any store, typed with

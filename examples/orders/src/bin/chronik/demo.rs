@@ -160,7 +160,8 @@ async fn execute<S: Store>(
             tally.gave_up += 1;
             tally.conflicts_retried += u64::from(conflicts.min(attempts.saturating_sub(1)));
         }
-        Err(RepositoryError::Store(e)) => {
+        // Every demo command is retry-safe, so `Conflict` (not retried) would be a bug.
+        Err(e @ (RepositoryError::Store(_) | RepositoryError::Conflict(_))) => {
             return Err(e).with_context(|| format!("{command:?} on {id}"));
         }
     }
