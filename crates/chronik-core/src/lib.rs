@@ -15,6 +15,7 @@ mod cursor;
 mod error;
 mod event;
 mod id;
+mod one_of;
 mod retry;
 mod snapshot;
 mod upcast;
@@ -34,6 +35,7 @@ pub use event::{
     MAX_PAYLOAD_DEPTH, Metadata, NewEvent, RecordedEvent, validate_batch,
 };
 pub use id::{CausationId, CorrelationId, EventId, MAX_STREAM_ID_LEN, StreamId};
+pub use one_of::{Either, OneOf, OneOfError};
 pub use retry::{JitterSource, RetryPolicy};
 pub use snapshot::SnapshotPolicy;
 pub use upcast::{Upcaster, UpcasterRegistry, UpcasterRegistryBuilder};

@@ -46,12 +46,12 @@
 extern crate self as chronik;
 
 pub use chronik_core::{
-    Aggregate, CausationId, CorrelationId, DomainEvent, EncodeError, EncodedEvent, EventId,
+    Aggregate, CausationId, CorrelationId, DomainEvent, Either, EncodeError, EncodedEvent, EventId,
     EventType, EventTypeInfo, ExpectedVersion, FeedCursor, InvalidInput, JitterSource,
     MAX_APPEND_EVENTS, MAX_EVENT_TYPE_LEN, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH,
-    MAX_STREAM_ID_LEN, Metadata, NewEvent, RecordedEvent, RetryPolicy, SnapshotPolicy,
-    SnapshotState, StreamId, UpcastError, Upcaster, UpcasterRegistry, UpcasterRegistryBuilder,
-    Version, decode_event, decode_event_json, encode_event, encode_tagged,
+    MAX_STREAM_ID_LEN, Metadata, NewEvent, OneOf, OneOfError, RecordedEvent, RetryPolicy,
+    SnapshotPolicy, SnapshotState, StreamId, UpcastError, Upcaster, UpcasterRegistry,
+    UpcasterRegistryBuilder, Version, decode_event, decode_event_json, encode_event, encode_tagged,
     json_error_without_values,
 };
 pub use chronik_store::{
