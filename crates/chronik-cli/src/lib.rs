@@ -60,6 +60,7 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 pub use backend::{Interrupted, NotFound, NotMigrated, Usage};
+pub use trace::write_trace;
 
 /// Exit statuses of an operator binary.
 pub mod exit {

@@ -6,7 +6,7 @@
 //! the event it reacts to was committed.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Write as _};
+use std::io::{self, Write};
 
 use anyhow::Context as _;
 use chronik_core::{CorrelationId, EventId, RecordedEvent};
@@ -134,10 +134,9 @@ pub(crate) async fn run(
         ))
         .into());
     }
-    let lines = tree(&events);
     let mut out = io::stdout().lock();
     if json {
-        let nodes: Vec<serde_json::Value> = lines
+        let nodes: Vec<serde_json::Value> = tree(&events)
             .iter()
             .filter_map(|l| match l {
                 Line::Command(_) => None,
@@ -171,6 +170,29 @@ pub(crate) async fn run(
         )?;
         return Ok(());
     }
+    write_trace(&mut out, correlation, &events, marked)?;
+    Ok(())
+}
+
+/// Writes the causation tree of `events` (the events of `correlation`, in feed order) as
+/// `chronik trace` prints it: a line saying how many events in how many streams, then each
+/// command that started a branch (`command <id>`) and under it, indented two spaces per
+/// level, the events it recorded, each followed by the events that react to it; an event
+/// line has stream, version, type, time and cursor, and `<- this event` after `marked`.
+/// An event's parent is the event whose id is its causation id; siblings keep feed order.
+///
+/// For a program that has a chain's events from elsewhere (the demo reads them from the
+/// feed of any store) and wants the operator's picture of it.
+///
+/// # Errors
+/// When writing to `out` fails.
+pub fn write_trace(
+    out: &mut impl Write,
+    correlation: CorrelationId,
+    events: &[RecordedEvent],
+    marked: Option<EventId>,
+) -> io::Result<()> {
+    let lines = tree(events);
     let streams: HashSet<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
     writeln!(
         out,
