@@ -19,5 +19,5 @@ pub mod payments;
 mod read_model;
 
 pub use domain::*;
-pub use payments::{Payment, PaymentCommand, PaymentError, PaymentEvent, ShipPaidOrders};
+pub use payments::{Payment, PaymentCommand, PaymentError, PaymentEvent, Sale, ShipPaidOrders};
 pub use read_model::{OrderProjection, OrderSummary};

@@ -3,6 +3,8 @@
 //!
 //! - [`Payment`] (stream `payment-<order id>`): requested for an order's total, then
 //!   received; refuses a second receipt and an amount that does not match.
+//! - [`Sale`]: an order or a payment, for a checkout that changes both in one atomic
+//!   append.
 //! - [`ShipPaidOrders`]: a [`Projection`] that reacts to `PaymentReceived` by shipping the
 //!   order ([`Repository::react`]). Delivery is at least once (the runner checkpoints after
 //!   the reaction), the reaction exactly once: its events have ids derived from the
@@ -143,6 +145,14 @@ impl Aggregate for Payment {
         }
     }
 }
+
+/// An order or a payment: the aggregate of a checkout, which places orders and requests
+/// their payments in one atomic append across all their streams
+/// (`Repository::<Sale, _>::execute_all` with `Either::First(OrderCommand::Place { .. })` on
+/// `order-<id>` and `Either::Second(PaymentCommand::Request { .. })` on `payment-<id>`).
+/// The streams keep their own events: `Repository<Order, _>` and `Repository<Payment, _>`
+/// read them as before.
+pub type Sale = chronik::OneOf<Order, Payment>;
 
 /// The reactor's name: its checkpoint, and part of its reactions' event ids.
 pub const SHIP_PAID_ORDERS: &str = "ship-paid-orders";

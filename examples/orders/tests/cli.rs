@@ -72,26 +72,30 @@ fn demo_prints_the_story_and_the_summary() {
     );
     for expected in [
         "chronik demo on the in-memory store: 20 orders",
-        "[1/7] placing orders from concurrent tasks",
+        "[1/8] placing orders from concurrent tasks",
         "20 orders from 8 tasks: 80 commands, 80 events",
-        "[2/7] conflicting commands, retried",
+        "[2/8] conflicting commands, retried",
         "no update was lost",
-        "[3/7] a long stream, snapshotted",
+        "[3/8] a long stream, snapshotted",
         "latest snapshot at version 100",
         "load with the snapshot replays 150 events",
         "without it 250 events",
-        "[4/7] a v1 event read through the upcaster",
+        "[4/8] a v1 event read through the upcaster",
         "stored:  OrderPlaced v1 {\"amount\":4200,\"customer_id\":\"legacy-customer\"}",
         "read as: OrderPlaced v2 {\"customer_id\":\"legacy-customer\",\"total_amount\":4200}",
         "without the upcaster a load fails: cannot decode event",
-        "[5/7] business rules",
+        "[5/8] business rules",
         "4 x cannot ship a cancelled order",
         "16 x cannot cancel a shipped order",
         "nothing was written: all 20 orders are still at version 4",
-        "[6/7] the global feed, upcast",
-        "[7/7] a projection catches up with the feed",
+        "[6/8] the global feed, upcast",
+        "[7/8] a projection catches up with the feed",
         "ran \"demo-order-counter\" from the start of the feed: caught up to ",
         "it counted 23 orders placed, ",
+        "[8/8] a process across streams: checkout, payment, a reactor, the trace",
+        "checkout: 2 orders placed and their 2 payments requested in one atomic append across 4 streams",
+        "a second checkout naming the first order again is refused as a whole (order is already placed)",
+        "restarted without its checkpoint, it got the payment again: the reaction was already done",
         "summary",
         "store              in-memory",
         "orders             23 (20 placed concurrently, 1 contended, 1 long, 1 imported at schema v1)",
@@ -108,17 +112,70 @@ fn demo_prints_the_story_and_the_summary() {
             "stdout lacks {expected:?}:\n{stdout}"
         );
     }
-    // 20 orders x 4 + 1 + 8 racers x 5 lines + 250 + 2 on the v1 order, unless a racer gave up.
+    check_demo_trace(&stdout);
+    // 20 orders x 4 + 1 + 8 racers x 5 lines + 250 + 2 on the v1 order + 6 of the process,
+    // unless a racer gave up.
     let events = stdout
         .lines()
         .find_map(|l| l.trim().strip_prefix("events written"))
         .expect("an events written line");
     if stdout.contains(" 0 gave up after retries") {
         assert!(
-            events.trim().starts_with("373 "),
+            events.trim().starts_with("379 "),
             "events written: {events}"
         );
     }
+}
+
+/// Phase 8's causation tree, as the demo prints it: its header, and per line the command or
+/// the event's depth, stream category, version and type.
+fn check_demo_trace(stdout: &str) {
+    let lines: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("the causation chain, as `chronik trace` prints it:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("        "))
+        .map(|l| &l[8..])
+        .collect();
+    let mut streams = Vec::new();
+    let shape: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let depth = (l.len() - l.trim_start().len()) / 2;
+            let words: Vec<&str> = l.split_whitespace().collect();
+            match words.first().copied() {
+                Some("correlation") => format!("correlation: {}", words[2..].join(" ")),
+                Some("command") => "command".to_owned(),
+                Some(stream) => {
+                    streams.push(stream);
+                    let category = stream.split('-').next().unwrap_or_default();
+                    format!("{}{category} {} {}", "  ".repeat(depth), words[1], words[2])
+                }
+                None => String::new(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            "correlation: 6 events in 4 streams",
+            "command",
+            "  order v1 OrderPlaced",
+            "  order v1 OrderPlaced",
+            "  payment v1 PaymentRequested",
+            "  payment v1 PaymentRequested",
+            "command",
+            "  payment v2 PaymentReceived",
+            "    order v2 OrderShipped",
+        ],
+        "{stdout}"
+    );
+    // The first order's payment was received, and that order was shipped in reaction.
+    assert_eq!(
+        (streams[4], streams[5]),
+        (streams[2], streams[0]),
+        "the shipped order is the paid one: {streams:?}"
+    );
 }
 
 #[test]
@@ -222,9 +279,11 @@ fn demo_runs_on_postgres_from_database_url() {
         "load with the snapshot replays 20 events",
         "read as: OrderPlaced v2 {\"customer_id\":\"legacy-customer\",\"total_amount\":4200}",
         "nothing was written: all 20 orders are still at version 4",
-        "[7/7] a projection catches up with the feed",
+        "[7/8] a projection catches up with the feed",
         "PgProjectionRunner \"orders\" (exactly-once: each batch commits with its checkpoint) reached ",
         "this run's 21 checked orders are all there, with the status their aggregates have:",
+        "[8/8] a process across streams: checkout, payment, a reactor, the trace",
+        "restarted without its checkpoint, it got the payment again: the reaction was already done",
         "  legacy-customer  shipped  total 5,190  1 line  dhl  v3",
         "summary",
         "conflicts retried",
@@ -247,6 +306,9 @@ fn demo_runs_on_postgres_from_database_url() {
         .map(|all| all.iter().filter_map(|p| p["name"].as_str()).collect())
         .unwrap_or_default();
     assert!(!names.contains(&"chronik-demo"), "{doc}");
+    // So is the reactor's.
+    assert!(!names.contains(&"chronik-demo-ship-paid-orders"), "{doc}");
+    check_demo_trace(&stdout);
 }
 
 #[test]

@@ -7,6 +7,9 @@
 //! 5. business-rule refusals, which write nothing;
 //! 6. the global feed read back (upcast) and a checkpoint saved;
 //! 7. a projection runner catching up with the feed, and the read model it built;
+//! 8. a process across streams (`process.rs`): a checkout appended atomically to two orders
+//!    and two payments, one refused as a whole, a payment received, the `ShipPaidOrders`
+//!    reactor shipping its order exactly once across a restart, and the chain as a tree;
 //!
 //! then a summary, written with `writeln!` so that a closed stdout (`chronik demo | head`)
 //! is an error to return, not a panic. Every phase checks what it shows (no lost update, snapshot + tail equals
@@ -284,6 +287,10 @@ pub(crate) async fn run<S: Store>(
         .catch_up(&store, feed.last, &expected)
         .await
         .context("the projection did not catch up")?;
+    let process = crate::process::run(&store)
+        .await
+        .context("the process across streams failed")?;
+    total.events += process.events;
 
     writeln!(io::stdout(), "\nsummary")?;
     row("store", label)?;
@@ -325,6 +332,11 @@ pub(crate) async fn run<S: Store>(
         ),
     )?;
     row("read model", projected)?;
+    row(
+        "process",
+        "1 checkout across 4 streams in one append, 1 refused as a whole, 1 order shipped by \
+         the reactor, once (its redelivery was already done)",
+    )?;
     row(
         "throughput",
         format_args!(
@@ -718,8 +730,8 @@ async fn read_feed<S: Store>(repo: &Arc<Repo<S>>, start: FeedCursor) -> anyhow::
     })
 }
 
-fn heading(step: u32, title: &str) -> io::Result<()> {
-    writeln!(io::stdout(), "[{step}/7] {title}")
+pub(crate) fn heading(step: u32, title: &str) -> io::Result<()> {
+    writeln!(io::stdout(), "[{step}/8] {title}")
 }
 
 pub(crate) fn detail(text: impl fmt::Display) -> io::Result<()> {

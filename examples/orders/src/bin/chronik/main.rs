@@ -6,6 +6,7 @@
 //! stdout. Every failure is printed as one `error: ...: ...` chain with a non-zero exit.
 
 mod demo;
+mod process;
 mod read_model;
 mod round_trip;
 
