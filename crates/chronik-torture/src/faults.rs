@@ -28,6 +28,8 @@ pub(crate) mod app {
     pub(crate) const CONTROL: &str = "torture-control";
     /// The checkpoint sampler.
     pub(crate) const SAMPLER: &str = "torture-sampler";
+    /// Reactor runners (their feed reads, checkpoints and reactions).
+    pub(crate) const REACTOR: &str = "torture-reactor";
 }
 
 /// A part for a fault task: mostly cold streams, some hot ones (to block writers).

@@ -12,6 +12,7 @@
 mod faults;
 mod model;
 mod projection;
+mod reactor;
 mod workload;
 mod world;
 
@@ -257,6 +258,10 @@ async fn run() -> anyhow::Result<bool> {
         &config,
     );
     let sampler_pool = pool(scratch(&admin, &args.database, app::SAMPLER), 1, big).await?;
+    let reactor_store = PgEventStore::from_pool_with(
+        pool(scratch(&admin, &args.database, app::REACTOR), 4, big).await?,
+        &config,
+    );
 
     let prepared_note = if max_prepared > 0 {
         format!("prepared transactions: on (max_prepared_transactions = {max_prepared})")
@@ -277,6 +282,11 @@ async fn run() -> anyhow::Result<bool> {
 
     let world = Arc::new(World::new(plan.clone(), store.clone(), tiny, holder));
     let torture = Arc::new(TortureProjection::new(Arc::clone(&world), 97));
+    let reactor = Arc::new(reactor::TortureReactor::new(
+        Arc::clone(&world),
+        reactor_store.clone(),
+        11,
+    ));
     let started = Instant::now();
 
     let mut writers = JoinSet::new();
@@ -300,6 +310,11 @@ async fn run() -> anyhow::Result<bool> {
         Arc::clone(&world),
         projection_store.clone(),
         Arc::clone(&torture),
+    ));
+    faults.spawn(reactor::reactor_chaos(
+        Arc::clone(&world),
+        reactor_store.clone(),
+        reactor,
     ));
     let (final_sample, final_sample_rx) = tokio::sync::oneshot::channel();
     let sampler = tokio::spawn(projection::sampler(
@@ -341,6 +356,41 @@ async fn run() -> anyhow::Result<bool> {
         )),
         Err(e) => settle_problems.push(format!("cannot list prepared transactions: {e}")),
     }
+    // The reactor reacts to every selected trigger (on fresh connections, no crashes), so
+    // that the projection's catch-up below sees the reactions too.
+    let reactor_store = PgEventStore::from_pool_with(
+        pool(scratch(&admin, &args.database, app::REACTOR), 4, big).await?,
+        &config,
+    );
+    let last_trigger = read_stored(&control)
+        .await?
+        .iter()
+        .filter(|e| reactor::selected(&e.stream, e.event_id))
+        .map(|e| e.cursor)
+        .max();
+    if let Some((t, p)) = last_trigger {
+        let reacted = match FeedCursor::new(t, p) {
+            Ok(last) => {
+                let final_reactor = Arc::new(reactor::TortureReactor::new(
+                    Arc::clone(&world),
+                    reactor_store.clone(),
+                    0,
+                ));
+                reactor::catch_up(
+                    &world,
+                    &reactor_store,
+                    &final_reactor,
+                    last,
+                    Duration::from_secs(120),
+                )
+                .await
+            }
+            Err(e) => Err(format!("the newest trigger's cursor is out of range: {e}")),
+        };
+        if let Err(why) = reacted {
+            settle_problems.push(why);
+        }
+    }
     let checkpoint =
         match projection::catch_up(&world, &projection_store, &torture, Duration::from_secs(60))
             .await
@@ -354,9 +404,17 @@ async fn run() -> anyhow::Result<bool> {
     let _ = final_sample.send(());
     let _ = sampler.await;
 
+    let stored = read_stored(&control).await?;
+    let reactions = stored
+        .iter()
+        .filter(|e| reactor::selected(&e.stream, e.event_id))
+        .filter_map(|e| {
+            reactor::reaction_id(e.event_id).map(|r| (r, (e.event_id, reactor::target(e.event_id))))
+        })
+        .collect();
     let observed = Observed {
         records: world.take_records(),
-        stored: read_stored(&control).await?,
+        stored,
         feed: read_feed(&store).await?,
         projection: read_projection(&control).await?,
         checkpoint: match checkpoint {
@@ -372,6 +430,7 @@ async fn run() -> anyhow::Result<bool> {
         resend_violations: world.resend_violations(),
         runner_stops: world.counts.get(C::runner_stops),
         runner_crashes: world.runner_crashes(),
+        reactions,
     };
     let checks = model::check(&observed);
     let passed = settle_problems.is_empty() && checks.iter().all(model::CheckResult::passed);
@@ -445,6 +504,16 @@ async fn run() -> anyhow::Result<bool> {
         c.get(C::all_connections_dropped),
         c.get(C::connections_dropped),
         c.get(C::database_restarts),
+    );
+    println!(
+        "reactor: two runners racing on {:?}: {} reactions carried out, {} deliveries found \
+         already done, {} crashes right after a reaction's append, {} runners aborted of {} started",
+        reactor::NAME,
+        c.get(C::reactions_executed),
+        c.get(C::reactions_already_done),
+        c.get(C::reactor_crashes),
+        c.get(C::reactor_runner_aborts),
+        c.get(C::reactor_runner_starts),
     );
     println!(
         "events verified: {} stored, {} in the feed, {} projected; {} checkpoint samples",

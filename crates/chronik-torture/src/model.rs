@@ -135,6 +135,9 @@ pub(crate) struct Observed {
     pub(crate) runner_stops: u64,
     /// Those whose task had died instead of retrying (a handler's panic, say).
     pub(crate) runner_crashes: Vec<String>,
+    /// The reaction every stored trigger the reactor selects must have: its id, with the
+    /// trigger's id and the stream the reaction belongs in.
+    pub(crate) reactions: HashMap<Uuid, (Uuid, String)>,
 }
 
 /// The result of one check.
@@ -182,6 +185,7 @@ pub(crate) fn check(o: &Observed) -> Vec<CheckResult> {
         resends_idempotent(o),
         multi_stream_appends_are_one_transaction(o),
         runners_survive_their_handlers(o),
+        reactions_exactly_once(o),
     ]
 }
 
@@ -359,7 +363,8 @@ pub(crate) fn ambiguous_resolved(o: &Observed) -> CheckResult {
     )
 }
 
-/// Every stored event was written by an append the harness knows as stored.
+/// Every stored event was written by an append the harness knows as stored, or is the
+/// reaction to a stored trigger (its id is the reaction id of that trigger).
 pub(crate) fn nothing_unexplained(o: &Observed) -> CheckResult {
     let expected: HashSet<Uuid> = o
         .records
@@ -376,7 +381,11 @@ pub(crate) fn nothing_unexplained(o: &Observed) -> CheckResult {
     let bad = o
         .stored
         .iter()
-        .filter(|e| !expected.contains(&e.event_id) && !explained_elsewhere.contains(&e.event_id))
+        .filter(|e| {
+            !expected.contains(&e.event_id)
+                && !explained_elsewhere.contains(&e.event_id)
+                && !o.reactions.contains_key(&e.event_id)
+        })
         .map(|e| {
             format!(
                 "{} v{} ({}) is stored but no append wrote it",
@@ -606,6 +615,46 @@ pub(crate) fn multi_stream_appends_are_one_transaction(o: &Observed) -> CheckRes
     )
 }
 
+/// Every stored trigger the reactor selects has exactly one reaction, stored in the stream
+/// its id names, and the reaction streams hold nothing else.
+pub(crate) fn reactions_exactly_once(o: &Observed) -> CheckResult {
+    let stored = by_id(&o.stored);
+    let mut bad = Vec::new();
+    for (reaction, (trigger, target)) in &o.reactions {
+        match stored.get(reaction).map(Vec::as_slice) {
+            None | Some([]) => bad.push(format!(
+                "trigger {trigger} has no reaction ({reaction} is not stored in {target})"
+            )),
+            Some([row]) if row.stream == *target => {}
+            Some([row]) => bad.push(format!(
+                "the reaction to {trigger} is stored in {} v{}, not in {target}",
+                row.stream, row.version
+            )),
+            Some(rows) => bad.push(format!(
+                "the reaction to {trigger} is stored {} times",
+                rows.len()
+            )),
+        }
+    }
+    let targets: HashSet<&str> = o.reactions.values().map(|(_, t)| t.as_str()).collect();
+    let in_targets = o
+        .stored
+        .iter()
+        .filter(|e| targets.contains(e.stream.as_str()))
+        .count();
+    if in_targets > o.reactions.len() {
+        bad.push(format!(
+            "the reaction streams hold {in_targets} events for {} triggers",
+            o.reactions.len()
+        ));
+    }
+    CheckResult::new(
+        "every selected trigger has exactly one reaction (two racing reactor runners, crashes injected)",
+        format!("{} triggers", o.reactions.len()),
+        bad,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -813,6 +862,48 @@ mod tests {
             },
         ));
         assert_eq!(ambiguous_resolved(&o).violations, 2);
+    }
+
+    /// `healthy()` with a trigger (id 1) whose reaction (id 50) belongs in r-1.
+    fn with_reaction(stored: &[StoredEvent]) -> Observed {
+        let mut o = healthy();
+        o.reactions.insert(id(50), (id(1), "r-1".to_owned()));
+        for e in stored {
+            o.stored.push(e.clone());
+            o.feed.push(e.clone());
+            o.projection.push(ProjectedEvent {
+                seq: o.projection.len() as u64 + 1,
+                stream: e.stream.clone(),
+                version: e.version,
+                event_id: e.event_id,
+            });
+        }
+        o.checkpoint = o.feed.last().map(|e| e.cursor);
+        o
+    }
+
+    #[test]
+    fn a_missing_misplaced_or_extra_reaction_is_reported() {
+        let once = with_reaction(&[row("r-1", 1, 50, (12, 4))]);
+        assert_eq!(
+            failing(&once),
+            Vec::<&str>::new(),
+            "a reaction no append recorded is explained by its trigger"
+        );
+        let reactions = |o: &Observed| reactions_exactly_once(o).violations;
+        assert_eq!(reactions(&with_reaction(&[])), 1, "missing");
+        assert_eq!(
+            reactions(&with_reaction(&[row("r-2", 1, 50, (12, 4))])),
+            1,
+            "misplaced"
+        );
+        let twice = with_reaction(&[row("r-1", 1, 50, (12, 4)), row("r-1", 2, 51, (13, 5))]);
+        assert_eq!(reactions(&twice), 1, "a second reaction with another id");
+        assert_eq!(
+            nothing_unexplained(&twice).violations,
+            1,
+            "which nothing explains"
+        );
     }
 
     #[test]

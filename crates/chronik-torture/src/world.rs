@@ -66,6 +66,11 @@ counters!(
     connections_dropped,
     database_restarts,
     checkpoint_samples,
+    reactions_executed,
+    reactions_already_done,
+    reactor_crashes,
+    reactor_runner_starts,
+    reactor_runner_aborts,
 );
 
 /// The run's counters.
