@@ -89,6 +89,8 @@ const CANCEL_EVERY: u32 = 5;
 const CHECKPOINT: &str = "chronik-demo";
 /// Feed page size.
 const FEED_PAGE: usize = 1_000;
+/// How long phase 6 waits for the feed to show the demo's newest append.
+const FEED_WAIT: Duration = Duration::from_secs(60);
 
 /// The demo's repository: every read is upcast, every append goes through a round trip.
 type Repo<S> = Repository<Order, Upcasting<RoundTrip<S>>>;
@@ -109,6 +111,8 @@ struct Tally {
     snapshots: u64,
     gave_up: u64,
     refused: BTreeMap<String, u64>,
+    /// The cursor of the newest append, if any: phase 6 reads the feed up to it.
+    last: Option<FeedCursor>,
 }
 
 impl Tally {
@@ -120,7 +124,13 @@ impl Tally {
         self.succeeded + self.gave_up + self.refused_total()
     }
 
+    /// Notes an append at `cursor`.
+    fn appended(&mut self, cursor: FeedCursor) {
+        self.last = self.last.max(Some(cursor));
+    }
+
     fn merge(&mut self, other: &Tally) {
+        self.last = self.last.max(other.last);
         self.succeeded += other.succeeded;
         self.events += other.events;
         self.conflicts_retried += other.conflicts_retried;
@@ -147,6 +157,9 @@ async fn execute<S: Store>(
         Ok(outcome) => {
             tally.succeeded += 1;
             tally.events += outcome.events_written as u64;
+            if let Some(append) = &outcome.append {
+                tally.appended(append.cursor);
+            }
             tally.conflicts_retried += u64::from(outcome.conflicts);
             tally.snapshots += u64::from(outcome.snapshot_taken);
         }
@@ -275,7 +288,7 @@ pub(crate) async fn run<S: Store>(
     total.merge(&legacy);
     let refused = refusals(&store, &repo, &placed, options).await?;
     total.merge(&refused);
-    let feed = read_feed(&repo, feed_start).await?;
+    let feed = read_feed(&repo, feed_start, total.last).await?;
     let orders_total = u64::from(options.orders) + 3;
     heading(7, "a projection catches up with the feed")?;
     let mut expected = Expected {
@@ -549,7 +562,7 @@ async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<(
         json!({ "customer_id": "legacy-customer", "amount": 4_200 }),
         Metadata::default().with_header("imported-from", "orders-v1"),
     )?;
-    store
+    let imported = store
         .append(&id, ExpectedVersion::NoStream, &[v1])
         .await
         .context("cannot append the v1 event")?;
@@ -575,6 +588,7 @@ async fn upcast_v1<S: Store>(store: &S, repo: &Arc<Repo<S>>) -> anyhow::Result<(
     }
 
     let mut tally = Tally::default();
+    tally.appended(imported.cursor);
     let correlation = CorrelationId::new(Uuid::new_v4());
     for command in [line("sku-descaler", 2, 495), ship("dhl")] {
         execute(repo, &id, &command, correlation, &mut tally).await?;
@@ -666,8 +680,16 @@ struct Feed {
     last: FeedCursor,
 }
 
-async fn read_feed<S: Store>(repo: &Arc<Repo<S>>, start: FeedCursor) -> anyhow::Result<Feed> {
+/// Reads the feed after `start` up to `until` (the demo's newest append). On PostgreSQL the
+/// feed shows a transaction only once every older one has ended, so an empty page before
+/// `until` means wait (another session's transaction is still open), not the end.
+async fn read_feed<S: Store>(
+    repo: &Arc<Repo<S>>,
+    start: FeedCursor,
+    until: Option<FeedCursor>,
+) -> anyhow::Result<Feed> {
     heading(6, "the global feed, upcast")?;
+    let deadline = Instant::now() + FEED_WAIT;
     let feed = repo.store();
     let registry = feed.registry();
     let t = Instant::now();
@@ -680,7 +702,18 @@ async fn read_feed<S: Store>(repo: &Arc<Repo<S>>, start: FeedCursor) -> anyhow::
             .await
             .with_context(|| format!("reading the feed after {cursor}"))?;
         if page.events.is_empty() {
-            break;
+            match until {
+                Some(until) if cursor < until => {
+                    ensure!(
+                        Instant::now() < deadline,
+                        "the feed did not show {until} within {FEED_WAIT:?}: an older \
+                         transaction is still open (`chronik doctor` names it)"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                _ => break,
+            }
         }
         pages += 1;
         for e in &page.events {
