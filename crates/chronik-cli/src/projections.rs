@@ -329,6 +329,10 @@ pub(crate) async fn rebuild(
                     "; if the event can never be applied, park it (the runner and rebuilds then pass over it): \
                      `{bin} projections park {name} {event_id} --reason TEXT`"
                 ),
+                PgProjectionError::Busy { .. } => format!(
+                    "; {}",
+                    holder_hint(store, name, e.holder_pid(), e.how_to_end()).await
+                ),
                 _ => String::new(),
             };
             return Err(anyhow::Error::new(e).context(format!(
@@ -420,11 +424,49 @@ pub(crate) async fn forget(store: &PgEventStore, bin: &str, name: &str) -> anyho
             )?;
             Ok(())
         }
-        Err(PgProjectionError::Busy(_)) => Err(running("its lock was taken meanwhile".to_owned())),
+        Err(e @ PgProjectionError::Busy { .. }) => {
+            let hint = holder_hint(store, name, e.holder_pid(), e.how_to_end()).await;
+            Err(running(format!(
+                "its lock was taken meanwhile: {e}; {hint}"
+            )))
+        }
         Err(PgProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
             Err(NotFound(m).into())
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("cannot forget projection {name}"))),
+    }
+}
+
+/// Who holds projection `name`'s lock (session `pid`) and how to end it: its runner (stop
+/// that process: a runner whose session is ended takes the lock again once it is free), or
+/// another session, a rebuild or a `forget` (wait for it, or stop it where it runs).
+async fn holder_hint(
+    store: &PgEventStore,
+    name: &str,
+    pid: Option<i32>,
+    how_to_end: Option<String>,
+) -> String {
+    let Some(pid) = pid else {
+        return "the session that held it has let it go: run the command again".to_owned();
+    };
+    let owner = chronik_postgres::projection_reports(store)
+        .await
+        .ok()
+        .and_then(|reports| reports.into_iter().find(|r| r.name == name))
+        .and_then(|r| r.owner)
+        .filter(|o| o.pid == Some(pid));
+    let end = how_to_end.unwrap_or_default();
+    match owner {
+        Some(o) => format!(
+            "the lock is held by its runner, {}: stop that process, or wait for it to stop \
+             (`{end}` ends its session, but a runner takes the lock again as soon as it is free)",
+            instance(&o)
+        ),
+        None => format!(
+            "the lock is held by pid {pid}, not one of its runners (a rebuild, or a runner that is starting): \
+             wait for it, or stop it where it runs (Ctrl-C stops a rebuild cleanly); \
+             if that process is gone and its session stays, `{end}` ends the session"
+        ),
     }
 }
 

@@ -920,16 +920,35 @@ fn projections_rebuild_refuses_unknown_names_and_a_running_projection() {
             .expect("the runner starts")
     };
     let mut status = runner.subscribe();
-    schema
+    let pid = schema
         .runtime
         .block_on(status.wait_for(|s| s.lock_pid.is_some()))
-        .expect("the runner takes the lock");
+        .expect("the runner takes the lock")
+        .lock_pid
+        .expect("a lock pid");
 
     let out = schema.chronik(&["projections", "rebuild", "orders"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // The holder by pid, what it is, and how to end it.
     assert!(
-        stderr.starts_with("error: rebuilding projection orders failed (nothing was changed: order_summaries is as it was): projection orders is locked by another session; stop its runner first"),
+        stderr.starts_with(&format!(
+            "error: rebuilding projection orders failed (nothing was changed: order_summaries is as it was; \
+             the lock is held by its runner, pid {pid} "
+        )) && stderr.contains(&format!(
+            ": stop that process, or wait for it to stop (`SELECT pg_terminate_backend({pid})` ends its session, \
+             but a runner takes the lock again as soon as it is free)): \
+             projection orders is running in another session (pid {pid}); stop it or wait\n"
+        )),
+        "{stderr}"
+    );
+    let out = schema.chronik(&["projections", "forget", "orders"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: projection orders is running (owner pid {pid} "
+        )),
         "{stderr}"
     );
     // A shadow rebuild works beside the running runner.

@@ -1199,3 +1199,71 @@ async fn rebuilds_that_fail_or_are_stopped_change_nothing_and_leave_nothing_behi
     }
     assert_eq!(shadow_leftovers(&pool).await, (false, false));
 }
+
+/// Issue 14, item 12: a rebuild or a `forget` refused because another session holds the
+/// projection's lock names that session's pid (read from `pg_locks`) and the statement
+/// that ends it.
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
+async fn a_refused_rebuild_or_forget_names_the_pid_holding_the_lock(pool: PgPool) {
+    use chronik::postgres::{PgProjectionError, forget_projection};
+    let store = setup(&pool).await;
+    append_orders(&store, 0, 2).await;
+    let orders = OrderProjection::new(store.schema());
+    let runner = spawn(&store, Audited::new(orders.clone()));
+    let pid = until(&runner, |s| s.lock_pid.is_some())
+        .await
+        .lock_pid
+        .unwrap();
+    let busy = |err: &PgProjectionError, name: &str, holder: i32| {
+        assert!(
+            matches!(err, PgProjectionError::Busy { projection, pid: Some(p) }
+                if projection == name && *p == holder),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "projection {name} is running in another session (pid {holder}); stop it or wait"
+            )
+        );
+        assert_eq!(err.holder_pid(), Some(holder));
+        assert_eq!(
+            err.how_to_end().as_deref(),
+            Some(format!("SELECT pg_terminate_backend({holder})").as_str())
+        );
+    };
+    let err = rebuild(&store, Arc::new(orders.clone()), None, 0, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap_err();
+    busy(&err, "orders", pid);
+    let err = forget_projection(&store, "orders").await.unwrap_err();
+    busy(&err, "orders", pid);
+    runner.stop().await;
+
+    // A shadow rebuild's lock, held by a session of its own.
+    let mut holder = pool.acquire().await.unwrap();
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!(
+            "chronik.projection:{}:orders__shadow",
+            store.schema().as_str()
+        ))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let err = rebuild_shadow(&store, Arc::new(orders.clone()), None, 0, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .await
+    .unwrap_err();
+    busy(&err, "orders__shadow", holder_pid);
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+}

@@ -316,7 +316,7 @@ pub async fn forget_projection(
         .await?;
     if !got {
         let _ = lock.close().await;
-        return Err(PgProjectionError::Busy(name.to_owned()));
+        return Err(super::runner::busy(store, name).await);
     }
     let result = async {
         let mut tx = store.pool().begin().await?;

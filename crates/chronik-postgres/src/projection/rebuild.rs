@@ -170,7 +170,7 @@ pub async fn rebuild<P: PgProjection>(
     let mut engine = Engine::new(store, Arc::clone(&projection), upcasters);
     engine.scan_all = true;
     let Some((lock, _pid)) = engine.try_lock(projection.name()).await? else {
-        return Err(PgProjectionError::Busy(projection.name().to_owned()));
+        return Err(super::runner::busy(store, projection.name()).await);
     };
     let result = async {
         engine.skip = skipped(store, projection.name()).await?;
@@ -283,7 +283,7 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     let live = Engine::new(store, Arc::clone(&projection), None);
 
     let Some((lock, _pid)) = shadow.try_lock(&shadow_name).await? else {
-        return Err(PgProjectionError::Busy(shadow_name));
+        return Err(super::runner::busy(store, &shadow_name).await);
     };
     let names = ShadowNames {
         name,

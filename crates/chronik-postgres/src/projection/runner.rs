@@ -62,9 +62,17 @@ pub enum PgProjectionError {
         /// Feed events examined before it stopped.
         scanned: u64,
     },
-    /// Another session holds the projection's lock (a runner or another rebuild).
-    #[error("projection {0} is locked by another session; stop its runner first")]
-    Busy(String),
+    /// Another session holds the projection's lock (a runner, a rebuild, or a `forget`).
+    /// `pid` is the backend pid of the session holding it, read from `pg_locks` right after
+    /// the lock was refused (`None` when that session let it go in between); ending that
+    /// session is [`PgProjectionError::how_to_end`].
+    #[error("projection {projection} is running in another session ({}); stop it or wait", holder(*.pid))]
+    Busy {
+        /// The projection (`<name>__shadow` for a shadow rebuild's lock).
+        projection: String,
+        /// Backend pid of the session holding its lock.
+        pid: Option<i32>,
+    },
     /// The awaited position was not reached in time.
     #[error("projection {projection} reached {reached}, not {target}, in time")]
     Timeout {
@@ -75,6 +83,54 @@ pub enum PgProjectionError {
         /// Its checkpoint when the wait gave up.
         reached: FeedCursor,
     },
+}
+
+fn holder(pid: Option<i32>) -> String {
+    pid.map_or_else(
+        || "which let it go before its pid could be read; try again".to_owned(),
+        |p| format!("pid {p}"),
+    )
+}
+
+impl PgProjectionError {
+    /// For [`PgProjectionError::Busy`]: the backend pid of the session holding the lock,
+    /// when it could be read.
+    #[must_use]
+    pub fn holder_pid(&self) -> Option<i32> {
+        match self {
+            Self::Busy { pid, .. } => *pid,
+            _ => None,
+        }
+    }
+
+    /// For [`PgProjectionError::Busy`] with a known pid: the statement that ends the
+    /// session holding the lock (`SELECT pg_terminate_backend(<pid>)`), shown to an
+    /// operator, never run here. Ending a runner's session does not stop the runner: it
+    /// takes the lock again when it is free; stop its process instead.
+    #[must_use]
+    pub fn how_to_end(&self) -> Option<String> {
+        self.holder_pid().map(crate::horizon::terminate)
+    }
+}
+
+/// [`PgProjectionError::Busy`] for the lock of `key_name`, with the pid of the session
+/// holding it now.
+pub(crate) async fn busy(store: &PgEventStore, key_name: &str) -> PgProjectionError {
+    let pid = sqlx::query_scalar::<_, i32>(super::sql::LOCK_HOLDER)
+        .bind(lock_key(store.schema(), key_name))
+        .fetch_optional(store.pool())
+        .await;
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => {
+            tracing::warn!(projection = key_name, error = %backend(e), "could not read who holds the projection's lock");
+            None
+        }
+    };
+    PgProjectionError::Busy {
+        projection: key_name.to_owned(),
+        pid,
+    }
 }
 
 impl From<sqlx::Error> for PgProjectionError {

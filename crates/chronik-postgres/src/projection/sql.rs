@@ -165,6 +165,17 @@ impl ProjectionSql {
     }
 }
 
+/// The backend pid of the session holding the advisory lock of key text `$1` in this
+/// database (no row when nobody holds it). A bigint key shows in `pg_locks` as its high
+/// half in classid and its low half in objid, objsubid 1.
+pub(crate) const LOCK_HOLDER: &str = "SELECT l.pid FROM pg_locks l \
+     CROSS JOIN (SELECT hashtextextended($1, 0) AS key) k \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+       AND l.classid::bigint = (k.key >> 32) & 4294967295 \
+       AND l.objid::bigint = k.key & 4294967295 \
+     LIMIT 1";
+
 /// The advisory-lock key text of a projection (schema-scoped). `statuses` builds the same
 /// text in SQL to find the lock's holder in `pg_locks`.
 pub(crate) fn lock_key(schema: &SchemaName, name: &str) -> String {
