@@ -97,13 +97,46 @@ pub(crate) async fn run(
     let mut lost: Option<(Instant, Duration)> = None;
     // When a lost listener was last replaced (the pool may reconnect without a failed read).
     let mut listened_at = Instant::now();
+    // The cursor of a stored row that does not decode at all (not even as stored), met in
+    // the page being read: the events before it are then read one at a time, printed, and
+    // it is left out with a warning naming it.
+    let mut unreadable: Option<FeedCursor> = None;
     while printed < limit {
         let want = usize::try_from(limit - printed).unwrap_or(MAX_FEED_PAGE);
-        let page = match feed
-            .read_feed(cursor, &options.filter, want.clamp(1, MAX_FEED_PAGE))
-            .await
-        {
-            Ok(page) => page,
+        let size = if unreadable.is_some() {
+            1
+        } else {
+            want.clamp(1, MAX_FEED_PAGE)
+        };
+        let page = match feed.read_feed(cursor, &options.filter, size).await {
+            Ok(page) => {
+                if unreadable.is_some_and(|bad| page.next >= bad) {
+                    unreadable = None;
+                }
+                page
+            }
+            Err(StoreError::Decode {
+                stream: bad_stream,
+                version,
+                event_id,
+                cursor: Some(bad),
+                reason,
+            }) => {
+                if unreadable.is_none() && size > 1 {
+                    // Print what comes before it first.
+                    unreadable = Some(bad);
+                    continue;
+                }
+                if stream.is_none_or(|s| *s == bad_stream) {
+                    warn(&format!(
+                        "warning: the event at cursor {bad} ({bad_stream} v{version}, event {event_id}) \
+                         cannot be read even as stored, so it is left out: {reason}"
+                    ));
+                }
+                unreadable = None;
+                cursor = bad;
+                continue;
+            }
             Err(e) if follow && e.is_retryable() => {
                 let (since, pause) = *lost.get_or_insert((Instant::now(), RETRY_FIRST));
                 if since.elapsed() >= options.retry_for {
@@ -223,8 +256,13 @@ fn show(registry: &UpcasterRegistry, event: &RecordedEvent, json: bool) -> io::R
     match upcast_recorded(registry, event.clone()) {
         Ok(upcast) => print(&upcast, json),
         Err(e) => {
+            // The line names the event already: the reason once, not the whole error.
+            let why = match &e {
+                StoreError::Decode { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
             warn(&format!(
-                "warning: the event at cursor {} ({} v{}, {} v{}, event {}) cannot be upcast, so it is printed as stored: {e}",
+                "warning: the event at cursor {} ({} v{}, {} v{}, event {}) cannot be upcast, so it is printed as stored: {why}",
                 event.cursor,
                 event.stream_id,
                 event.version,

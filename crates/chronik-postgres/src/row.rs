@@ -34,10 +34,12 @@ pub(crate) fn recorded(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let stream_id = StreamId::new(stream).map_err(|e| corrupt("stream id", e))?;
     let version = Version::from_i64(version).map_err(|e| corrupt("version", e))?;
     let event_id = EventId::new(event_id).map_err(|e| corrupt("event id", e))?;
+    let cursor = FeedCursor::new(to_u64(tx, "transaction id")?, to_u64(position, "position")?)?;
     let decode = |reason: String| StoreError::Decode {
         stream: stream_id.clone(),
         version,
         event_id,
+        cursor: Some(cursor),
         reason,
     };
     let event_type: String = row.try_get(5).map_err(backend)?;
@@ -50,7 +52,7 @@ pub(crate) fn recorded(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let headers: BTreeMap<String, String> =
         serde_json::from_value(headers).map_err(|e| decode(format!("metadata: {e}")))?;
     Ok(RecordedEvent {
-        cursor: FeedCursor::new(to_u64(tx, "transaction id")?, to_u64(position, "position")?)?,
+        cursor,
         event_type: EventType::new(event_type).map_err(|e| decode(e.to_string()))?,
         schema_version: u32::try_from(schema_version)
             .map_err(|_| decode(format!("schema version {schema_version} out of range")))?,

@@ -87,7 +87,16 @@ pub enum StoreError {
     #[error("not found: {0}")]
     NotFound(String),
     /// A stored event could not be decoded or upcast. It is never silently dropped.
-    #[error("cannot decode event {event_id} (stream {stream}, version {version}): {reason}")]
+    ///
+    /// Names the event by id, stream and version, and by its feed cursor whenever the read
+    /// that failed had it (every feed read, and stream reads of whole events; not the
+    /// payload-only read a [`crate::Repository`] folds): a reader of the feed can pass over
+    /// the event by resuming after that cursor. The message says what to do next.
+    #[error(
+        "cannot decode event {event_id} (stream {stream}, version {version}{}): {reason}; {}",
+        cursor_part(.cursor.as_ref()),
+        decode_next_step(.cursor.as_ref())
+    )]
     Decode {
         /// The event's stream.
         stream: StreamId,
@@ -95,6 +104,8 @@ pub enum StoreError {
         version: Version,
         /// Its id.
         event_id: EventId,
+        /// Its position in the feed, when the read had it.
+        cursor: Option<FeedCursor>,
         /// Why.
         reason: String,
     },
@@ -205,4 +216,19 @@ fn held_back_suffix(held_back_by: Option<&str>) -> String {
         || "; see which transaction holds it with `chronik doctor`".to_owned(),
         |b| format!(", held back by {b}; end that transaction to unpause the feed"),
     )
+}
+
+/// `, cursor <c>` in [`StoreError::Decode`]'s message, when known.
+fn cursor_part(cursor: Option<&FeedCursor>) -> String {
+    cursor.map_or_else(String::new, |c| format!(", cursor {c}"))
+}
+
+/// What to do about an event that does not decode ([`StoreError::Decode`]).
+fn decode_next_step(cursor: Option<&FeedCursor>) -> String {
+    let fix = "events are never changed: if it is stored in an old schema, register an \
+               upcaster that lifts it to what the code reads (or fix the one that failed)";
+    match cursor {
+        Some(c) => format!("{fix}; a feed reader can pass over it by resuming after cursor {c}"),
+        None => format!("{fix}; the stream cannot be loaded until then"),
+    }
 }

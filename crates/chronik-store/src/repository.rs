@@ -501,6 +501,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 stream: id.clone(),
                 version: at,
                 event_id,
+                // A fold reads payloads only, without feed positions.
+                cursor: None,
                 reason: e.to_string(),
             })?;
             state.apply(&event);

@@ -18,7 +18,7 @@ use crate::port::{
 /// Lifts one stored event to the current schema through `registry`.
 ///
 /// # Errors
-/// [`StoreError::Decode`] naming the stream, version and event id when the stored version
+/// [`StoreError::Decode`] naming the stream, version, event id and cursor when the stored version
 /// is newer than the code knows or a step rejects the payload.
 pub fn upcast_recorded(
     registry: &UpcasterRegistry,
@@ -31,6 +31,7 @@ pub fn upcast_recorded(
         stream: e.stream_id.clone(),
         version: e.version,
         event_id: e.event_id,
+        cursor: Some(e.cursor),
         reason,
     };
     let payload = std::mem::take(&mut event.payload);
@@ -56,10 +57,12 @@ pub fn upcast_stream_event(
     if !registry.needs_upcast(event.event_type.as_str(), event.schema_version) {
         return Ok(event);
     }
+    // A payload-only read has no feed cursor.
     let decode = |reason: String, e: &StreamEvent| StoreError::Decode {
         stream: stream.clone(),
         version: e.version,
         event_id: e.event_id,
+        cursor: None,
         reason,
     };
     let payload = match std::mem::replace(&mut event.payload, Payload::Value(Value::Null)) {

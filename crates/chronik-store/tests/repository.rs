@@ -352,17 +352,82 @@ async fn undecodable_events_are_errors_naming_stream_version_and_id() {
         )
         .await
         .unwrap();
-    match retrying(store).load(&id).await {
-        Err(StoreError::Decode {
+    let Err(e) = retrying(store.clone()).load(&id).await else {
+        panic!("expected a decode error");
+    };
+    match &e {
+        StoreError::Decode {
             stream,
             version,
             event_id,
+            cursor: None,
             ..
-        }) => {
-            assert_eq!((stream, version.get(), event_id), (id, 2, bad.event_id()));
-        }
-        other => panic!("expected a decode error, got {other:?}"),
+        } => assert_eq!((stream, version.get(), *event_id), (&id, 2, bad.event_id())),
+        other => panic!("expected a decode error without a cursor, got {other:?}"),
     }
+    // A fold has no feed cursor: the message says what to do instead.
+    assert!(
+        e.to_string().starts_with(&format!(
+            "cannot decode event {} (stream {id}, version 2): ",
+            bad.event_id()
+        )) && e.to_string().ends_with(
+            "; events are never changed: if it is stored in an old schema, register an upcaster \
+             that lifts it to what the code reads (or fix the one that failed); \
+             the stream cannot be loaded until then"
+        ),
+        "{e}"
+    );
+}
+
+/// Issue 14, item 4: an event read from the feed that does not upcast names its cursor,
+/// and resuming after that cursor passes over it.
+#[tokio::test]
+async fn an_event_that_does_not_upcast_in_the_feed_names_its_cursor() {
+    let store = MemoryStore::new();
+    let id = order_id();
+    // A v1 OrderPlaced without the `amount` the upcaster needs.
+    let bad = raw("OrderPlaced", 1, json!({ "customer_id": "c" }));
+    let good = raw(
+        "LineAdded",
+        1,
+        json!({ "sku": "s", "quantity": 1, "unit_price": 2 }),
+    );
+    store
+        .append(&id, ExpectedVersion::NoStream, &[bad.clone(), good.clone()])
+        .await
+        .unwrap();
+    let upcasting = Upcasting::new(store.clone(), Arc::new(orders::upcasters().unwrap()));
+    let feed = store
+        .read_feed(FeedCursor::START, &FeedFilter::all(), 10)
+        .await
+        .unwrap()
+        .events;
+    let at = feed[0].cursor;
+    let err = upcasting
+        .read_feed(FeedCursor::START, &FeedFilter::all(), 10)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Decode { cursor: Some(c), event_id, version, .. }
+            if *c == at && *event_id == bad.event_id() && version.get() == 1),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().starts_with(&format!(
+            "cannot decode event {} (stream {id}, version 1, cursor {at}): ",
+            bad.event_id()
+        )) && err.to_string().ends_with(&format!(
+            "a feed reader can pass over it by resuming after cursor {at}"
+        )),
+        "{err}"
+    );
+    let after = upcasting
+        .read_feed(at, &FeedFilter::all(), 10)
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].event_id, good.event_id());
 }
 
 #[tokio::test]

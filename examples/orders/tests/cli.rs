@@ -1881,6 +1881,37 @@ impl Schema {
         })
     }
 
+    /// Inserts, behind the store's back, a row that does not decode even as stored (a
+    /// header that is not a string) as version 1 of a new stream `stream`; returns its id
+    /// and cursor once it is visible.
+    fn append_corrupt(&self, stream: &str) -> (uuid::Uuid, chronik::FeedCursor) {
+        let id = uuid::Uuid::new_v4();
+        self.runtime.block_on(async {
+            let (tx, position): (i64, i64) = sqlx::query_as(&format!(
+                "INSERT INTO \"{}\".events (stream_id, stream_type, version, event_id, event_type, \
+                                         schema_version, payload, metadata) \
+                 VALUES ($1, 'order', 1, $2, 'OrderPlaced', 2, '{{}}', '{{\"k\": 1}}') \
+                 RETURNING transaction_id::text::bigint, global_position",
+                self.name
+            ))
+            .bind(stream)
+            .bind(id)
+            .fetch_one(self.store.pool())
+            .await
+            .expect("the corrupt row is inserted");
+            let cursor = chronik::FeedCursor::new(
+                u64::try_from(tx).expect("positive"),
+                u64::try_from(position).expect("positive"),
+            )
+            .expect("a cursor");
+            self.store
+                .wait_for_feed(cursor, std::time::Duration::from_secs(60))
+                .await
+                .expect("visible");
+            (id, cursor)
+        })
+    }
+
     /// The projections `projections status --json` lists, by name.
     fn projection_names(&self) -> Vec<String> {
         let doc = json(&self.ok(&["projections", "status", "--json"]));
@@ -2528,4 +2559,32 @@ fn ctrl_c_stops_a_shadow_rebuild_and_leaves_no_shadow_behind() {
     );
     let (_, stdout, _) = doctor(&schema, &[]);
     assert!(!stdout.contains("__shadow"), "{stdout}");
+}
+
+/// Issue 14, item 4: a stored row that cannot be decoded even as stored does not hide the
+/// events before and after it: tail prints them and names the one it leaves out by cursor.
+#[test]
+fn tail_leaves_out_a_row_it_cannot_read_naming_its_cursor_and_goes_on() {
+    let schema = Schema::migrated();
+    let before = schema.place_orders(2);
+    let (bad, cursor) = schema.append_corrupt("order-corrupt");
+    let after = schema.place_orders(1).remove(0);
+    let out = schema.chronik(&["tail", "--no-follow"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for id in before.iter().chain([&after]) {
+        assert!(stdout.contains(id.as_str()), "{id}: {stdout}");
+    }
+    assert!(!stdout.contains("order-corrupt"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: the event at cursor {cursor} (order-corrupt v1, event {bad}) cannot be read even as stored, \
+             so it is left out: metadata: "
+        )),
+        "{stderr}"
+    );
+    // The events before it are printed once, in feed order, and so are those after it.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert!(lines[5].contains(after.as_str()), "{stdout}");
 }

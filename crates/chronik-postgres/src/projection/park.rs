@@ -244,7 +244,7 @@ pub async fn retry_parked<P: PgProjection>(
         };
         let event = match &upcasters {
             Some(r) => upcast_recorded(r, event.clone())
-                .map_err(|e| failed(&event, HandlerFailure::new(e.to_string())))?,
+                .map_err(|e| failed(&event, super::runner::upcast_failure(&e)))?,
             None => event,
         };
         handle_guarded(&*projection, &mut tx, &event)

@@ -490,7 +490,7 @@ impl<P: PgProjection> Engine<P> {
                         return Ok(Batch::Failed {
                             index,
                             event: Box::new(raw),
-                            failure: HandlerFailure::new(e.to_string()),
+                            failure: upcast_failure(&e),
                         });
                     }
                 },
@@ -960,6 +960,18 @@ impl<P: PgProjection> Task<P> {
             }
         }
         Ok(())
+    }
+}
+
+/// The failure of an event that does not upcast, for an error that already names the
+/// event and its cursor ([`PgProjectionError::Handler`], the runner's last error): the
+/// reason only, not the event a second time.
+pub(crate) fn upcast_failure(e: &StoreError) -> HandlerFailure {
+    match e {
+        StoreError::Decode { reason, .. } => {
+            HandlerFailure::new(format!("it does not upcast: {reason}"))
+        }
+        other => HandlerFailure::new(other.to_string()),
     }
 }
 
