@@ -23,6 +23,16 @@ pub enum ProjectionError {
         #[source]
         source: HandlerError,
     },
+    /// The projection could not make its handled effects durable before a checkpoint
+    /// ([`crate::Projection::flush`]); a rebuild stops on it, saving nothing past them.
+    #[error("projection {projection} could not flush before its checkpoint: {source}")]
+    Flush {
+        /// The projection.
+        projection: String,
+        /// The projection's error.
+        #[source]
+        source: HandlerError,
+    },
     /// Clearing the read model failed at the start of a rebuild.
     #[error("projection {projection} could not clear its read model: {source}")]
     Clear {

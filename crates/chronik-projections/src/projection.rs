@@ -38,6 +38,13 @@ impl HandlerError {
             .unwrap_or_else(|panic| Err(Self::new(format!("handler panicked: {panic}"))))
     }
 
+    /// Runs `projection`'s flush, a panic included (the same way as [`HandlerError::guard`]).
+    pub(crate) async fn guard_flush(projection: &dyn Projection) -> Result<(), Self> {
+        catch_panic(projection.flush())
+            .await
+            .unwrap_or_else(|panic| Err(Self::new(format!("flush panicked: {panic}"))))
+    }
+
     /// Wraps another error, keeping it as the source.
     #[must_use]
     pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -76,6 +83,20 @@ pub trait Projection: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Any failure; the runner retries the same event with backoff.
     async fn handle(&self, event: &RecordedEvent) -> Result<(), HandlerError>;
+
+    /// Makes durable the effects of every event handled so far, before the runner saves a
+    /// checkpoint past them. The default does nothing: a handler whose effect is complete
+    /// when `handle` returns needs no flush. A projection that pipelines its effects (the
+    /// NATS relay publishes a window of events, then awaits their acknowledgements here)
+    /// finishes them here, so that the checkpoint never covers an effect still in flight.
+    ///
+    /// # Errors
+    /// Any failure: the runner saves no checkpoint, records the error in the status and
+    /// calls `flush` again after a backoff (the events stay handled; the projection keeps
+    /// what it must retry).
+    async fn flush(&self) -> Result<(), HandlerError> {
+        Ok(())
+    }
 
     /// Deletes the read model so that a rebuild starts from nothing.
     ///

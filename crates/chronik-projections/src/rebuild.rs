@@ -127,7 +127,9 @@ pub async fn rebuild<S: EventStore + CheckpointStore>(
                     Err(e) => Err(e),
                 };
                 if let Err(source) = result {
-                    if p.cursor != FeedCursor::START {
+                    if p.cursor != FeedCursor::START
+                        && HandlerError::guard_flush(projection).await.is_ok()
+                    {
                         store.save_checkpoint(name, p.cursor, p.handled).await?;
                     }
                     return Err(ProjectionError::Handler {
@@ -140,6 +142,12 @@ pub async fn rebuild<S: EventStore + CheckpointStore>(
             }
             p.cursor = at;
         }
+        HandlerError::guard_flush(projection)
+            .await
+            .map_err(|source| ProjectionError::Flush {
+                projection: name.to_owned(),
+                source,
+            })?;
         store.save_checkpoint(name, p.cursor, p.handled).await?;
         p.elapsed = started.elapsed();
         progress(&p);

@@ -336,6 +336,16 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
 
     async fn save(&mut self, cursor: FeedCursor, processed: u64) -> Result<(), Stopping> {
         let mut attempt = 0;
+        // The checkpoint must not cover an effect still in flight.
+        while let Err(e) = HandlerError::guard_flush(&*self.projection).await {
+            attempt += 1;
+            self.fail(
+                attempt,
+                format!("flushing before the checkpoint: {e}"),
+                None,
+            )
+            .await?;
+        }
         loop {
             match self
                 .store

@@ -35,6 +35,8 @@ struct Recorder {
     entered: Notify,
     release: Notify,
     clears: AtomicU32,
+    /// While set, `flush` fails (a pipelined effect not yet durable).
+    unflushable: AtomicBool,
 }
 
 impl Recorder {
@@ -86,6 +88,12 @@ impl Projection for Recorder {
             "boom"
         );
         self.seen.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+    async fn flush(&self) -> Result<(), HandlerError> {
+        if self.unflushable.load(Ordering::SeqCst) {
+            return Err(HandlerError::new("acknowledgements outstanding"));
+        }
         Ok(())
     }
     async fn clear(&self) -> Result<(), HandlerError> {
@@ -182,6 +190,31 @@ async fn catches_up_then_stays_live_woken_by_the_store() {
         p.ids(),
         all_ids(&store).await,
         "each event once, in feed order"
+    );
+    h.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_checkpoint_is_saved_until_the_projection_flushes() {
+    let store = MemoryStore::new();
+    let last = append(&store, 3, "OrderPlaced").await;
+    let p = Recorder::new("pipelined");
+    p.unflushable.store(true, Ordering::SeqCst);
+    let h = start(&store, &p, fast());
+    let s = until(&h, "pipelined", |s| s.attempts >= 2).await;
+    assert_eq!(s.state, ProjectionState::Failing);
+    let error = s.last_error.unwrap();
+    assert!(error.contains("flushing before the checkpoint"), "{error}");
+    assert_eq!(p.ids(), all_ids(&store).await, "handled, but not flushed");
+    assert_eq!(store.load_checkpoint("pipelined").await.unwrap(), None);
+
+    p.unflushable.store(false, Ordering::SeqCst);
+    let s = h.wait_for("pipelined", last, DEADLINE).await.unwrap();
+    assert_eq!(s.events_processed, 3);
+    assert_eq!(
+        p.ids(),
+        all_ids(&store).await,
+        "flushing handles nothing again"
     );
     h.stop().await.unwrap();
 }
