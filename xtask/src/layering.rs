@@ -13,8 +13,8 @@ use xshell::{Shell, cmd};
 
 /// Every workspace member and its layer. An edge `a -> b` between members is allowed only
 /// when `b` sits in a lower layer: macros <- core <- store <- {memory, projections (the
-/// projection engine and its ports)} <- {postgres (implements those ports too), testkit}
-/// <- console (the web console) <- cli (the operator tool) <- the `chronik` facade <- the
+/// projection engine and its ports)} <- {postgres (implements those ports too), testkit,
+/// relay (a projection that publishes the feed to NATS JetStream)} <- console (the web console) <- cli (the operator tool) <- the `chronik` facade <- the
 /// examples
 /// (services built on the facade, with their operator binaries) <- {bench, torture, e2e}.
 /// `None`: must depend on no member at all.
@@ -26,6 +26,7 @@ const LAYERS: &[(&str, Option<u8>)] = &[
     ("chronik-projections", Some(3)),
     ("chronik-postgres", Some(4)),
     ("chronik-testkit", Some(4)),
+    ("chronik-relay", Some(4)),
     ("chronik-console", Some(5)),
     ("chronik-cli", Some(6)),
     ("chronik", Some(7)),

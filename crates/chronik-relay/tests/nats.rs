@@ -1,0 +1,474 @@
+//! The relay against the real NATS server at `NATS_URL` (default `nats://127.0.0.1:4222`,
+//! started with `-js`; `.ci/run` starts one). These tests fail, never skip, when it is not
+//! there. Each test uses its own subject prefix and JetStream stream, and deletes the
+//! stream at its end.
+// Helpers outside `#[test]` functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronik_core::{
+    CausationId, CorrelationId, EventId, EventType, ExpectedVersion, FeedCursor, Metadata,
+    NewEvent, RecordedEvent, StreamId,
+};
+use chronik_memory::MemoryStore;
+use chronik_projections::{RunnerHandle, RunnerOptions};
+use chronik_relay::async_nats::jetstream::{self, stream::Config as StreamConfig};
+use chronik_relay::{
+    NatsRelay, RelayConfig, RelayError, RelayStats, SubjectPrefix, decode_token, headers,
+};
+use chronik_store::{CheckpointStore, EventStore, FeedFilter};
+use chronik_testkit::conformance::{event, stream};
+use serde_json::json;
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A prefix and stream name no other test run uses.
+fn unique() -> (SubjectPrefix, String) {
+    let tag = Uuid::new_v4().simple().to_string();
+    let tag = &tag[..12];
+    (
+        SubjectPrefix::new(format!("test.t{tag}")).unwrap(),
+        format!("TEST_{tag}"),
+    )
+}
+
+fn fast() -> RunnerOptions {
+    RunnerOptions {
+        batch_size: 7,
+        poll_min: Duration::from_millis(5),
+        poll_max: Duration::from_millis(50),
+        retry_base: Duration::from_millis(10),
+        retry_max: Duration::from_millis(200),
+        lag_every: Duration::ZERO,
+        ..RunnerOptions::default()
+    }
+}
+
+fn fresh() -> (RelayConfig, String) {
+    let (prefix, stream) = unique();
+    let config = RelayConfig::new(nats_url())
+        .subject_prefix(prefix)
+        .stream_name(stream.clone())
+        .runner_options(fast())
+        .max_in_flight(4);
+    (config, stream)
+}
+
+async fn feed(store: &impl EventStore) -> Vec<RecordedEvent> {
+    store
+        .read_feed(FeedCursor::START, &FeedFilter::all(), 10_000)
+        .await
+        .unwrap()
+        .events
+}
+
+/// Runs `relay` over `store` until it has checkpointed the feed's head, then stops it.
+async fn relay_all<S: EventStore + CheckpointStore + 'static>(
+    relay: NatsRelay,
+    store: Arc<S>,
+) -> RelayStats {
+    let relay = Arc::new(relay);
+    let name = relay.projection_name().to_owned();
+    let head = store.feed_head().await.unwrap().last.unwrap();
+    let handle: RunnerHandle = Arc::clone(&relay).runner(store, None).start().unwrap();
+    handle.wait_for(&name, head, DEADLINE).await.unwrap();
+    handle.stop().await.unwrap();
+    relay.stats()
+}
+
+/// Every message of `stream`, in JetStream's order.
+async fn stored(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Vec<chronik_relay::async_nats::jetstream::message::StreamMessage> {
+    let mut s = js.get_stream(stream).await.unwrap();
+    let n = s.info().await.unwrap().state.messages;
+    let mut out = Vec::new();
+    for seq in 1..=n {
+        out.push(s.get_raw_message(seq).await.unwrap());
+    }
+    out
+}
+
+fn header<'a>(
+    m: &'a chronik_relay::async_nats::jetstream::message::StreamMessage,
+    name: &str,
+) -> Option<&'a str> {
+    m.headers
+        .get(name)
+        .map(chronik_relay::async_nats::HeaderValue::as_str)
+}
+
+fn msg_ids(
+    messages: &[chronik_relay::async_nats::jetstream::message::StreamMessage],
+) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| header(m, "Nats-Msg-Id").unwrap().to_owned())
+        .collect()
+}
+
+fn event_ids(events: &[RecordedEvent]) -> Vec<String> {
+    events.iter().map(|e| e.event_id.to_string()).collect()
+}
+
+async fn js() -> jetstream::Context {
+    jetstream::new(
+        chronik_relay::async_nats::connect(nats_url())
+            .await
+            .unwrap_or_else(|e| panic!("NATS must run at {} with -js: {e}", nats_url())),
+    )
+}
+
+async fn append_round_robin(store: &MemoryStore, streams: &[StreamId], per_stream: usize) {
+    for i in 0..per_stream {
+        for s in streams {
+            let expected = if i == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(chronik_core::Version::new(i as u64).unwrap())
+            };
+            store
+                .append(s, expected, &[event("LineAdded", json!({ "i": i }))])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn publishes_every_event_in_feed_order_with_its_headers() {
+    let store = Arc::new(MemoryStore::new());
+    let streams = [stream("order"), stream("order"), stream("payment")];
+    let correlation = CorrelationId::new(Uuid::new_v4());
+    let causation = CausationId::new(Uuid::new_v4());
+    let first = NewEvent::new(
+        EventId::new(Uuid::now_v7()).unwrap(),
+        EventType::new("OrderPlaced").unwrap(),
+        2,
+        json!({ "customer": "ada" }),
+        Metadata::default()
+            .with_correlation(correlation)
+            .with_causation(causation),
+    )
+    .unwrap();
+    store
+        .append(&stream("order"), ExpectedVersion::NoStream, &[first])
+        .await
+        .unwrap();
+    append_round_robin(&store, &streams, 5).await;
+    let events = feed(&*store).await;
+    assert_eq!(events.len(), 16);
+
+    let (config, name) = fresh();
+    let prefix = config.prefix().clone();
+    let relay = NatsRelay::connect(config).await.unwrap();
+    let stats = relay_all(relay, Arc::clone(&store)).await;
+    assert_eq!(stats.acknowledged, 16);
+    assert_eq!(stats.duplicates, 0);
+
+    let js = js().await;
+    let messages = stored(&js, &name).await;
+    assert_eq!(
+        msg_ids(&messages),
+        event_ids(&events),
+        "feed order, each once"
+    );
+    for (m, e) in messages.iter().zip(&events) {
+        assert_eq!(m.subject.as_str(), prefix.subject(&e.stream_id));
+        assert_eq!(header(m, headers::EVENT_TYPE), Some(e.event_type.as_str()));
+        let schema = e.schema_version.to_string();
+        assert_eq!(header(m, headers::SCHEMA_VERSION), Some(schema.as_str()));
+        assert_eq!(header(m, headers::STREAM_ID), Some(e.stream_id.as_str()));
+        let version = e.version.to_string();
+        assert_eq!(header(m, headers::STREAM_VERSION), Some(version.as_str()));
+        let cursor = e.cursor.to_string();
+        assert_eq!(header(m, headers::CURSOR), Some(cursor.as_str()));
+        let payload: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(payload, e.payload);
+    }
+    let first = &messages[0];
+    assert_eq!(header(first, headers::SCHEMA_VERSION), Some("2"));
+    let c = correlation.to_string();
+    assert_eq!(header(first, headers::CORRELATION_ID), Some(c.as_str()));
+    let c = causation.to_string();
+    assert_eq!(header(first, headers::CAUSATION_ID), Some(c.as_str()));
+    assert_eq!(header(&messages[1], headers::CORRELATION_ID), None);
+    js.delete_stream(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_checkpoint_and_resends_are_discarded() {
+    let store = Arc::new(MemoryStore::new());
+    let streams = [stream("order"), stream("order")];
+    append_round_robin(&store, &streams, 5).await;
+    let (config, name) = fresh();
+    let relay_name = config.resolved_name();
+
+    let stats = relay_all(
+        NatsRelay::connect(config.clone()).await.unwrap(),
+        Arc::clone(&store),
+    )
+    .await;
+    assert_eq!((stats.acknowledged, stats.duplicates), (10, 0));
+
+    // A plain restart publishes only what came after the checkpoint.
+    append_round_robin(&store, &[stream("order")], 3).await;
+    let stats = relay_all(
+        NatsRelay::connect(config.clone()).await.unwrap(),
+        Arc::clone(&store),
+    )
+    .await;
+    assert_eq!((stats.acknowledged, stats.duplicates), (3, 0));
+
+    // A relay that died before its checkpoint (here: the checkpoint rewound) sends
+    // everything again; JetStream discards every re-send by its Nats-Msg-Id.
+    store
+        .save_checkpoint(&relay_name, FeedCursor::START, 0)
+        .await
+        .unwrap();
+    append_round_robin(&store, &[stream("payment")], 2).await;
+    let stats = relay_all(
+        NatsRelay::connect(config).await.unwrap(),
+        Arc::clone(&store),
+    )
+    .await;
+    assert_eq!((stats.acknowledged, stats.duplicates), (15, 13));
+
+    let js = js().await;
+    let messages = stored(&js, &name).await;
+    assert_eq!(msg_ids(&messages), event_ids(&feed(&*store).await));
+    js.delete_stream(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn filters_by_category_and_by_type() {
+    let store = Arc::new(MemoryStore::new());
+    append_round_robin(&store, &[stream("order"), stream("payment")], 3).await;
+    store
+        .append(
+            &stream("order"),
+            ExpectedVersion::NoStream,
+            &[event("OrderShipped", json!({}))],
+        )
+        .await
+        .unwrap();
+    let events = feed(&*store).await;
+    let js = js().await;
+
+    let (config, name) = fresh();
+    let relay = NatsRelay::connect(config.categories(vec!["payment".to_owned()]))
+        .await
+        .unwrap();
+    relay_all(relay, Arc::clone(&store)).await;
+    let want: Vec<_> = events
+        .iter()
+        .filter(|e| e.stream_id.category() == "payment")
+        .cloned()
+        .collect();
+    assert_eq!(msg_ids(&stored(&js, &name).await), event_ids(&want));
+    js.delete_stream(&name).await.unwrap();
+
+    let (config, name) = fresh();
+    let relay = NatsRelay::connect(config.event_types(vec!["OrderShipped".to_owned()]))
+        .await
+        .unwrap();
+    relay_all(relay, Arc::clone(&store)).await;
+    let want: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type.as_str() == "OrderShipped")
+        .cloned()
+        .collect();
+    assert_eq!(want.len(), 1);
+    assert_eq!(msg_ids(&stored(&js, &name).await), event_ids(&want));
+    js.delete_stream(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn ids_with_subject_syntax_make_valid_subjects() {
+    let store = Arc::new(MemoryStore::new());
+    let odd = StreamId::new("order-a.b*c>d%e/ü").unwrap();
+    let plain = stream("order");
+    for s in [&odd, &plain] {
+        store
+            .append(
+                s,
+                ExpectedVersion::NoStream,
+                &[event("OrderPlaced", json!({}))],
+            )
+            .await
+            .unwrap();
+    }
+    let (config, name) = fresh();
+    let prefix = config.prefix().clone();
+    relay_all(
+        NatsRelay::connect(config).await.unwrap(),
+        Arc::clone(&store),
+    )
+    .await;
+
+    let js = js().await;
+    let messages = stored(&js, &name).await;
+    assert_eq!(messages.len(), 2);
+    let subject = messages[0].subject.as_str();
+    let tokens: Vec<&str> = subject.split('.').collect();
+    // prefix (2 tokens) + category + stream id: the id added no token and no wildcard.
+    assert_eq!(tokens.len(), 4, "{subject}");
+    assert!(
+        !subject.contains('*') && !subject.contains('>'),
+        "{subject}"
+    );
+    assert_eq!(tokens[2], "order");
+    assert_eq!(decode_token(tokens[3]).as_deref(), Some(odd.as_str()));
+    // A consumer of one category's wildcard takes both streams' events.
+    let filter = prefix.category_wildcard("order");
+    let mut s = js.get_stream(&name).await.unwrap();
+    let info = s.info().await.unwrap();
+    assert_eq!(info.state.subjects_count, 2);
+    let consumer = s
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: filter,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut consumer = consumer;
+    assert_eq!(consumer.info().await.unwrap().num_pending, 2);
+    js.delete_stream(&name).await.unwrap();
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn relays_from_postgres_too(pool: sqlx::PgPool) {
+    let store = Arc::new(chronik_postgres::PgEventStore::from_pool(pool));
+    for s in [stream("order"), stream("payment")] {
+        store
+            .append(
+                &s,
+                ExpectedVersion::NoStream,
+                &[event("A", json!({})), event("B", json!({ "n": 2 }))],
+            )
+            .await
+            .unwrap();
+    }
+    let (config, name) = fresh();
+    let stats = relay_all(
+        NatsRelay::connect(config).await.unwrap(),
+        Arc::clone(&store),
+    )
+    .await;
+    assert_eq!(stats.acknowledged, 4);
+    let js = js().await;
+    assert_eq!(
+        msg_ids(&stored(&js, &name).await),
+        event_ids(&feed(&*store).await)
+    );
+    js.delete_stream(&name).await.unwrap();
+}
+
+/// A `nats-server` without JetStream on a free loopback port, killed on drop.
+struct PlainServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PlainServer {
+    fn start() -> Self {
+        use std::io::BufRead as _;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nats-server must be installed (.ci/run installs it)");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        // nats-server logs to stderr and says when it accepts connections.
+        loop {
+            let line = lines
+                .next()
+                .expect("nats-server exited before it was ready")
+                .unwrap();
+            if line.contains("Server is ready") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for PlainServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_server_without_jetstream_is_named_as_such() {
+    let server = PlainServer::start();
+    let err = NatsRelay::connect(RelayConfig::new(server.url.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RelayError::NoJetStream { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&server.url) && message.contains("-js"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_fast_naming_the_url() {
+    // Port 1 on loopback: nothing listens there, the connection is refused at once.
+    let err = NatsRelay::connect(RelayConfig::new("nats://user:secret@127.0.0.1:1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RelayError::Unreachable { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("nats://***@127.0.0.1:1"), "{message}");
+    assert!(!message.contains("secret"), "{message}");
+}
+
+#[tokio::test]
+async fn an_existing_stream_with_a_short_duplicate_window_is_refused() {
+    let (config, name) = fresh();
+    let js = js().await;
+    js.create_stream(StreamConfig {
+        name: name.clone(),
+        subjects: vec![config.prefix().wildcard()],
+        duplicate_window: Duration::from_secs(1),
+        ..StreamConfig::default()
+    })
+    .await
+    .unwrap();
+    let err = NatsRelay::connect(config.clone()).await.unwrap_err();
+    assert!(matches!(err, RelayError::StreamMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains("duplicate window"), "{err}");
+    js.delete_stream(&name).await.unwrap();
+
+    js.create_stream(StreamConfig {
+        name: name.clone(),
+        subjects: vec!["elsewhere.>".to_owned()],
+        ..StreamConfig::default()
+    })
+    .await
+    .unwrap();
+    let err = NatsRelay::connect(config).await.unwrap_err();
+    assert!(err.to_string().contains("do not cover"), "{err}");
+    js.delete_stream(&name).await.unwrap();
+}
