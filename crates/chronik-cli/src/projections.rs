@@ -243,7 +243,20 @@ pub(crate) async fn rebuild(
     let name = projection.name.as_str();
     let table = projection.table.as_str();
     let bin = registry.binary.as_str();
-    let mut bar = Progress::new(name);
+    let how = if shadow {
+        format!(
+            "into {table}__shadow, swapped in at the end (the live table {table} keeps serving meanwhile)"
+        )
+    } else {
+        format!("from scratch, in one transaction (readers see the old {table} until it commits)")
+    };
+    let mut bar = Progress::new(
+        name,
+        format!(
+            "rebuilding projection {name} in schema {} {how}",
+            store.schema()
+        ),
+    );
     // Ctrl-C asks the rebuild to stop at its next batch boundary, where it cleans up; a
     // second one quits at once.
     let stop = Arc::new(AtomicBool::new(false));
@@ -291,7 +304,7 @@ pub(crate) async fn rebuild(
     let done = match result {
         Ok(done) => done,
         Err(PgProjectionError::Interrupted { scanned, .. }) => {
-            bar.abandon();
+            bar.abandon("was stopped");
             let total = last
                 .lock()
                 .ok()
@@ -318,7 +331,7 @@ pub(crate) async fn rebuild(
             .into());
         }
         Err(e) => {
-            bar.abandon();
+            bar.abandon("failed");
             let state = if shadow {
                 format!("the live table {table} is unchanged and the shadow table was dropped")
             } else {
@@ -510,24 +523,34 @@ fn rate(p: &PgRebuildProgress) -> u64 {
     r
 }
 
-/// `rate, ETA` of a progress report.
+/// `rate, ETA` of a progress report: the ETA is the events left at the rate so far.
 fn speed(p: &PgRebuildProgress) -> String {
-    let eta = p
-        .eta()
-        .map_or_else(|| "?".to_owned(), |d| table::age(d.as_secs_f64()));
-    format!("{} events/s, ETA {eta}", n(rate(p)))
+    match p.eta() {
+        Some(d) => format!(
+            "{} events/s, ETA {}",
+            n(rate(p)),
+            table::age(d.as_secs_f64())
+        ),
+        None => "ETA once the first batch is in".to_owned(),
+    }
 }
 
-/// Rebuild progress on stderr: a bar on a terminal, otherwise a line at most every second
-/// (and the last one), so that logs stay readable.
+/// Rebuild progress on stderr: a first line saying what starts (how, where, how many
+/// events), then a bar on a terminal, otherwise a line at most every second, and a last
+/// line saying how it ended and how long it took; logs stay readable.
 struct Progress {
     name: String,
+    /// The first line, without the count of events (known at the first report).
+    first: String,
     bar: Option<ProgressBar>,
     last_line: Option<Instant>,
+    /// The last report, for the last line of a rebuild that fails.
+    last: Option<PgRebuildProgress>,
+    started: Instant,
 }
 
 impl Progress {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, first: String) -> Self {
         let bar = io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
@@ -542,12 +565,36 @@ impl Progress {
         });
         Self {
             name: name.to_owned(),
+            first,
             bar,
             last_line: None,
+            last: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// A whole line on stderr, above the bar when there is one. Best effort: a closed
+    /// stderr must not stop the rebuild.
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => {
+                let _ = writeln!(io::stderr(), "{line}");
+            }
         }
     }
 
     fn update(&mut self, p: &PgRebuildProgress) {
+        let first = self.last.is_none();
+        self.last = Some(*p);
+        if first {
+            self.say(&format!(
+                "{}: {} to scan; Ctrl-C stops it cleanly",
+                self.first,
+                count(p.total, "event")
+            ));
+            self.last_line = Some(Instant::now());
+        }
         if let Some(bar) = &self.bar {
             bar.set_length(p.total.max(p.scanned));
             bar.set_position(p.scanned);
@@ -561,22 +608,46 @@ impl Progress {
         }
     }
 
+    /// The last line of a rebuild that finished: what it did and how long it took.
     fn finish(&mut self, p: &PgRebuildProgress) {
         if let Some(bar) = &self.bar {
             bar.set_length(p.total.max(p.scanned));
             bar.set_position(p.scanned);
-            bar.set_message(speed(p));
-            bar.finish();
-        } else {
-            self.line(p);
+            bar.finish_and_clear();
         }
+        // The bar is done: a plain line (a finished bar prints nothing above itself).
+        let _ = writeln!(
+            io::stderr(),
+            "rebuilt {}: {} scanned, {} handled, in {} ({} events/s)",
+            self.name,
+            count(p.scanned, "event"),
+            n(p.handled),
+            ms(p.elapsed),
+            n(rate(p)),
+        );
     }
 
-    /// Leaves the bar where it stopped (a failed or interrupted rebuild).
-    fn abandon(&mut self) {
+    /// Leaves the bar where it stopped and, when it had started, says so with how long it
+    /// ran (`how`: `failed`, `was stopped`); the error follows.
+    fn abandon(&mut self, how: &str) {
         if let Some(bar) = &self.bar {
             bar.abandon();
         }
+        // Refused before it started (its lock is taken): the error says it all.
+        let Some(p) = self.last else {
+            return;
+        };
+        let at = format!(
+            " at {} of {} events",
+            n(p.scanned),
+            n(p.total.max(p.scanned))
+        );
+        let _ = writeln!(
+            io::stderr(),
+            "the rebuild of {} {how} after {}{at}",
+            self.name,
+            ms(self.started.elapsed())
+        );
     }
 
     fn line(&self, p: &PgRebuildProgress) {
@@ -597,5 +668,35 @@ impl Progress {
             n(total),
             speed(p)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chronik_core::FeedCursor;
+
+    #[test]
+    fn the_eta_is_the_events_left_at_the_rate_so_far() {
+        let p = PgRebuildProgress {
+            scanned: 500,
+            total: 2_000,
+            handled: 400,
+            cursor: FeedCursor::START,
+            elapsed: Duration::from_secs(5),
+        };
+        assert_eq!(speed(&p), "100 events/s, ETA 15.0 s");
+        let later = PgRebuildProgress {
+            scanned: 1_900,
+            elapsed: Duration::from_secs(95),
+            ..p
+        };
+        assert_eq!(speed(&later), "20 events/s, ETA 5.0 s");
+        let start = PgRebuildProgress {
+            scanned: 0,
+            elapsed: Duration::ZERO,
+            ..p
+        };
+        assert_eq!(speed(&start), "ETA once the first batch is in");
     }
 }

@@ -861,10 +861,16 @@ fn projections_rebuild_replays_the_feed_with_progress() {
         )) && stdout.contains("order_summaries now holds 3 rows"),
         "{stdout}"
     );
-    // Not a terminal: plain progress lines, the last one complete.
+    // Not a terminal: plain lines: what starts, then (at most every second) how far it is,
+    // then how it ended and how long it took.
     assert!(
-        stderr.contains("rebuilding orders: 6/6 events (100%), ")
-            && stderr.contains(" events/s, ETA "),
+        stderr.starts_with(&format!(
+            "rebuilding projection orders in schema {} from scratch, in one transaction \
+             (readers see the old order_summaries until it commits): 6 events to scan; Ctrl-C stops it cleanly\n",
+            schema.name
+        )) && stderr.lines().last().is_some_and(|l| l.starts_with(
+            "rebuilt orders: 6 events scanned, 6 handled, in "
+        ) && l.ends_with(" events/s)")),
         "{stderr}"
     );
     let doc = json(&schema.ok(&["projections", "status", "--json"]));
@@ -886,6 +892,16 @@ fn projections_rebuild_replays_the_feed_with_progress() {
         stdout.contains("into order_summaries__shadow, swapped in atomically: 8 events scanned")
             && stdout.contains("order_summaries now holds 4 rows"),
         "{stdout}"
+    );
+    let out = schema.chronik(&["projections", "rebuild", "orders", "--shadow"]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "rebuilding projection orders in schema {} into order_summaries__shadow, swapped in at the end \
+             (the live table order_summaries keeps serving meanwhile): 8 events to scan; Ctrl-C stops it cleanly\n",
+            schema.name
+        )) && stderr.contains("\nrebuilt orders: 8 events scanned, 8 handled, in "),
+        "{stderr}"
     );
 }
 
@@ -2048,7 +2064,7 @@ fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
             return;
         }
     };
-    wait_for("rebuilding orders: ", &mut seen);
+    wait_for("rebuilding projection orders in schema ", &mut seen);
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -2064,6 +2080,10 @@ fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
     seen.push_str(&rest);
     let out = child.wait_with_output().expect("the binary ends");
     assert_eq!(out.status.code(), Some(130), "{seen}");
+    assert!(
+        seen.contains("\nthe rebuild of orders was stopped after "),
+        "{seen}"
+    );
     assert!(
         seen.contains("error: the rebuild of projection orders was interrupted after ")
             && seen.contains(
@@ -2524,7 +2544,7 @@ fn ctrl_c_stops_a_shadow_rebuild_and_leaves_no_shadow_behind() {
             return;
         }
     };
-    wait_for("rebuilding orders: ", &mut seen);
+    wait_for("rebuilding projection orders in schema ", &mut seen);
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
