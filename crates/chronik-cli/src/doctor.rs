@@ -146,6 +146,12 @@ pub(crate) async fn run(
                 count(r.lag_events, "event"),
                 r.lag_seconds
             ));
+            if let Some(b) = &r.last_rebuild
+                && b.outcome == chronik_postgres::RebuildOutcome::Failed
+                && let Some(line) = projections::rebuild_line(&r.name, b)
+            {
+                warnings.push(line);
+            }
             if r.state.as_deref() == Some("dead") {
                 problems.push(format!(
                     "projection {} has no live runner: {}; start one",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chronik_postgres::{
     HolderKind, HorizonHolder, PgEventStore, PgProjectionError, PgRebuildProgress,
-    PgRunnerInstance, ProjectionReport,
+    PgRunnerInstance, ProjectionReport, RebuildOutcome, RebuildRecord,
 };
 use chronik_store::EventStore as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -87,6 +87,15 @@ pub(crate) async fn status(store: &PgEventStore, json: bool) -> anyhow::Result<(
             .as_bytes(),
         )?;
     }
+    for r in &reports {
+        if let Some(line) = r
+            .last_rebuild
+            .as_ref()
+            .and_then(|b| rebuild_line(&r.name, b))
+        {
+            writeln!(out, "{line}")?;
+        }
+    }
     if let Some(h) = &blocker {
         writeln!(
             out,
@@ -95,6 +104,57 @@ pub(crate) async fn status(store: &PgEventStore, json: bool) -> anyhow::Result<(
         )?;
     }
     Ok(())
+}
+
+/// The line `projections status` (and `doctor`) prints about a projection's last rebuild
+/// when it is worth a look: one that runs, or one that failed (until a later one succeeds).
+pub(crate) fn rebuild_line(name: &str, b: &RebuildRecord) -> Option<String> {
+    let how = if b.shadow { "shadow" } else { "from scratch" };
+    let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let pid = b.pid.map_or_else(String::new, |p| format!(", pid {p}"));
+    match b.outcome {
+        RebuildOutcome::Running => Some(format!(
+            "rebuild of {name} running since {} ({how}{pid})",
+            at(b.started_at)
+        )),
+        RebuildOutcome::Failed => {
+            let when = b.finished_at.map_or_else(
+                || format!("started {}", at(b.started_at)),
+                |f| {
+                    let took = (f - b.started_at).to_std().unwrap_or_default();
+                    format!("at {} after {}", at(f), ms(took))
+                },
+            );
+            let progress = if b.total > 0 || b.scanned > 0 {
+                format!(", {} of {} events scanned", n(b.scanned), n(b.total))
+            } else {
+                String::new()
+            };
+            let why = b
+                .error
+                .as_deref()
+                .map_or_else(|| "no reason recorded".to_owned(), table::one_line);
+            Some(format!(
+                "last rebuild of {name} failed {when} ({how}{pid}{progress}): {why}; \
+                 its read model is the one from before that rebuild; rebuild again once the cause is fixed"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// A projection's last rebuild as JSON.
+fn rebuild_json(b: &RebuildRecord) -> Value {
+    json!({
+        "outcome": b.outcome.as_str(),
+        "shadow": b.shadow,
+        "started_at": b.started_at.to_rfc3339(),
+        "finished_at": b.finished_at.map(|t| t.to_rfc3339()),
+        "pid": b.pid,
+        "scanned": b.scanned,
+        "total": b.total,
+        "error": b.error,
+    })
 }
 
 /// The STATE cell: the projection's state, its owner, then standbys, dead instances and a
@@ -209,6 +269,7 @@ pub(crate) fn report_json(r: &ProjectionReport) -> Value {
         "last_error_at": r.last_error_at.map(|t| t.to_rfc3339()),
         "failing_event": r.failing_event.map(|e| e.to_string()),
         "attempts": r.attempts,
+        "last_rebuild": r.last_rebuild.as_ref().map(rebuild_json),
     })
 }
 

@@ -18,6 +18,7 @@ mod handler;
 mod ops;
 mod park;
 mod rebuild;
+mod record;
 mod runner;
 mod sql;
 mod typed;
@@ -32,6 +33,7 @@ pub use park::{
     retry_parked,
 };
 pub use rebuild::{PgRebuildProgress, rebuild, rebuild_shadow};
+pub use record::{RebuildOutcome, RebuildRecord};
 pub use runner::{
     PgProjectionError, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions, PgRunnerState,
     PgRunnerStatus, notify_feed,

@@ -79,20 +79,22 @@ impl fmt::Display for RoleName {
 /// - `projection_runners`: each runner instance upserts its own row, removes it when it
 ///   stops as a standby, and prunes the rows of dead or stopped instances when it takes
 ///   over; `projection_parked`: park decisions are recorded, read and resolved
-///   (`projections retry | drop-parked`), never removed.
+///   (`projections retry | drop-parked`), never removed; `projection_rebuilds`: a rebuild
+///   records its start and end, `forget` removes the record.
 /// - `_sqlx_migrations`: read, so that a service (or `chronik doctor`) can check that the
 ///   schema is migrated.
 ///
 /// A service's own read-model tables are not the library's: name them to
 /// [`application_role_sql_with`] / [`PgEventStore::grant_application_role_with`], which
 /// give them [`READ_MODEL_PRIVILEGES`].
-pub const APPLICATION_PRIVILEGES: [(&str, &str); 8] = [
+pub const APPLICATION_PRIVILEGES: [(&str, &str); 9] = [
     ("events", "SELECT, INSERT"),
     ("streams", "SELECT, INSERT, UPDATE"),
     ("snapshots", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_checkpoints", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_runners", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_parked", "SELECT, INSERT, UPDATE"),
+    ("projection_rebuilds", "SELECT, INSERT, UPDATE, DELETE"),
     ("_sqlx_migrations", "SELECT"),
     ("events_global_position_seq", ""),
 ];

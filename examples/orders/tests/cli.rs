@@ -2108,6 +2108,15 @@ fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
         Some(1),
         "{now}"
     );
+    // Recorded as a failed rebuild, saying how far it got.
+    let last = &now["projections"][0]["last_rebuild"];
+    assert_eq!(last["outcome"], "failed", "{now}");
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the rebuild of projection orders was stopped after ")),
+        "{now}"
+    );
     // And the rebuild works when let finish.
     let stdout = schema.ok(&["projections", "rebuild", "orders"]);
     assert!(
@@ -2607,4 +2616,82 @@ fn tail_leaves_out_a_row_it_cannot_read_naming_its_cursor_and_goes_on() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 6, "{stdout}");
     assert!(lines[5].contains(after.as_str()), "{stdout}");
+}
+
+/// Issue 14, item 12: a failed rebuild shows in `projections status` (text and JSON), with
+/// when and why, until a later rebuild succeeds; doctor warns about it.
+#[test]
+fn a_failed_rebuild_shows_in_status_until_one_succeeds() {
+    let schema = Schema::migrated();
+    schema.place_orders(2);
+    schema.ok(&["projections", "rebuild", "orders"]);
+    let doc = json(&schema.ok(&["projections", "status", "--json"]));
+    assert_eq!(
+        doc["projections"][0]["last_rebuild"]["outcome"], "succeeded",
+        "{doc}"
+    );
+    let (bad, cursor) =
+        schema.append_raw("order-bad", "OrderPlaced", 1, mislabelled_order_placed());
+    for shadow in [false, true] {
+        let mut args = vec!["projections", "rebuild", "orders"];
+        if shadow {
+            args.push("--shadow");
+        }
+        let out = schema.chronik(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let status = schema.ok(&["projections", "status"]);
+        let how = if shadow { "shadow" } else { "from scratch" };
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("last rebuild of orders failed at "))
+            .unwrap_or_else(|| panic!("shadow {shadow}: no failed rebuild line:\n{status}"));
+        assert!(
+            line.contains(&format!(" ({how}, pid "))
+                && line.contains(&format!("order-bad v1 (event {bad}, cursor {cursor})"))
+                && line.ends_with(
+                    "; its read model is the one from before that rebuild; rebuild again once the cause is fixed"
+                ),
+            "shadow {shadow}: {line}"
+        );
+        let doc = json(&schema.ok(&["projections", "status", "--json"]));
+        let b = &doc["projections"][0]["last_rebuild"];
+        assert_eq!(b["outcome"], "failed", "{doc}");
+        assert_eq!(b["shadow"], shadow, "{doc}");
+        assert!(b["finished_at"].is_string(), "{doc}");
+        assert!(
+            b["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&format!("cursor {cursor}"))),
+            "{doc}"
+        );
+        let (code, stdout, _) = doctor(&schema, &[]);
+        assert_eq!(code, Some(0), "a failed rebuild is a warning: {stdout}");
+        assert!(
+            stdout.contains("  - last rebuild of orders failed at "),
+            "{stdout}"
+        );
+    }
+    // Parked, the event is passed over and the next rebuild succeeds: the line goes away.
+    schema.ok(&[
+        "projections",
+        "park",
+        "orders",
+        &bad.to_string(),
+        "--reason",
+        "test",
+        "--by",
+        "ops",
+    ]);
+    schema.ok(&["projections", "rebuild", "orders"]);
+    let status = schema.ok(&["projections", "status"]);
+    assert!(!status.contains("last rebuild"), "{status}");
+    let doc = json(&schema.ok(&["projections", "status", "--json"]));
+    assert_eq!(
+        doc["projections"][0]["last_rebuild"]["outcome"], "succeeded",
+        "{doc}"
+    );
+    assert!(
+        doc["projections"][0]["last_rebuild"]["error"].is_null(),
+        "{doc}"
+    );
 }

@@ -1267,3 +1267,118 @@ async fn a_refused_rebuild_or_forget_names_the_pid_holding_the_lock(pool: PgPool
         .await
         .unwrap();
 }
+
+/// Issue 14, item 12: a rebuild records how it ended. A failed one (a handler error, an
+/// interruption, a process that died while it ran) stays in the status, with when and why,
+/// until a later rebuild succeeds.
+#[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
+async fn a_failed_rebuild_stays_in_the_status_until_one_succeeds(pool: PgPool) {
+    use chronik::postgres::{RebuildOutcome, forget_projection};
+    let store = setup(&pool).await;
+    let last = append_orders(&store, 0, 6).await;
+    store
+        .wait_for_feed(last, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let orders = OrderProjection::new(store.schema());
+    let feed = store
+        .read_feed(FeedCursor::START, &FeedFilter::all(), 100)
+        .await
+        .unwrap()
+        .events;
+    let bad = feed[feed.len() - 2].clone();
+    let poisoned = || {
+        let p = Audited::new(orders.clone());
+        p.poison.lock().unwrap().insert(bad.event_id);
+        Arc::new(p)
+    };
+    let go = |_: &chronik::postgres::PgRebuildProgress| ControlFlow::Continue(());
+
+    let done = rebuild(&store, Arc::new(orders.clone()), None, 4, &mut { go })
+        .await
+        .unwrap();
+    let b = report_of(&store, "orders").await.last_rebuild.unwrap();
+    assert_eq!(b.outcome, RebuildOutcome::Succeeded, "{b:?}");
+    assert!(!b.shadow && b.error.is_none(), "{b:?}");
+    assert_eq!((b.scanned, b.total), (done.scanned, feed.len() as u64));
+    assert!(b.finished_at.is_some_and(|f| f >= b.started_at), "{b:?}");
+
+    // A handler failure, from scratch and into a shadow table: failed, naming the event.
+    for shadow in [false, true] {
+        let err = if shadow {
+            rebuild_shadow(&store, poisoned(), None, 4, &mut { go }).await
+        } else {
+            rebuild(&store, poisoned(), None, 4, &mut { go }).await
+        }
+        .unwrap_err();
+        let b = report_of(&store, "orders").await.last_rebuild.unwrap();
+        assert_eq!(b.outcome, RebuildOutcome::Failed, "shadow {shadow}: {b:?}");
+        assert_eq!(b.shadow, shadow);
+        assert_eq!(b.error.as_deref(), Some(err.to_string().as_str()));
+        assert!(
+            err.to_string().contains(&format!("cursor {}", bad.cursor)),
+            "{err}"
+        );
+        assert!(b.finished_at.is_some_and(|f| f >= b.started_at), "{b:?}");
+        assert!(b.pid.is_some(), "{b:?}");
+    }
+
+    // Stopped by its caller: failed too, saying how far it got.
+    let mut calls = 0;
+    let mut stop = |_: &chronik::postgres::PgRebuildProgress| {
+        calls += 1;
+        if calls == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    rebuild(&store, Arc::new(orders.clone()), None, 4, &mut stop)
+        .await
+        .unwrap_err();
+    let b = report_of(&store, "orders").await.last_rebuild.unwrap();
+    assert_eq!(b.outcome, RebuildOutcome::Failed, "{b:?}");
+    assert_eq!((b.scanned, b.total), (4, feed.len() as u64));
+    assert!(
+        b.error
+            .as_deref()
+            .is_some_and(|e| e.contains("was stopped after 4 events")),
+        "{b:?}"
+    );
+
+    // A later success clears it.
+    rebuild_shadow(&store, Arc::new(orders.clone()), None, 4, &mut { go })
+        .await
+        .unwrap();
+    let b = report_of(&store, "orders").await.last_rebuild.unwrap();
+    assert_eq!(b.outcome, RebuildOutcome::Succeeded, "{b:?}");
+    assert!(b.shadow && b.error.is_none(), "{b:?}");
+
+    // A rebuild recorded as running whose session is gone (its process was killed) did not
+    // finish: failed, and says so. (No backend has pid 0.)
+    sqlx::query(
+        "INSERT INTO projection_rebuilds (name, shadow, outcome, started_at, pid, backend_start) \
+         VALUES ('killed', false, 'running', now(), 0, now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let b = report_of(&store, "killed").await.last_rebuild.unwrap();
+    assert_eq!(b.outcome, RebuildOutcome::Failed, "{b:?}");
+    assert!(b.finished_at.is_none(), "{b:?}");
+    assert!(
+        b.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("its session ended before it finished")),
+        "{b:?}"
+    );
+    // Forgetting a projection forgets its record.
+    forget_projection(&store, "killed").await.unwrap();
+    assert!(
+        projection_reports(&store)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.name != "killed")
+    );
+}

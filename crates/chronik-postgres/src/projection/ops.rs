@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::record::{RebuildRecord, records};
 use super::runner::{PgProjectionError, PgRunnerState, cursor_of, event_id};
 use super::sql::ProjectionSql;
 use crate::error::backend;
@@ -225,6 +226,9 @@ pub struct ProjectionReport {
     /// id is the horizon ([`HorizonHolder::blocker`]: kind, pid, database, 64-bit xid,
     /// age), which pauses every projection until it ends.
     pub held_back_by: Option<HorizonHolder>,
+    /// Its last rebuild, as the rebuild recorded it: a failed one (why, when) stays until a
+    /// later rebuild succeeds; `None` when it was never rebuilt (since migration 0011).
+    pub last_rebuild: Option<RebuildRecord>,
 }
 
 /// A runner row as read by [`projection_reports`].
@@ -325,9 +329,10 @@ fn classify(rows: Vec<RunnerRow>, lock_pid: Option<i32>) -> Runners {
     out
 }
 
-/// Status of every projection with a checkpoint or a runner in the store's schema, by
-/// name: checkpoint, lag in events and seconds, state, owner, standbys and dead
-/// instances, last error, and what holds the feed back if anything does.
+/// Status of every projection with a checkpoint, a runner or a rebuild record in the
+/// store's schema, by name: checkpoint, lag in events and seconds, state, owner, standbys
+/// and dead instances, last error, last rebuild, and what holds the feed back if anything
+/// does.
 ///
 /// # Errors
 /// Store failures.
@@ -348,6 +353,7 @@ pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionRe
         let (name, row) = runner_row(r)?;
         runners.entry(name).or_default().push(row);
     }
+    let mut rebuilds = records(store, &sql).await?;
     let head = store.feed_head().await?;
     let held_back_by = match store.newest_committed().await? {
         Some(newest) if Some(newest) > head.last => store
@@ -373,6 +379,7 @@ pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionRe
         let lock_pid: Option<i32> = r.try_get(4).map_err(backend)?;
         let who = classify(runners.remove(&name).unwrap_or_default(), lock_pid);
         let errors = who.errors;
+        let last_rebuild = rebuilds.remove(&name);
         reports.push(ProjectionReport {
             name,
             checkpoint,
@@ -389,6 +396,7 @@ pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionRe
             failing_event: errors.as_ref().and_then(|e| e.failing_event),
             attempts: errors.as_ref().map_or(0, |e| e.attempts),
             held_back_by: held_back_by.clone(),
+            last_rebuild,
         });
     }
     Ok(reports)

@@ -292,7 +292,8 @@ pub struct Forgotten {
     pub runner_rows: u64,
 }
 
-/// Forgets projection `name`: deletes its checkpoint and its runners' status rows, so
+/// Forgets projection `name`: deletes its checkpoint, its runners' status rows and the
+/// record of its last rebuild, so
 /// that it no longer shows in `projection_reports` (a one-off reader's checkpoint, a
 /// retired projection, a rebuild's leftover `<name>__shadow`). Its park decisions are kept
 /// as the record, and its read model's tables are not touched. Takes the projection's
@@ -300,7 +301,7 @@ pub struct Forgotten {
 ///
 /// # Errors
 /// [`PgProjectionError::Busy`] while a runner or a rebuild holds the projection's lock;
-/// [`StoreError::NotFound`] when it has neither a checkpoint nor a runner row; store
+/// [`StoreError::NotFound`] when it has no checkpoint, runner row or rebuild record; store
 /// failures.
 pub async fn forget_projection(
     store: &PgEventStore,
@@ -340,7 +341,12 @@ pub async fn forget_projection(
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if checkpoint.is_none() && runner_rows == 0 {
+        let rebuild_rows = sqlx::query(&sql.forget_rebuild)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if checkpoint.is_none() && runner_rows == 0 && rebuild_rows == 0 {
             return Err(PgProjectionError::Store(StoreError::NotFound(format!(
                 "projection {name} has no checkpoint and no runner in schema {}",
                 store.schema()

@@ -10,6 +10,7 @@ use sqlx::Connection;
 use uuid::Uuid;
 
 use super::handler::{PgProjection, ShadowProjection};
+use super::record;
 use super::runner::{Batch, Engine, PgProjectionError};
 use crate::config::SchemaName;
 use crate::error::backend;
@@ -169,23 +170,54 @@ pub async fn rebuild<P: PgProjection>(
     validate_projection_name(projection.name())?;
     let mut engine = Engine::new(store, Arc::clone(&projection), upcasters);
     engine.scan_all = true;
-    let Some((lock, _pid)) = engine.try_lock(projection.name()).await? else {
+    let Some((mut lock, pid)) = engine.try_lock(projection.name()).await? else {
         return Err(super::runner::busy(store, projection.name()).await);
+    };
+    let recorded = record::started(&mut lock, &engine.sql, projection.name(), false).await;
+    let mut last = None;
+    let mut track = |p: &PgRebuildProgress| {
+        last = Some(*p);
+        progress(p)
     };
     let result = async {
         engine.skip = skipped(store, projection.name()).await?;
-        scratch(store, &engine, &projection, batch, progress).await
+        scratch(
+            store,
+            &engine,
+            &projection,
+            batch,
+            recorded.then_some(pid),
+            &mut track,
+        )
+        .await
     }
     .await;
+    if recorded && let Err(e) = &result {
+        let (scanned, total) = last.map_or((0, 0), |p| (p.scanned, p.total));
+        let why = e.to_string();
+        record::failed(
+            store,
+            &engine.sql,
+            projection.name(),
+            pid,
+            scanned,
+            total,
+            &why,
+        )
+        .await;
+    }
     let _ = lock.close().await;
     result
 }
 
+/// `recorded`: the pid of the lock session whose start was recorded, to record the success
+/// in the committing transaction.
 async fn scratch<P: PgProjection>(
     store: &PgEventStore,
     engine: &Engine<P>,
     projection: &P,
     batch: usize,
+    recorded: Option<i32>,
     progress: Progress<'_>,
 ) -> Result<PgRebuildProgress, PgProjectionError> {
     let started = Instant::now();
@@ -222,6 +254,10 @@ async fn scratch<P: PgProjection>(
         // Said explicitly while the connection is usable; dropping `tx` rolls back too.
         let _ = tx.rollback().await;
         return Err(e);
+    }
+    if let Some(pid) = recorded {
+        let name = projection.name();
+        record::finished(&mut tx, &engine.sql, name, pid, p.scanned, p.total, None).await?;
     }
     tx.commit().await?;
     p.elapsed = started.elapsed();
@@ -282,8 +318,14 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     shadow.scan_all = true;
     let live = Engine::new(store, Arc::clone(&projection), None);
 
-    let Some((lock, _pid)) = shadow.try_lock(&shadow_name).await? else {
+    let Some((mut lock, pid)) = shadow.try_lock(&shadow_name).await? else {
         return Err(super::runner::busy(store, &shadow_name).await);
+    };
+    let recorded = record::started(&mut lock, &live.sql, &name, true).await;
+    let mut last = None;
+    let mut track = |p: &PgRebuildProgress| {
+        last = Some(*p);
+        progress(p)
     };
     let names = ShadowNames {
         name,
@@ -294,10 +336,18 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     };
     let result = async {
         shadow.skip = skipped(store, &names.name).await?;
-        shadow_inner(store, &shadow, &live, &names, batch, progress).await
+        let recorded = recorded.then_some(pid);
+        shadow_inner(store, &shadow, &live, &names, batch, recorded, &mut track).await
     }
     .await
     .map_err(|e| needs_owner(e, store.schema()));
+    if let Err(e) = &result
+        && recorded
+    {
+        let (scanned, total) = last.map_or((0, 0), |p| (p.scanned, p.total));
+        let why = e.to_string();
+        record::failed(store, &live.sql, &names.name, pid, scanned, total, &why).await;
+    }
     if result.is_err() {
         // Cleaned up while the lock is still held, so that no other rebuild is using them.
         let drop_shadow = format!("DROP TABLE IF EXISTS {s}.\"{}\"", names.shadow_table);
@@ -383,12 +433,14 @@ struct ShadowNames {
     old_table: String,
 }
 
+/// `recorded`: as for `scratch`.
 async fn shadow_inner<P: PgProjection + ShadowProjection>(
     store: &PgEventStore,
     shadow: &Engine<P>,
     live: &Engine<P>,
     names: &ShadowNames,
     batch: usize,
+    recorded: Option<i32>,
     progress: Progress<'_>,
 ) -> Result<PgRebuildProgress, PgProjectionError> {
     let ShadowNames {
@@ -474,6 +526,9 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
         .bind(shadow_name)
         .execute(&mut *tx)
         .await?;
+    if let Some(pid) = recorded {
+        record::finished(&mut tx, &live.sql, name, pid, p.scanned, p.total, None).await?;
+    }
     tx.commit().await?;
     p.cursor = cursor;
     p.elapsed = started.elapsed();

@@ -19,6 +19,14 @@ pub(crate) struct ProjectionSql {
     /// The events a rebuild of `$1` passes over (those the runner skips).
     pub(crate) skipped_ids: String,
     pub(crate) save_status: String,
+    /// `$1` name, `$2` shadow: a rebuild starts. Run on its lock session, whose pid and
+    /// start time identify it.
+    pub(crate) rebuild_started: String,
+    /// `$1` name, `$2` outcome, `$3` scanned, `$4` total, `$5` error, `$6` the pid of the
+    /// rebuild's lock session (a later rebuild's row is never overwritten).
+    pub(crate) rebuild_finished: String,
+    pub(crate) rebuilds: String,
+    pub(crate) forget_rebuild: String,
     pub(crate) delete_status: String,
     pub(crate) prune_statuses: String,
     pub(crate) statuses: String,
@@ -122,6 +130,33 @@ impl ProjectionSql {
                         failing_event_id = EXCLUDED.failing_event_id, \
                         attempts = EXCLUDED.attempts, updated_at = now()"
             ),
+            rebuild_started: format!(
+                "INSERT INTO {s}.projection_rebuilds AS r \
+                        (name, shadow, outcome, started_at, finished_at, pid, backend_start, \
+                         scanned, total, error) \
+                 SELECT $1, $2, 'running', clock_timestamp(), NULL, a.pid, a.backend_start, \
+                        0, 0, NULL \
+                   FROM pg_stat_activity a WHERE a.pid = pg_backend_pid() \
+                 ON CONFLICT (name) DO UPDATE \
+                    SET shadow = EXCLUDED.shadow, outcome = 'running', \
+                        started_at = EXCLUDED.started_at, finished_at = NULL, \
+                        pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start, \
+                        scanned = 0, total = 0, error = NULL"
+            ),
+            // clock_timestamp(): a success is recorded inside the rebuild's transaction,
+            // whose now() is when it began.
+            rebuild_finished: format!(
+                "UPDATE {s}.projection_rebuilds \
+                    SET outcome = $2, finished_at = clock_timestamp(), scanned = $3, \
+                        total = $4, error = $5 \
+                  WHERE name = $1 AND pid = $6"
+            ),
+            rebuilds: format!(
+                "SELECT r.name, r.shadow, r.outcome, r.started_at, r.finished_at, r.pid, \
+                        r.scanned, r.total, r.error, {ALIVE} \
+                   FROM {s}.projection_rebuilds r"
+            ),
+            forget_rebuild: format!("DELETE FROM {s}.projection_rebuilds WHERE name = $1"),
             delete_status: format!(
                 "DELETE FROM {s}.projection_runners WHERE name = $1 AND instance_id = $2"
             ),
@@ -132,7 +167,7 @@ impl ProjectionSql {
                   WHERE r.name = $1 AND r.instance_id <> $2 \
                     AND (r.state = 'stopped' OR NOT {ALIVE})"
             ),
-            // Every projection with a checkpoint or a runner row, and the backend pid of
+            // Every projection with a checkpoint, a runner row or a rebuild record, and the backend pid of
             // the session holding its advisory lock (`lock_key`, a bigint key: `pg_locks`
             // shows its high half as classid, its low half as objid, objsubid 1).
             statuses: format!(
@@ -145,7 +180,8 @@ impl ProjectionSql {
                             AND l.objid::bigint = k.key & 4294967295 \
                           LIMIT 1) \
                    FROM (SELECT name FROM {s}.projection_checkpoints \
-                         UNION SELECT name FROM {s}.projection_runners) n \
+                         UNION SELECT name FROM {s}.projection_runners \
+                         UNION SELECT name FROM {s}.projection_rebuilds) n \
                   CROSS JOIN LATERAL (SELECT hashtextextended( \
                          'chronik.projection:' || $1 || ':' || n.name, 0) AS key) k \
                    LEFT JOIN {s}.projection_checkpoints c ON c.name = n.name \
