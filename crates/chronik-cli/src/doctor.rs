@@ -29,6 +29,7 @@ pub(crate) async fn run(
     binary: &str,
     server: &str,
     limits: Limits,
+    tables: &[(&str, &str)],
     json: bool,
 ) -> anyhow::Result<()> {
     // The text report, printed at the end unless `json`.
@@ -122,6 +123,7 @@ pub(crate) async fn run(
     // Projections: only once the tables exist.
     let mut reports = Vec::new();
     let mut held_back_by = None;
+    let mut shadows = Vec::new();
     if migrated {
         held_back_by = projections::horizon_blocker(store).await?;
         if let Some(h) = &held_back_by {
@@ -131,6 +133,11 @@ pub(crate) async fn run(
             ));
         }
         reports = projections::reports(store).await?;
+        // A shadow rebuild's checkpoint is not a projection: it is reported below.
+        reports.retain(|r| !r.name.ends_with("__shadow"));
+        shadows = chronik_postgres::shadow_leftovers(store, tables)
+            .await
+            .context("cannot look for what shadow rebuilds left behind")?;
         let behind = reports.iter().filter(|r| r.lag_events > 0).count();
         out.push(format!(
             "  projections  {}, {} caught up, {} behind",
@@ -181,6 +188,21 @@ pub(crate) async fn run(
                 ));
             }
         }
+        for sh in &shadows {
+            let what = shadow_parts(sh);
+            match sh.rebuilding {
+                Some(pid) => out.push(format!(
+                    "               shadow rebuild of {} running (pid {pid}): {what}",
+                    sh.projection
+                )),
+                None => problems.push(format!(
+                    "a shadow rebuild of {p} did not finish and left {what} behind: re-run \
+                     `{binary} projections rebuild {p} --shadow` (it starts by dropping them) or remove \
+                     them with `{binary} projections forget {p}__shadow`",
+                    p = sh.projection
+                )),
+            }
+        }
     } else {
         out.push("  projections  not checked: the schema is not migrated".to_owned());
     }
@@ -218,6 +240,12 @@ pub(crate) async fn run(
             } else {
                 Value::Null
             },
+            "shadows": shadows.iter().map(|sh| json!({
+                "projection": sh.projection,
+                "checkpoint": sh.checkpoint.map(|c| c.to_string()),
+                "table": sh.table,
+                "rebuilding_pid": sh.rebuilding,
+            })).collect::<Vec<_>>(),
         });
         writeln!(stdout, "{doc}")?;
     } else {
@@ -295,6 +323,18 @@ fn holder_problem(h: &HorizonHolder, connected: &str) -> String {
         table::holder_short(h),
         h.how_to_end()
     )
+}
+
+/// `the checkpoint orders__shadow (at 812:4) and the table order_summaries__shadow`.
+fn shadow_parts(sh: &chronik_postgres::ShadowLeftover) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = sh.checkpoint {
+        parts.push(format!("the checkpoint {}__shadow (at {c})", sh.projection));
+    }
+    if let Some(t) = &sh.table {
+        parts.push(format!("the table {t}"));
+    }
+    parts.join(" and ")
 }
 
 /// A whole number of seconds as a comparable age.

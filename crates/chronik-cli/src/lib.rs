@@ -645,8 +645,9 @@ enum ProjectionsCommand {
     /// Drops parked events for good: they stay passed over and leave the list.
     DropParked(ResolveArgs),
     /// Forgets a projection that no longer runs: deletes its checkpoint and its runners'
-    /// status rows (e.g. a one-off reader's, or a rebuild's leftover `NAME__shadow`).
-    /// Refuses while a runner or a rebuild holds it. Its tables are not touched.
+    /// status rows (e.g. a one-off reader's). Refuses while a runner or a rebuild holds it.
+    /// Its tables are not touched, except for `NAME__shadow` (what a killed shadow rebuild
+    /// left): its checkpoint and, for a registered projection, the table `TABLE__shadow`.
     Forget(ForgetArgs),
 }
 
@@ -1075,7 +1076,12 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 max_horizon_age: args.max_horizon_age,
                 max_lag: args.max_lag,
             };
-            doctor::run(&store, bin, &server, limits, args.json).await
+            let tables: Vec<(&str, &str)> = registry
+                .projections
+                .iter()
+                .map(|p| (p.name.as_str(), p.table.as_str()))
+                .collect();
+            doctor::run(&store, bin, &server, limits, &tables, args.json).await
         }
         Command::Snapshots { command } => match command {
             SnapshotsCommand::List(args) => {
@@ -1150,7 +1156,7 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
             command: ProjectionsCommand::Forget(args),
         } => {
             let store = backend::open(args.database, bin, "projections forget").await?;
-            projections::forget(&store, bin, &args.name).await
+            projections::forget(registry, &store, &args.name).await
         }
         Command::Append(args) => {
             // All input is checked before connecting: bad input never reaches the store.

@@ -454,9 +454,18 @@ pub(crate) async fn rebuild(
     Ok(())
 }
 
-/// Forgets projection `name` (checkpoint and runner rows), refusing while it runs.
-pub(crate) async fn forget(store: &PgEventStore, bin: &str, name: &str) -> anyhow::Result<()> {
+/// Forgets projection `name` (checkpoint and runner rows), refusing while it runs; for
+/// `NAME__shadow`, what a shadow rebuild left behind, its table included.
+pub(crate) async fn forget(
+    registry: &Registry,
+    store: &PgEventStore,
+    name: &str,
+) -> anyhow::Result<()> {
+    let bin = registry.binary.as_str();
     chronik_store::validate_projection_name(name).map_err(|e| Usage(e.to_string()))?;
+    if let Some(base) = name.strip_suffix("__shadow") {
+        return forget_shadow(registry, store, base).await;
+    }
     let reports = reports(store).await?;
     let Some(report) = reports.iter().find(|r| r.name == name) else {
         let known: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
@@ -508,6 +517,49 @@ pub(crate) async fn forget(store: &PgEventStore, bin: &str, name: &str) -> anyho
             Err(NotFound(m).into())
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("cannot forget projection {name}"))),
+    }
+}
+
+/// `projections forget NAME__shadow`: the checkpoint and (for a registered projection) the
+/// shadow table a killed shadow rebuild of `base` left, refused while one runs.
+async fn forget_shadow(
+    registry: &Registry,
+    store: &PgEventStore,
+    base: &str,
+) -> anyhow::Result<()> {
+    let bin = registry.binary.as_str();
+    let table = registry
+        .projections
+        .iter()
+        .find(|p| p.name == base)
+        .map(|p| p.table.as_str());
+    match chronik_postgres::discard_shadow(store, base, table).await {
+        Ok(gone) => {
+            let mut what = Vec::new();
+            if let Some(c) = gone.checkpoint {
+                what.push(format!("the checkpoint {base}__shadow at {c} deleted"));
+            }
+            if let Some(t) = &gone.table {
+                what.push(format!("the table {t} dropped"));
+            }
+            writeln!(
+                io::stdout(),
+                "forgot what a shadow rebuild of {base} left in schema {}: {}; the live read model is untouched",
+                store.schema(),
+                what.join(", ")
+            )?;
+            Ok(())
+        }
+        Err(e @ PgProjectionError::Busy { .. }) => Err(anyhow::anyhow!(
+            "a shadow rebuild of {base} is running ({e}): these are its own; wait for it, or stop it \
+             where it runs (Ctrl-C cleans up); `{bin} projections status` shows it"
+        )),
+        Err(PgProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
+            Err(NotFound(m).into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "cannot forget what a shadow rebuild of {base} left"
+        ))),
     }
 }
 

@@ -10,11 +10,13 @@
 //! all but one of them in standby (they take over when its session ends).
 //!
 //! Also here: rebuilds from scratch ([`rebuild`]) and into a shadow table swapped in atomically ([`rebuild_shadow`]),
+//! what a killed shadow rebuild left behind ([`shadow_leftovers`], [`discard_shadow`]),
 //! recorded park decisions ([`park_event`]) and their resolution ([`park_records`],
 //! [`retry_parked`], [`drop_parked`]), forgetting a projection ([`forget_projection`]), cross-process read-your-writes
 //! ([`wait_for_projection`]) and operator status ([`projection_reports`]).
 
 mod handler;
+mod leftover;
 mod ops;
 mod park;
 mod rebuild;
@@ -24,6 +26,7 @@ mod sql;
 mod typed;
 
 pub use handler::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
+pub use leftover::{ShadowLeftover, discard_shadow, shadow_leftovers};
 pub use ops::{
     ParkDecision, PgRunnerInstance, ProjectionReport, park_event, parked_events,
     projection_reports, wait_for_projection,

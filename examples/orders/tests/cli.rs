@@ -2695,3 +2695,121 @@ fn a_failed_rebuild_shows_in_status_until_one_succeeds() {
         "{doc}"
     );
 }
+
+/// Issue 14, item 5: what a killed shadow rebuild left (its checkpoint, its table) is a
+/// problem for doctor, with the two ways out; `projections forget NAME__shadow` removes
+/// both; a running shadow rebuild's are not leftovers, and forget refuses them.
+#[test]
+fn doctor_reports_a_killed_shadow_rebuilds_leftovers_and_forget_removes_them() {
+    let schema = Schema::migrated();
+    schema.place_orders(1);
+    schema.ok(&["projections", "rebuild", "orders"]);
+    let exec = |sql: String| {
+        schema
+            .runtime
+            .block_on(sqlx::query(&sql).execute(schema.store.pool()))
+            .expect("statement runs");
+    };
+    // As a shadow rebuild killed mid-way leaves them.
+    exec(format!(
+        "INSERT INTO \"{}\".projection_checkpoints (name, transaction_id, global_position, events_processed) \
+         VALUES ('orders__shadow', 0, 0, 0)",
+        schema.name
+    ));
+    exec(format!(
+        "CREATE TABLE \"{0}\".order_summaries__shadow (LIKE \"{0}\".order_summaries INCLUDING ALL)",
+        schema.name
+    ));
+    let (code, stdout, _) = doctor(&schema, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "  - a shadow rebuild of orders did not finish and left the checkpoint orders__shadow (at 0:0) \
+             and the table order_summaries__shadow behind: re-run `chronik projections rebuild orders --shadow` \
+             (it starts by dropping them) or remove them with `chronik projections forget orders__shadow`"
+        ),
+        "{stdout}"
+    );
+    // Not a projection: no lag reported for it.
+    assert!(
+        stdout.contains("  projections  1 projection, 1 caught up, 0 behind"),
+        "{stdout}"
+    );
+    let doc = json(&doctor(&schema, &["--json", "--max-horizon-age", "3600"]).1);
+    assert_eq!(
+        doc["shadows"][0]["table"], "order_summaries__shadow",
+        "{doc}"
+    );
+    assert_eq!(doc["shadows"][0]["checkpoint"], "0:0", "{doc}");
+
+    // While a shadow rebuild holds its lock, they are its own: no problem, and forget refuses.
+    let _entered = schema.runtime.enter();
+    let mut holder = schema
+        .runtime
+        .block_on(schema.store.pool().acquire())
+        .expect("a connection");
+    let pid: i32 = schema
+        .runtime
+        .block_on(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *holder))
+        .expect("pid");
+    schema
+        .runtime
+        .block_on(
+            sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+                .bind(format!("chronik.projection:{}:orders__shadow", schema.name))
+                .execute(&mut *holder),
+        )
+        .expect("the shadow lock");
+    let (code, stdout, _) = doctor(&schema, &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "shadow rebuild of orders running (pid {pid}): the checkpoint"
+        )),
+        "{stdout}"
+    );
+    let out = schema.chronik(&["projections", "forget", "orders__shadow"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: a shadow rebuild of orders is running (projection orders__shadow is running in another session (pid {pid}); stop it or wait)"
+        )),
+        "{stderr}"
+    );
+    schema
+        .runtime
+        .block_on(sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut *holder))
+        .expect("unlocked");
+    drop(holder);
+
+    let stdout = schema.ok(&["projections", "forget", "orders__shadow"]);
+    assert_eq!(
+        stdout,
+        format!(
+            "forgot what a shadow rebuild of orders left in schema {}: the checkpoint orders__shadow at 0:0 deleted, \
+             the table order_summaries__shadow dropped; the live read model is untouched\n",
+            schema.name
+        )
+    );
+    assert!(!schema.has_table("order_summaries__shadow"));
+    assert_eq!(schema.rows("order_summaries"), 1);
+    let (code, stdout, _) = doctor(&schema, &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(!stdout.contains("__shadow"), "{stdout}");
+
+    // A table alone (killed between creating it and its checkpoint) is found too.
+    exec(format!(
+        "CREATE TABLE \"{0}\".order_summaries__shadow (LIKE \"{0}\".order_summaries INCLUDING ALL)",
+        schema.name
+    ));
+    let (code, stdout, _) = doctor(&schema, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("a shadow rebuild of orders did not finish and left the table order_summaries__shadow behind"),
+        "{stdout}"
+    );
+    schema.ok(&["projections", "forget", "orders__shadow"]);
+    let out = schema.chronik(&["projections", "forget", "orders__shadow"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+}

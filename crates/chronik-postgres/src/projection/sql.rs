@@ -31,6 +31,10 @@ pub(crate) struct ProjectionSql {
     pub(crate) prune_statuses: String,
     pub(crate) statuses: String,
     pub(crate) runners: String,
+    /// Every shadow rebuild's checkpoint (`<name>__shadow`).
+    pub(crate) shadow_checkpoints: String,
+    /// `$1` schema, `$2` table: whether the table exists.
+    pub(crate) table_exists: &'static str,
     /// The current session as `pg_stat_activity` shows it to itself.
     pub(crate) session_info: &'static str,
     /// `$1`: the lock key text; bigint key derived in SQL.
@@ -194,6 +198,12 @@ impl ProjectionSql {
                    FROM {s}.projection_runners r \
                   ORDER BY r.name COLLATE \"C\", r.started_at, r.instance_id"
             ),
+            shadow_checkpoints: format!(
+                "SELECT name, transaction_id, global_position FROM {s}.projection_checkpoints \
+                  WHERE right(name, 8) = '__shadow' ORDER BY name"
+            ),
+            table_exists: "SELECT EXISTS (SELECT 1 FROM pg_tables \
+                            WHERE schemaname = $1 AND tablename = $2)",
             session_info: "SELECT pid, backend_start, application_name, client_addr::text \
                              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
             try_lock: "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
