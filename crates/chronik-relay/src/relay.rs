@@ -103,6 +103,9 @@ pub struct RelayStats {
 #[derive(Debug, Default)]
 struct Window {
     pending: VecDeque<Pending>,
+    /// How many of `pending`, from the front, are sent with their acknowledgement due
+    /// (the rest are to be sent, in order).
+    sent: usize,
     /// The last event JetStream acknowledged in this session.
     last_acked: Option<EventId>,
 }
@@ -134,6 +137,7 @@ impl Window {
         for p in &mut self.pending {
             p.ack = None;
         }
+        self.sent = 0;
     }
 }
 
@@ -279,10 +283,7 @@ impl NatsRelay {
     /// Sends every pending event that has no acknowledgement due, in order, each expecting
     /// its predecessor as JetStream's last message.
     async fn send_unsent(&self, w: &mut Window) -> Result<(), HandlerError> {
-        for i in 0..w.pending.len() {
-            if w.pending[i].ack.is_some() {
-                continue;
-            }
+        for i in w.sent..w.pending.len() {
             let expected = match i.checked_sub(1) {
                 Some(prev) => Some(w.pending[prev].event_id),
                 None => w.last_acked,
@@ -307,6 +308,7 @@ impl NatsRelay {
                     }
                     p.sent_before = true;
                     p.ack = Some(ack);
+                    w.sent = i + 1;
                 }
                 Err(e) => {
                     let error =
@@ -322,6 +324,12 @@ impl NatsRelay {
     /// Awaits the oldest pending acknowledgement. On failure every pending event is to be
     /// sent again (the ones behind it may have been rejected by the order guard).
     async fn await_front(&self, w: &mut Window) -> Result<(), HandlerError> {
+        // A front without an acknowledgement due was never sent, or its wait was
+        // cancelled (an aborted runner task): send it, and everything behind it, again.
+        if w.pending.front().is_some_and(|p| p.ack.is_none()) {
+            w.reset();
+            self.send_unsent(w).await?;
+        }
         let Some(front) = w.pending.front_mut() else {
             return Ok(());
         };
@@ -336,6 +344,7 @@ impl NatsRelay {
                 }
                 if let Some(done) = w.pending.pop_front() {
                     w.last_acked = Some(done.event_id);
+                    w.sent = w.sent.saturating_sub(1);
                 }
                 Ok(())
             }
