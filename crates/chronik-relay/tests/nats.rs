@@ -51,14 +51,51 @@ fn fast() -> RunnerOptions {
     }
 }
 
-fn fresh() -> (RelayConfig, String) {
+/// A test's JetStream stream name; the stream is deleted when this drops, whether the test
+/// passed or not.
+struct Stream(String);
+
+impl std::ops::Deref for Stream {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Stream {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        // Its own thread and runtime: drop may run inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(client) = chronik_relay::async_nats::connect(nats_url()).await {
+                    // Already gone is fine.
+                    let _ = jetstream::new(client).delete_stream(&name).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn fresh() -> (RelayConfig, Stream) {
     let (prefix, stream) = unique();
     let config = RelayConfig::new(nats_url())
         .subject_prefix(prefix)
         .stream_name(stream.clone())
         .runner_options(fast())
         .max_in_flight(4);
-    (config, stream)
+    (config, Stream(stream))
 }
 
 async fn feed(store: &impl EventStore) -> Vec<RecordedEvent> {
@@ -201,7 +238,6 @@ async fn publishes_every_event_in_feed_order_with_its_headers() {
     let c = causation.to_string();
     assert_eq!(header(first, headers::CAUSATION_ID), Some(c.as_str()));
     assert_eq!(header(&messages[1], headers::CORRELATION_ID), None);
-    js.delete_stream(&name).await.unwrap();
 }
 
 #[tokio::test]
@@ -245,7 +281,6 @@ async fn a_restart_resumes_from_the_checkpoint_and_resends_are_discarded() {
     let js = js().await;
     let messages = stored(&js, &name).await;
     assert_eq!(msg_ids(&messages), event_ids(&feed(&*store).await));
-    js.delete_stream(&name).await.unwrap();
 }
 
 #[tokio::test]
@@ -288,7 +323,6 @@ async fn filters_by_category_and_by_type() {
         .collect();
     assert_eq!(want.len(), 1);
     assert_eq!(msg_ids(&stored(&js, &name).await), event_ids(&want));
-    js.delete_stream(&name).await.unwrap();
 }
 
 #[tokio::test]
@@ -341,7 +375,6 @@ async fn ids_with_subject_syntax_make_valid_subjects() {
         .unwrap();
     let mut consumer = consumer;
     assert_eq!(consumer.info().await.unwrap().num_pending, 2);
-    js.delete_stream(&name).await.unwrap();
 }
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
@@ -369,7 +402,6 @@ async fn relays_from_postgres_too(pool: sqlx::PgPool) {
         msg_ids(&stored(&js, &name).await),
         event_ids(&feed(&*store).await)
     );
-    js.delete_stream(&name).await.unwrap();
 }
 
 /// A `nats-server` without JetStream on a free loopback port, killed on drop.
@@ -449,7 +481,7 @@ async fn an_existing_stream_with_a_short_duplicate_window_is_refused() {
     let (config, name) = fresh();
     let js = js().await;
     js.create_stream(StreamConfig {
-        name: name.clone(),
+        name: name.to_string(),
         subjects: vec![config.prefix().wildcard()],
         duplicate_window: Duration::from_secs(1),
         ..StreamConfig::default()
@@ -462,7 +494,7 @@ async fn an_existing_stream_with_a_short_duplicate_window_is_refused() {
     js.delete_stream(&name).await.unwrap();
 
     js.create_stream(StreamConfig {
-        name: name.clone(),
+        name: name.to_string(),
         subjects: vec!["elsewhere.>".to_owned()],
         ..StreamConfig::default()
     })
@@ -470,5 +502,4 @@ async fn an_existing_stream_with_a_short_duplicate_window_is_refused() {
     .unwrap();
     let err = NatsRelay::connect(config).await.unwrap_err();
     assert!(err.to_string().contains("do not cover"), "{err}");
-    js.delete_stream(&name).await.unwrap();
 }
