@@ -35,6 +35,7 @@ mod doctor;
 pub mod fmt;
 mod parked;
 mod projections;
+mod relay;
 mod roles;
 mod snapshots;
 mod streams;
@@ -539,11 +540,60 @@ enum Command {
     /// live tail) on 127.0.0.1 until Ctrl-C. Rebuilds are off unless `--admin-token` is
     /// given and a request carries it.
     Console(ConsoleArgs),
+    /// Relays the feed to a message broker for sibling services.
+    Relay {
+        #[command(subcommand)]
+        command: RelayCommand,
+    },
     /// Least privilege: the application role's privileges on a store's schema.
     Roles {
         #[command(subcommand)]
         command: RolesCommand,
     },
+}
+
+/// `relay ...`.
+#[derive(Debug, Subcommand)]
+enum RelayCommand {
+    /// Publishes every event of the feed (or of `--category`/`--type`) to a NATS JetStream
+    /// stream, subject `<prefix>.<category>.<stream id>`, the event id as `Nats-Msg-Id`,
+    /// until Ctrl-C. Creates the stream (subjects `<prefix>.>`) or checks it. A projection
+    /// like any other: its checkpoint moves only after JetStream's acknowledgements, and
+    /// `projections status` shows its lag. At least once; stored once within the stream's
+    /// duplicate window; in per-stream order (docs/relay.md).
+    Nats(NatsArgs),
+}
+
+/// Options of `relay nats`.
+#[derive(Debug, Args)]
+struct NatsArgs {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    #[arg(long, env = "NATS_URL", value_name = "URL", hide_env_values = true)]
+    url: String,
+    /// The first subject tokens, e.g. `acme.chronik`.
+    #[arg(long, value_name = "PREFIX", default_value = "chronik", value_parser = relay::parse_prefix)]
+    subject_prefix: chronik_relay::SubjectPrefix,
+    /// Only streams of this category (repeatable; default: all).
+    #[arg(long = "category", value_name = "CATEGORY")]
+    categories: Vec<String>,
+    /// Only events of this stored type (repeatable; default: all).
+    #[arg(long = "type", value_name = "EVENT_TYPE")]
+    event_types: Vec<String>,
+    /// The JetStream stream (default: the prefix in capitals, `.` as `_`: `CHRONIK`).
+    #[arg(long, value_name = "NAME")]
+    stream_name: Option<String>,
+    /// The relay's projection name, its checkpoint's key (default `relay-nats-<stream>`).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Publish payloads as stored instead of upcast through the registered upcasters.
+    #[arg(long)]
+    raw: bool,
+    /// Stop once everything in the feed at the start is published and acknowledged
+    /// (a one-off backfill) instead of following the feed until Ctrl-C.
+    #[arg(long)]
+    until_caught_up: bool,
+    #[command(flatten)]
+    database: Database,
 }
 
 /// `roles ...`.
@@ -1060,6 +1110,22 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 streams::show(&store, bin, &args.stream_id, args.from, args.json).await
             }
         },
+        Command::Relay {
+            command: RelayCommand::Nats(args),
+        } => {
+            let store = backend::open(args.database, bin, "relay nats").await?;
+            let options = relay::Options {
+                url: args.url,
+                prefix: args.subject_prefix,
+                categories: args.categories,
+                event_types: args.event_types,
+                stream_name: args.stream_name,
+                name: args.name,
+                raw: args.raw,
+                until_caught_up: args.until_caught_up,
+            };
+            relay::nats(registry, store, options).await
+        }
         Command::Trace(args) => {
             let store = backend::open(args.database, bin, "trace").await?;
             trace::run(

@@ -198,6 +198,12 @@ impl NatsRelay {
         &self.name
     }
 
+    /// The NATS server's URL, without credentials.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The JetStream stream it publishes into.
     #[must_use]
     pub fn stream_name(&self) -> &str {

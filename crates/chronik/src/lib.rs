@@ -18,6 +18,7 @@
 //! - projections (feature `projections`): [`ProjectionRunner`] for any store, typed with
 //!   [`TypedProjection`]; exactly-once PostgreSQL read models in [`postgres`]
 //!   ([`postgres::PgTypedProjection`]);
+//! - the relay of the feed to NATS JetStream (feature `relay`): `relay::NatsRelay`;
 //! - the operator tool (feature `cli`): `cli::Operator`, a service's own operator binary in
 //!   a few lines;
 //! - test support (feature `testkit`): the `testkit` module.
@@ -93,6 +94,15 @@ pub mod postgres {
 #[cfg(feature = "projections")]
 pub mod projections {
     pub use chronik_projections::*;
+}
+
+/// The relay of the feed to NATS JetStream (feature `relay`, on with `cli`):
+/// [`relay::NatsRelay`], a projection that publishes every event to
+/// `<prefix>.<category>.<stream id>` with its id as `Nats-Msg-Id`, and
+/// [`relay::async_nats`], the client it uses, for the services that consume the stream.
+#[cfg(feature = "relay")]
+pub mod relay {
+    pub use chronik_relay::*;
 }
 
 /// The operator tool for a service (feature `cli`): [`cli::Operator`] registers the

@@ -2813,3 +2813,107 @@ fn doctor_reports_a_killed_shadow_rebuilds_leftovers_and_forget_removes_them() {
     let out = schema.chronik(&["projections", "forget", "orders__shadow"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
+
+/// The NATS server the relay tests use: NATS_URL, or the local default. Never skipped.
+fn nats_url() -> String {
+    std::env::var("NATS_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned())
+}
+
+#[test]
+fn relay_nats_publishes_the_feed_for_a_consumer_and_shows_in_projections_status() {
+    use chronik::relay::async_nats::jetstream;
+    let schema = Schema::migrated();
+    let ids = schema.place_orders(2);
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let prefix = format!("clitest.r{tag}");
+    let stream = format!("CLITEST_{tag}");
+    let url = nats_url();
+    let relay = [
+        "relay",
+        "nats",
+        "--url",
+        &url,
+        "--subject-prefix",
+        &prefix,
+        "--stream-name",
+        &stream,
+        "--category",
+        "order",
+        "--until-caught-up",
+    ];
+    let stdout = schema.ok(&relay);
+    assert!(
+        stdout.contains(&format!("to stream {stream} ({prefix}.>)")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("4 acknowledged (0 duplicates"), "{stdout}");
+
+    let js = schema.runtime.block_on(async {
+        jetstream::new(
+            chronik::relay::async_nats::connect(url.as_str())
+                .await
+                .unwrap_or_else(|e| panic!("NATS must run at {url} with -js: {e}")),
+        )
+    });
+    let first = schema.runtime.block_on(async {
+        let s = js
+            .get_stream(&stream)
+            .await
+            .expect("the relay created the stream");
+        assert_eq!(s.cached_info().state.messages, 4);
+        s.get_raw_message(1).await.expect("the first message")
+    });
+    assert_eq!(first.subject.as_str(), format!("{prefix}.order.{}", ids[0]));
+
+    // The relay is a projection like any other.
+    let doc = json(&schema.ok(&["projections", "status", "--json"]));
+    let name = format!("relay-nats-{stream}");
+    let relay_status = doc["projections"]
+        .as_array()
+        .expect("projections")
+        .iter()
+        .find(|p| p["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{name} in {doc}"));
+    assert_eq!(relay_status["lag_events"], 0, "{doc}");
+    assert_ne!(relay_status["position"], "0:0", "{doc}");
+
+    // Again: nothing new to publish.
+    let stdout = schema.ok(&relay);
+    assert!(stdout.contains("0 acknowledged"), "{stdout}");
+
+    schema
+        .runtime
+        .block_on(js.delete_stream(&stream))
+        .expect("the test's stream is deleted");
+}
+
+#[test]
+fn relay_nats_names_an_unreachable_server_and_refuses_bad_prefixes() {
+    let schema = Schema::migrated();
+    let out = schema.chronik(&[
+        "relay",
+        "nats",
+        "--url",
+        "nats://127.0.0.1:1",
+        "--until-caught-up",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach NATS at nats://127.0.0.1:1"),
+        "{stderr}"
+    );
+
+    let out = schema.chronik(&[
+        "relay",
+        "nats",
+        "--url",
+        "nats://127.0.0.1:1",
+        "--subject-prefix",
+        "a.*",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

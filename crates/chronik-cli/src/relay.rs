@@ -1,0 +1,129 @@
+//! `relay nats`: the feed published to NATS JetStream until Ctrl-C (or, with
+//! `--until-caught-up`, up to the feed's head at the start).
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chronik_postgres::PgEventStore;
+use chronik_projections::ProjectionState;
+use chronik_relay::{NatsRelay, PayloadMode, RelayConfig, RelayError, SubjectPrefix};
+use chronik_store::EventStore as _;
+
+use crate::{Registry, Usage};
+
+/// What `relay nats` was asked for.
+pub(crate) struct Options {
+    pub(crate) url: String,
+    pub(crate) prefix: SubjectPrefix,
+    pub(crate) categories: Vec<String>,
+    pub(crate) event_types: Vec<String>,
+    pub(crate) stream_name: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) raw: bool,
+    pub(crate) until_caught_up: bool,
+}
+
+pub(crate) fn parse_prefix(text: &str) -> Result<SubjectPrefix, String> {
+    SubjectPrefix::new(text).map_err(|e| e.to_string())
+}
+
+pub(crate) async fn nats(
+    registry: &Registry,
+    store: PgEventStore,
+    options: Options,
+) -> anyhow::Result<()> {
+    let mut config = RelayConfig::new(options.url)
+        .subject_prefix(options.prefix)
+        .categories(options.categories)
+        .event_types(options.event_types)
+        .payload(if options.raw {
+            PayloadMode::Raw
+        } else {
+            PayloadMode::Upcast
+        });
+    if let Some(s) = options.stream_name {
+        config = config.stream_name(s);
+    }
+    if let Some(n) = options.name {
+        config = config.name(n);
+    }
+    let relay = match NatsRelay::connect(config.clone()).await {
+        Ok(r) => Arc::new(r),
+        Err(e @ RelayError::InvalidConfig(_)) => return Err(Usage(e.to_string()).into()),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot start the relay")),
+    };
+    let name = relay.projection_name().to_owned();
+    let store = Arc::new(store);
+    let head = if options.until_caught_up {
+        Some(
+            store
+                .feed_head()
+                .await
+                .context("cannot read the feed's head")?
+                .last,
+        )
+    } else {
+        None
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "relaying schema {} to stream {} ({}) at {} as projection {name} ({})",
+            store.schema(),
+            relay.stream_name(),
+            relay.prefix().wildcard(),
+            relay.url(),
+            if options.until_caught_up {
+                "until caught up"
+            } else {
+                "Ctrl-C stops it"
+            }
+        )?;
+        out.flush()?;
+    }
+    let handle = Arc::clone(&relay)
+        .runner(Arc::clone(&store), registry.upcasters.clone())
+        .start()
+        .context("cannot start the relay's runner")?;
+    let mut status = handle
+        .subscribe(&name)
+        .context("the relay's runner has no status")?;
+    let done = async {
+        match head {
+            // Nothing to relay yet.
+            Some(None) => {}
+            Some(Some(head)) => {
+                let _ = status
+                    .wait_for(|s| {
+                        s.checkpoint >= head
+                            || matches!(
+                                s.state,
+                                ProjectionState::Stopped | ProjectionState::Crashed
+                            )
+                    })
+                    .await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = done => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let statuses = handle
+        .stop()
+        .await
+        .context("the relay stopped abnormally")?;
+    let stats = relay.stats();
+    let mut out = std::io::stdout().lock();
+    if let Some(s) = statuses.first() {
+        writeln!(
+            out,
+            "stopped at {}: {} acknowledged ({} duplicates discarded by JetStream), {} events relayed in all",
+            s.checkpoint, stats.acknowledged, stats.duplicates, s.events_processed
+        )?;
+    }
+    Ok(())
+}
