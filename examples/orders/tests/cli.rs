@@ -2884,6 +2884,37 @@ fn relay_nats_publishes_the_feed_for_a_consumer_and_shows_in_projections_status(
     let stdout = schema.ok(&relay);
     assert!(stdout.contains("0 acknowledged"), "{stdout}");
 
+    // The sibling service reads them through a durable consumer.
+    let consumer = Command::new(env!("CARGO_BIN_EXE_order-consumer"))
+        .args([
+            "--url",
+            &url,
+            "--stream-name",
+            &stream,
+            "--subject-prefix",
+            &prefix,
+            "--durable",
+            "clitest",
+            "--count",
+            "4",
+        ])
+        .output()
+        .expect("order-consumer runs");
+    let printed = text(&consumer.stdout);
+    assert!(
+        consumer.status.success(),
+        "{printed}\n{}",
+        text(&consumer.stderr)
+    );
+    assert_eq!(printed.lines().count(), 4, "{printed}");
+    assert!(
+        printed
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with(&format!("{} v1 OrderPlaced", ids[0]))),
+        "{printed}"
+    );
+
     schema
         .runtime
         .block_on(js.delete_stream(&stream))
