@@ -111,6 +111,14 @@ pub struct PgStoreConfig {
     /// transaction after a concurrent appender legitimately tripped the order guard
     /// (default 5).
     pub transaction_order_retries: u32,
+    /// A channel to `NOTIFY` after every owned append and every committed
+    /// [`PgStoreTransaction`](crate::PgStoreTransaction) of this store, for listeners such as
+    /// [`PgEventStore::wake_source`](crate::PgEventStore::wake_source) and `chronik tail`
+    /// (e.g. [`FEED_CHANNEL`](crate::FEED_CHANNEL)); `None` (the default) notifies nothing.
+    /// Sent after the commit, never inside it, by one task on a connection of its own (one
+    /// more than `max_connections`), one `NOTIFY` per burst of commits: the writer does not
+    /// wait for it.
+    pub notify_channel: Option<String>,
 }
 
 impl Default for PgStoreConfig {
@@ -121,6 +129,7 @@ impl Default for PgStoreConfig {
             acquire_timeout: Duration::from_secs(10),
             statement_timeout: Some(Duration::from_secs(30)),
             transaction_order_retries: 5,
+            notify_channel: None,
         }
     }
 }

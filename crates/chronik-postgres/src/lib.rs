@@ -74,6 +74,7 @@ mod migration;
 mod multi;
 mod notify;
 mod overview;
+mod parking;
 mod projection;
 mod roles;
 mod row;
@@ -82,6 +83,7 @@ mod sql;
 mod store;
 mod trace;
 mod transaction;
+mod wake;
 
 pub use config::{PgStoreConfig, SchemaName};
 pub use horizon::{HolderKind, HorizonHolder};
@@ -89,6 +91,7 @@ pub use inspect::StreamSummary;
 pub use migration::{AppliedMigration, MigrationProblem, MigrationStatus};
 pub use notify::{FEED_CHANNEL, PgFeedListener};
 pub use overview::{CategoryStats, RATE_SAMPLE, StoreStats, StreamQuery};
+pub use parking::PgParkingLot;
 pub use projection::{
     Forgotten, HandlerFailure, ParkDecision, ParkRecord, ParkState, PgProjection,
     PgProjectionError, PgProjectionRunner, PgRebuildProgress, PgRunnerHandle, PgRunnerInstance,
@@ -104,6 +107,7 @@ pub use roles::{
 };
 pub use store::PgEventStore;
 pub use transaction::PgStoreTransaction;
+pub use wake::PgWakeSource;
 
 /// The schema migrations (`migrations/` at the workspace root), embedded once.
 ///

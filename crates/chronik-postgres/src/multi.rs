@@ -81,6 +81,9 @@ impl PgEventStore {
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
         let result = self.append_streams_retrying(appends).await;
+        if matches!(&result, Ok(r) if r.iter().any(|p| !p.already_appended)) {
+            self.committed();
+        }
         #[cfg(feature = "metrics")]
         {
             crate::metrics::append_duration(started.elapsed());

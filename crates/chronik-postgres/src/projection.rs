@@ -25,6 +25,8 @@ mod runner;
 mod sql;
 mod typed;
 
+pub(crate) use sql::ProjectionSql;
+
 pub use handler::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
 pub use leftover::{ShadowLeftover, discard_shadow, shadow_leftovers};
 pub use ops::{

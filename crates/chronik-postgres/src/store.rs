@@ -1,6 +1,6 @@
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chronik_core::{
     EventId, ExpectedVersion, FeedCursor, NewEvent, StreamId, Version, validate_batch,
@@ -21,6 +21,7 @@ use crate::config::{PgStoreConfig, SchemaName};
 use crate::error::{aborted, backend};
 use crate::row::{self, to_u64};
 use crate::sql::Sql;
+use crate::wake::Notifier;
 
 /// The PostgreSQL event store: implements [`EventStore`], and (in this crate's other
 /// modules) [`SnapshotStore`](chronik_store::SnapshotStore) and
@@ -45,6 +46,9 @@ pub struct PgEventStore {
     pub(crate) schema: SchemaName,
     pub(crate) sql: Arc<Sql>,
     pub(crate) order_retries: u32,
+    /// The notification after commit ([`PgStoreConfig::notify_channel`]), started on first
+    /// use (it spawns a task, so it needs the runtime an append runs on).
+    pub(crate) notifier: Option<Arc<(String, OnceLock<Notifier>)>>,
 }
 
 impl fmt::Debug for PgEventStore {
@@ -219,6 +223,10 @@ impl PgEventStore {
             sql: Arc::new(Sql::new(&config.schema)),
             schema: config.schema.clone(),
             order_retries: config.transaction_order_retries,
+            notifier: config
+                .notify_channel
+                .clone()
+                .map(|channel| Arc::new((channel, OnceLock::new()))),
             pool,
         }
     }
@@ -315,6 +323,9 @@ impl PgEventStore {
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
         let result = self.append_retrying(conn, stream, expected, events).await;
+        if matches!(&result, Ok(r) if !r.already_appended) {
+            self.committed();
+        }
         #[cfg(feature = "metrics")]
         {
             crate::metrics::append_duration(started.elapsed());
@@ -352,6 +363,18 @@ impl PgEventStore {
                 }
                 r => return r,
             }
+        }
+    }
+
+    /// Tells listeners that something committed, when the config names a channel
+    /// ([`PgStoreConfig::notify_channel`]): never waits.
+    pub(crate) fn committed(&self) {
+        if let Some(notifier) = &self.notifier {
+            let (channel, cell) = &**notifier;
+            cell.get_or_init(|| {
+                Notifier::start((*self.pool.connect_options()).clone(), channel.clone())
+            })
+            .poke();
         }
     }
 

@@ -163,7 +163,9 @@ impl PgStoreTransaction {
                 }
                 e
             }
-        })
+        })?;
+        self.store.committed();
+        Ok(())
     }
 
     /// Rolls back.
