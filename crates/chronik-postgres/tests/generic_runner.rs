@@ -360,3 +360,38 @@ async fn a_lost_listen_connection_wakes_the_runner_to_read_what_it_missed(pool: 
     assert_eq!(recorder.seen().len(), 1);
     h.stop().await.expect("stop");
 }
+
+/// The projection contract suite (`chronik_testkit::projections`) on PostgreSQL: the
+/// generic runner with `PgParkingLot` and `PgWakeSource`, fed by the store's notification
+/// after commit.
+mod contract {
+    use std::sync::Arc;
+
+    use chronik_postgres::{PgEventStore, PgParkingLot, PgStoreConfig};
+    use chronik_projections::ParkingLot;
+    use chronik_testkit::projections::Ports;
+    use sqlx::PgPool;
+
+    macro_rules! postgres_cases {
+        ($($case:ident),* $(,)?) => {$(
+            #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+            async fn $case(pool: PgPool) {
+                let channel = super::channel();
+                let config = PgStoreConfig {
+                    notify_channel: Some(channel.clone()),
+                    ..PgStoreConfig::default()
+                };
+                let store = PgEventStore::from_pool_with(pool, &config);
+                let wake = store.wake_source(&channel).await.expect("listen");
+                let lots = store.clone();
+                let ports = Ports::new(wake, move || {
+                    Arc::new(PgParkingLot::new(lots.clone())) as Arc<dyn ParkingLot>
+                })
+                .inexact();
+                chronik_testkit::projections::$case(store, ports).await;
+            }
+        )*};
+    }
+
+    chronik_testkit::projection_contract_cases!(postgres_cases);
+}

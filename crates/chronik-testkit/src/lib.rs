@@ -10,6 +10,7 @@
 pub mod conformance;
 mod gwt;
 mod interloper;
+pub mod projections;
 pub mod strategies;
 
 pub use gwt::{Scenario, given};
