@@ -24,13 +24,15 @@ async fn versions(store: &PgEventStore, id: &StreamId) -> Vec<u64> {
         .collect()
 }
 
-/// Waits until a session running `append_streams` is blocked on a lock (polled).
+/// Waits until a session running `append_streams` in this test's database is blocked on a
+/// lock (polled). Only this database: the other tests of this binary run at the same time
+/// in databases of their own, with multi-stream appends waiting too.
 async fn until_a_multi_stream_append_waits(pool: &PgPool) {
     loop {
         let waiting: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
                              WHERE wait_event_type = 'Lock' AND query LIKE '%append_streams(%' \
-                               AND pid <> pg_backend_pid())",
+                               AND pid <> pg_backend_pid() AND datname = current_database())",
         )
         .fetch_one(pool)
         .await
@@ -165,7 +167,7 @@ async fn multi_stream_appends_waiting(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity \
           WHERE wait_event_type = 'Lock' AND query LIKE '%append_streams(%' \
-            AND pid <> pg_backend_pid()",
+            AND pid <> pg_backend_pid() AND datname = current_database()",
     )
     .fetch_one(pool)
     .await
