@@ -10,6 +10,7 @@ mod memory;
 mod multi;
 mod pg;
 mod projection;
+mod relay;
 mod report;
 mod rss;
 
@@ -40,6 +41,14 @@ struct Args {
     /// Run only the scenarios whose names start with one of these (e.g. `--only load`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// The NATS server (with JetStream) of the `relay` scenario; without one it is skipped.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
+    nats_url: String,
     /// Writer counts of the concurrent scenarios instead of the mode's (e.g. `--writers 16`).
     #[arg(long, value_delimiter = ',')]
     writers: Vec<usize>,
@@ -66,6 +75,8 @@ pub(crate) struct Plan {
     pub(crate) command_budget: Budget,
     /// Events already in the schemas of `command-1m`.
     pub(crate) command_prefill: usize,
+    /// Events the `relay` scenario publishes per round.
+    pub(crate) relay_events: usize,
     /// Scenario name prefixes to run (empty: all).
     pub(crate) only: &'static [String],
 }
@@ -110,6 +121,7 @@ fn mode_plan(args: &Args) -> Plan {
                 measure: measure.unwrap_or(Duration::from_millis(300)),
             },
             command_prefill: 20_000,
+            relay_events: 2_000,
             only: Vec::leak(args.only.clone()),
         }
     } else {
@@ -132,6 +144,7 @@ fn mode_plan(args: &Args) -> Plan {
                 measure: measure.unwrap_or(Duration::from_secs(8)),
             },
             command_prefill: 1_000_000,
+            relay_events: 100_000,
             only: Vec::leak(args.only.clone()),
         }
     }
@@ -170,6 +183,9 @@ async fn main() -> anyhow::Result<()> {
     );
     if plan.wants("append-1") || plan.wants("load") {
         memory::run(&plan, &mut report).await?;
+    }
+    if plan.wants("relay") {
+        relay::run(&args.nats_url, &plan, &mut report).await?;
     }
     match &args.database_url {
         Some(url) => {
