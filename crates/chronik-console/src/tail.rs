@@ -46,9 +46,24 @@ pub(crate) struct TailParams {
     pub(crate) stream: Option<String>,
 }
 
+/// Where a tail starts. Found when the request comes, or, while the database is down, by the
+/// stream itself once it is back: such a tail answers with a `down` message rather than an
+/// error status, which would stop a page's `EventSource` for good.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// After this cursor.
+    After(FeedCursor),
+    /// After the feed head: only events that become visible from then on.
+    End,
+    /// With the last [`START_WITH_LAST`] events of the filter.
+    Last,
+}
+
 struct Tail {
     state: State,
     cursor: FeedCursor,
+    /// Where to start, until it is found (then `cursor` holds it).
+    start: Option<Start>,
     filter: FeedFilter,
     stream: Option<StreamId>,
     buffer: VecDeque<RecordedEvent>,
@@ -87,30 +102,27 @@ pub(crate) async fn sse(
         event_types: nonempty(p.event_type).into_iter().collect(),
         categories,
     };
-    let cursor = match (after, from_end) {
-        (Some(cursor), _) => cursor,
-        (None, true) => state
-            .store
-            .feed_head()
-            .await
-            .map_err(|e| ApiError::store("cannot read the feed head", &e))?
-            .last
-            .unwrap_or(FeedCursor::START),
-        (None, false) => state
-            .store
-            .feed_start_for_last(&filter, stream.as_ref(), START_WITH_LAST)
-            .await
-            .map_err(|e| ApiError::store("cannot find where the tail starts", &e))?,
+    let start = match (after, from_end) {
+        (Some(cursor), _) => Start::After(cursor),
+        (None, true) => Start::End,
+        (None, false) => Start::Last,
     };
-    let tail = Tail {
+    let mut tail = Tail {
         state,
-        cursor,
+        cursor: FeedCursor::START,
+        start: Some(start),
         filter,
         stream,
         buffer: VecDeque::new(),
         first: true,
         down: false,
     };
+    // Found now when the database answers, so that "from the end" means from this request;
+    // otherwise the stream keeps trying (its first message says the database is down).
+    if let Ok(cursor) = start_cursor(&tail, start).await {
+        tail.cursor = cursor;
+        tail.start = None;
+    }
     Ok(Sse::new(futures::stream::unfold(tail, next)).keep_alive(KeepAlive::default()))
 }
 
@@ -129,6 +141,15 @@ async fn next(mut tail: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
             tokio::time::sleep(POLL).await;
         }
         tail.first = false;
+        if let Some(start) = tail.start {
+            match start_cursor(&tail, start).await {
+                Ok(cursor) => {
+                    tail.cursor = cursor;
+                    tail.start = None;
+                }
+                Err(e) => return Some((down(&mut tail, &e), tail)),
+            }
+        }
         match tail
             .state
             .store
@@ -143,11 +164,35 @@ async fn next(mut tail: Tail) -> Option<(Result<Event, Infallible>, Tail)> {
                     return Some((Ok(Event::default().event("up").data("ok")), tail));
                 }
             }
-            Err(e) => {
-                tail.down = true;
-                let message = format!("cannot read the feed: {e}").replace(['\n', '\r'], " ");
-                return Some((Ok(Event::default().event("down").data(message)), tail));
-            }
+            Err(e) => return Some((down(&mut tail, &format!("cannot read the feed: {e}")), tail)),
         }
     }
+}
+
+/// The cursor a tail starts after.
+async fn start_cursor(tail: &Tail, start: Start) -> Result<FeedCursor, String> {
+    match start {
+        Start::After(cursor) => Ok(cursor),
+        Start::End => tail
+            .state
+            .store
+            .feed_head()
+            .await
+            .map(|head| head.last.unwrap_or(FeedCursor::START))
+            .map_err(|e| format!("cannot read the feed head: {e}")),
+        Start::Last => tail
+            .state
+            .store
+            .feed_start_for_last(&tail.filter, tail.stream.as_ref(), START_WITH_LAST)
+            .await
+            .map_err(|e| format!("cannot find where the tail starts: {e}")),
+    }
+}
+
+/// The `down` message saying `why`; the next `up` message says the database is back.
+fn down(tail: &mut Tail, why: &str) -> Result<Event, Infallible> {
+    tail.down = true;
+    Ok(Event::default()
+        .event("down")
+        .data(why.replace(['\n', '\r'], " ")))
 }

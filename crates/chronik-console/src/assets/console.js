@@ -49,7 +49,13 @@ function startTail() {
   });
   source.addEventListener("down", (m) => { status.textContent = "database unavailable, retrying: " + m.data; status.className = "banner down"; });
   source.addEventListener("up", () => { status.textContent = "database back, following the feed"; status.className = "muted"; });
-  source.addEventListener("error", () => { status.textContent = "connection to the console lost, reconnecting…"; status.className = "banner down"; });
+  // A closed source is one the console refused (bad filters): the browser will not retry it.
+  source.addEventListener("error", () => {
+    status.textContent = source.readyState === EventSource.CLOSED
+      ? "the console refused the tail (check the filters) and it stopped: reload the page"
+      : "connection to the console lost, reconnecting…";
+    status.className = "banner down";
+  });
 }
 
 function rebuildButtons() {
