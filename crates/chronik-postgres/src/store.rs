@@ -136,7 +136,8 @@ impl PgEventStore {
     }
 
     /// Connects with `config`: a pool of `max_connections`, each session with
-    /// `statement_timeout`, `application_name = chronik` and `enable_seqscan = off`.
+    /// `statement_timeout`, `application_name` (the URL's, else `chronik`) and
+    /// `enable_seqscan = off`.
     /// Connections are not pinged on acquire, so an owned append costs exactly one round
     /// trip.
     ///
@@ -165,8 +166,12 @@ impl PgEventStore {
                     "malformed database url (not shown: it may hold a password)".to_owned(),
                 )
             })?
-            .application_name("chronik")
             .options([("enable_seqscan", "off")]);
+        // The URL's `?application_name=billing-api` names the service in `pg_stat_activity`
+        // and in projection status; `chronik` only when it names none.
+        if options.get_application_name().is_none() {
+            options = options.application_name("chronik");
+        }
         if let Some(timeout) = config.statement_timeout {
             options = options.options([("statement_timeout", timeout.as_millis().to_string())]);
         }

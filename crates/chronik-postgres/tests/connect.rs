@@ -100,3 +100,25 @@ async fn a_reachable_server_still_connects() {
         .expect("connect");
     assert!(store.feed_horizon().await.expect("a query on the pool") > 0);
 }
+
+/// The URL's `application_name` names the sessions (as the docs tell services to do, so
+/// that projection status tells them apart); `chronik` only when the URL names none.
+#[tokio::test]
+async fn the_urls_application_name_is_kept() {
+    for (url, expected) in [
+        (
+            format!("{}?application_name=billing-api", url_with(None, None)),
+            "billing-api",
+        ),
+        (url_with(None, None), "chronik"),
+    ] {
+        let store = PgEventStore::connect_with(&url, PgStoreConfig::default())
+            .await
+            .expect("connects");
+        let name: String = sqlx::query_scalar("SELECT current_setting('application_name')")
+            .fetch_one(store.pool())
+            .await
+            .expect("reads the setting");
+        assert_eq!(name, expected);
+    }
+}
