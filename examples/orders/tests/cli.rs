@@ -2036,6 +2036,10 @@ fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
             .execute(&mut *blocker),
         )
         .expect("the checkpoint row locked");
+    let blocker_pid: i32 = schema
+        .runtime
+        .block_on(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *blocker))
+        .expect("its pid");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
         .args([
@@ -2060,11 +2064,25 @@ fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
         let read = stderr.read_line(&mut line).expect("stderr reads");
         assert!(read > 0, "stderr ended before {prefix:?}:\n{seen}");
         seen.push_str(&line);
-        if line.starts_with(prefix) {
+        if line.contains(prefix) {
             return;
         }
     };
     wait_for("rebuilding projection orders in schema ", &mut seen);
+    // Waiting for the checkpoint row, it says who holds it and how to end that.
+    wait_for(
+        "the rebuild of orders has waited 2 s for the lock on its checkpoint row, held by ",
+        &mut seen,
+    );
+    let line = seen.lines().last().unwrap_or_default();
+    assert!(
+        line.contains(&format!(
+            "pid {blocker_pid} (chronik, idle in transaction, transaction open "
+        )) && line.contains(&format!(
+            "; `SELECT pg_terminate_backend({blocker_pid})` ends it)"
+        )),
+        "{line}"
+    );
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -2549,7 +2567,7 @@ fn ctrl_c_stops_a_shadow_rebuild_and_leaves_no_shadow_behind() {
         let read = stderr.read_line(&mut line).expect("stderr reads");
         assert!(read > 0, "stderr ended before {prefix:?}:\n{seen}");
         seen.push_str(&line);
-        if line.starts_with(prefix) {
+        if line.contains(prefix) {
             return;
         }
     };

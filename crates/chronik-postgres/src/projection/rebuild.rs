@@ -131,6 +131,73 @@ async fn replay<P: PgProjection>(
     }
 }
 
+/// How long a rebuild waits for its checkpoint row's lock before it says who holds it.
+const PATIENCE: Duration = Duration::from_secs(2);
+
+/// The sessions blocking backend `$1`: pid, application, state, seconds their transaction
+/// has been open (`NULL` when this role may not see it).
+const BLOCKERS: &str = "SELECT a.pid, a.application_name, a.state, \
+     extract(epoch FROM now() - a.xact_start)::float8 \
+     FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids($1)) ORDER BY a.pid";
+
+/// A row of [`BLOCKERS`].
+type Blocker = (i32, Option<String>, Option<String>, Option<f64>);
+
+/// Locks `engine`'s checkpoint row in `conn`'s transaction, like `Engine::lock_checkpoint`;
+/// when that waits longer than [`PATIENCE`], warns (on stderr for the CLI) which sessions
+/// hold it (a runner's batch, a transaction left open) and how to end them, then waits on.
+async fn lock_checkpoint_patiently<P: PgProjection>(
+    store: &PgEventStore,
+    engine: &Engine<P>,
+    conn: &mut sqlx::PgConnection,
+) -> Result<(FeedCursor, u64), StoreError> {
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let lock = engine.lock_checkpoint(conn);
+    tokio::pin!(lock);
+    tokio::select! {
+        r = &mut lock => return r,
+        () = tokio::time::sleep(PATIENCE) => {}
+    }
+    let holders: Vec<Blocker> = match sqlx::query_as(BLOCKERS)
+        .bind(pid)
+        .fetch_all(store.pool())
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %backend(e), "cannot read who holds the checkpoint row");
+            Vec::new()
+        }
+    };
+    let who: Vec<String> = holders
+        .iter()
+        .map(|(holder, app, state, open)| {
+            let app = app.as_deref().filter(|a| !a.is_empty()).unwrap_or("?");
+            let state = state.as_deref().unwrap_or("?");
+            let open = open.map_or_else(String::new, |s| format!(", transaction open {s:.0} s"));
+            format!(
+                "pid {holder} ({app}, {state}{open}; `{}` ends it)",
+                crate::horizon::terminate(*holder)
+            )
+        })
+        .collect();
+    let who = if who.is_empty() {
+        "another session".to_owned()
+    } else {
+        who.join(", ")
+    };
+    tracing::warn!(
+        "the rebuild of {} has waited {} s for the lock on its checkpoint row, held by {who}: \
+         a runner's batch ends soon, a transaction left open does not; it goes on once the lock is free",
+        engine.name().trim_end_matches("__shadow"),
+        PATIENCE.as_secs()
+    );
+    lock.await
+}
+
 fn interrupted(name: &str, p: &PgRebuildProgress) -> PgProjectionError {
     PgProjectionError::Interrupted {
         projection: name.trim_end_matches("__shadow").to_owned(),
@@ -233,7 +300,7 @@ async fn scratch<P: PgProjection>(
         return Err(interrupted(engine.name(), &p));
     }
     let mut tx = store.pool().begin().await?;
-    engine.lock_checkpoint(&mut tx).await?;
+    lock_checkpoint_patiently(store, engine, &mut tx).await?;
     projection
         .clear(&mut tx)
         .await
@@ -480,7 +547,7 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
 
     // The swap: one transaction, the live checkpoint row locked first (as runners do).
     let mut tx = store.pool().begin().await?;
-    let (live_cursor, _) = live.lock_checkpoint(&mut tx).await?;
+    let (live_cursor, _) = lock_checkpoint_patiently(store, live, &mut tx).await?;
     loop {
         match shadow.apply_page(&mut tx, limit, false).await? {
             Batch::Committed {
