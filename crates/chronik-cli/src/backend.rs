@@ -151,19 +151,68 @@ pub(crate) async fn run_setups(registry: &Registry, store: &PgEventStore) -> any
     Ok(())
 }
 
-/// Everything wrong with `status`, one sentence each, saying what to do.
+/// Everything wrong with `status`, one sentence each, saying what to do: a schema that
+/// does not exist is that (not a list of migrations to apply, which would create an empty
+/// store there), and pending migrations are one sentence.
 pub(crate) fn migration_problems(status: &MigrationStatus, binary: &str) -> Vec<String> {
     let schema = &status.schema;
-    status
-        .problems()
+    if !status.schema_exists {
+        return vec![missing_schema(status, binary)];
+    }
+    let problems = status.problems();
+    let pending: Vec<&MigrationProblem> = problems
         .iter()
-        .map(|p| match p {
-            MigrationProblem::Pending { .. } => {
-                format!("{p} in schema {schema}: run `{binary} migrate --schema {schema}`")
-            }
-            _ => format!("{p} (schema {schema})"),
-        })
-        .collect()
+        .filter(|p| matches!(p, MigrationProblem::Pending { .. }))
+        .collect();
+    let mut out = Vec::new();
+    match pending.as_slice() {
+        [] => {}
+        [one] => out.push(format!(
+            "{one} in schema {schema}: run `{binary} migrate --schema {schema}`"
+        )),
+        many => {
+            let names: Vec<String> = many
+                .iter()
+                .filter_map(|p| match p {
+                    MigrationProblem::Pending {
+                        version,
+                        description,
+                    } => Some(format!("{version:04} {description}")),
+                    _ => None,
+                })
+                .collect();
+            out.push(format!(
+                "{} of {} migrations are not applied in schema {schema} ({}): run `{binary} migrate --schema {schema}`",
+                many.len(),
+                MigrationStatus::embedded().len(),
+                names.join(", ")
+            ));
+        }
+    }
+    out.extend(
+        problems
+            .iter()
+            .filter(|p| !matches!(p, MigrationProblem::Pending { .. }))
+            .map(|p| format!("{p} (schema {schema})")),
+    );
+    out
+}
+
+/// The schema of `status` does not exist: say so, and where chronik stores are.
+fn missing_schema(status: &MigrationStatus, binary: &str) -> String {
+    let schema = &status.schema;
+    let known = if status.stores_elsewhere.is_empty() {
+        "no schema of this database holds a chronik store".to_owned()
+    } else {
+        format!(
+            "chronik stores in this database: {}",
+            status.stores_elsewhere.join(", ")
+        )
+    };
+    format!(
+        "schema {schema} does not exist in this database ({known}): check --schema; \
+         to create a new, empty store there, run `{binary} migrate --schema {schema}`"
+    )
 }
 
 /// Fails with [`NotMigrated`] unless every embedded migration is applied in `store`'s
@@ -179,19 +228,7 @@ pub(crate) async fn require_migrated(store: &PgEventStore, binary: &str) -> anyh
     let schema = store.schema();
     if !status.schema_exists {
         // A typo is not an unmigrated store: migrating it would create an empty one.
-        let known = if status.stores_elsewhere.is_empty() {
-            "no schema of this database holds a chronik store".to_owned()
-        } else {
-            format!(
-                "chronik stores in this database: {}",
-                status.stores_elsewhere.join(", ")
-            )
-        };
-        return Err(NotMigrated(format!(
-            "schema {schema} does not exist in this database ({known}): check --schema; \
-             to create a new, empty store there, run `{binary} migrate --schema {schema}`"
-        ))
-        .into());
+        return Err(NotMigrated(missing_schema(&status, binary)).into());
     }
     Err(NotMigrated(format!(
         "schema {schema} is not migrated ({applied} of {embedded} migrations applied): run `{binary} migrate --schema {schema}`",

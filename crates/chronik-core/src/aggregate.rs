@@ -225,7 +225,9 @@ pub fn decode_event<E: DeserializeOwned>(
                 return Err(first);
             }
             map.insert("data".to_owned(), Value::Object(serde_json::Map::new()));
-            E::deserialize(&tagged).map_err(|_| first)
+            // Both failed: the second error is the one that names what the variant needs
+            // (`missing field customer_id`), not the tagging's `missing field data`.
+            E::deserialize(&tagged)
         }
     }
 }
@@ -250,7 +252,8 @@ pub fn decode_event_json<E: DeserializeOwned>(
     };
     match E::deserialize(tagged((!empty).then_some(payload))) {
         Ok(e) => Ok(e),
-        Err(first) if empty => E::deserialize(tagged(Some("{}"))).map_err(|_| first),
+        // Both failed: the second error names what the variant needs (see `decode_event`).
+        Err(_) if empty => E::deserialize(tagged(Some("{}"))),
         Err(first) => Err(first),
     }
 }

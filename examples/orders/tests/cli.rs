@@ -1015,25 +1015,55 @@ fn doctor_is_healthy_on_a_migrated_schema_and_lists_missing_migrations() {
     assert!(stdout.trim_end().ends_with("healthy"), "{stdout}");
     assert!(stderr.is_empty(), "{stderr}");
 
+    // A schema that does not exist is a typo until shown otherwise: said once, not as a
+    // list of migrations to apply (which would create an empty store there).
     let bare = Schema::unmigrated();
     let (code, stdout, stderr) = doctor(&bare, &[]);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
-    let fix = format!(
-        "migration 0001 event store is not applied in schema {}: run `chronik migrate --schema {}`",
-        bare.name, bare.name
+    let missing = format!("schema {} does not exist in this database (", bare.name);
+    assert!(
+        stdout.contains(&format!("  - {missing}"))
+            && stdout.contains(&format!(
+                "): check --schema; to create a new, empty store there, run `chronik migrate --schema {}`",
+                bare.name
+            ))
+            && stdout.contains("1 problem:"),
+        "{stdout}"
     );
-    assert!(stdout.contains(&format!("  - {fix}")), "{stdout}");
+    assert!(stderr.contains(&missing), "{stderr}");
+    // An empty schema: every pending migration in one sentence.
+    bare.runtime
+        .block_on(
+            sqlx::query(&format!("CREATE SCHEMA \"{}\"", bare.name)).execute(bare.store.pool()),
+        )
+        .expect("the schema is created");
+    let (code, stdout, stderr) = doctor(&bare, &[]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let fix = format!(
+        "{embedded} of {embedded} migrations are not applied in schema {} (0001 event store, 0002 projections, ",
+        bare.name
+    );
+    assert!(
+        stdout.contains(&format!("  - {fix}"))
+            && stdout.contains(&format!(": run `chronik migrate --schema {}`", bare.name))
+            && stdout.contains("1 problem:"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("projections  not checked: the schema is not migrated"),
         "{stdout}"
     );
     assert!(
-        stderr.starts_with("error: ")
-            && stderr.contains(" problems found: ")
-            && stderr.contains(&fix),
+        stderr.starts_with("error: 1 problem found: ") && stderr.contains(&fix),
         "{stderr}"
     );
     check_refused(&os(&["doctor"]), 2, "works on PostgreSQL only");
+    // An empty payload names the field it lacks, not the tagging's `data`.
+    check_refused(
+        &os(&["append", "order-9", "--type", "OrderPlaced", "--data", "{}"]),
+        2,
+        "the payload does not decode as OrderPlaced v2: missing field `customer_id`",
+    );
     check_refused(
         &os(&["doctor", "--max-lag", "soon"]),
         2,
