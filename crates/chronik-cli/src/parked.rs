@@ -128,7 +128,7 @@ pub(crate) async fn park(
     reason: &str,
     by: &str,
 ) -> anyhow::Result<()> {
-    chronik_store::validate_projection_name(name).map_err(|e| Usage(e.to_string()))?;
+    chronik_store::validate_projection_name(name).map_err(|e| Usage(crate::request_message(&e)))?;
     if reason.trim().is_empty() {
         return Err(Usage("--reason is empty: say why the event is parked".to_owned()).into());
     }

@@ -119,7 +119,7 @@ pub(crate) fn rebuild_line(name: &str, b: &RebuildRecord) -> Option<String> {
         )),
         RebuildOutcome::Failed => {
             let when = b.finished_at.map_or_else(
-                || format!("started {}", at(b.started_at)),
+                || format!("after starting at {}", at(b.started_at)),
                 |f| {
                     let took = (f - b.started_at).to_std().unwrap_or_default();
                     format!("at {} after {}", at(f), ms(took))
@@ -462,7 +462,7 @@ pub(crate) async fn forget(
     name: &str,
 ) -> anyhow::Result<()> {
     let bin = registry.binary.as_str();
-    chronik_store::validate_projection_name(name).map_err(|e| Usage(e.to_string()))?;
+    chronik_store::validate_projection_name(name).map_err(|e| Usage(crate::request_message(&e)))?;
     if let Some(base) = name.strip_suffix("__shadow") {
         return forget_shadow(registry, store, base).await;
     }

@@ -2860,6 +2860,14 @@ fn doctor_reports_a_killed_shadow_rebuilds_leftovers_and_forget_removes_them() {
     schema.ok(&["projections", "forget", "orders__shadow"]);
     let out = schema.chronik(&["projections", "forget", "orders__shadow"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // A bad name says what is wrong with it, without the store's `invalid request:`.
+    let out = schema.chronik(&["projections", "forget", "Bad Name"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: projection name must be "),
+        "{stderr}"
+    );
 }
 
 /// The NATS server the relay tests use: NATS_URL, or the local default. Never skipped.

@@ -62,9 +62,13 @@ pub struct RebuildRecord {
 }
 
 /// Why a rebuild recorded as running whose session is gone failed.
-const SESSION_ENDED: &str = "its session ended before it finished (the process running it was \
-     killed or lost its connection); the read model is as it was before it, but a shadow \
-     rebuild may have left its shadow table and checkpoint behind (`doctor` names them)";
+const SESSION_ENDED: &str =
+    "its session ended before it finished (its process was killed, or the server restarted)";
+
+/// [`SESSION_ENDED`] for a shadow rebuild, which may have left its table and checkpoint.
+const SHADOW_SESSION_ENDED: &str = "its session ended before it finished (its process was \
+     killed, or the server restarted); it may have left its shadow table and checkpoint \
+     behind (`doctor` names them)";
 
 /// Records that a rebuild of `name` starts, on its lock session `lock` (whose pid and
 /// start time identify it). Best effort: a store that cannot record it (a role without the
@@ -151,6 +155,7 @@ pub(crate) async fn records(
     for r in &rows {
         let name: String = r.try_get(0).map_err(backend)?;
         let outcome: String = r.try_get(2).map_err(backend)?;
+        let shadow: bool = r.try_get(1).map_err(backend)?;
         let alive: bool = r.try_get(9).map_err(backend)?;
         let mut error: Option<String> = r.try_get(8).map_err(backend)?;
         let outcome = match outcome.as_str() {
@@ -158,7 +163,12 @@ pub(crate) async fn records(
             "failed" => RebuildOutcome::Failed,
             "running" if alive => RebuildOutcome::Running,
             "running" => {
-                error = Some(SESSION_ENDED.to_owned());
+                let why = if shadow {
+                    SHADOW_SESSION_ENDED
+                } else {
+                    SESSION_ENDED
+                };
+                error = Some(why.to_owned());
                 RebuildOutcome::Failed
             }
             other => {
@@ -174,7 +184,7 @@ pub(crate) async fn records(
             name,
             RebuildRecord {
                 outcome,
-                shadow: r.try_get(1).map_err(backend)?,
+                shadow,
                 started_at: r.try_get(3).map_err(backend)?,
                 finished_at: r.try_get(4).map_err(backend)?,
                 pid: r.try_get(5).map_err(backend)?,
