@@ -6,7 +6,7 @@ use chronik_core::FeedCursor;
 use chronik_store::{StoreError, validate_projection_name};
 use sqlx::{Connection as _, Row as _};
 
-use super::runner::{PgProjectionError, busy, cursor_of};
+use super::runner::{PgProjectionError, busy, cursor_of, locked_checkpoint};
 use super::sql::{LOCK_HOLDER, ProjectionSql, lock_key};
 use crate::config::SchemaName;
 use crate::error::backend;
@@ -130,17 +130,7 @@ pub async fn discard_shadow(
     }
     let result = async {
         let mut tx = store.pool().begin().await?;
-        let checkpoint = sqlx::query(&sql.lock_checkpoint)
-            .bind(&shadow_name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| -> Result<FeedCursor, StoreError> {
-                cursor_of(
-                    r.try_get(0).map_err(backend)?,
-                    r.try_get(1).map_err(backend)?,
-                )
-            })
-            .transpose()?;
+        let checkpoint = locked_checkpoint(&mut tx, &sql, &shadow_name).await?;
         sqlx::query(&sql.delete_checkpoint)
             .bind(&shadow_name)
             .execute(&mut *tx)

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::handler::{HandlerFailure, PgProjection, handle_guarded};
 use super::ops::ParkDecision;
-use super::runner::{PgProjectionError, cursor_of, event_id};
+use super::runner::{PgProjectionError, cursor_of, event_id, locked_checkpoint};
 use super::sql::{ProjectionSql, lock_key};
 use crate::error::backend;
 use crate::store::PgEventStore;
@@ -214,17 +214,7 @@ pub async fn retry_parked<P: PgProjection>(
     check_by(by)?;
     let sql = ProjectionSql::new(store.schema());
     let mut tx = store.pool().begin().await?;
-    let checkpoint = sqlx::query(&sql.lock_checkpoint)
-        .bind(&name)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| -> Result<FeedCursor, StoreError> {
-            cursor_of(
-                r.try_get(0).map_err(backend)?,
-                r.try_get(1).map_err(backend)?,
-            )
-        })
-        .transpose()?;
+    let checkpoint = locked_checkpoint(&mut tx, &sql, &name).await?;
     lock_open_decision(&mut tx, &sql, &name, id).await?;
     let event = store.event_by_id(id).await?.ok_or_else(|| {
         PgProjectionError::Store(StoreError::NotFound(format!(
@@ -321,17 +311,7 @@ pub async fn forget_projection(
     }
     let result = async {
         let mut tx = store.pool().begin().await?;
-        let checkpoint = sqlx::query(&sql.lock_checkpoint)
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| -> Result<FeedCursor, StoreError> {
-                cursor_of(
-                    r.try_get(0).map_err(backend)?,
-                    r.try_get(1).map_err(backend)?,
-                )
-            })
-            .transpose()?;
+        let checkpoint = locked_checkpoint(&mut tx, &sql, name).await?;
         sqlx::query(&sql.delete_checkpoint)
             .bind(name)
             .execute(&mut *tx)

@@ -350,6 +350,27 @@ pub(crate) struct Engine<P> {
     pub(crate) skip: HashSet<EventId>,
 }
 
+/// Locks `name`'s checkpoint row in `tx` (`FOR UPDATE`) and returns its cursor, `None`
+/// when the projection has no checkpoint.
+pub(crate) async fn locked_checkpoint(
+    tx: &mut sqlx::PgConnection,
+    sql: &ProjectionSql,
+    name: &str,
+) -> Result<Option<FeedCursor>, PgProjectionError> {
+    let row = sqlx::query(&sql.lock_checkpoint)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(row
+        .map(|r| -> Result<FeedCursor, StoreError> {
+            cursor_of(
+                r.try_get(0).map_err(backend)?,
+                r.try_get(1).map_err(backend)?,
+            )
+        })
+        .transpose()?)
+}
+
 pub(crate) fn cursor_of(tx: i64, pos: i64) -> Result<FeedCursor, StoreError> {
     Ok(FeedCursor::new(
         to_u64(tx, "checkpoint transaction")?,
