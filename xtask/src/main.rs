@@ -24,7 +24,8 @@ commands:
                    test (all tests, PostgreSQL included, against DATABASE_URL),
                    torture-smoke (15 s of concurrent writers under injected faults, then a
                    check against a model; debug build),
-                   bench-smoke (every benchmark scenario briefly, debug build);
+                   bench-smoke (every benchmark scenario briefly, debug build),
+                   readme (the README's first command, `cargo run -- demo`, as written);
                    naming steps runs only those, e.g. `cargo xtask ci layering migrations`
   migrate          applies the migrations to DATABASE_URL with `chronik migrate`
   bench [ARG...]   runs chronik-bench (release build) against DATABASE_URL; ARGs go to it,
@@ -178,6 +179,11 @@ const STEPS: &[Step] = &[
         },
     },
     Step {
+        name: "readme",
+        what: "the README's set-up command (its first ```sh block) run exactly as written",
+        run: readme_commands,
+    },
+    Step {
         name: "bench-smoke",
         what: "cargo run -p chronik-bench -- --quick (proves the scenarios run; debug numbers mean nothing)",
         run: |sh| {
@@ -192,6 +198,56 @@ const STEPS: &[Step] = &[
         },
     },
 ];
+
+/// The commands of the README's first ```sh block (its "Run the demo" set-up), in order.
+///
+/// Only `cargo run ...` lines are accepted: they run with the pinned cargo, in the
+/// workspace root, as a user types them (an error names the line that is not one).
+fn readme_setup_commands(readme: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let block = readme
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .context("README.md has no ```sh block: its first one is the set-up command")?;
+    let mut commands = Vec::new();
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        if words.first().map(String::as_str) != Some("cargo")
+            || words.get(1).map(String::as_str) != Some("run")
+        {
+            bail!(
+                "README.md's first ```sh block has `{line}`: the readme step runs only `cargo run ...` lines"
+            );
+        }
+        commands.push(words);
+    }
+    if commands.is_empty() {
+        bail!("README.md's first ```sh block is empty");
+    }
+    Ok(commands)
+}
+
+/// Runs the README's set-up command as written (the embedded in-memory demo): the tests
+/// run binaries by name, so only this catches `cargo run` no longer knowing what to run.
+fn readme_commands(sh: &Shell) -> anyhow::Result<()> {
+    let readme = sh.read_file("README.md")?;
+    for words in readme_setup_commands(&readme)? {
+        let shown = words.join(" ");
+        let cargo = cargo();
+        let status = std::process::Command::new(cargo)
+            .current_dir(sh.current_dir())
+            .args(&words[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("cannot run `{shown}`"))?;
+        if !status.success() {
+            bail!("the README's `{shown}` failed ({status})");
+        }
+        println!("`{shown}` ran as the README says");
+    }
+    Ok(())
+}
 
 fn ci(sh: &Shell, only: &[&str]) -> anyhow::Result<()> {
     if let Some(unknown) = only.iter().find(|n| !STEPS.iter().any(|s| s.name == **n)) {
@@ -365,7 +421,25 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{readme_setup_commands, redact};
+
+    #[test]
+    fn the_readme_setup_block_is_read_as_commands() {
+        let readme = "# x\n\n```sh\ncargo run -- demo\n```\n\n```sh\ncargo xtask ci\n```\n";
+        let commands = readme_setup_commands(readme).expect("one command");
+        assert_eq!(commands, vec![vec!["cargo", "run", "--", "demo"]]);
+        let shell = "```sh\nmake demo\n```\n";
+        let err = readme_setup_commands(shell).expect_err("not cargo run");
+        assert!(err.to_string().contains("`make demo`"), "{err}");
+        assert!(readme_setup_commands("no block").is_err());
+    }
+
+    #[test]
+    fn the_real_readme_starts_with_the_demo() {
+        let readme = include_str!("../../README.md");
+        let commands = readme_setup_commands(readme).expect("the README's set-up block");
+        assert_eq!(commands[0][..3], ["cargo", "run", "--"]);
+    }
 
     #[test]
     fn passwords_are_redacted() {
