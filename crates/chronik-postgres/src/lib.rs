@@ -50,7 +50,12 @@
 //!   stream's row, checks idempotency, then the expected version, then the order guard
 //!   `streams.last_xid <= pg_current_xact_id()`, and reports each outcome as a typed value,
 //!   never by raising (so a caller's transaction stays usable after a refusal, also one
-//!   found by a race) and never by parsing an error message;
+//!   found by a race) and never by parsing an error message. One event expecting no
+//!   stream or an exact version (a command's append) is first tried as one plain
+//!   statement that writes only when all of those checks pass, and otherwise writes
+//!   nothing and raises nothing; the function then decides (`tests/fast_path.rs`; to
+//!   existing streams only on sessions with `enable_seqscan = off`, as
+//!   [`PgEventStore::connect_with`] opens them);
 //! - an error that aborted a caller's transaction is [`StoreError::TransactionAborted`],
 //!   and [`PgStoreTransaction::commit`] refuses such a transaction;
 //! - the feed is read by `(transaction_id, global_position)` below

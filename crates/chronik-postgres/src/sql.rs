@@ -14,6 +14,8 @@ const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) append: String,
+    pub(crate) append_first: String,
+    pub(crate) append_next: String,
     pub(crate) append_streams: String,
     pub(crate) read_stream: String,
     pub(crate) correlated: String,
@@ -49,6 +51,46 @@ impl Sql {
                         other_event_id, other_stream_id, other_version \
                    FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
                                           $8::text[]::jsonb[], $9, $10)"
+            ),
+            // The one-statement fast path of `append_events` for one event creating a stream
+            // (see `PgEventStore::fast_append`): its first event's key `(stream_id, 1)` is
+            // the stream's lock, as in the function; no row back means that nothing was
+            // written and the function must say why. Plan-proof: an insert's conflicts are
+            // found through its arbiter indexes whatever the plan.
+            append_first: format!(
+                "WITH e AS ( \
+                   INSERT INTO {s}.events (stream_id, stream_type, version, event_id, \
+                                           event_type, schema_version, payload, metadata, \
+                                           correlation_id, causation_id) \
+                   VALUES ($1, $2, 1, $3, $4, $5, $6::text::jsonb, $7::text::jsonb, $8, $9) \
+                   ON CONFLICT DO NOTHING \
+                   RETURNING transaction_id, global_position), \
+                 s AS ( \
+                   INSERT INTO {s}.streams (stream_id, stream_type, version, last_xid) \
+                   SELECT $1, $2, 1, e.transaction_id FROM e) \
+                 SELECT e.transaction_id::text::bigint, e.global_position FROM e"
+            ),
+            // The fast path for one event after an exact version $10 >= 1 (at $11 = $10 + 1):
+            // the stream's row locked, the version and the feed-order guard checked after
+            // the lock (the transaction id is taken after it, as in the function), the
+            // event, the row. Looks the row up by key twice: only for sessions that plan
+            // without sequential scans (`PgEventStore::fast_next`).
+            append_next: format!(
+                "WITH s AS ( \
+                   SELECT last_xid FROM {s}.streams \
+                    WHERE stream_id = $1 AND version = $10 FOR UPDATE), \
+                 e AS ( \
+                   INSERT INTO {s}.events (stream_id, stream_type, version, event_id, \
+                                           event_type, schema_version, payload, metadata, \
+                                           correlation_id, causation_id) \
+                   SELECT $1, $2, $11, $3, $4, $5, $6::text::jsonb, $7::text::jsonb, $8, $9 \
+                     FROM s WHERE s.last_xid <= pg_current_xact_id() \
+                   ON CONFLICT DO NOTHING \
+                   RETURNING transaction_id, global_position), \
+                 u AS ( \
+                   UPDATE {s}.streams t SET version = $11, last_xid = e.transaction_id \
+                     FROM e WHERE t.stream_id = $1) \
+                 SELECT e.transaction_id::text::bigint, e.global_position FROM e"
             ),
             // The same columns as `append`, in the same order, then the part's index.
             append_streams: format!(

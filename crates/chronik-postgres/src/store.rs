@@ -49,6 +49,10 @@ pub struct PgEventStore {
     /// The notification after commit ([`PgStoreConfig::notify_channel`]), started on first
     /// use (it spawns a task, so it needs the runtime an append runs on).
     pub(crate) notifier: Option<Arc<(String, OnceLock<Notifier>)>>,
+    /// Whether the pool's sessions plan with `enable_seqscan = off` (always for
+    /// [`PgEventStore::connect_with`]; for a pool of the caller's, when its options say
+    /// so): the fast path for appends to existing streams is used only then.
+    pub(crate) fast_next: bool,
 }
 
 impl fmt::Debug for PgEventStore {
@@ -232,6 +236,7 @@ impl PgEventStore {
                 .notify_channel
                 .clone()
                 .map(|channel| Arc::new((channel, OnceLock::new()))),
+            fast_next: plans_without_seqscan(pool.connect_options().get_options()),
             pool,
         }
     }
@@ -313,7 +318,7 @@ impl PgEventStore {
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
         let args = AppendArgs::new(stream, expected, events)?;
-        self.attempt(&mut *conn, &args).await.map_err(aborted)?
+        self.attempt(Some(conn), &args).await.map_err(aborted)?
     }
 
     /// An owned append ([`EventStore::append`]) on `conn`, or on a pooled connection of its
@@ -355,10 +360,7 @@ impl PgEventStore {
         let mut order_retries = 0;
         loop {
             // One statement in autocommit: its own transaction, the append its first write.
-            let attempt = match conn.as_deref_mut() {
-                Some(c) => self.attempt(c, &args).await,
-                None => self.attempt(&self.pool, &args).await,
-            };
+            let attempt = self.attempt(conn.as_deref_mut(), &args).await;
             match attempt.map_err(backend)? {
                 Err(StoreError::TransactionOrder { .. })
                     if retry_order && order_retries < self.order_retries =>
@@ -396,8 +398,80 @@ impl PgEventStore {
             .boxed()
     }
 
+    /// One append on `conn` (a pooled connection when `None`): the one-statement fast path
+    /// where it applies and writes, else `append_events`, which decides every outcome.
+    async fn attempt(
+        &self,
+        conn: Option<&mut PgConnection>,
+        args: &AppendArgs<'_>,
+    ) -> Result<Result<AppendResult, StoreError>, sqlx::Error> {
+        match conn {
+            Some(c) => {
+                if let Some(done) = self.fast_append(&mut *c, args).await? {
+                    return Ok(done);
+                }
+                self.append_events(c, args).await
+            }
+            None => {
+                if let Some(done) = self.fast_append(&self.pool, args).await? {
+                    return Ok(done);
+                }
+                self.append_events(&self.pool, args).await
+            }
+        }
+    }
+
+    /// The fast path of an append of one event expecting no stream or an exact version
+    /// (what `Repository::execute` sends): one plain statement instead of `append_events`,
+    /// whose PL/pgSQL call costs more server time than the insert itself (docs/benchmarks.md,
+    /// "The write path"). It writes only when every check of the function passes (the
+    /// version, the feed-order guard, and the id stored nowhere: its unique index refuses
+    /// it otherwise, waiting first for a transaction that holds the same key, as the
+    /// function's insert does), so its one outcome is "appended". `None` when it does not
+    /// apply or wrote nothing: the caller then runs `append_events`, which finds out why
+    /// (an idempotent retry, a conflict, a duplicate id) and reports it. It never raises
+    /// on a refusal, so a caller's transaction stays usable, as with the function.
+    async fn fast_append<'e, E>(
+        &self,
+        executor: E,
+        args: &AppendArgs<'_>,
+    ) -> Result<Option<Result<AppendResult, StoreError>>, sqlx::Error>
+    where
+        E: Executor<'e, Database = Postgres>,
+    {
+        if args.ids.len() != 1 || args.code < 0 || (args.code > 0 && !self.fast_next) {
+            return Ok(None);
+        }
+        // No stream is at the last version there is; the function answers such a request.
+        let Some(next) = args.code.checked_add(1) else {
+            return Ok(None);
+        };
+        let sql = if args.code == 0 {
+            &self.sql.append_first
+        } else {
+            &self.sql.append_next
+        };
+        let mut query = sqlx::query(sql)
+            .bind(args.stream.as_str())
+            .bind(args.stream.category())
+            .bind(args.ids[0])
+            .bind(args.types[0])
+            .bind(args.schema_versions[0])
+            .bind(&args.payloads[0])
+            .bind(&args.headers[0])
+            .bind(args.correlations[0])
+            .bind(args.causations[0]);
+        if args.code > 0 {
+            query = query.bind(args.code).bind(next);
+        }
+        let Some(row) = query.fetch_optional(executor).await? else {
+            return Ok(None);
+        };
+        Ok(Some(appended_one(&row, next)))
+    }
+
     /// One execution of `append_events`: the outcome it reported, or the statement's error.
-    async fn attempt<'e, E>(
+    async fn append_events<'e, E>(
         &self,
         executor: E,
         args: &AppendArgs<'_>,
@@ -492,6 +566,45 @@ fn connect_error(err: sqlx::Error, options: &PgConnectOptions) -> StoreError {
         retryable,
         source: None,
     }
+}
+
+/// Whether a session's startup `options` (libpq's `-c name=value` list, as
+/// `PgConnectOptions::get_options` gives it) turn sequential scans off.
+fn plans_without_seqscan(options: Option<&str>) -> bool {
+    let mut off = false;
+    let mut words = options.unwrap_or_default().split_whitespace();
+    while let Some(word) = words.next() {
+        let setting = match word {
+            "-c" => words.next().unwrap_or_default(),
+            w => w
+                .strip_prefix("-c")
+                .or_else(|| w.strip_prefix("--"))
+                .unwrap_or_default(),
+        };
+        if let Some((name, value)) = setting.split_once('=')
+            && name.trim().eq_ignore_ascii_case("enable_seqscan")
+        {
+            off = matches!(
+                value.trim().to_ascii_lowercase().as_str(),
+                "off" | "false" | "no" | "0"
+            );
+        }
+    }
+    off
+}
+
+/// What the fast path reported when it wrote its one event at `version` (the
+/// transaction and position of the event): the append's result.
+fn appended_one(row: &PgRow, version: i64) -> Result<AppendResult, StoreError> {
+    let tx: i64 = row.try_get(0).map_err(backend)?;
+    let pos: i64 = row.try_get(1).map_err(backend)?;
+    let version = Version::from_i64(version).map_err(StoreError::Invalid)?;
+    Ok(AppendResult {
+        first_version: version,
+        last_version: version,
+        cursor: FeedCursor::new(to_u64(tx, "transaction id")?, to_u64(pos, "position")?)?,
+        already_appended: false,
+    })
 }
 
 /// What `append_events` reported (columns 0 to 7 of `row`, as `Sql::append` selects them),
@@ -707,4 +820,26 @@ impl StoreSession for PgSession {
 fn stored_stream_id(id: String) -> Result<StreamId, StoreError> {
     StreamId::new(id)
         .map_err(|e| StoreError::backend(format!("stored stream id is invalid: {e}"), false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plans_without_seqscan;
+
+    #[test]
+    fn session_options_that_turn_sequential_scans_off_are_recognised() {
+        assert!(plans_without_seqscan(Some("-c enable_seqscan=off")));
+        assert!(plans_without_seqscan(Some(
+            "-c application_name=x -c enable_seqscan=off -c statement_timeout=5000"
+        )));
+        assert!(plans_without_seqscan(Some("-cenable_seqscan=false")));
+        assert!(plans_without_seqscan(Some("--enable_seqscan=0")));
+        assert!(!plans_without_seqscan(None));
+        assert!(!plans_without_seqscan(Some("-c geqo=off")));
+        assert!(!plans_without_seqscan(Some("-c enable_seqscan=on")));
+        // The last setting wins, as in libpq.
+        assert!(!plans_without_seqscan(Some(
+            "-c enable_seqscan=off -c enable_seqscan=on"
+        )));
+    }
 }

@@ -145,6 +145,19 @@ async fn planned_empty(pool: &PgPool) -> (PgPool, PgEventStore) {
     (session, store)
 }
 
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn appends_on_store_sessions_never_scan_a_table_planned_empty(pool: PgPool) {
+    // The store's own sessions: one-event appends take the one-statement fast path, whose
+    // stream-row lookups are planned by the session (not inside `append_events`).
+    let (session, store) = planned_empty(&pool).await;
+    let before = seq_scans(&session).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    for r in 0..ROUNDS {
+        round(&store, r).await;
+    }
+    assert_eq!(seq_scans(&session).await, before);
+}
+
 /// One round of every read by key, each on a store that grows between rounds.
 async fn read_round(store: &PgEventStore, r: u64) {
     let id = stream("plans");

@@ -224,9 +224,13 @@ async fn run() -> anyhow::Result<bool> {
         .unwrap_or(0);
     let config = PgStoreConfig::default();
     let big = Duration::from_secs(10);
+    // The writers' sessions are set up as `PgEventStore::connect_with` sets up its own
+    // (`enable_seqscan = off`), so their one-event appends take the store's one-statement
+    // fast path; the holder's and the reactor's pools are a caller's own, whose appends to
+    // existing streams go through `append_events`: both paths race on the same streams.
     let store = PgEventStore::from_pool_with(
         pool(
-            scratch(&admin, &args.database, app::WRITER),
+            scratch(&admin, &args.database, app::WRITER).options([("enable_seqscan", "off")]),
             u32::try_from(plan.writers).unwrap_or(64) + 2,
             big,
         )
