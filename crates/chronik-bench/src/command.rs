@@ -368,7 +368,8 @@ impl Picks {
     }
 }
 
-/// One writer count: the four variants interleaved on one pool of `writers` connections.
+/// One writer count: the four variants interleaved on one pool of `writers` connections,
+/// set up as chronik's own sessions are ([`pg::session_pool`]).
 async fn measure(
     url: &str,
     scenario: &str,
@@ -377,7 +378,7 @@ async fn measure(
     plan: &Plan,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let pool = pg::pool(url, writers).await?;
+    let pool = pg::session_pool(url, writers).await?;
     let hits = Arc::new(CacheHits::default());
     let variants = [
         (

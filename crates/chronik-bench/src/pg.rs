@@ -38,6 +38,23 @@ pub(crate) async fn pool(url: &str, size: usize) -> anyhow::Result<PgPool> {
         .await?)
 }
 
+/// [`pool`] with the session settings `PgEventStore::connect_with` gives its own sessions
+/// (`enable_seqscan = off`), for scenarios that measure chronik as a service connects it
+/// while its variants share one pool with the baselines. The baselines' statements are
+/// lookups and inserts by key, which an index serves either way; the setting only spares
+/// them a sequential scan planned while their table was small, which makes them no slower.
+pub(crate) async fn session_pool(url: &str, size: usize) -> anyhow::Result<PgPool> {
+    let options = url
+        .parse::<sqlx::postgres::PgConnectOptions>()?
+        .options([("enable_seqscan", "off")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(size.max(1) as u32)
+        .min_connections(size.max(1) as u32)
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await?)
+}
+
 /// chronik on an existing pool: every variant of a scenario shares one pool, so they get
 /// the same connections and the server's connection limit holds at 64 writers.
 pub(crate) fn store_on(pool: &PgPool) -> anyhow::Result<PgEventStore> {
@@ -254,8 +271,17 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
             report.push("append-1", &name, c, stats);
         }
         p.close().await;
-        report.ratio("append-1", "chronik", "raw-guarded", c, Some(0.9));
-        report.ratio("append-1", "chronik", "raw-plain", c, Some(0.65));
+        // `raw-guarded` calls `append_events`, which chronik's one-event append now skips
+        // on its way that writes: a ratio above 1 is expected, and no target.
+        report.ratio("append-1", "chronik", "raw-guarded", c, None);
+        // Issue 12's target: 0.8 of the plain INSERT from 16 writers.
+        report.ratio(
+            "append-1",
+            "chronik",
+            "raw-plain",
+            c,
+            (c >= 16).then_some(0.8),
+        );
         report.ratio("append-1", "chronik", "raw-rows", c, None);
         report.ratio("append-1", "raw-rows", "raw-plain", c, None);
     }
