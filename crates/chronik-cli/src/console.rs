@@ -29,7 +29,7 @@ impl Rebuild for Rebuilds<'_> {
         let done = (projection.rebuild)(
             self.store,
             self.registry.upcasters.clone(),
-            true,
+            crate::RebuildKind::Shadow,
             1_000,
             &mut progress,
         )

@@ -90,7 +90,7 @@ type RebuildFn = Box<
     dyn for<'a> Fn(
             &'a PgEventStore,
             Option<Arc<UpcasterRegistry>>,
-            bool,
+            RebuildKind,
             usize,
             Progress<'a>,
         ) -> BoxFuture<'a, Result<PgRebuildProgress, PgProjectionError>>
@@ -125,6 +125,16 @@ pub(crate) struct RegisteredProjection {
     pub(crate) table: String,
     pub(crate) rebuild: RebuildFn,
     pub(crate) retry: RetryFn,
+}
+
+/// How `projections rebuild` rebuilds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RebuildKind {
+    /// Into a shadow table swapped in at the end.
+    Shadow,
+    /// From scratch in one transaction, with this many partitions from now on (`None`:
+    /// as many as its checkpoints were written with).
+    Scratch(Option<chronik_projections::Partitions>),
 }
 
 /// A registered aggregate: what `snapshots take | list` need.
@@ -268,17 +278,26 @@ impl Operator {
         let factory = Arc::new(factory);
         let rebuild = rebuild_fn({
             let factory = Arc::clone(&factory);
-            move |store, upcasters, shadow, batch, progress| {
+            move |store, upcasters, kind, batch, progress| {
                 let projection = Arc::new(factory(store.schema()));
                 Box::pin(async move {
-                    if shadow {
-                        chronik_postgres::rebuild_shadow(
-                            store, projection, upcasters, batch, progress,
-                        )
-                        .await
-                    } else {
-                        chronik_postgres::rebuild(store, projection, upcasters, batch, progress)
+                    match kind {
+                        RebuildKind::Shadow => {
+                            chronik_postgres::rebuild_shadow(
+                                store, projection, upcasters, batch, progress,
+                            )
                             .await
+                        }
+                        RebuildKind::Scratch(None) => {
+                            chronik_postgres::rebuild(store, projection, upcasters, batch, progress)
+                                .await
+                        }
+                        RebuildKind::Scratch(Some(partitions)) => {
+                            chronik_postgres::rebuild_partitioned(
+                                store, projection, partitions, upcasters, batch, progress,
+                            )
+                            .await
+                        }
                     }
                 })
             }
@@ -435,7 +454,7 @@ where
     F: for<'a> Fn(
             &'a PgEventStore,
             Option<Arc<UpcasterRegistry>>,
-            bool,
+            RebuildKind,
             usize,
             Progress<'a>,
         ) -> BoxFuture<'a, Result<PgRebuildProgress, PgProjectionError>>
@@ -889,8 +908,13 @@ struct RebuildArgs {
     name: String,
     /// Build into a shadow table while the live one keeps serving (and its runner keeps
     /// running), then swap them atomically.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "partitions")]
     shadow: bool,
+    /// Run it as this many partitions from now on (1 to 1024; 1: a single runner): the way
+    /// to change the number of partitions of a partitioned projection. Stop all its workers
+    /// first, start them with the new number after. Default: as many as it has now.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    partitions: Option<u32>,
     /// Events per transaction.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     batch: u16,
@@ -1178,11 +1202,20 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
             };
             let store = backend::open(args.database, bin, "projections rebuild").await?;
             backend::run_setups(registry, &store).await?;
+            let kind = if args.shadow {
+                RebuildKind::Shadow
+            } else {
+                let partitions = args
+                    .partitions
+                    .map(chronik_projections::Partitions::new)
+                    .transpose()?;
+                RebuildKind::Scratch(partitions)
+            };
             projections::rebuild(
                 registry,
                 &store,
                 projection,
-                args.shadow,
+                kind,
                 args.batch.into(),
                 args.json,
             )

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::backend::{Interrupted, NotFound, Usage};
 use crate::fmt::{count, ms, n};
 use crate::table::{self, Align};
-use crate::{RegisteredProjection, Registry};
+use crate::{RebuildKind, RegisteredProjection, Registry};
 
 /// The transaction whose id is the feed horizon (the blocker), when committed events of
 /// this store are invisible because of it (the rule of `projection_reports`).
@@ -270,6 +270,12 @@ pub(crate) fn report_json(r: &ProjectionReport) -> Value {
         "failing_event": r.failing_event.map(|e| e.to_string()),
         "attempts": r.attempts,
         "last_rebuild": r.last_rebuild.as_ref().map(rebuild_json),
+        // A partition of a partitioned projection (`<name>#<index>/<count>`), else null.
+        "partition": chronik_projections::parse_partition(&r.name).map(|(of, index, count)| json!({
+            "projection": of,
+            "index": index,
+            "count": count.get(),
+        })),
     })
 }
 
@@ -297,10 +303,11 @@ pub(crate) async fn rebuild(
     registry: &Registry,
     store: &PgEventStore,
     projection: &RegisteredProjection,
-    shadow: bool,
+    kind: RebuildKind,
     batch: usize,
     json: bool,
 ) -> anyhow::Result<()> {
+    let shadow = kind == RebuildKind::Shadow;
     let name = projection.name.as_str();
     let table = projection.table.as_str();
     let bin = registry.binary.as_str();
@@ -353,14 +360,8 @@ pub(crate) async fn rebuild(
             ControlFlow::Continue(())
         }
     };
-    let result = (projection.rebuild)(
-        store,
-        registry.upcasters.clone(),
-        shadow,
-        batch,
-        &mut report,
-    )
-    .await;
+    let result =
+        (projection.rebuild)(store, registry.upcasters.clone(), kind, batch, &mut report).await;
     signals.abort();
     let done = match result {
         Ok(done) => done,

@@ -9,6 +9,11 @@
 //! active can never apply an event twice; one `pg_try_advisory_lock` per projection keeps
 //! all but one of them in standby (they take over when its session ends).
 //!
+//! A projection can also run as `N` partitions shared by any number of worker processes
+//! ([`PgPartitionedRunner`]): events are assigned by a stable hash of their stream id, each
+//! partition has its own checkpoint and is owned by one worker at a time (an advisory lock
+//! on the worker's session), and a dead worker's partitions are taken over by the others.
+//!
 //! Also here: rebuilds from scratch ([`rebuild`]) and into a shadow table swapped in atomically ([`rebuild_shadow`]),
 //! what a killed shadow rebuild left behind ([`shadow_leftovers`], [`discard_shadow`]),
 //! recorded park decisions ([`park_event`]) and their resolution ([`park_records`],
@@ -16,9 +21,11 @@
 //! ([`wait_for_projection`]) and operator status ([`projection_reports`]).
 
 mod handler;
+mod layout;
 mod leftover;
 mod ops;
 mod park;
+mod partition;
 mod rebuild;
 mod record;
 mod runner;
@@ -37,7 +44,8 @@ pub use park::{
     Forgotten, ParkRecord, ParkState, RetryOutcome, drop_parked, forget_projection, park_records,
     retry_parked,
 };
-pub use rebuild::{PgRebuildProgress, rebuild, rebuild_shadow};
+pub use partition::{PgPartitionedRunner, PgWorkerHandle, PgWorkerStatus};
+pub use rebuild::{PgRebuildProgress, rebuild, rebuild_partitioned, rebuild_shadow};
 pub use record::{RebuildOutcome, RebuildRecord};
 pub use runner::{
     PgProjectionError, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions, PgRunnerState,

@@ -11,6 +11,12 @@ const EVENT_COLUMNS: &str = "stream_id, version, transaction_id::text::bigint AS
 /// Rows below this are finished (committed or rolled back): the feed's visibility horizon.
 const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
 
+/// `chronik_projections::stream_hash(stream_id)` in SQL, as a `bigint` (0 to 2^32 - 1): the
+/// first four bytes of the MD5 digest of the id's UTF-8 bytes. MD5 and these casts are
+/// fixed by their definitions, never by a PostgreSQL version (unlike `hashtext`).
+pub(crate) const STREAM_HASH: &str =
+    "('x' || left(md5(convert_to(stream_id, 'UTF8')), 8))::bit(32)::bigint";
+
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) append: String,
@@ -24,6 +30,8 @@ pub(crate) struct Sql {
     pub(crate) stream_version: String,
     pub(crate) read_feed: String,
     pub(crate) read_feed_filtered: String,
+    /// `read_feed_filtered` for one partition: `$6` the count, `$7` the index.
+    pub(crate) read_feed_partition: String,
     pub(crate) feed_head: String,
     pub(crate) count_after: String,
     pub(crate) newest_committed: String,
@@ -130,6 +138,18 @@ impl Sql {
                     AND transaction_id < {HORIZON} \
                     AND (cardinality($4::text[]) = 0 OR event_type = ANY($4)) \
                     AND (cardinality($5::text[]) = 0 OR stream_type = ANY($5)) \
+                  ORDER BY transaction_id, global_position LIMIT $3"
+            ),
+            // The partition is computed here, so that a partition's runner receives only
+            // its own events (the feed index is still walked in order: the feed's order
+            // and its horizon are exactly those of `read_feed`).
+            read_feed_partition: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                  WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+                    AND transaction_id < {HORIZON} \
+                    AND (cardinality($4::text[]) = 0 OR event_type = ANY($4)) \
+                    AND (cardinality($5::text[]) = 0 OR stream_type = ANY($5)) \
+                    AND {STREAM_HASH} % $6 = $7 \
                   ORDER BY transaction_id, global_position LIMIT $3"
             ),
             // One statement, one snapshot: the count and the last event agree.

@@ -500,6 +500,34 @@ impl PgEventStore {
     pub(crate) fn cursor_params(cursor: FeedCursor) -> (String, i64) {
         (cursor.transaction().to_string(), cursor.position_i64())
     }
+
+    /// [`EventStore::read_feed`] restricted to partition `index` of `count` (streams whose
+    /// `chronik_projections::stream_hash % count == index`), filtered in the database.
+    pub(crate) async fn read_feed_partition(
+        &self,
+        after: FeedCursor,
+        filter: &FeedFilter,
+        (index, count): (u32, u32),
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let limit = check_limit(limit)?;
+        let (tx, position) = Self::cursor_params(after);
+        let events: Vec<_> = sqlx::query(&self.sql.read_feed_partition)
+            .bind(tx)
+            .bind(position)
+            .bind(limit)
+            .bind(&filter.event_types)
+            .bind(&filter.categories)
+            .bind(i64::from(count))
+            .bind(i64::from(index))
+            .fetch(&self.pool)
+            .map_err(backend)
+            .and_then(|row| futures::future::ready(row::recorded(&row)))
+            .try_collect()
+            .await?;
+        let next = events.last().map_or(after, |e| e.cursor);
+        Ok(FeedPage { events, next })
+    }
 }
 
 /// `host:port` (or the socket directory) of a connection's target, for messages: never

@@ -8,7 +8,8 @@
 //! at-least-once (checkpoint after effect); failures are retried with backoff and shown in
 //! [`ProjectionStatus`], never skipped unless parked by a recorded decision
 //! ([`ParkingLot`]). [`rebuild`] replays a projection from scratch with progress reports;
-//! [`follow`] tails the feed live.
+//! [`follow`] tails the feed live. [`Partitions`] splits a projection by a stable hash of
+//! the stream id, for engines that run partitions on several workers (PostgreSQL).
 //!
 //! **Invariant:** this crate knows the store only through the `chronik-store` ports; it
 //! names no database. Exactly-once PostgreSQL read models live in `chronik-postgres`.
@@ -18,6 +19,7 @@ mod follow;
 mod name;
 mod options;
 mod park;
+mod partition;
 mod projection;
 mod rebuild;
 mod runner;
@@ -30,6 +32,7 @@ pub use follow::{FollowOptions, follow};
 pub use name::ProjectionName;
 pub use options::RunnerOptions;
 pub use park::{MemoryParkingLot, ParkedEvent, ParkingLot};
+pub use partition::{MAX_PARTITIONS, Partitions, parse_partition, stream_hash};
 pub use projection::{HandlerError, Projection};
 pub use rebuild::{RebuildOptions, RebuildProgress, rebuild};
 pub use runner::{ProjectionRunner, RunnerHandle};

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chronik_core::{EventId, FeedCursor, StreamId, Version};
-use chronik_projections::measure_lag;
+use chronik_projections::{measure_lag, parse_partition};
 use chronik_store::{EventStore, StoreError, validate_projection_name};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -97,28 +97,39 @@ pub async fn parked_events(
         .collect()
 }
 
+/// Where projection `name` has applied everything up to: its checkpoint, or, when it runs
+/// as partitions, the least of its partitions' checkpoints.
 async fn read_checkpoint(
     store: &PgEventStore,
     sql: &ProjectionSql,
     name: &str,
 ) -> Result<Option<FeedCursor>, StoreError> {
-    let row = sqlx::query(&sql.read_checkpoint)
+    let rows = sqlx::query(&sql.read_checkpoint)
         .bind(name)
-        .fetch_optional(store.pool())
+        .fetch_all(store.pool())
         .await
         .map_err(backend)?;
-    row.map(|r| {
-        cursor_of(
-            r.try_get(0).map_err(backend)?,
+    let mut own = None;
+    let mut least: Option<FeedCursor> = None;
+    for r in &rows {
+        let row_name: String = r.try_get(0).map_err(backend)?;
+        let cursor = cursor_of(
             r.try_get(1).map_err(backend)?,
-        )
-    })
-    .transpose()
+            r.try_get(2).map_err(backend)?,
+        )?;
+        if row_name == name {
+            own = Some(cursor);
+        } else if parse_partition(&row_name).is_some_and(|(p, _, _)| p == name) {
+            least = Some(least.map_or(cursor, |l| l.min(cursor)));
+        }
+    }
+    Ok(own.or(least))
 }
 
 /// Read-your-writes across processes: waits until projection `name` has committed
 /// `target` (typically an `AppendResult::cursor`), polling its checkpoint row with a
-/// 2 to 100 ms backoff. Returns the checkpoint reached.
+/// 2 to 100 ms backoff. Returns the checkpoint reached. A partitioned projection has
+/// reached `target` when every partition has.
 ///
 /// # Errors
 /// [`PgProjectionError::Timeout`] after `timeout` (see [`projection_reports`] for the

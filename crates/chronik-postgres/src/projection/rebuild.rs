@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chronik_core::{EventId, FeedCursor, UpcasterRegistry};
-use chronik_projections::RebuildProgress;
+use chronik_projections::{Partitions, RebuildProgress};
 use chronik_store::{EventStore, MAX_FEED_PAGE, StoreError, validate_projection_name};
 use sqlx::Connection;
 use uuid::Uuid;
 
 use super::handler::{PgProjection, ShadowProjection};
+use super::layout;
 use super::record;
 use super::runner::{Batch, Engine, PgProjectionError};
 use crate::config::SchemaName;
@@ -223,6 +224,10 @@ fn interrupted(name: &str, p: &PgRebuildProgress) -> PgProjectionError {
 /// Takes the projection's advisory lock for the duration, so it fails with
 /// [`PgProjectionError::Busy`] while a runner is active (stop it first; restart it after).
 ///
+/// A projection that runs as partitions ([`crate::PgPartitionedRunner`]) is rebuilt with
+/// the number of partitions its checkpoints were written with (their locks are taken
+/// too, so no worker may run); [`rebuild_partitioned`] changes that number.
+///
 /// # Errors
 /// [`PgProjectionError::Busy`], store failures, [`PgProjectionError::Handler`] (naming the
 /// event, its stream, version and cursor), [`PgProjectionError::Interrupted`]; in every
@@ -234,12 +239,59 @@ pub async fn rebuild<P: PgProjection>(
     batch: usize,
     progress: Progress<'_>,
 ) -> Result<PgRebuildProgress, PgProjectionError> {
+    let stored = {
+        let sql = super::sql::ProjectionSql::new(store.schema());
+        let mut conn = store.pool().acquire().await?;
+        stored_partitions(&mut conn, &sql, projection.name()).await?
+    };
+    let layout = stored.unwrap_or(Partitions::ONE);
+    rebuild_partitioned(store, projection, layout, upcasters, batch, progress).await
+}
+
+/// The number of partitions of `name`'s stored partition checkpoints, if it has any.
+async fn stored_partitions(
+    conn: &mut sqlx::PgConnection,
+    sql: &super::sql::ProjectionSql,
+    name: &str,
+) -> Result<Option<Partitions>, PgProjectionError> {
+    Ok(layout::family(conn, sql, name)
+        .await?
+        .iter()
+        .find_map(|n| chronik_projections::parse_partition(n).map(|(_, _, count)| count)))
+}
+
+/// [`rebuild`] for a projection that runs as `partitions` from now on: the one way to
+/// change its number of partitions (whatever layout its checkpoints were written with).
+/// After the replay every partition's checkpoint is where the rebuild ended, and the
+/// checkpoints of any other layout are deleted, in the same transaction.
+///
+/// Takes the lock of the projection and of every partition, stored or new, so it fails
+/// with [`PgProjectionError::Busy`] while any worker owns one (stop them all first; start
+/// them with `partitions` after).
+///
+/// # Errors
+/// As [`rebuild`]; nothing was changed.
+pub async fn rebuild_partitioned<P: PgProjection>(
+    store: &PgEventStore,
+    projection: Arc<P>,
+    partitions: Partitions,
+    upcasters: Option<Arc<UpcasterRegistry>>,
+    batch: usize,
+    progress: Progress<'_>,
+) -> Result<PgRebuildProgress, PgProjectionError> {
     validate_projection_name(projection.name())?;
+    for name in layout::names(projection.name(), partitions) {
+        validate_projection_name(&name)?;
+    }
     let mut engine = Engine::new(store, Arc::clone(&projection), upcasters);
     engine.scan_all = true;
     let Some((mut lock, pid)) = engine.try_lock(projection.name()).await? else {
         return Err(super::runner::busy(store, projection.name()).await);
     };
+    if let Err(e) = lock_partitions(&engine, &mut lock, partitions).await {
+        let _ = lock.close().await;
+        return Err(e);
+    }
     let recorded = record::started(&mut lock, &engine.sql, projection.name(), false).await;
     let mut last = None;
     let mut track = |p: &PgRebuildProgress| {
@@ -252,7 +304,7 @@ pub async fn rebuild<P: PgProjection>(
             store,
             &engine,
             &projection,
-            batch,
+            (batch, partitions),
             recorded.then_some(pid),
             &mut track,
         )
@@ -283,7 +335,7 @@ async fn scratch<P: PgProjection>(
     store: &PgEventStore,
     engine: &Engine<P>,
     projection: &P,
-    batch: usize,
+    (batch, partitions): (usize, Partitions),
     recorded: Option<i32>,
     progress: Progress<'_>,
 ) -> Result<PgRebuildProgress, PgProjectionError> {
@@ -317,6 +369,21 @@ async fn scratch<P: PgProjection>(
         progress,
     )
     .await;
+    let replayed = match replayed {
+        Ok(()) => {
+            let name = projection.name();
+            layout::replace(
+                &mut tx,
+                &engine.sql,
+                store.schema(),
+                name,
+                partitions,
+                p.cursor,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     if let Err(e) = replayed {
         // Said explicitly while the connection is usable; dropping `tx` rolls back too.
         let _ = tx.rollback().await;
@@ -329,6 +396,44 @@ async fn scratch<P: PgProjection>(
     tx.commit().await?;
     p.elapsed = started.elapsed();
     Ok(p)
+}
+
+/// Takes, on the rebuild's lock session `lock`, the lock of every partition of the
+/// projection: those of its stored checkpoints and those of `partitions`.
+async fn lock_partitions<P: PgProjection>(
+    engine: &Engine<P>,
+    lock: &mut sqlx::PgConnection,
+    partitions: Partitions,
+) -> Result<(), PgProjectionError> {
+    let name = engine.projection.name();
+    let mut names = layout::family(lock, &engine.sql, name).await?;
+    names.extend(layout::names(name, partitions));
+    names.sort();
+    names.dedup();
+    for other in names.iter().filter(|n| *n != name) {
+        if engine.try_lock_on(lock, other).await?.is_none() {
+            return Err(super::runner::busy(&engine.store, other).await);
+        }
+    }
+    Ok(())
+}
+
+/// A shadow rebuild swaps one live checkpoint in: it refuses a projection whose stored
+/// checkpoints are partitions.
+async fn refuse_partitioned(store: &PgEventStore, name: &str) -> Result<(), PgProjectionError> {
+    let sql = super::sql::ProjectionSql::new(store.schema());
+    let mut conn = store.pool().acquire().await?;
+    match stored_partitions(&mut conn, &sql, name).await? {
+        Some(count) => Err(PgProjectionError::Store(StoreError::InvalidRequest(
+            format!(
+                "projection {name} runs as {} partitions, and a shadow rebuild keeps one checkpoint: \
+             rebuild it in place (`chronik projections rebuild {name} --partitions {}`)",
+                count.get(),
+                count.get()
+            ),
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn ident(name: &str) -> Result<(), StoreError> {
@@ -375,6 +480,7 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     let shadow_name = format!("{name}__shadow");
     validate_projection_name(&shadow_name)?;
     let s = store.schema().quoted();
+    refuse_partitioned(store, &name).await?;
 
     let mut shadow = Engine::new(
         store,

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use chronik_core::{EventId, FeedCursor, RecordedEvent, UpcasterRegistry};
 use chronik_projections::{
-    EventRef, LagMeter, ProjectionName, ProjectionState, ProjectionStatus, RunnerOptions,
+    EventRef, LagMeter, Partitions, ProjectionName, ProjectionState, ProjectionStatus,
+    RunnerOptions,
 };
 use chronik_store::{EventStore, FeedFilter, StoreError, catch_panic, upcast_recorded};
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::handler::{HandlerFailure, PgProjection, PgTransaction, handle_guarded};
+use super::layout;
 use super::sql::{ProjectionSql, lock_key};
 use crate::error::backend;
 use crate::row::to_u64;
@@ -73,6 +75,22 @@ pub enum PgProjectionError {
         /// Backend pid of the session holding its lock.
         pid: Option<i32>,
     },
+    /// The projection's checkpoints were written with another number of partitions than
+    /// it runs with now (`1`: a single runner). Running on would apply some events twice
+    /// and skip others, so nothing runs: changing the number of partitions is a rebuild
+    /// ([`crate::rebuild_partitioned`], `chronik projections rebuild <name> --partitions N`).
+    #[error(
+        "projection {projection} has checkpoints written by {}, but runs as {} now: changing the number of partitions is a rebuild; stop its runners, rebuild it with {wanted} (`chronik projections rebuild {projection} --partitions {wanted}`), then start them again",
+        layout(*stored), layout(*wanted)
+    )]
+    PartitionsChanged {
+        /// The projection.
+        projection: String,
+        /// The number of partitions its stored checkpoints were written with.
+        stored: u32,
+        /// The number it runs with now.
+        wanted: u32,
+    },
     /// The awaited position was not reached in time.
     #[error("projection {projection} reached {reached}, not {target}, in time")]
     Timeout {
@@ -83,6 +101,14 @@ pub enum PgProjectionError {
         /// Its checkpoint when the wait gave up.
         reached: FeedCursor,
     },
+}
+
+fn layout(n: u32) -> String {
+    if n == 1 {
+        "a single runner".to_owned()
+    } else {
+        format!("{n} partitions")
+    }
 }
 
 fn holder(pid: Option<i32>) -> String {
@@ -143,7 +169,7 @@ impl From<sqlx::Error> for PgProjectionError {
 /// runner reads `standby_poll` and `listen_channel` too; its backoff is the shared one).
 pub type PgRunnerOptions = RunnerOptions;
 
-fn validate(options: &RunnerOptions) -> Result<(), StoreError> {
+pub(crate) fn validate(options: &RunnerOptions) -> Result<(), StoreError> {
     options
         .validate()
         .map_err(|e| StoreError::InvalidRequest(e.to_string()))
@@ -223,28 +249,39 @@ impl<P: PgProjection> PgProjectionRunner<P> {
     pub fn spawn(self) -> Result<PgRunnerHandle, PgProjectionError> {
         ProjectionName::new(self.projection.name())?;
         validate(&self.options)?;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let status = Arc::new(watch::Sender::new(ProjectionStatus::new(
-            self.projection.name(),
-        )));
-        let task = Task {
-            engine: Engine::new(&self.store, self.projection, self.upcasters),
-            lag: LagMeter::new(self.options.lag_every),
-            options: self.options,
-            status: Arc::clone(&status),
-            stop: stop_rx,
-            lock: None,
-            held: false,
-            listener: None,
-            instance: Uuid::new_v4(),
-            session: None,
-            saved: None,
-        };
-        Ok(PgRunnerHandle {
-            stop: stop_tx,
-            status,
-            task: tokio::spawn(task.run()),
-        })
+        let mut engine = Engine::new(&self.store, self.projection, self.upcasters);
+        engine.check_layout = true;
+        Ok(start(engine, self.options, None))
+    }
+}
+
+/// Spawns the task of `engine`. With `owner`, the engine's lock is held by that session
+/// (a partitioned worker's), which the task records as its own and never takes itself.
+pub(crate) fn start<P: PgProjection>(
+    engine: Engine<P>,
+    options: PgRunnerOptions,
+    owner: Option<SessionInfo>,
+) -> PgRunnerHandle {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let status = Arc::new(watch::Sender::new(ProjectionStatus::new(engine.name())));
+    let task = Task {
+        engine,
+        lag: LagMeter::new(options.lag_every),
+        options,
+        status: Arc::clone(&status),
+        stop: stop_rx,
+        lock: None,
+        held: false,
+        external: owner.is_some(),
+        listener: None,
+        instance: Uuid::new_v4(),
+        session: owner,
+        saved: None,
+    };
+    PgRunnerHandle {
+        stop: stop_tx,
+        status,
+        task: tokio::spawn(task.run()),
     }
 }
 
@@ -285,6 +322,16 @@ impl PgRunnerHandle {
             crashed(&self.status, &e);
         }
         self.status.borrow().clone()
+    }
+
+    /// Cancels the task now, without waiting (a partitioned worker's partitions die with it).
+    pub(crate) fn cancel(&self) {
+        self.task.abort();
+    }
+
+    /// Whether the task has ended (stopped, or crashed).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Kills the task at its next await point, as a crash would: an open batch transaction
@@ -348,6 +395,12 @@ pub(crate) struct Engine<P> {
     /// Events to pass over without handling (a rebuild honours the park decisions the
     /// runner does; see [`crate::park_event`]).
     pub(crate) skip: HashSet<EventId>,
+    /// The partition applied (index, count): only its streams' events are read. `None`:
+    /// the whole feed, under the projection's own checkpoint.
+    pub(crate) partition: Option<(u32, Partitions)>,
+    /// Whether a missing checkpoint is created only after checking the stored layout
+    /// (runners do; a rebuild writes the layout itself).
+    pub(crate) check_layout: bool,
 }
 
 /// Locks `name`'s checkpoint row in `tx` (`FOR UPDATE`) and returns its cursor, `None`
@@ -397,6 +450,8 @@ impl<P: PgProjection> Engine<P> {
             projection,
             upcasters,
             skip: HashSet::new(),
+            partition: None,
+            check_layout: false,
         }
     }
 
@@ -422,6 +477,16 @@ impl<P: PgProjection> Engine<P> {
                 )?;
                 let processed = to_u64(row.try_get(2).map_err(backend)?, "events processed")?;
                 return Ok((cursor, processed));
+            }
+            if self.check_layout {
+                let wanted = self.partition.map_or(Partitions::ONE, |(_, n)| n);
+                let base = self.projection.name();
+                layout::check(conn, &self.sql, self.store.schema(), base, wanted)
+                    .await
+                    .map_err(|e| match e {
+                        PgProjectionError::Store(e) => e,
+                        other => StoreError::InvalidRequest(other.to_string()),
+                    })?;
             }
             sqlx::query(&self.sql.create_checkpoint)
                 .bind(self.name())
@@ -458,7 +523,7 @@ impl<P: PgProjection> Engine<P> {
         retrying: bool,
     ) -> Result<Batch, StoreError> {
         let (start, processed_before) = self.lock_checkpoint(tx).await?;
-        let filtered = self.filter != FeedFilter::all();
+        let filtered = self.filter != FeedFilter::all() || self.partition.is_some();
         // With a filter, a short page may move the checkpoint to the head read *before*
         // it: every later commit lands after that head in the feed.
         let head = if filtered && !self.scan_all {
@@ -471,7 +536,14 @@ impl<P: PgProjection> Engine<P> {
         } else {
             self.filter.clone()
         };
-        let page = self.store.read_feed(start, &read_filter, limit).await?;
+        let page = match self.partition {
+            Some((index, count)) if !self.scan_all => {
+                self.store
+                    .read_feed_partition(start, &read_filter, (index, count.get()), limit)
+                    .await?
+            }
+            _ => self.store.read_feed(start, &read_filter, limit).await?,
+        };
         let full = page.events.len() == limit;
         let scanned = page.events.len();
         let mut events = 0;
@@ -491,8 +563,11 @@ impl<P: PgProjection> Engine<P> {
                 continue;
             }
             if retrying && index == 0 {
-                let is_parked: bool = sqlx::query_scalar(&self.sql.is_parked)
-                    .bind(&self.name)
+                // A partition honours decisions recorded for itself or for its projection
+                // (which outlive a change of the number of partitions).
+                let names = [self.name.clone(), self.projection.name().to_owned()];
+                let is_parked: bool = sqlx::query_scalar(&self.sql.is_parked_any)
+                    .bind(&names[..])
                     .bind(raw.event_id.as_uuid())
                     .fetch_one(&mut **tx)
                     .await
@@ -687,7 +762,7 @@ impl<P: PgProjection> Engine<P> {
 /// A runner's lock session, as `pg_stat_activity` shows it.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionInfo {
-    pid: i32,
+    pub(crate) pid: i32,
     backend_start: Option<DateTime<Utc>>,
     application_name: Option<String>,
     client_addr: Option<String>,
@@ -700,8 +775,12 @@ struct Task<P> {
     stop: watch::Receiver<bool>,
     /// The dedicated lock session (kept while in standby too, to retry on it).
     lock: Option<PgConnection>,
-    /// Whether `lock` holds the projection's advisory lock.
+    /// Whether `lock` holds the projection's advisory lock (or, `external`, the owner's
+    /// session does).
     held: bool,
+    /// The lock is held by another session (a partitioned worker's: `session`), never
+    /// taken or released here.
+    external: bool,
     listener: Option<PgListener>,
     /// This instance's id: the key of its own status row.
     instance: Uuid,
@@ -831,6 +910,14 @@ impl<P: PgProjection> Task<P> {
 
     /// Holds the lock (taking it when free), or waits in standby.
     async fn ensure_lock(&mut self) -> Result<bool, Stopping> {
+        if self.external {
+            if !self.held {
+                self.held = true;
+                let pid = self.session.as_ref().map(|x| x.pid);
+                self.begin_owning(pid).await;
+            }
+            return Ok(true);
+        }
         if let Some(conn) = self.lock.as_mut() {
             if conn.ping().await.is_ok() {
                 if self.held {
@@ -869,20 +956,7 @@ impl<P: PgProjection> Task<P> {
         match attempt {
             Ok(Some(pid)) => {
                 self.held = true;
-                self.engine.prune_statuses(self.instance).await;
-                if let Some(channel) = self.options.listen_channel.clone() {
-                    match PgListener::connect_with(self.engine.store.pool()).await {
-                        Ok(mut l) => {
-                            if l.listen(&channel).await.is_ok() {
-                                self.listener = Some(l);
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot listen; polling only"),
-                    }
-                }
-                // The lock pid and the new state become visible together.
-                self.set_state_with(PgRunnerState::CatchingUp, |s| s.lock_pid = Some(pid))
-                    .await;
+                self.begin_owning(Some(pid)).await;
                 Ok(true)
             }
             Ok(None) => {
@@ -899,6 +973,25 @@ impl<P: PgProjection> Task<P> {
                 Ok(false)
             }
         }
+    }
+
+    /// Just took the lock (held by session `pid`): prunes the history rows, listens, and
+    /// says so.
+    async fn begin_owning(&mut self, pid: Option<i32>) {
+        self.engine.prune_statuses(self.instance).await;
+        if let Some(channel) = self.options.listen_channel.clone() {
+            match PgListener::connect_with(self.engine.store.pool()).await {
+                Ok(mut l) => {
+                    if l.listen(&channel).await.is_ok() {
+                        self.listener = Some(l);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot listen; polling only"),
+            }
+        }
+        // The lock pid and the new state become visible together.
+        self.set_state_with(PgRunnerState::CatchingUp, |s| s.lock_pid = pid)
+            .await;
     }
 
     async fn run_inner(&mut self) -> Result<(), Stopping> {

@@ -10,6 +10,8 @@ pub(crate) struct ProjectionSql {
     pub(crate) read_checkpoint: String,
     pub(crate) delete_checkpoint: String,
     pub(crate) is_parked: String,
+    /// `is_parked` under any of the names `$1` (a partition's, and its projection's).
+    pub(crate) is_parked_any: String,
     pub(crate) park: String,
     pub(crate) parked: String,
     pub(crate) park_records: String,
@@ -39,6 +41,22 @@ pub(crate) struct ProjectionSql {
     pub(crate) session_info: &'static str,
     /// `$1`: the lock key text; bigint key derived in SQL.
     pub(crate) try_lock: &'static str,
+    /// `$1`: the lock key text: releases one hold of a session-level lock.
+    pub(crate) unlock: &'static str,
+    /// `$1` the projection: the names of its checkpoint rows of every layout (its own
+    /// name, and `<name>#<index>/<count>` partition names, checked by the caller).
+    pub(crate) family: String,
+    /// `$1` the projection, `$2` the partition names: inserts the missing ones at the start.
+    pub(crate) create_partitions: String,
+    /// `$1`: checkpoint names to delete.
+    pub(crate) delete_checkpoints: String,
+    /// `$1`: a lock key text, taken until the transaction ends (a layout's check and
+    /// creation are serialized by it).
+    pub(crate) xact_lock: &'static str,
+    /// `$1`: a lock key text, taken in shared mode for the life of the session.
+    pub(crate) shared_lock: &'static str,
+    /// `$1`: a lock key text: the pids of the sessions holding it in shared mode, in order.
+    pub(crate) shared_holders: &'static str,
 }
 
 /// Whether runner row `r`'s lock session still exists. Without `pg_read_all_stats` another
@@ -69,15 +87,22 @@ impl ProjectionSql {
                         events_processed = EXCLUDED.events_processed, \
                         updated_at = now()"
             ),
+            // The projection's own checkpoint, or its partitions' (checked by the caller).
             read_checkpoint: format!(
-                "SELECT transaction_id, global_position, events_processed \
-                   FROM {s}.projection_checkpoints WHERE name = $1"
+                "SELECT name, transaction_id, global_position \
+                   FROM {s}.projection_checkpoints \
+                  WHERE name = $1 OR left(name, length($1) + 1) = $1 || '#'"
             ),
             delete_checkpoint: format!("DELETE FROM {s}.projection_checkpoints WHERE name = $1"),
             // A decision resolved as `retried` no longer skips its event.
             is_parked: format!(
                 "SELECT EXISTS (SELECT 1 FROM {s}.projection_parked \
                                  WHERE name = $1 AND event_id = $2 \
+                                   AND resolution IS DISTINCT FROM 'retried')"
+            ),
+            is_parked_any: format!(
+                "SELECT EXISTS (SELECT 1 FROM {s}.projection_parked \
+                                 WHERE name = ANY($1::text[]) AND event_id = $2 \
                                    AND resolution IS DISTINCT FROM 'retried')"
             ),
             park: format!(
@@ -207,6 +232,29 @@ impl ProjectionSql {
             session_info: "SELECT pid, backend_start, application_name, client_addr::text \
                              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
             try_lock: "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+            unlock: "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+            family: format!(
+                "SELECT name FROM {s}.projection_checkpoints \
+                  WHERE name = $1 OR left(name, length($1) + 1) = $1 || '#'"
+            ),
+            create_partitions: format!(
+                "INSERT INTO {s}.projection_checkpoints \
+                        (name, transaction_id, global_position, events_processed) \
+                 SELECT p, 0, 0, 0 FROM unnest($2::text[]) p ON CONFLICT (name) DO NOTHING"
+            ),
+            delete_checkpoints: format!(
+                "DELETE FROM {s}.projection_checkpoints WHERE name = ANY($1::text[])"
+            ),
+            xact_lock: "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            shared_lock: "SELECT pg_advisory_lock_shared(hashtextextended($1, 0))",
+            shared_holders: "SELECT l.pid FROM pg_locks l \
+                 CROSS JOIN (SELECT hashtextextended($1, 0) AS key) k \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock' \
+                   AND l.objsubid = 1 \
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                   AND l.classid::bigint = (k.key >> 32) & 4294967295 \
+                   AND l.objid::bigint = k.key & 4294967295 \
+                 ORDER BY l.pid",
         }
     }
 }
@@ -221,6 +269,18 @@ pub(crate) const LOCK_HOLDER: &str = "SELECT l.pid FROM pg_locks l \
        AND l.classid::bigint = (k.key >> 32) & 4294967295 \
        AND l.objid::bigint = k.key & 4294967295 \
      LIMIT 1";
+
+/// The advisory-lock key text serializing the check and creation of projection `name`'s
+/// checkpoint layout (held per transaction).
+pub(crate) fn layout_key(schema: &SchemaName, name: &str) -> String {
+    format!("chronik.projection-layout:{}:{name}", schema.as_str())
+}
+
+/// The advisory-lock key text that every worker of partitioned projection `name` holds
+/// in shared mode: the holders are the live workers, which share its partitions out.
+pub(crate) fn workers_key(schema: &SchemaName, name: &str) -> String {
+    format!("chronik.projection-workers:{}:{name}", schema.as_str())
+}
 
 /// The advisory-lock key text of a projection (schema-scoped). `statuses` builds the same
 /// text in SQL to find the lock's holder in `pg_locks`.
