@@ -11,6 +11,7 @@
 
 mod faults;
 mod model;
+mod partitions;
 mod projection;
 mod reactor;
 mod workload;
@@ -244,6 +245,9 @@ async fn run() -> anyhow::Result<bool> {
     sqlx::raw_sql(projection::TABLE_DDL)
         .execute(&control)
         .await?;
+    sqlx::raw_sql(partitions::TABLE_DDL)
+        .execute(&control)
+        .await?;
     let tiny = PgEventStore::from_pool_with(
         pool(
             scratch(&admin, &args.database, app::TINY),
@@ -286,6 +290,10 @@ async fn run() -> anyhow::Result<bool> {
 
     let world = Arc::new(World::new(plan.clone(), store.clone(), tiny, holder));
     let torture = Arc::new(TortureProjection::new(Arc::clone(&world), 97));
+    let partitioned = Arc::new(partitions::PartitionedProjection::new(
+        Arc::clone(&world),
+        89,
+    ));
     let reactor = Arc::new(reactor::TortureReactor::new(
         Arc::clone(&world),
         reactor_store.clone(),
@@ -314,6 +322,11 @@ async fn run() -> anyhow::Result<bool> {
         Arc::clone(&world),
         projection_store.clone(),
         Arc::clone(&torture),
+    ));
+    faults.spawn(partitions::worker_chaos(
+        Arc::clone(&world),
+        projection_store.clone(),
+        Arc::clone(&partitioned),
     ));
     faults.spawn(reactor::reactor_chaos(
         Arc::clone(&world),
@@ -405,6 +418,16 @@ async fn run() -> anyhow::Result<bool> {
                 None
             }
         };
+    if let Err(why) = partitions::catch_up(
+        &world,
+        &projection_store,
+        &partitioned,
+        Duration::from_secs(120),
+    )
+    .await
+    {
+        settle_problems.push(why);
+    }
     let _ = final_sample.send(());
     let _ = sampler.await;
 
@@ -420,7 +443,8 @@ async fn run() -> anyhow::Result<bool> {
         records: world.take_records(),
         stored,
         feed: read_feed(&store).await?,
-        projection: read_projection(&control).await?,
+        projection: read_projection(&control, "torture_projection").await?,
+        partitioned: Some(read_projection(&control, "torture_partitioned").await?),
         checkpoint: match checkpoint {
             Some(c) => Some((c.transaction(), c.position())),
             None => projection_store
@@ -520,10 +544,21 @@ async fn run() -> anyhow::Result<bool> {
         c.get(C::reactor_runner_starts),
     );
     println!(
-        "events verified: {} stored, {} in the feed, {} projected; {} checkpoint samples",
+        "partitioned projection {:?}: {} partitions on up to 3 workers, {} workers killed and {} \
+         stopped of {} started",
+        partitions::NAME,
+        partitions::PARTITIONS,
+        c.get(C::partition_workers_killed),
+        c.get(C::partition_workers_stopped),
+        c.get(C::partition_workers_started),
+    );
+    println!(
+        "events verified: {} stored, {} in the feed, {} projected, {} projected by partitions; \
+         {} checkpoint samples",
         observed.stored.len(),
         observed.feed.len(),
         observed.projection.len(),
+        observed.partitioned.as_ref().map_or(0, Vec::len),
         observed.samples
     );
     println!("checks:");
@@ -669,11 +704,15 @@ async fn read_feed(store: &PgEventStore) -> anyhow::Result<Vec<StoredEvent>> {
     }
 }
 
-/// The projection's table.
-async fn read_projection(pool: &PgPool) -> anyhow::Result<Vec<ProjectedEvent>> {
-    let rows = sqlx::query("SELECT seq, stream_id, version, event_id FROM torture_projection")
-        .fetch_all(pool)
-        .await?;
+/// A projection's table (`torture_projection` or `torture_partitioned`).
+async fn read_projection(pool: &PgPool, table: &str) -> anyhow::Result<Vec<ProjectedEvent>> {
+    let sql = match table {
+        "torture_partitioned" => {
+            "SELECT seq, stream_id, version, event_id FROM torture_partitioned"
+        }
+        _ => "SELECT seq, stream_id, version, event_id FROM torture_projection",
+    };
+    let rows = sqlx::query(sql).fetch_all(pool).await?;
     rows.iter()
         .map(|r| {
             Ok(ProjectedEvent {

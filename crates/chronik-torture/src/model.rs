@@ -120,6 +120,8 @@ pub(crate) struct Observed {
     pub(crate) feed: Vec<StoredEvent>,
     /// The projection's rows.
     pub(crate) projection: Vec<ProjectedEvent>,
+    /// The partitioned projection's rows (`None`: it did not run).
+    pub(crate) partitioned: Option<Vec<ProjectedEvent>>,
     /// The projection's final checkpoint.
     pub(crate) checkpoint: Option<Cursor>,
     /// How many checkpoint samples were taken during the run.
@@ -180,6 +182,7 @@ pub(crate) fn check(o: &Observed) -> Vec<CheckResult> {
         dense_versions(o),
         feed_exactly_once(o),
         projection_exactly_once(o),
+        partitioned_exactly_once(o),
         checkpoint_at_feed_end(o),
         checkpoint_never_ahead(o),
         resends_idempotent(o),
@@ -528,6 +531,37 @@ pub(crate) fn projection_exactly_once(o: &Observed) -> CheckResult {
     CheckResult::new(
         "the projection applied every committed event exactly once, in per-stream order",
         format!("{} projected rows", o.projection.len()),
+        bad,
+    )
+}
+
+/// The partitioned projection (four partitions on workers that were killed and restarted)
+/// applied every stored event exactly once, each stream in version order.
+pub(crate) fn partitioned_exactly_once(o: &Observed) -> CheckResult {
+    let mut bad = Vec::new();
+    let rows = o.partitioned.as_deref().unwrap_or_default();
+    if o.partitioned.is_some() {
+        let mut rows: Vec<&ProjectedEvent> = rows.iter().collect();
+        rows.sort_by_key(|r| r.seq);
+        exactly_once(
+            "partitioned projection",
+            &o.stored,
+            rows.iter().map(|r| &r.event_id),
+            &mut bad,
+        );
+        per_stream_order(
+            "partitioned projection",
+            rows.iter().map(|r| (r.stream.as_str(), r.version)),
+            &mut bad,
+        );
+    }
+    CheckResult::new(
+        "the partitioned projection applied every committed event exactly once, in per-stream order",
+        if o.partitioned.is_some() {
+            format!("{} rows applied by partitions", rows.len())
+        } else {
+            "not run".to_owned()
+        },
         bad,
     )
 }
@@ -942,6 +976,29 @@ mod tests {
         let r = feed_exactly_once(&reordered);
         assert!(r.examples.iter().any(|e| e.contains("v2 right after v0")));
         assert!(r.examples.iter().any(|e| e.contains("do not increase")));
+    }
+
+    #[test]
+    fn a_partitioned_projection_that_misses_repeats_or_reorders_is_reported() {
+        let mut o = healthy();
+        o.partitioned = Some(o.projection.clone());
+        assert!(partitioned_exactly_once(&o).passed());
+        let mut missed = o.clone();
+        missed.partitioned.as_mut().map(Vec::pop);
+        assert_eq!(partitioned_exactly_once(&missed).violations, 1);
+        let mut repeated = o.clone();
+        if let Some(rows) = repeated.partitioned.as_mut() {
+            let mut again = rows[2].clone();
+            again.seq = 4;
+            rows.push(again);
+        }
+        assert!(!partitioned_exactly_once(&repeated).passed());
+        let mut reordered = o;
+        if let Some(rows) = reordered.partitioned.as_mut() {
+            rows[0].seq = 2;
+            rows[1].seq = 1;
+        }
+        assert!(!partitioned_exactly_once(&reordered).passed());
     }
 
     #[test]

@@ -71,6 +71,9 @@ counters!(
     reactor_crashes,
     reactor_runner_starts,
     reactor_runner_aborts,
+    partition_workers_started,
+    partition_workers_killed,
+    partition_workers_stopped,
 );
 
 /// The run's counters.
