@@ -26,6 +26,8 @@ pub(crate) const STORE_SCHEMA: &str = "chronik_bench";
 pub(crate) const RAW_SCHEMA: &str = "chronik_bench_raw";
 /// Scenario 5's store: a feed of Orders events and nothing else.
 pub(crate) const ORDERS_SCHEMA: &str = "chronik_bench_orders";
+/// The partitioned-projection scenario's store.
+pub(crate) const PARTS_SCHEMA: &str = "chronik_bench_parts";
 
 /// A pool of `size` connections, as chronik's own: no ping before each acquire (that would
 /// add a round trip to every operation), all connections opened up front.
@@ -111,6 +113,9 @@ async fn reset(url: &str) -> anyhow::Result<()> {
         .execute(format!("DROP SCHEMA IF EXISTS {ORDERS_SCHEMA} CASCADE").as_str())
         .await?;
     admin
+        .execute(format!("DROP SCHEMA IF EXISTS {PARTS_SCHEMA} CASCADE").as_str())
+        .await?;
+    admin
         .execute(format!("CREATE SCHEMA {RAW_SCHEMA}").as_str())
         .await?;
     admin.execute(seed_table_ddl(RAW_SCHEMA).as_str()).await?;
@@ -120,6 +125,7 @@ async fn reset(url: &str) -> anyhow::Result<()> {
         .await?
         .migrate()
         .await?;
+    scratch_store(url, PARTS_SCHEMA, 1).await?.migrate().await?;
     Ok(())
 }
 
@@ -348,6 +354,10 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
     // 5. The Orders read model.
     if plan.wants("projection") {
         projection::orders(url, plan, report).await?;
+    }
+    // 5b. A partitioned projection against the single runner.
+    if plan.wants("projection-partitions") {
+        projection::partitions(url, plan, report).await?;
     }
     if plan.wants("feed") {
         feed(url, &s, plan, report).await?;

@@ -1,6 +1,7 @@
-//! Scenarios 4 (a no-op projection catching up), 5 (the Orders read model) and 6 (live
-//! latency from an append's commit to the projection's checkpoint, under append load), all
-//! through `chronik_postgres::PgProjectionRunner`: the exactly-once runner users deploy.
+//! Scenarios 4 (a no-op projection catching up), 5 (the Orders read model), 5b (a
+//! partitioned projection against the single runner) and 6 (live latency from an append's
+//! commit to the projection's checkpoint, under append load), all through the exactly-once
+//! runners users deploy (`chronik_postgres::PgProjectionRunner`, `PgPartitionedRunner`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chronik_core::{ExpectedVersion, FeedCursor, Metadata, RecordedEvent, StreamId, Version};
 use chronik_postgres::{
-    HandlerFailure, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
-    PgRunnerOptions, PgRunnerState, PgTransaction,
+    HandlerFailure, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionRunner,
+    PgRunnerHandle, PgRunnerOptions, PgRunnerState, PgTransaction, wait_for_projection,
 };
+use chronik_projections::Partitions;
 use chronik_store::{EventStore, Repository};
 use futures::StreamExt as _;
 use orders::{LineAdded, Order, OrderEvent, OrderPlaced, OrderProjection, OrderShipped};
@@ -177,6 +179,150 @@ pub(crate) async fn orders(url: &str, plan: &Plan, report: &mut Report) -> anyho
         1,
         None,
     );
+    store.pool().close().await;
+    Ok(())
+}
+
+/// Scenario 5b's read model: one counter row per stream, an upsert per event (the shape of
+/// most read models: a keyed write per event), in `stream_counts`.
+#[derive(Debug)]
+struct StreamCounts {
+    name: String,
+    table: String,
+}
+
+impl PgProjection for StreamCounts {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgTransaction,
+        event: &RecordedEvent,
+    ) -> Result<(), HandlerFailure> {
+        sqlx::query(&self.table)
+            .bind(event.stream_id.as_str())
+            .bind(event.version.as_i64())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, _tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+        Ok(())
+    }
+}
+
+/// Scenario 5b: the same feed (`plan.orders` streams of five events, many small
+/// transactions) applied by the single runner and by one worker running it as 1, 2 and 4
+/// partitions (each partition its own task, batches and checkpoint), each from the start
+/// into an emptied table; events/s until every partition has committed the feed's end.
+pub(crate) async fn partitions(url: &str, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
+    let scenario = "projection-partitions";
+    let store = pg::scratch_store(url, pg::PARTS_SCHEMA, 12).await?;
+    let s = store.schema().quoted();
+    sqlx::query(&format!(
+        "CREATE TABLE IF NOT EXISTS {s}.stream_counts \
+         (stream_id text PRIMARY KEY, events bigint NOT NULL, version bigint NOT NULL)"
+    ))
+    .execute(store.pool())
+    .await?;
+    let streams = plan.orders;
+    futures::stream::iter(0..streams)
+        .map(|i| {
+            let store = store.clone();
+            async move {
+                let id = StreamId::new(format!("item-{i}"))?;
+                for v in 0..5u64 {
+                    let expected = if v == 0 {
+                        ExpectedVersion::NoStream
+                    } else {
+                        ExpectedVersion::Exact(Version::new(v)?)
+                    };
+                    store.append(&id, expected, &[new_event()]).await?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+    let (target, total) = head(&store).await?;
+    let upsert = format!(
+        "INSERT INTO {s}.stream_counts AS c (stream_id, events, version) VALUES ($1, 1, $2) \
+         ON CONFLICT (stream_id) DO UPDATE SET events = c.events + 1, version = EXCLUDED.version \
+         WHERE c.version < EXCLUDED.version"
+    );
+    let options = PgRunnerOptions {
+        batch_size: 500,
+        ..PgRunnerOptions::default()
+    };
+    let variants: [(&str, Option<u32>); 4] = [
+        ("single runner", None),
+        ("1 partition", Some(1)),
+        ("2 partitions", Some(2)),
+        ("4 partitions", Some(4)),
+    ];
+    for (variant, count) in variants {
+        sqlx::query(&format!("TRUNCATE {s}.stream_counts"))
+            .execute(store.pool())
+            .await?;
+        let projection = Arc::new(StreamCounts {
+            name: format!("bench-parts-{}", count.map_or(0, |n| n)),
+            table: upsert.clone(),
+        });
+        let start = Instant::now();
+        match count {
+            None => {
+                let runner = PgProjectionRunner::new(store.clone(), projection)
+                    .with_options(options.clone())
+                    .spawn()?;
+                let reached = wait_until(&runner, |st| st.checkpoint >= target).await;
+                runner.stop().await;
+                reached?;
+            }
+            Some(n) => {
+                let worker = PgPartitionedRunner::new(
+                    store.clone(),
+                    Arc::clone(&projection),
+                    Partitions::new(n)?,
+                )
+                .with_options(options.clone())
+                .spawn()
+                .await?;
+                let reached =
+                    wait_for_projection(&store, &projection.name, target, Duration::from_secs(600))
+                        .await;
+                worker.stop().await;
+                reached?;
+            }
+        }
+        let elapsed = start.elapsed();
+        let applied: i64 = sqlx::query_scalar(&format!(
+            "SELECT coalesce(sum(events), 0)::bigint FROM {s}.stream_counts"
+        ))
+        .fetch_one(store.pool())
+        .await?;
+        anyhow::ensure!(
+            u64::try_from(applied).ok() == Some(total),
+            "{variant}: the read model counts {applied} events, expected {total}"
+        );
+        report.push(
+            scenario,
+            variant,
+            1,
+            harness::stats(vec![elapsed.as_micros() as u64], total, elapsed),
+        );
+    }
+    report.notes.push(format!(
+        "{scenario}: {total} events in {streams} streams, an upsert per event; one worker \
+         process runs every partition (each on its own task and connections)"
+    ));
+    report.ratio(scenario, "4 partitions", "single runner", 1, None);
+    report.ratio(scenario, "2 partitions", "single runner", 1, None);
     store.pool().close().await;
     Ok(())
 }
