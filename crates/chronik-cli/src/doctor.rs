@@ -124,6 +124,7 @@ pub(crate) async fn run(
     let mut reports = Vec::new();
     let mut held_back_by = None;
     let mut shadows = Vec::new();
+    let mut standbys = Vec::new();
     if migrated {
         held_back_by = projections::horizon_blocker(store).await?;
         if let Some(h) = &held_back_by {
@@ -203,6 +204,10 @@ pub(crate) async fn run(
                 )),
             }
         }
+        standbys = chronik_postgres::standby_reports(store)
+            .await
+            .context("cannot read which runners read from a hot standby")?;
+        standby_lines(&standbys, limits, &mut out, &mut problems, &mut warnings);
     } else {
         out.push("  projections  not checked: the schema is not migrated".to_owned());
     }
@@ -240,6 +245,15 @@ pub(crate) async fn run(
             } else {
                 Value::Null
             },
+            "standbys": standbys.iter().map(|r| json!({
+                "projection": r.projection,
+                "instance": r.instance.to_string(),
+                "standby": r.standby,
+                "lag_bytes": r.lag_bytes,
+                "lag_seconds": r.lag_seconds,
+                "paused": r.paused,
+                "measured_seconds_ago": r.measured_seconds_ago,
+            })).collect::<Vec<_>>(),
             "shadows": shadows.iter().map(|sh| json!({
                 "projection": sh.projection,
                 "checkpoint": sh.checkpoint.map(|c| c.to_string()),
@@ -323,6 +337,69 @@ fn holder_problem(h: &HorizonHolder, connected: &str) -> String {
         table::holder_short(h),
         h.how_to_end()
     )
+}
+
+/// Measures older than this are stale: the runner measures every `lag_every` (1 s).
+const STALE_MEASURE: f64 = 60.0;
+
+/// The runners that read the feed from a hot standby: the standby's replication lag as
+/// each last measured it. A paused standby or one further behind than `max_lag` is a
+/// problem (its runners wait for it); a stale measure is a warning.
+fn standby_lines(
+    reports: &[chronik_postgres::StandbyReport],
+    limits: Limits,
+    out: &mut Vec<String>,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    if reports.is_empty() {
+        return;
+    }
+    out.push(format!(
+        "  standbys     {} reading the feed from a hot standby",
+        count(reports.len() as u64, "runner")
+    ));
+    for r in reports {
+        let lag = match (r.lag_bytes, r.lag_seconds) {
+            (Some(b), Some(s)) => format!("{} of WAL behind ({s:.1} s)", count(b, "byte")),
+            (Some(b), None) => format!("{} of WAL behind", count(b, "byte")),
+            _ => "not measured yet".to_owned(),
+        };
+        let paused = if r.paused { ", replay paused" } else { "" };
+        let age = r
+            .measured_seconds_ago
+            .map_or_else(String::new, |a| format!(", measured {a:.1} s ago"));
+        out.push(format!(
+            "               {} reads {}: {lag}{paused}{age}",
+            r.projection, r.standby
+        ));
+        if r.paused {
+            problems.push(format!(
+                "the hot standby {} that projection {} reads is paused \
+                 (pg_wal_replay_pause()): the projection waits until \
+                 pg_wal_replay_resume() runs on the standby",
+                r.standby, r.projection
+            ));
+        } else if r.lag_seconds.is_some_and(|s| s >= limit(limits.max_lag)) {
+            problems.push(format!(
+                "the hot standby {} that projection {} reads is {} behind its primary: \
+                 the projection trails by as much; check the standby's replication \
+                 (pg_stat_wal_receiver there, pg_stat_replication on the primary)",
+                r.standby,
+                r.projection,
+                table::age(r.lag_seconds.unwrap_or_default())
+            ));
+        }
+        if r.measured_seconds_ago.is_some_and(|a| a >= STALE_MEASURE) {
+            warnings.push(format!(
+                "projection {} last measured its standby {} {} ago: the runner cannot \
+                 reach it, or is stuck (see its state above)",
+                r.projection,
+                r.standby,
+                table::age(r.measured_seconds_ago.unwrap_or_default())
+            ));
+        }
+    }
 }
 
 /// `the checkpoint orders__shadow (at 812:4) and the table order_summaries__shadow`.

@@ -59,7 +59,8 @@
 //! - an error that aborted a caller's transaction is [`StoreError::TransactionAborted`],
 //!   and [`PgStoreTransaction::commit`] refuses such a transaction;
 //! - the feed is read by `(transaction_id, global_position)` below
-//!   `pg_snapshot_xmin(pg_current_snapshot())` (see `docs/ordering.md`);
+//!   `pg_snapshot_xmin(pg_current_snapshot())` (see `docs/ordering.md`), on the primary or
+//!   on a hot standby ([`PgStandby`]) in one recovery snapshot, a prefix of the primary's;
 //! - this crate never calls `pg_notify` in an append and never logs a connection string.
 //!
 //! [`EventStore`]: chronik_store::EventStore
@@ -85,6 +86,7 @@ mod roles;
 mod row;
 mod snapshot;
 mod sql;
+mod standby;
 mod store;
 mod trace;
 mod transaction;
@@ -111,6 +113,7 @@ pub use roles::{
     APPLICATION_PRIVILEGES, ConnectedRole, READ_MODEL_PRIVILEGES, RoleName, application_role_sql,
     application_role_sql_with,
 };
+pub use standby::{PgStandby, StandbyLag, StandbyReport, standby_reports};
 pub use store::PgEventStore;
 pub use transaction::PgStoreTransaction;
 pub use wake::PgWakeSource;

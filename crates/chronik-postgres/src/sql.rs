@@ -45,6 +45,10 @@ pub(crate) struct Sql {
     pub(crate) delete_checkpoint: String,
     pub(crate) list_checkpoints: String,
     pub(crate) horizon_holders: String,
+    /// On a standby, in its read transaction: whether it is in recovery, and its horizon.
+    pub(crate) standby_horizon: String,
+    /// The last cursor below the horizon (the head without `feed_head`'s count).
+    pub(crate) feed_last: String,
 }
 
 impl Sql {
@@ -171,6 +175,12 @@ impl Sql {
                   ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
             ),
             horizon: format!("SELECT {HORIZON}::text::bigint"),
+            standby_horizon: format!("SELECT pg_is_in_recovery(), {HORIZON}::text::bigint"),
+            feed_last: format!(
+                "SELECT transaction_id::text::bigint, global_position FROM {s}.events \
+                  WHERE transaction_id < {HORIZON} \
+                  ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
+            ),
             load_snapshot: format!(
                 "SELECT {snapshot_columns} FROM {s}.snapshots \
                   WHERE stream_id = $1 AND state_schema_version = $2"

@@ -532,7 +532,7 @@ impl PgEventStore {
 
 /// `host:port` (or the socket directory) of a connection's target, for messages: never
 /// the user, password or any other part of the URL.
-fn endpoint(options: &PgConnectOptions) -> String {
+pub(crate) fn endpoint(options: &PgConnectOptions) -> String {
     match options.get_socket() {
         Some(dir) => format!(
             "the socket in {} (port {})",

@@ -4,6 +4,8 @@
 //!   over any store, listed once in [`conformance_cases!`]).
 //! - [`given`]: given/when/then for aggregates, without a database.
 //! - [`strategies`]: proptest strategies for ids, payloads and any aggregate's histories.
+//! - [`replica`]: a throwaway primary cluster and a hot standby of it, for tests of
+//!   standby-fed readers (needs PostgreSQL's server binaries).
 //! - [`Interloper`]: a store wrapper that lets a competing writer in between a command's
 //!   load and its append, to race a real concurrent write.
 
@@ -11,6 +13,7 @@ pub mod conformance;
 mod gwt;
 mod interloper;
 pub mod projections;
+pub mod replica;
 pub mod strategies;
 
 pub use gwt::{Scenario, given};

@@ -21,6 +21,7 @@ use super::layout;
 use super::sql::{ProjectionSql, lock_key};
 use crate::error::backend;
 use crate::row::to_u64;
+use crate::standby::{PgStandby, StandbyMeter};
 use crate::store::PgEventStore;
 
 /// Errors of the PostgreSQL projection functions.
@@ -215,6 +216,7 @@ pub struct PgProjectionRunner<P> {
     projection: Arc<P>,
     options: PgRunnerOptions,
     upcasters: Option<Arc<UpcasterRegistry>>,
+    standby: Option<PgStandby>,
 }
 
 impl<P: PgProjection> PgProjectionRunner<P> {
@@ -225,6 +227,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
             projection,
             options: PgRunnerOptions::default(),
             upcasters: None,
+            standby: None,
         }
     }
 
@@ -242,6 +245,23 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         self
     }
 
+    /// Reads the feed from `standby`, a hot standby of the store's primary, instead of the
+    /// primary; the read model, the checkpoint, the lock and the status stay on the primary
+    /// (`docs/projections.md`, "Reading the feed from a hot standby"). Still gap-free and
+    /// exactly-once: each batch locks the checkpoint on the primary, then reads the page
+    /// after it on the standby in one recovery snapshot, which is a prefix of the primary's
+    /// feed. A standby that lags or is paused makes the runner wait (empty pages; the lag,
+    /// measured on the primary, shows it); a promoted standby is refused (the runner fails,
+    /// retrying, until it is pointed elsewhere). `LISTEN` (`listen_channel`) stays on the
+    /// primary, a hint after which the runner polls the standby from `poll_min` again. The
+    /// standby's replication lag is recorded in the status row every `lag_every`
+    /// ([`crate::standby_reports`], `doctor`).
+    #[must_use]
+    pub fn with_standby(mut self, standby: PgStandby) -> Self {
+        self.standby = Some(standby);
+        self
+    }
+
     /// Spawns the runner on the current tokio runtime.
     ///
     /// # Errors
@@ -251,6 +271,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         validate(&self.options)?;
         let mut engine = Engine::new(&self.store, self.projection, self.upcasters);
         engine.check_layout = true;
+        engine.standby = self.standby;
         Ok(start(engine, self.options, None))
     }
 }
@@ -264,8 +285,13 @@ pub(crate) fn start<P: PgProjection>(
 ) -> PgRunnerHandle {
     let (stop_tx, stop_rx) = watch::channel(false);
     let status = Arc::new(watch::Sender::new(ProjectionStatus::new(engine.name())));
+    let standby_meter = engine
+        .standby
+        .clone()
+        .map(|s| StandbyMeter::new(s, options.lag_every, engine.store.schema()));
     let task = Task {
         engine,
+        standby_meter,
         lag: LagMeter::new(options.lag_every),
         options,
         status: Arc::clone(&status),
@@ -401,6 +427,8 @@ pub(crate) struct Engine<P> {
     /// Whether a missing checkpoint is created only after checking the stored layout
     /// (runners do; a rebuild writes the layout itself).
     pub(crate) check_layout: bool,
+    /// Where the feed is read: a hot standby, or the primary (`None`).
+    pub(crate) standby: Option<PgStandby>,
 }
 
 /// Locks `name`'s checkpoint row in `tx` (`FOR UPDATE`) and returns its cursor, `None`
@@ -452,6 +480,7 @@ impl<P: PgProjection> Engine<P> {
             skip: HashSet::new(),
             partition: None,
             check_layout: false,
+            standby: None,
         }
     }
 
@@ -524,25 +553,29 @@ impl<P: PgProjection> Engine<P> {
     ) -> Result<Batch, StoreError> {
         let (start, processed_before) = self.lock_checkpoint(tx).await?;
         let filtered = self.filter != FeedFilter::all() || self.partition.is_some();
-        // With a filter, a short page may move the checkpoint to the head read *before*
-        // it: every later commit lands after that head in the feed.
-        let head = if filtered && !self.scan_all {
-            self.store.feed_head().await?.last
-        } else {
-            None
-        };
         let read_filter = if self.scan_all {
             FeedFilter::all()
         } else {
             self.filter.clone()
         };
-        let page = match self.partition {
+        // With a filter (or a partition), a short page may move the checkpoint to the head
+        // read *before* it (or in the same snapshot, on a standby): every later commit lands
+        // after that head.
+        let want_head = filtered && !self.scan_all;
+        let (head, page) = match self.partition {
             Some((index, count)) if !self.scan_all => {
-                self.store
+                let head = if want_head {
+                    self.store.feed_head().await?.last
+                } else {
+                    None
+                };
+                let page = self
+                    .store
                     .read_feed_partition(start, &read_filter, (index, count.get()), limit)
-                    .await?
+                    .await?;
+                (head, page)
             }
-            _ => self.store.read_feed(start, &read_filter, limit).await?,
+            _ => self.read_page(start, &read_filter, limit, want_head).await?,
         };
         let full = page.events.len() == limit;
         let scanned = page.events.len();
@@ -624,6 +657,28 @@ impl<P: PgProjection> Engine<P> {
             full,
             parked,
         })
+    }
+
+    /// The page after `start` and, with `want_head`, the feed's head read before it (or in
+    /// the same snapshot, on a standby).
+    async fn read_page(
+        &self,
+        start: FeedCursor,
+        filter: &FeedFilter,
+        limit: usize,
+        want_head: bool,
+    ) -> Result<(Option<FeedCursor>, chronik_store::FeedPage), StoreError> {
+        if let Some(standby) = &self.standby {
+            return standby
+                .read_page(&self.store, start, filter, limit, want_head)
+                .await;
+        }
+        let head = if want_head {
+            self.store.feed_head().await?.last
+        } else {
+            None
+        };
+        Ok((head, self.store.read_feed(start, filter, limit).await?))
     }
 
     /// Writes a checkpoint row inside `conn`'s transaction.
@@ -770,6 +825,8 @@ pub(crate) struct SessionInfo {
 
 struct Task<P> {
     engine: Engine<P>,
+    /// Records the standby's replication lag, for a standby-fed runner.
+    standby_meter: Option<StandbyMeter>,
     options: PgRunnerOptions,
     status: Arc<watch::Sender<PgRunnerStatus>>,
     stop: watch::Receiver<bool>,
@@ -802,21 +859,34 @@ impl<P: PgProjection> Task<P> {
         }
     }
 
-    async fn idle(&mut self, d: Duration) -> Result<(), Stopping> {
+    /// Waits `d` or until a notification; returns whether one came.
+    async fn idle(&mut self, d: Duration) -> Result<bool, Stopping> {
         let Some(listener) = self.listener.as_mut() else {
-            return self.pause(d).await;
+            return self.pause(d).await.map(|()| false);
         };
         tokio::select! {
-            () = tokio::time::sleep(d) => Ok(()),
+            () = tokio::time::sleep(d) => Ok(false),
             r = listener.recv() => {
                 if r.is_err() {
                     // Lost connection: polling carries on; reconnect on the next start.
                     self.listener = None;
                 }
-                Ok(())
+                Ok(r.is_ok())
             }
             _ = self.stop.wait_for(|s| *s) => Err(Stopping),
         }
+    }
+
+    /// [`Task::idle`], then the next idle interval: a notification read by a standby-fed
+    /// runner starts polling again from `poll_min`, since the standby may not have replayed
+    /// the commit it announces yet.
+    async fn idle_next(&mut self, d: Duration) -> Result<Duration, Stopping> {
+        let woken = self.idle(d).await?;
+        Ok(if woken && self.engine.standby.is_some() {
+            self.options.poll_min
+        } else {
+            d
+        })
     }
 
     /// Sets the state. Persists it first when it or the lock session changed, so that a
@@ -877,6 +947,11 @@ impl<P: PgProjection> Task<P> {
         self.lag
             .refresh(&self.engine.store, &self.status, force)
             .await;
+        if let Some(meter) = self.standby_meter.as_mut() {
+            meter
+                .refresh(&self.engine.store, &self.engine.name, self.instance)
+                .await;
+        }
     }
 
     async fn run(mut self) {
@@ -1035,7 +1110,7 @@ impl<P: PgProjection> Task<P> {
                     } else {
                         (idle * 2).min(self.options.poll_max)
                     };
-                    self.idle(idle).await?;
+                    idle = self.idle_next(idle).await?;
                 }
                 Ok(Batch::Idle { cursor, processed }) => {
                     self.status.send_modify(|s| {
@@ -1045,7 +1120,7 @@ impl<P: PgProjection> Task<P> {
                     self.set_state(PgRunnerState::Live).await;
                     self.refresh_lag(false).await;
                     idle = (idle * 2).min(self.options.poll_max);
-                    self.idle(idle).await?;
+                    idle = self.idle_next(idle).await?;
                 }
                 Ok(Batch::Failed { index, .. }) if index > 0 => {
                     // Commit the good events before the failing one first.

@@ -57,6 +57,8 @@ pub(crate) struct ProjectionSql {
     pub(crate) shared_lock: &'static str,
     /// `$1`: a lock key text: the pids of the sessions holding it in shared mode, in order.
     pub(crate) shared_holders: &'static str,
+    /// The live runners that read the feed from a hot standby, with their last measure.
+    pub(crate) standby_reports: String,
 }
 
 /// Whether runner row `r`'s lock session still exists. Without `pg_read_all_stats` another
@@ -255,6 +257,14 @@ impl ProjectionSql {
                    AND l.classid::bigint = (k.key >> 32) & 4294967295 \
                    AND l.objid::bigint = k.key & 4294967295 \
                  ORDER BY l.pid",
+            standby_reports: format!(
+                "SELECT r.name, r.instance_id, r.standby, r.standby_lag_bytes, \
+                        r.standby_lag_seconds, r.standby_paused, \
+                        extract(epoch FROM now() - r.standby_measured_at)::float8 \
+                   FROM {s}.projection_runners r \
+                  WHERE r.standby IS NOT NULL AND r.state <> 'stopped' AND {ALIVE} \
+                  ORDER BY r.name COLLATE \"C\", r.started_at, r.instance_id"
+            ),
         }
     }
 }
