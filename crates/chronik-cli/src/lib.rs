@@ -16,7 +16,8 @@
 //! Commands that need no domain knowledge work with no registration, on any store:
 //! `migrate`, `tail` (upcast where upcasters are registered), `streams list`, `streams show`,
 //! `projections status`, `doctor`, `append`, `snapshots list | drop`, `roles grant`. With
-//! registrations: `projections rebuild NAME` (registered projections), `snapshots take`
+//! registrations: `projections rebuild NAME` and `projections run NAME [--standby-url URL]`
+//! (registered projections), `snapshots take`
 //! (registered aggregates), `roles grant` also grants the registered read-model tables, and
 //! `migrate` also runs the registered setups (e.g. creating a read model's table).
 //!
@@ -37,6 +38,7 @@ mod parked;
 mod projections;
 mod relay;
 mod roles;
+mod runner;
 mod snapshots;
 mod streams;
 mod table;
@@ -118,6 +120,15 @@ type RetryFn = Box<
         + Sync,
 >;
 type SetupFn = Box<dyn Fn(PgEventStore) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+type RunFn = Box<
+    dyn Fn(
+            &PgEventStore,
+            Option<Arc<UpcasterRegistry>>,
+            Option<chronik_postgres::PgStandby>,
+        ) -> Result<chronik_postgres::PgRunnerHandle, PgProjectionError>
+        + Send
+        + Sync,
+>;
 
 /// A registered projection: what `projections rebuild` and `roles grant` need.
 pub(crate) struct RegisteredProjection {
@@ -125,6 +136,8 @@ pub(crate) struct RegisteredProjection {
     pub(crate) table: String,
     pub(crate) rebuild: RebuildFn,
     pub(crate) retry: RetryFn,
+    /// Spawns its runner (`projections run`), reading from a standby when given one.
+    pub(crate) run: RunFn,
 }
 
 /// How `projections rebuild` rebuilds.
@@ -311,11 +324,27 @@ impl Operator {
                 ))
             })
         };
+        let run: RunFn = {
+            let factory = Arc::clone(&factory);
+            Box::new(move |store, upcasters, standby| {
+                let projection = Arc::new(factory(store.schema()));
+                let mut runner =
+                    chronik_postgres::PgProjectionRunner::new(store.clone(), projection);
+                if let Some(registry) = upcasters {
+                    runner = runner.with_upcasters(registry);
+                }
+                if let Some(standby) = standby {
+                    runner = runner.with_standby(standby);
+                }
+                runner.spawn()
+            })
+        };
         self.registry.projections.push(RegisteredProjection {
             name,
             table,
             rebuild,
             retry,
+            run,
         });
         self
     }
@@ -402,16 +431,18 @@ impl Operator {
         let command = if self.registry.projections.is_empty() {
             command
         } else {
+            let names: Vec<String> = self
+                .registry
+                .projections
+                .iter()
+                .map(|p| p.name.clone())
+                .collect();
             command.mut_subcommand("projections", |p| {
-                p.mut_subcommand("rebuild", |r| {
-                    r.mut_arg("name", |a| {
-                        a.value_parser(clap::builder::PossibleValuesParser::new(
-                            self.registry
-                                .projections
-                                .iter()
-                                .map(|p| p.name.clone())
-                                .collect::<Vec<_>>(),
-                        ))
+                ["rebuild", "run"].into_iter().fold(p, |p, sub| {
+                    p.mut_subcommand(sub, |r| {
+                        r.mut_arg("name", |a| {
+                            a.value_parser(clap::builder::PossibleValuesParser::new(names.clone()))
+                        })
                     })
                 })
             })
@@ -702,6 +733,11 @@ enum ProjectionsCommand {
     /// Never leaves a half-built read model: if an event cannot be applied, or Ctrl-C
     /// stops it (exit status 130), the old read model stays as it was.
     Rebuild(RebuildArgs),
+    /// Runs a registered projection's exactly-once runner until Ctrl-C (each batch commits
+    /// its read-model changes with its checkpoint; one active runner per projection, others
+    /// wait in standby). With `--standby-url` it reads the feed from a hot standby of the
+    /// database and writes only to the primary (docs/projections.md).
+    Run(RunArgs),
     /// The events parked for a projection (decisions to pass over an event it cannot
     /// apply), with their state, and the event it is failing on if that is not parked.
     Parked(ParkedArgs),
@@ -921,6 +957,30 @@ struct RebuildArgs {
     /// Print the result as one JSON document.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    database: Database,
+}
+
+/// Options of `projections run`.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The projection to run (one the binary registered).
+    name: String,
+    /// Read the feed from this hot standby (a streaming replica of the database) instead
+    /// of the primary; the read model, checkpoint and status stay on the primary. The runner
+    /// polls it (a standby cannot LISTEN), waits while it lags or is paused, and refuses it
+    /// once promoted; `doctor` reports its replication lag.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CHRONIK_STANDBY_URL",
+        hide_env_values = true
+    )]
+    standby_url: Option<String>,
+    /// Stop once the checkpoint reaches the head of the primary's feed at the start
+    /// (however far the standby lags) instead of running until Ctrl-C.
+    #[arg(long)]
+    until_caught_up: bool,
     #[command(flatten)]
     database: Database,
 }
@@ -1218,6 +1278,23 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 kind,
                 args.batch.into(),
                 args.json,
+            )
+            .await
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Run(args),
+        } => {
+            let Some(projection) = registry.projections.iter().find(|p| p.name == args.name) else {
+                return Err(unknown_projection(registry, &args.name).into());
+            };
+            let store = backend::open(args.database, bin, "projections run").await?;
+            backend::run_setups(registry, &store).await?;
+            runner::run(
+                registry,
+                &store,
+                projection,
+                args.standby_url,
+                args.until_caught_up,
             )
             .await
         }

@@ -3004,3 +3004,96 @@ fn relay_nats_names_an_unreachable_server_and_refuses_bad_prefixes() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+#[test]
+fn projections_run_refuses_a_standby_url_that_is_no_standby() {
+    let schema = Schema::migrated();
+    let url = database_url();
+    let out = schema.chronik(&[
+        "projections",
+        "run",
+        "orders",
+        "--standby-url",
+        &url,
+        "--until-caught-up",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not a hot standby"), "{stderr}");
+    assert!(!stderr.contains(&url), "the URL is never shown: {stderr}");
+    let out = schema.chronik(&["projections", "run", "no-such-projection"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// `projections run --standby-url` on a throwaway primary and its hot standby: the Orders
+/// read model built from the standby's feed, written to the primary; doctor lists the runner
+/// with its standby's lag while it runs.
+#[test]
+fn projections_run_reads_the_feed_from_a_hot_standby_and_doctor_reports_its_lag() {
+    let replica = chronik::testkit::replica::Replica::start().expect("a primary and a standby");
+    let primary = replica.primary_url();
+    let standby = replica.standby_url();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_chronik"))
+            .args(args)
+            .env("DATABASE_URL", &primary)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("the chronik binary runs");
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, _, stderr) = run(&["migrate"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for i in 0..3 {
+        let order = format!("order-standby-{i}");
+        let data = format!(r#"{{"customer_id":"c-{i}","total_amount":100}}"#);
+        let (code, _, stderr) = run(&["append", &order, "--type", "OrderPlaced", "--data", &data]);
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+    let (code, stdout, stderr) = run(&[
+        "projections",
+        "run",
+        "orders",
+        "--standby-url",
+        &standby,
+        "--until-caught-up",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let at = format!(
+        "reading the feed from the hot standby at 127.0.0.1:{}",
+        replica.standby_port()
+    );
+    assert!(stdout.contains(&at), "{stdout}");
+    assert!(stdout.contains("3 events processed in all"), "{stdout}");
+
+    // While a runner follows the standby, doctor reports its replication lag.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .args(["projections", "run", "orders", "--standby-url", &standby])
+        .env("DATABASE_URL", &primary)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the chronik binary runs");
+    let line = format!("orders reads 127.0.0.1:{}: ", replica.standby_port());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let report = loop {
+        let (_, stdout, _) = run(&["doctor", "--max-horizon-age", "3600"]);
+        if stdout.contains(&line) && stdout.contains("of WAL behind") {
+            break stdout;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "doctor never listed the runner:\n{stdout}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        report.contains("1 runner reading the feed from a hot standby"),
+        "{report}"
+    );
+}

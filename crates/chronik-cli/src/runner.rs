@@ -1,0 +1,111 @@
+//! `projections run NAME`: a registered projection's exactly-once runner until Ctrl-C (or,
+//! with `--until-caught-up`, up to the primary's feed head at the start), reading the feed
+//! from the primary or, with `--standby-url`, from a hot standby of it.
+
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use chronik_postgres::{PgEventStore, PgRunnerState, PgStandby, PgStoreConfig};
+use chronik_store::{EventStore as _, StoreError};
+
+use crate::{RegisteredProjection, Registry, Usage};
+
+/// Runs `projection` on `store` until Ctrl-C or, with `until_caught_up`, until its
+/// checkpoint reaches the head of the primary's feed at the start: a standby that lags
+/// makes it wait, never stop early.
+pub(crate) async fn run(
+    registry: &Registry,
+    store: &PgEventStore,
+    projection: &RegisteredProjection,
+    standby_url: Option<String>,
+    until_caught_up: bool,
+) -> anyhow::Result<()> {
+    let standby = match standby_url.filter(|u| !u.trim().is_empty()) {
+        None => None,
+        Some(url) => {
+            let config = PgStoreConfig::with_schema(store.schema().clone());
+            let standby = match PgStandby::connect(&url, config).await {
+                Ok(s) => s,
+                Err(StoreError::InvalidRequest(why)) => return Err(Usage(why).into()),
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context("cannot connect to the standby"));
+                }
+            };
+            match standby.check_replicates(store).await {
+                Ok(()) => {}
+                Err(StoreError::InvalidRequest(why)) => return Err(Usage(why).into()),
+                Err(e) => return Err(anyhow::Error::new(e).context("cannot check the standby")),
+            }
+            Some(standby)
+        }
+    };
+    // The primary's head: what a standby has not replayed yet is still to be applied.
+    let head = if until_caught_up {
+        Some(
+            store
+                .feed_head()
+                .await
+                .context("cannot read the feed's head")?
+                .last,
+        )
+    } else {
+        None
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        let source = standby.as_ref().map_or_else(
+            || "the primary".to_owned(),
+            |s| format!("the hot standby at {}", s.endpoint()),
+        );
+        writeln!(
+            out,
+            "running projection {} on schema {}, reading the feed from {source} ({})",
+            projection.name,
+            store.schema(),
+            if until_caught_up {
+                "until caught up"
+            } else {
+                "Ctrl-C stops it"
+            }
+        )?;
+        out.flush()?;
+    }
+    let handle = (projection.run)(store, registry.upcasters.clone(), standby)
+        .context("cannot start the projection's runner")?;
+    let mut status = handle.subscribe();
+    let done = async {
+        match head {
+            // Nothing to apply yet.
+            Some(None) => {}
+            Some(Some(head)) => {
+                let _ = status
+                    .wait_for(|s| {
+                        s.checkpoint >= head
+                            || matches!(s.state, PgRunnerState::Stopped | PgRunnerState::Crashed)
+                    })
+                    .await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = done => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let last = handle.stop().await;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "stopped at {}: {} events processed in all{}",
+        last.checkpoint,
+        last.events_processed,
+        last.last_error
+            .as_deref()
+            .filter(|_| last.state == PgRunnerState::Crashed)
+            .map_or_else(String::new, |e| format!(" (crashed: {e})"))
+    )?;
+    if last.state == PgRunnerState::Crashed {
+        anyhow::bail!("the runner of projection {} crashed", projection.name);
+    }
+    Ok(())
+}
