@@ -11,8 +11,15 @@ mod multi;
 mod pg;
 mod projection;
 mod relay;
+// The throwaway primary-and-standby helper of chronik-testkit, compiled in here: the bench
+// is a binary and may not link testkit (the layering step), and the helper needs nothing
+// of testkit's test dependencies.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../chronik-testkit/src/replica.rs"]
+mod replica;
 mod report;
 mod rss;
+mod standby;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,6 +84,8 @@ pub(crate) struct Plan {
     pub(crate) command_prefill: usize,
     /// Events the `relay` scenario publishes per round.
     pub(crate) relay_events: usize,
+    /// Events the `projection-standby` scenario's projections read per round.
+    pub(crate) standby_events: usize,
     /// Scenario name prefixes to run (empty: all).
     pub(crate) only: &'static [String],
 }
@@ -122,6 +131,7 @@ fn mode_plan(args: &Args) -> Plan {
             },
             command_prefill: 20_000,
             relay_events: 2_000,
+            standby_events: 5_000,
             only: Vec::leak(args.only.clone()),
         }
     } else {
@@ -145,6 +155,7 @@ fn mode_plan(args: &Args) -> Plan {
             },
             command_prefill: 1_000_000,
             relay_events: 100_000,
+            standby_events: 200_000,
             only: Vec::leak(args.only.clone()),
         }
     }
@@ -186,6 +197,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if plan.wants("relay") {
         relay::run(&args.nats_url, &plan, &mut report).await?;
+    }
+    // On a throwaway primary and standby of its own: no DATABASE_URL needed.
+    if plan.wants("projection-standby") {
+        standby::run(&plan, &mut report).await?;
     }
     match &args.database_url {
         Some(url) => {
