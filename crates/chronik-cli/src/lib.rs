@@ -642,6 +642,11 @@ struct NatsArgs {
     /// (a one-off backfill) instead of following the feed until Ctrl-C.
     #[arg(long)]
     until_caught_up: bool,
+    /// Wake on `NOTIFY` on this channel (what `append` sends after its commit, and what a
+    /// service's writers send with `notify_feed` or `PgStoreConfig::notify_channel`);
+    /// polling (at most every second) catches what is never notified.
+    #[arg(long, value_name = "CHANNEL", default_value = chronik_postgres::FEED_CHANNEL)]
+    listen: String,
     #[command(flatten)]
     database: Database,
 }
@@ -1207,6 +1212,7 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 name: args.name,
                 raw: args.raw,
                 until_caught_up: args.until_caught_up,
+                listen: args.listen,
             };
             relay::nats(registry, store, options).await
         }

@@ -22,6 +22,8 @@ pub(crate) struct Options {
     pub(crate) name: Option<String>,
     pub(crate) raw: bool,
     pub(crate) until_caught_up: bool,
+    /// The channel whose notifications wake the relay (it polls too).
+    pub(crate) listen: String,
 }
 
 pub(crate) fn parse_prefix(text: &str) -> Result<SubjectPrefix, String> {
@@ -70,11 +72,12 @@ pub(crate) async fn nats(
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "relaying schema {} to stream {} ({}) at {} as projection {name} ({})",
+            "relaying schema {} to stream {} ({}) at {} as projection {name}, woken by NOTIFY {} ({})",
             store.schema(),
             relay.stream_name(),
             relay.prefix().wildcard(),
             relay.url(),
+            options.listen,
             if options.until_caught_up {
                 "until caught up"
             } else {
@@ -83,10 +86,16 @@ pub(crate) async fn nats(
         )?;
         out.flush()?;
     }
-    let handle = Arc::clone(&relay)
-        .runner(Arc::clone(&store), registry.upcasters.clone())
-        .start()
-        .context("cannot start the relay's runner")?;
+    let mut runner = Arc::clone(&relay).runner(Arc::clone(&store), registry.upcasters.clone());
+    // Woken by NOTIFY after commits, polling as the fallback: a channel it cannot listen on
+    // costs latency (at most the poll interval), never events.
+    match store.wake_source(&options.listen).await {
+        Ok(wake) => runner = runner.with_wake(wake),
+        Err(e) => {
+            tracing::warn!(channel = %options.listen, error = %e, "cannot LISTEN; the relay polls only");
+        }
+    }
+    let handle = runner.start().context("cannot start the relay's runner")?;
     let mut status = handle
         .subscribe(&name)
         .context("the relay's runner has no status")?;

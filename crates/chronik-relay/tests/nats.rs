@@ -503,3 +503,152 @@ async fn an_existing_stream_with_a_short_duplicate_window_is_refused() {
     let err = NatsRelay::connect(config).await.unwrap_err();
     assert!(err.to_string().contains("do not cover"), "{err}");
 }
+
+/// A `nats-server -js` of this test's own on a free loopback port, with its JetStream store
+/// in a directory of its own: stopped (SIGTERM, as a restart does) and started again on the
+/// same port and store; killed and removed on drop.
+struct OwnServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnServer {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("chronik-nats-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+        };
+        server.run();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server and returns once it accepts connections.
+    fn run(&mut self) {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nats-server must be installed (.ci/run installs it)");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("nats-server exited before it was ready")
+                .unwrap();
+            if line.contains("Server is ready") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    /// Stops it as a restart does (SIGTERM: it shuts down cleanly, closing every
+    /// connection) and waits until it has exited.
+    fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarted_mid_publish_loses_nothing_and_stores_nothing_twice() {
+    let mut server = OwnServer::start();
+    let store = Arc::new(MemoryStore::new());
+    let (prefix, name) = unique();
+    let config = RelayConfig::new(server.url())
+        .subject_prefix(prefix)
+        .stream_name(name.clone())
+        .runner_options(fast())
+        .ack_timeout(Duration::from_millis(500))
+        .max_in_flight(4);
+    let relay = Arc::new(NatsRelay::connect(config).await.unwrap());
+    let projection = relay.projection_name().to_owned();
+    let handle = Arc::clone(&relay)
+        .runner(Arc::clone(&store), None)
+        .start()
+        .unwrap();
+
+    // A writer appends all along: before the restart, while the server is down, after.
+    let streams: Vec<StreamId> = (0..10).map(|_| stream("order")).collect();
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for i in 0..600_usize {
+                let s = &streams[i % streams.len()];
+                store
+                    .append(
+                        s,
+                        ExpectedVersion::Any,
+                        &[event("LineAdded", json!({ "i": i }))],
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while relay.stats().acknowledged < 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The connection drops with publishes in flight; the server comes back on its store.
+    tokio::task::block_in_place(|| server.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| server.run());
+    writer.await.unwrap();
+
+    let head = store.feed_head().await.unwrap().last.unwrap();
+    handle
+        .wait_for(&projection, head, Duration::from_secs(120))
+        .await
+        .unwrap();
+    handle.stop().await.unwrap();
+    let js = jetstream::new(
+        chronik_relay::async_nats::connect(server.url())
+            .await
+            .unwrap(),
+    );
+    // Every event once, in feed order: re-sends after the drop were discarded by their
+    // Nats-Msg-Id, and the order guard kept a lost publish from being overtaken.
+    assert_eq!(
+        msg_ids(&stored(&js, &name).await),
+        event_ids(&feed(&*store).await)
+    );
+}

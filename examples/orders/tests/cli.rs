@@ -3097,3 +3097,56 @@ fn projections_run_reads_the_feed_from_a_hot_standby_and_doctor_reports_its_lag(
         "{report}"
     );
 }
+
+/// While it follows the feed, `relay nats` listens for the notifications writers send after
+/// their commits (`--listen`, default `chronik_feed`), on a session of its own.
+#[test]
+fn relay_nats_listens_for_notifications_while_it_follows_the_feed() {
+    let schema = Schema::migrated();
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let channel = format!("clitest_wake_{tag}");
+    let stream = format!("CLITEST_W{tag}");
+    let url = nats_url();
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .args(["relay", "nats", "--url", &url, "--stream-name", &stream])
+        .args([
+            "--subject-prefix",
+            &format!("clitest.w{tag}"),
+            "--listen",
+            &channel,
+        ])
+        .args(["--schema", &schema.name])
+        .env("DATABASE_URL", database_url())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the chronik binary runs");
+    let listening = schema.runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%LISTEN%' || $1 || '%'",
+            )
+            .bind(&channel)
+            .fetch_one(schema.store.pool())
+            .await
+            .expect("pg_stat_activity is readable");
+            if n > 0 || tokio::time::Instant::now() >= deadline {
+                return n > 0;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    let _ = relay.kill();
+    let _ = relay.wait();
+    schema.runtime.block_on(async {
+        let js = chronik::relay::async_nats::jetstream::new(
+            chronik::relay::async_nats::connect(url.as_str())
+                .await
+                .expect("NATS runs"),
+        );
+        let _ = js.delete_stream(&stream).await;
+    });
+    assert!(listening, "no session LISTENs on {channel}");
+}
