@@ -575,7 +575,10 @@ impl<P: PgProjection> Engine<P> {
                     .await?;
                 (head, page)
             }
-            _ => self.read_page(start, &read_filter, limit, want_head).await?,
+            _ => {
+                self.read_page(start, &read_filter, limit, want_head)
+                    .await?
+            }
         };
         let full = page.events.len() == limit;
         let scanned = page.events.len();
