@@ -501,6 +501,22 @@ impl PgEventStore {
         (cursor.transaction().to_string(), cursor.position_i64())
     }
 
+    /// The last visible event's cursor: [`EventStore::feed_head`]'s `last`, without counting
+    /// the feed (one backward step of the feed index).
+    pub(crate) async fn feed_last(&self) -> Result<Option<FeedCursor>, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(&self.sql.feed_last)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|(t, p)| {
+            Ok(FeedCursor::new(
+                to_u64(t, "transaction id")?,
+                to_u64(p, "position")?,
+            )?)
+        })
+        .transpose()
+    }
+
     /// [`EventStore::read_feed`] restricted to partition `index` of `count` (streams whose
     /// `chronik_projections::stream_hash % count == index`), filtered in the database.
     pub(crate) async fn read_feed_partition(

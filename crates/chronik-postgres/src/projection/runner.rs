@@ -564,8 +564,10 @@ impl<P: PgProjection> Engine<P> {
         let want_head = filtered && !self.scan_all;
         let (head, page) = match self.partition {
             Some((index, count)) if !self.scan_all => {
+                // Only the cursor: `feed_head` also counts every visible event, on every
+                // batch of a filtered runner or a partition.
                 let head = if want_head {
-                    self.store.feed_head().await?.last
+                    self.store.feed_last().await?
                 } else {
                     None
                 };
@@ -677,7 +679,7 @@ impl<P: PgProjection> Engine<P> {
                 .await;
         }
         let head = if want_head {
-            self.store.feed_head().await?.last
+            self.store.feed_last().await?
         } else {
             None
         };
