@@ -26,6 +26,9 @@ pub(crate) struct Request {
     pub(crate) event: NewEvent,
     /// Said on stderr once the event is written: it was not checked.
     pub(crate) warning: Option<String>,
+    /// The registered type its payload decodes as (after upcasting); `None` when the
+    /// binary registers no such type.
+    pub(crate) read_as: Option<String>,
 }
 
 /// Parses `--expected-version`: a version number, `any`, `no-stream` or `exists`.
@@ -124,7 +127,7 @@ pub(crate) fn request(
     }
     let payload: Value = serde_json::from_slice(payload)
         .map_err(|e| usage(format!("the payload is not valid JSON: {e}")))?;
-    let (schema_version, warning) =
+    let (schema_version, warning, read_as) =
         check_registered(registry, &event_type, schema_version, &payload)?;
     let mut metadata = Metadata::default();
     for (key, value) in headers {
@@ -141,13 +144,102 @@ pub(crate) fn request(
         expected,
         event,
         warning,
+        read_as,
     })
+}
+
+/// The event types `stream` accepts, and whose they are, when something the binary
+/// registers claims the stream: the aggregate of its category, or else the registered
+/// event enums its stored events belong to. `None`: nothing claims it (an event of any
+/// type can be written, with a warning when the type is not registered).
+async fn accepted_types(
+    registry: &Registry,
+    store: &PgEventStore,
+    stream: &StreamId,
+) -> anyhow::Result<Option<(String, Vec<&'static str>)>> {
+    let names = |types: &'static [chronik_core::EventTypeInfo]| types.iter().map(|t| t.name);
+    if let Some(aggregate) = registry
+        .aggregates
+        .iter()
+        .find(|a| a.category == stream.category())
+    {
+        let whose = format!(
+            "it belongs to the aggregate of category {}",
+            aggregate.category
+        );
+        return Ok(Some((whose, names(aggregate.event_types).collect())));
+    }
+    if registry.events.is_empty() {
+        return Ok(None);
+    }
+    let stored = store
+        .stream_event_types(stream)
+        .await
+        .with_context(|| format!("cannot read the event types of {stream}"))?;
+    let mut accepted: Vec<&'static str> = Vec::new();
+    for events in &registry.events {
+        if events
+            .types
+            .iter()
+            .any(|t| stored.iter().any(|s| s == t.name))
+        {
+            accepted.extend(names(events.types));
+        }
+    }
+    if accepted.is_empty() {
+        return Ok(None);
+    }
+    accepted.sort_unstable();
+    accepted.dedup();
+    let whose = format!("its events are of registered types ({})", stored.join(", "));
+    Ok(Some((whose, accepted)))
+}
+
+/// Refuses (a [`Usage`] error, nothing written) an event whose type the aggregate of its
+/// stream does not accept: the application could not load the stream after it, and events
+/// cannot be deleted. With `allow` (`--allow-unregistered`) it is written anyway, with a
+/// warning saying so.
+pub(crate) async fn check_stream(
+    registry: &Registry,
+    store: &PgEventStore,
+    mut request: Request,
+    allow: bool,
+) -> anyhow::Result<Request> {
+    let Some((whose, accepted)) = accepted_types(registry, store, &request.stream).await? else {
+        return Ok(request);
+    };
+    if request
+        .read_as
+        .as_deref()
+        .is_some_and(|t| accepted.contains(&t))
+    {
+        return Ok(request);
+    }
+    let stream = &request.stream;
+    let name = request.event.event_type().as_str();
+    let problem = format!(
+        "event type {name} is not one that {stream} accepts ({whose}; its types: {}): \
+         the application could not load {stream} after it, and events cannot be deleted",
+        accepted.join(", ")
+    );
+    if !allow {
+        return Err(Usage(format!(
+            "{problem}; nothing was written (check --type; to write it anyway, as an escape hatch, \
+             pass --allow-unregistered)"
+        ))
+        .into());
+    }
+    request.warning = Some(format!(
+        "{problem}; written because of --allow-unregistered"
+    ));
+    Ok(request)
 }
 
 /// The schema version to write `payload` at, after checking it against what `registry`
 /// knows of `event_type`: the version must not be newer than the current one, and the
-/// payload must upcast from it and decode as the registered event type. A type the binary
-/// does not register is written as given (default 1), unchecked: then the warning to give.
+/// payload must upcast from it and decode as the registered event type (the third value,
+/// when the binary registers it). A type the binary does not register is written as given
+/// (default 1), unchecked: then the warning to give.
 ///
 /// # Errors
 /// A [`Usage`] error saying why the payload would not load; nothing is written then.
@@ -156,7 +248,7 @@ pub(crate) fn check_registered(
     event_type: &EventType,
     given: Option<u32>,
     payload: &Value,
-) -> anyhow::Result<(u32, Option<String>)> {
+) -> anyhow::Result<(u32, Option<String>, Option<String>)> {
     let name = event_type.as_str();
     let upcasters = registry.upcasters.as_deref();
     let known = |t: &str| {
@@ -177,7 +269,7 @@ pub(crate) fn check_registered(
              it was written at schema version {version} without checking that it can be read",
             registry.binary
         );
-        return Ok((version, Some(warning)));
+        return Ok((version, Some(warning), None));
     };
     let version = given.unwrap_or(current);
     if version > current {
@@ -199,7 +291,11 @@ pub(crate) fn check_registered(
         })?,
         None => (name.to_owned(), version, payload.clone()),
     };
-    if let Some((events, _)) = known(&read_as) {
+    let Some((events, _)) = known(&read_as) else {
+        // Known to the upcasters only: checked as far as they go.
+        return Ok((version, None, Some(read_as)));
+    };
+    {
         (events.decode)(&read_as, read).map_err(|e| {
             let upcast = if read_version == version {
                 String::new()
@@ -211,7 +307,7 @@ pub(crate) fn check_registered(
             ))
         })?;
     }
-    Ok((version, None))
+    Ok((version, None, Some(read_as)))
 }
 
 /// Appends the event and prints its version and feed cursor.
@@ -221,6 +317,7 @@ pub(crate) async fn run(store: &PgEventStore, request: Request, json: bool) -> a
         expected,
         event,
         warning,
+        read_as: _,
     } = request;
     let id = event.event_id();
     let result = store

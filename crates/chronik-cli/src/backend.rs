@@ -74,8 +74,21 @@ pub(crate) async fn open(
     command: &str,
 ) -> anyhow::Result<PgEventStore> {
     let (store, _) = connect(database, binary, command).await?;
-    require_migrated(&store, binary).await?;
+    watched(&store, binary, command, require_migrated(&store, binary)).await?;
     Ok(store)
+}
+
+/// Runs `work` of `binary command` on `store`, saying after 2 s which sessions hold a lock
+/// it waits for (and how to end them), then waiting on: no command waits in silence
+/// ([`chronik_postgres::wait_saying_who_blocks`], the watchdog rebuilds use too).
+pub(crate) async fn watched<F: std::future::Future>(
+    store: &PgEventStore,
+    binary: &str,
+    command: &str,
+    work: F,
+) -> F::Output {
+    let what = format!("`{binary} {command}`");
+    chronik_postgres::wait_saying_who_blocks(store, &what, work).await
 }
 
 /// Applies the embedded migrations, then the registered setup steps, and says so.

@@ -153,6 +153,8 @@ pub(crate) enum RebuildKind {
 /// A registered aggregate: what `snapshots take | list` need.
 pub(crate) struct RegisteredAggregate {
     pub(crate) category: &'static str,
+    /// The types of its events: all its streams accept (`append` refuses others).
+    pub(crate) event_types: &'static [chronik_core::EventTypeInfo],
     pub(crate) state_schema_version: u32,
     pub(crate) take: TakeFn,
 }
@@ -384,6 +386,7 @@ impl Operator {
         }
         self.registry.aggregates.push(RegisteredAggregate {
             category: A::TYPE,
+            event_types: <A::Event as DomainEvent>::EVENT_TYPES,
             state_schema_version: A::STATE_SCHEMA_VERSION,
             take: take_fn(|store, upcasters, stream| {
                 Box::pin(snapshots::take_as::<A>(store, upcasters, stream))
@@ -720,6 +723,11 @@ struct AppendArgs {
     /// same id and expected version is an idempotent retry: nothing is written twice.
     #[arg(long, value_name = "UUID", value_parser = append::parse_event_id)]
     event_id: Option<chronik_core::EventId>,
+    /// Write an event type the stream's aggregate does not accept (an escape hatch: the
+    /// application cannot load the stream while it holds the event). Without it such an
+    /// append is refused (status 2) and names the types the stream accepts.
+    #[arg(long)]
+    allow_unregistered: bool,
     /// Print the result as one JSON document.
     #[arg(long)]
     json: bool,
@@ -1158,7 +1166,8 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate(args) => {
             let (store, server) = backend::connect(args.database, bin, "migrate").await?;
-            backend::migrate(registry, &store, &server, args.json).await
+            let work = backend::migrate(registry, &store, &server, args.json);
+            backend::watched(&store, bin, "migrate", work).await
         }
         Command::Tail(args) => {
             let start = match (args.after, args.from_end, args.last) {
@@ -1192,11 +1201,13 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
         Command::Streams { command } => match command {
             StreamsCommand::List(args) => {
                 let store = backend::open(args.database, bin, "streams list").await?;
-                streams::list(&store, args.category.as_deref(), args.limit, args.json).await
+                let work = streams::list(&store, args.category.as_deref(), args.limit, args.json);
+                backend::watched(&store, bin, "streams list", work).await
             }
             StreamsCommand::Show(args) => {
                 let store = backend::open(args.database, bin, "streams show").await?;
-                streams::show(&store, bin, &args.stream_id, args.from, args.json).await
+                let work = streams::show(&store, bin, &args.stream_id, args.from, args.json);
+                backend::watched(&store, bin, "streams show", work).await
             }
         },
         Command::Relay {
@@ -1218,13 +1229,13 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
         }
         Command::Trace(args) => {
             let store = backend::open(args.database, bin, "trace").await?;
-            trace::run(
+            let work = trace::run(
                 &store,
                 args.correlation.map(chronik_core::CorrelationId::new),
                 args.event,
                 args.json,
-            )
-            .await
+            );
+            backend::watched(&store, bin, "trace", work).await
         }
         Command::Doctor(args) => {
             let (store, server) = backend::connect(args.database, bin, "doctor").await?;
@@ -1237,27 +1248,32 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 .iter()
                 .map(|p| (p.name.as_str(), p.table.as_str()))
                 .collect();
-            doctor::run(&store, bin, &server, limits, &tables, args.json).await
+            let work = doctor::run(&store, bin, &server, limits, &tables, args.json);
+            backend::watched(&store, bin, "doctor", work).await
         }
         Command::Snapshots { command } => match command {
             SnapshotsCommand::List(args) => {
                 let store = backend::open(args.database, bin, "snapshots list").await?;
-                snapshots::list(registry, &store, &args.stream_id, args.json).await
+                let work = snapshots::list(registry, &store, &args.stream_id, args.json);
+                backend::watched(&store, bin, "snapshots list", work).await
             }
             SnapshotsCommand::Take(args) => {
                 let store = backend::open(args.database, bin, "snapshots take").await?;
-                snapshots::take(registry, &store, &args.stream_id, args.json).await
+                let work = snapshots::take(registry, &store, &args.stream_id, args.json);
+                backend::watched(&store, bin, "snapshots take", work).await
             }
             SnapshotsCommand::Drop(args) => {
                 let store = backend::open(args.database, bin, "snapshots drop").await?;
-                snapshots::drop_category(&store, &args.category, args.json).await
+                let work = snapshots::drop_category(&store, &args.category, args.json);
+                backend::watched(&store, bin, "snapshots drop", work).await
             }
         },
         Command::Projections {
             command: ProjectionsCommand::Status(args),
         } => {
             let store = backend::open(args.database, bin, "projections status").await?;
-            projections::status(&store, args.json).await
+            let work = projections::status(&store, args.json);
+            backend::watched(&store, bin, "projections status", work).await
         }
         Command::Projections {
             command: ProjectionsCommand::Rebuild(args),
@@ -1267,7 +1283,9 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 return Err(unknown_projection(registry, &args.name).into());
             };
             let store = backend::open(args.database, bin, "projections rebuild").await?;
-            backend::run_setups(registry, &store).await?;
+            let setups = backend::run_setups(registry, &store);
+            backend::watched(&store, bin, "projections rebuild", setups).await?;
+            // The rebuild has a watchdog of its own, on its checkpoint row.
             let kind = if args.shadow {
                 RebuildKind::Shadow
             } else {
@@ -1308,14 +1326,16 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
             command: ProjectionsCommand::Parked(args),
         } => {
             let store = backend::open(args.database, bin, "projections parked").await?;
-            parked::list(&store, bin, &args.name, args.all, args.json).await
+            let work = parked::list(&store, bin, &args.name, args.all, args.json);
+            backend::watched(&store, bin, "projections parked", work).await
         }
         Command::Projections {
             command: ProjectionsCommand::Park(args),
         } => {
             let by = parked::who(args.by)?;
             let store = backend::open(args.database, bin, "projections park").await?;
-            parked::park(&store, &args.name, args.event_id, &args.reason, &by).await
+            let work = parked::park(&store, &args.name, args.event_id, &args.reason, &by);
+            backend::watched(&store, bin, "projections park", work).await
         }
         Command::Projections {
             command: ProjectionsCommand::Retry(args),
@@ -1325,20 +1345,23 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
             };
             let by = parked::who(args.by)?;
             let store = backend::open(args.database, bin, "projections retry").await?;
-            parked::retry(registry, &store, projection, &args.event_ids, &by).await
+            let work = parked::retry(registry, &store, projection, &args.event_ids, &by);
+            backend::watched(&store, bin, "projections retry", work).await
         }
         Command::Projections {
             command: ProjectionsCommand::DropParked(args),
         } => {
             let by = parked::who(args.by)?;
             let store = backend::open(args.database, bin, "projections drop-parked").await?;
-            parked::drop(&store, &args.name, &args.event_ids, &by).await
+            let work = parked::drop(&store, &args.name, &args.event_ids, &by);
+            backend::watched(&store, bin, "projections drop-parked", work).await
         }
         Command::Projections {
             command: ProjectionsCommand::Forget(args),
         } => {
             let store = backend::open(args.database, bin, "projections forget").await?;
-            projections::forget(registry, &store, &args.name).await
+            let work = projections::forget(registry, &store, &args.name);
+            backend::watched(&store, bin, "projections forget", work).await
         }
         Command::Append(args) => {
             // All input is checked before connecting: bad input never reaches the store.
@@ -1354,7 +1377,13 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 args.event_id,
             )?;
             let store = backend::open(args.database, bin, "append").await?;
-            append::run(&store, request, args.json).await
+            let work = async {
+                let request =
+                    append::check_stream(registry, &store, request, args.allow_unregistered)
+                        .await?;
+                append::run(&store, request, args.json).await
+            };
+            backend::watched(&store, bin, "append", work).await
         }
         Command::Console(args) => {
             let store = backend::open(args.database, bin, "console").await?;
@@ -1368,7 +1397,8 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 return roles::print(&args.database.schema, &args.role, &tables);
             }
             let (store, _) = backend::connect(args.database, bin, "roles grant").await?;
-            roles::grant(&store, &args.role, &tables).await
+            let work = roles::grant(&store, &args.role, &tables);
+            backend::watched(&store, bin, "roles grant", work).await
         }
     }
 }

@@ -394,7 +394,8 @@ pub(crate) async fn rebuild(
         }
         Err(e) => {
             bar.abandon("failed");
-            let state = if shadow {
+            // Refused before it began (another rebuild, a runner): it made no shadow.
+            let state = if shadow && !matches!(e, PgProjectionError::Busy { .. }) {
                 format!("the live table {table} is unchanged and the shadow table was dropped")
             } else {
                 format!("nothing was changed: {table} is as it was")
@@ -576,13 +577,30 @@ async fn holder_hint(
     let Some(pid) = pid else {
         return "the session that held it has let it go: run the command again".to_owned();
     };
-    let owner = chronik_postgres::projection_reports(store)
+    let report = chronik_postgres::projection_reports(store)
         .await
         .ok()
-        .and_then(|reports| reports.into_iter().find(|r| r.name == name))
-        .and_then(|r| r.owner)
-        .filter(|o| o.pid == Some(pid));
+        .and_then(|reports| reports.into_iter().find(|r| r.name == name));
     let end = how_to_end.unwrap_or_default();
+    // A rebuild records itself with its lock session's pid: name it for what it is.
+    if let Some(rebuild) = report
+        .as_ref()
+        .and_then(|r| r.last_rebuild.as_ref())
+        .filter(|r| r.outcome == chronik_postgres::RebuildOutcome::Running && r.pid == Some(pid))
+    {
+        let kind = if rebuild.shadow {
+            "a shadow rebuild"
+        } else {
+            "a rebuild from scratch"
+        };
+        return format!(
+            "{kind} of {name} is running (pid {pid}, since {}): two rebuilds of one projection \
+             never run at once; wait for it to finish, or stop it where it runs (Ctrl-C stops \
+             a rebuild cleanly); if that process is gone and its session stays, `{end}` ends the session",
+            rebuild.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    let owner = report.and_then(|r| r.owner).filter(|o| o.pid == Some(pid));
     match owner {
         Some(o) => format!(
             "the lock is held by its runner, {}: stop that process, or wait for it to stop \

@@ -47,6 +47,24 @@ impl PgEventStore {
 }
 
 impl PgEventStore {
+    /// The distinct stored event types of `stream` (empty when it has no events), sorted:
+    /// what an operator tool checks a new event's type against (the types of its aggregate).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn stream_event_types(&self, stream: &StreamId) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(&format!(
+            "SELECT DISTINCT event_type FROM {}.events WHERE stream_id = $1 ORDER BY 1",
+            self.schema.quoted()
+        ))
+        .bind(stream.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)
+    }
+}
+
+impl PgEventStore {
     /// How many rows table `table` (an unqualified name in this store's schema, e.g. a
     /// read model's) holds.
     ///

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::MIGRATOR;
 use crate::config::{PgStoreConfig, SchemaName};
 use crate::error::{aborted, backend};
+use crate::lock_wait::Sessions;
 use crate::row::{self, to_u64};
 use crate::sql::Sql;
 use crate::wake::Notifier;
@@ -53,6 +54,8 @@ pub struct PgEventStore {
     /// [`PgEventStore::connect_with`]; for a pool of the caller's, when its options say
     /// so): the fast path for appends to existing streams is used only then.
     pub(crate) fast_next: bool,
+    /// The sessions its own pool opened, for [`PgEventStore::lock_holders`].
+    pub(crate) sessions: Arc<Sessions>,
 }
 
 impl fmt::Debug for PgEventStore {
@@ -182,17 +185,46 @@ impl PgEventStore {
         // One direct connection first. A pool retries a refused connection until its
         // acquire timeout and then says only "pool timed out"; a direct connection fails at
         // once with the real cause, which `connect_error` words for an operator.
-        let probe = tokio::time::timeout(
-            config.acquire_timeout,
-            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
-        )
-        .await;
+        // A server of another kind on the port may never answer PostgreSQL's first message
+        // (Redis stays silent): when the connection takes a moment, look at what answers,
+        // while it goes on.
+        let probe = {
+            let connecting = tokio::time::timeout(
+                config.acquire_timeout,
+                <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+            );
+            tokio::pin!(connecting);
+            tokio::select! {
+                r = &mut connecting => r,
+                () = tokio::time::sleep(NOT_POSTGRES_AFTER) => {
+                    let look = not_postgres_error(&options);
+                    tokio::pin!(look);
+                    tokio::select! {
+                        r = &mut connecting => r,
+                        e = &mut look => match e {
+                            Some(e) => return Err(e),
+                            None => connecting.await,
+                        },
+                    }
+                }
+            }
+        };
         match probe {
             Ok(Ok(conn)) => {
                 // Only a courtesy to the server: the pool opens its own connections.
                 let _ = sqlx::Connection::close(conn).await;
             }
-            Ok(Err(e)) => return Err(connect_error(e, &options)),
+            Ok(Err(e)) => {
+                // Protocol noise (`expected to read 1414811696 bytes`) or a connection
+                // closed at once: is it PostgreSQL at all?
+                if !matches!(&e, sqlx::Error::Database(_) | sqlx::Error::Tls(_))
+                    && !matches!(&e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused || io.kind() == std::io::ErrorKind::NotFound)
+                    && let Some(not_pg) = not_postgres_error(&options).await
+                {
+                    return Err(not_pg);
+                }
+                return Err(connect_error(e, &options));
+            }
             Err(_) => {
                 return Err(StoreError::Backend {
                     message: format!(
@@ -206,15 +238,27 @@ impl PgEventStore {
                 });
             }
         }
+        let sessions = Arc::new(Sessions::default());
+        let recorder = Arc::clone(&sessions);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
+            // Who each session is, so that a command waiting for a lock can say who holds it.
+            .after_connect(move |conn, _| {
+                let recorder = Arc::clone(&recorder);
+                Box::pin(async move {
+                    recorder.record(conn).await;
+                    Ok(())
+                })
+            })
             .acquire_timeout(config.acquire_timeout)
             // sqlx already pings every connection when it is released (off the caller's
             // path) and drops broken ones; a second ping on acquire would double an
             // append's round trips.
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        Ok(Self::from_pool_with(pool, &config))
+        let mut store = Self::from_pool_with(pool, &config);
+        store.sessions = sessions;
+        Ok(store)
     }
 
     /// Uses an existing pool, schema `public`.
@@ -237,6 +281,7 @@ impl PgEventStore {
                 .clone()
                 .map(|channel| Arc::new((channel, OnceLock::new()))),
             fast_next: plans_without_seqscan(pool.connect_options().get_options()),
+            sessions: Arc::default(),
             pool,
         }
     }
@@ -557,6 +602,27 @@ pub(crate) fn endpoint(options: &PgConnectOptions) -> String {
         ),
         None => format!("{}:{}", options.get_host(), options.get_port()),
     }
+}
+
+/// How long the first connection may take before [`not_postgres_error`] looks at what
+/// answers on the port.
+const NOT_POSTGRES_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The error for a server at `options`' host and port that is not PostgreSQL, when the
+/// probe can tell (`None` for a socket, or when it is PostgreSQL or cannot be reached).
+async fn not_postgres_error(options: &PgConnectOptions) -> Option<StoreError> {
+    if options.get_socket().is_some() {
+        return None;
+    }
+    let what = crate::probe::not_postgres(options.get_host(), options.get_port()).await?;
+    Some(StoreError::Backend {
+        message: format!(
+            "the server at {} is not PostgreSQL: {what}; is the port right?",
+            endpoint(options)
+        ),
+        retryable: false,
+        source: None,
+    })
 }
 
 /// A failed first connection, said once and with what to do next. The message is the whole

@@ -355,7 +355,7 @@ fn huge_deep_and_invalid_inputs_are_clear_errors_and_write_nothing() {
         (b"".to_vec(), "the payload is empty"),
     ];
     for (stdin, expected) in cases {
-        let out = schema.append(&os(&["order-1", "--type", "Placed"]), &stdin);
+        let out = schema.append(&os(&["note-1", "--type", "Placed"]), &stdin);
         let what = text(&stdin[..stdin.len().min(40)]);
         check_failure(&out, &what);
         assert_eq!(out.status.code(), Some(2), "{what}");
@@ -368,7 +368,7 @@ fn huge_deep_and_invalid_inputs_are_clear_errors_and_write_nothing() {
     let bad = || OsString::from_vec(vec![b'o', 0xff, b'x']);
     let with = |i: usize| {
         let mut args = os(&[
-            "order-1", "--type", "Placed", "--data", "{}", "--header", "k=v",
+            "note-1", "--type", "Placed", "--data", "{}", "--header", "k=v",
         ]);
         args[i] = bad();
         args
@@ -397,7 +397,7 @@ fn versions_conflicts_and_retries_behave_like_the_library() {
     };
     let id = "0b6f8a2e-1f3c-4c1e-9a53-3f2d0f6a0001";
     let first = ok(&[
-        "order-9",
+        "note-9",
         "--type",
         "Placed",
         "--expected-version",
@@ -410,12 +410,12 @@ fn versions_conflicts_and_retries_behave_like_the_library() {
         "user=ann",
     ]);
     assert!(
-        first.starts_with("appended: order-9 v1 Placed event 0b6f8a2e-"),
+        first.starts_with("appended: note-9 v1 Placed event 0b6f8a2e-"),
         "{first}"
     );
     // The same event again: an idempotent retry, nothing written.
     let again = ok(&[
-        "order-9",
+        "note-9",
         "--type",
         "Placed",
         "--expected-version",
@@ -426,7 +426,7 @@ fn versions_conflicts_and_retries_behave_like_the_library() {
         id,
     ]);
     assert!(
-        again.starts_with("already appended (nothing written): order-9 v1"),
+        again.starts_with("already appended (nothing written): note-9 v1"),
         "{again}"
     );
     for (expected, message) in [
@@ -435,7 +435,7 @@ fn versions_conflicts_and_retries_behave_like_the_library() {
         ("5", "expected version 5, stream is at version 1"),
     ] {
         let out = run(&[
-            "order-9",
+            "note-9",
             "--type",
             "Placed",
             "--expected-version",
@@ -448,7 +448,7 @@ fn versions_conflicts_and_retries_behave_like_the_library() {
         assert!(text(&out.stderr).contains(message), "{}", text(&out.stderr));
     }
     let out = run(&[
-        "order-none",
+        "note-none",
         "--type",
         "Placed",
         "--expected-version",
@@ -470,7 +470,7 @@ fn versions_conflicts_and_retries_behave_like_the_library() {
         ("--event-id=nope", "not a uuid"),
         ("--header=novalue", "KEY=VALUE"),
     ] {
-        let out = run(&["order-9", "--type", "Placed", "--data", "{}", flag]);
+        let out = run(&["note-9", "--type", "Placed", "--data", "{}", flag]);
         check_failure(&out, flag);
         assert_eq!(out.status.code(), Some(2), "{flag}");
         assert!(
@@ -480,7 +480,7 @@ fn versions_conflicts_and_retries_behave_like_the_library() {
         );
     }
     let ok2 = ok(&[
-        "order-9",
+        "note-9",
         "--type",
         "Placed",
         "--expected-version",
@@ -490,11 +490,11 @@ fn versions_conflicts_and_retries_behave_like_the_library() {
         "--data",
         r#"{"n":2}"#,
     ]);
-    assert!(ok2.starts_with("appended: order-9 v2 Placed"), "{ok2}");
+    assert!(ok2.starts_with("appended: note-9 v2 Placed"), "{ok2}");
     let events: Vec<_> = schema.runtime.block_on(async {
         schema
             .store
-            .read_stream(&StreamId::new("order-9").unwrap(), Version::FIRST)
+            .read_stream(&StreamId::new("note-9").unwrap(), Version::FIRST)
             .try_collect::<Vec<_>>()
             .await
             .unwrap()

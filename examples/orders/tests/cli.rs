@@ -1485,6 +1485,76 @@ fn a_refused_connection_is_named_at_once_by_every_command() {
     }
 }
 
+/// A server of another kind on the port is named as not PostgreSQL (and what it is, when
+/// it says), instead of protocol noise (`expected to read 1414811696 bytes`) or a wait for
+/// the pool's timeout: NATS (which CI runs), a server that answers HTTP, and one that stays
+/// silent (as Redis does).
+#[test]
+fn a_server_that_is_not_postgresql_is_named() {
+    use std::io::{Read as _, Write as _};
+    // Both accept connections until the test ends (their threads are left to the exit).
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let http_port = http.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in http.incoming().flatten() {
+            let mut conn = conn;
+            let mut first = [0_u8; 8];
+            let _ = conn.read(&mut first);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let nats = std::env::var("NATS_URL")
+        .ok()
+        .and_then(|u| {
+            u.rsplit(':')
+                .next()
+                .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        })
+        .unwrap_or(4222);
+    for (port, said) in [
+        (nats, "NATS answered: \"INFO {"),
+        (
+            http_port,
+            "an HTTP server answered: \"HTTP/1.1 400 Bad Request",
+        ),
+        (
+            silent_port,
+            "it accepted the connection but did not answer PostgreSQL's first message within 2 s",
+        ),
+    ] {
+        for args in [&["projections", "status"][..], &["migrate"]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_chronik"))
+                .args(args)
+                .env(
+                    "DATABASE_URL",
+                    format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                )
+                .env_remove("RUST_LOG")
+                .output()
+                .expect("the chronik binary runs");
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(
+                stderr.starts_with(&format!(
+                    "error: cannot connect to PostgreSQL at 127.0.0.1:{port}/postgres: backend error: the server at 127.0.0.1:{port} is not PostgreSQL: "
+                )) && stderr.contains(said)
+                    && stderr.trim_end().ends_with("is the port right?"),
+                "{args:?}: {stderr}"
+            );
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+            assert!(!stderr.contains("expected to read"), "{args:?}: {stderr}");
+        }
+    }
+}
+
 /// `streams list | show` need no registration: they read any stream as stored. Bad input
 /// and a schema without migrations are refused with their own exit status, writing nothing.
 #[test]
@@ -2039,6 +2109,207 @@ fn a_rebuild_that_meets_an_undecodable_event_keeps_the_old_read_model() {
 }
 
 #[test]
+fn commands_waiting_for_a_lock_say_who_holds_it_and_go_on() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::Stdio;
+    let schema = Schema::migrated();
+    schema.ok(&["append", "note-w1", "--type", "Noted", "--data", "{}"]);
+    let _entered = schema.runtime.enter();
+    // (a lock, the command waiting behind it)
+    let cases: [(String, &str, Vec<&str>); 2] = [
+        (
+            format!(
+                "SELECT 1 FROM \"{}\".streams WHERE stream_id = 'note-w1' FOR UPDATE",
+                schema.name
+            ),
+            "append",
+            vec!["append", "note-w1", "--type", "Noted", "--data", "{}"],
+        ),
+        (
+            format!(
+                "LOCK TABLE \"{}\".streams IN ACCESS EXCLUSIVE MODE",
+                schema.name
+            ),
+            "streams list",
+            vec!["streams", "list"],
+        ),
+    ];
+    for (lock, command, args) in cases {
+        let mut blocker = schema
+            .runtime
+            .block_on(schema.store.pool().begin())
+            .expect("a transaction");
+        schema
+            .runtime
+            .block_on(sqlx::query(&lock).execute(&mut *blocker))
+            .expect("locked");
+        let blocker_pid: i32 = schema
+            .runtime
+            .block_on(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *blocker))
+            .expect("its pid");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
+            .args(&args)
+            .args(["--schema", &schema.name])
+            .env("DATABASE_URL", database_url())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the chronik binary starts");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        // The command cannot finish while the lock is held: its first line on stderr is
+        // the watchdog's. Read on a thread, so that a command that waits in silence (the
+        // defect) fails the test after a deadline instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut line = String::new();
+            stderr.read_line(&mut line).expect("stderr reads");
+            let _ = tx.send(line);
+            stderr
+        });
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!("{args:?} said nothing in 60 s while it waited for the lock");
+        };
+        let mut stderr = reader.join().expect("the reader ends");
+        assert!(
+            line.contains(&format!("`chronik {command}` has waited "))
+                && line.contains(&format!(
+                    " s for a lock held by pid {blocker_pid} (chronik, idle in transaction, transaction open "
+                ))
+                && line.contains(&format!(
+                    "; `SELECT pg_terminate_backend({blocker_pid})` ends it): it goes on once the lock is free"
+                )),
+            "{args:?}: {line}"
+        );
+        schema
+            .runtime
+            .block_on(blocker.rollback())
+            .expect("rolled back");
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).expect("stderr reads");
+        let out = child.wait_with_output().expect("it ends");
+        assert!(out.status.success(), "{args:?}: {rest}");
+        assert!(
+            text(&out.stdout).contains("note-w1"),
+            "{args:?} went on once the lock was free: {}",
+            text(&out.stdout)
+        );
+    }
+}
+
+/// Two rebuilds of one projection, from scratch and into a shadow table, raced: whichever
+/// comes second while the first runs is refused with the first's pid, and the first
+/// finishes and is the one `projections status` records (they used to run together and
+/// write one `projection_rebuilds` row over the other). The first is held mid-way by a
+/// transaction locking the live checkpoint row: a from-scratch rebuild waits there before
+/// replaying, a shadow rebuild before its swap.
+#[test]
+fn a_rebuild_is_refused_while_the_other_kind_runs() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::Stdio;
+    let schema = Schema::migrated();
+    schema.place_orders(3);
+    schema.ok(&["projections", "rebuild", "orders"]);
+    let _entered = schema.runtime.enter();
+    let rebuild = |shadow: bool| {
+        let mut args = vec!["projections", "rebuild", "orders", "--schema", &schema.name];
+        if shadow {
+            args.push("--shadow");
+        }
+        Command::new(env!("CARGO_BIN_EXE_chronik"))
+            .args(&args)
+            .env("DATABASE_URL", database_url())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the chronik binary starts")
+    };
+    // Reads `child`'s stderr up to the first line containing one of `ends`.
+    let read_until = |stderr: &mut BufReader<std::process::ChildStderr>, ends: &[&str]| {
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let read = stderr.read_line(&mut line).expect("stderr reads");
+            seen.push_str(&line);
+            if read == 0 || ends.iter().any(|e| line.contains(e)) {
+                return seen;
+            }
+        }
+    };
+    for first_shadow in [false, true] {
+        let mut blocker = schema
+            .runtime
+            .block_on(schema.store.pool().begin())
+            .expect("a transaction");
+        schema
+            .runtime
+            .block_on(
+                sqlx::query(&format!(
+                    "SELECT 1 FROM \"{}\".projection_checkpoints WHERE name = 'orders' FOR UPDATE",
+                    schema.name
+                ))
+                .execute(&mut *blocker),
+            )
+            .expect("the checkpoint row locked");
+        let mut first = rebuild(first_shadow);
+        let mut first_err = BufReader::new(first.stderr.take().expect("stderr"));
+        // It holds its locks and waits for the row.
+        let seen = read_until(&mut first_err, &["has waited", "error:"]);
+        assert!(seen.contains("the rebuild of orders has waited "), "{seen}");
+        let first_pid: i64 = schema
+            .runtime
+            .block_on(
+                sqlx::query_scalar(&format!(
+                    "SELECT pid::int8 FROM \"{}\".projection_rebuilds WHERE name = 'orders' AND outcome = 'running'",
+                    schema.name
+                ))
+                .fetch_one(schema.store.pool()),
+            )
+            .expect("the first rebuild is recorded as running");
+
+        let mut second = rebuild(!first_shadow);
+        let mut second_err = BufReader::new(second.stderr.take().expect("stderr"));
+        // Refused at once, or (the defect) running until it too waits for the row.
+        let said = read_until(&mut second_err, &["has waited", "error:"]);
+        if said.contains("has waited") {
+            let _ = second.kill();
+        }
+        let kind = if first_shadow {
+            "a shadow rebuild"
+        } else {
+            "a rebuild from scratch"
+        };
+        assert!(
+            said.contains("error: rebuilding projection orders failed (nothing was changed")
+                && said.contains(&format!("{kind} of orders is running (pid {first_pid}, since "))
+                && said.contains(&format!(
+                    "projection orders__shadow is running in another session (pid {first_pid}); stop it or wait"
+                )),
+            "first shadow {first_shadow}: {said}"
+        );
+        let out = second.wait_with_output().expect("it ends");
+        assert_eq!(out.status.code(), Some(1), "{said}");
+
+        schema
+            .runtime
+            .block_on(blocker.rollback())
+            .expect("rolled back");
+        let mut rest = String::new();
+        first_err.read_to_string(&mut rest).expect("stderr reads");
+        let out = first.wait_with_output().expect("it ends");
+        assert!(out.status.success(), "{rest}");
+        let status = json(&schema.ok(&["projections", "status", "--json"]));
+        let last = &status["projections"][0]["last_rebuild"];
+        assert_eq!(last["outcome"], "succeeded", "{status}");
+        assert_eq!(last["shadow"], first_shadow, "{status}");
+        assert_eq!(last["pid"], first_pid, "{status}");
+        assert_eq!(schema.rows("order_summaries"), 3);
+    }
+}
+
+#[test]
 fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
     use std::io::{BufRead as _, BufReader, Read as _};
     use std::process::Stdio;
@@ -2472,6 +2743,98 @@ fn append_checks_registered_types_through_the_upcasters_and_defaults_to_the_curr
             "warning: event type Noted is not registered with chronik (no upcaster or event type names it): \
              it was written at schema version 1 without checking that it can be read"
         ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn append_refuses_a_type_the_streams_aggregate_does_not_accept() {
+    let schema = Schema::migrated();
+    let placed = r#"{"customer_id":"c","total_amount":5}"#;
+    schema.ok(&[
+        "append",
+        "order-u1",
+        "--type",
+        "OrderPlaced",
+        "--data",
+        placed,
+    ]);
+    // An order stream (category `order`, the Order aggregate's): a type it does not have
+    // would make it unloadable, and events cannot be deleted.
+    let out = schema.chronik(&[
+        "append",
+        "order-u1",
+        "--type",
+        "Unregistered",
+        "--data",
+        "{}",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: event type Unregistered is not one that order-u1 accepts (it belongs to the aggregate of category order; its types: OrderPlaced, "
+        ) && stderr.contains("the application could not load order-u1 after it")
+            && stderr.contains("nothing was written")
+            && stderr.contains("pass --allow-unregistered"),
+        "{stderr}"
+    );
+    // A new stream of the category too: it would never load.
+    let out = schema.chronik(&[
+        "append",
+        "order-u2",
+        "--type",
+        "Unregistered",
+        "--data",
+        "{}",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // A stream of another category that holds the aggregate's events is claimed by them.
+    schema.ok(&[
+        "append",
+        "legacy-1",
+        "--type",
+        "OrderPlaced",
+        "--data",
+        placed,
+    ]);
+    let out = schema.chronik(&["append", "legacy-1", "--type", "Noted", "--data", "{}"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("event type Noted is not one that legacy-1 accepts (its events are of registered types (OrderPlaced); its types: "),
+        "{stderr}"
+    );
+    let shown = schema.ok(&["streams", "show", "order-u1", "--json"]);
+    assert_eq!(shown.lines().count(), 1, "nothing was written: {shown}");
+    assert_eq!(
+        schema
+            .chronik(&["streams", "show", "order-u2"])
+            .status
+            .code(),
+        Some(3),
+        "nothing was written"
+    );
+    // The escape hatch writes it, and says what it did.
+    let out = schema.chronik(&[
+        "append",
+        "order-u1",
+        "--type",
+        "Unregistered",
+        "--data",
+        "{}",
+        "--allow-unregistered",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        text(&out.stdout).starts_with("appended: order-u1 v2 Unregistered"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        stderr.starts_with("warning: event type Unregistered is not one that order-u1 accepts")
+            && stderr.contains("written because of --allow-unregistered"),
         "{stderr}"
     );
 }

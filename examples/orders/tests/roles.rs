@@ -101,12 +101,12 @@ fn the_owner_grants_and_the_application_appends_but_cannot_grant() {
     let app = url_as(&role);
     let out = chronik(
         &[
-            "append", "order-1", "--type", "Placed", "--data", "{}", "--schema", &schema,
+            "append", "note-1", "--type", "Placed", "--data", "{}", "--schema", &schema,
         ],
         &app,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("appended: order-1 v1 Placed"));
+    assert!(text(&out.stdout).starts_with("appended: note-1 v1 Placed"));
     let out = chronik(&["roles", "grant", &role, "--schema", &schema], &app);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);

@@ -54,7 +54,7 @@ fn bad_urls_and_unreachable_servers_never_show_the_password() {
     let malformed = format!("postgres://postgres:{PASSWORD}@127.0.0.1:notaport/postgres");
     // An unreachable server costs the pool's acquire timeout (10 s) per run: few runs
     // there, every command on the malformed URL. `trace` logs everything `info` does.
-    let append: &[&str] = &["append", "order-1", "--type", "T", "--data", "{}"];
+    let append: &[&str] = &["append", "note-1", "--type", "T", "--data", "{}"];
     let mut runs: Vec<(&str, &[&str])> = vec![
         (&refused, &["migrate"]),
         (&refused, append),
@@ -93,7 +93,7 @@ fn appending_logs_neither_the_password_nor_the_payload_at_info() {
     for _ in 0..2 {
         let out = chronik(
             &[
-                "append", "order-1", "--type", "Noted", "--data", &data, "--header", &header,
+                "append", "note-1", "--type", "Noted", "--data", &data, "--header", &header,
                 "--schema", &schema,
             ],
             &url,
@@ -112,7 +112,7 @@ fn appending_logs_neither_the_password_nor_the_payload_at_info() {
             "tail",
             "--no-follow",
             "--category",
-            "order",
+            "note",
             "--schema",
             &schema,
         ],

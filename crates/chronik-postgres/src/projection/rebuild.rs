@@ -132,21 +132,10 @@ async fn replay<P: PgProjection>(
     }
 }
 
-/// How long a rebuild waits for its checkpoint row's lock before it says who holds it.
-const PATIENCE: Duration = Duration::from_secs(2);
-
-/// The sessions blocking backend `$1`: pid, application, state, seconds their transaction
-/// has been open (`NULL` when this role may not see it).
-const BLOCKERS: &str = "SELECT a.pid, a.application_name, a.state, \
-     extract(epoch FROM now() - a.xact_start)::float8 \
-     FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids($1)) ORDER BY a.pid";
-
-/// A row of [`BLOCKERS`].
-type Blocker = (i32, Option<String>, Option<String>, Option<f64>);
-
 /// Locks `engine`'s checkpoint row in `conn`'s transaction, like `Engine::lock_checkpoint`;
-/// when that waits longer than [`PATIENCE`], warns (on stderr for the CLI) which sessions
-/// hold it (a runner's batch, a transaction left open) and how to end them, then waits on.
+/// when that waits longer than [`crate::LOCK_PATIENCE`], warns (on stderr for the CLI)
+/// which sessions hold it (a runner's batch, a transaction left open) and how to end them,
+/// then waits on (the crate's one lock watchdog, [`crate::lock_wait`]).
 async fn lock_checkpoint_patiently<P: PgProjection>(
     store: &PgEventStore,
     engine: &Engine<P>,
@@ -156,47 +145,32 @@ async fn lock_checkpoint_patiently<P: PgProjection>(
         .fetch_one(&mut *conn)
         .await
         .map_err(backend)?;
-    let lock = engine.lock_checkpoint(conn);
-    tokio::pin!(lock);
-    tokio::select! {
-        r = &mut lock => return r,
-        () = tokio::time::sleep(PATIENCE) => {}
-    }
-    let holders: Vec<Blocker> = match sqlx::query_as(BLOCKERS)
-        .bind(pid)
-        .fetch_all(store.pool())
-        .await
-    {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %backend(e), "cannot read who holds the checkpoint row");
-            Vec::new()
-        }
-    };
-    let who: Vec<String> = holders
-        .iter()
-        .map(|(holder, app, state, open)| {
-            let app = app.as_deref().filter(|a| !a.is_empty()).unwrap_or("?");
-            let state = state.as_deref().unwrap_or("?");
-            let open = open.map_or_else(String::new, |s| format!(", transaction open {s:.0} s"));
-            format!(
-                "pid {holder} ({app}, {state}{open}; `{}` ends it)",
-                crate::horizon::terminate(*holder)
-            )
-        })
-        .collect();
-    let who = if who.is_empty() {
-        "another session".to_owned()
-    } else {
-        who.join(", ")
-    };
-    tracing::warn!(
-        "the rebuild of {} has waited {} s for the lock on its checkpoint row, held by {who}: \
-         a runner's batch ends soon, a transaction left open does not; it goes on once the lock is free",
-        engine.name().trim_end_matches("__shadow"),
-        PATIENCE.as_secs()
-    );
-    lock.await
+    let name = engine.name().trim_end_matches("__shadow");
+    crate::lock_wait::patiently(
+        store,
+        crate::lock_wait::Waiter::Session(pid),
+        |holders, waited| {
+            tracing::warn!(
+                "the rebuild of {name} has waited {} s for the lock on its checkpoint row, held by {}: \
+                 a runner's batch ends soon, a transaction left open does not; it goes on once the lock is free",
+                waited.as_secs(),
+                crate::lock_wait::describe(holders)
+            );
+        },
+        engine.lock_checkpoint(conn),
+    )
+    .await
+}
+
+/// Ends a rebuild's lock session, its advisory locks released first: a closed session's
+/// locks go only when its backend has exited, a moment after `close` returns, and the
+/// next rebuild (or runner) would be refused as Busy meanwhile, with no holder left to
+/// name. Best effort: a session that is gone has released them already.
+async fn release(mut lock: sqlx::PgConnection) {
+    let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut lock)
+        .await;
+    let _ = lock.close().await;
 }
 
 fn interrupted(name: &str, p: &PgRebuildProgress) -> PgProjectionError {
@@ -222,7 +196,10 @@ fn interrupted(name: &str, p: &PgRebuildProgress) -> PgProjectionError {
 /// [`rebuild_shadow`], which commits as it goes and keeps the live table serving.
 ///
 /// Takes the projection's advisory lock for the duration, so it fails with
-/// [`PgProjectionError::Busy`] while a runner is active (stop it first; restart it after).
+/// [`PgProjectionError::Busy`] while a runner is active (stop it first; restart it after),
+/// and the lock of its shadow rebuilds (`<name>__shadow`), so that it fails with
+/// [`PgProjectionError::Busy`] for `<name>__shadow` while a shadow rebuild runs, and a
+/// shadow rebuild started while it runs fails the same way.
 ///
 /// A projection that runs as partitions ([`crate::PgPartitionedRunner`]) is rebuilt with
 /// the number of partitions its checkpoints were written with (their locks are taken
@@ -288,8 +265,18 @@ pub async fn rebuild_partitioned<P: PgProjection>(
     let Some((mut lock, pid)) = engine.try_lock(projection.name()).await? else {
         return Err(super::runner::busy(store, projection.name()).await);
     };
+    // A shadow rebuild holds `<name>__shadow` only (the live runner keeps `<name>`): this
+    // session takes that lock too, so that the two never run at once (they would write one
+    // `projection_rebuilds` row over the other, and the swap would replace what this one
+    // commits). Whichever comes second is refused, naming the holder.
+    let shadow_name = format!("{}__shadow", projection.name());
+    if engine.try_lock_on(&mut lock, &shadow_name).await?.is_none() {
+        let busy = super::runner::busy(store, &shadow_name).await;
+        release(lock).await;
+        return Err(busy);
+    }
     if let Err(e) = lock_partitions(&engine, &mut lock, partitions).await {
-        let _ = lock.close().await;
+        release(lock).await;
         return Err(e);
     }
     let recorded = record::started(&mut lock, &engine.sql, projection.name(), false).await;
@@ -325,7 +312,7 @@ pub async fn rebuild_partitioned<P: PgProjection>(
         )
         .await;
     }
-    let _ = lock.close().await;
+    release(lock).await;
     result
 }
 
@@ -457,7 +444,8 @@ fn ident(name: &str) -> Result<(), StoreError> {
 /// returning [`ControlFlow::Break`] stops the rebuild at that boundary.
 ///
 /// # Errors
-/// [`PgProjectionError::Busy`] when another shadow rebuild of this projection runs;
+/// [`PgProjectionError::Busy`] (for `<name>__shadow`) when another rebuild of this
+/// projection runs, shadow or from scratch ([`rebuild`] holds that lock too);
 /// store failures; [`PgProjectionError::Handler`] (naming the event, its stream, version
 /// and cursor); [`PgProjectionError::Interrupted`]. On every error the live table and
 /// checkpoint are untouched and the shadow table and its checkpoint `<name>__shadow` are
@@ -535,7 +523,7 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
             tracing::warn!(error = %backend(e), "could not delete the shadow checkpoint");
         }
     }
-    let _ = lock.close().await;
+    release(lock).await;
     result
 }
 
