@@ -111,7 +111,7 @@ pub(crate) struct ProjectionView {
     pub(crate) events_processed: u64,
     pub(crate) lag_events: u64,
     pub(crate) lag_seconds: f64,
-    /// `catching_up`, `live`, `failing`, `standby`, `dead`, `stopped`; `None`: no runner ran.
+    /// `starting`, `catching_up`, `live`, `failing`, `standby`, `dead`, `stopped`; `None`: no runner ran.
     pub(crate) state: Option<String>,
     pub(crate) owner: Option<String>,
     pub(crate) standbys: Vec<String>,

@@ -87,6 +87,7 @@ mod projection;
 mod roles;
 mod row;
 mod snapshot;
+mod spans;
 mod sql;
 mod standby;
 mod store;

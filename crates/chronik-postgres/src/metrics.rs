@@ -71,9 +71,11 @@ pub const POOL_CONNECTIONS: &str = "chronik_pool_connections";
 /// `chronik_pool_max_connections`.
 pub const POOL_MAX_CONNECTIONS: &str = "chronik_pool_max_connections";
 
-/// The states `chronik_projection_state` reports (see `ProjectionReport::state`);
-/// `none` is a projection no runner ever ran.
+/// The states `chronik_projection_state` reports (see `ProjectionReport::state`): every
+/// runner state a report can show (an owner's, `starting` included), `dead` for a crashed
+/// owner, and `none` for a projection no runner ever ran.
 pub const PROJECTION_STATES: &[&str] = &[
+    "starting",
     "catching_up",
     "live",
     "failing",
@@ -257,4 +259,32 @@ pub async fn record_store_gauges(store: &PgEventStore) -> Result<(), StoreError>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chronik_projections::ProjectionState;
+
+    use super::PROJECTION_STATES;
+
+    /// What `ProjectionReport::state` says for a projection whose instance is in `state`:
+    /// an owner's own state, `dead` for a crashed one.
+    fn reported(state: ProjectionState) -> &'static str {
+        match state {
+            ProjectionState::Crashed => "dead",
+            other => other.as_str(),
+        }
+    }
+
+    #[test]
+    fn every_state_a_report_shows_has_a_series() {
+        for state in ProjectionState::ALL {
+            assert!(
+                PROJECTION_STATES.contains(&reported(*state)),
+                "{} is missing from PROJECTION_STATES",
+                reported(*state)
+            );
+        }
+        assert!(PROJECTION_STATES.contains(&"none"));
+    }
 }

@@ -80,7 +80,11 @@ impl PgEventStore {
     ) -> Result<Vec<AppendResult>, StoreError> {
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
-        let result = self.append_streams_retrying(appends).await;
+        let span = crate::spans::append_streams(appends);
+        let result =
+            tracing::Instrument::instrument(self.append_streams_retrying(appends), span.clone())
+                .await;
+        crate::spans::record_append_streams(&span, result.as_deref());
         if matches!(&result, Ok(r) if r.iter().any(|p| !p.already_appended)) {
             self.committed();
         }

@@ -14,6 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Executor, PgConnection, PgPool, Postgres, Row};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::MIGRATOR;
@@ -377,7 +378,12 @@ impl PgEventStore {
     ) -> Result<AppendResult, StoreError> {
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
-        let result = self.append_retrying(conn, stream, expected, events).await;
+        let span = crate::spans::append(stream, expected, events.len());
+        let result = self
+            .append_retrying(conn, stream, expected, events)
+            .instrument(span.clone())
+            .await;
+        crate::spans::record_append(&span, result.as_ref());
         if matches!(&result, Ok(r) if !r.already_appended) {
             self.committed();
         }

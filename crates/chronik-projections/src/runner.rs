@@ -9,6 +9,8 @@ use chronik_store::{
 use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::error::ProjectionError;
 use crate::name::ProjectionName;
@@ -434,49 +436,84 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
             } else {
                 None
             };
-            let page = match self.store.read_feed(cursor, &self.filter, batch).await {
-                Ok(p) => p,
-                Err(e) => {
-                    attempt += 1;
-                    self.fail(attempt, format!("reading feed: {e}"), None)
-                        .await?;
-                    continue;
-                }
-            };
-            attempt = 0;
-            let full = page.events.len() == batch;
-            let seen = !page.events.is_empty();
-            let before = cursor;
-            let mut outcome = Ok(());
-            for raw in page.events {
-                let at = raw.cursor;
-                match self.apply(raw, cursor, processed).await {
-                    Ok(applied) => {
-                        processed += u64::from(applied);
-                        cursor = at;
+            // One batch, one span: where it starts and ends, how many events (never a
+            // payload); handler failures and parked events are events inside it.
+            let span = tracing::info_span!(
+                "chronik.projection.batch",
+                projection = %name,
+                engine = "generic",
+                limit = batch,
+                from = %cursor,
+                to = Empty,
+                events = Empty,
+                processed = Empty,
+                outcome = Empty,
+            );
+            let step = async {
+                let page = match self.store.read_feed(cursor, &self.filter, batch).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        attempt += 1;
+                        tracing::Span::current().record("outcome", "read_failed");
+                        self.fail(attempt, format!("reading feed: {e}"), None)
+                            .await?;
+                        return Ok(None);
                     }
-                    Err(Stopping) => {
-                        outcome = Err(Stopping);
-                        break;
+                };
+                attempt = 0;
+                let full = page.events.len() == batch;
+                let seen = !page.events.is_empty();
+                tracing::Span::current().record("events", page.events.len());
+                let before = cursor;
+                let mut outcome = Ok(());
+                for raw in page.events {
+                    let at = raw.cursor;
+                    match self.apply(raw, cursor, processed).await {
+                        Ok(applied) => {
+                            processed += u64::from(applied);
+                            cursor = at;
+                        }
+                        Err(Stopping) => {
+                            outcome = Err(Stopping);
+                            break;
+                        }
                     }
                 }
-            }
-            if outcome.is_err() {
-                // Stopped while retrying a failing event: keep what was applied.
+                if outcome.is_err() {
+                    // Stopped while retrying a failing event: keep what was applied.
+                    if cursor != before {
+                        let _ = self.save(cursor, processed).await;
+                    }
+                    tracing::Span::current().record("outcome", "stopped");
+                    return outcome.map(|()| None);
+                }
+                if !full
+                    && let Some(h) = head
+                    && h > cursor
+                {
+                    cursor = h;
+                }
                 if cursor != before {
-                    let _ = self.save(cursor, processed).await;
+                    self.save(cursor, processed).await?;
                 }
-                return outcome;
+                let span = tracing::Span::current();
+                span.record("to", tracing::field::display(cursor));
+                span.record("processed", processed);
+                span.record(
+                    "outcome",
+                    if cursor == before {
+                        "idle"
+                    } else {
+                        "committed"
+                    },
+                );
+                Ok(Some((full, seen)))
             }
-            if !full
-                && let Some(h) = head
-                && h > cursor
-            {
-                cursor = h;
-            }
-            if cursor != before {
-                self.save(cursor, processed).await?;
-            }
+            .instrument(span)
+            .await?;
+            let Some((full, seen)) = step else {
+                continue;
+            };
             self.status.send_modify(|s| {
                 s.state = if full {
                     ProjectionState::CatchingUp

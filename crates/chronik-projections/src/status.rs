@@ -27,6 +27,17 @@ pub enum ProjectionState {
 }
 
 impl ProjectionState {
+    /// Every state, in the order of a runner's life (for lists of labels, e.g. a metric's).
+    pub const ALL: &'static [Self] = &[
+        Self::Starting,
+        Self::CatchingUp,
+        Self::Live,
+        Self::Failing,
+        Self::Standby,
+        Self::Stopped,
+        Self::Crashed,
+    ];
+
     /// The label used in status tables (`catching_up`, `live`, ...).
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -207,5 +218,26 @@ impl LagMeter {
                 s.lag_measured_at = Some(now);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProjectionState;
+
+    #[test]
+    fn all_lists_every_state_once() {
+        // Exhaustive: a new state does not compile until it has a place here and in ALL.
+        let place = |s: ProjectionState| match s {
+            ProjectionState::Starting => 0,
+            ProjectionState::CatchingUp => 1,
+            ProjectionState::Live => 2,
+            ProjectionState::Failing => 3,
+            ProjectionState::Standby => 4,
+            ProjectionState::Stopped => 5,
+            ProjectionState::Crashed => 6,
+        };
+        let places: Vec<usize> = ProjectionState::ALL.iter().map(|s| place(*s)).collect();
+        assert_eq!(places, (0..7).collect::<Vec<_>>());
     }
 }

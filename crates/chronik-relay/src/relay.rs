@@ -14,6 +14,7 @@ use chronik_core::{EventId, RecordedEvent, UpcasterRegistry};
 use chronik_projections::{HandlerError, Projection, ProjectionRunner};
 use chronik_store::{CheckpointStore, EventStore, FeedFilter};
 use tokio::sync::Mutex;
+use tracing::Instrument as _;
 
 use crate::config::{PayloadMode, RelayConfig};
 use crate::error::{RelayError, redact_url};
@@ -413,28 +414,76 @@ impl Projection for NatsRelay {
     /// Publishes `event` behind the ones in flight, first waiting for the oldest
     /// acknowledgement while `max_in_flight` are due.
     async fn handle(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
-        let mut w = self.window.lock().await;
-        self.send_unsent(&mut w).await?;
-        while w.pending.len() >= self.config.max_in_flight {
-            self.await_front(&mut w).await?;
+        // Inside the runner's `chronik.projection.batch`; never the payload.
+        let span = tracing::info_span!(
+            "chronik.relay.publish",
+            relay = %self.name,
+            stream = %event.stream_id,
+            version = event.version.get(),
+            event_id = %event.event_id,
+            cursor = %event.cursor,
+            jetstream = %self.stream,
+            in_flight = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let result = async {
+            let mut w = self.window.lock().await;
+            self.send_unsent(&mut w).await?;
+            while w.pending.len() >= self.config.max_in_flight {
+                self.await_front(&mut w).await?;
+            }
+            w.pending.push_back(self.message(event));
+            if let Err(e) = self.send_unsent(&mut w).await {
+                // Not sent: the runner hands this event over again (or skips it when parked).
+                w.pending.pop_back();
+                return Err(e);
+            }
+            tracing::Span::current().record("in_flight", w.pending.len());
+            Ok(())
         }
-        w.pending.push_back(self.message(event));
-        if let Err(e) = self.send_unsent(&mut w).await {
-            // Not sent: the runner hands this event over again (or skips it when parked).
-            w.pending.pop_back();
-            return Err(e);
-        }
-        Ok(())
+        .instrument(span.clone())
+        .await;
+        span.record("outcome", if result.is_ok() { "sent" } else { "failed" });
+        result
     }
 
     /// Sends what is unsent and awaits every acknowledgement, in order.
     async fn flush(&self) -> Result<(), HandlerError> {
-        let mut w = self.window.lock().await;
-        self.send_unsent(&mut w).await?;
-        while !w.pending.is_empty() {
-            self.await_front(&mut w).await?;
+        let span = tracing::info_span!(
+            "chronik.relay.flush",
+            relay = %self.name,
+            jetstream = %self.stream,
+            pending = tracing::field::Empty,
+            acknowledged = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let result = async {
+            let mut w = self.window.lock().await;
+            tracing::Span::current().record("pending", w.pending.len());
+            let before = self.stats.acknowledged.load(Ordering::Relaxed);
+            self.send_unsent(&mut w).await?;
+            while !w.pending.is_empty() {
+                self.await_front(&mut w).await?;
+            }
+            let acked = self
+                .stats
+                .acknowledged
+                .load(Ordering::Relaxed)
+                .saturating_sub(before);
+            tracing::Span::current().record("acknowledged", acked);
+            Ok(())
         }
-        Ok(())
+        .instrument(span.clone())
+        .await;
+        span.record(
+            "outcome",
+            if result.is_ok() {
+                "acknowledged"
+            } else {
+                "failed"
+            },
+        );
+        result
     }
 
     /// A relay has no read model: what it published stays in JetStream. A rebuild

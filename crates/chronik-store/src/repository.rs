@@ -11,6 +11,8 @@ use chronik_core::{
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use thiserror::Error;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::cache::StateCache;
@@ -19,6 +21,47 @@ use crate::port::{
     AppendResult, BoxSession, EventStore, Payload, PayloadStream, SnapshotStore, StreamAppend,
     StreamEvent,
 };
+
+/// The span of one load of `id` (`chronik.load`): its versions are recorded when it ends.
+fn load_span<A: Aggregate>(id: &StreamId) -> tracing::Span {
+    tracing::info_span!(
+        "chronik.load",
+        stream = %id,
+        aggregate = A::TYPE,
+        snapshot_version = Empty,
+        version = Empty,
+        events_replayed = Empty,
+    )
+}
+
+/// Records a finished load on its span (versions and counts; never the state).
+fn record_loaded<A: Aggregate>(span: &tracing::Span, loaded: Result<&Loaded<A>, &StoreError>) {
+    if let Ok(l) = loaded {
+        span.record("snapshot_version", l.snapshot_version.get());
+        span.record("version", l.version.get());
+        span.record("events_replayed", l.events_replayed);
+    }
+}
+
+/// Records why a command was not carried out on its span: the kind, and for a give-up
+/// the attempts and conflicts (never the domain error's text, which may quote a command).
+fn record_failure<E: std::error::Error + 'static>(span: &tracing::Span, e: &RepositoryError<E>) {
+    let outcome = match e {
+        RepositoryError::Domain(_) => "rejected",
+        RepositoryError::Store(_) => "failed",
+        RepositoryError::RetriesExhausted {
+            attempts,
+            conflicts,
+            ..
+        } => {
+            span.record("attempts", *attempts);
+            span.record("conflicts", *conflicts);
+            "retries_exhausted"
+        }
+        RepositoryError::Conflict(_) => "conflict",
+    };
+    span.record("outcome", outcome);
+}
 
 /// Waiting between retries. [`DefaultSleep`] works under any async runtime; pass another
 /// (e.g. `tokio::time::sleep`, or a recorder in tests) with [`Repository::with_sleep`].
@@ -433,11 +476,18 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// [`StoreError::Decode`] when a stored event does not decode as `A::Event` (named by
     /// stream, version and id), or any read error.
     pub async fn load(&self, id: &StreamId) -> Result<Loaded<A>, StoreError> {
-        let (state, snapshot_version) = self.start(id).await;
-        let events = self.store.read_payloads(id, snapshot_version.next()?);
-        Ok(Self::fold(id, state, snapshot_version, None, events)
-            .await?
-            .0)
+        let span = load_span::<A>(id);
+        let loaded = async {
+            let (state, snapshot_version) = self.start(id).await;
+            let events = self.store.read_payloads(id, snapshot_version.next()?);
+            Ok(Self::fold(id, state, snapshot_version, None, events)
+                .await?
+                .0)
+        }
+        .instrument(span.clone())
+        .await;
+        record_loaded(&span, loaded.as_ref());
+        loaded
     }
 
     /// [`Repository::load`] for one attempt of a command: the stream is read on a session
@@ -447,19 +497,26 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         &self,
         id: &StreamId,
     ) -> Result<(Loaded<A>, Option<BoxSession>), StoreError> {
-        let (state, snapshot_version) = self.start(id).await;
-        let from = snapshot_version.next()?;
-        let mut session = self.store.session().await?;
-        let (loaded, _) = match session.as_deref_mut() {
-            Some(s) => {
-                Self::fold(id, state, snapshot_version, None, s.read_payloads(id, from)).await
-            }
-            None => {
-                let events = self.store.read_payloads(id, from);
-                Self::fold(id, state, snapshot_version, None, events).await
-            }
-        }?;
-        Ok((loaded, session))
+        let span = load_span::<A>(id);
+        let loaded = async {
+            let (state, snapshot_version) = self.start(id).await;
+            let from = snapshot_version.next()?;
+            let mut session = self.store.session().await?;
+            let (loaded, _) = match session.as_deref_mut() {
+                Some(s) => {
+                    Self::fold(id, state, snapshot_version, None, s.read_payloads(id, from)).await
+                }
+                None => {
+                    let events = self.store.read_payloads(id, from);
+                    Self::fold(id, state, snapshot_version, None, events).await
+                }
+            }?;
+            Ok((loaded, session))
+        }
+        .instrument(span.clone())
+        .await;
+        record_loaded(&span, loaded.as_ref().map(|(l, _)| l));
+        loaded
     }
 
     /// Where a load starts: the latest usable snapshot, or the empty state.
@@ -546,6 +603,46 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// As [`Repository::execute_with`]; a refusal by the aggregate is
     /// [`RepositoryError::Domain`] (a reactor decides whether to park the trigger).
     pub async fn react(
+        &self,
+        id: &StreamId,
+        command: A::Command,
+        trigger: &RecordedEvent,
+        reactor: &str,
+    ) -> Result<ReactOutcome, RepositoryError<A::Error>> {
+        let span = tracing::info_span!(
+            "chronik.react",
+            stream = %id,
+            aggregate = A::TYPE,
+            reactor,
+            trigger_stream = %trigger.stream_id,
+            trigger_version = trigger.version.get(),
+            trigger_cursor = %trigger.cursor,
+            outcome = Empty,
+            attempts = Empty,
+            conflicts = Empty,
+            version = Empty,
+        );
+        let result = self
+            .react_inner(id, command, trigger, reactor)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(ReactOutcome::Executed(o)) => {
+                span.record("outcome", "executed");
+                span.record("attempts", o.attempts);
+                span.record("conflicts", o.conflicts);
+                span.record("version", o.version.get());
+            }
+            Ok(_) => {
+                span.record("outcome", "already_done");
+            }
+            Err(e) => record_failure(&span, e),
+        }
+        result
+    }
+
+    /// [`Repository::react`] without its span.
+    async fn react_inner(
         &self,
         id: &StreamId,
         command: A::Command,
@@ -727,6 +824,52 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// otherwise, including an event that does not encode under its own type
     /// ([`StoreError::InvalidRequest`], nothing written).
     pub async fn execute_with(
+        &self,
+        id: &StreamId,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<ExecuteOutcome, RepositoryError<A::Error>> {
+        let span = tracing::info_span!(
+            "chronik.execute",
+            stream = %id,
+            aggregate = A::TYPE,
+            retry_safe = A::retry_safe(&command),
+            outcome = Empty,
+            attempts = Empty,
+            conflicts = Empty,
+            version = Empty,
+            events_written = Empty,
+            cursor = Empty,
+        );
+        let result = self
+            .execute_inner(id, command, metadata)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(o) => {
+                span.record(
+                    "outcome",
+                    if o.events_written == 0 {
+                        "nothing_to_write"
+                    } else {
+                        "written"
+                    },
+                );
+                span.record("attempts", o.attempts);
+                span.record("conflicts", o.conflicts);
+                span.record("version", o.version.get());
+                span.record("events_written", o.events_written);
+                if let Some(a) = &o.append {
+                    span.record("cursor", tracing::field::display(a.cursor));
+                }
+            }
+            Err(e) => record_failure(&span, e),
+        }
+        result
+    }
+
+    /// [`Repository::execute_with`] without its span.
+    async fn execute_inner(
         &self,
         id: &StreamId,
         command: A::Command,
@@ -955,6 +1098,53 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// [`Repository::execute_across`]; when not `retry_safe`, `decide` runs once and a
     /// conflict is returned as [`RepositoryError::Conflict`].
     async fn across<F>(
+        &self,
+        ids: &[StreamId],
+        decide: F,
+        metadata: Metadata,
+        retry_safe: bool,
+    ) -> Result<MultiOutcome, RepositoryError<A::Error>>
+    where
+        F: Fn(&[&A]) -> Result<Vec<Vec<A::Event>>, A::Error>,
+    {
+        let named: Vec<&str> = ids.iter().take(16).map(StreamId::as_str).collect();
+        let span = tracing::info_span!(
+            "chronik.execute_across",
+            streams = ids.len(),
+            stream_ids = %format_args!("{}{}", named.join(","), if ids.len() > 16 { ",..." } else { "" }),
+            aggregate = A::TYPE,
+            retry_safe,
+            outcome = Empty,
+            attempts = Empty,
+            conflicts = Empty,
+            events_written = Empty,
+        );
+        let result = self
+            .across_inner(ids, decide, metadata, retry_safe)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(o) => {
+                let written: usize = o.events_written.iter().sum();
+                span.record(
+                    "outcome",
+                    if written == 0 {
+                        "nothing_to_write"
+                    } else {
+                        "written"
+                    },
+                );
+                span.record("attempts", o.attempts);
+                span.record("conflicts", o.conflicts);
+                span.record("events_written", written);
+            }
+            Err(e) => record_failure(&span, e),
+        }
+        result
+    }
+
+    /// [`Repository::across`] without its span.
+    async fn across_inner<F>(
         &self,
         ids: &[StreamId],
         decide: F,

@@ -8,13 +8,17 @@
 //!   standby-fed readers (needs PostgreSQL's server binaries).
 //! - [`Interloper`]: a store wrapper that lets a competing writer in between a command's
 //!   load and its append, to race a real concurrent write.
+//! - [`SpanCapture`]: a `tracing` layer recording every span and event, to check what
+//!   chronik's spans carry and what they never carry.
 
 pub mod conformance;
 mod gwt;
 mod interloper;
 pub mod projections;
 pub mod replica;
+mod spans;
 pub mod strategies;
 
 pub use gwt::{Scenario, given};
 pub use interloper::Interloper;
+pub use spans::{CapturedSpan, SpanCapture};

@@ -406,6 +406,41 @@ pub(crate) enum Batch {
     },
 }
 
+/// Records how one batch ended on its span (`chronik.projection.batch`): the checkpoint it
+/// moved to and the events it applied, or the event it failed on (stream, version, cursor;
+/// never the payload or the handler's message, which may quote it).
+fn record_batch(span: &tracing::Span, batch: Result<&Batch, &StoreError>) {
+    match batch {
+        Ok(Batch::Committed {
+            cursor,
+            processed,
+            events,
+            ..
+        }) => {
+            span.record("outcome", "committed");
+            span.record("to", tracing::field::display(cursor));
+            span.record("events", *events);
+            span.record("processed", *processed);
+        }
+        Ok(Batch::Idle { cursor, processed }) => {
+            span.record("outcome", "idle");
+            span.record("to", tracing::field::display(cursor));
+            span.record("events", 0);
+            span.record("processed", *processed);
+        }
+        Ok(Batch::Failed { event, .. }) => {
+            span.record("outcome", "handler_failed");
+            span.record("failed_stream", tracing::field::display(&event.stream_id));
+            span.record("failed_version", event.version.get());
+            span.record("failed_cursor", tracing::field::display(event.cursor));
+        }
+        Err(e) => {
+            span.record("outcome", "failed");
+            span.record("error_kind", crate::spans::kind(e));
+        }
+    }
+}
+
 /// Applies batches of one projection under its checkpoint row lock.
 #[derive(Debug)]
 pub(crate) struct Engine<P> {
@@ -551,7 +586,39 @@ impl<P: PgProjection> Engine<P> {
         limit: usize,
         retrying: bool,
     ) -> Result<Batch, StoreError> {
+        let span = tracing::info_span!(
+            "chronik.projection.batch",
+            projection = %self.name,
+            engine = "postgres",
+            limit,
+            from = tracing::field::Empty,
+            to = tracing::field::Empty,
+            events = tracing::field::Empty,
+            processed = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            failed_stream = tracing::field::Empty,
+            failed_version = tracing::field::Empty,
+            failed_cursor = tracing::field::Empty,
+            error_kind = tracing::field::Empty,
+        );
+        let batch = tracing::Instrument::instrument(
+            self.apply_page_inner(tx, limit, retrying),
+            span.clone(),
+        )
+        .await;
+        record_batch(&span, batch.as_ref());
+        batch
+    }
+
+    /// [`Engine::apply_page`] without its span.
+    async fn apply_page_inner(
+        &self,
+        tx: &mut PgTransaction,
+        limit: usize,
+        retrying: bool,
+    ) -> Result<Batch, StoreError> {
         let (start, processed_before) = self.lock_checkpoint(tx).await?;
+        tracing::Span::current().record("from", tracing::field::display(start));
         let filtered = self.filter != FeedFilter::all() || self.partition.is_some();
         let read_filter = if self.scan_all {
             FeedFilter::all()
