@@ -20,7 +20,8 @@ usage: cargo xtask <command>
 
 commands:
   ci [STEP...]     what CI runs, in order, stopping at the first failure:
-                   fmt, clippy (-D warnings), layering, doc (-D warnings), migrations,
+                   fmt, clippy (-D warnings), otel (the exporter feature, compiled),
+                   layering, doc (-D warnings), migrations,
                    test (all tests, PostgreSQL included, against DATABASE_URL),
                    torture-smoke (15 s of concurrent writers under injected faults, then a
                    check against a model; debug build),
@@ -120,12 +121,25 @@ const STEPS: &[Step] = &[
     },
     Step {
         name: "clippy",
-        what: "cargo clippy --workspace --all-targets --all-features -- -D warnings",
+        what: "cargo clippy --workspace --all-targets --features <every feature but otel> -- -D warnings",
+        run: |sh| {
+            let cargo = cargo();
+            let features = ci_features()?;
+            Ok(cmd!(
+                sh,
+                "{cargo} clippy --workspace --all-targets --features {features} --quiet -- -D warnings"
+            )
+            .run()?)
+        },
+    },
+    Step {
+        name: "otel",
+        what: "cargo clippy -p chronik-cli --features otel -- -D warnings (the OpenTelemetry exporter, off in every other step, compiled so that it cannot rot)",
         run: |sh| {
             let cargo = cargo();
             Ok(cmd!(
                 sh,
-                "{cargo} clippy --workspace --all-targets --all-features --quiet -- -D warnings"
+                "{cargo} clippy -p chronik-cli --features otel --quiet -- -D warnings"
             )
             .run()?)
         },
@@ -152,13 +166,14 @@ const STEPS: &[Step] = &[
     },
     Step {
         name: "test",
-        what: "cargo test --workspace --all-features, PostgreSQL included",
+        what: "cargo test --workspace --features <every feature but otel>, PostgreSQL included",
         run: |sh| {
             let url = database_url();
             check_database(sh, &url)
                 .context("the PostgreSQL tests need a database and are never skipped")?;
             let cargo = cargo();
-            Ok(cmd!(sh, "{cargo} test --workspace --all-features")
+            let features = ci_features()?;
+            Ok(cmd!(sh, "{cargo} test --workspace --features {features}")
                 .env("DATABASE_URL", &url)
                 .run()?)
         },
@@ -247,6 +262,71 @@ fn readme_commands(sh: &Shell) -> anyhow::Result<()> {
         println!("`{shown}` ran as the README says");
     }
     Ok(())
+}
+
+/// Features CI leaves out of the workspace build and tests: the OpenTelemetry exporter
+/// (heavy dependencies no test needs), compiled by the `otel` step instead.
+const LEFT_OUT_FEATURES: &[&str] = &["otel"];
+
+/// Every feature of every workspace member as `package/feature`, comma-separated, but
+/// `default` and [`LEFT_OUT_FEATURES`]: what `--all-features` was, without the exporter.
+/// Read from the manifests, so a feature added later is built and tested too.
+fn ci_features() -> anyhow::Result<String> {
+    let root = project_root();
+    let mut features = Vec::new();
+    for dir in ["crates", "examples"] {
+        let mut members: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+            .with_context(|| format!("cannot list {dir}/"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("Cargo.toml"))
+            .filter(|p| p.is_file())
+            .collect();
+        members.sort();
+        for manifest in members {
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("cannot read {}", manifest.display()))?;
+            features.extend(manifest_features(&text));
+        }
+    }
+    anyhow::ensure!(
+        !features.is_empty(),
+        "no workspace member declares a feature"
+    );
+    Ok(features.join(","))
+}
+
+/// `package/feature` for each feature a manifest declares (but `default` and
+/// [`LEFT_OUT_FEATURES`]): the keys of its `[features]` table.
+fn manifest_features(manifest: &str) -> Vec<String> {
+    let mut package = None;
+    let mut section = "";
+    let mut keys = Vec::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if section == "[package]" && key == "name" {
+            package = Some(value.trim().trim_matches('"').to_owned());
+        } else if section == "[features]"
+            && !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && key != "default"
+            && !LEFT_OUT_FEATURES.contains(&key)
+        {
+            keys.push(key.to_owned());
+        }
+    }
+    let Some(package) = package else {
+        return Vec::new();
+    };
+    keys.into_iter().map(|k| format!("{package}/{k}")).collect()
 }
 
 fn ci(sh: &Shell, only: &[&str]) -> anyhow::Result<()> {
@@ -421,7 +501,7 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{readme_setup_commands, redact};
+    use super::{manifest_features, readme_setup_commands, redact};
 
     #[test]
     fn the_readme_setup_block_is_read_as_commands() {
@@ -439,6 +519,32 @@ mod tests {
         let readme = include_str!("../../README.md");
         let commands = readme_setup_commands(readme).expect("the README's set-up block");
         assert_eq!(commands[0][..3], ["cargo", "run", "--"]);
+    }
+
+    #[test]
+    fn features_are_read_from_manifests_without_default_and_otel() {
+        let manifest = r#"
+[package]
+name = "chronik-cli"
+version.workspace = true
+
+[features]
+default = ["a"]
+# a comment = not a feature
+metrics = ["dep:metrics"]
+otel = ["dep:tracing-opentelemetry"]
+relay = [
+    "x", # not = a feature
+]
+
+[dependencies]
+name = "not a package"
+"#;
+        assert_eq!(
+            manifest_features(manifest),
+            ["chronik-cli/metrics", "chronik-cli/relay"]
+        );
+        assert!(manifest_features("[package]\nname = \"x\"\n").is_empty());
     }
 
     #[test]

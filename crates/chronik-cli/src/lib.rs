@@ -34,6 +34,8 @@ mod backend;
 mod console;
 mod doctor;
 pub mod fmt;
+#[cfg(feature = "otel")]
+mod otel;
 mod parked;
 mod projections;
 mod relay;
@@ -452,7 +454,7 @@ impl Operator {
         };
         // Parse first: clap prints its own `error: ...` with usage and exits with status 2.
         let matches = command.get_matches();
-        init_logging();
+        let telemetry = init_logging(&self.registry.binary);
         let own = matches
             .subcommand_name()
             .is_some_and(|name| C::has_subcommand(name));
@@ -475,7 +477,9 @@ impl Operator {
                 self.problems.join("; ")
             ))
         };
-        finish(result)
+        let code = finish(result);
+        telemetry.shutdown();
+        code
     }
 }
 
@@ -1128,17 +1132,57 @@ pub(crate) fn chain(e: &anyhow::Error) -> String {
     line
 }
 
-fn init_logging() {
+/// What exports traces while the command runs (feature `otel`, when an OTLP endpoint is
+/// configured): flushed by [`Telemetry::shutdown`] before the process exits.
+struct Telemetry(#[cfg(feature = "otel")] Option<otel::Exporter>);
+
+impl Telemetry {
+    fn shutdown(self) {
+        #[cfg(feature = "otel")]
+        if let Some(exporter) = self.0 {
+            exporter.shutdown();
+        }
+    }
+}
+
+/// Logging on stderr (`RUST_LOG`, default `warn`) and, with feature `otel` and an OTLP
+/// endpoint in the environment, spans exported to it (docs/operations.md, "Traces").
+fn init_logging(binary: &str) -> Telemetry {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env()
         // sqlx's pool warns about every connection a restarting server drops; the
         // commands say what happened themselves.
         .unwrap_or_else(|_| EnvFilter::new("warn,sqlx=error,sqlx_core=error"));
-    // `try_init` fails only if a subscriber is already set; nothing to do then.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(stderr);
+    #[cfg(feature = "otel")]
+    match otel::layer(binary) {
+        Ok(Some((layer, exporter))) => {
+            // `try_init` fails only if a subscriber is already set; nothing to do then.
+            let _ = registry.with(layer).try_init();
+            return Telemetry(Some(exporter));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: traces are not exported: {}",
+                chain(&e)
+            );
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = binary;
+    let _ = registry.try_init();
+    Telemetry(
+        #[cfg(feature = "otel")]
+        None,
+    )
 }
 
 /// The usage error for a projection `name` that `registry` does not register.
