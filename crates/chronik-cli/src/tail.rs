@@ -93,6 +93,8 @@ pub(crate) async fn run(
     let mut idle = POLL_MIN;
     // Whether the "following ..." line was printed since the feed was last busy or lost.
     let mut announced = false;
+    // The horizon holder last said to hold the feed back (said again only when another).
+    let mut held_said: Option<String> = None;
     // Since when, and how, the store has been failing.
     let mut lost: Option<(Instant, Duration)> = None;
     // When a lost listener was last replaced (the pool may reconnect without a failed read).
@@ -174,6 +176,21 @@ pub(crate) async fn run(
             listened_at = Instant::now();
         }
         if page.events.is_empty() {
+            // Caught up with what is visible, but committed events may be held back by an
+            // open transaction: say so rather than stop or wait as if there were none.
+            if let Some(why) = held_back(&store).await
+                && held_said.as_ref() != Some(&why)
+            {
+                warn(&format!(
+                    "warning: {why}; {}",
+                    if follow {
+                        "they appear here once it ends"
+                    } else {
+                        "`--no-follow` stops without them"
+                    }
+                ));
+                held_said = Some(why);
+            }
             if !follow {
                 break;
             }
@@ -211,6 +228,25 @@ pub(crate) async fn run(
         cursor = page.next;
     }
     Ok(())
+}
+
+/// When events are committed but not visible in the feed yet: which transaction holds them
+/// back (the horizon's blocker) and how to end it. `None` when nothing is held back or it
+/// cannot be read (the tail goes on either way).
+async fn held_back(store: &PgEventStore) -> Option<String> {
+    let head = store.feed_head().await.ok()?.last;
+    let newest = store.newest_committed().await.ok()??;
+    if Some(newest) <= head {
+        return None;
+    }
+    let holders = store.horizon_holders().await.ok()?;
+    let who = holders.iter().find(|h| h.blocker).map_or_else(
+        || "a transaction that has just ended".to_owned(),
+        chronik_postgres::HorizonHolder::describe,
+    );
+    Some(format!(
+        "events committed up to {newest} are not visible to any feed reader yet: the feed is held back by {who}"
+    ))
 }
 
 /// A listener on `channel`, or `None` (polling only) when there is none or it fails.

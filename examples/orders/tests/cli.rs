@@ -505,6 +505,44 @@ fn append_v1_order_placed() -> String {
     category
 }
 
+/// A transaction left open holds committed events back from every feed reader: `tail`
+/// says so, and which transaction and how to end it, instead of stopping (`--no-follow`)
+/// or waiting as if nothing had been written.
+#[test]
+fn tail_says_when_the_feed_is_held_back() {
+    let schema = Schema::migrated();
+    schema.ok(&["append", "note-h1", "--type", "Noted", "--data", "{}"]);
+    let _entered = schema.runtime.enter();
+    let mut holder = schema
+        .runtime
+        .block_on(schema.store.pool().begin())
+        .expect("a transaction");
+    schema
+        .runtime
+        .block_on(sqlx::query("SELECT pg_current_xact_id()").execute(&mut *holder))
+        .expect("it has a transaction id");
+    schema.ok(&["append", "note-h2", "--type", "Noted", "--data", "{}"]);
+    let out = schema.chronik(&["tail", "--no-follow"]);
+    let stderr = text(&out.stderr);
+    schema
+        .runtime
+        .block_on(holder.rollback())
+        .expect("rolled back");
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        text(&out.stdout).contains("note-h1") && !text(&out.stdout).contains("note-h2"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        stderr.contains(
+            "are not visible to any feed reader yet: the feed is held back by transaction "
+        ) && stderr.contains("end it with `SELECT pg_terminate_backend(")
+            && stderr.contains("`--no-follow` stops without them"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn tail_prints_the_feed_upcast_and_stops_at_the_limit() {
     use std::process::Stdio;
