@@ -255,7 +255,7 @@ async fn postgres_service_end_to_end() {
     assert_eq!(got, want, "the read model agrees with every aggregate");
     runner.stop().await;
     pg.pool()
-        .execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
+        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .await
         .expect("drop schema");
 }

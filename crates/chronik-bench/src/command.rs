@@ -188,14 +188,16 @@ async fn reset(url: &str) -> anyhow::Result<()> {
     let admin = pg::pool(url, 1).await?;
     for schema in [STORE_SCHEMA, RAW_SCHEMA] {
         admin
-            .execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
             .await?;
     }
     admin
-        .execute(format!("CREATE SCHEMA {RAW_SCHEMA}").as_str())
+        .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {RAW_SCHEMA}")))
         .await?;
     admin
-        .execute(pg::seed_table_ddl(RAW_SCHEMA).as_str())
+        .execute(sqlx::AssertSqlSafe(pg::seed_table_ddl(RAW_SCHEMA)))
         .await?;
     admin.close().await;
     let store = pg::scratch_store(url, STORE_SCHEMA, 1).await?;
@@ -229,7 +231,7 @@ async fn prefill(url: &str, events: usize, report: &mut Report) -> anyhow::Resul
     let mut done = 0usize;
     while done < events {
         for sql in [&events_sql, &raw_sql] {
-            sqlx::query(sql)
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(done as i64)
                 .bind(&body)
                 .bind(chunk as i64)
@@ -238,9 +240,13 @@ async fn prefill(url: &str, events: usize, report: &mut Report) -> anyhow::Resul
         }
         done += chunk;
     }
-    admin.execute(streams_sql.as_str()).await?;
     admin
-        .execute(format!("VACUUM ANALYZE {STORE_SCHEMA}.events, {STORE_SCHEMA}.streams, {RAW_SCHEMA}.seed_events").as_str())
+        .execute(sqlx::AssertSqlSafe(streams_sql.clone()))
+        .await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "VACUUM ANALYZE {STORE_SCHEMA}.events, {STORE_SCHEMA}.streams, {RAW_SCHEMA}.seed_events"
+        )))
         .await?;
     admin.close().await;
     report.notes.push(format!(
@@ -305,7 +311,10 @@ fn naive_op(pool: &PgPool, streams: &Arc<Streams>) -> Op {
             let id = streams.raw[streams.pick()];
             for _ in 0..NAIVE_ATTEMPTS {
                 let rows: Vec<(i32, sqlx::types::Json<Sale>)> =
-                    sqlx::query_as(&load).bind(id).fetch_all(&pool).await?;
+                    sqlx::query_as(sqlx::AssertSqlSafe(load.as_str()))
+                        .bind(id)
+                        .fetch_all(&pool)
+                        .await?;
                 let mut state = Till::default();
                 let mut version = 0;
                 for (v, sqlx::types::Json(sale)) in rows {
@@ -316,7 +325,7 @@ fn naive_op(pool: &PgPool, streams: &Arc<Streams>) -> Op {
                 let Some(TillEvent::SaleRecorded(new)) = events.into_iter().next() else {
                     anyhow::bail!("the till decided nothing");
                 };
-                match sqlx::query(&insert)
+                match sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
                     .bind(id)
                     .bind(sqlx::types::Json(&new))
                     .bind(version + 1)
@@ -343,7 +352,7 @@ fn insert_op(pool: &PgPool) -> Op {
     Arc::new(move |_, _| {
         let (pool, sql, sale) = (pool.clone(), sql.clone(), sale.clone());
         Box::pin(async move {
-            sqlx::query(&sql)
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(Uuid::new_v4())
                 .bind(sqlx::types::Json(&*sale))
                 .execute(&pool)
@@ -446,7 +455,9 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
     let admin = pg::pool(url, 1).await?;
     for schema in [STORE_SCHEMA, RAW_SCHEMA] {
         admin
-            .execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
             .await?;
     }
     admin.close().await;

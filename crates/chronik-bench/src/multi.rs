@@ -71,7 +71,7 @@ fn seed_rows_op(p: &PgPool, width: usize) -> Op {
         let (p, sql, body) = (p.clone(), sql.clone(), body.clone());
         Box::pin(async move {
             let ids: Vec<Uuid> = (0..width).map(|_| Uuid::new_v4()).collect();
-            sqlx::query(&sql)
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(&ids)
                 .bind(&*body)
                 .execute(&p)
@@ -99,7 +99,7 @@ fn raw_rows_op(p: &PgPool, width: usize) -> Op {
                 .map(|_| format!("account-{}", Uuid::new_v4()))
                 .collect();
             let ids: Vec<Uuid> = (0..width).map(|_| Uuid::now_v7()).collect();
-            sqlx::query(&sql)
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(&streams)
                 .bind(&ids)
                 .bind(&*body)

@@ -104,21 +104,31 @@ pub(crate) fn seed_table_ddl(schema: &str) -> String {
 async fn reset(url: &str) -> anyhow::Result<()> {
     let admin = pool(url, 1).await?;
     admin
-        .execute(format!("DROP SCHEMA IF EXISTS {STORE_SCHEMA} CASCADE").as_str())
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {STORE_SCHEMA} CASCADE"
+        )))
         .await?;
     admin
-        .execute(format!("DROP SCHEMA IF EXISTS {RAW_SCHEMA} CASCADE").as_str())
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {RAW_SCHEMA} CASCADE"
+        )))
         .await?;
     admin
-        .execute(format!("DROP SCHEMA IF EXISTS {ORDERS_SCHEMA} CASCADE").as_str())
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {ORDERS_SCHEMA} CASCADE"
+        )))
         .await?;
     admin
-        .execute(format!("DROP SCHEMA IF EXISTS {PARTS_SCHEMA} CASCADE").as_str())
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {PARTS_SCHEMA} CASCADE"
+        )))
         .await?;
     admin
-        .execute(format!("CREATE SCHEMA {RAW_SCHEMA}").as_str())
+        .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {RAW_SCHEMA}")))
         .await?;
-    admin.execute(seed_table_ddl(RAW_SCHEMA).as_str()).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(seed_table_ddl(RAW_SCHEMA)))
+        .await?;
     admin.close().await;
     store(url, 1).await?.migrate().await?;
     scratch_store(url, ORDERS_SCHEMA, 1)
@@ -138,7 +148,7 @@ pub(crate) async fn environment(url: &str, report: &mut Report) -> anyhow::Resul
         "max_connections",
         "fsync",
     ] {
-        let v: String = sqlx::query_scalar(&format!("SHOW {setting}"))
+        let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
             .fetch_one(&p)
             .await?;
         report.environment.push((format!("postgres {setting}"), v));
@@ -157,7 +167,7 @@ fn raw_guarded_sql() -> String {
 async fn raw_guarded_append(p: &PgPool, sql: &str, n: usize, body: &str) -> anyhow::Result<u64> {
     let stream = format!("order-{}", Uuid::new_v4());
     let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
-    let outcome: i16 = sqlx::query_scalar(sql)
+    let outcome: i16 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(&stream)
         .bind(-2_i64)
         .bind(&ids)
@@ -187,7 +197,7 @@ pub(crate) fn raw_guarded_op(p: &PgPool) -> Op {
 }
 
 async fn raw_plain_insert(p: &PgPool, sql: &str, body: &serde_json::Value) -> anyhow::Result<u64> {
-    sqlx::query(sql)
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(Uuid::new_v4())
         .bind(body)
         .execute(p)
@@ -197,7 +207,7 @@ async fn raw_plain_insert(p: &PgPool, sql: &str, body: &serde_json::Value) -> an
 
 async fn raw_multi_insert(p: &PgPool, sql: &str, n: usize, body: &str) -> anyhow::Result<u64> {
     let versions: Vec<i32> = (1..=n as i32).collect();
-    sqlx::query(sql)
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(Uuid::new_v4())
         .bind(vec![body; n])
         .bind(&versions)
@@ -224,7 +234,7 @@ fn raw_rows_op(p: &PgPool, n: usize) -> Op {
         let (p, sql, body) = (p.clone(), sql.clone(), body.clone());
         Box::pin(async move {
             let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
-            sqlx::query(&sql)
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(format!("order-{}", Uuid::new_v4()))
                 .bind(&ids)
                 .bind(vec![body.as_str(); n])
@@ -379,7 +389,7 @@ async fn feed(url: &str, s: &PgEventStore, plan: &Plan, report: &mut Report) -> 
     let t = Instant::now();
     let mut done = 0usize;
     while done < plan.feed_events {
-        sqlx::query(&fill)
+        sqlx::query(sqlx::AssertSqlSafe(fill.as_str()))
             .bind(done as i64)
             .bind(&body)
             .bind(chunk as i64)
@@ -390,7 +400,9 @@ async fn feed(url: &str, s: &PgEventStore, plan: &Plan, report: &mut Report) -> 
     // Vacuumed, not only analyzed: autovacuum would otherwise start on the million new rows
     // during the first variant's scan and slow whichever runs first.
     admin
-        .execute(format!("VACUUM ANALYZE {STORE_SCHEMA}.events").as_str())
+        .execute(sqlx::AssertSqlSafe(format!(
+            "VACUUM ANALYZE {STORE_SCHEMA}.events"
+        )))
         .await?;
     report.notes.push(format!(
         "feed-catch-up: {} events loaded in {:.1}s",
@@ -518,7 +530,7 @@ async fn seed_stream_sql(s: &PgEventStore, id: &StreamId, n: usize) -> anyhow::R
     let mut from = 1usize;
     while from <= n {
         let to = (from + 49_999).min(n);
-        sqlx::query(&insert)
+        sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
             .bind(id.as_str())
             .bind(from as i64)
             .bind(to as i64)
@@ -526,10 +538,10 @@ async fn seed_stream_sql(s: &PgEventStore, id: &StreamId, n: usize) -> anyhow::R
             .await?;
         from = to + 1;
     }
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {schema}.streams (stream_id, stream_type, version, last_xid) \
          VALUES ($1, 'order', $2, pg_current_xact_id())"
-    ))
+    )))
     .bind(id.as_str())
     .bind(n as i64)
     .execute(s.pool())
@@ -604,9 +616,12 @@ async fn load_scenario(
     if !with_raw {
         // What collecting the rows first would hold (for the memory table only).
         let collected = crate::rss::peak_growth(harness::repeat(1, |_| {
-            let (p, sql, id) = (s.pool(), raw_load.as_str(), id.as_str());
+            let (p, sql, id) = (s.pool(), raw_load.clone(), id.as_str());
             async move {
-                let rows = sqlx::query(sql).bind(id).fetch_all(p).await?;
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_all(p)
+                    .await?;
                 Ok(rows.len() as u64)
             }
         }))
@@ -616,18 +631,24 @@ async fn load_scenario(
         return Ok(());
     }
     let stats = harness::repeat(repeats, |_| {
-        let (p, sql, id) = (s.pool(), raw_load.as_str(), id.as_str());
+        let (p, sql, id) = (s.pool(), raw_load.clone(), id.as_str());
         async move {
-            let rows = sqlx::query(sql).bind(id).fetch_all(p).await?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_all(p)
+                .await?;
             Ok(rows.len() as u64)
         }
     })
     .await?;
     report.push(&scenario, "raw select", 1, stats);
     let stats = harness::repeat(repeats, |_| {
-        let (p, sql, id) = (s.pool(), raw_load.as_str(), id.as_str());
+        let (p, sql, id) = (s.pool(), raw_load.clone(), id.as_str());
         async move {
-            let rows = sqlx::query(sql).bind(id).fetch_all(p).await?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_all(p)
+                .await?;
             let mut n = 0u64;
             for row in &rows {
                 let _type: &str = sqlx::Row::try_get(row, 0)?;
@@ -663,7 +684,7 @@ async fn keyset_scan(
     let (mut tx, mut pos) = (0i64, 0i64);
     let mut n = 0u64;
     loop {
-        let rows = sqlx::query(sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(tx.to_string())
             .bind(pos)
             .fetch_all(pool)

@@ -152,10 +152,10 @@ pub(crate) async fn orders(url: &str, plan: &Plan, report: &mut Report) -> anyho
     OrderProjection::create_table(&store).await?;
     let projection = Arc::new(OrderProjection::new(store.schema()));
     let stats = catch_up(&store, projection, options.clone(), (target, total), true).await?;
-    let rows: i64 = sqlx::query_scalar(&format!(
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM {}.order_summaries",
         store.schema().quoted()
-    ))
+    )))
     .fetch_one(store.pool())
     .await?;
     anyhow::ensure!(
@@ -201,7 +201,7 @@ impl PgProjection for StreamCounts {
         tx: &mut PgTransaction,
         event: &RecordedEvent,
     ) -> Result<(), HandlerFailure> {
-        sqlx::query(&self.table)
+        sqlx::query(sqlx::AssertSqlSafe(self.table.as_str()))
             .bind(event.stream_id.as_str())
             .bind(event.version.as_i64())
             .execute(&mut **tx)
@@ -222,10 +222,10 @@ pub(crate) async fn partitions(url: &str, plan: &Plan, report: &mut Report) -> a
     let scenario = "projection-partitions";
     let store = pg::scratch_store(url, pg::PARTS_SCHEMA, 12).await?;
     let s = store.schema().quoted();
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE IF NOT EXISTS {s}.stream_counts \
          (stream_id text PRIMARY KEY, events bigint NOT NULL, version bigint NOT NULL)"
-    ))
+    )))
     .execute(store.pool())
     .await?;
     let streams = plan.orders;
@@ -267,7 +267,7 @@ pub(crate) async fn partitions(url: &str, plan: &Plan, report: &mut Report) -> a
         ("4 partitions", Some(4)),
     ];
     for (variant, count) in variants {
-        sqlx::query(&format!("TRUNCATE {s}.stream_counts"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {s}.stream_counts")))
             .execute(store.pool())
             .await?;
         let projection = Arc::new(StreamCounts {
@@ -301,9 +301,9 @@ pub(crate) async fn partitions(url: &str, plan: &Plan, report: &mut Report) -> a
             }
         }
         let elapsed = start.elapsed();
-        let applied: i64 = sqlx::query_scalar(&format!(
+        let applied: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT coalesce(sum(events), 0)::bigint FROM {s}.stream_counts"
-        ))
+        )))
         .fetch_one(store.pool())
         .await?;
         anyhow::ensure!(

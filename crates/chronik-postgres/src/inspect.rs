@@ -53,10 +53,10 @@ impl PgEventStore {
     /// # Errors
     /// [`StoreError::Backend`].
     pub async fn stream_event_types(&self, stream: &StreamId) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(&format!(
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT DISTINCT event_type FROM {}.events WHERE stream_id = $1 ORDER BY 1",
             self.schema.quoted()
-        ))
+        )))
         .bind(stream.as_str())
         .fetch_all(&self.pool)
         .await
@@ -73,10 +73,10 @@ impl PgEventStore {
     /// ascii letters, digits, `_`); [`StoreError::Backend`], e.g. when it does not exist.
     pub async fn count_rows(&self, table: &str) -> Result<u64, StoreError> {
         check_identifier("table", table, &[])?;
-        let rows: i64 = sqlx::query_scalar(&format!(
+        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {}.\"{table}\"",
             self.schema.quoted()
-        ))
+        )))
         .fetch_one(&self.pool)
         .await
         .map_err(backend)?;
@@ -97,7 +97,7 @@ impl PgEventStore {
         n: u64,
     ) -> Result<FeedCursor, StoreError> {
         // Walks the feed index backwards from the horizon: the newest matching events first.
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT transaction_id::text::bigint, global_position FROM {}.events \
               WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
                 AND (cardinality($1::text[]) = 0 OR event_type = ANY($1)) \
@@ -105,7 +105,7 @@ impl PgEventStore {
                 AND ($3::text IS NULL OR stream_id = $3) \
               ORDER BY transaction_id DESC, global_position DESC OFFSET $4 LIMIT 1",
             self.schema.quoted()
-        ))
+        )))
         .bind(&filter.event_types)
         .bind(&filter.categories)
         .bind(stream.map(StreamId::as_str))

@@ -208,9 +208,9 @@ impl PgEventStore {
         .map_err(backend)?;
         let mut applied = Vec::new();
         if exists {
-            let rows = sqlx::query(&format!(
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT version, description, success, checksum FROM {table} ORDER BY version"
-            ))
+            )))
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;

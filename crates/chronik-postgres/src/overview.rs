@@ -59,11 +59,11 @@ impl PgEventStore {
     /// # Errors
     /// [`StoreError::Backend`]; [`StoreError::Invalid`] when a stored count is negative.
     pub async fn store_stats(&self) -> Result<StoreStats, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT stream_type, count(*), coalesce(sum(version), 0)::bigint \
                FROM {}.streams GROUP BY stream_type ORDER BY stream_type COLLATE \"C\"",
             self.schema.quoted()
-        ))
+        )))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
@@ -75,12 +75,12 @@ impl PgEventStore {
                 events: to_u64(r.try_get(2).map_err(backend)?, "event count")?,
             });
         }
-        let recent: i64 = sqlx::query_scalar(&format!(
+        let recent: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM (SELECT recorded_at FROM {}.events \
                ORDER BY transaction_id DESC, global_position DESC LIMIT $1) AS newest \
               WHERE recorded_at > now() - interval '60 seconds'",
             self.schema.quoted()
-        ))
+        )))
         .bind(i64::from(RATE_SAMPLE))
         .fetch_one(&self.pool)
         .await
@@ -109,14 +109,14 @@ impl PgEventStore {
                 "a stream search needs a limit of at least 1".to_owned(),
             ));
         }
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT stream_id, version FROM {}.streams \
               WHERE ($1::text IS NULL OR starts_with(stream_id, $1)) \
                 AND ($2::text IS NULL OR stream_type = $2) \
                 AND ($3::text IS NULL OR stream_id COLLATE \"C\" > $3) \
               ORDER BY stream_id COLLATE \"C\" LIMIT $4",
             self.schema.quoted()
-        ))
+        )))
         .bind(query.prefix.as_deref())
         .bind(query.category.as_deref())
         .bind(query.after.as_deref())

@@ -298,7 +298,9 @@ impl PgEventStore {
             )));
         }
         for statement in statements {
-            tx.execute(statement.as_str()).await.map_err(backend)?;
+            tx.execute(sqlx::AssertSqlSafe(statement))
+                .await
+                .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)?;
         tracing::info!(role = %role, schema = %self.schema, "application role granted");

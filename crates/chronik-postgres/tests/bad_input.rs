@@ -58,7 +58,7 @@ impl Drop for Fresh {
         let sql = format!("DROP SCHEMA {} CASCADE", self.store.schema().quoted());
         let _ = self
             .rt
-            .block_on(sqlx::query(&sql).execute(self.store.pool()));
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(self.store.pool()));
     }
 }
 

@@ -262,10 +262,13 @@ async fn work() {
     assert!(!last_error.contains(PAYLOAD), "status: {last_error}");
     runner.stop().await;
 
-    sqlx::query(&format!("DROP SCHEMA {} CASCADE", schema.quoted()))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA {} CASCADE",
+        schema.quoted()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
     assert!(!format!("{store:?} {:?}", store.pool()).contains(PASSWORD));
 }
 

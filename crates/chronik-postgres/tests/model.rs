@@ -508,10 +508,13 @@ async fn case(pool: &PgPool, schema: SchemaName, ops: &[Op]) -> Result<(), TestC
     }
     .run(ops, &streams)
     .await;
-    sqlx::query(&format!("DROP SCHEMA {} CASCADE", schema.quoted()))
-        .execute(pool)
-        .await
-        .expect("drop schema");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA {} CASCADE",
+        schema.quoted()
+    )))
+    .execute(pool)
+    .await
+    .expect("drop schema");
     result
 }
 

@@ -298,7 +298,10 @@ async fn the_transaction_holding_the_feed_back_is_named(pool: PgPool) {
 
 /// A session's backend pid and, after `sql` (a write), its 64-bit transaction id.
 async fn write_on(conn: &mut sqlx::PgConnection, sql: &str) -> (i32, u64) {
-    sqlx::query(sql).execute(&mut *conn).await.expect("write");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await
+        .expect("write");
     let (pid, xid): (i32, i64) =
         sqlx::query_as("SELECT pg_backend_pid(), pg_current_xact_id()::text::bigint")
             .fetch_one(&mut *conn)
@@ -368,14 +371,14 @@ async fn a_prepared_transaction_with_the_oldest_xid_is_the_blocker(pool: PgPool)
     let (_, p_xid) = write_on(&mut p, "INSERT INTO probe VALUES (1)").await;
     let mut s = pool.begin().await.expect("begin s");
     let (s_pid, s_xid) = write_on(&mut s, "INSERT INTO probe VALUES (2)").await;
-    sqlx::query(&format!("PREPARE TRANSACTION '{gid}'"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("PREPARE TRANSACTION '{gid}'")))
         .execute(&mut *p)
         .await
         .expect("prepare p");
     let holders = store.horizon_holders().await;
     // End both before asserting: a prepared transaction left behind would pause every
     // feed of the cluster and keep the test database from being dropped.
-    sqlx::query(&format!("ROLLBACK PREPARED '{gid}'"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("ROLLBACK PREPARED '{gid}'")))
         .execute(&mut *p)
         .await
         .expect("rollback prepared");

@@ -42,10 +42,10 @@ async fn scans_of(pool: &PgPool, tables: &str) -> Vec<(String, i64)> {
         .execute(pool)
         .await
         .expect("flush statistics");
-    sqlx::query_as(&format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT relname::text, seq_scan FROM pg_stat_user_tables \
           WHERE schemaname = current_schema() AND relname IN ({tables}) ORDER BY relname"
-    ))
+    )))
     .fetch_all(pool)
     .await
     .expect("read statistics")

@@ -78,7 +78,10 @@ impl Roles {
 }
 
 async fn exec(pool: &PgPool, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(sql).execute(pool).await.map(drop)
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .map(drop)
 }
 
 /// A pool on the test database that logs in as `role`.
@@ -139,20 +142,20 @@ impl Tallies {
     }
 
     async fn create(&self, owner: &PgPool) {
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE TABLE {} (stream_id text PRIMARY KEY, events bigint NOT NULL, version bigint NOT NULL)",
             self.qualified
-        ))
+        )))
         .execute(owner)
         .await
         .unwrap();
     }
 
     async fn rows(&self, pool: &PgPool) -> Vec<(String, i64, i64)> {
-        sqlx::query_as(&format!(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT stream_id, events, version FROM {} ORDER BY stream_id",
             self.qualified
-        ))
+        )))
         .fetch_all(pool)
         .await
         .unwrap()
@@ -173,12 +176,12 @@ impl PgProjection for Tallies {
         tx: &mut PgTransaction,
         event: &RecordedEvent,
     ) -> Result<(), HandlerFailure> {
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {} (stream_id, events, version) VALUES ($1, 1, $2) \
              ON CONFLICT (stream_id) DO UPDATE SET events = {0}.events + 1, version = EXCLUDED.version \
              WHERE {0}.version < EXCLUDED.version",
             self.qualified
-        ))
+        )))
         .bind(event.stream_id.as_str())
         .bind(event.version.as_i64())
         .execute(&mut **tx)
@@ -187,9 +190,12 @@ impl PgProjection for Tallies {
     }
 
     async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
-        sqlx::query(&format!("DELETE FROM {}", self.qualified))
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {}",
+            self.qualified
+        )))
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 }
@@ -206,10 +212,10 @@ impl ShadowProjection for Tallies {
 
 /// Every column of every event, in stream order: what "history unchanged" compares.
 async fn history(admin: &PgPool, schema: &SchemaName) -> Vec<String> {
-    sqlx::query_scalar(&format!(
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT e::text FROM {}.events e ORDER BY stream_id, version",
         schema.quoted()
-    ))
+    )))
     .fetch_all(admin)
     .await
     .unwrap()

@@ -202,10 +202,13 @@ async fn work(schema: SchemaName) {
         .unwrap();
     generic.stop().await.unwrap();
 
-    sqlx::query(&format!("DROP SCHEMA {} CASCADE", schema.quoted()))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA {} CASCADE",
+        schema.quoted()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
 }
 
 /// The fields of the first span in `spans` whose `key` is `value`.

@@ -58,12 +58,12 @@ impl PgTypedProjection for StockLevels {
             Stock::Received { quantity } => quantity,
             Stock::Shipped { quantity } => -quantity,
         };
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO \"{}\" (stream_id, on_hand, version) VALUES ($1, $2, $3) \
              ON CONFLICT (stream_id) DO UPDATE SET on_hand = \"{0}\".on_hand + EXCLUDED.on_hand, \
              version = EXCLUDED.version WHERE \"{0}\".version < EXCLUDED.version",
             self.table
-        ))
+        )))
         .bind(envelope.stream_id.as_str())
         .bind(delta)
         .bind(envelope.version.as_i64())
@@ -73,9 +73,12 @@ impl PgTypedProjection for StockLevels {
     }
 
     async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
-        sqlx::query(&format!("DELETE FROM \"{}\"", self.table))
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM \"{}\"",
+            self.table
+        )))
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 }

@@ -140,7 +140,10 @@ async fn finish_prepared(pool: &PgPool, gid: &str, commit: bool) -> Option<bool>
     // `gid` is built from digits and the constant prefix only.
     let sql = format!("{verb} PREPARED '{gid}'");
     for attempt in 0..400u32 {
-        match sqlx::raw_sql(&sql).execute(pool).await {
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
+            .execute(pool)
+            .await
+        {
             Ok(_) => return Some(commit),
             Err(_) => match is_prepared(pool, gid).await {
                 // Gone: our own command took effect (nothing else ends our transactions).
@@ -199,7 +202,7 @@ pub(crate) async fn prepared(world: Arc<World>, control: PgPool) {
             }
         };
         let prepare = format!("PREPARE TRANSACTION '{gid}'");
-        if sqlx::query(&prepare)
+        if sqlx::query(sqlx::AssertSqlSafe(prepare.as_str()))
             .persistent(false)
             .execute(&mut *conn)
             .await
@@ -274,7 +277,9 @@ pub(crate) async fn roll_back_leftovers(pool: &PgPool) -> Result<u64, sqlx::Erro
     .await?;
     for gid in &gids {
         let sql = format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''"));
-        sqlx::raw_sql(&sql).execute(pool).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
+            .execute(pool)
+            .await?;
     }
     Ok(gids.len() as u64)
 }
@@ -334,7 +339,7 @@ pub(crate) async fn killer(world: Arc<World>, control: PgPool) {
         let query = victim.query();
         // Catch one in the act: look a few times, a few milliseconds apart.
         for _ in 0..25 {
-            let Ok(pids) = sqlx::query_scalar::<_, i32>(&query)
+            let Ok(pids) = sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(query.as_str()))
                 .fetch_all(&control)
                 .await
             else {

@@ -184,16 +184,18 @@ async fn recreate(admin: &PgConnectOptions, database: &str) -> anyhow::Result<()
         old.close().await;
     }
     // The name was validated above: plain quoting is safe.
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-    ))
+    )))
     .execute(&admin_pool)
     .await
     .context("cannot drop the scratch database")?;
-    sqlx::raw_sql(&format!("CREATE DATABASE \"{database}\""))
-        .execute(&admin_pool)
-        .await
-        .context("cannot create the scratch database")?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{database}\""
+    )))
+    .execute(&admin_pool)
+    .await
+    .context("cannot create the scratch database")?;
     admin_pool.close().await;
     Ok(())
 }

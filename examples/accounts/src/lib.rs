@@ -297,7 +297,7 @@ impl Balances {
     /// # Errors
     /// Database errors.
     pub async fn create_table(store: &PgEventStore) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS {}.\"{}\" (\
                 account_id text   NOT NULL PRIMARY KEY,\
                 owner      text   NOT NULL,\
@@ -306,7 +306,7 @@ impl Balances {
                 version    bigint NOT NULL)",
             store.schema().quoted(),
             Self::TABLE
-        ))
+        )))
         .execute(store.pool())
         .await?;
         Ok(())
@@ -320,10 +320,10 @@ impl Balances {
         &self,
         executor: impl PgExecutor<'e>,
     ) -> Result<Vec<(String, String, i64, bool, i64)>, sqlx::Error> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT account_id, owner, balance, open, version FROM {} ORDER BY account_id COLLATE \"C\"",
             self.qualified()
-        ))
+        )))
         .fetch_all(executor)
         .await?;
         rows.iter()
@@ -362,10 +362,10 @@ impl PgTypedProjection for Balances {
         let version = envelope.version.as_i64();
         match event {
             AccountEvent::AccountOpened { owner } => {
-                sqlx::query(&format!(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO {t} (account_id, owner, balance, open, version) \
                      VALUES ($1, $2, 0, true, $3) ON CONFLICT (account_id) DO NOTHING"
-                ))
+                )))
                 .bind(id)
                 .bind(owner)
                 .bind(version)
@@ -378,10 +378,10 @@ impl PgTypedProjection for Balances {
                 } else {
                     amount
                 };
-                sqlx::query(&format!(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE {t} SET balance = balance + $2, version = $3 \
                       WHERE account_id = $1 AND version < $3"
-                ))
+                )))
                 .bind(id)
                 .bind(delta)
                 .bind(version)
@@ -389,10 +389,10 @@ impl PgTypedProjection for Balances {
                 .await?;
             }
             AccountEvent::AccountClosed {} => {
-                sqlx::query(&format!(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE {t} SET open = false, version = $2 \
                       WHERE account_id = $1 AND version < $2"
-                ))
+                )))
                 .bind(id)
                 .bind(version)
                 .execute(&mut **tx)
@@ -403,9 +403,12 @@ impl PgTypedProjection for Balances {
     }
 
     async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
-        sqlx::query(&format!("DELETE FROM {}", self.qualified()))
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {}",
+            self.qualified()
+        )))
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 }

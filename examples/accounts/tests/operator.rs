@@ -287,8 +287,10 @@ async fn the_services_operator_binary_rebuilds_and_shows_its_own_data() {
         "{stderr}"
     );
 
-    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
 }

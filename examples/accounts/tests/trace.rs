@@ -219,8 +219,10 @@ async fn a_transfer_and_its_reaction_trace_as_one_tree() {
     let out = admin(&schema, &["trace", "--event", &Uuid::new_v4().to_string()]);
     assert_eq!(out.status.code(), Some(3));
 
-    chronik::postgres::sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    chronik::postgres::sqlx::query(chronik::postgres::sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
 }

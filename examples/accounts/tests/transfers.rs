@@ -36,10 +36,12 @@ async fn postgres() -> (PgEventStore, String) {
 }
 
 async fn drop_schema(store: &PgEventStore, schema: &str) {
-    chronik::postgres::sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    chronik::postgres::sqlx::query(chronik::postgres::sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
 }
 
 async fn events<S: EventStore>(store: &S, id: &StreamId) -> Vec<RecordedEvent> {

@@ -86,7 +86,7 @@ impl OrderProjection {
         // `IF NOT EXISTS`: running it again changes nothing. Two processes creating it at
         // the same moment can still collide in the catalog; the loser gets an error and
         // succeeds when it runs again.
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS {s}.\"{t}\" (\
                 order_id     text        NOT NULL,\
                 customer_id  text        NOT NULL,\
@@ -98,12 +98,12 @@ impl OrderProjection {
                 updated_at   timestamptz NOT NULL,\
                 version      bigint      NOT NULL CHECK (version >= 1),\
                 CONSTRAINT {t}_pkey PRIMARY KEY (order_id))"
-        ))
+        )))
         .execute(store.pool())
         .await?;
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE INDEX IF NOT EXISTS {t}_customer_idx ON {s}.\"{t}\" (customer_id)"
-        ))
+        )))
         .execute(store.pool())
         .await?;
         Ok(())
@@ -114,11 +114,11 @@ impl OrderProjection {
     /// # Errors
     /// Database errors (e.g. the table does not exist).
     pub async fn count<'e>(&self, executor: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar(&format!(
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {}.\"{}\"",
             self.schema.quoted(),
             self.table
-        ))
+        )))
         .fetch_one(executor)
         .await
     }
@@ -163,10 +163,10 @@ impl OrderProjection {
         executor: impl PgExecutor<'e>,
         ids: &[String],
     ) -> Result<Vec<OrderSummary>, sqlx::Error> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{} WHERE order_id = ANY($1) ORDER BY placed_at, order_id COLLATE \"C\"",
             self.select
-        ))
+        )))
         .bind(ids)
         .fetch_all(executor)
         .await?;
@@ -181,9 +181,12 @@ impl OrderProjection {
         &self,
         executor: impl PgExecutor<'e>,
     ) -> Result<Vec<OrderSummary>, sqlx::Error> {
-        let rows = sqlx::query(&format!("{} ORDER BY order_id COLLATE \"C\"", self.select))
-            .fetch_all(executor)
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{} ORDER BY order_id COLLATE \"C\"",
+            self.select
+        )))
+        .fetch_all(executor)
+        .await?;
         rows.iter().map(summary).collect()
     }
 }
@@ -227,7 +230,7 @@ impl PgProjection for OrderProjection {
         let p = &event.payload;
         match event.event_type.as_str() {
             "OrderPlaced" => {
-                sqlx::query(&self.placed)
+                sqlx::query(sqlx::AssertSqlSafe(self.placed.as_str()))
                     .bind(id)
                     .bind(str_field(p, "customer_id")?)
                     .bind(int_field(p, "total_amount")?)
@@ -240,7 +243,7 @@ impl PgProjection for OrderProjection {
                 let amount = int_field(p, "quantity")?
                     .checked_mul(int_field(p, "unit_price")?)
                     .ok_or_else(|| HandlerFailure::new("line amount overflows"))?;
-                sqlx::query(&self.line)
+                sqlx::query(sqlx::AssertSqlSafe(self.line.as_str()))
                     .bind(id)
                     .bind(amount)
                     .bind(at)
@@ -254,7 +257,7 @@ impl PgProjection for OrderProjection {
                 } else {
                     ("cancelled", None)
                 };
-                sqlx::query(&self.status)
+                sqlx::query(sqlx::AssertSqlSafe(self.status.as_str()))
                     .bind(id)
                     .bind(status)
                     .bind(carrier)
@@ -269,7 +272,9 @@ impl PgProjection for OrderProjection {
     }
 
     async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
-        sqlx::query(&self.clear).execute(&mut **tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(self.clear.as_str()))
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 }

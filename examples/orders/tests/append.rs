@@ -80,10 +80,10 @@ impl Schema {
     /// The payloads of every event in the schema, by stream then version.
     fn events(&self) -> Vec<(String, u64, Value)> {
         self.runtime.block_on(async {
-            let rows: Vec<(String, i64, sqlx::types::Json<Value>)> = sqlx::query_as(&format!(
+            let rows: Vec<(String, i64, sqlx::types::Json<Value>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT stream_id, version, payload FROM \"{}\".events ORDER BY stream_id, version",
                 self.name
-            ))
+            )))
             .fetch_all(self.store.pool())
             .await
             .unwrap();
@@ -99,7 +99,7 @@ impl Drop for Schema {
         let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
         let _ = self
             .runtime
-            .block_on(sqlx::query(&sql).execute(self.store.pool()));
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(self.store.pool()));
     }
 }
 

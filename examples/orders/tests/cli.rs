@@ -730,7 +730,7 @@ impl Drop for Schema {
         // Best effort: a leftover schema only costs space.
         let _ = self
             .runtime
-            .block_on(sqlx::query(&drop).execute(self.store.pool()));
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(drop.as_str())).execute(self.store.pool()));
     }
 }
 
@@ -871,7 +871,7 @@ fn projections_status_needs_a_migrated_postgres_schema() {
     let create = format!("CREATE SCHEMA \"{}\"", schema.name);
     schema
         .runtime
-        .block_on(sqlx::query(&create).execute(schema.store.pool()))
+        .block_on(sqlx::query(sqlx::AssertSqlSafe(create.as_str())).execute(schema.store.pool()))
         .expect("create the schema");
     let out = schema.chronik(&["projections", "status"]);
     let stderr = text(&out.stderr);
@@ -1072,7 +1072,11 @@ fn doctor_is_healthy_on_a_migrated_schema_and_lists_missing_migrations() {
     // An empty schema: every pending migration in one sentence.
     bare.runtime
         .block_on(
-            sqlx::query(&format!("CREATE SCHEMA \"{}\"", bare.name)).execute(bare.store.pool()),
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA \"{}\"",
+                bare.name
+            )))
+            .execute(bare.store.pool()),
         )
         .expect("the schema is created");
     let (code, stdout, stderr) = doctor(&bare, &[]);
@@ -1931,7 +1935,7 @@ fn tail_reconnects_after_losing_its_connection_and_gives_up_with_the_cursor() {
     let exec = |sql: String| {
         schema
             .runtime
-            .block_on(sqlx::query(&sql).execute(schema.store.pool()))
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(schema.store.pool()))
             .expect("admin statement");
     };
     exec(format!("CREATE ROLE \"{role}\" LOGIN"));
@@ -2041,13 +2045,13 @@ impl Schema {
     fn append_corrupt(&self, stream: &str) -> (uuid::Uuid, chronik::FeedCursor) {
         let id = uuid::Uuid::new_v4();
         self.runtime.block_on(async {
-            let (tx, position): (i64, i64) = sqlx::query_as(&format!(
+            let (tx, position): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO \"{}\".events (stream_id, stream_type, version, event_id, event_type, \
                                          schema_version, payload, metadata) \
                  VALUES ($1, 'order', 1, $2, 'OrderPlaced', 2, '{{}}', '{{\"k\": 1}}') \
                  RETURNING transaction_id::text::bigint, global_position",
                 self.name
-            ))
+            )))
             .bind(stream)
             .bind(id)
             .fetch_one(self.store.pool())
@@ -2179,7 +2183,7 @@ fn commands_waiting_for_a_lock_say_who_holds_it_and_go_on() {
             .expect("a transaction");
         schema
             .runtime
-            .block_on(sqlx::query(&lock).execute(&mut *blocker))
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(lock.as_str())).execute(&mut *blocker))
             .expect("locked");
         let blocker_pid: i32 = schema
             .runtime
@@ -2284,10 +2288,10 @@ fn a_rebuild_is_refused_while_the_other_kind_runs() {
         schema
             .runtime
             .block_on(
-                sqlx::query(&format!(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT 1 FROM \"{}\".projection_checkpoints WHERE name = 'orders' FOR UPDATE",
                     schema.name
-                ))
+                )))
                 .execute(&mut *blocker),
             )
             .expect("the checkpoint row locked");
@@ -2299,10 +2303,10 @@ fn a_rebuild_is_refused_while_the_other_kind_runs() {
         let first_pid: i64 = schema
             .runtime
             .block_on(
-                sqlx::query_scalar(&format!(
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "SELECT pid::int8 FROM \"{}\".projection_rebuilds WHERE name = 'orders' AND outcome = 'running'",
                     schema.name
-                ))
+                )))
                 .fetch_one(schema.store.pool()),
             )
             .expect("the first rebuild is recorded as running");
@@ -2368,10 +2372,10 @@ fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
     schema
         .runtime
         .block_on(
-            sqlx::query(&format!(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT 1 FROM \"{}\".projection_checkpoints WHERE name = 'orders' FOR UPDATE",
                 schema.name
-            ))
+            )))
             .execute(&mut *blocker),
         )
         .expect("the checkpoint row locked");
@@ -2952,11 +2956,11 @@ fn ctrl_c_stops_a_shadow_rebuild_and_leaves_no_shadow_behind() {
     schema
         .runtime
         .block_on(
-            sqlx::query(&format!(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO \"{}\".projection_checkpoints (name, transaction_id, global_position, events_processed) \
                  VALUES ('orders__shadow', 0, 0, 0)",
                 schema.name
-            ))
+            )))
             .execute(schema.store.pool()),
         )
         .expect("the leftover checkpoint");
@@ -2967,10 +2971,10 @@ fn ctrl_c_stops_a_shadow_rebuild_and_leaves_no_shadow_behind() {
     schema
         .runtime
         .block_on(
-            sqlx::query(&format!(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT 1 FROM \"{}\".projection_checkpoints WHERE name = 'orders__shadow' FOR UPDATE",
                 schema.name
-            ))
+            )))
             .execute(&mut *blocker),
         )
         .expect("the row locked");
@@ -3156,7 +3160,7 @@ fn doctor_reports_a_killed_shadow_rebuilds_leftovers_and_forget_removes_them() {
     let exec = |sql: String| {
         schema
             .runtime
-            .block_on(sqlx::query(&sql).execute(schema.store.pool()))
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(schema.store.pool()))
             .expect("statement runs");
     };
     // As a shadow rebuild killed mid-way leaves them.

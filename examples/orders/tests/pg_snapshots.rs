@@ -37,7 +37,7 @@ async fn fresh_store() -> (PgEventStore, String) {
 async fn drop_schema(store: &PgEventStore, schema: &str) {
     store
         .pool()
-        .execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
+        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .await
         .expect("drop schema");
 }

@@ -243,10 +243,12 @@ async fn postgres() -> (PgEventStore, String) {
 }
 
 async fn drop_schema(store: &PgEventStore, schema: &str) {
-    chronik::postgres::sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    chronik::postgres::sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

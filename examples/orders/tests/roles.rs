@@ -82,7 +82,9 @@ fn the_owner_grants_and_the_application_appends_but_cannot_grant() {
         .block_on(sqlx::PgPool::connect(&database_url()))
         .unwrap();
     let exec = |sql: String| {
-        runtime.block_on(sqlx::query(&sql).execute(&admin)).unwrap();
+        runtime
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(&admin))
+            .unwrap();
     };
     exec(format!("CREATE ROLE \"{role}\" LOGIN"));
     let owner = database_url();
@@ -146,7 +148,9 @@ fn doctor_warns_about_a_superuser_or_the_owner_and_not_about_the_application() {
         .block_on(sqlx::PgPool::connect(&database_url()))
         .unwrap();
     let exec = |sql: String| {
-        runtime.block_on(sqlx::query(&sql).execute(&admin)).unwrap();
+        runtime
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(&admin))
+            .unwrap();
     };
     let database: String = runtime
         .block_on(sqlx::query_scalar("SELECT current_database()::text").fetch_one(&admin))
@@ -236,7 +240,9 @@ fn doctor_as_an_unprivileged_role_counts_a_holder_of_hidden_age_as_a_problem() {
         .block_on(sqlx::PgPool::connect(&database_url()))
         .unwrap();
     let exec = |sql: String| {
-        runtime.block_on(sqlx::query(&sql).execute(&admin)).unwrap();
+        runtime
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(&admin))
+            .unwrap();
     };
     exec(format!("CREATE ROLE \"{app}\" LOGIN"));
     for args in [

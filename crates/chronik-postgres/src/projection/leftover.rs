@@ -43,7 +43,7 @@ pub async fn shadow_leftovers(
 ) -> Result<Vec<ShadowLeftover>, StoreError> {
     let sql = ProjectionSql::new(store.schema());
     let mut found: Vec<ShadowLeftover> = Vec::new();
-    for r in sqlx::query(&sql.shadow_checkpoints)
+    for r in sqlx::query(sqlx::AssertSqlSafe(sql.shadow_checkpoints.as_str()))
         .fetch_all(store.pool())
         .await
         .map_err(backend)?
@@ -131,11 +131,11 @@ pub async fn discard_shadow(
     let result = async {
         let mut tx = store.pool().begin().await?;
         let checkpoint = locked_checkpoint(&mut tx, &sql, &shadow_name).await?;
-        sqlx::query(&sql.delete_checkpoint)
+        sqlx::query(sqlx::AssertSqlSafe(sql.delete_checkpoint.as_str()))
             .bind(&shadow_name)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(&sql.forget_runners)
+        sqlx::query(sqlx::AssertSqlSafe(sql.forget_runners.as_str()))
             .bind(&shadow_name)
             .execute(&mut *tx)
             .await?;
@@ -148,7 +148,9 @@ pub async fn discard_shadow(
                 .await?;
             if exists {
                 let drop = format!("DROP TABLE {s}.\"{shadow_table}\"");
-                sqlx::query(&drop).execute(&mut *tx).await?;
+                sqlx::query(sqlx::AssertSqlSafe(drop.as_str()))
+                    .execute(&mut *tx)
+                    .await?;
                 dropped = Some(shadow_table.clone());
             }
         }

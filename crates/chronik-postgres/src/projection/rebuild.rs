@@ -50,7 +50,7 @@ fn handler_failed(
 /// which the runner skips too, so that a rebuild gives the read model the runner keeps.
 async fn skipped(store: &PgEventStore, name: &str) -> Result<HashSet<EventId>, StoreError> {
     let sql = super::sql::ProjectionSql::new(store.schema());
-    let ids: Vec<Uuid> = sqlx::query_scalar(&sql.skipped_ids)
+    let ids: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.skipped_ids.as_str()))
         .bind(name)
         .fetch_all(store.pool())
         .await
@@ -512,10 +512,13 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     if result.is_err() {
         // Cleaned up while the lock is still held, so that no other rebuild is using them.
         let drop_shadow = format!("DROP TABLE IF EXISTS {s}.\"{}\"", names.shadow_table);
-        if let Err(e) = sqlx::query(&drop_shadow).execute(store.pool()).await {
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop_shadow.as_str()))
+            .execute(store.pool())
+            .await
+        {
             tracing::warn!(error = %backend(e), "could not drop the shadow table");
         }
-        if let Err(e) = sqlx::query(&live.sql.delete_checkpoint)
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(live.sql.delete_checkpoint.as_str()))
             .bind(&names.shadow_name)
             .execute(store.pool())
             .await
@@ -626,10 +629,14 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     }
     // Separate statements, not `raw_sql`: its future is not provably `Send` in generic code.
     let drop = format!("DROP TABLE IF EXISTS {s}.\"{shadow_table}\"");
-    sqlx::query(&drop).execute(store.pool()).await?;
+    sqlx::query(sqlx::AssertSqlSafe(drop.as_str()))
+        .execute(store.pool())
+        .await?;
     let create =
         format!("CREATE TABLE {s}.\"{shadow_table}\" (LIKE {s}.\"{live_table}\" INCLUDING ALL)");
-    sqlx::query(&create).execute(store.pool()).await?;
+    sqlx::query(sqlx::AssertSqlSafe(create.as_str()))
+        .execute(store.pool())
+        .await?;
     let mut tx = store.pool().begin().await?;
     shadow
         .set_checkpoint(&mut tx, shadow_name, FeedCursor::START, 0)
@@ -671,19 +678,25 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     // the rebuild: give it the live table's owner and grants before it takes the live name,
     // in this transaction, so that no grant made meanwhile is lost and the application
     // role never loses its access.
-    sqlx::query(&carry_privileges(&s, live_table, shadow_table))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(carry_privileges(
+        &s,
+        live_table,
+        shadow_table,
+    )))
+    .execute(&mut *tx)
+    .await?;
     for swap in [
         format!("ALTER TABLE {s}.\"{live_table}\" RENAME TO \"{old_table}\""),
         format!("ALTER TABLE {s}.\"{shadow_table}\" RENAME TO \"{live_table}\""),
         format!("DROP TABLE {s}.\"{old_table}\""),
     ] {
-        sqlx::query(&swap).execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(swap.as_str()))
+            .execute(&mut *tx)
+            .await?;
     }
     live.set_checkpoint(&mut tx, name, cursor, p.handled)
         .await?;
-    sqlx::query(&live.sql.delete_checkpoint)
+    sqlx::query(sqlx::AssertSqlSafe(live.sql.delete_checkpoint.as_str()))
         .bind(shadow_name)
         .execute(&mut *tx)
         .await?;
