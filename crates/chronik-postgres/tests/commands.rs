@@ -6,54 +6,15 @@
 
 use std::time::Duration;
 
-use chronik_core::{Aggregate, DomainEvent, RetryPolicy, SnapshotPolicy, SnapshotState, Version};
+use chronik_core::{RetryPolicy, SnapshotPolicy, Version};
 use chronik_postgres::PgEventStore;
 use chronik_store::{EventStore, Repository};
 use chronik_testkit::conformance::stream;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Tally {
-    total: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, DomainEvent)]
-#[serde(tag = "type", content = "data")]
-enum TallyEvent {
-    Added { n: i64 },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("never")]
-struct Never;
-
-impl Aggregate for Tally {
-    const TYPE: &'static str = "tally";
-    type Command = i64;
-    type Event = TallyEvent;
-    type Error = Never;
-
-    fn handle(&self, n: &i64) -> Result<Vec<TallyEvent>, Never> {
-        Ok(vec![TallyEvent::Added { n: *n }])
-    }
-
-    fn apply(&mut self, TallyEvent::Added { n }: &TallyEvent) {
-        self.total += n;
-    }
-}
-
-impl SnapshotState for Tally {
-    const STATE_SCHEMA_VERSION: u32 = 1;
-
-    fn to_state(&self) -> Result<serde_json::Value, serde_json::Error> {
-        serde_json::to_value(self)
-    }
-
-    fn from_state(state: serde_json::Value) -> Result<Self, serde_json::Error> {
-        serde_json::from_value(state)
-    }
-}
+mod support;
+use support::tally::Tally;
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn commands_run_through_a_pool_of_one_connection(pool: PgPool) {

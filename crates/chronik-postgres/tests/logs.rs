@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chronik_core::{
-    Aggregate, DomainEvent, EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent,
-    RecordedEvent, SnapshotState, StreamId, Version,
+    Aggregate, EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent, RecordedEvent,
+    SnapshotState, StreamId, Version,
 };
 use chronik_postgres::{
     HandlerFailure, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerOptions, PgRunnerState,
@@ -23,49 +23,8 @@ use futures::TryStreamExt as _;
 use tracing_subscriber::fmt::MakeWriter;
 use uuid::Uuid;
 
-/// An aggregate whose snapshot state holds a number (`total`): a state that does not
-/// decode is one with text there.
-#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Tally {
-    total: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, DomainEvent)]
-#[serde(tag = "type", content = "data")]
-enum TallyEvent {
-    Added { n: i64 },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("never")]
-struct Never;
-
-impl Aggregate for Tally {
-    const TYPE: &'static str = "tally";
-    type Command = i64;
-    type Event = TallyEvent;
-    type Error = Never;
-
-    fn handle(&self, n: &i64) -> Result<Vec<TallyEvent>, Never> {
-        Ok(vec![TallyEvent::Added { n: *n }])
-    }
-
-    fn apply(&mut self, TallyEvent::Added { n }: &TallyEvent) {
-        self.total += n;
-    }
-}
-
-impl SnapshotState for Tally {
-    const STATE_SCHEMA_VERSION: u32 = 1;
-
-    fn to_state(&self) -> Result<serde_json::Value, serde_json::Error> {
-        serde_json::to_value(self)
-    }
-
-    fn from_state(state: serde_json::Value) -> Result<Self, serde_json::Error> {
-        serde_json::from_value(state)
-    }
-}
+mod support;
+use support::tally::Tally;
 
 const PASSWORD: &str = "s3cr3t-marker";
 const PAYLOAD: &str = "payload-marker-7f3a";

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronik_core::{
-    Aggregate, DomainEvent, EventId, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent,
-    StreamId,
+    Aggregate, EventId, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId,
 };
 use chronik_postgres::{
     HandlerFailure, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerOptions, PgStoreConfig,
@@ -24,39 +23,12 @@ use chronik_store::{EventStore, Repository, StreamAppend};
 use chronik_testkit::{Interloper, SpanCapture};
 use uuid::Uuid;
 
+mod support;
+use support::tally::Tally;
+
 const PASSWORD: &str = "s3cr3t-span-marker";
 const PAYLOAD: &str = "payload-span-marker-51c2";
 const DEADLINE: Duration = Duration::from_secs(90);
-
-#[derive(Debug, Default)]
-struct Tally {
-    total: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, DomainEvent)]
-#[serde(tag = "type", content = "data")]
-enum TallyEvent {
-    Added { n: i64 },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("never")]
-struct Never;
-
-impl Aggregate for Tally {
-    const TYPE: &'static str = "tally";
-    type Command = i64;
-    type Event = TallyEvent;
-    type Error = Never;
-
-    fn handle(&self, n: &i64) -> Result<Vec<TallyEvent>, Never> {
-        Ok(vec![TallyEvent::Added { n: *n }])
-    }
-
-    fn apply(&mut self, TallyEvent::Added { n }: &TallyEvent) {
-        self.total += n;
-    }
-}
 
 /// A read model that accepts the secret events and writes nothing.
 #[derive(Debug)]

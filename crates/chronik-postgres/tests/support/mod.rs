@@ -1,6 +1,8 @@
 //! Shared by the PostgreSQL test binaries.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tally;
+
 use chronik_core::{ExpectedVersion, FeedCursor, NewEvent, StreamId, Version};
 use chronik_postgres::PgEventStore;
 use chronik_store::{
