@@ -9,7 +9,7 @@ use crate::store::PgEventStore;
 impl CheckpointStore for PgEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>, StoreError> {
         validate_projection_name(name)?;
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.load_checkpoint.as_str()))
+        sqlx::query(self.sql.load_checkpoint.clone())
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -32,7 +32,7 @@ impl CheckpointStore for PgEventStore {
                 i64::MAX
             ))
         })?;
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.save_checkpoint.as_str()))
+        sqlx::query(self.sql.save_checkpoint.clone())
             .bind(name)
             .bind(transaction)
             .bind(position)
@@ -45,19 +45,17 @@ impl CheckpointStore for PgEventStore {
 
     async fn delete_checkpoint(&self, name: &str) -> Result<bool, StoreError> {
         validate_projection_name(name)?;
-        Ok(
-            sqlx::query(sqlx::AssertSqlSafe(self.sql.delete_checkpoint.as_str()))
-                .bind(name)
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?
-                .rows_affected()
-                > 0,
-        )
+        Ok(sqlx::query(self.sql.delete_checkpoint.clone())
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?
+            .rows_affected()
+            > 0)
     }
 
     async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.list_checkpoints.as_str()))
+        sqlx::query(self.sql.list_checkpoints.clone())
             .fetch(&self.pool)
             .map_err(backend)
             .and_then(|r| futures::future::ready(row::checkpoint(&r)))

@@ -140,7 +140,7 @@ impl PgEventStore {
     /// # Errors
     /// [`StoreError::Backend`].
     pub async fn feed_horizon(&self) -> Result<u64, StoreError> {
-        let h: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.horizon.as_str()))
+        let h: i64 = sqlx::query_scalar(self.sql.horizon.clone())
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
@@ -153,7 +153,7 @@ impl PgEventStore {
     /// # Errors
     /// [`StoreError::Backend`].
     pub async fn newest_committed(&self) -> Result<Option<FeedCursor>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.newest_committed.as_str()))
+        let row = sqlx::query(self.sql.newest_committed.clone())
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
@@ -223,7 +223,7 @@ impl PgEventStore {
     /// # Errors
     /// [`StoreError::Backend`].
     pub async fn horizon_holders(&self) -> Result<Vec<HorizonHolder>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql.horizon_holders.as_str()))
+        let rows = sqlx::query(self.sql.horizon_holders.clone())
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;

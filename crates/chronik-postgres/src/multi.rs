@@ -161,7 +161,7 @@ impl PgEventStore {
     where
         E: Executor<'e, Database = Postgres>,
     {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql.append_streams.as_str()))
+        let rows = sqlx::query(self.sql.append_streams.clone())
             .bind(&args.stream_ids)
             .bind(&args.stream_types)
             .bind(&args.codes)

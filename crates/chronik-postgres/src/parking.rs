@@ -53,7 +53,7 @@ impl ParkingLot for PgParkingLot {
                 "a park decision needs to say who decided".to_owned(),
             ));
         }
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.park.as_str()))
+        sqlx::query(self.sql.park.clone())
             .bind(&decision.projection)
             .bind(decision.event_id.as_uuid())
             .bind(decision.stream_id.as_str())
@@ -67,7 +67,7 @@ impl ParkingLot for PgParkingLot {
     }
 
     async fn is_parked(&self, projection: &str, event_id: EventId) -> Result<bool, StoreError> {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.is_parked.as_str()))
+        sqlx::query_scalar(self.sql.is_parked.clone())
             .bind(projection)
             .bind(event_id.as_uuid())
             .fetch_one(self.store.pool())
@@ -77,7 +77,7 @@ impl ParkingLot for PgParkingLot {
 
     async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>, StoreError> {
         validate_projection_name(projection)?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql.parked.as_str()))
+        let rows = sqlx::query(self.sql.parked.clone())
             .bind(projection)
             .fetch_all(self.store.pool())
             .await

@@ -39,7 +39,7 @@ impl SnapshotStore for PgEventStore {
         stream: &StreamId,
         state_schema_version: u32,
     ) -> Result<Option<Snapshot>, StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.load_snapshot.as_str()))
+        sqlx::query(self.sql.load_snapshot.clone())
             .bind(stream.as_str())
             .bind(i64::from(state_schema_version))
             .fetch_optional(&self.pool)
@@ -61,7 +61,7 @@ impl SnapshotStore for PgEventStore {
             StoreError::InvalidRequest(format!("snapshot state does not serialize: {e}"))
         })?;
         // One upsert: replaced only by a higher version or another schema version.
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.save_snapshot.as_str()))
+        sqlx::query(self.sql.save_snapshot.clone())
             .bind(stream.as_str())
             .bind(stream.category())
             .bind(version.as_i64())
@@ -74,7 +74,7 @@ impl SnapshotStore for PgEventStore {
     }
 
     async fn list_snapshots(&self, stream: &StreamId) -> Result<Vec<Snapshot>, StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.list_snapshots.as_str()))
+        sqlx::query(self.sql.list_snapshots.clone())
             .bind(stream.as_str())
             .fetch(&self.pool)
             .map_err(backend)
@@ -84,13 +84,11 @@ impl SnapshotStore for PgEventStore {
     }
 
     async fn delete_snapshots(&self, category: &str) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query(sqlx::AssertSqlSafe(self.sql.delete_snapshots.as_str()))
-                .bind(category)
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?
-                .rows_affected(),
-        )
+        Ok(sqlx::query(self.sql.delete_snapshots.clone())
+            .bind(category)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?
+            .rows_affected())
     }
 }

@@ -1,6 +1,8 @@
 //! Every SQL statement the adapter runs, qualified with the store's schema once, at
 //! construction. Runtime `query` strings: no database is needed at build time.
 
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
+
 use crate::config::SchemaName;
 
 /// Columns of `events` that make a `RecordedEvent`, in the order `row::recorded` reads them.
@@ -19,36 +21,36 @@ pub(crate) const STREAM_HASH: &str =
 
 #[derive(Debug)]
 pub(crate) struct Sql {
-    pub(crate) append: String,
-    pub(crate) append_first: String,
-    pub(crate) append_next: String,
-    pub(crate) append_streams: String,
-    pub(crate) read_stream: String,
-    pub(crate) correlated: String,
-    pub(crate) event_by_id: String,
-    pub(crate) read_payloads: String,
-    pub(crate) stream_version: String,
-    pub(crate) read_feed: String,
-    pub(crate) read_feed_filtered: String,
+    pub(crate) append: SqlStr,
+    pub(crate) append_first: SqlStr,
+    pub(crate) append_next: SqlStr,
+    pub(crate) append_streams: SqlStr,
+    pub(crate) read_stream: SqlStr,
+    pub(crate) correlated: SqlStr,
+    pub(crate) event_by_id: SqlStr,
+    pub(crate) read_payloads: SqlStr,
+    pub(crate) stream_version: SqlStr,
+    pub(crate) read_feed: SqlStr,
+    pub(crate) read_feed_filtered: SqlStr,
     /// `read_feed_filtered` for one partition: `$6` the count, `$7` the index.
-    pub(crate) read_feed_partition: String,
-    pub(crate) feed_head: String,
-    pub(crate) count_after: String,
-    pub(crate) newest_committed: String,
-    pub(crate) horizon: String,
-    pub(crate) load_snapshot: String,
-    pub(crate) save_snapshot: String,
-    pub(crate) list_snapshots: String,
-    pub(crate) delete_snapshots: String,
-    pub(crate) load_checkpoint: String,
-    pub(crate) save_checkpoint: String,
-    pub(crate) delete_checkpoint: String,
-    pub(crate) list_checkpoints: String,
-    pub(crate) horizon_holders: String,
+    pub(crate) read_feed_partition: SqlStr,
+    pub(crate) feed_head: SqlStr,
+    pub(crate) count_after: SqlStr,
+    pub(crate) newest_committed: SqlStr,
+    pub(crate) horizon: SqlStr,
+    pub(crate) load_snapshot: SqlStr,
+    pub(crate) save_snapshot: SqlStr,
+    pub(crate) list_snapshots: SqlStr,
+    pub(crate) delete_snapshots: SqlStr,
+    pub(crate) load_checkpoint: SqlStr,
+    pub(crate) save_checkpoint: SqlStr,
+    pub(crate) delete_checkpoint: SqlStr,
+    pub(crate) list_checkpoints: SqlStr,
+    pub(crate) horizon_holders: SqlStr,
     /// On a standby, in its read transaction: whether it is in recovery, and its horizon.
-    pub(crate) standby_horizon: String,
+    pub(crate) standby_horizon: SqlStr,
     /// The last cursor below the horizon (the head without `feed_head`'s count).
-    pub(crate) feed_last: String,
+    pub(crate) feed_last: SqlStr,
 }
 
 impl Sql {
@@ -58,18 +60,18 @@ impl Sql {
         let checkpoint_columns =
             "name, transaction_id, global_position, events_processed, updated_at";
         Self {
-            append: format!(
+            append: sql(format!(
                 "SELECT outcome, first_version, last_version, tx, pos, \
                         other_event_id, other_stream_id, other_version \
                    FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
                                           $8::text[]::jsonb[], $9, $10)"
-            ),
+            )),
             // The one-statement fast path of `append_events` for one event creating a stream
             // (see `PgEventStore::fast_append`): its first event's key `(stream_id, 1)` is
             // the stream's lock, as in the function; no row back means that nothing was
             // written and the function must say why. Plan-proof: an insert's conflicts are
             // found through its arbiter indexes whatever the plan.
-            append_first: format!(
+            append_first: sql(format!(
                 "WITH e AS ( \
                    INSERT INTO {s}.events (stream_id, stream_type, version, event_id, \
                                            event_type, schema_version, payload, metadata, \
@@ -81,13 +83,13 @@ impl Sql {
                    INSERT INTO {s}.streams (stream_id, stream_type, version, last_xid) \
                    SELECT $1, $2, 1, e.transaction_id FROM e) \
                  SELECT e.transaction_id::text::bigint, e.global_position FROM e"
-            ),
+            )),
             // The fast path for one event after an exact version $10 >= 1 (at $11 = $10 + 1):
             // the stream's row locked, the version and the feed-order guard checked after
             // the lock (the transaction id is taken after it, as in the function), the
             // event, the row. Looks the row up by key twice: only for sessions that plan
             // without sequential scans (`PgEventStore::fast_next`).
-            append_next: format!(
+            append_next: sql(format!(
                 "WITH s AS ( \
                    SELECT last_xid FROM {s}.streams \
                     WHERE stream_id = $1 AND version = $10 FOR UPDATE), \
@@ -103,51 +105,55 @@ impl Sql {
                    UPDATE {s}.streams t SET version = $11, last_xid = e.transaction_id \
                      FROM e WHERE t.stream_id = $1) \
                  SELECT e.transaction_id::text::bigint, e.global_position FROM e"
-            ),
+            )),
             // The same columns as `append`, in the same order, then the part's index.
-            append_streams: format!(
+            append_streams: sql(format!(
                 "SELECT r_outcome, r_first_version, r_last_version, r_tx, r_pos, \
                         r_other_event_id, r_other_stream_id, r_other_version, r_part \
                    FROM {s}.append_streams($1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], \
                                            $9::text[]::jsonb[], $10, $11)"
-            ),
+            )),
             // Through events_correlation_id_idx (partial: correlation_id IS NOT NULL), then
             // sorted: never a scan of the table (docs/commands.md shows the plan).
-            correlated: format!(
+            correlated: sql(format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                   WHERE correlation_id = $1 \
                   ORDER BY transaction_id, global_position LIMIT $2"
-            ),
-            event_by_id: format!("SELECT {EVENT_COLUMNS} FROM {s}.events WHERE event_id = $1"),
-            read_stream: format!(
+            )),
+            event_by_id: sql(format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE event_id = $1"
+            )),
+            read_stream: sql(format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                   WHERE stream_id = $1 AND version >= $2 ORDER BY version"
-            ),
+            )),
             // What a fold needs, in the order `row::stream_event` reads it; the payload as
             // text (what jsonb's binary output is anyway), decoded by the typed event.
-            read_payloads: format!(
+            read_payloads: sql(format!(
                 "SELECT version, event_id, event_type, schema_version, payload::text FROM {s}.events \
                   WHERE stream_id = $1 AND version >= $2 ORDER BY version"
-            ),
-            stream_version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1"),
-            read_feed: format!(
+            )),
+            stream_version: sql(format!(
+                "SELECT version FROM {s}.streams WHERE stream_id = $1"
+            )),
+            read_feed: sql(format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                   WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                     AND transaction_id < {HORIZON} \
                   ORDER BY transaction_id, global_position LIMIT $3"
-            ),
-            read_feed_filtered: format!(
+            )),
+            read_feed_filtered: sql(format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                   WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                     AND transaction_id < {HORIZON} \
                     AND (cardinality($4::text[]) = 0 OR event_type = ANY($4)) \
                     AND (cardinality($5::text[]) = 0 OR stream_type = ANY($5)) \
                   ORDER BY transaction_id, global_position LIMIT $3"
-            ),
+            )),
             // The partition is computed here, so that a partition's runner receives only
             // its own events (the feed index is still walked in order: the feed's order
             // and its horizon are exactly those of `read_feed`).
-            read_feed_partition: format!(
+            read_feed_partition: sql(format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                   WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                     AND transaction_id < {HORIZON} \
@@ -155,37 +161,39 @@ impl Sql {
                     AND (cardinality($5::text[]) = 0 OR stream_type = ANY($5)) \
                     AND {STREAM_HASH} % $6 = $7 \
                   ORDER BY transaction_id, global_position LIMIT $3"
-            ),
+            )),
             // One statement, one snapshot: the count and the last event agree.
-            feed_head: format!(
+            feed_head: sql(format!(
                 "SELECT l.tx, l.pos, c.n FROM \
                    (SELECT count(*) AS n FROM {s}.events WHERE transaction_id < {HORIZON}) c \
                    LEFT JOIN LATERAL \
                    (SELECT transaction_id::text::bigint AS tx, global_position AS pos \
                       FROM {s}.events WHERE transaction_id < {HORIZON} \
                      ORDER BY transaction_id DESC, global_position DESC LIMIT 1) l ON true"
-            ),
-            count_after: format!(
+            )),
+            count_after: sql(format!(
                 "SELECT count(*) FROM {s}.events \
                   WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                     AND transaction_id < {HORIZON}"
-            ),
-            newest_committed: format!(
+            )),
+            newest_committed: sql(format!(
                 "SELECT transaction_id::text::bigint, global_position FROM {s}.events \
                   ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
-            ),
-            horizon: format!("SELECT {HORIZON}::text::bigint"),
-            standby_horizon: format!("SELECT pg_is_in_recovery(), {HORIZON}::text::bigint"),
-            feed_last: format!(
+            )),
+            horizon: sql(format!("SELECT {HORIZON}::text::bigint")),
+            standby_horizon: sql(format!(
+                "SELECT pg_is_in_recovery(), {HORIZON}::text::bigint"
+            )),
+            feed_last: sql(format!(
                 "SELECT transaction_id::text::bigint, global_position FROM {s}.events \
                   WHERE transaction_id < {HORIZON} \
                   ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
-            ),
-            load_snapshot: format!(
+            )),
+            load_snapshot: sql(format!(
                 "SELECT {snapshot_columns} FROM {s}.snapshots \
                   WHERE stream_id = $1 AND state_schema_version = $2"
-            ),
-            save_snapshot: format!(
+            )),
+            save_snapshot: sql(format!(
                 "INSERT INTO {s}.snapshots AS o \
                         (stream_id, stream_type, version, state_schema_version, state) \
                  VALUES ($1, $2, $3, $4, $5::text::jsonb) \
@@ -195,15 +203,15 @@ impl Sql {
                         state = EXCLUDED.state, taken_at = EXCLUDED.taken_at \
                   WHERE EXCLUDED.version > o.version \
                      OR EXCLUDED.state_schema_version <> o.state_schema_version"
-            ),
-            list_snapshots: format!(
+            )),
+            list_snapshots: sql(format!(
                 "SELECT {snapshot_columns} FROM {s}.snapshots WHERE stream_id = $1"
-            ),
-            delete_snapshots: format!("DELETE FROM {s}.snapshots WHERE stream_type = $1"),
-            load_checkpoint: format!(
+            )),
+            delete_snapshots: sql(format!("DELETE FROM {s}.snapshots WHERE stream_type = $1")),
+            load_checkpoint: sql(format!(
                 "SELECT {checkpoint_columns} FROM {s}.projection_checkpoints WHERE name = $1"
-            ),
-            save_checkpoint: format!(
+            )),
+            save_checkpoint: sql(format!(
                 "INSERT INTO {s}.projection_checkpoints \
                         (name, transaction_id, global_position, events_processed) \
                  VALUES ($1, $2, $3, $4) \
@@ -212,17 +220,20 @@ impl Sql {
                         global_position = EXCLUDED.global_position, \
                         events_processed = EXCLUDED.events_processed, \
                         updated_at = now()"
-            ),
-            delete_checkpoint: format!("DELETE FROM {s}.projection_checkpoints WHERE name = $1"),
+            )),
+            delete_checkpoint: sql(format!(
+                "DELETE FROM {s}.projection_checkpoints WHERE name = $1"
+            )),
             // Byte order, like the reference model's BTreeMap, whatever the collation.
-            list_checkpoints: format!(
+            list_checkpoints: sql(format!(
                 "SELECT {checkpoint_columns} FROM {s}.projection_checkpoints \
                   ORDER BY name COLLATE \"C\""
-            ),
+            )),
             // Ordered oldest first: the first row is what holds the feed back.
             // 32-bit xids as the views show them, and the snapshot's 64-bit xmax (taken in
             // the same statement) to widen them with; the horizon is the oldest of them.
-            horizon_holders: "SELECT 'session' AS kind, pid, datname::text AS database, \
+            horizon_holders: SqlStr::from_static(
+                "SELECT 'session' AS kind, pid, datname::text AS database, \
                      backend_xid::text::bigint AS xid, \
                      extract(epoch FROM now() - xact_start)::float8 AS age_seconds, \
                      coalesce(state, '') || ': ' || left(query, 200) AS detail, \
@@ -235,8 +246,14 @@ impl Sql {
                      extract(epoch FROM now() - prepared)::float8, 'prepared transaction ' || gid, \
                      pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
                      owner::text, NULL, NULL, gid \
-                FROM pg_prepared_xacts"
-                .to_owned(),
+                FROM pg_prepared_xacts",
+            ),
         }
     }
+}
+
+/// A statement built once (schema-qualified at construction, from validated names), kept
+/// shared: a clone for each execution is a reference count, not a copy of the text.
+pub(crate) fn sql(text: String) -> SqlStr {
+    AssertSqlSafe(std::sync::Arc::<str>::from(text)).into_sql_str()
 }

@@ -201,7 +201,7 @@ impl PgStandby {
             .map_err(backend)?;
         // The first statement takes the transaction's snapshot; `pg_is_in_recovery()` is
         // evaluated after it, so `true` means the snapshot was taken during recovery.
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql.standby_horizon.as_str()))
+        let row = sqlx::query(sql.standby_horizon.clone())
             .fetch_one(&mut *tx)
             .await
             .map_err(backend)?;
@@ -224,7 +224,7 @@ impl PgStandby {
             tracing::debug!(standby = %self.endpoint, horizon, %after, "the standby has not replayed up to the checkpoint yet");
         }
         let head = if want_head {
-            sqlx::query(sqlx::AssertSqlSafe(sql.feed_last.as_str()))
+            sqlx::query(sql.feed_last.clone())
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(backend)?
@@ -240,12 +240,12 @@ impl PgStandby {
         };
         let (txid, position) = PgEventStore::cursor_params(after);
         let query = if filter.event_types.is_empty() && filter.categories.is_empty() {
-            sqlx::query(sqlx::AssertSqlSafe(sql.read_feed.as_str()))
+            sqlx::query(sql.read_feed.clone())
                 .bind(txid)
                 .bind(position)
                 .bind(limit)
         } else {
-            sqlx::query(sqlx::AssertSqlSafe(sql.read_feed_filtered.as_str()))
+            sqlx::query(sql.read_feed_filtered.clone())
                 .bind(txid)
                 .bind(position)
                 .bind(limit)
@@ -423,7 +423,7 @@ pub struct StandbyReport {
 /// [`StoreError::Backend`].
 pub async fn standby_reports(store: &PgEventStore) -> Result<Vec<StandbyReport>, StoreError> {
     let sql = crate::projection::ProjectionSql::new(store.schema());
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.standby_reports.as_str()))
+    let rows = sqlx::query(sql.standby_reports.clone())
         .fetch_all(store.pool())
         .await
         .map_err(backend)?;

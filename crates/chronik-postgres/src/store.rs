@@ -443,7 +443,7 @@ impl PgEventStore {
     where
         E: Executor<'e, Database = Postgres> + 'e,
     {
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.read_payloads.as_str()))
+        sqlx::query(self.sql.read_payloads.clone())
             .bind(stream.as_str().to_owned())
             .bind(from.as_i64())
             .fetch(executor)
@@ -504,7 +504,7 @@ impl PgEventStore {
         } else {
             &self.sql.append_next
         };
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+        let mut query = sqlx::query(sql.clone())
             .bind(args.stream.as_str())
             .bind(args.stream.category())
             .bind(args.ids[0])
@@ -532,7 +532,7 @@ impl PgEventStore {
     where
         E: Executor<'e, Database = Postgres>,
     {
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.append.as_str()))
+        let row = sqlx::query(self.sql.append.clone())
             .bind(args.stream.as_str())
             .bind(args.stream.category())
             .bind(args.code)
@@ -557,11 +557,10 @@ impl PgEventStore {
     /// The last visible event's cursor: [`EventStore::feed_head`]'s `last`, without counting
     /// the feed (one backward step of the feed index).
     pub(crate) async fn feed_last(&self) -> Result<Option<FeedCursor>, StoreError> {
-        let row: Option<(i64, i64)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(self.sql.feed_last.as_str()))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
+        let row: Option<(i64, i64)> = sqlx::query_as(self.sql.feed_last.clone())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.map(|(t, p)| {
             Ok(FeedCursor::new(
                 to_u64(t, "transaction id")?,
@@ -582,20 +581,19 @@ impl PgEventStore {
     ) -> Result<FeedPage, StoreError> {
         let limit = check_limit(limit)?;
         let (tx, position) = Self::cursor_params(after);
-        let events: Vec<_> =
-            sqlx::query(sqlx::AssertSqlSafe(self.sql.read_feed_partition.as_str()))
-                .bind(tx)
-                .bind(position)
-                .bind(limit)
-                .bind(&filter.event_types)
-                .bind(&filter.categories)
-                .bind(i64::from(count))
-                .bind(i64::from(index))
-                .fetch(&self.pool)
-                .map_err(backend)
-                .and_then(|row| futures::future::ready(row::recorded(&row)))
-                .try_collect()
-                .await?;
+        let events: Vec<_> = sqlx::query(self.sql.read_feed_partition.clone())
+            .bind(tx)
+            .bind(position)
+            .bind(limit)
+            .bind(&filter.event_types)
+            .bind(&filter.categories)
+            .bind(i64::from(count))
+            .bind(i64::from(index))
+            .fetch(&self.pool)
+            .map_err(backend)
+            .and_then(|row| futures::future::ready(row::recorded(&row)))
+            .try_collect()
+            .await?;
         let next = events.last().map_or(after, |e| e.cursor);
         Ok(FeedPage { events, next })
     }
@@ -812,7 +810,7 @@ impl EventStore for PgEventStore {
     }
 
     fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.read_stream.as_str()))
+        sqlx::query(self.sql.read_stream.clone())
             .bind(stream.as_str().to_owned())
             .bind(from.as_i64())
             .fetch(&self.pool)
@@ -837,12 +835,11 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
-        let v: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.stream_version.as_str()))
-                .bind(stream.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
+        let v: Option<i64> = sqlx::query_scalar(self.sql.stream_version.clone())
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         Version::from_i64(v.unwrap_or(0)).map_err(StoreError::Invalid)
     }
 
@@ -855,12 +852,12 @@ impl EventStore for PgEventStore {
         let limit = check_limit(limit)?;
         let (tx, position) = Self::cursor_params(after);
         let query = if filter.event_types.is_empty() && filter.categories.is_empty() {
-            sqlx::query(sqlx::AssertSqlSafe(self.sql.read_feed.as_str()))
+            sqlx::query(self.sql.read_feed.clone())
                 .bind(tx)
                 .bind(position)
                 .bind(limit)
         } else {
-            sqlx::query(sqlx::AssertSqlSafe(self.sql.read_feed_filtered.as_str()))
+            sqlx::query(self.sql.read_feed_filtered.clone())
                 .bind(tx)
                 .bind(position)
                 .bind(limit)
@@ -878,7 +875,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn feed_head(&self) -> Result<FeedHead, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.feed_head.as_str()))
+        let row = sqlx::query(self.sql.feed_head.clone())
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
@@ -900,7 +897,7 @@ impl EventStore for PgEventStore {
 
     async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
         let (tx, position) = Self::cursor_params(after);
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.count_after.as_str()))
+        let n: i64 = sqlx::query_scalar(self.sql.count_after.clone())
             .bind(tx)
             .bind(position)
             .fetch_one(&self.pool)

@@ -25,7 +25,7 @@ impl PgEventStore {
                 "a trace needs a limit of at least 1".to_owned(),
             ));
         }
-        let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql.correlated.as_str()))
+        let rows = sqlx::query(self.sql.correlated.clone())
             .bind(correlation.as_uuid())
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -40,7 +40,7 @@ impl PgEventStore {
     /// [`StoreError::Backend`]; [`StoreError::Invalid`] for a stored row that is not a valid
     /// event.
     pub async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.event_by_id.as_str()))
+        let row = sqlx::query(self.sql.event_by_id.clone())
             .bind(id.as_uuid())
             .fetch_optional(&self.pool)
             .await

@@ -28,7 +28,7 @@ pub(crate) async fn family(
     sql: &ProjectionSql,
     name: &str,
 ) -> Result<Vec<String>, PgProjectionError> {
-    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.family.as_str()))
+    let rows: Vec<String> = sqlx::query_scalar(sql.family.clone())
         .bind(name)
         .fetch_all(&mut *conn)
         .await?;
@@ -82,7 +82,7 @@ pub(crate) async fn ensure(
 ) -> Result<(), PgProjectionError> {
     let mut tx = store.pool().begin().await?;
     check(&mut tx, sql, store.schema(), name, wanted).await?;
-    sqlx::query(sqlx::AssertSqlSafe(sql.create_partitions.as_str()))
+    sqlx::query(sql.create_partitions.clone())
         .bind(name)
         .bind(names(name, wanted))
         .execute(&mut *tx)
@@ -112,13 +112,13 @@ pub(crate) async fn replace(
         .into_iter()
         .filter(|n| !keep.contains(n))
         .collect();
-    sqlx::query(sqlx::AssertSqlSafe(sql.delete_checkpoints.as_str()))
+    sqlx::query(sql.delete_checkpoints.clone())
         .bind(&other)
         .execute(&mut *tx)
         .await?;
     if layout.get() > 1 {
         for partition in &keep {
-            sqlx::query(sqlx::AssertSqlSafe(sql.set_checkpoint.as_str()))
+            sqlx::query(sql.set_checkpoint.clone())
                 .bind(partition)
                 .bind(cursor.transaction_i64())
                 .bind(cursor.position_i64())

@@ -43,7 +43,7 @@ pub async fn shadow_leftovers(
 ) -> Result<Vec<ShadowLeftover>, StoreError> {
     let sql = ProjectionSql::new(store.schema());
     let mut found: Vec<ShadowLeftover> = Vec::new();
-    for r in sqlx::query(sqlx::AssertSqlSafe(sql.shadow_checkpoints.as_str()))
+    for r in sqlx::query(sql.shadow_checkpoints.clone())
         .fetch_all(store.pool())
         .await
         .map_err(backend)?
@@ -131,11 +131,11 @@ pub async fn discard_shadow(
     let result = async {
         let mut tx = store.pool().begin().await?;
         let checkpoint = locked_checkpoint(&mut tx, &sql, &shadow_name).await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql.delete_checkpoint.as_str()))
+        sqlx::query(sql.delete_checkpoint.clone())
             .bind(&shadow_name)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql.forget_runners.as_str()))
+        sqlx::query(sql.forget_runners.clone())
             .bind(&shadow_name)
             .execute(&mut *tx)
             .await?;

@@ -50,7 +50,7 @@ pub async fn park_event(store: &PgEventStore, decision: &ParkDecision) -> Result
         ));
     }
     let sql = ProjectionSql::new(store.schema());
-    sqlx::query(sqlx::AssertSqlSafe(sql.park.as_str()))
+    sqlx::query(sql.park.clone())
         .bind(&decision.projection)
         .bind(decision.event_id.as_uuid())
         .bind(decision.stream_id.as_str())
@@ -72,7 +72,7 @@ pub async fn parked_events(
     projection: &str,
 ) -> Result<Vec<ParkDecision>, StoreError> {
     let sql = ProjectionSql::new(store.schema());
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.parked.as_str()))
+    let rows = sqlx::query(sql.parked.clone())
         .bind(projection)
         .fetch_all(store.pool())
         .await
@@ -104,7 +104,7 @@ async fn read_checkpoint(
     sql: &ProjectionSql,
     name: &str,
 ) -> Result<Option<FeedCursor>, StoreError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.read_checkpoint.as_str()))
+    let rows = sqlx::query(sql.read_checkpoint.clone())
         .bind(name)
         .fetch_all(store.pool())
         .await
@@ -349,13 +349,13 @@ fn classify(rows: Vec<RunnerRow>, lock_pid: Option<i32>) -> Runners {
 /// Store failures.
 pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionReport>, StoreError> {
     let sql = ProjectionSql::new(store.schema());
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.statuses.as_str()))
+    let rows = sqlx::query(sql.statuses.clone())
         .bind(store.schema().as_str())
         .fetch_all(store.pool())
         .await
         .map_err(backend)?;
     let mut runners: BTreeMap<String, Vec<RunnerRow>> = BTreeMap::new();
-    for r in sqlx::query(sqlx::AssertSqlSafe(sql.runners.as_str()))
+    for r in sqlx::query(sql.runners.clone())
         .fetch_all(store.pool())
         .await
         .map_err(backend)?

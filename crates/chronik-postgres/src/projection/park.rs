@@ -79,7 +79,7 @@ pub async fn park_records(
 ) -> Result<Vec<ParkRecord>, StoreError> {
     validate_projection_name(projection)?;
     let sql = ProjectionSql::new(store.schema());
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.park_records.as_str()))
+    let rows = sqlx::query(sql.park_records.clone())
         .bind(projection)
         .fetch_all(store.pool())
         .await
@@ -149,12 +149,11 @@ async fn lock_open_decision(
     projection: &str,
     id: EventId,
 ) -> Result<(), PgProjectionError> {
-    let row: Option<Option<String>> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.lock_decision.as_str()))
-            .bind(projection)
-            .bind(id.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await?;
+    let row: Option<Option<String>> = sqlx::query_scalar(sql.lock_decision.clone())
+        .bind(projection)
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
     match row {
         None => Err(not_open(projection, id, "")),
         Some(Some(resolution)) => Err(not_open(
@@ -174,7 +173,7 @@ async fn resolve(
     resolution: &str,
     by: &str,
 ) -> Result<(), PgProjectionError> {
-    sqlx::query(sqlx::AssertSqlSafe(sql.resolve.as_str()))
+    sqlx::query(sql.resolve.clone())
         .bind(projection)
         .bind(id.as_uuid())
         .bind(resolution)
@@ -313,16 +312,16 @@ pub async fn forget_projection(
     let result = async {
         let mut tx = store.pool().begin().await?;
         let checkpoint = locked_checkpoint(&mut tx, &sql, name).await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql.delete_checkpoint.as_str()))
+        sqlx::query(sql.delete_checkpoint.clone())
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        let runner_rows = sqlx::query(sqlx::AssertSqlSafe(sql.forget_runners.as_str()))
+        let runner_rows = sqlx::query(sql.forget_runners.clone())
             .bind(name)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let rebuild_rows = sqlx::query(sqlx::AssertSqlSafe(sql.forget_rebuild.as_str()))
+        let rebuild_rows = sqlx::query(sql.forget_rebuild.clone())
             .bind(name)
             .execute(&mut *tx)
             .await?

@@ -50,7 +50,7 @@ fn handler_failed(
 /// which the runner skips too, so that a rebuild gives the read model the runner keeps.
 async fn skipped(store: &PgEventStore, name: &str) -> Result<HashSet<EventId>, StoreError> {
     let sql = super::sql::ProjectionSql::new(store.schema());
-    let ids: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.skipped_ids.as_str()))
+    let ids: Vec<Uuid> = sqlx::query_scalar(sql.skipped_ids.clone())
         .bind(name)
         .fetch_all(store.pool())
         .await
@@ -518,7 +518,7 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
         {
             tracing::warn!(error = %backend(e), "could not drop the shadow table");
         }
-        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(live.sql.delete_checkpoint.as_str()))
+        if let Err(e) = sqlx::query(live.sql.delete_checkpoint.clone())
             .bind(&names.shadow_name)
             .execute(store.pool())
             .await
@@ -696,7 +696,7 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     }
     live.set_checkpoint(&mut tx, name, cursor, p.handled)
         .await?;
-    sqlx::query(sqlx::AssertSqlSafe(live.sql.delete_checkpoint.as_str()))
+    sqlx::query(live.sql.delete_checkpoint.clone())
         .bind(shadow_name)
         .execute(&mut *tx)
         .await?;

@@ -80,7 +80,7 @@ pub(crate) async fn started(
     name: &str,
     shadow: bool,
 ) -> bool {
-    let result = sqlx::query(sqlx::AssertSqlSafe(sql.rebuild_started.as_str()))
+    let result = sqlx::query(sql.rebuild_started.clone())
         .bind(name)
         .bind(shadow)
         .execute(&mut *lock)
@@ -106,7 +106,7 @@ pub(crate) async fn finished(
     total: u64,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query(sqlx::AssertSqlSafe(sql.rebuild_finished.as_str()))
+    sqlx::query(sql.rebuild_finished.clone())
         .bind(name)
         .bind(if error.is_some() {
             RebuildOutcome::Failed.as_str()
@@ -147,7 +147,7 @@ pub(crate) async fn records(
     store: &PgEventStore,
     sql: &ProjectionSql,
 ) -> Result<BTreeMap<String, RebuildRecord>, StoreError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.rebuilds.as_str()))
+    let rows = sqlx::query(sql.rebuilds.clone())
         .fetch_all(store.pool())
         .await
         .map_err(backend)?;

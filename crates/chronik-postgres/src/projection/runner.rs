@@ -473,7 +473,7 @@ pub(crate) async fn locked_checkpoint(
     sql: &ProjectionSql,
     name: &str,
 ) -> Result<Option<FeedCursor>, PgProjectionError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql.lock_checkpoint.as_str()))
+    let row = sqlx::query(sql.lock_checkpoint.clone())
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
@@ -529,7 +529,7 @@ impl<P: PgProjection> Engine<P> {
         conn: &mut PgConnection,
     ) -> Result<(FeedCursor, u64), StoreError> {
         for _ in 0..2 {
-            let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.lock_checkpoint.as_str()))
+            let row = sqlx::query(self.sql.lock_checkpoint.clone())
                 .bind(self.name())
                 .fetch_optional(&mut *conn)
                 .await
@@ -552,7 +552,7 @@ impl<P: PgProjection> Engine<P> {
                         other => StoreError::InvalidRequest(other.to_string()),
                     })?;
             }
-            sqlx::query(sqlx::AssertSqlSafe(self.sql.create_checkpoint.as_str()))
+            sqlx::query(self.sql.create_checkpoint.clone())
                 .bind(self.name())
                 .execute(&mut *conn)
                 .await
@@ -671,13 +671,12 @@ impl<P: PgProjection> Engine<P> {
                 // A partition honours decisions recorded for itself or for its projection
                 // (which outlive a change of the number of partitions).
                 let names = [self.name.clone(), self.projection.name().to_owned()];
-                let is_parked: bool =
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.is_parked_any.as_str()))
-                        .bind(&names[..])
-                        .bind(raw.event_id.as_uuid())
-                        .fetch_one(&mut **tx)
-                        .await
-                        .map_err(backend)?;
+                let is_parked: bool = sqlx::query_scalar(self.sql.is_parked_any.clone())
+                    .bind(&names[..])
+                    .bind(raw.event_id.as_uuid())
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(backend)?;
                 if is_parked {
                     tracing::warn!(projection = %self.name, event = %raw.event_id, "skipping parked event");
                     parked += 1;
@@ -762,7 +761,7 @@ impl<P: PgProjection> Engine<P> {
         cursor: FeedCursor,
         processed: u64,
     ) -> Result<(), StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.set_checkpoint.as_str()))
+        sqlx::query(self.sql.set_checkpoint.clone())
             .bind(name)
             .bind(cursor.transaction_i64())
             .bind(cursor.position_i64())
@@ -841,7 +840,7 @@ impl<P: PgProjection> Engine<P> {
         s: &PgRunnerStatus,
         session: Option<&SessionInfo>,
     ) {
-        let result = sqlx::query(sqlx::AssertSqlSafe(self.sql.save_status.as_str()))
+        let result = sqlx::query(self.sql.save_status.clone())
             .bind(self.name())
             .bind(instance)
             .bind(s.state.as_str())
@@ -863,7 +862,7 @@ impl<P: PgProjection> Engine<P> {
 
     /// Removes instance `instance`'s status row (a standby that stops leaves nothing).
     pub(crate) async fn delete_status(&self, instance: Uuid) {
-        let result = sqlx::query(sqlx::AssertSqlSafe(self.sql.delete_status.as_str()))
+        let result = sqlx::query(self.sql.delete_status.clone())
             .bind(self.name())
             .bind(instance)
             .execute(self.store.pool())
@@ -876,7 +875,7 @@ impl<P: PgProjection> Engine<P> {
     /// Removes the rows of stopped instances and of instances whose session is gone,
     /// except `instance`'s own; run by an instance that just took the lock.
     pub(crate) async fn prune_statuses(&self, instance: Uuid) {
-        let result = sqlx::query(sqlx::AssertSqlSafe(self.sql.prune_statuses.as_str()))
+        let result = sqlx::query(self.sql.prune_statuses.clone())
             .bind(self.name())
             .bind(instance)
             .execute(self.store.pool())

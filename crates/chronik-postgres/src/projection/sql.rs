@@ -1,40 +1,43 @@
 //! SQL of the projection runner, qualified with the store's schema.
 
+use sqlx::SqlStr;
+
 use crate::config::SchemaName;
+use crate::sql::sql;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ProjectionSql {
-    pub(crate) lock_checkpoint: String,
-    pub(crate) create_checkpoint: String,
-    pub(crate) set_checkpoint: String,
-    pub(crate) read_checkpoint: String,
-    pub(crate) delete_checkpoint: String,
-    pub(crate) is_parked: String,
+    pub(crate) lock_checkpoint: SqlStr,
+    pub(crate) create_checkpoint: SqlStr,
+    pub(crate) set_checkpoint: SqlStr,
+    pub(crate) read_checkpoint: SqlStr,
+    pub(crate) delete_checkpoint: SqlStr,
+    pub(crate) is_parked: SqlStr,
     /// `is_parked` under any of the names `$1` (a partition's, and its projection's).
-    pub(crate) is_parked_any: String,
-    pub(crate) park: String,
-    pub(crate) parked: String,
-    pub(crate) park_records: String,
-    pub(crate) lock_decision: String,
-    pub(crate) resolve: String,
-    pub(crate) forget_runners: String,
+    pub(crate) is_parked_any: SqlStr,
+    pub(crate) park: SqlStr,
+    pub(crate) parked: SqlStr,
+    pub(crate) park_records: SqlStr,
+    pub(crate) lock_decision: SqlStr,
+    pub(crate) resolve: SqlStr,
+    pub(crate) forget_runners: SqlStr,
     /// The events a rebuild of `$1` passes over (those the runner skips).
-    pub(crate) skipped_ids: String,
-    pub(crate) save_status: String,
+    pub(crate) skipped_ids: SqlStr,
+    pub(crate) save_status: SqlStr,
     /// `$1` name, `$2` shadow: a rebuild starts. Run on its lock session, whose pid and
     /// start time identify it.
-    pub(crate) rebuild_started: String,
+    pub(crate) rebuild_started: SqlStr,
     /// `$1` name, `$2` outcome, `$3` scanned, `$4` total, `$5` error, `$6` the pid of the
     /// rebuild's lock session (a later rebuild's row is never overwritten).
-    pub(crate) rebuild_finished: String,
-    pub(crate) rebuilds: String,
-    pub(crate) forget_rebuild: String,
-    pub(crate) delete_status: String,
-    pub(crate) prune_statuses: String,
-    pub(crate) statuses: String,
-    pub(crate) runners: String,
+    pub(crate) rebuild_finished: SqlStr,
+    pub(crate) rebuilds: SqlStr,
+    pub(crate) forget_rebuild: SqlStr,
+    pub(crate) delete_status: SqlStr,
+    pub(crate) prune_statuses: SqlStr,
+    pub(crate) statuses: SqlStr,
+    pub(crate) runners: SqlStr,
     /// Every shadow rebuild's checkpoint (`<name>__shadow`).
-    pub(crate) shadow_checkpoints: String,
+    pub(crate) shadow_checkpoints: SqlStr,
     /// `$1` schema, `$2` table: whether the table exists.
     pub(crate) table_exists: &'static str,
     /// The current session as `pg_stat_activity` shows it to itself.
@@ -45,11 +48,11 @@ pub(crate) struct ProjectionSql {
     pub(crate) unlock: &'static str,
     /// `$1` the projection: the names of its checkpoint rows of every layout (its own
     /// name, and `<name>#<index>/<count>` partition names, checked by the caller).
-    pub(crate) family: String,
+    pub(crate) family: SqlStr,
     /// `$1` the projection, `$2` the partition names: inserts the missing ones at the start.
-    pub(crate) create_partitions: String,
+    pub(crate) create_partitions: SqlStr,
     /// `$1`: checkpoint names to delete.
-    pub(crate) delete_checkpoints: String,
+    pub(crate) delete_checkpoints: SqlStr,
     /// `$1`: a lock key text, taken until the transaction ends (a layout's check and
     /// creation are serialized by it).
     pub(crate) xact_lock: &'static str,
@@ -58,7 +61,7 @@ pub(crate) struct ProjectionSql {
     /// `$1`: a lock key text: the pids of the sessions holding it in shared mode, in order.
     pub(crate) shared_holders: &'static str,
     /// The live runners that read the feed from a hot standby, with their last measure.
-    pub(crate) standby_reports: String,
+    pub(crate) standby_reports: SqlStr,
 }
 
 /// Whether runner row `r`'s lock session still exists. Without `pg_read_all_stats` another
@@ -70,16 +73,16 @@ impl ProjectionSql {
     pub(crate) fn new(schema: &SchemaName) -> Self {
         let s = schema.quoted();
         Self {
-            lock_checkpoint: format!(
+            lock_checkpoint: sql(format!(
                 "SELECT transaction_id, global_position, events_processed \
                    FROM {s}.projection_checkpoints WHERE name = $1 FOR UPDATE"
-            ),
-            create_checkpoint: format!(
+            )),
+            create_checkpoint: sql(format!(
                 "INSERT INTO {s}.projection_checkpoints \
                         (name, transaction_id, global_position, events_processed) \
                  VALUES ($1, 0, 0, 0) ON CONFLICT (name) DO NOTHING"
-            ),
-            set_checkpoint: format!(
+            )),
+            set_checkpoint: sql(format!(
                 "INSERT INTO {s}.projection_checkpoints \
                         (name, transaction_id, global_position, events_processed) \
                  VALUES ($1, $2, $3, $4) \
@@ -88,35 +91,37 @@ impl ProjectionSql {
                         global_position = EXCLUDED.global_position, \
                         events_processed = EXCLUDED.events_processed, \
                         updated_at = now()"
-            ),
+            )),
             // The projection's own checkpoint, or its partitions' (checked by the caller).
-            read_checkpoint: format!(
+            read_checkpoint: sql(format!(
                 "SELECT name, transaction_id, global_position \
                    FROM {s}.projection_checkpoints \
                   WHERE name = $1 OR left(name, length($1) + 1) = $1 || '#'"
-            ),
-            delete_checkpoint: format!("DELETE FROM {s}.projection_checkpoints WHERE name = $1"),
+            )),
+            delete_checkpoint: sql(format!(
+                "DELETE FROM {s}.projection_checkpoints WHERE name = $1"
+            )),
             // A decision resolved as `retried` no longer skips its event.
-            is_parked: format!(
+            is_parked: sql(format!(
                 "SELECT EXISTS (SELECT 1 FROM {s}.projection_parked \
                                  WHERE name = $1 AND event_id = $2 \
                                    AND resolution IS DISTINCT FROM 'retried')"
-            ),
-            is_parked_any: format!(
+            )),
+            is_parked_any: sql(format!(
                 "SELECT EXISTS (SELECT 1 FROM {s}.projection_parked \
                                  WHERE name = ANY($1::text[]) AND event_id = $2 \
                                    AND resolution IS DISTINCT FROM 'retried')"
-            ),
-            park: format!(
+            )),
+            park: sql(format!(
                 "INSERT INTO {s}.projection_parked \
                         (name, event_id, stream_id, version, reason, decided_by) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name, event_id) DO NOTHING"
-            ),
-            parked: format!(
+            )),
+            parked: sql(format!(
                 "SELECT event_id, stream_id, version, reason, decided_by, decided_at \
                    FROM {s}.projection_parked WHERE name = $1 ORDER BY decided_at, event_id"
-            ),
-            park_records: format!(
+            )),
+            park_records: sql(format!(
                 "SELECT p.event_id, p.stream_id, p.version, p.reason, p.decided_by, p.decided_at, \
                         e.transaction_id::text::bigint, e.global_position, \
                         p.resolution, p.resolved_by, p.resolved_at, \
@@ -126,24 +131,26 @@ impl ProjectionSql {
                    LEFT JOIN {s}.events e ON e.event_id = p.event_id \
                    LEFT JOIN {s}.projection_checkpoints c ON c.name = p.name \
                   WHERE p.name = $1 ORDER BY p.decided_at, p.event_id"
-            ),
-            lock_decision: format!(
+            )),
+            lock_decision: sql(format!(
                 "SELECT resolution FROM {s}.projection_parked \
                   WHERE name = $1 AND event_id = $2 FOR UPDATE"
-            ),
-            resolve: format!(
+            )),
+            resolve: sql(format!(
                 "UPDATE {s}.projection_parked \
                     SET resolution = $3, resolved_by = $4, resolved_at = now() \
                   WHERE name = $1 AND event_id = $2 AND resolution IS NULL"
-            ),
-            forget_runners: format!("DELETE FROM {s}.projection_runners WHERE name = $1"),
-            skipped_ids: format!(
+            )),
+            forget_runners: sql(format!(
+                "DELETE FROM {s}.projection_runners WHERE name = $1"
+            )),
+            skipped_ids: sql(format!(
                 "SELECT event_id FROM {s}.projection_parked \
                   WHERE name = $1 AND resolution IS DISTINCT FROM 'retried'"
-            ),
+            )),
             // One row per runner instance, written only by that instance. `$8`: whether
             // it holds the projection's lock (`owner_since` keeps the first time it took it).
-            save_status: format!(
+            save_status: sql(format!(
                 "INSERT INTO {s}.projection_runners AS r \
                         (name, instance_id, state, pid, backend_start, application_name, \
                          client_addr, owner_since, last_error, last_error_at, \
@@ -160,8 +167,8 @@ impl ProjectionSql {
                         last_error_at = EXCLUDED.last_error_at, \
                         failing_event_id = EXCLUDED.failing_event_id, \
                         attempts = EXCLUDED.attempts, updated_at = now()"
-            ),
-            rebuild_started: format!(
+            )),
+            rebuild_started: sql(format!(
                 "INSERT INTO {s}.projection_rebuilds AS r \
                         (name, shadow, outcome, started_at, finished_at, pid, backend_start, \
                          scanned, total, error) \
@@ -173,35 +180,37 @@ impl ProjectionSql {
                         started_at = EXCLUDED.started_at, finished_at = NULL, \
                         pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start, \
                         scanned = 0, total = 0, error = NULL"
-            ),
+            )),
             // clock_timestamp(): a success is recorded inside the rebuild's transaction,
             // whose now() is when it began.
-            rebuild_finished: format!(
+            rebuild_finished: sql(format!(
                 "UPDATE {s}.projection_rebuilds \
                     SET outcome = $2, finished_at = clock_timestamp(), scanned = $3, \
                         total = $4, error = $5 \
                   WHERE name = $1 AND pid = $6"
-            ),
-            rebuilds: format!(
+            )),
+            rebuilds: sql(format!(
                 "SELECT r.name, r.shadow, r.outcome, r.started_at, r.finished_at, r.pid, \
                         r.scanned, r.total, r.error, {ALIVE} \
                    FROM {s}.projection_rebuilds r"
-            ),
-            forget_rebuild: format!("DELETE FROM {s}.projection_rebuilds WHERE name = $1"),
-            delete_status: format!(
+            )),
+            forget_rebuild: sql(format!(
+                "DELETE FROM {s}.projection_rebuilds WHERE name = $1"
+            )),
+            delete_status: sql(format!(
                 "DELETE FROM {s}.projection_runners WHERE name = $1 AND instance_id = $2"
-            ),
+            )),
             // Run by a new owner: the rows of stopped instances and of instances whose
             // session is gone are history once someone else holds the lock.
-            prune_statuses: format!(
+            prune_statuses: sql(format!(
                 "DELETE FROM {s}.projection_runners r \
                   WHERE r.name = $1 AND r.instance_id <> $2 \
                     AND (r.state = 'stopped' OR NOT {ALIVE})"
-            ),
+            )),
             // Every projection with a checkpoint, a runner row or a rebuild record, and the backend pid of
             // the session holding its advisory lock (`lock_key`, a bigint key: `pg_locks`
             // shows its high half as classid, its low half as objid, objsubid 1).
-            statuses: format!(
+            statuses: sql(format!(
                 "SELECT n.name, c.transaction_id, c.global_position, c.events_processed, \
                         (SELECT l.pid FROM pg_locks l \
                           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
@@ -217,36 +226,36 @@ impl ProjectionSql {
                          'chronik.projection:' || $1 || ':' || n.name, 0) AS key) k \
                    LEFT JOIN {s}.projection_checkpoints c ON c.name = n.name \
                   ORDER BY n.name COLLATE \"C\""
-            ),
-            runners: format!(
+            )),
+            runners: sql(format!(
                 "SELECT r.name, r.instance_id, r.state, r.pid, r.application_name, \
                         r.client_addr, r.started_at, r.owner_since, r.updated_at, \
                         r.last_error, r.last_error_at, r.failing_event_id, r.attempts, {ALIVE} \
                    FROM {s}.projection_runners r \
                   ORDER BY r.name COLLATE \"C\", r.started_at, r.instance_id"
-            ),
-            shadow_checkpoints: format!(
+            )),
+            shadow_checkpoints: sql(format!(
                 "SELECT name, transaction_id, global_position FROM {s}.projection_checkpoints \
                   WHERE right(name, 8) = '__shadow' ORDER BY name"
-            ),
+            )),
             table_exists: "SELECT EXISTS (SELECT 1 FROM pg_tables \
                             WHERE schemaname = $1 AND tablename = $2)",
             session_info: "SELECT pid, backend_start, application_name, client_addr::text \
                              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
             try_lock: "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
             unlock: "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
-            family: format!(
+            family: sql(format!(
                 "SELECT name FROM {s}.projection_checkpoints \
                   WHERE name = $1 OR left(name, length($1) + 1) = $1 || '#'"
-            ),
-            create_partitions: format!(
+            )),
+            create_partitions: sql(format!(
                 "INSERT INTO {s}.projection_checkpoints \
                         (name, transaction_id, global_position, events_processed) \
                  SELECT p, 0, 0, 0 FROM unnest($2::text[]) p ON CONFLICT (name) DO NOTHING"
-            ),
-            delete_checkpoints: format!(
+            )),
+            delete_checkpoints: sql(format!(
                 "DELETE FROM {s}.projection_checkpoints WHERE name = ANY($1::text[])"
-            ),
+            )),
             xact_lock: "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
             shared_lock: "SELECT pg_advisory_lock_shared(hashtextextended($1, 0))",
             shared_holders: "SELECT l.pid FROM pg_locks l \
@@ -257,14 +266,14 @@ impl ProjectionSql {
                    AND l.classid::bigint = (k.key >> 32) & 4294967295 \
                    AND l.objid::bigint = k.key & 4294967295 \
                  ORDER BY l.pid",
-            standby_reports: format!(
+            standby_reports: sql(format!(
                 "SELECT r.name, r.instance_id, r.standby, r.standby_lag_bytes, \
                         r.standby_lag_seconds, r.standby_paused, \
                         extract(epoch FROM now() - r.standby_measured_at)::float8 \
                    FROM {s}.projection_runners r \
                   WHERE r.standby IS NOT NULL AND r.state <> 'stopped' AND {ALIVE} \
                   ORDER BY r.name COLLATE \"C\", r.started_at, r.instance_id"
-            ),
+            )),
         }
     }
 }
