@@ -6,7 +6,6 @@
 //! version order.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chronik_core::{FeedCursor, RecordedEvent};
@@ -20,6 +19,7 @@ use rand::Rng as _;
 use rand_chacha::ChaCha8Rng;
 use sqlx::postgres::PgPoolOptions;
 
+use crate::projection::{Injected, InjectedFaults};
 use crate::world::{C, World, between};
 
 /// The projection's name (its partitions' checkpoints are `torture_parts#<i>/4`).
@@ -43,25 +43,21 @@ CREATE TABLE torture_partitioned (
 /// fails one call in `fail_one_in` (a panic every other time), after its write.
 #[derive(Debug)]
 pub(crate) struct PartitionedProjection {
-    calls: AtomicU64,
-    fail_one_in: u64,
-    failures_enabled: AtomicBool,
+    faults: InjectedFaults,
     world: Arc<World>,
 }
 
 impl PartitionedProjection {
     pub(crate) fn new(world: Arc<World>, fail_one_in: u64) -> Self {
         Self {
-            calls: AtomicU64::new(0),
-            fail_one_in,
-            failures_enabled: AtomicBool::new(fail_one_in > 0),
+            faults: InjectedFaults::new(fail_one_in),
             world,
         }
     }
 
     /// Stops injecting handler failures (for the final catch-up).
     pub(crate) fn disable_failures(&self) {
-        self.failures_enabled.store(false, Ordering::Relaxed);
+        self.faults.disable();
     }
 }
 
@@ -83,19 +79,11 @@ impl PgProjection for PartitionedProjection {
         .bind(event.event_id.as_uuid())
         .execute(&mut **tx)
         .await?;
-        let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        if self.failures_enabled.load(Ordering::Relaxed)
-            && self.fail_one_in > 0
-            && n % self.fail_one_in == self.fail_one_in - 1
-        {
-            self.world.counts.inc(C::handler_failures);
-            if (n / self.fail_one_in) % 2 == 1 {
-                self.world.counts.inc(C::handler_panics);
-                panic!("injected handler panic");
-            }
-            return Err(HandlerFailure::new("injected handler failure"));
+        match self.faults.next(&self.world) {
+            Some(Injected::Panic) => panic!("injected handler panic"),
+            Some(Injected::Failure) => Err(HandlerFailure::new("injected handler failure")),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {

@@ -37,26 +37,72 @@ CREATE INDEX torture_projection_event_id_idx ON torture_projection (event_id);
 /// Records `(seq, stream, version, event id)` for every event, in the batch's transaction.
 #[derive(Debug)]
 pub(crate) struct TortureProjection {
-    calls: AtomicU64,
-    /// Fail one call in this many (0: never), to exercise the runner's retry path.
-    fail_one_in: u64,
-    failures_enabled: AtomicBool,
+    faults: InjectedFaults,
     world: Arc<World>,
 }
 
 impl TortureProjection {
     pub(crate) fn new(world: Arc<World>, fail_one_in: u64) -> Self {
         Self {
-            calls: AtomicU64::new(0),
-            fail_one_in,
-            failures_enabled: AtomicBool::new(fail_one_in > 0),
+            faults: InjectedFaults::new(fail_one_in),
             world,
         }
     }
 
     /// Stops injecting handler failures (for the final catch-up).
     pub(crate) fn disable_failures(&self) {
-        self.failures_enabled.store(false, Ordering::Relaxed);
+        self.faults.disable();
+    }
+}
+
+/// What a torture handler injects into one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Injected {
+    /// The handler returns an error.
+    Failure,
+    /// The handler panics.
+    Panic,
+}
+
+/// The handlers' injected faults: one call in `fail_one_in` fails (0: never), every other
+/// one of those by a panic, each counted in the world's counters; off for the final
+/// catch-up.
+#[derive(Debug)]
+pub(crate) struct InjectedFaults {
+    calls: AtomicU64,
+    fail_one_in: u64,
+    enabled: AtomicBool,
+}
+
+impl InjectedFaults {
+    pub(crate) fn new(fail_one_in: u64) -> Self {
+        Self {
+            calls: AtomicU64::new(0),
+            fail_one_in,
+            enabled: AtomicBool::new(fail_one_in > 0),
+        }
+    }
+
+    pub(crate) fn disable(&self) {
+        self.enabled.store(false, Ordering::Relaxed);
+    }
+
+    /// The fault for this call, if any (counted in `world`).
+    pub(crate) fn next(&self, world: &World) -> Option<Injected> {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        if !self.enabled.load(Ordering::Relaxed)
+            || self.fail_one_in == 0
+            || n % self.fail_one_in != self.fail_one_in - 1
+        {
+            return None;
+        }
+        world.counts.inc(C::handler_failures);
+        if (n / self.fail_one_in) % 2 == 1 {
+            world.counts.inc(C::handler_panics);
+            Some(Injected::Panic)
+        } else {
+            Some(Injected::Failure)
+        }
     }
 }
 
@@ -89,22 +135,16 @@ impl PgProjection for TortureProjection {
         tx: &mut PgTransaction,
         event: &RecordedEvent,
     ) -> Result<(), HandlerFailure> {
-        let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        if self.failures_enabled.load(Ordering::Relaxed)
-            && self.fail_one_in > 0
-            && n % self.fail_one_in == self.fail_one_in - 1
-        {
-            self.world.counts.inc(C::handler_failures);
-            // Every other injected failure is a panic, thrown after the event's write so
-            // that a runner which kept any part of the batch would show a duplicate.
-            if (n / self.fail_one_in) % 2 == 1 {
-                self.world.counts.inc(C::handler_panics);
+        match self.faults.next(&self.world) {
+            // A panic is thrown after the event's write, so that a runner which kept any
+            // part of the batch would show a duplicate.
+            Some(Injected::Panic) => {
                 self.insert(tx, event).await?;
                 panic!("injected handler panic");
             }
-            return Err(HandlerFailure::new("injected handler failure"));
+            Some(Injected::Failure) => Err(HandlerFailure::new("injected handler failure")),
+            None => self.insert(tx, event).await,
         }
-        self.insert(tx, event).await
     }
 
     async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
