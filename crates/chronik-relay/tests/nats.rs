@@ -20,6 +20,7 @@ use chronik_relay::{
 };
 use chronik_store::{CheckpointStore, EventStore, FeedFilter};
 use chronik_testkit::conformance::{event, stream};
+use chronik_testkit::nats_server::NatsServer;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -404,62 +405,16 @@ async fn relays_from_postgres_too(pool: sqlx::PgPool) {
     );
 }
 
-/// A `nats-server` without JetStream on a free loopback port, killed on drop.
-struct PlainServer {
-    child: std::process::Child,
-    url: String,
-}
-
-impl PlainServer {
-    fn start() -> Self {
-        use std::io::BufRead as _;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("nats-server must be installed (.ci/run installs it)");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        // nats-server logs to stderr and says when it accepts connections.
-        loop {
-            let line = lines
-                .next()
-                .expect("nats-server exited before it was ready")
-                .unwrap();
-            if line.contains("Server is ready") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for PlainServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_server_without_jetstream_is_named_as_such() {
-    let server = PlainServer::start();
-    let err = NatsRelay::connect(RelayConfig::new(server.url.clone()))
+    let server = NatsServer::start_without_jetstream().unwrap();
+    let err = NatsRelay::connect(RelayConfig::new(server.url()))
         .await
         .unwrap_err();
     assert!(matches!(err, RelayError::NoJetStream { .. }), "{err:?}");
     let message = err.to_string();
     assert!(
-        message.contains(&server.url) && message.contains("-js"),
+        message.contains(&server.url()) && message.contains("-js"),
         "{message}"
     );
 }
@@ -504,88 +459,9 @@ async fn an_existing_stream_with_a_short_duplicate_window_is_refused() {
     assert!(err.to_string().contains("do not cover"), "{err}");
 }
 
-/// A `nats-server -js` of this test's own on a free loopback port, with its JetStream store
-/// in a directory of its own: stopped (SIGTERM, as a restart does) and started again on the
-/// same port and store; killed and removed on drop.
-struct OwnServer {
-    child: Option<std::process::Child>,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl OwnServer {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("chronik-nats-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self {
-            child: None,
-            port,
-            dir,
-        };
-        server.run();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server and returns once it accepts connections.
-    fn run(&mut self) {
-        use std::io::BufRead as _;
-        let mut child = std::process::Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .arg("-sd")
-            .arg(&self.dir)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("nats-server must be installed (.ci/run installs it)");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("nats-server exited before it was ready")
-                .unwrap();
-            if line.contains("Server is ready") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        self.child = Some(child);
-    }
-
-    /// Stops it as a restart does (SIGTERM: it shuts down cleanly, closing every
-    /// connection) and waits until it has exited.
-    fn stop(&mut self) {
-        let mut child = self.child.take().unwrap();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restarted_mid_publish_loses_nothing_and_stores_nothing_twice() {
-    let mut server = OwnServer::start();
+    let mut server = NatsServer::start().unwrap();
     let store = Arc::new(MemoryStore::new());
     let (prefix, name) = unique();
     let config = RelayConfig::new(server.url())
@@ -629,9 +505,9 @@ async fn a_server_restarted_mid_publish_loses_nothing_and_stores_nothing_twice()
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The connection drops with publishes in flight; the server comes back on its store.
-    tokio::task::block_in_place(|| server.stop());
+    tokio::task::block_in_place(|| server.stop()).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    tokio::task::block_in_place(|| server.run());
+    tokio::task::block_in_place(|| server.run()).unwrap();
     writer.await.unwrap();
 
     let head = store.feed_head().await.unwrap().last.unwrap();

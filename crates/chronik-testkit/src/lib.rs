@@ -6,6 +6,8 @@
 //! - [`strategies`]: proptest strategies for ids, payloads and any aggregate's histories.
 //! - [`replica`]: a throwaway primary cluster and a hot standby of it, for tests of
 //!   standby-fed readers (needs PostgreSQL's server binaries).
+//! - [`nats_server`]: a throwaway `nats-server` (with or without JetStream) that a test
+//!   restarts, for tests of the relay under a dropped connection.
 //! - [`Interloper`]: a store wrapper that lets a competing writer in between a command's
 //!   load and its append, to race a real concurrent write.
 //! - [`SpanCapture`]: a `tracing` layer recording every span and event, to check what
@@ -14,6 +16,7 @@
 pub mod conformance;
 mod gwt;
 mod interloper;
+pub mod nats_server;
 pub mod projections;
 pub mod replica;
 mod spans;

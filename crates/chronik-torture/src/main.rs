@@ -11,9 +11,15 @@
 
 mod faults;
 mod model;
+// A throwaway nats-server for the relay's faults, shared with the tests (std only; by
+// path, since a binary must not depend on the testkit).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../chronik-testkit/src/nats_server.rs"]
+mod nats_server;
 mod partitions;
 mod projection;
 mod reactor;
+mod relay;
 mod workload;
 mod world;
 
@@ -73,6 +79,10 @@ struct Args {
     /// `pg_ctlcluster --skip-systemctl-redirect 15 main restart`. Never by default.
     #[arg(long, env = "CHRONIK_TORTURE_RESTART_CMD")]
     restart_cmd: Option<String>,
+    /// Leave the relay to NATS JetStream out (it needs `nats-server` on the PATH, which
+    /// the harness starts on a free port of its own and restarts).
+    #[arg(long)]
+    no_relay: bool,
     /// Where the JSON summary goes.
     #[arg(long, default_value = "target/torture")]
     out: PathBuf,
@@ -289,6 +299,19 @@ async fn run() -> anyhow::Result<bool> {
         }
     };
     println!("{restart_note}");
+    let nats = if args.no_relay {
+        println!("relay to NATS JetStream: SKIPPED (--no-relay)");
+        None
+    } else {
+        let server = relay::start_server().await.context(
+            "cannot start the relay's NATS server (install nats-server, or pass --no-relay)",
+        )?;
+        println!(
+            "relay to NATS JetStream: on (a nats-server -js of its own at {}, restarted now and then)",
+            server.lock().map_or_else(|_| String::new(), |s| s.url())
+        );
+        Some(server)
+    };
 
     let world = Arc::new(World::new(plan.clone(), store.clone(), tiny, holder));
     let torture = Arc::new(TortureProjection::new(Arc::clone(&world), 97));
@@ -335,6 +358,13 @@ async fn run() -> anyhow::Result<bool> {
         reactor_store.clone(),
         reactor,
     ));
+    if let Some(server) = &nats {
+        faults.spawn(relay::relay_chaos(
+            Arc::clone(&world),
+            projection_store.clone(),
+            Arc::clone(server),
+        ));
+    }
     let (final_sample, final_sample_rx) = tokio::sync::oneshot::channel();
     let sampler = tokio::spawn(projection::sampler(
         Arc::clone(&world),
@@ -430,6 +460,18 @@ async fn run() -> anyhow::Result<bool> {
     {
         settle_problems.push(why);
     }
+    let mut relayed = None;
+    if let Some(server) = &nats {
+        match relay::catch_up(&world, &projection_store, server, Duration::from_secs(60)).await {
+            Ok(()) => match relay::read_back(server).await {
+                Ok(messages) => relayed = Some(messages),
+                Err(e) => {
+                    settle_problems.push(format!("cannot read the relay's stream back: {e:#}"));
+                }
+            },
+            Err(why) => settle_problems.push(why),
+        }
+    }
     let _ = final_sample.send(());
     let _ = sampler.await;
 
@@ -461,6 +503,7 @@ async fn run() -> anyhow::Result<bool> {
         runner_stops: world.counts.get(C::runner_stops),
         runner_crashes: world.runner_crashes(),
         reactions,
+        relayed,
     };
     let checks = model::check(&observed);
     let passed = settle_problems.is_empty() && checks.iter().all(model::CheckResult::passed);
@@ -554,13 +597,30 @@ async fn run() -> anyhow::Result<bool> {
         c.get(C::partition_workers_stopped),
         c.get(C::partition_workers_started),
     );
+    if nats.is_some() {
+        println!(
+            "relay {:?}: {} killed ({} with events in JetStream beyond its checkpoint, {} while \
+             NATS was down) and {} stopped of {} started; NATS server restarted {}x; {} \
+             publishes sent again, {} discarded by JetStream as duplicates",
+            relay::STREAM,
+            c.get(C::relay_kills),
+            c.get(C::relay_kills_mid_batch),
+            c.get(C::relay_kills_during_outage),
+            c.get(C::relay_stops),
+            c.get(C::relay_starts),
+            c.get(C::nats_restarts),
+            c.get(C::relay_resends),
+            c.get(C::relay_duplicates),
+        );
+    }
     println!(
-        "events verified: {} stored, {} in the feed, {} projected, {} projected by partitions; \
-         {} checkpoint samples",
+        "events verified: {} stored, {} in the feed, {} projected, {} projected by partitions, \
+         {} in JetStream; {} checkpoint samples",
         observed.stored.len(),
         observed.feed.len(),
         observed.projection.len(),
         observed.partitioned.as_ref().map_or(0, Vec::len),
+        observed.relayed.as_ref().map_or(0, Vec::len),
         observed.samples
     );
     println!("checks:");
@@ -606,6 +666,7 @@ async fn run() -> anyhow::Result<bool> {
         "operations": world.ops(),
         "prepared_transactions": max_prepared > 0,
         "restart_cmd": args.restart_cmd.is_some(),
+        "relay": nats.is_some(),
         "counts": c
             .all()
             .into_iter()
@@ -615,6 +676,7 @@ async fn run() -> anyhow::Result<bool> {
             "stored": observed.stored.len(),
             "feed": observed.feed.len(),
             "projected": observed.projection.len(),
+            "relayed": observed.relayed.as_ref().map(Vec::len),
         },
         "checks": checks,
         "settle_problems": settle_problems,
@@ -643,6 +705,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
     }
     if let Some(r) = &args.restart_cmd {
         cmd.push_str(&format!(" --restart-cmd {r:?}"));
+    }
+    if args.no_relay {
+        cmd.push_str(" --no-relay");
     }
     cmd
 }

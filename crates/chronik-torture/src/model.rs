@@ -140,6 +140,22 @@ pub(crate) struct Observed {
     /// The reaction every stored trigger the reactor selects must have: its id, with the
     /// trigger's id and the stream the reaction belongs in.
     pub(crate) reactions: HashMap<Uuid, (Uuid, String)>,
+    /// Every message of the relay's JetStream stream, in the stream's order (`None`: the
+    /// relay was not run).
+    pub(crate) relayed: Option<Vec<RelayedMessage>>,
+}
+
+/// A message of the relay's JetStream stream, from its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RelayedMessage {
+    /// Its sequence number in the JetStream stream (the order JetStream stored it in).
+    pub(crate) seq: u64,
+    /// `Chronik-Stream-Id`.
+    pub(crate) stream: String,
+    /// `Chronik-Stream-Version`.
+    pub(crate) version: u64,
+    /// `Nats-Msg-Id`: the event id.
+    pub(crate) event_id: Uuid,
 }
 
 /// The result of one check.
@@ -189,6 +205,7 @@ pub(crate) fn check(o: &Observed) -> Vec<CheckResult> {
         multi_stream_appends_are_one_transaction(o),
         runners_survive_their_handlers(o),
         reactions_exactly_once(o),
+        relayed_exactly_once(o),
     ]
 }
 
@@ -482,6 +499,18 @@ fn per_stream_order<'a>(
     }
 }
 
+/// Checks that `seen`, `(stream, version, event id)` in the order applied or stored, holds
+/// each stored event exactly once and nothing else, each stream's versions in order.
+fn exactly_once_in_order<'a>(
+    what: &str,
+    stored: &[StoredEvent],
+    seen: impl Iterator<Item = (&'a str, u64, &'a Uuid)> + Clone,
+    bad: &mut Vec<String>,
+) {
+    exactly_once(what, stored, seen.clone().map(|(_, _, id)| id), bad);
+    per_stream_order(what, seen.map(|(s, v, _)| (s, v)), bad);
+}
+
 /// The feed from the start holds every stored event exactly once, in increasing cursor
 /// order, with each stream's versions in order.
 pub(crate) fn feed_exactly_once(o: &Observed) -> CheckResult {
@@ -517,15 +546,11 @@ pub(crate) fn projection_exactly_once(o: &Observed) -> CheckResult {
     let mut bad = Vec::new();
     let mut rows: Vec<&ProjectedEvent> = o.projection.iter().collect();
     rows.sort_by_key(|r| r.seq);
-    exactly_once(
+    exactly_once_in_order(
         "projection",
         &o.stored,
-        rows.iter().map(|r| &r.event_id),
-        &mut bad,
-    );
-    per_stream_order(
-        "projection",
-        rows.iter().map(|r| (r.stream.as_str(), r.version)),
+        rows.iter()
+            .map(|r| (r.stream.as_str(), r.version, &r.event_id)),
         &mut bad,
     );
     CheckResult::new(
@@ -543,15 +568,11 @@ pub(crate) fn partitioned_exactly_once(o: &Observed) -> CheckResult {
     if o.partitioned.is_some() {
         let mut rows: Vec<&ProjectedEvent> = rows.iter().collect();
         rows.sort_by_key(|r| r.seq);
-        exactly_once(
+        exactly_once_in_order(
             "partitioned projection",
             &o.stored,
-            rows.iter().map(|r| &r.event_id),
-            &mut bad,
-        );
-        per_stream_order(
-            "partitioned projection",
-            rows.iter().map(|r| (r.stream.as_str(), r.version)),
+            rows.iter()
+                .map(|r| (r.stream.as_str(), r.version, &r.event_id)),
             &mut bad,
         );
     }
@@ -689,6 +710,46 @@ pub(crate) fn reactions_exactly_once(o: &Observed) -> CheckResult {
     )
 }
 
+/// The relay (killed mid-batch, its NATS server restarted under it) stored every committed
+/// event exactly once in JetStream, with the stream and version it has in the store, each
+/// stream in version order.
+pub(crate) fn relayed_exactly_once(o: &Observed) -> CheckResult {
+    let mut bad = Vec::new();
+    let messages = o.relayed.as_deref().unwrap_or_default();
+    if o.relayed.is_some() {
+        let mut messages: Vec<&RelayedMessage> = messages.iter().collect();
+        messages.sort_by_key(|m| m.seq);
+        exactly_once_in_order(
+            "JetStream stream",
+            &o.stored,
+            messages
+                .iter()
+                .map(|m| (m.stream.as_str(), m.version, &m.event_id)),
+            &mut bad,
+        );
+        let stored = by_id(&o.stored);
+        for m in &messages {
+            if let Some([e]) = stored.get(&m.event_id).map(Vec::as_slice)
+                && (e.stream != m.stream || e.version != m.version)
+            {
+                bad.push(format!(
+                    "JetStream message {} says {} v{} for {}, stored as {} v{}",
+                    m.seq, m.stream, m.version, m.event_id, e.stream, e.version
+                ));
+            }
+        }
+    }
+    CheckResult::new(
+        "the relay stored every committed event in JetStream exactly once, in per-stream order",
+        if o.relayed.is_some() {
+            format!("{} JetStream messages", messages.len())
+        } else {
+            "not run".to_owned()
+        },
+        bad,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -817,6 +878,49 @@ mod tests {
             "{:?}",
             failing(&o)
         );
+    }
+
+    fn relayed(stored: &[StoredEvent]) -> Vec<RelayedMessage> {
+        stored
+            .iter()
+            .enumerate()
+            .map(|(i, e)| RelayedMessage {
+                seq: i as u64 + 1,
+                stream: e.stream.clone(),
+                version: e.version,
+                event_id: e.event_id,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_relayed_event_lost_stored_twice_or_out_of_order_is_reported() {
+        let name = relayed_exactly_once(&healthy()).name;
+        let mut o = healthy();
+        o.relayed = Some(relayed(&o.stored));
+        assert_eq!(failing(&o), Vec::<&str>::new());
+
+        let mut lost = o.clone();
+        lost.relayed.as_mut().unwrap().remove(1);
+        assert_eq!(failing(&lost), [name]);
+        assert!(relayed_exactly_once(&lost).examples[0].contains("missing"));
+
+        let mut twice = o.clone();
+        let mut again = twice.relayed.as_ref().unwrap()[0].clone();
+        again.seq = 9;
+        twice.relayed.as_mut().unwrap().push(again);
+        assert_eq!(failing(&twice), [name]);
+        assert!(relayed_exactly_once(&twice).examples[0].contains("2 times"));
+
+        let mut swapped = o.clone();
+        let m = swapped.relayed.as_mut().unwrap();
+        (m[0].seq, m[1].seq) = (m[1].seq, m[0].seq);
+        assert_eq!(failing(&swapped), [name]);
+        assert!(relayed_exactly_once(&swapped).examples[0].contains("right after"));
+
+        let mut mislabelled = o.clone();
+        mislabelled.relayed.as_mut().unwrap()[2].version = 7;
+        assert_eq!(failing(&mislabelled), [name]);
     }
 
     #[test]

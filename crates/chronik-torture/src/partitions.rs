@@ -113,6 +113,28 @@ struct Worker {
     store: PgEventStore,
 }
 
+/// A store on a pool of `max` sessions of its own (as another process would have), made
+/// from `like`'s connection options; `None` (with a warning naming `whose`) when it cannot
+/// connect for now (a fault).
+pub(crate) async fn own_pool(like: &PgEventStore, max: u32, whose: &str) -> Option<PgEventStore> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .connect_with(like.pool().connect_options().as_ref().clone())
+        .await;
+    match pool {
+        Ok(pool) => Some(PgEventStore::from_pool_with(
+            pool,
+            &PgStoreConfig::default(),
+        )),
+        Err(e) => {
+            eprintln!("warning: cannot open {whose}'s pool: {e}");
+            None
+        }
+    }
+}
+
 /// Starts a worker on a pool of its own, made from `like`'s connection options.
 async fn start(
     like: &PgEventStore,
@@ -120,19 +142,7 @@ async fn start(
     options: PgRunnerOptions,
     world: &World,
 ) -> Option<Worker> {
-    let pool = PgPoolOptions::new()
-        .max_connections(6)
-        .acquire_timeout(Duration::from_secs(10))
-        .test_before_acquire(false)
-        .connect_with(like.pool().connect_options().as_ref().clone())
-        .await;
-    let store = match pool {
-        Ok(pool) => PgEventStore::from_pool_with(pool, &PgStoreConfig::default()),
-        Err(e) => {
-            eprintln!("warning: cannot open a partitioned worker's pool: {e}");
-            return None;
-        }
-    };
+    let store = own_pool(like, 6, "a partitioned worker").await?;
     let partitions = Partitions::new(PARTITIONS).ok()?;
     let spawned = PgPartitionedRunner::new(store.clone(), Arc::clone(projection), partitions)
         .with_options(options)

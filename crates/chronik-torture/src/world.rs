@@ -74,6 +74,14 @@ counters!(
     partition_workers_started,
     partition_workers_killed,
     partition_workers_stopped,
+    relay_starts,
+    relay_kills,
+    relay_kills_mid_batch,
+    relay_kills_during_outage,
+    relay_stops,
+    relay_resends,
+    relay_duplicates,
+    nats_restarts,
 );
 
 /// The run's counters.
