@@ -204,9 +204,7 @@ pub(crate) async fn run(
                 )),
             }
         }
-        standbys = chronik_postgres::standby_reports(store)
-            .await
-            .context("cannot read which runners read from a hot standby")?;
+        standbys = projections::standby_reports(store).await?;
         standby_lines(&standbys, limits, &mut out, &mut problems, &mut warnings);
     } else {
         out.push("  projections  not checked: the schema is not migrated".to_owned());
@@ -245,15 +243,7 @@ pub(crate) async fn run(
             } else {
                 Value::Null
             },
-            "standbys": standbys.iter().map(|r| json!({
-                "projection": r.projection,
-                "instance": r.instance.to_string(),
-                "standby": r.standby,
-                "lag_bytes": r.lag_bytes,
-                "lag_seconds": r.lag_seconds,
-                "paused": r.paused,
-                "measured_seconds_ago": r.measured_seconds_ago,
-            })).collect::<Vec<_>>(),
+            "standbys": standbys.iter().map(projections::standby_json).collect::<Vec<_>>(),
             "shadows": shadows.iter().map(|sh| json!({
                 "projection": sh.projection,
                 "checkpoint": sh.checkpoint.map(|c| c.to_string()),
@@ -360,19 +350,7 @@ fn standby_lines(
         count(reports.len() as u64, "runner")
     ));
     for r in reports {
-        let lag = match (r.lag_bytes, r.lag_seconds) {
-            (Some(b), Some(s)) => format!("{} of WAL behind ({s:.1} s)", count(b, "byte")),
-            (Some(b), None) => format!("{} of WAL behind", count(b, "byte")),
-            _ => "not measured yet".to_owned(),
-        };
-        let paused = if r.paused { ", replay paused" } else { "" };
-        let age = r
-            .measured_seconds_ago
-            .map_or_else(String::new, |a| format!(", measured {a:.1} s ago"));
-        out.push(format!(
-            "               {} reads {}: {lag}{paused}{age}",
-            r.projection, r.standby
-        ));
+        out.push(format!("               {}", projections::standby_line(r)));
         if r.paused {
             problems.push(format!(
                 "the hot standby {} that projection {} reads is paused \

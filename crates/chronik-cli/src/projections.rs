@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chronik_postgres::{
     HolderKind, HorizonHolder, PgEventStore, PgProjectionError, PgRebuildProgress,
-    PgRunnerInstance, ProjectionReport, RebuildOutcome, RebuildRecord,
+    PgRunnerInstance, ProjectionReport, RebuildOutcome, RebuildRecord, StandbyReport,
 };
 use chronik_store::EventStore as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -49,15 +49,55 @@ pub(crate) async fn reports(store: &PgEventStore) -> anyhow::Result<Vec<Projecti
         .context("cannot read the projections' status")
 }
 
-/// Prints the status table (or JSON) of every projection in `store`'s schema.
+/// Every live runner that reads the feed from a hot standby, with its last measure of it.
+pub(crate) async fn standby_reports(store: &PgEventStore) -> anyhow::Result<Vec<StandbyReport>> {
+    chronik_postgres::standby_reports(store)
+        .await
+        .context("cannot read which runners read from a hot standby")
+}
+
+/// What a standby-fed runner last measured of its hot standby (`projections status`,
+/// `doctor`): `orders reads 127.0.0.1:5433: 1,024 bytes of WAL behind (0.3 s), measured
+/// 0.5 s ago`.
+pub(crate) fn standby_line(r: &StandbyReport) -> String {
+    let lag = match (r.lag_bytes, r.lag_seconds) {
+        (Some(b), Some(s)) => format!("{} of WAL behind ({s:.1} s)", count(b, "byte")),
+        (Some(b), None) => format!("{} of WAL behind", count(b, "byte")),
+        _ => "not measured yet".to_owned(),
+    };
+    let paused = if r.paused { ", replay paused" } else { "" };
+    let age = r
+        .measured_seconds_ago
+        .map_or_else(String::new, |a| format!(", measured {a:.1} s ago"));
+    format!("{} reads {}: {lag}{paused}{age}", r.projection, r.standby)
+}
+
+/// A standby-fed runner's last measure of its hot standby as JSON.
+pub(crate) fn standby_json(r: &StandbyReport) -> Value {
+    json!({
+        "projection": r.projection,
+        "instance": r.instance.to_string(),
+        "standby": r.standby,
+        "lag_bytes": r.lag_bytes,
+        "lag_seconds": r.lag_seconds,
+        "paused": r.paused,
+        "measured_seconds_ago": r.measured_seconds_ago,
+    })
+}
+
+/// Prints the status table (or JSON) of every projection in `store`'s schema, then the
+/// replication lag of the hot standbys that runners read the feed from.
 pub(crate) async fn status(store: &PgEventStore, json: bool) -> anyhow::Result<()> {
     let reports = reports(store).await?;
     let blocker = horizon_blocker(store).await?;
+    let standbys = standby_reports(store).await?;
     let mut out = io::stdout().lock();
     if json {
         let doc = json!({
             "schema": store.schema().as_str(),
             "projections": reports.iter().map(report_json).collect::<Vec<_>>(),
+            // As in `doctor --json`: the runners reading a hot standby, with its lag.
+            "standbys": standbys.iter().map(standby_json).collect::<Vec<_>>(),
             "held_back_by": blocker.as_ref().map(holder_json),
         });
         writeln!(out, "{doc}")?;
@@ -95,6 +135,9 @@ pub(crate) async fn status(store: &PgEventStore, json: bool) -> anyhow::Result<(
         {
             writeln!(out, "{line}")?;
         }
+    }
+    for r in &standbys {
+        writeln!(out, "hot standby: {}", standby_line(r))?;
     }
     if let Some(h) = &blocker {
         writeln!(

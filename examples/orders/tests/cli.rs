@@ -3431,8 +3431,8 @@ fn projections_run_refuses_a_standby_url_that_is_no_standby() {
 }
 
 /// `projections run --standby-url` on a throwaway primary and its hot standby: the Orders
-/// read model built from the standby's feed, written to the primary; doctor lists the runner
-/// with its standby's lag while it runs.
+/// read model built from the standby's feed, written to the primary; doctor and
+/// `projections status` (text and JSON) list the runner with its standby's lag while it runs.
 #[test]
 fn projections_run_reads_the_feed_from_a_hot_standby_and_doctor_reports_its_lag() {
     let replica = chronik::testkit::replica::Replica::start().expect("a primary and a standby");
@@ -3495,12 +3495,32 @@ fn projections_run_reads_the_feed_from_a_hot_standby_and_doctor_reports_its_lag(
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
+    // So does `projections status`, as text and as JSON, from the same measure.
+    let (code, status, stderr) = run(&["projections", "status"]);
+    let (json_code, status_json, json_stderr) = run(&["projections", "status", "--json"]);
     let _ = follower.kill();
     let _ = follower.wait();
     assert!(
         report.contains("1 runner reading the feed from a hot standby"),
         "{report}"
     );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        status.contains(&format!("hot standby: {line}")) && status.contains("of WAL behind"),
+        "{status}"
+    );
+    assert_eq!(json_code, Some(0), "{json_stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&status_json).expect("one JSON object");
+    let standbys = doc["standbys"].as_array().expect("a standbys array");
+    assert_eq!(standbys.len(), 1, "{doc}");
+    assert_eq!(standbys[0]["projection"], "orders", "{doc}");
+    assert_eq!(
+        standbys[0]["standby"],
+        format!("127.0.0.1:{}", replica.standby_port()),
+        "{doc}"
+    );
+    assert!(standbys[0]["lag_bytes"].is_u64(), "{doc}");
+    assert_eq!(standbys[0]["paused"], false, "{doc}");
 }
 
 /// While it follows the feed, `relay nats` listens for the notifications writers send after
