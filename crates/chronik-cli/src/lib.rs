@@ -645,8 +645,11 @@ struct NatsArgs {
     /// Publish payloads as stored instead of upcast through the registered upcasters.
     #[arg(long)]
     raw: bool,
-    /// Stop once everything in the feed at the start is published and acknowledged
-    /// (a one-off backfill) instead of following the feed until Ctrl-C.
+    #[command(flatten)]
+    standby: Standby,
+    /// Stop once everything in the primary's feed at the start is published and
+    /// acknowledged (a one-off backfill; however far a standby lags) instead of following
+    /// the feed until Ctrl-C.
     #[arg(long)]
     until_caught_up: bool,
     /// Wake on `NOTIFY` on this channel (what `append` sends after its commit, and what a
@@ -679,6 +682,22 @@ struct GrantArgs {
     print: bool,
     #[command(flatten)]
     database: Database,
+}
+
+/// `--standby-url` of the commands that read the feed (`projections run`, `relay nats`).
+#[derive(Debug, Args)]
+struct Standby {
+    /// Read the feed from this hot standby (a streaming replica of the database) instead
+    /// of the primary; the read model, checkpoint and status stay on the primary. Still
+    /// gap-free: it polls the standby (which cannot LISTEN), waits while it lags or is
+    /// paused, and refuses it once promoted.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CHRONIK_STANDBY_URL",
+        hide_env_values = true
+    )]
+    standby_url: Option<String>,
 }
 
 /// Options of `console`.
@@ -983,17 +1002,8 @@ struct RebuildArgs {
 struct RunArgs {
     /// The projection to run (one the binary registered).
     name: String,
-    /// Read the feed from this hot standby (a streaming replica of the database) instead
-    /// of the primary; the read model, checkpoint and status stay on the primary. The runner
-    /// polls it (a standby cannot LISTEN), waits while it lags or is paused, and refuses it
-    /// once promoted; `doctor` reports its replication lag.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "CHRONIK_STANDBY_URL",
-        hide_env_values = true
-    )]
-    standby_url: Option<String>,
+    #[command(flatten)]
+    standby: Standby,
     /// Stop once the checkpoint reaches the head of the primary's feed at the start
     /// (however far the standby lags) instead of running until Ctrl-C.
     #[arg(long)]
@@ -1266,6 +1276,7 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 stream_name: args.stream_name,
                 name: args.name,
                 raw: args.raw,
+                standby_url: args.standby.standby_url,
                 until_caught_up: args.until_caught_up,
                 listen: args.listen,
             };
@@ -1361,7 +1372,7 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 registry,
                 &store,
                 projection,
-                args.standby_url,
+                args.standby.standby_url,
                 args.until_caught_up,
             )
             .await

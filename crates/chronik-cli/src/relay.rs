@@ -1,16 +1,18 @@
 //! `relay nats`: the feed published to NATS JetStream until Ctrl-C (or, with
-//! `--until-caught-up`, up to the feed's head at the start).
+//! `--until-caught-up`, up to the feed's head at the start), read from the primary or, with
+//! `--standby-url`, from a hot standby of it.
 
 use std::io::Write as _;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chronik_postgres::PgEventStore;
-use chronik_projections::ProjectionState;
+use chronik_core::UpcasterRegistry;
+use chronik_postgres::{PgEventStore, PgWakeSource};
+use chronik_projections::{ProjectionState, RunnerHandle};
 use chronik_relay::{NatsRelay, PayloadMode, RelayConfig, RelayError, SubjectPrefix};
-use chronik_store::EventStore as _;
+use chronik_store::{CheckpointStore, EventStore};
 
-use crate::{Registry, Usage};
+use crate::{Registry, Usage, runner};
 
 /// What `relay nats` was asked for.
 pub(crate) struct Options {
@@ -21,9 +23,25 @@ pub(crate) struct Options {
     pub(crate) stream_name: Option<String>,
     pub(crate) name: Option<String>,
     pub(crate) raw: bool,
+    /// Read the feed from this hot standby of the database instead.
+    pub(crate) standby_url: Option<String>,
     pub(crate) until_caught_up: bool,
     /// The channel whose notifications wake the relay (it polls too).
     pub(crate) listen: String,
+}
+
+/// Starts `relay`'s runner over `store` (the primary, or its feed read from a standby).
+fn start<S: EventStore + CheckpointStore + 'static>(
+    relay: &Arc<NatsRelay>,
+    store: Arc<S>,
+    upcasters: Option<Arc<UpcasterRegistry>>,
+    wake: Option<PgWakeSource>,
+) -> anyhow::Result<RunnerHandle> {
+    let mut runner = Arc::clone(relay).runner(store, upcasters);
+    if let Some(wake) = wake {
+        runner = runner.with_wake(wake);
+    }
+    runner.start().context("cannot start the relay's runner")
 }
 
 pub(crate) fn parse_prefix(text: &str) -> Result<SubjectPrefix, String> {
@@ -50,13 +68,14 @@ pub(crate) async fn nats(
     if let Some(n) = options.name {
         config = config.name(n);
     }
+    let standby = runner::connect_standby(&store, options.standby_url).await?;
     let relay = match NatsRelay::connect(config.clone()).await {
         Ok(r) => Arc::new(r),
         Err(e @ RelayError::InvalidConfig(_)) => return Err(Usage(e.to_string()).into()),
         Err(e) => return Err(anyhow::Error::new(e).context("cannot start the relay")),
     };
     let name = relay.projection_name().to_owned();
-    let store = Arc::new(store);
+    // The primary's head: what a standby has not replayed yet is still to be relayed.
     let head = if options.until_caught_up {
         Some(
             store
@@ -70,9 +89,13 @@ pub(crate) async fn nats(
     };
     {
         let mut out = std::io::stdout().lock();
+        let source = standby.as_ref().map_or_else(
+            || "the primary".to_owned(),
+            |s| format!("the hot standby at {}", s.endpoint()),
+        );
         writeln!(
             out,
-            "relaying schema {} to stream {} ({}) at {} as projection {name}, woken by NOTIFY {} ({})",
+            "relaying schema {} from {source} to stream {} ({}) at {} as projection {name}, woken by NOTIFY {} ({})",
             store.schema(),
             relay.stream_name(),
             relay.prefix().wildcard(),
@@ -86,16 +109,21 @@ pub(crate) async fn nats(
         )?;
         out.flush()?;
     }
-    let mut runner = Arc::clone(&relay).runner(Arc::clone(&store), registry.upcasters.clone());
-    // Woken by NOTIFY after commits, polling as the fallback: a channel it cannot listen on
-    // costs latency (at most the poll interval), never events.
-    match store.wake_source(&options.listen).await {
-        Ok(wake) => runner = runner.with_wake(wake),
+    // Woken by NOTIFY after commits (on the primary: a standby cannot LISTEN; there a
+    // notification is a hint after which it polls), polling as the fallback: a channel it
+    // cannot listen on costs latency (at most the poll interval), never events.
+    let wake = match store.wake_source(&options.listen).await {
+        Ok(wake) => Some(wake),
         Err(e) => {
             tracing::warn!(channel = %options.listen, error = %e, "cannot LISTEN; the relay polls only");
+            None
         }
-    }
-    let handle = runner.start().context("cannot start the relay's runner")?;
+    };
+    let upcasters = registry.upcasters.clone();
+    let handle = match standby {
+        None => start(&relay, Arc::new(store), upcasters, wake),
+        Some(standby) => start(&relay, Arc::new(standby.feed_of(store)), upcasters, wake),
+    }?;
     let mut status = handle
         .subscribe(&name)
         .context("the relay's runner has no status")?;

@@ -10,6 +10,29 @@ use chronik_store::{EventStore as _, StoreError};
 
 use crate::{RegisteredProjection, Registry, Usage};
 
+/// The hot standby of `store` at `url` (none when `url` is absent or blank), connected and
+/// checked to replicate `store`'s database: a URL that is no standby of it is a usage
+/// error (status 2), never shown.
+pub(crate) async fn connect_standby(
+    store: &PgEventStore,
+    url: Option<String>,
+) -> anyhow::Result<Option<PgStandby>> {
+    let Some(url) = url.filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let config = PgStoreConfig::with_schema(store.schema().clone());
+    let standby = match PgStandby::connect(&url, config).await {
+        Ok(s) => s,
+        Err(StoreError::InvalidRequest(why)) => return Err(Usage(why).into()),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot connect to the standby")),
+    };
+    match standby.check_replicates(store).await {
+        Ok(()) => Ok(Some(standby)),
+        Err(StoreError::InvalidRequest(why)) => Err(Usage(why).into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot check the standby")),
+    }
+}
+
 /// Runs `projection` on `store` until Ctrl-C or, with `until_caught_up`, until its
 /// checkpoint reaches the head of the primary's feed at the start: a standby that lags
 /// makes it wait, never stop early.
@@ -20,25 +43,7 @@ pub(crate) async fn run(
     standby_url: Option<String>,
     until_caught_up: bool,
 ) -> anyhow::Result<()> {
-    let standby = match standby_url.filter(|u| !u.trim().is_empty()) {
-        None => None,
-        Some(url) => {
-            let config = PgStoreConfig::with_schema(store.schema().clone());
-            let standby = match PgStandby::connect(&url, config).await {
-                Ok(s) => s,
-                Err(StoreError::InvalidRequest(why)) => return Err(Usage(why).into()),
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context("cannot connect to the standby"));
-                }
-            };
-            match standby.check_replicates(store).await {
-                Ok(()) => {}
-                Err(StoreError::InvalidRequest(why)) => return Err(Usage(why).into()),
-                Err(e) => return Err(anyhow::Error::new(e).context("cannot check the standby")),
-            }
-            Some(standby)
-        }
-    };
+    let standby = connect_standby(store, standby_url).await?;
     // The primary's head: what a standby has not replayed yet is still to be applied.
     let head = if until_caught_up {
         Some(

@@ -117,7 +117,7 @@ pub use roles::{
     APPLICATION_PRIVILEGES, ConnectedRole, READ_MODEL_PRIVILEGES, RoleName, application_role_sql,
     application_role_sql_with,
 };
-pub use standby::{PgStandby, StandbyLag, StandbyReport, standby_reports};
+pub use standby::{PgStandby, PgStandbyFeed, StandbyLag, StandbyReport, standby_reports};
 pub use store::PgEventStore;
 pub use transaction::PgStoreTransaction;
 pub use wake::PgWakeSource;

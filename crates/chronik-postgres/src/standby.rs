@@ -18,8 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chronik_core::FeedCursor;
-use chronik_store::{FeedFilter, FeedPage, StoreError};
+use chronik_core::{ExpectedVersion, FeedCursor, NewEvent, StreamId, Version};
+use chronik_store::{
+    AppendResult, Checkpoint, CheckpointStore, EventStore, EventStream, FeedFilter, FeedHead,
+    FeedPage, PayloadStream, SessionFuture, StoreError, StreamAppend,
+};
 use futures::TryStreamExt as _;
 use sqlx::Row;
 use uuid::Uuid;
@@ -302,6 +305,145 @@ impl PgStandby {
             replay_lsn,
             primary_lsn,
         })
+    }
+}
+
+impl PgStandby {
+    /// `primary`'s store with its feed read from this standby, for runners on the generic
+    /// engine (`chronik_projections::ProjectionRunner`, and so the NATS relay): see
+    /// [`PgStandbyFeed`].
+    #[must_use]
+    pub fn feed_of(&self, primary: PgEventStore) -> PgStandbyFeed {
+        PgStandbyFeed {
+            primary,
+            standby: self.clone(),
+        }
+    }
+}
+
+/// A primary's store whose feed is read from a hot standby of it ([`PgStandby::feed_of`]):
+/// what a runner of the generic engine (the NATS relay) is given to leave the feed reads to
+/// the standby, as [`PgProjectionRunner::with_standby`](crate::PgProjectionRunner::with_standby)
+/// does for the exactly-once runner.
+///
+/// Contract: [`EventStore::read_feed`] reads each page on the standby as
+/// [`PgProjectionRunner::with_standby`](crate::PgProjectionRunner::with_standby) does (one
+/// read-only recovery snapshot, a prefix of the primary's feed, so still gap-free; a
+/// promoted standby, another cluster or another database is refused), and
+/// [`EventStore::feed_head`] is the standby's head, never beyond what its pages can return
+/// (a filtered runner may advance its checkpoint to it). Everything else goes to the
+/// primary: appends, stream reads, [`EventStore::count_after`] (so a runner's lag counts
+/// what the standby has not replayed yet) and every checkpoint. A standby that lags or is
+/// paused makes the runner wait, never skip. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct PgStandbyFeed {
+    primary: PgEventStore,
+    standby: PgStandby,
+}
+
+impl PgStandbyFeed {
+    /// The primary's store.
+    #[must_use]
+    pub fn primary(&self) -> &PgEventStore {
+        &self.primary
+    }
+
+    /// The standby the feed is read from.
+    #[must_use]
+    pub fn standby(&self) -> &PgStandby {
+        &self.standby
+    }
+}
+
+impl EventStore for PgStandbyFeed {
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
+        self.primary.append(stream, expected, events)
+    }
+
+    fn append_streams(
+        &self,
+        appends: &[StreamAppend],
+    ) -> impl Future<Output = Result<Vec<AppendResult>, StoreError>> + Send {
+        self.primary.append_streams(appends)
+    }
+
+    fn read_stream(&self, stream: &StreamId, from: Version) -> EventStream<'_> {
+        self.primary.read_stream(stream, from)
+    }
+
+    fn read_payloads(&self, stream: &StreamId, from: Version) -> PayloadStream<'_> {
+        self.primary.read_payloads(stream, from)
+    }
+
+    fn session(&self) -> SessionFuture<'_> {
+        self.primary.session()
+    }
+
+    fn stream_version(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send {
+        self.primary.stream_version(stream)
+    }
+
+    async fn read_feed(
+        &self,
+        after: FeedCursor,
+        filter: &FeedFilter,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let (_, page) = self
+            .standby
+            .read_page(&self.primary, after, filter, limit, false)
+            .await?;
+        Ok(page)
+    }
+
+    fn feed_head(&self) -> impl Future<Output = Result<FeedHead, StoreError>> + Send {
+        // The standby's: its feed is a prefix of the primary's, and a promoted standby
+        // makes the next page fail before anything is applied.
+        self.standby.store.feed_head()
+    }
+
+    fn count_after(
+        &self,
+        after: FeedCursor,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        self.primary.count_after(after)
+    }
+}
+
+impl CheckpointStore for PgStandbyFeed {
+    fn load_checkpoint(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Checkpoint>, StoreError>> + Send {
+        self.primary.load_checkpoint(name)
+    }
+
+    fn save_checkpoint(
+        &self,
+        name: &str,
+        cursor: FeedCursor,
+        events_processed: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.primary.save_checkpoint(name, cursor, events_processed)
+    }
+
+    fn delete_checkpoint(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.primary.delete_checkpoint(name)
+    }
+
+    fn list_checkpoints(&self) -> impl Future<Output = Result<Vec<Checkpoint>, StoreError>> + Send {
+        self.primary.list_checkpoints()
     }
 }
 

@@ -528,3 +528,105 @@ async fn a_server_restarted_mid_publish_loses_nothing_and_stores_nothing_twice()
         event_ids(&feed(&*store).await)
     );
 }
+
+/// The relay fed from a hot standby (`PgStandby::feed_of`) of a throwaway primary, relaying
+/// one category: while the standby's replay is paused it publishes what the standby has and
+/// waits there (its checkpoint stays within the standby's feed, which a filtered runner
+/// advances to: never to the primary's head); resumed, it publishes the rest. Every
+/// selected event is in JetStream once, in feed order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_from_a_hot_standby_and_waits_while_it_is_paused() {
+    use chronik_postgres::{PgEventStore, PgStandby, PgStoreConfig};
+    let replica = tokio::task::spawn_blocking(chronik_testkit::replica::Replica::start)
+        .await
+        .unwrap()
+        .expect("a primary and a standby");
+    let primary = PgEventStore::connect(&replica.primary_url()).await.unwrap();
+    primary.migrate().await.unwrap();
+    let append = |n: usize| {
+        let primary = primary.clone();
+        async move {
+            for i in 0..n {
+                for category in ["order", "payment"] {
+                    primary
+                        .append(
+                            &stream(category),
+                            ExpectedVersion::NoStream,
+                            &[event("A", json!({ "i": i })), event("B", json!({}))],
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+            primary.feed_head().await.unwrap().last.unwrap()
+        }
+    };
+    let first_head = append(5).await;
+    let standby = PgStandby::connect(&replica.standby_url(), PgStoreConfig::default())
+        .await
+        .unwrap();
+    let feed_store = Arc::new(standby.feed_of(primary.clone()));
+    let (config, name) = fresh();
+    let relay = Arc::new(
+        NatsRelay::connect(config.categories(vec!["order".to_owned()]))
+            .await
+            .unwrap(),
+    );
+    let projection = relay.projection_name().to_owned();
+    let handle = Arc::clone(&relay)
+        .runner(Arc::clone(&feed_store), None)
+        .start()
+        .unwrap();
+    handle
+        .wait_for(&projection, first_head, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // Paused: the standby's feed stops where replay stopped; the primary goes on.
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(standby.store().pool())
+        .await
+        .unwrap();
+    let head = append(5).await;
+    let paused_at = standby.store().feed_head().await.unwrap().last.unwrap();
+    assert!(
+        paused_at < head,
+        "the paused standby must trail the primary"
+    );
+    let status = handle
+        .wait_for(&projection, paused_at, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        status.checkpoint < head,
+        "the checkpoint passed what the paused standby has: {status:?}"
+    );
+    let js = js().await;
+    let selected = |events: Vec<RecordedEvent>, upto: FeedCursor| {
+        events
+            .into_iter()
+            .filter(|e| e.stream_id.category() == "order" && e.cursor <= upto)
+            .collect::<Vec<_>>()
+    };
+    let all = feed(&primary).await;
+    assert_eq!(
+        msg_ids(&stored(&js, &name).await),
+        event_ids(&selected(all.clone(), paused_at)),
+        "only what the standby had is published"
+    );
+
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(standby.store().pool())
+        .await
+        .unwrap();
+    handle
+        .wait_for(&projection, head, Duration::from_secs(60))
+        .await
+        .unwrap();
+    handle.stop().await.unwrap();
+    assert_eq!(
+        msg_ids(&stored(&js, &name).await),
+        event_ids(&selected(all, head)),
+        "every selected event once, in feed order"
+    );
+}

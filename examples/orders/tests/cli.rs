@@ -3411,21 +3411,22 @@ fn relay_nats_names_an_unreachable_server_and_refuses_bad_prefixes() {
 }
 
 #[test]
-fn projections_run_refuses_a_standby_url_that_is_no_standby() {
+fn projections_run_and_relay_nats_refuse_a_standby_url_that_is_no_standby() {
     let schema = Schema::migrated();
     let url = database_url();
-    let out = schema.chronik(&[
-        "projections",
-        "run",
-        "orders",
-        "--standby-url",
-        &url,
-        "--until-caught-up",
-    ]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("is not a hot standby"), "{stderr}");
-    assert!(!stderr.contains(&url), "the URL is never shown: {stderr}");
+    let nats = nats_url();
+    for command in [
+        &["projections", "run", "orders"][..],
+        &["relay", "nats", "--url", &nats][..],
+    ] {
+        let mut args = command.to_vec();
+        args.extend(["--standby-url", &url, "--until-caught-up"]);
+        let out = schema.chronik(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {stderr}");
+        assert!(stderr.contains("is not a hot standby"), "{stderr}");
+        assert!(!stderr.contains(&url), "the URL is never shown: {stderr}");
+    }
     let out = schema.chronik(&["projections", "run", "no-such-projection"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
@@ -3472,6 +3473,38 @@ fn projections_run_reads_the_feed_from_a_hot_standby_and_doctor_reports_its_lag(
     );
     assert!(stdout.contains(&at), "{stdout}");
     assert!(stdout.contains("3 events processed in all"), "{stdout}");
+
+    // The relay reads the feed from the standby too.
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let stream = format!("CLITEST_S{tag}");
+    let (code, stdout, stderr) = run(&[
+        "relay",
+        "nats",
+        "--url",
+        &nats_url(),
+        "--stream-name",
+        &stream,
+        "--subject-prefix",
+        &format!("clitest.s{tag}"),
+        "--standby-url",
+        &standby,
+        "--until-caught-up",
+    ]);
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(async {
+            if let Ok(client) = chronik::relay::async_nats::connect(nats_url().as_str()).await {
+                let js = chronik::relay::async_nats::jetstream::new(client);
+                let _ = js.delete_stream(&stream).await;
+            }
+        });
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let from = format!(
+        "from the hot standby at 127.0.0.1:{}",
+        replica.standby_port()
+    );
+    assert!(stdout.contains(&from), "{stdout}");
+    assert!(stdout.contains("3 events relayed in all"), "{stdout}");
 
     // While a runner follows the standby, doctor reports its replication lag.
     let mut follower = Command::new(env!("CARGO_BIN_EXE_chronik"))
