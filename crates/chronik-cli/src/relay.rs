@@ -76,17 +76,7 @@ pub(crate) async fn nats(
     };
     let name = relay.projection_name().to_owned();
     // The primary's head: what a standby has not replayed yet is still to be relayed.
-    let head = if options.until_caught_up {
-        Some(
-            store
-                .feed_head()
-                .await
-                .context("cannot read the feed's head")?
-                .last,
-        )
-    } else {
-        None
-    };
+    let head = runner::head_at_start(&store, options.until_caught_up).await?;
     {
         let mut out = std::io::stdout().lock();
         let source = standby.as_ref().map_or_else(

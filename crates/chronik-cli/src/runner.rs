@@ -5,6 +5,7 @@
 use std::io::Write as _;
 
 use anyhow::Context as _;
+use chronik_core::FeedCursor;
 use chronik_postgres::{PgEventStore, PgRunnerState, PgStandby, PgStoreConfig};
 use chronik_store::{EventStore as _, StoreError};
 
@@ -33,6 +34,22 @@ pub(crate) async fn connect_standby(
     }
 }
 
+/// With `until_caught_up`, the head of `store`'s feed now (`Some(None)`: the feed is
+/// empty), where a `--until-caught-up` runner stops; `None` otherwise.
+pub(crate) async fn head_at_start(
+    store: &PgEventStore,
+    until_caught_up: bool,
+) -> anyhow::Result<Option<Option<FeedCursor>>> {
+    if !until_caught_up {
+        return Ok(None);
+    }
+    let head = store
+        .feed_head()
+        .await
+        .context("cannot read the feed's head")?;
+    Ok(Some(head.last))
+}
+
 /// Runs `projection` on `store` until Ctrl-C or, with `until_caught_up`, until its
 /// checkpoint reaches the head of the primary's feed at the start: a standby that lags
 /// makes it wait, never stop early.
@@ -45,17 +62,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let standby = connect_standby(store, standby_url).await?;
     // The primary's head: what a standby has not replayed yet is still to be applied.
-    let head = if until_caught_up {
-        Some(
-            store
-                .feed_head()
-                .await
-                .context("cannot read the feed's head")?
-                .last,
-        )
-    } else {
-        None
-    };
+    let head = head_at_start(store, until_caught_up).await?;
     {
         let mut out = std::io::stdout().lock();
         let source = standby.as_ref().map_or_else(
