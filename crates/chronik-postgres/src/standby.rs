@@ -24,10 +24,10 @@ use chronik_store::{
     FeedPage, PayloadStream, SessionFuture, StoreError, StreamAppend,
 };
 use futures::TryStreamExt as _;
-use sqlx::Row;
+use sqlx::{Row, SqlStr};
 use uuid::Uuid;
 
-use crate::config::{PgStoreConfig, SchemaName};
+use crate::config::PgStoreConfig;
 use crate::error::backend;
 use crate::row::{self, to_u64};
 use crate::store::{PgEventStore, check_limit, endpoint};
@@ -486,22 +486,19 @@ pub(crate) struct StandbyMeter {
     standby: PgStandby,
     every: Duration,
     last: Option<Instant>,
-    record: String,
+    /// Shared with the store's other projection statements: cloned per measure, a
+    /// reference count.
+    record: SqlStr,
 }
 
 impl StandbyMeter {
-    pub(crate) fn new(standby: PgStandby, every: Duration, schema: &SchemaName) -> Self {
-        let s = schema.quoted();
+    /// `record` is the projections' `record_standby_lag` statement.
+    pub(crate) fn new(standby: PgStandby, every: Duration, record: SqlStr) -> Self {
         Self {
             standby,
             every,
             last: None,
-            record: format!(
-                "UPDATE {s}.projection_runners \
-                    SET standby = $3, standby_lag_bytes = $4, standby_lag_seconds = $5, \
-                        standby_paused = $6, standby_measured_at = now() \
-                  WHERE name = $1 AND instance_id = $2"
-            ),
+            record,
         }
     }
 
@@ -520,7 +517,7 @@ impl StandbyMeter {
                 return;
             }
         };
-        let result = sqlx::query(sqlx::AssertSqlSafe(self.record.as_str()))
+        let result = sqlx::query(self.record.clone())
             .bind(name)
             .bind(instance)
             .bind(self.standby.endpoint())

@@ -288,7 +288,7 @@ pub(crate) fn start<P: PgProjection>(
     let standby_meter = engine
         .standby
         .clone()
-        .map(|s| StandbyMeter::new(s, options.lag_every, engine.store.schema()));
+        .map(|s| StandbyMeter::new(s, options.lag_every, engine.sql.record_standby_lag.clone()));
     let task = Task {
         engine,
         standby_meter,

@@ -62,6 +62,9 @@ pub(crate) struct ProjectionSql {
     pub(crate) shared_holders: &'static str,
     /// The live runners that read the feed from a hot standby, with their last measure.
     pub(crate) standby_reports: SqlStr,
+    /// `$1` name, `$2` instance: records its standby `$3` and that standby's lag (`$4`
+    /// bytes, `$5` seconds, `$6` paused) in its status row.
+    pub(crate) record_standby_lag: SqlStr,
 }
 
 /// Whether runner row `r`'s lock session still exists. Without `pg_read_all_stats` another
@@ -273,6 +276,12 @@ impl ProjectionSql {
                    FROM {s}.projection_runners r \
                   WHERE r.standby IS NOT NULL AND r.state <> 'stopped' AND {ALIVE} \
                   ORDER BY r.name COLLATE \"C\", r.started_at, r.instance_id"
+            )),
+            record_standby_lag: sql(format!(
+                "UPDATE {s}.projection_runners \
+                    SET standby = $3, standby_lag_bytes = $4, standby_lag_seconds = $5, \
+                        standby_paused = $6, standby_measured_at = now() \
+                  WHERE name = $1 AND instance_id = $2"
             )),
         }
     }
