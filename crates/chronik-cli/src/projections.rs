@@ -499,8 +499,9 @@ pub(crate) async fn rebuild(
     Ok(())
 }
 
-/// Forgets projection `name` (checkpoint and runner rows), refusing while it runs; for
-/// `NAME__shadow`, what a shadow rebuild left behind, its table included.
+/// Forgets projection `name` (checkpoint and runner rows; a partitioned projection's
+/// partitions too), refusing while it runs; for `NAME__shadow`, what a shadow rebuild
+/// left behind, its table included.
 pub(crate) async fn forget(
     registry: &Registry,
     store: &PgEventStore,
@@ -512,7 +513,15 @@ pub(crate) async fn forget(
         return forget_shadow(registry, store, base).await;
     }
     let reports = reports(store).await?;
-    let Some(report) = reports.iter().find(|r| r.name == name) else {
+    // Its own report, and one per partition when it runs as partitions.
+    let family: Vec<&ProjectionReport> = reports
+        .iter()
+        .filter(|r| {
+            r.name == name
+                || chronik_projections::parse_partition(&r.name).is_some_and(|(p, _, _)| p == name)
+        })
+        .collect();
+    if family.is_empty() {
         let known: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
         return Err(NotFound(format!(
             "no projection {name} in schema {} ({})",
@@ -524,30 +533,53 @@ pub(crate) async fn forget(
             }
         ))
         .into());
-    };
+    }
     let running = |who: String| {
         anyhow::anyhow!(
             "projection {name} is running ({who}): stop its runners first; `{bin} projections status` shows them"
         )
     };
-    if let Some(owner) = &report.owner {
-        return Err(running(format!("owner {}", instance(owner))));
-    }
-    if let Some(pid) = report.locked_by {
-        return Err(running(format!(
-            "its lock is held by pid {pid}, a rebuild or a runner starting"
-        )));
+    for report in &family {
+        let of = if report.name == name {
+            String::new()
+        } else {
+            format!(" of partition {}", report.name)
+        };
+        if let Some(owner) = &report.owner {
+            return Err(running(format!("owner{of} {}", instance(owner))));
+        }
+        if let Some(pid) = report.locked_by {
+            return Err(running(format!(
+                "the lock{of} is held by pid {pid}, a rebuild or a runner starting"
+            )));
+        }
     }
     match chronik_postgres::forget_projection(store, name).await {
         Ok(gone) => {
+            let mut what = Vec::new();
+            if let Some(c) = gone.checkpoint {
+                what.push(format!("its checkpoint at {c}"));
+            }
+            if !gone.partitions.is_empty() {
+                let each: Vec<String> = gone
+                    .partitions
+                    .iter()
+                    .map(|(p, c)| format!("{p} at {c}"))
+                    .collect();
+                what.push(format!(
+                    "the checkpoints of its {} partitions ({})",
+                    gone.partitions.len(),
+                    each.join(", ")
+                ));
+            }
+            if what.is_empty() {
+                what.push("no checkpoint".to_owned());
+            }
             writeln!(
                 io::stdout(),
                 "forgot projection {name} in schema {}: {} and {} deleted; its read model's tables and park decisions are kept",
                 store.schema(),
-                gone.checkpoint.map_or_else(
-                    || "no checkpoint".to_owned(),
-                    |c| format!("its checkpoint at {c}")
-                ),
+                what.join(", "),
                 count(gone.runner_rows, "runner row"),
             )?;
             Ok(())

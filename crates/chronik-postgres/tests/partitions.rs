@@ -2,7 +2,9 @@
 //! and SQL; four partitions shared by three workers (separate pools, so separate sessions
 //! as separate processes would have) balance, and a worker killed in the middle of a batch
 //! loses its partitions to the others with every event applied exactly once and in stream
-//! order; a changed number of partitions is refused until the projection is rebuilt.
+//! order; a changed number of partitions is refused until the projection is rebuilt; a
+//! rebuild into partitions gives each its own count of events processed; forgetting a
+//! partitioned projection forgets every partition.
 // Helpers outside `#[test]` functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 
@@ -18,7 +20,7 @@ use chronik_core::{
 use chronik_postgres::{
     HandlerFailure, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionError,
     PgProjectionRunner, PgRunnerOptions, PgRunnerState, PgTransaction, PgWorkerHandle,
-    projection_reports, rebuild_partitioned, wait_for_projection,
+    forget_projection, projection_reports, rebuild_partitioned, wait_for_projection,
 };
 use chronik_projections::{Partitions, stream_hash};
 use chronik_store::EventStore;
@@ -156,6 +158,47 @@ async fn until<F: AsyncFnMut() -> bool>(what: &str, mut cond: F) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A worker of all `partitions`, once it has applied everything up to `last`.
+async fn caught_up_worker(
+    store: &PgEventStore,
+    partitions: Partitions,
+    last: FeedCursor,
+) -> PgWorkerHandle {
+    let worker = PgPartitionedRunner::new(store.clone(), Recorder::new(1), partitions)
+        .with_options(options())
+        .spawn()
+        .await
+        .unwrap();
+    wait_for_projection(store, NAME, last, DEADLINE)
+        .await
+        .unwrap();
+    worker
+}
+
+/// Every checkpoint's events processed, by name.
+async fn processed(pool: &PgPool) -> BTreeMap<String, i64> {
+    sqlx::query_as("SELECT name, events_processed FROM projection_checkpoints ORDER BY name")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// What each partition of `layout` has processed once it applied `rounds` events of each
+/// of [`append`]'s `streams` streams: the events of the streams that `Partitions::of`
+/// assigns it.
+fn expected_processed(layout: Partitions, streams: usize, rounds: i64) -> BTreeMap<String, i64> {
+    let mut expected: BTreeMap<String, i64> = (0..layout.get())
+        .map(|i| (layout.checkpoint_name(NAME, i), 0))
+        .collect();
+    for s in 0..streams {
+        let name = layout.checkpoint_name(NAME, layout.of(&format!("thing-{s}")));
+        *expected.get_mut(&name).unwrap() += rounds;
+    }
+    expected
 }
 
 fn owned(workers: &[&PgWorkerHandle]) -> Vec<Vec<u32>> {
@@ -327,15 +370,7 @@ async fn a_changed_number_of_partitions_is_refused_until_rebuilt(pool: PgPool) {
     let last = append(&store, 10, 3).await;
     let four = Partitions::new(4).unwrap();
     let two = Partitions::new(2).unwrap();
-    let worker = PgPartitionedRunner::new(store.clone(), Recorder::new(1), four)
-        .with_options(options())
-        .spawn()
-        .await
-        .unwrap();
-    wait_for_projection(&store, NAME, last, DEADLINE)
-        .await
-        .unwrap();
-    worker.stop().await;
+    caught_up_worker(&store, four, last).await.stop().await;
     let applied = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM applied")
             .fetch_one(&pool)
@@ -345,24 +380,7 @@ async fn a_changed_number_of_partitions_is_refused_until_rebuilt(pool: PgPool) {
     assert_eq!(applied().await, 30);
     // Each partition applied exactly the streams that `Partitions::of` assigns it: the
     // feed query's filter and the Rust function agree.
-    let processed: BTreeMap<String, i64> =
-        sqlx::query_as("SELECT name, events_processed FROM projection_checkpoints ORDER BY name")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-    let mut expected = BTreeMap::new();
-    for s in 0..10 {
-        let name = four.checkpoint_name(NAME, four.of(&format!("thing-{s}")));
-        *expected.entry(name).or_insert(0) += 3;
-    }
-    for index in 0..4 {
-        expected
-            .entry(four.checkpoint_name(NAME, index))
-            .or_insert(0);
-    }
-    assert_eq!(processed, expected);
+    assert_eq!(processed(&pool).await, expected_processed(four, 10, 3));
 
     // Two partitions over checkpoints written by four: refused, nothing spawned.
     let refused = PgPartitionedRunner::new(store.clone(), Recorder::new(1), two)
@@ -433,4 +451,75 @@ async fn a_changed_number_of_partitions_is_refused_until_rebuilt(pool: PgPool) {
     worker.stop().await;
     assert_eq!(applied().await, 50);
     assert_exactly_once_in_order(&pool).await;
+}
+
+/// Each partition's checkpoint after a rebuild counts the events that the rebuild applied
+/// for that partition's streams (they add up to every event), as a worker's would.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn a_partitioned_rebuild_counts_each_partitions_events(pool: PgPool) {
+    create_table(&pool).await;
+    let store = PgEventStore::from_pool(pool.clone());
+    let last = append(&store, 10, 3).await;
+    store.wait_for_feed(last, DEADLINE).await.unwrap();
+    let four = Partitions::new(4).unwrap();
+    let mut ignore = |_: &chronik_postgres::PgRebuildProgress| ControlFlow::Continue(());
+    let done = rebuild_partitioned(&store, Recorder::new(1), four, None, 7, &mut ignore)
+        .await
+        .unwrap();
+    assert_eq!(done.handled, 30);
+    assert_eq!(processed(&pool).await, expected_processed(four, 10, 3));
+
+    // The workers carry on counting from there.
+    let last = append(&store, 10, 1).await;
+    caught_up_worker(&store, four, last).await.stop().await;
+    assert_eq!(processed(&pool).await, expected_processed(four, 10, 4));
+}
+
+/// `forget_projection(NAME)` forgets a partitioned projection whole: every partition's
+/// checkpoint and runner rows, not only rows named NAME; it refuses while a worker runs.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn forgetting_a_partitioned_projection_removes_every_partition(pool: PgPool) {
+    create_table(&pool).await;
+    let store = PgEventStore::from_pool(pool.clone());
+    let last = append(&store, 10, 2).await;
+    let four = Partitions::new(4).unwrap();
+    let worker = caught_up_worker(&store, four, last).await;
+    let err = forget_projection(&store, NAME).await.unwrap_err();
+    assert!(
+        matches!(&err, PgProjectionError::Busy { pid: Some(_), .. }),
+        "{err:?}"
+    );
+    let rows = || async {
+        let checkpoints: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_checkpoints")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let runners: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_runners")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (checkpoints, runners)
+    };
+    assert_eq!(rows().await.0, 4, "nothing forgotten while it runs");
+    worker.stop().await;
+
+    let gone = forget_projection(&store, NAME).await.unwrap();
+    assert_eq!(gone.checkpoint, None, "it had no checkpoint of its own");
+    let names: Vec<&str> = gone.partitions.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["applied#0/4", "applied#1/4", "applied#2/4", "applied#3/4"]
+    );
+    assert!(gone.partitions.iter().all(|(_, c)| *c <= last));
+    assert_eq!(gone.runner_rows, 4);
+    assert_eq!(rows().await, (0, 0));
+    assert!(projection_reports(&store).await.unwrap().is_empty());
+    let again = forget_projection(&store, NAME).await.unwrap_err();
+    assert!(
+        matches!(
+            again,
+            PgProjectionError::Store(chronik_store::StoreError::NotFound(_))
+        ),
+        "{again:?}"
+    );
 }

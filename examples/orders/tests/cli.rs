@@ -943,6 +943,39 @@ fn projections_rebuild_replays_the_feed_with_progress() {
     );
 }
 
+/// A projection rebuilt as partitions: `projections status` shows each partition with the
+/// events the rebuild applied for it (adding up to every event), and `projections forget`
+/// forgets it whole, every partition's checkpoint included.
+#[test]
+fn a_partitioned_projection_counts_its_events_and_is_forgotten_whole() {
+    let schema = Schema::migrated();
+    schema.place_orders(5);
+    schema.ok(&["projections", "rebuild", "orders", "--partitions", "3"]);
+    let doc = json(&schema.ok(&["projections", "status", "--json"]));
+    let partitions: Vec<&serde_json::Value> = doc["projections"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|p| p["partition"]["projection"] == "orders")
+        .collect();
+    assert_eq!(partitions.len(), 3, "{doc}");
+    let processed: u64 = partitions
+        .iter()
+        .map(|p| p["events_processed"].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(processed, 10, "{doc}");
+
+    let stdout = schema.ok(&["projections", "forget", "orders"]);
+    assert!(
+        stdout.starts_with(&format!(
+            "forgot projection orders in schema {}: the checkpoints of its 3 partitions (orders#0/3 at ",
+            schema.name
+        )) && stdout.contains("; its read model's tables and park decisions are kept"),
+        "{stdout}"
+    );
+    assert!(schema.projection_names().is_empty(), "{stdout}");
+    assert_eq!(schema.rows("order_summaries"), 5, "the read model stays");
+}
 #[test]
 fn projections_rebuild_refuses_unknown_names_and_a_running_projection() {
     use chronik::postgres::PgProjectionRunner;

@@ -93,14 +93,14 @@ pub(crate) async fn ensure(
 
 /// Inside a rebuild's transaction `tx`, after the replay left `name`'s own checkpoint at
 /// `cursor`: makes `layout` the stored one, every partition at `cursor` (each has applied
-/// everything up to it: the rebuild did), and deletes the checkpoints of any other layout.
+/// everything up to it: the rebuild did) with the events the rebuild handled for it
+/// (`handled`, by index), and deletes the checkpoints of any other layout.
 pub(crate) async fn replace(
     tx: &mut PgConnection,
     sql: &ProjectionSql,
     schema: &SchemaName,
     name: &str,
-    layout: Partitions,
-    cursor: FeedCursor,
+    (layout, cursor, handled): (Partitions, FeedCursor, &[u64]),
 ) -> Result<(), PgProjectionError> {
     sqlx::query(sql.xact_lock)
         .bind(layout_key(schema, name))
@@ -117,12 +117,13 @@ pub(crate) async fn replace(
         .execute(&mut *tx)
         .await?;
     if layout.get() > 1 {
-        for partition in &keep {
+        for (index, partition) in keep.iter().enumerate() {
+            let processed = handled.get(index).copied().unwrap_or(0);
             sqlx::query(sql.set_checkpoint.clone())
                 .bind(partition)
                 .bind(cursor.transaction_i64())
                 .bind(cursor.position_i64())
-                .bind(as_i64(0))
+                .bind(as_i64(processed))
                 .execute(&mut *tx)
                 .await?;
         }

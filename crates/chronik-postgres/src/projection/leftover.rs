@@ -136,7 +136,7 @@ pub async fn discard_shadow(
             .execute(&mut *tx)
             .await?;
         sqlx::query(sql.forget_runners.clone())
-            .bind(&shadow_name)
+            .bind([shadow_name.as_str()].as_slice())
             .execute(&mut *tx)
             .await?;
         let mut dropped = None;

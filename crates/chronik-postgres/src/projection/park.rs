@@ -4,15 +4,19 @@
 use std::sync::Arc;
 
 use chronik_core::{EventId, FeedCursor, StreamId, UpcasterRegistry, Version};
+use chronik_projections::parse_partition;
 use chronik_store::{StoreError, upcast_recorded, validate_projection_name};
 use chrono::{DateTime, Utc};
 use sqlx::{Connection as _, Row as _};
 use uuid::Uuid;
 
 use super::handler::{HandlerFailure, PgProjection, handle_guarded};
+use super::layout;
 use super::ops::ParkDecision;
-use super::runner::{PgProjectionError, cursor_of, event_id, locked_checkpoint};
-use super::sql::{ProjectionSql, lock_key};
+use super::runner::{
+    PgProjectionError, busy, busy_on, cursor_of, event_id, locked_checkpoint, release,
+};
+use super::sql::{ProjectionSql, lock_key, workers_key};
 use crate::error::backend;
 use crate::store::PgEventStore;
 
@@ -276,23 +280,29 @@ pub async fn drop_parked(
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Forgotten {
-    /// The checkpoint it had, if any.
+    /// The checkpoint it had under its own name, if any.
     pub checkpoint: Option<FeedCursor>,
-    /// Runner status rows removed.
+    /// The checkpoints of its partitions (`<name>#<index>/<count>`, by name) when it ran as
+    /// partitions ([`crate::PgPartitionedRunner`]), with where each was.
+    pub partitions: Vec<(String, FeedCursor)>,
+    /// Runner status rows removed (its partitions' included).
     pub runner_rows: u64,
 }
 
 /// Forgets projection `name`: deletes its checkpoint, its runners' status rows and the
-/// record of its last rebuild, so
-/// that it no longer shows in `projection_reports` (a one-off reader's checkpoint, a
-/// retired projection, a rebuild's leftover `<name>__shadow`). Its park decisions are kept
-/// as the record, and its read model's tables are not touched. Takes the projection's
-/// advisory lock for the duration.
+/// record of its last rebuild, so that it no longer shows in `projection_reports` (a
+/// one-off reader's checkpoint, a retired projection, a rebuild's leftover
+/// `<name>__shadow`). A partitioned projection is forgotten whole: the checkpoints and
+/// runner rows of its partitions (`<name>#<index>/<count>`, of any number of partitions)
+/// go too. Its park decisions are kept as the record, and its read model's tables are not
+/// touched. Takes, for the duration, the projection's advisory lock, its workers' key
+/// (so that no partitioned worker is alive, even one that owns no partition) and every
+/// partition's lock.
 ///
 /// # Errors
-/// [`PgProjectionError::Busy`] while a runner or a rebuild holds the projection's lock;
-/// [`StoreError::NotFound`] when it has no checkpoint, runner row or rebuild record; store
-/// failures.
+/// [`PgProjectionError::Busy`] while a runner, a partitioned worker or a rebuild holds one
+/// of those locks; [`StoreError::NotFound`] when it has no checkpoint, partition, runner
+/// row or rebuild record; store failures.
 pub async fn forget_projection(
     store: &PgEventStore,
     name: &str,
@@ -301,44 +311,87 @@ pub async fn forget_projection(
     let sql = ProjectionSql::new(store.schema());
     let options = store.pool().connect_options();
     let mut lock = sqlx::PgConnection::connect_with(&options).await?;
-    let got: bool = sqlx::query_scalar(sql.try_lock)
-        .bind(lock_key(store.schema(), name))
-        .fetch_one(&mut lock)
-        .await?;
-    if !got {
-        let _ = lock.close().await;
-        return Err(super::runner::busy(store, name).await);
-    }
-    let result = async {
-        let mut tx = store.pool().begin().await?;
-        let checkpoint = locked_checkpoint(&mut tx, &sql, name).await?;
-        sqlx::query(sql.delete_checkpoint.clone())
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        let runner_rows = sqlx::query(sql.forget_runners.clone())
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let rebuild_rows = sqlx::query(sql.forget_rebuild.clone())
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if checkpoint.is_none() && runner_rows == 0 && rebuild_rows == 0 {
-            return Err(PgProjectionError::Store(StoreError::NotFound(format!(
-                "projection {name} has no checkpoint and no runner in schema {}",
-                store.schema()
-            ))));
-        }
-        tx.commit().await?;
-        Ok(Forgotten {
-            checkpoint,
-            runner_rows,
-        })
-    }
-    .await;
-    let _ = lock.close().await;
+    let result = forget_locked(store, &sql, &mut lock, name).await;
+    release(lock).await;
     result
+}
+
+/// [`forget_projection`] on its lock session `lock`.
+async fn forget_locked(
+    store: &PgEventStore,
+    sql: &ProjectionSql,
+    lock: &mut sqlx::PgConnection,
+    name: &str,
+) -> Result<Forgotten, PgProjectionError> {
+    let try_lock = async |lock: &mut sqlx::PgConnection, key: &str| {
+        sqlx::query_scalar::<_, bool>(sql.try_lock)
+            .bind(key)
+            .fetch_one(lock)
+            .await
+    };
+    if !try_lock(lock, &lock_key(store.schema(), name)).await? {
+        return Err(busy(store, name).await);
+    }
+    let workers = workers_key(store.schema(), name);
+    if !try_lock(lock, &workers).await? {
+        return Err(busy_on(store, name, &workers).await);
+    }
+    let mut partitions: Vec<String> = layout::family(lock, sql, name)
+        .await?
+        .into_iter()
+        .filter(|n| n != name)
+        .collect();
+    partitions.sort_by_key(|n| parse_partition(n).map(|(_, index, count)| (count, index)));
+    for partition in &partitions {
+        if !try_lock(lock, &lock_key(store.schema(), partition)).await? {
+            return Err(busy(store, partition).await);
+        }
+    }
+    let mut tx = store.pool().begin().await?;
+    let checkpoint = locked_checkpoint(&mut tx, sql, name).await?;
+    let mut cursors = Vec::with_capacity(partitions.len());
+    for partition in partitions {
+        if let Some(cursor) = locked_checkpoint(&mut tx, sql, &partition).await? {
+            cursors.push((partition, cursor));
+        }
+    }
+    let mut names: Vec<String> = cursors.iter().map(|(n, _)| n.clone()).collect();
+    names.push(name.to_owned());
+    sqlx::query(sql.delete_checkpoints.clone())
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+    // Runner rows of partitions whose checkpoints a rebuild to another number of
+    // partitions deleted are the projection's too.
+    let runners: Vec<String> = sqlx::query_scalar(sql.family_runners.clone())
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+    names.extend(
+        runners
+            .into_iter()
+            .filter(|n| parse_partition(n).is_some_and(|(p, _, _)| p == name)),
+    );
+    let runner_rows = sqlx::query(sql.forget_runners.clone())
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let rebuild_rows = sqlx::query(sql.forget_rebuild.clone())
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if checkpoint.is_none() && cursors.is_empty() && runner_rows == 0 && rebuild_rows == 0 {
+        return Err(PgProjectionError::Store(StoreError::NotFound(format!(
+            "projection {name} has no checkpoint and no runner in schema {}",
+            store.schema()
+        ))));
+    }
+    tx.commit().await?;
+    Ok(Forgotten {
+        checkpoint,
+        partitions: cursors,
+        runner_rows,
+    })
 }

@@ -6,13 +6,12 @@ use std::time::{Duration, Instant};
 use chronik_core::{EventId, FeedCursor, UpcasterRegistry};
 use chronik_projections::{Partitions, RebuildProgress};
 use chronik_store::{EventStore, MAX_FEED_PAGE, StoreError, validate_projection_name};
-use sqlx::Connection;
 use uuid::Uuid;
 
 use super::handler::{PgProjection, ShadowProjection};
 use super::layout;
 use super::record;
-use super::runner::{Batch, Engine, PgProjectionError};
+use super::runner::{Batch, Engine, PgProjectionError, release};
 use crate::config::SchemaName;
 use crate::error::backend;
 use crate::store::PgEventStore;
@@ -60,6 +59,7 @@ async fn skipped(store: &PgEventStore, name: &str) -> Result<HashSet<EventId>, S
 
 /// Applies pages inside `tx` until `engine` is caught up, reporting after each; stops
 /// with [`PgProjectionError::Interrupted`] when `progress` says so. Commits nothing.
+/// Returns the events handled by partition, with [`Engine::tally`].
 async fn replay_in<P: PgProjection>(
     engine: &Engine<P>,
     tx: &mut super::handler::PgTransaction,
@@ -67,7 +67,8 @@ async fn replay_in<P: PgProjection>(
     p: &mut PgRebuildProgress,
     started: Instant,
     progress: Progress<'_>,
-) -> Result<(), PgProjectionError> {
+) -> Result<Vec<u64>, PgProjectionError> {
+    let mut handled = vec![0; engine.tally.map_or(0, |n| n.get() as usize)];
     loop {
         match engine.apply_page(tx, limit, false).await? {
             Batch::Committed {
@@ -75,8 +76,12 @@ async fn replay_in<P: PgProjection>(
                 processed,
                 scanned,
                 full,
+                by_partition,
                 ..
             } => {
+                for (total, n) in handled.iter_mut().zip(by_partition) {
+                    *total += n;
+                }
                 p.scanned += scanned as u64;
                 p.handled = processed;
                 p.cursor = cursor;
@@ -85,10 +90,10 @@ async fn replay_in<P: PgProjection>(
                     return Err(interrupted(engine.name(), p));
                 }
                 if !full {
-                    return Ok(());
+                    return Ok(handled);
                 }
             }
-            Batch::Idle { .. } => return Ok(()),
+            Batch::Idle { .. } => return Ok(handled),
             Batch::Failed { event, failure, .. } => {
                 return Err(handler_failed(engine.name(), &event, failure));
             }
@@ -162,17 +167,6 @@ async fn lock_checkpoint_patiently<P: PgProjection>(
     .await
 }
 
-/// Ends a rebuild's lock session, its advisory locks released first: a closed session's
-/// locks go only when its backend has exited, a moment after `close` returns, and the
-/// next rebuild (or runner) would be refused as Busy meanwhile, with no holder left to
-/// name. Best effort: a session that is gone has released them already.
-async fn release(mut lock: sqlx::PgConnection) {
-    let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut lock)
-        .await;
-    let _ = lock.close().await;
-}
-
 fn interrupted(name: &str, p: &PgRebuildProgress) -> PgProjectionError {
     PgProjectionError::Interrupted {
         projection: name.trim_end_matches("__shadow").to_owned(),
@@ -239,8 +233,9 @@ async fn stored_partitions(
 
 /// [`rebuild`] for a projection that runs as `partitions` from now on: the one way to
 /// change its number of partitions (whatever layout its checkpoints were written with).
-/// After the replay every partition's checkpoint is where the rebuild ended, and the
-/// checkpoints of any other layout are deleted, in the same transaction.
+/// After the replay every partition's checkpoint is where the rebuild ended, counting
+/// the events the rebuild handled for that partition's streams as its events processed,
+/// and the checkpoints of any other layout are deleted, in the same transaction.
 ///
 /// Takes the lock of the projection and of every partition, stored or new, so it fails
 /// with [`PgProjectionError::Busy`] while any worker owns one (stop them all first; start
@@ -262,6 +257,7 @@ pub async fn rebuild_partitioned<P: PgProjection>(
     }
     let mut engine = Engine::new(store, Arc::clone(&projection), upcasters);
     engine.scan_all = true;
+    engine.tally = (partitions.get() > 1).then_some(partitions);
     let Some((mut lock, pid)) = engine.try_lock(projection.name()).await? else {
         return Err(super::runner::busy(store, projection.name()).await);
     };
@@ -357,17 +353,10 @@ async fn scratch<P: PgProjection>(
     )
     .await;
     let replayed = match replayed {
-        Ok(()) => {
+        Ok(handled) => {
             let name = projection.name();
-            layout::replace(
-                &mut tx,
-                &engine.sql,
-                store.schema(),
-                name,
-                partitions,
-                p.cursor,
-            )
-            .await
+            let layout = (partitions, p.cursor, handled.as_slice());
+            layout::replace(&mut tx, &engine.sql, store.schema(), name, layout).await
         }
         Err(e) => Err(e),
     };

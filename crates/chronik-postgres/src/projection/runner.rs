@@ -143,21 +143,42 @@ impl PgProjectionError {
 /// [`PgProjectionError::Busy`] for the lock of `key_name`, with the pid of the session
 /// holding it now.
 pub(crate) async fn busy(store: &PgEventStore, key_name: &str) -> PgProjectionError {
+    busy_on(store, key_name, &lock_key(store.schema(), key_name)).await
+}
+
+/// [`PgProjectionError::Busy`] for `projection`, whose advisory lock of key text `key`
+/// another session holds, with that session's pid.
+pub(crate) async fn busy_on(
+    store: &PgEventStore,
+    projection: &str,
+    key: &str,
+) -> PgProjectionError {
     let pid = sqlx::query_scalar::<_, i32>(super::sql::LOCK_HOLDER)
-        .bind(lock_key(store.schema(), key_name))
+        .bind(key)
         .fetch_optional(store.pool())
         .await;
     let pid = match pid {
         Ok(pid) => pid,
         Err(e) => {
-            tracing::warn!(projection = key_name, error = %backend(e), "could not read who holds the projection's lock");
+            tracing::warn!(projection, error = %backend(e), "could not read who holds the projection's lock");
             None
         }
     };
     PgProjectionError::Busy {
-        projection: key_name.to_owned(),
+        projection: projection.to_owned(),
         pid,
     }
+}
+
+/// Ends a lock session (a rebuild's, a `forget`'s), its advisory locks released first: a
+/// closed session's locks go only when its backend has exited, a moment after `close`
+/// returns, and the next rebuild (or runner) would be refused as Busy meanwhile, with no
+/// holder left to name. Best effort: a session that is gone has released them already.
+pub(crate) async fn release(mut lock: PgConnection) {
+    let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut lock)
+        .await;
+    let _ = lock.close().await;
 }
 
 impl From<sqlx::Error> for PgProjectionError {
@@ -395,6 +416,9 @@ pub(crate) enum Batch {
         scanned: usize,
         full: bool,
         parked: u64,
+        /// With [`Engine::tally`]: the events handled, by the partition of that layout
+        /// their stream belongs to (empty otherwise).
+        by_partition: Vec<u64>,
     },
     /// Nothing to do; nothing written.
     Idle { cursor: FeedCursor, processed: u64 },
@@ -464,6 +488,10 @@ pub(crate) struct Engine<P> {
     pub(crate) check_layout: bool,
     /// Where the feed is read: a hot standby, or the primary (`None`).
     pub(crate) standby: Option<PgStandby>,
+    /// Counts the handled events of each batch by their partition of this layout
+    /// ([`Batch::Committed`]'s `by_partition`): a rebuild into partitions sets it, so that
+    /// each partition's checkpoint starts with its own count.
+    pub(crate) tally: Option<Partitions>,
 }
 
 /// Locks `name`'s checkpoint row in `tx` (`FOR UPDATE`) and returns its cursor, `None`
@@ -516,6 +544,7 @@ impl<P: PgProjection> Engine<P> {
             partition: None,
             check_layout: false,
             standby: None,
+            tally: None,
         }
     }
 
@@ -655,6 +684,7 @@ impl<P: PgProjection> Engine<P> {
         let mut cursor = start;
         let mut processed = processed_before;
         let mut parked = 0;
+        let mut by_partition = vec![0; self.tally.map_or(0, |n| n.get() as usize)];
         for (index, raw) in page.events.into_iter().enumerate() {
             if self.scan_all && !self.filter.matches(&raw) {
                 cursor = raw.cursor;
@@ -705,6 +735,9 @@ impl<P: PgProjection> Engine<P> {
                 });
             }
             processed += 1;
+            if let Some(n) = self.tally {
+                by_partition[n.of(event.stream_id.as_str()) as usize] += 1;
+            }
             cursor = event.cursor;
         }
         if !full
@@ -728,6 +761,7 @@ impl<P: PgProjection> Engine<P> {
             scanned,
             full,
             parked,
+            by_partition,
         })
     }
 

@@ -20,7 +20,11 @@ pub(crate) struct ProjectionSql {
     pub(crate) park_records: SqlStr,
     pub(crate) lock_decision: SqlStr,
     pub(crate) resolve: SqlStr,
+    /// `$1`: the runner rows of these names.
     pub(crate) forget_runners: SqlStr,
+    /// `$1` the projection: the names of runner rows that may be its partitions'
+    /// (checked by the caller, as for `family`).
+    pub(crate) family_runners: SqlStr,
     /// The events a rebuild of `$1` passes over (those the runner skips).
     pub(crate) skipped_ids: SqlStr,
     pub(crate) save_status: SqlStr,
@@ -145,7 +149,11 @@ impl ProjectionSql {
                   WHERE name = $1 AND event_id = $2 AND resolution IS NULL"
             )),
             forget_runners: sql(format!(
-                "DELETE FROM {s}.projection_runners WHERE name = $1"
+                "DELETE FROM {s}.projection_runners WHERE name = ANY($1::text[])"
+            )),
+            family_runners: sql(format!(
+                "SELECT DISTINCT name FROM {s}.projection_runners \
+                  WHERE left(name, length($1) + 1) = $1 || '#'"
             )),
             skipped_ids: sql(format!(
                 "SELECT event_id FROM {s}.projection_parked \
