@@ -368,8 +368,7 @@ mod contract {
     use std::sync::Arc;
 
     use chronik_postgres::{PgEventStore, PgParkingLot, PgStoreConfig};
-    use chronik_projections::ParkingLot;
-    use chronik_testkit::projections::Ports;
+    use chronik_testkit::projections::{Generic, Ports};
     use sqlx::PgPool;
 
     macro_rules! postgres_cases {
@@ -383,15 +382,13 @@ mod contract {
                 };
                 let store = PgEventStore::from_pool_with(pool, &config);
                 let wake = store.wake_source(&channel).await.expect("listen");
-                let lots = store.clone();
-                let ports = Ports::new(wake, move || {
-                    Arc::new(PgParkingLot::new(lots.clone())) as Arc<dyn ParkingLot>
-                })
-                .inexact();
-                chronik_testkit::projections::$case(store, ports).await;
+                let parking = Arc::new(PgParkingLot::new(store.clone()));
+                let ports = Ports::new(wake, parking).inexact();
+                chronik_testkit::projections::$case(Generic::new(store, ports)).await;
             }
         )*};
     }
 
     chronik_testkit::projection_contract_cases!(postgres_cases);
+    chronik_testkit::generic_runner_cases!(postgres_cases);
 }

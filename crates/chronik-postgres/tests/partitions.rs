@@ -149,15 +149,8 @@ async fn append(store: &PgEventStore, streams: usize, rounds: usize) -> FeedCurs
 }
 
 /// Polls `cond` until it holds (panics with `what` after [`DEADLINE`]).
-async fn until<F: AsyncFnMut() -> bool>(what: &str, mut cond: F) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn until<F: AsyncFnMut() -> bool>(what: &str, cond: F) {
+    chronik_testkit::projections::eventually(what, DEADLINE, cond).await;
 }
 
 /// A worker of all `partitions`, once it has applied everything up to `last`.

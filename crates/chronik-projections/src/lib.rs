@@ -38,6 +38,7 @@ pub use rebuild::{RebuildOptions, RebuildProgress, rebuild};
 pub use runner::{ProjectionRunner, RunnerHandle};
 pub use status::{
     EventRef, Lag, LagMeter, ProjectionState, ProjectionStatus, checkpoint_lag, measure_lag,
+    wait_for_status,
 };
 pub use typed::{Typed, TypedProjection, decode_recorded, typed_filter};
 pub use wake::{PollingOnly, WakeSource, Wakeup};

@@ -17,7 +17,7 @@ use crate::name::ProjectionName;
 use crate::options::RunnerOptions;
 use crate::park::{MemoryParkingLot, ParkingLot};
 use crate::projection::{HandlerError, Projection};
-use crate::status::{EventRef, LagMeter, ProjectionState, ProjectionStatus};
+use crate::status::{EventRef, LagMeter, ProjectionState, ProjectionStatus, wait_for_status};
 use crate::wake::{PollingOnly, WakeSource, Wakeup};
 
 /// Runs projections against a store: catch-up from each checkpoint in batches, then live.
@@ -186,31 +186,10 @@ impl RunnerHandle {
         target: FeedCursor,
         timeout: Duration,
     ) -> Result<ProjectionStatus, ProjectionError> {
-        let mut rx = self
+        let rx = self
             .subscribe(name)
             .ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))?;
-        let waited = tokio::time::timeout(
-            timeout,
-            rx.wait_for(|s| {
-                s.checkpoint >= target
-                    || matches!(s.state, ProjectionState::Stopped | ProjectionState::Crashed)
-            }),
-        )
-        .await
-        .map(|r| r.map(|s| s.clone()));
-        match waited {
-            Ok(Ok(s)) if s.checkpoint >= target => Ok(s),
-            Ok(_) => Err(ProjectionError::Stopped(name.to_owned())),
-            Err(_) => {
-                let s = rx.borrow();
-                Err(ProjectionError::Timeout {
-                    projection: name.to_owned(),
-                    target,
-                    reached: s.checkpoint,
-                    last_error: s.last_error.clone(),
-                })
-            }
-        }
+        wait_for_status(rx, target, timeout).await
     }
 
     /// Sends the stop signal without waiting (for signal handlers); follow with

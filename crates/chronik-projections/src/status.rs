@@ -3,6 +3,8 @@ use chronik_store::{CheckpointStore, EventStore, FeedFilter, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::error::ProjectionError;
+
 /// What a projection task is doing (every engine: in memory, any store, PostgreSQL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -217,6 +219,45 @@ impl LagMeter {
                 s.lag = lag;
                 s.lag_measured_at = Some(now);
             });
+        }
+    }
+}
+
+/// Read-your-writes on a runner's live status: waits until `status` shows the projection's
+/// checkpoint at or past `target` (typically an `AppendResult::cursor`) and returns that
+/// status. Every engine's handle waits through it (`RunnerHandle::wait_for`, and the
+/// PostgreSQL runner's).
+///
+/// # Errors
+/// [`ProjectionError::Stopped`] when the projection stops or crashes short of `target`
+/// (it will never get there); [`ProjectionError::Timeout`] after `timeout`, with the
+/// checkpoint reached and the last error, often the reason.
+pub async fn wait_for_status(
+    mut status: tokio::sync::watch::Receiver<ProjectionStatus>,
+    target: FeedCursor,
+    timeout: std::time::Duration,
+) -> Result<ProjectionStatus, ProjectionError> {
+    let waited = tokio::time::timeout(
+        timeout,
+        status.wait_for(|s| {
+            s.checkpoint >= target
+                || matches!(s.state, ProjectionState::Stopped | ProjectionState::Crashed)
+        }),
+    )
+    .await
+    .map(|r| r.map(|s| s.clone()));
+    match waited {
+        Ok(Ok(s)) if s.checkpoint >= target => Ok(s),
+        Ok(Ok(s)) => Err(ProjectionError::Stopped(s.name)),
+        Ok(Err(_)) => Err(ProjectionError::Stopped(status.borrow().name.clone())),
+        Err(_) => {
+            let s = status.borrow();
+            Err(ProjectionError::Timeout {
+                projection: s.name.clone(),
+                target,
+                reached: s.checkpoint,
+                last_error: s.last_error.clone(),
+            })
         }
     }
 }

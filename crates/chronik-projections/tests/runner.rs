@@ -84,21 +84,20 @@ mod contract {
     use std::sync::Arc;
 
     use chronik_memory::MemoryStore;
-    use chronik_projections::{MemoryParkingLot, ParkingLot};
-    use chronik_testkit::projections::Ports;
+    use chronik_projections::MemoryParkingLot;
+    use chronik_testkit::projections::{Generic, Ports};
 
     macro_rules! memory_cases {
         ($($case:ident),* $(,)?) => {$(
             #[tokio::test]
             async fn $case() {
                 let store = MemoryStore::new();
-                let ports = Ports::new(store.subscribe(), || {
-                    Arc::new(MemoryParkingLot::new()) as Arc<dyn ParkingLot>
-                });
-                chronik_testkit::projections::$case(store, ports).await;
+                let ports = Ports::new(store.subscribe(), Arc::new(MemoryParkingLot::new()));
+                chronik_testkit::projections::$case(Generic::new(store, ports)).await;
             }
         )*};
     }
 
     chronik_testkit::projection_contract_cases!(memory_cases);
+    chronik_testkit::generic_runner_cases!(memory_cases);
 }

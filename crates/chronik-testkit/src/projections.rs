@@ -1,8 +1,24 @@
 //! The projection contract suite: every backend of the projection engine must pass every
 //! case (issue 15). Like [`conformance`](crate::conformance) for stores, each case is a plain
-//! `async fn case<S: Store>(store: S, ports: Ports)` that panics on a violation, listed once
-//! by [`projection_contract_cases!`](crate::projection_contract_cases); a backend's tests
-//! instantiate them with a macro of their own that builds a fresh store and its ports:
+//! `async fn case<E: Engine>(engine: E)` that panics on a violation, and the cases are listed
+//! once, by macro:
+//!
+//! - [`projection_contract_cases!`](crate::projection_contract_cases): every engine, driven
+//!   through [`Engine`] and [`Runner`]: catch-up and live wake-ups, polling alone, restart
+//!   from the checkpoint, a failing handler retried and never skipped, a poison event
+//!   skipped only after a recorded park decision, a panicking handler, an aborted runner
+//!   shown crashed, lag, a graceful stop, wait-for on a stopped runner, a filtered head, a
+//!   rebuild with progress;
+//! - [`partition_contract_cases!`](crate::partition_contract_cases): every engine that runs
+//!   a projection as partitions on several workers ([`PartitionedEngine`]): a worker killed
+//!   in the middle of a batch, its partitions taken over, every event applied exactly once
+//!   and in stream order;
+//! - [`generic_runner_cases!`](crate::generic_runner_cases): what only the at-least-once
+//!   runner of `chronik-projections` has ([`Generic`]): flushing before a checkpoint,
+//!   several projections per runner, refused options, following the feed.
+//!
+//! A backend's tests instantiate them with a macro of their own that builds a fresh store
+//! and its engine:
 //!
 //! ```text
 //! macro_rules! memory_cases {
@@ -10,51 +26,53 @@
 //!         #[tokio::test]
 //!         async fn $case() {
 //!             let store = MemoryStore::new();
-//!             let ports = Ports::new(store.subscribe(), || Arc::new(MemoryParkingLot::new()));
-//!             chronik_testkit::projections::$case(store, ports).await
+//!             let ports = Ports::new(store.subscribe(), Arc::new(MemoryParkingLot::new()));
+//!             chronik_testkit::projections::$case(Generic::new(store, ports)).await
 //!         }
 //!     )*};
 //! }
 //! chronik_testkit::projection_contract_cases!(memory_cases);
+//! chronik_testkit::generic_runner_cases!(memory_cases);
 //! ```
 //!
-//! The cases drive `chronik_projections::ProjectionRunner` (the at-least-once engine, any
-//! store) through the backend's store, wake-up source and parking lot: catch-up and live
-//! wake-ups, polling alone, restart from the checkpoint, a failing handler retried and never
-//! skipped, a poison event skipped only after a recorded park decision, a panicking handler,
-//! an aborted runner shown crashed, lag, a graceful stop, wait-for, filters, rebuilds,
-//! refused options and following the feed. Feed reads after appends wait until the appended
-//! events are visible: on PostgreSQL any transaction open in the cluster holds the feed back
-//! for a moment, by design.
+//! An engine runs a [`Recorder`], the suite's projection: it records what it is handed, and
+//! can be told to fail, panic or wait inside a batch. What its read model holds is the
+//! engine's to say ([`Engine::applied`]): an exactly-once engine keeps it with its
+//! checkpoint (the PostgreSQL engine writes it through the batch's transaction), so that a
+//! batch rolled back leaves nothing. Feed reads after appends wait until the appended events
+//! are visible: on PostgreSQL any transaction open in the cluster holds the feed back for a
+//! moment, by design.
 // Helpers outside the cases unwrap too: a failure there is a contract violation.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chronik_core::{EventId, ExpectedVersion, FeedCursor, RecordedEvent};
+use chronik_core::{EventId, ExpectedVersion, FeedCursor, RecordedEvent, StreamId};
 use chronik_projections::{
-    HandlerError, Lag, ParkedEvent, ParkingLot, PollingOnly, Projection, ProjectionError,
-    ProjectionRunner, ProjectionState, ProjectionStatus, RebuildOptions, RebuildProgress,
-    RunnerHandle, RunnerOptions, WakeSource, Wakeup, checkpoint_lag, measure_lag, rebuild,
+    HandlerError, Lag, ParkedEvent, ParkingLot, Partitions, PollingOnly, Projection,
+    ProjectionError, ProjectionRunner, ProjectionState, ProjectionStatus, RebuildOptions,
+    RebuildProgress, RunnerHandle, RunnerOptions, WakeSource, Wakeup, checkpoint_lag, measure_lag,
+    rebuild, wait_for_status,
 };
-use chronik_store::FeedFilter;
+use chronik_store::{CheckpointStore as _, EventStore as _, FeedFilter};
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::conformance::{Store, event, stream};
 
-/// Lists every projection contract case, once, by calling `$m! { case, case, ... }`.
+/// Lists every projection contract case that every engine passes, once, by calling
+/// `$m! { case, case, ... }`.
 #[macro_export]
 macro_rules! projection_contract_cases {
     ($m:ident) => {
         $m! {
             catches_up_then_stays_live_woken_by_the_store,
-            no_checkpoint_is_saved_until_the_projection_flushes,
             polling_alone_delivers_when_there_is_no_wake_up,
             restart_resumes_from_the_checkpoint_without_repeats,
             a_failing_handler_is_retried_and_shown_in_status_never_skipped,
@@ -63,39 +81,144 @@ macro_rules! projection_contract_cases {
             an_aborted_runner_is_shown_crashed_not_as_its_last_state,
             lag_counts_events_behind_then_zero,
             stop_lets_the_current_batch_finish_and_checkpoint,
-            wait_for_reports_unknown_and_stopped_projections,
+            wait_for_reports_a_stopped_projection,
             a_filtered_projection_sees_only_its_types_and_still_reaches_the_head,
             rebuild_clears_and_replays_with_progress,
+        }
+    };
+}
+
+/// Lists the contract cases of engines that run a projection as partitions
+/// ([`PartitionedEngine`](crate::projections::PartitionedEngine)).
+#[macro_export]
+macro_rules! partition_contract_cases {
+    ($m:ident) => {
+        $m! {
+            a_dead_workers_partitions_are_taken_over_and_applied_exactly_once,
+        }
+    };
+}
+
+/// Lists the cases of what only the at-least-once runner of `chronik-projections` has
+/// ([`Generic`](crate::projections::Generic)): run them with a `Generic` engine.
+#[macro_export]
+macro_rules! generic_runner_cases {
+    ($m:ident) => {
+        $m! {
+            no_checkpoint_is_saved_until_the_projection_flushes,
+            wait_for_reports_unknown_projections,
             duplicate_names_and_bad_options_are_refused,
             follow_tails_the_feed_then_new_events_with_a_filter,
         }
     };
 }
 
-/// What a backend gives the runner besides its store.
-#[derive(Clone)]
-pub struct Ports {
-    /// Its live wake-up source (e.g. `MemoryStore::subscribe()`, `PgEventStore::wake_source`).
-    pub wake: Arc<dyn WakeSource>,
-    /// A parking lot for each runner the case starts (a lot that keeps decisions across
-    /// runners, as a durable one does, passes too).
-    pub parking: Arc<dyn Fn() -> Arc<dyn ParkingLot> + Send + Sync>,
+/// Which wake-ups a runner started by [`Engine::start`] gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The backend's own wake-up source (as in production), polling as the fallback.
+    Backend,
+    /// None: polling alone must deliver.
+    PollingOnly,
+}
+
+/// One backend of the projection engine, as the contract drives it: a store, and runners of
+/// a [`Recorder`] on it.
+pub trait Engine: Send + Sync {
+    /// The store the runners read.
+    type Store: Store;
+    /// A started runner.
+    type Runner: Runner;
+
+    /// The store (cases append to it and read its feed and checkpoints).
+    fn store(&self) -> &Self::Store;
+
     /// Whether a wake-up always finds the commit that caused it visible, so that a case may
     /// turn polling off and rely on wake-ups alone. True in memory; false on PostgreSQL,
     /// where a notification can arrive while the event is still behind the feed's horizon
     /// (polling then picks it up).
+    fn wake_is_exact(&self) -> bool;
+
+    /// The parking lot whose decisions the runners honour.
+    fn parking(&self) -> Arc<dyn ParkingLot>;
+
+    /// Starts a runner of `projection` (one projection per runner) with `options`.
+    fn start(
+        &self,
+        projection: &Arc<Recorder>,
+        options: RunnerOptions,
+        wake: Wake,
+    ) -> impl Future<Output = Self::Runner> + Send;
+
+    /// The events `projection`'s read model holds, in the order they were applied: only
+    /// effects that were committed with a checkpoint, for an exactly-once engine.
+    fn applied(&self, projection: &Arc<Recorder>) -> impl Future<Output = Vec<EventId>> + Send;
+
+    /// Rebuilds `projection` from scratch (clear, replay the feed) in batches of `batch`,
+    /// calling `progress` at the start and after every batch; panics if it fails.
+    fn rebuild(
+        &self,
+        projection: &Arc<Recorder>,
+        batch: usize,
+        progress: &mut (dyn FnMut(&RebuildProgress) + Send),
+    ) -> impl Future<Output = RebuildProgress> + Send;
+}
+
+/// A runner started by an [`Engine`].
+pub trait Runner: Send + Sync {
+    /// A live view of its projection's status.
+    fn subscribe(&self) -> watch::Receiver<ProjectionStatus>;
+    /// Sends the stop signal without waiting.
+    fn request_stop(&self);
+    /// Graceful stop: the current batch finishes and checkpoints; the final status.
+    fn stop(self) -> impl Future<Output = ProjectionStatus> + Send;
+    /// Kills the task as a crash would.
+    fn abort(self) -> impl Future<Output = ()> + Send;
+}
+
+/// An engine that runs a projection as [`Partitions`] shared by several workers, each
+/// partition owned by one worker at a time.
+pub trait PartitionedEngine: Engine {
+    /// A started worker.
+    type Worker: Worker;
+
+    /// Starts a worker of `projection` split into `partitions`, on sessions (a pool) of its
+    /// own, as another process's worker would be.
+    fn start_worker(
+        &self,
+        projection: &Arc<Recorder>,
+        partitions: Partitions,
+        options: RunnerOptions,
+    ) -> impl Future<Output = Self::Worker> + Send;
+}
+
+/// A worker started by a [`PartitionedEngine`].
+pub trait Worker: Send + Sync {
+    /// The partitions it owns now, ascending.
+    fn owned(&self) -> Vec<u32>;
+    /// Kills it as a crash would: its open batches roll back, its partitions are freed.
+    fn kill(self) -> impl Future<Output = ()> + Send;
+    /// Graceful stop.
+    fn stop(self) -> impl Future<Output = ()> + Send;
+}
+
+/// What a backend gives the at-least-once runner besides its store.
+#[derive(Clone)]
+pub struct Ports {
+    /// Its live wake-up source (e.g. `MemoryStore::subscribe()`, `PgEventStore::wake_source`).
+    pub wake: Arc<dyn WakeSource>,
+    /// The parking lot every runner of the engine consults.
+    pub parking: Arc<dyn ParkingLot>,
+    /// See [`Engine::wake_is_exact`].
     pub wake_is_exact: bool,
 }
 
 impl Ports {
-    /// Ports with an exact wake-up source (see [`Ports::wake_is_exact`]).
-    pub fn new(
-        wake: impl WakeSource + 'static,
-        parking: impl Fn() -> Arc<dyn ParkingLot> + Send + Sync + 'static,
-    ) -> Self {
+    /// Ports with an exact wake-up source (see [`Engine::wake_is_exact`]).
+    pub fn new(wake: impl WakeSource + 'static, parking: Arc<dyn ParkingLot>) -> Self {
         Self {
             wake: Arc::new(wake),
-            parking: Arc::new(parking),
+            parking,
             wake_is_exact: true,
         }
     }
@@ -106,18 +229,114 @@ impl Ports {
         self.wake_is_exact = false;
         self
     }
-
-    fn parking(&self) -> Arc<dyn ParkingLot> {
-        (self.parking)()
-    }
 }
 
 impl fmt::Debug for Ports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ports")
             .field("wake", &self.wake)
+            .field("parking", &self.parking)
             .field("wake_is_exact", &self.wake_is_exact)
-            .finish_non_exhaustive()
+            .finish()
+    }
+}
+
+/// The at-least-once engine, `chronik_projections::ProjectionRunner`, on any store with its
+/// backend's [`Ports`]; its read model is what the [`Recorder`] was handed.
+#[derive(Debug, Clone)]
+pub struct Generic<S> {
+    store: S,
+    ports: Ports,
+}
+
+impl<S: Store> Generic<S> {
+    /// The engine on `store` with `ports`.
+    pub fn new(store: S, ports: Ports) -> Self {
+        Self { store, ports }
+    }
+
+    fn runner(&self, options: RunnerOptions) -> ProjectionRunner<S> {
+        ProjectionRunner::new(Arc::new(self.store.clone()))
+            .with_options(options)
+            .with_parking(Arc::clone(&self.ports.parking))
+    }
+}
+
+/// A runner of the [`Generic`] engine: its handle and its one projection's name.
+#[derive(Debug)]
+pub struct GenericRunner {
+    handle: RunnerHandle,
+    name: String,
+}
+
+impl Runner for GenericRunner {
+    fn subscribe(&self) -> watch::Receiver<ProjectionStatus> {
+        self.handle.subscribe(&self.name).unwrap()
+    }
+    fn request_stop(&self) {
+        self.handle.request_stop();
+    }
+    async fn stop(self) -> ProjectionStatus {
+        self.handle.stop().await.unwrap().remove(0)
+    }
+    async fn abort(self) {
+        self.handle.abort().await;
+    }
+}
+
+impl<S: Store> Engine for Generic<S> {
+    type Store = S;
+    type Runner = GenericRunner;
+
+    fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn wake_is_exact(&self) -> bool {
+        self.ports.wake_is_exact
+    }
+
+    fn parking(&self) -> Arc<dyn ParkingLot> {
+        Arc::clone(&self.ports.parking)
+    }
+
+    async fn start(
+        &self,
+        projection: &Arc<Recorder>,
+        options: RunnerOptions,
+        wake: Wake,
+    ) -> GenericRunner {
+        let runner = self.runner(options);
+        let runner = match wake {
+            Wake::Backend => runner.with_wake(SharedWake(Arc::clone(&self.ports.wake))),
+            Wake::PollingOnly => runner.with_wake(PollingOnly),
+        };
+        GenericRunner {
+            handle: runner
+                .with_projection(Arc::clone(projection) as Arc<dyn Projection>)
+                .start()
+                .unwrap(),
+            name: projection.name.clone(),
+        }
+    }
+
+    async fn applied(&self, projection: &Arc<Recorder>) -> Vec<EventId> {
+        projection.ids()
+    }
+
+    async fn rebuild(
+        &self,
+        projection: &Arc<Recorder>,
+        batch: usize,
+        progress: &mut (dyn FnMut(&RebuildProgress) + Send),
+    ) -> RebuildProgress {
+        let options = RebuildOptions {
+            batch_size: batch,
+            upcasters: None,
+        };
+        rebuild(&self.store, &**projection, &options, progress)
+            .await
+            .unwrap()
     }
 }
 
@@ -133,8 +352,12 @@ impl WakeSource for SharedWake {
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The suite's projection: records what it is handed (in memory: what an at-least-once
+/// engine applied), fails on poisoned events, panics once on chosen ones, can be held
+/// inside a batch, and counts its clears. An engine that keeps its read model elsewhere
+/// wraps it and calls its [`Projection`] methods first.
 #[derive(Debug, Default)]
-struct Recorder {
+pub struct Recorder {
     name: String,
     filter: FeedFilter,
     seen: Mutex<Vec<RecordedEvent>>,
@@ -152,8 +375,12 @@ struct Recorder {
 
 impl Recorder {
     fn new(name: &str) -> Arc<Self> {
+        Self::filtered(name, FeedFilter::all())
+    }
+    fn filtered(name: &str, filter: FeedFilter) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_owned(),
+            filter,
             ..Self::default()
         })
     }
@@ -222,6 +449,7 @@ fn fast() -> RunnerOptions {
         retry_base: Duration::from_millis(1),
         retry_max: Duration::from_millis(5),
         lag_every: Duration::ZERO,
+        standby_poll: Duration::from_millis(30),
         ..RunnerOptions::default()
     }
 }
@@ -244,6 +472,22 @@ async fn append<S: Store>(store: &S, n: usize, event_type: &str) -> FeedCursor {
     last
 }
 
+/// Appends `rounds` events to each of `streams`, interleaving them; returns the last cursor
+/// without waiting for it to be visible.
+async fn append_rounds<S: Store>(store: &S, streams: &[StreamId], rounds: usize) -> FeedCursor {
+    let mut last = FeedCursor::START;
+    for _ in 0..rounds {
+        for id in streams {
+            let r = store
+                .append(id, ExpectedVersion::Any, &[event("OrderPlaced", json!({}))])
+                .await
+                .unwrap();
+            last = r.cursor;
+        }
+    }
+    last
+}
+
 /// Waits (bounded by [`DEADLINE`]) until the feed shows `last`.
 async fn until_visible<S: Store>(store: &S, last: FeedCursor) {
     let start = std::time::Instant::now();
@@ -253,39 +497,30 @@ async fn until_visible<S: Store>(store: &S, last: FeedCursor) {
     }
 }
 
-async fn all_ids<S: Store>(store: &S) -> Vec<EventId> {
+async fn feed<S: Store>(store: &S) -> Vec<RecordedEvent> {
     store
         .read_feed(FeedCursor::START, &FeedFilter::all(), 10_000)
         .await
         .unwrap()
         .events
-        .iter()
-        .map(|e| e.event_id)
-        .collect()
 }
 
-fn start<S: Store>(
-    store: &S,
-    ports: &Ports,
-    p: &Arc<Recorder>,
-    options: RunnerOptions,
-) -> RunnerHandle {
-    ProjectionRunner::new(Arc::new(store.clone()))
-        .with_options(options)
-        .with_wake(SharedWake(ports.wake.clone()))
-        .with_parking(ports.parking())
-        .with_projection(Arc::clone(p) as Arc<dyn Projection>)
-        .start()
-        .unwrap()
+async fn all_ids<S: Store>(store: &S) -> Vec<EventId> {
+    feed(store).await.iter().map(|e| e.event_id).collect()
+}
+
+/// Waits until `h` has checkpointed `target` (the shared read-your-writes wait).
+async fn wait_for<R: Runner>(
+    h: &R,
+    target: FeedCursor,
+    timeout: Duration,
+) -> Result<ProjectionStatus, ProjectionError> {
+    wait_for_status(h.subscribe(), target, timeout).await
 }
 
 /// Waits (with a deadline) until the status satisfies `f`.
-async fn until(
-    h: &RunnerHandle,
-    name: &str,
-    f: impl Fn(&ProjectionStatus) -> bool,
-) -> ProjectionStatus {
-    let mut rx = h.subscribe(name).unwrap();
+async fn until<R: Runner>(h: &R, f: impl Fn(&ProjectionStatus) -> bool) -> ProjectionStatus {
+    let mut rx = h.subscribe();
     tokio::time::timeout(DEADLINE, rx.wait_for(|s| f(s)))
         .await
         .expect("condition not reached before the deadline")
@@ -293,13 +528,27 @@ async fn until(
         .clone()
 }
 
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `timeout`. For
+/// conditions no status announces (rows in a table, a worker's partitions).
+pub async fn eventually<F: AsyncFnMut() -> bool>(what: &str, timeout: Duration, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Contract case `catches_up_then_stays_live_woken_by_the_store` (see the module docs).
-pub async fn catches_up_then_stays_live_woken_by_the_store<S: Store>(store: S, ports: Ports) {
-    let first = append(&store, 25, "OrderPlaced").await;
+pub async fn catches_up_then_stays_live_woken_by_the_store<E: Engine>(engine: E) {
+    let store = engine.store();
+    let first = append(store, 25, "OrderPlaced").await;
     let p = Recorder::new("orders");
     // With exact wake-ups, polling so slow that only the wake-up can deliver within the
     // deadline; otherwise (PostgreSQL) the usual polling backs the wake-ups up.
-    let options = if ports.wake_is_exact {
+    let options = if engine.wake_is_exact() {
         RunnerOptions {
             poll_min: Duration::from_secs(600),
             poll_max: Duration::from_secs(600),
@@ -308,72 +557,68 @@ pub async fn catches_up_then_stays_live_woken_by_the_store<S: Store>(store: S, p
     } else {
         fast()
     };
-    let h = start(&store, &ports, &p, options);
-    let s = h.wait_for("orders", first, DEADLINE).await.unwrap();
+    let h = engine.start(&p, options, Wake::Backend).await;
+    let s = wait_for(&h, first, DEADLINE).await.unwrap();
     assert_eq!(s.events_processed, 25);
-    assert_eq!(p.ids(), all_ids(&store).await);
-    let s = until(&h, "orders", |s| s.state == ProjectionState::Live).await;
+    assert_eq!(engine.applied(&p).await, all_ids(store).await);
+    let s = until(&h, |s| s.state == ProjectionState::Live).await;
     assert_eq!(s.checkpoint, first);
 
-    let last = append(&store, 5, "OrderShipped").await;
-    h.wait_for("orders", last, DEADLINE).await.unwrap();
+    let last = append(store, 5, "OrderShipped").await;
+    wait_for(&h, last, DEADLINE).await.unwrap();
     assert_eq!(
-        p.ids(),
-        all_ids(&store).await,
+        engine.applied(&p).await,
+        all_ids(store).await,
         "each event once, in feed order"
     );
-    h.stop().await.unwrap();
+    h.stop().await;
 }
 
 /// Contract case `no_checkpoint_is_saved_until_the_projection_flushes` (see the module docs).
-pub async fn no_checkpoint_is_saved_until_the_projection_flushes<S: Store>(store: S, ports: Ports) {
-    let last = append(&store, 3, "OrderPlaced").await;
+pub async fn no_checkpoint_is_saved_until_the_projection_flushes<S: Store>(engine: Generic<S>) {
+    let store = engine.store();
+    let last = append(store, 3, "OrderPlaced").await;
     let p = Recorder::new("pipelined");
     p.unflushable.store(true, Ordering::SeqCst);
-    let h = start(&store, &ports, &p, fast());
-    let s = until(&h, "pipelined", |s| s.attempts >= 2).await;
+    let h = engine.start(&p, fast(), Wake::Backend).await;
+    let s = until(&h, |s| s.attempts >= 2).await;
     assert_eq!(s.state, ProjectionState::Failing);
     let error = s.last_error.unwrap();
     assert!(error.contains("flushing before the checkpoint"), "{error}");
-    assert_eq!(p.ids(), all_ids(&store).await, "handled, but not flushed");
+    assert_eq!(p.ids(), all_ids(store).await, "handled, but not flushed");
     assert_eq!(store.load_checkpoint("pipelined").await.unwrap(), None);
 
     p.unflushable.store(false, Ordering::SeqCst);
-    let s = h.wait_for("pipelined", last, DEADLINE).await.unwrap();
+    let s = wait_for(&h, last, DEADLINE).await.unwrap();
     assert_eq!(s.events_processed, 3);
     assert_eq!(
         p.ids(),
-        all_ids(&store).await,
+        all_ids(store).await,
         "flushing handles nothing again"
     );
-    h.stop().await.unwrap();
+    h.stop().await;
 }
 
 /// Contract case `polling_alone_delivers_when_there_is_no_wake_up` (see the module docs).
-pub async fn polling_alone_delivers_when_there_is_no_wake_up<S: Store>(store: S, ports: Ports) {
-    let _ = ports;
+pub async fn polling_alone_delivers_when_there_is_no_wake_up<E: Engine>(engine: E) {
     let p = Recorder::new("polled");
-    let h = ProjectionRunner::new(Arc::new(store.clone()))
-        .with_options(fast())
-        .with_wake(PollingOnly)
-        .with_projection(Arc::clone(&p) as Arc<dyn Projection>)
-        .start()
-        .unwrap();
-    until(&h, "polled", |s| s.state == ProjectionState::Live).await;
-    let last = append(&store, 3, "OrderPlaced").await;
-    h.wait_for("polled", last, DEADLINE).await.unwrap();
-    assert_eq!(p.ids(), all_ids(&store).await);
-    h.stop().await.unwrap();
+    let h = engine.start(&p, fast(), Wake::PollingOnly).await;
+    until(&h, |s| s.state == ProjectionState::Live).await;
+    let last = append(engine.store(), 3, "OrderPlaced").await;
+    wait_for(&h, last, DEADLINE).await.unwrap();
+    assert_eq!(engine.applied(&p).await, all_ids(engine.store()).await);
+    h.stop().await;
 }
 
 /// Contract case `restart_resumes_from_the_checkpoint_without_repeats` (see the module docs).
-pub async fn restart_resumes_from_the_checkpoint_without_repeats<S: Store>(store: S, ports: Ports) {
+pub async fn restart_resumes_from_the_checkpoint_without_repeats<E: Engine>(engine: E) {
+    let store = engine.store();
     let p = Recorder::new("resume");
-    let a = append(&store, 12, "OrderPlaced").await;
-    let h = start(&store, &ports, &p, fast());
-    h.wait_for("resume", a, DEADLINE).await.unwrap();
-    let stopped = h.stop().await.unwrap();
-    assert_eq!(stopped[0].state, ProjectionState::Stopped);
+    let a = append(store, 12, "OrderPlaced").await;
+    let h = engine.start(&p, fast(), Wake::Backend).await;
+    wait_for(&h, a, DEADLINE).await.unwrap();
+    let stopped = h.stop().await;
+    assert_eq!(stopped.state, ProjectionState::Stopped);
     assert_eq!(
         store
             .load_checkpoint("resume")
@@ -384,34 +629,28 @@ pub async fn restart_resumes_from_the_checkpoint_without_repeats<S: Store>(store
         a
     );
 
-    let b = append(&store, 7, "OrderPlaced").await;
-    let h = start(&store, &ports, &p, fast());
-    let s = h.wait_for("resume", b, DEADLINE).await.unwrap();
+    let b = append(store, 7, "OrderPlaced").await;
+    let h = engine.start(&p, fast(), Wake::Backend).await;
+    let s = wait_for(&h, b, DEADLINE).await.unwrap();
     assert_eq!(s.events_processed, 19);
     assert_eq!(
-        p.ids(),
-        all_ids(&store).await,
+        engine.applied(&p).await,
+        all_ids(store).await,
         "nothing repeated, nothing lost"
     );
-    h.stop().await.unwrap();
+    h.stop().await;
 }
 
 /// Contract case `a_failing_handler_is_retried_and_shown_in_status_never_skipped` (see the module docs).
-pub async fn a_failing_handler_is_retried_and_shown_in_status_never_skipped<S: Store>(
-    store: S,
-    ports: Ports,
-) {
-    append(&store, 4, "OrderPlaced").await;
-    let feed = store
-        .read_feed(FeedCursor::START, &FeedFilter::all(), 100)
-        .await
-        .unwrap()
-        .events;
+pub async fn a_failing_handler_is_retried_and_shown_in_status_never_skipped<E: Engine>(engine: E) {
+    let store = engine.store();
+    append(store, 4, "OrderPlaced").await;
+    let feed = feed(store).await;
     let p = Recorder::new("retry");
     let flag = p.poison(feed[2].event_id);
-    let h = start(&store, &ports, &p, fast());
+    let h = engine.start(&p, fast(), Wake::Backend).await;
 
-    let s = until(&h, "retry", |s| {
+    let s = until(&h, |s| {
         s.state == ProjectionState::Failing && s.attempts >= 3
     })
     .await;
@@ -422,8 +661,7 @@ pub async fn a_failing_handler_is_retried_and_shown_in_status_never_skipped<S: S
         "progress before the poison is saved"
     );
     assert_eq!(s.lag.events, 2, "the poison event and the one after it");
-    let err = h
-        .wait_for("retry", feed[3].cursor, Duration::from_millis(1))
+    let err = wait_for(&h, feed[3].cursor, Duration::from_millis(1))
         .await
         .unwrap_err();
     assert!(
@@ -432,34 +670,33 @@ pub async fn a_failing_handler_is_retried_and_shown_in_status_never_skipped<S: S
     );
 
     flag.store(false, Ordering::SeqCst); // the bug is fixed
-    let s = h.wait_for("retry", feed[3].cursor, DEADLINE).await.unwrap();
-    assert_eq!(p.ids(), all_ids(&store).await, "retried, not skipped");
+    let s = wait_for(&h, feed[3].cursor, DEADLINE).await.unwrap();
+    assert_eq!(
+        engine.applied(&p).await,
+        all_ids(store).await,
+        "retried, not skipped"
+    );
     assert!(s.last_error.is_some(), "the last error stays visible");
-    let s = until(&h, "retry", |s| s.state == ProjectionState::Live).await;
+    let s = until(&h, |s| s.state == ProjectionState::Live).await;
     assert_eq!(s.failing_event, None);
-    h.stop().await.unwrap();
+    h.stop().await;
 }
 
 /// Contract case `a_poison_event_is_skipped_only_after_a_recorded_park_decision` (see the module docs).
-pub async fn a_poison_event_is_skipped_only_after_a_recorded_park_decision<S: Store>(
-    store: S,
-    ports: Ports,
-) {
-    let last = append(&store, 3, "OrderPlaced").await;
-    let feed = store
-        .read_feed(FeedCursor::START, &FeedFilter::all(), 100)
-        .await
-        .unwrap()
-        .events;
+pub async fn a_poison_event_is_skipped_only_after_a_recorded_park_decision<E: Engine>(engine: E) {
+    let store = engine.store();
+    let last = append(store, 3, "OrderPlaced").await;
+    let feed = feed(store).await;
     let p = Recorder::new("parking");
     let _flag = p.poison(feed[1].event_id);
-    let h = start(&store, &ports, &p, fast());
-    let s = until(&h, "parking", |s| s.attempts >= 5).await;
+    let h = engine.start(&p, fast(), Wake::Backend).await;
+    let s = until(&h, |s| s.attempts >= 5).await;
     assert_eq!(s.parked_skipped, 0);
-    assert_eq!(p.ids(), vec![feed[0].event_id]);
+    assert_eq!(engine.applied(&p).await, vec![feed[0].event_id]);
 
     let bad = s.failing_event.unwrap();
-    h.parking()
+    let parking = engine.parking();
+    parking
         .park(ParkedEvent {
             projection: "parking".into(),
             event_id: bad.event_id,
@@ -471,36 +708,37 @@ pub async fn a_poison_event_is_skipped_only_after_a_recorded_park_decision<S: St
         })
         .await
         .unwrap();
-    let s = h.wait_for("parking", last, DEADLINE).await.unwrap();
+    let s = wait_for(&h, last, DEADLINE).await.unwrap();
     assert_eq!(s.parked_skipped, 1);
-    assert_eq!(p.ids(), vec![feed[0].event_id, feed[2].event_id]);
-    assert_eq!(h.parking().parked("parking").await.unwrap().len(), 1);
-    h.stop().await.unwrap();
+    assert_eq!(
+        engine.applied(&p).await,
+        vec![feed[0].event_id, feed[2].event_id]
+    );
+    assert_eq!(parking.parked("parking").await.unwrap().len(), 1);
+    h.stop().await;
 }
 
 /// Contract case `a_panicking_handler_is_a_failure_not_a_dead_task` (see the module docs).
-pub async fn a_panicking_handler_is_a_failure_not_a_dead_task<S: Store>(store: S, ports: Ports) {
-    let last = append(&store, 2, "OrderPlaced").await;
-    let first = all_ids(&store).await[0];
+pub async fn a_panicking_handler_is_a_failure_not_a_dead_task<E: Engine>(engine: E) {
+    let store = engine.store();
+    let last = append(store, 2, "OrderPlaced").await;
+    let first = all_ids(store).await[0];
     let p = Recorder::new("panics");
     p.panic_on.lock().unwrap().insert(first);
-    let h = start(&store, &ports, &p, fast());
-    let s = h.wait_for("panics", last, DEADLINE).await.unwrap();
+    let h = engine.start(&p, fast(), Wake::Backend).await;
+    let s = wait_for(&h, last, DEADLINE).await.unwrap();
     assert!(s.last_error.unwrap().contains("panicked"));
-    assert_eq!(p.ids(), all_ids(&store).await);
-    h.stop().await.unwrap();
+    assert_eq!(engine.applied(&p).await, all_ids(store).await);
+    h.stop().await;
 }
 
 /// Contract case `an_aborted_runner_is_shown_crashed_not_as_its_last_state` (see the module docs).
-pub async fn an_aborted_runner_is_shown_crashed_not_as_its_last_state<S: Store>(
-    store: S,
-    ports: Ports,
-) {
-    let last = append(&store, 2, "OrderPlaced").await;
+pub async fn an_aborted_runner_is_shown_crashed_not_as_its_last_state<E: Engine>(engine: E) {
+    let last = append(engine.store(), 2, "OrderPlaced").await;
     let p = Recorder::new("aborted");
-    let h = start(&store, &ports, &p, fast());
-    h.wait_for("aborted", last, DEADLINE).await.unwrap();
-    let mut rx = h.subscribe("aborted").unwrap();
+    let h = engine.start(&p, fast(), Wake::Backend).await;
+    wait_for(&h, last, DEADLINE).await.unwrap();
+    let mut rx = h.subscribe();
     h.abort().await;
     let s = rx.borrow_and_update().clone();
     assert_eq!(s.state, ProjectionState::Crashed, "{s:?}");
@@ -508,50 +746,47 @@ pub async fn an_aborted_runner_is_shown_crashed_not_as_its_last_state<S: Store>(
 }
 
 /// Contract case `lag_counts_events_behind_then_zero` (see the module docs).
-pub async fn lag_counts_events_behind_then_zero<S: Store>(store: S, ports: Ports) {
-    append(&store, 7, "OrderPlaced").await;
-    let feed = store
-        .read_feed(FeedCursor::START, &FeedFilter::all(), 100)
-        .await
-        .unwrap()
-        .events;
+pub async fn lag_counts_events_behind_then_zero<E: Engine>(engine: E) {
+    let store = engine.store();
+    append(store, 7, "OrderPlaced").await;
+    let feed = feed(store).await;
     // Scripted clock: lag seconds are measured from the oldest unprocessed event.
     let now = feed[0].recorded_at + chrono::Duration::seconds(90);
     assert_eq!(
-        measure_lag(&store, FeedCursor::START, now).await.unwrap(),
+        measure_lag(store, FeedCursor::START, now).await.unwrap(),
         Lag {
             events: 7,
             seconds: 90.0
         }
     );
-    assert_eq!(checkpoint_lag(&store, "lagging", now).await.unwrap(), None);
+    assert_eq!(checkpoint_lag(store, "lagging", now).await.unwrap(), None);
 
     let p = Recorder::new("lagging");
     let flag = p.poison(feed[0].event_id);
-    let h = start(&store, &ports, &p, fast());
+    let h = engine.start(&p, fast(), Wake::Backend).await;
     // The lag is measured after the state changes: wait for both.
-    let s = until(&h, "lagging", |s| {
+    let s = until(&h, |s| {
         s.state == ProjectionState::Failing && s.lag.events == 7
     })
     .await;
     assert_eq!(s.lag.events, 7);
     flag.store(false, Ordering::SeqCst);
-    let s = until(&h, "lagging", |s| {
+    let s = until(&h, |s| {
         s.state == ProjectionState::Live && s.lag == Lag::default()
     })
     .await;
     assert_eq!(s.lag, Lag::default());
-    h.stop().await.unwrap();
+    h.stop().await;
 
     // Behind again while stopped: 4 events, the oldest 30 s old on the scripted clock.
-    append(&store, 4, "OrderPlaced").await;
+    append(store, 4, "OrderPlaced").await;
     let behind = store
         .read_feed(feed[6].cursor, &FeedFilter::all(), 1)
         .await
         .unwrap()
         .events[0]
         .recorded_at;
-    let (cp, lag) = checkpoint_lag(&store, "lagging", behind + chrono::Duration::seconds(30))
+    let (cp, lag) = checkpoint_lag(store, "lagging", behind + chrono::Duration::seconds(30))
         .await
         .unwrap()
         .unwrap();
@@ -566,25 +801,22 @@ pub async fn lag_counts_events_behind_then_zero<S: Store>(store: S, ports: Ports
 }
 
 /// Contract case `stop_lets_the_current_batch_finish_and_checkpoint` (see the module docs).
-pub async fn stop_lets_the_current_batch_finish_and_checkpoint<S: Store>(store: S, ports: Ports) {
-    append(&store, 15, "OrderPlaced").await;
-    let feed = store
-        .read_feed(FeedCursor::START, &FeedFilter::all(), 100)
-        .await
-        .unwrap()
-        .events;
+pub async fn stop_lets_the_current_batch_finish_and_checkpoint<E: Engine>(engine: E) {
+    let store = engine.store();
+    append(store, 15, "OrderPlaced").await;
+    let feed = feed(store).await;
     let p = Recorder::new("graceful");
     p.gate.store(true, Ordering::SeqCst);
-    let h = start(&store, &ports, &p, fast());
+    let h = engine.start(&p, fast(), Wake::Backend).await;
     tokio::time::timeout(DEADLINE, p.entered.notified())
         .await
         .unwrap();
     h.request_stop(); // arrives while the first batch (10 events) is in flight
     p.release.notify_one();
-    let s = h.stop().await.unwrap().remove(0);
+    let s = h.stop().await;
     assert_eq!(s.state, ProjectionState::Stopped);
     assert_eq!(
-        p.ids().len(),
+        engine.applied(&p).await.len(),
         10,
         "the batch finished, the next did not start"
     );
@@ -593,124 +825,107 @@ pub async fn stop_lets_the_current_batch_finish_and_checkpoint<S: Store>(store: 
     assert_eq!((cp.cursor, cp.events_processed), (feed[9].cursor, 10));
 }
 
-/// Contract case `wait_for_reports_unknown_and_stopped_projections` (see the module docs).
-pub async fn wait_for_reports_unknown_and_stopped_projections<S: Store>(store: S, ports: Ports) {
+/// Contract case `wait_for_reports_a_stopped_projection` (see the module docs).
+pub async fn wait_for_reports_a_stopped_projection<E: Engine>(engine: E) {
     let p = Recorder::new("waits");
-    let h = start(&store, &ports, &p, fast());
+    let h = engine.start(&p, fast(), Wake::Backend).await;
+    // Nothing appended yet: the start is reached at once.
+    wait_for(&h, FeedCursor::START, DEADLINE).await.unwrap();
+    h.request_stop();
+    until(&h, |s| s.state == ProjectionState::Stopped).await;
+    let later = append(engine.store(), 1, "OrderPlaced").await;
     assert!(matches!(
-        h.wait_for("nope", FeedCursor::START, DEADLINE).await,
+        wait_for(&h, later, DEADLINE).await,
+        Err(ProjectionError::Stopped(name)) if name == "waits"
+    ));
+    h.stop().await;
+}
+
+/// Contract case `wait_for_reports_unknown_projections` (see the module docs).
+pub async fn wait_for_reports_unknown_projections<S: Store>(engine: Generic<S>) {
+    let p = Recorder::new("known");
+    let h = engine.start(&p, fast(), Wake::Backend).await;
+    assert!(matches!(
+        h.handle.wait_for("nope", FeedCursor::START, DEADLINE).await,
         Err(ProjectionError::UnknownProjection(_))
     ));
-    // Nothing appended yet: the start is reached at once.
-    h.wait_for("waits", FeedCursor::START, DEADLINE)
-        .await
-        .unwrap();
-    h.request_stop();
-    until(&h, "waits", |s| s.state == ProjectionState::Stopped).await;
-    let later = append(&store, 1, "OrderPlaced").await;
-    assert!(matches!(
-        h.wait_for("waits", later, DEADLINE).await,
-        Err(ProjectionError::Stopped(_))
-    ));
-    h.stop().await.unwrap();
+    h.stop().await;
 }
 
 /// Contract case `a_filtered_projection_sees_only_its_types_and_still_reaches_the_head` (see the module docs).
-pub async fn a_filtered_projection_sees_only_its_types_and_still_reaches_the_head<S: Store>(
-    store: S,
-    ports: Ports,
+pub async fn a_filtered_projection_sees_only_its_types_and_still_reaches_the_head<E: Engine>(
+    engine: E,
 ) {
-    append(&store, 3, "OrderPlaced").await;
-    append(&store, 2, "OrderShipped").await;
-    let last = append(&store, 4, "OrderPlaced").await;
-    let p = Arc::new(Recorder {
-        name: "shipments".into(),
-        filter: FeedFilter {
-            event_types: vec!["OrderShipped".into()],
-            categories: vec![],
-        },
-        ..Recorder::default()
-    });
-    let h = start(&store, &ports, &p, fast());
-    let s = h.wait_for("shipments", last, DEADLINE).await.unwrap();
+    let store = engine.store();
+    append(store, 3, "OrderPlaced").await;
+    append(store, 2, "OrderShipped").await;
+    let last = append(store, 4, "OrderPlaced").await;
+    let shipped = FeedFilter {
+        event_types: vec!["OrderShipped".into()],
+        categories: vec![],
+    };
+    let p = Recorder::filtered("shipments", shipped.clone());
+    let h = engine.start(&p, fast(), Wake::Backend).await;
+    let s = wait_for(&h, last, DEADLINE).await.unwrap();
     assert_eq!(s.events_processed, 2);
-    assert!(
-        p.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|e| e.event_type.as_str() == "OrderShipped")
-    );
-    let s = until(&h, "shipments", |s| s.state == ProjectionState::Live).await;
+    assert_eq!(engine.applied(&p).await, ids_of(store, &shipped).await);
+    let s = until(&h, |s| s.state == ProjectionState::Live).await;
     assert_eq!(s.lag.events, 0);
-    h.stop().await.unwrap();
+    h.stop().await;
 }
 
-/// Contract case `rebuild_clears_and_replays_with_progress` (see the module docs).
-pub async fn rebuild_clears_and_replays_with_progress<S: Store>(store: S, ports: Ports) {
-    let last = append(&store, 23, "OrderPlaced").await;
-    append(&store, 2, "Other").await;
-    let p = Arc::new(Recorder {
-        name: "rebuilt".into(),
-        filter: FeedFilter {
-            event_types: vec!["OrderPlaced".into()],
-            categories: vec![],
-        },
-        ..Recorder::default()
-    });
-    let h = start(&store, &ports, &p, fast());
-    h.wait_for("rebuilt", last, DEADLINE).await.unwrap();
-    h.stop().await.unwrap();
-
-    let mut reports: Vec<RebuildProgress> = Vec::new();
-    let done = rebuild(
-        &store,
-        &*p,
-        &RebuildOptions {
-            batch_size: 10,
-            upcasters: None,
-        },
-        &mut |r| reports.push(*r),
-    )
-    .await
-    .unwrap();
-    assert_eq!(p.clears.load(Ordering::SeqCst), 1);
-    assert_eq!((done.scanned, done.total, done.handled), (25, 25, 23));
-    let scanned: Vec<u64> = reports.iter().map(|r| r.scanned).collect();
-    assert_eq!(scanned, vec![0, 10, 20, 25]);
-    let expected: Vec<EventId> = store
-        .read_feed(
-            FeedCursor::START,
-            &FeedFilter {
-                event_types: vec!["OrderPlaced".into()],
-                categories: vec![],
-            },
-            100,
-        )
+async fn ids_of<S: Store>(store: &S, filter: &FeedFilter) -> Vec<EventId> {
+    store
+        .read_feed(FeedCursor::START, filter, 10_000)
         .await
         .unwrap()
         .events
         .iter()
         .map(|e| e.event_id)
-        .collect();
-    assert_eq!(p.ids(), expected, "each once after the clear");
+        .collect()
+}
+
+/// Contract case `rebuild_clears_and_replays_with_progress` (see the module docs).
+pub async fn rebuild_clears_and_replays_with_progress<E: Engine>(engine: E) {
+    let store = engine.store();
+    let last = append(store, 23, "OrderPlaced").await;
+    append(store, 2, "Other").await;
+    let placed = FeedFilter {
+        event_types: vec!["OrderPlaced".into()],
+        categories: vec![],
+    };
+    let p = Recorder::filtered("rebuilt", placed.clone());
+    let h = engine.start(&p, fast(), Wake::Backend).await;
+    wait_for(&h, last, DEADLINE).await.unwrap();
+    h.stop().await;
+
+    let mut reports: Vec<RebuildProgress> = Vec::new();
+    let done = engine.rebuild(&p, 10, &mut |r| reports.push(*r)).await;
+    assert_eq!(p.clears.load(Ordering::SeqCst), 1);
+    assert_eq!((done.scanned, done.total, done.handled), (25, 25, 23));
+    let scanned: Vec<u64> = reports.iter().map(|r| r.scanned).collect();
+    assert_eq!(scanned, vec![0, 10, 20, 25]);
+    assert_eq!(
+        engine.applied(&p).await,
+        ids_of(store, &placed).await,
+        "each once after the clear"
+    );
     let cp = store.load_checkpoint("rebuilt").await.unwrap().unwrap();
     assert_eq!(cp.cursor, store.feed_head().await.unwrap().last.unwrap());
 }
 
 /// Contract case `duplicate_names_and_bad_options_are_refused` (see the module docs).
-pub async fn duplicate_names_and_bad_options_are_refused<S: Store>(store: S, ports: Ports) {
-    let _ = ports;
-    let store = Arc::new(store);
+pub async fn duplicate_names_and_bad_options_are_refused<S: Store>(engine: Generic<S>) {
     let p = Recorder::new("twice");
-    let err = ProjectionRunner::new(Arc::clone(&store))
+    let err = engine
+        .runner(RunnerOptions::default())
         .with_projection(Arc::clone(&p) as Arc<dyn Projection>)
         .with_projection(p as Arc<dyn Projection>)
         .start()
         .unwrap_err();
     assert!(matches!(err, ProjectionError::DuplicateName(_)));
-    let err = ProjectionRunner::new(store)
-        .with_options(RunnerOptions {
+    let err = engine
+        .runner(RunnerOptions {
             batch_size: 0,
             ..RunnerOptions::default()
         })
@@ -720,20 +935,22 @@ pub async fn duplicate_names_and_bad_options_are_refused<S: Store>(store: S, por
 }
 
 /// Contract case `follow_tails_the_feed_then_new_events_with_a_filter` (see the module docs).
-pub async fn follow_tails_the_feed_then_new_events_with_a_filter<S: Store>(store: S, ports: Ports) {
+pub async fn follow_tails_the_feed_then_new_events_with_a_filter<S: Store>(engine: Generic<S>) {
     use futures::StreamExt;
-    append(&store, 2, "OrderPlaced").await;
-    append(&store, 1, "OrderShipped").await;
-    let wake = SharedWake(ports.wake.clone());
+    let store = engine.store();
+    append(store, 2, "OrderPlaced").await;
+    append(store, 1, "OrderShipped").await;
+    let wake = SharedWake(Arc::clone(&engine.ports.wake));
+    let placed = FeedFilter {
+        event_types: vec!["OrderPlaced".into()],
+        categories: vec![],
+    };
     let mut tail = chronik_projections::follow(
-        &store,
+        store,
         FeedCursor::START,
-        FeedFilter {
-            event_types: vec!["OrderPlaced".into()],
-            categories: vec![],
-        },
+        placed.clone(),
         &wake,
-        if ports.wake_is_exact {
+        if engine.wake_is_exact() {
             chronik_projections::FollowOptions {
                 poll_min: Duration::from_secs(600),
                 poll_max: Duration::from_secs(600),
@@ -748,7 +965,7 @@ pub async fn follow_tails_the_feed_then_new_events_with_a_filter<S: Store>(store
         seen.push(tail.next().await.unwrap().unwrap().event_id);
     }
     // With exact wake-ups, only the wake-up can deliver this one before the deadline.
-    let later = append(&store, 1, "OrderPlaced").await;
+    let later = append(store, 1, "OrderPlaced").await;
     let next = tokio::time::timeout(DEADLINE, tail.next())
         .await
         .unwrap()
@@ -756,20 +973,78 @@ pub async fn follow_tails_the_feed_then_new_events_with_a_filter<S: Store>(store
         .unwrap();
     assert_eq!(next.cursor, later);
     seen.push(next.event_id);
-    let placed: Vec<EventId> = store
-        .read_feed(
-            FeedCursor::START,
-            &FeedFilter {
-                event_types: vec!["OrderPlaced".into()],
-                categories: vec![],
-            },
-            100,
-        )
+    assert_eq!(seen, ids_of(store, &placed).await);
+}
+
+/// Contract case `a_dead_workers_partitions_are_taken_over_and_applied_exactly_once` (see the
+/// module docs): four partitions on two workers; one is killed while it is inside a batch
+/// (its handler waits there); the other takes all four over, and every event is applied
+/// exactly once, each stream's in version order.
+pub async fn a_dead_workers_partitions_are_taken_over_and_applied_exactly_once<
+    E: PartitionedEngine,
+>(
+    engine: E,
+) {
+    let store = engine.store();
+    // Forty streams: every partition gets some (the chance that one of four gets none of
+    // forty random stream ids is below 1e-4).
+    let streams: Vec<StreamId> = (0..40).map(|_| stream("order")).collect();
+    until_visible(store, append_rounds(store, &streams, 2).await).await;
+    let four = Partitions::new(4).unwrap();
+    let options = RunnerOptions {
+        batch_size: 5,
+        ..fast()
+    };
+    let (victim, survivor) = (Recorder::new("takeover"), Recorder::new("takeover"));
+    let a = engine.start_worker(&victim, four, options.clone()).await;
+    let b = engine.start_worker(&survivor, four, options).await;
+    eventually(
+        "the two workers share the four partitions two and two",
+        DEADLINE,
+        async || a.owned().len() == 2 && b.owned().len() == 2,
+    )
+    .await;
+
+    // The victim's next event holds its batch open: it dies in the middle of it. (Its
+    // open batch holds the feed's horizon, so these events become visible once it died.)
+    victim.gate.store(true, Ordering::SeqCst);
+    let last = append_rounds(store, &streams, 3).await;
+    tokio::time::timeout(DEADLINE, victim.entered.notified())
         .await
-        .unwrap()
-        .events
-        .iter()
-        .map(|e| e.event_id)
-        .collect();
-    assert_eq!(seen, placed);
+        .expect("the victim's handler is inside a batch");
+    a.kill().await;
+    until_visible(store, last).await;
+    eventually("the survivor owns every partition", DEADLINE, async || {
+        b.owned() == vec![0, 1, 2, 3]
+    })
+    .await;
+    let all = feed(store).await;
+    assert_eq!(all.last().map(|e| e.cursor), Some(last));
+    eventually("every event is applied", DEADLINE, async || {
+        engine.applied(&survivor).await.len() >= all.len()
+    })
+    .await;
+    b.stop().await;
+
+    let applied = engine.applied(&survivor).await;
+    let unique: HashSet<EventId> = applied.iter().copied().collect();
+    assert_eq!(unique.len(), applied.len(), "an event was applied twice");
+    assert_eq!(
+        unique,
+        all.iter().map(|e| e.event_id).collect::<HashSet<_>>(),
+        "an event was never applied"
+    );
+    let by_id: HashMap<EventId, &RecordedEvent> = all.iter().map(|e| (e.event_id, e)).collect();
+    let mut next: HashMap<&StreamId, u64> = HashMap::new();
+    for id in &applied {
+        let e = by_id[id];
+        let expected = next.entry(&e.stream_id).or_insert(1);
+        assert_eq!(
+            e.version.get(),
+            *expected,
+            "{} applied out of stream order",
+            e.stream_id
+        );
+        *expected += 1;
+    }
 }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use chronik_core::{EventId, FeedCursor, RecordedEvent, UpcasterRegistry};
 use chronik_projections::{
-    EventRef, LagMeter, Partitions, ProjectionName, ProjectionState, ProjectionStatus,
-    RunnerOptions,
+    EventRef, LagMeter, Partitions, ProjectionError, ProjectionName, ProjectionState,
+    ProjectionStatus, RunnerOptions, wait_for_status,
 };
 use chronik_store::{EventStore, FeedFilter, StoreError, catch_panic, upcast_recorded};
 use chrono::{DateTime, Utc};
@@ -351,6 +351,22 @@ impl PgRunnerHandle {
     #[must_use]
     pub fn subscribe(&self) -> watch::Receiver<PgRunnerStatus> {
         self.status.subscribe()
+    }
+
+    /// Read-your-writes in this process: waits until the runner has committed `target`
+    /// (typically an `AppendResult::cursor`) and returns its status then. Across processes,
+    /// or for a partitioned projection, use [`crate::wait_for_projection`].
+    ///
+    /// # Errors
+    /// [`ProjectionError::Timeout`] after `timeout` (with the checkpoint reached and the
+    /// last error, often the reason); [`ProjectionError::Stopped`] when the runner stopped
+    /// or crashed before reaching `target`.
+    pub async fn wait_for(
+        &self,
+        target: FeedCursor,
+        timeout: Duration,
+    ) -> Result<PgRunnerStatus, ProjectionError> {
+        wait_for_status(self.subscribe(), target, timeout).await
     }
 
     /// Sends the stop signal without waiting.
@@ -1085,7 +1101,9 @@ impl<P: PgProjection> Task<P> {
                 .send_modify(|s| s.state = PgRunnerState::Stopped);
         }
         if let Some(conn) = self.lock.take() {
-            let _ = conn.close().await;
+            // Unlocked before the close, so that a rebuild started right after `stop`
+            // returns finds the lock free.
+            release(conn).await;
         }
     }
 
