@@ -3,8 +3,9 @@
 
 use std::io::{self, Write as _};
 
-use anyhow::Context as _;
 use chronik_postgres::{PgEventStore, RoleName, SchemaName, application_role_sql_with};
+
+use chronik_store::StoreError;
 
 use crate::backend::Usage;
 
@@ -38,10 +39,13 @@ pub(crate) async fn grant(
     role: &RoleName,
     tables: &[&str],
 ) -> anyhow::Result<()> {
-    store
-        .grant_application_role_with(role, tables)
-        .await
-        .with_context(|| format!("cannot grant the application privileges to {role}"))?;
+    let context = || format!("cannot grant the application privileges to {role}");
+    match store.grant_application_role_with(role, tables).await {
+        Ok(()) => {}
+        // A role that does not exist is the command line's mistake, as a mistyped name is.
+        Err(StoreError::NotFound(why)) => return Err(Usage(format!("{}: {why}", context())).into()),
+        Err(e) => return Err(anyhow::Error::new(e).context(context())),
+    }
     writeln!(
         io::stdout(),
         "role {role} has the application privileges on schema {}: it can append and read \

@@ -225,8 +225,8 @@ impl PgEventStore {
     /// all-powerful.
     ///
     /// # Errors
-    /// [`StoreError::InvalidRequest`] when the role does not exist or is refused as above,
-    /// the schema is not migrated, or this store is not connected as the owner of its
+    /// [`StoreError::NotFound`] when the role does not exist;
+    /// [`StoreError::InvalidRequest`] when it is refused as above, the schema is not migrated, or this store is not connected as the owner of its
     /// tables; [`StoreError::Backend`] when a statement fails.
     pub async fn grant_application_role(&self, role: &RoleName) -> Result<(), StoreError> {
         self.grant_application_role_with(role, &[]).await
@@ -265,8 +265,10 @@ impl PgEventStore {
         .await
         .map_err(backend)?;
         let Some(row) = row else {
-            return Err(StoreError::InvalidRequest(format!(
-                "role {role} does not exist: create it first (CREATE ROLE {role} LOGIN)"
+            return Err(StoreError::NotFound(format!(
+                "role {role} does not exist in this cluster: create it first, as a superuser \
+                 or a role with CREATEROLE (CREATE ROLE {role} LOGIN), then grant again; \
+                 nothing was granted"
             )));
         };
         let get = |i: usize| row.try_get::<bool, _>(i).map_err(backend);

@@ -502,10 +502,6 @@ async fn grants_converge_and_refuse_roles_that_would_keep_the_owners_rights(admi
         (roles.owner.clone(), "owns schema converge_store"),
         (member.clone(), "is a member of their owner"),
         (RoleName::new("postgres").unwrap(), "is a superuser"),
-        (
-            RoleName::new("chronik_no_such_role_x").unwrap(),
-            "does not exist",
-        ),
     ] {
         let err = owner.grant_application_role(&role).await.unwrap_err();
         assert!(
@@ -513,6 +509,19 @@ async fn grants_converge_and_refuse_roles_that_would_keep_the_owners_rights(admi
             "{role}: {err}"
         );
     }
+    // A role that does not exist is not found (a caller's bad input), and says how to
+    // create it.
+    let err = owner
+        .grant_application_role(&RoleName::new("chronik_no_such_role_x").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound(_))
+            && err
+                .to_string()
+                .contains("does not exist in this cluster: create it first"),
+        "{err}"
+    );
     exec(&admin, &format!("DROP ROLE {}", member.quoted()))
         .await
         .unwrap();

@@ -132,6 +132,38 @@ fn the_owner_grants_and_the_application_appends_but_cannot_grant() {
     exec(format!("DROP ROLE \"{role}\""));
 }
 
+/// Issue 14: a role that does not exist is bad input (status 2, as a mistyped role name
+/// is), and the message says so and how to create it; nothing is granted.
+#[test]
+fn granting_to_a_role_that_does_not_exist_is_bad_input_and_says_how_to_create_it() {
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (role, schema) = (format!("cli_none_{tag}"), format!("cli_none_{tag}"));
+    let owner = database_url();
+    let out = chronik(&["migrate", "--schema", &schema], &owner);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = chronik(&["roles", "grant", &role, "--schema", &schema], &owner);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: cannot grant the application privileges to {role}: role {role} does not exist"
+        )) && stderr.contains(&format!("CREATE ROLE {role} LOGIN"))
+            && stderr.lines().count() == 1
+            && !stderr.contains("not found:"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let admin = runtime
+        .block_on(sqlx::PgPool::connect(&database_url()))
+        .unwrap();
+    let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
+    runtime
+        .block_on(sqlx::query(sqlx::AssertSqlSafe(drop.as_str())).execute(&admin))
+        .unwrap();
+}
+
 /// `chronik doctor` warns, without failing, when it connects as a superuser or as the
 /// schema's owner (an application connecting like that can rewrite history), says what to
 /// do, and is quiet as the application role.
