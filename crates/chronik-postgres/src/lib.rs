@@ -50,10 +50,12 @@
 //!   stream's row, checks idempotency, then the expected version, then the order guard
 //!   `streams.last_xid <= pg_current_xact_id()`, and reports each outcome as a typed value,
 //!   never by raising (so a caller's transaction stays usable after a refusal, also one
-//!   found by a race) and never by parsing an error message. One event expecting no
+//!   found by a race) and never by parsing an error message. An append expecting no
 //!   stream or an exact version (a command's append) is first tried as one plain
 //!   statement that writes only when all of those checks pass, and otherwise writes
-//!   nothing and raises nothing; the function then decides (`tests/fast_path.rs`; to
+//!   nothing and raises nothing (a batch of several events is tried so only when the
+//!   append is its own transaction: an id stored elsewhere raises inside it and undoes
+//!   it); the function then decides (`tests/fast_path.rs`; to
 //!   existing streams only on sessions with `enable_seqscan = off`, as
 //!   [`PgEventStore::connect_with`] opens them);
 //! - an error that aborted a caller's transaction is [`StoreError::TransactionAborted`],

@@ -10,6 +10,19 @@ const EVENT_COLUMNS: &str = "stream_id, version, transaction_id::text::bigint AS
      global_position, event_id, event_type, schema_version, payload, metadata, \
      correlation_id, causation_id, recorded_at";
 
+/// The columns of `events` an append writes (the rest are defaults).
+const INSERT_COLUMNS: &str = "stream_id, stream_type, version, event_id, event_type, \
+     schema_version, payload, metadata, correlation_id, causation_id";
+
+/// A batch's events as rows, from `append`'s array parameters $4 to $10 (payloads and
+/// headers as JSON text), numbered from 1 in `ord` ...
+const BATCH_ROWS: &str = "unnest($4::uuid[], $5::text[], $6::bigint[], $7::text[], \
+     $8::text[], $9::uuid[], $10::uuid[]) WITH ORDINALITY AS u(id, typ, sv, p, m, c, k, ord)";
+
+/// ... and as [`INSERT_COLUMNS`], each at version `$3 + ord` (after the expected one).
+const BATCH_VALUES: &str =
+    "$1, $2, $3 + u.ord, u.id, u.typ, u.sv, u.p::jsonb, u.m::jsonb, u.c, u.k";
+
 /// Rows below this are finished (committed or rolled back): the feed's visibility horizon.
 const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
 
@@ -24,6 +37,8 @@ pub(crate) struct Sql {
     pub(crate) append: SqlStr,
     pub(crate) append_first: SqlStr,
     pub(crate) append_next: SqlStr,
+    pub(crate) batch_first: SqlStr,
+    pub(crate) batch_next: SqlStr,
     pub(crate) append_streams: SqlStr,
     pub(crate) read_stream: SqlStr,
     pub(crate) correlated: SqlStr,
@@ -105,6 +120,55 @@ impl Sql {
                    UPDATE {s}.streams t SET version = $11, last_xid = e.transaction_id \
                      FROM e WHERE t.stream_id = $1) \
                  SELECT e.transaction_id::text::bigint, e.global_position FROM e"
+            )),
+            // The fast path for several events creating a stream, for owned appends only
+            // (`PgEventStore::fast_append`), with `append`'s parameters ($3 = 0) and $11 the
+            // count: the first event is written as in `append_first` (its key
+            // `(stream_id, 1)` the stream's lock; a refusal writes nothing and raises
+            // nothing), the others only after it, in version order. Once the first is
+            // written no other version can exist; only an event id stored in another stream
+            // refuses one of them, and that raises a unique violation, which undoes the
+            // whole statement (the store then asks `append_events` why). Plan-proof: no
+            // lookups, only the inserts' arbiter indexes.
+            batch_first: sql(format!(
+                "WITH f AS ( \
+                   INSERT INTO {s}.events ({INSERT_COLUMNS}) \
+                   VALUES ($1, $2, 1, $4[1], $5[1], $6[1], $7[1]::jsonb, $8[1]::jsonb, \
+                           $9[1], $10[1]) \
+                   ON CONFLICT DO NOTHING \
+                   RETURNING transaction_id), \
+                 r AS ( \
+                   INSERT INTO {s}.events ({INSERT_COLUMNS}) \
+                   SELECT {BATCH_VALUES} FROM f, {BATCH_ROWS} \
+                    WHERE u.ord > 1 ORDER BY u.ord \
+                   RETURNING global_position), \
+                 s AS ( \
+                   INSERT INTO {s}.streams (stream_id, stream_type, version, last_xid) \
+                   SELECT $1, $2, $11, f.transaction_id FROM f) \
+                 SELECT f.transaction_id::text::bigint, r.global_position FROM f, r \
+                  ORDER BY r.global_position DESC LIMIT 1"
+            )),
+            // The fast path for several events after an exact version $3 >= 1 (to
+            // $3 + $11), owned appends only: `append_next` for a batch. The row locked at
+            // the expected version, the order guard checked after the lock, the events in
+            // version order (no other writer can hold these versions while the row is
+            // locked at $3), the row updated. An event id stored in another stream raises
+            // a unique violation that undoes the statement, as in `batch_first`. Looks the
+            // row up by key: only for sessions that plan without sequential scans.
+            batch_next: sql(format!(
+                "WITH s AS ( \
+                   SELECT last_xid FROM {s}.streams \
+                    WHERE stream_id = $1 AND version = $3 FOR UPDATE), \
+                 e AS ( \
+                   INSERT INTO {s}.events ({INSERT_COLUMNS}) \
+                   SELECT {BATCH_VALUES} FROM s, {BATCH_ROWS} \
+                    WHERE s.last_xid <= pg_current_xact_id() ORDER BY u.ord \
+                   RETURNING transaction_id, global_position), \
+                 u AS ( \
+                   UPDATE {s}.streams t SET version = $3 + $11, last_xid = pg_current_xact_id() \
+                    WHERE t.stream_id = $1 AND EXISTS (SELECT 1 FROM e)) \
+                 SELECT e.transaction_id::text::bigint, e.global_position FROM e \
+                  ORDER BY e.global_position DESC LIMIT 1"
             )),
             // The same columns as `append`, in the same order, then the part's index.
             append_streams: sql(format!(

@@ -129,6 +129,25 @@ impl<'a> AppendArgs<'a> {
                 .collect(),
         })
     }
+
+    /// `append_events`' parameters $1 to $10 (the stream, its category, the expectation's
+    /// code and one array per column), which the batch statements share.
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.stream.as_str())
+            .bind(self.stream.category())
+            .bind(self.code)
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.schema_versions)
+            .bind(&self.payloads)
+            .bind(&self.headers)
+            .bind(&self.correlations)
+            .bind(&self.causations)
+    }
 }
 
 impl PgEventStore {
@@ -366,7 +385,9 @@ impl PgEventStore {
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
         let args = AppendArgs::new(stream, expected, events)?;
-        self.attempt(Some(conn), &args).await.map_err(aborted)?
+        self.attempt(Some(conn), &args, false)
+            .await
+            .map_err(aborted)?
     }
 
     /// An owned append ([`EventStore::append`]) on `conn`, or on a pooled connection of its
@@ -413,7 +434,7 @@ impl PgEventStore {
         let mut order_retries = 0;
         loop {
             // One statement in autocommit: its own transaction, the append its first write.
-            let attempt = self.attempt(conn.as_deref_mut(), &args).await;
+            let attempt = self.attempt(conn.as_deref_mut(), &args, true).await;
             match attempt.map_err(backend)? {
                 Err(StoreError::TransactionOrder { .. })
                     if retry_order && order_retries < self.order_retries =>
@@ -453,20 +474,23 @@ impl PgEventStore {
 
     /// One append on `conn` (a pooled connection when `None`): the one-statement fast path
     /// where it applies and writes, else `append_events`, which decides every outcome.
+    /// `owned`: the append is its own transaction (autocommit), so a statement that raises
+    /// undoes only itself; false in a caller's transaction, which an error would abort.
     async fn attempt(
         &self,
         conn: Option<&mut PgConnection>,
         args: &AppendArgs<'_>,
+        owned: bool,
     ) -> Result<Result<AppendResult, StoreError>, sqlx::Error> {
         match conn {
             Some(c) => {
-                if let Some(done) = self.fast_append(&mut *c, args).await? {
+                if let Some(done) = self.fast_append(&mut *c, args, owned).await? {
                     return Ok(done);
                 }
                 self.append_events(c, args).await
             }
             None => {
-                if let Some(done) = self.fast_append(&self.pool, args).await? {
+                if let Some(done) = self.fast_append(&self.pool, args, owned).await? {
                     return Ok(done);
                 }
                 self.append_events(&self.pool, args).await
@@ -474,31 +498,41 @@ impl PgEventStore {
         }
     }
 
-    /// The fast path of an append of one event expecting no stream or an exact version
-    /// (what `Repository::execute` sends): one plain statement instead of `append_events`,
+    /// The fast path of an append expecting no stream or an exact version (what
+    /// `Repository::execute` sends): one plain statement instead of `append_events`,
     /// whose PL/pgSQL call costs more server time than the insert itself (docs/benchmarks.md,
     /// "The write path"). It writes only when every check of the function passes (the
-    /// version, the feed-order guard, and the id stored nowhere: its unique index refuses
-    /// it otherwise, waiting first for a transaction that holds the same key, as the
+    /// version, the feed-order guard, and the ids stored nowhere: their unique index refuses
+    /// them otherwise, waiting first for a transaction that holds the same key, as the
     /// function's insert does), so its one outcome is "appended". `None` when it does not
     /// apply or wrote nothing: the caller then runs `append_events`, which finds out why
-    /// (an idempotent retry, a conflict, a duplicate id) and reports it. It never raises
-    /// on a refusal, so a caller's transaction stays usable, as with the function.
+    /// (an idempotent retry, a conflict, a duplicate id) and reports it.
+    ///
+    /// One event: it never raises on a refusal, so a caller's transaction stays usable, as
+    /// with the function. Several events (owned appends only): an id stored in another
+    /// stream refuses a later event of the batch with a unique violation, which undoes the
+    /// whole statement, and is then the function's to report like every other refusal.
     async fn fast_append<'e, E>(
         &self,
         executor: E,
         args: &AppendArgs<'_>,
+        owned: bool,
     ) -> Result<Option<Result<AppendResult, StoreError>>, sqlx::Error>
     where
         E: Executor<'e, Database = Postgres>,
     {
-        if args.ids.len() != 1 || args.code < 0 || (args.code > 0 && !self.fast_next) {
+        let n = args.ids.len();
+        if args.code < 0 || (args.code > 0 && !self.fast_next) || (n > 1 && !owned) {
             return Ok(None);
         }
-        // No stream is at the last version there is; the function answers such a request.
-        let Some(next) = args.code.checked_add(1) else {
+        // No stream reaches past the last version there is; the function answers such a
+        // request (and validation bounds `n` far below `i64::MAX`).
+        let Some(last) = i64::try_from(n).ok().and_then(|n| args.code.checked_add(n)) else {
             return Ok(None);
         };
+        if n > 1 {
+            return self.fast_batch(executor, args, last).await;
+        }
         let sql = if args.code == 0 {
             &self.sql.append_first
         } else {
@@ -515,12 +549,36 @@ impl PgEventStore {
             .bind(args.correlations[0])
             .bind(args.causations[0]);
         if args.code > 0 {
-            query = query.bind(args.code).bind(next);
+            query = query.bind(args.code).bind(last);
         }
         let Some(row) = query.fetch_optional(executor).await? else {
             return Ok(None);
         };
-        Ok(Some(appended_one(&row, next)))
+        Ok(Some(appended(&row, last, last)))
+    }
+
+    /// [`PgEventStore::fast_append`] for a batch of several events, ending at `last`.
+    async fn fast_batch<'e, E>(
+        &self,
+        executor: E,
+        args: &AppendArgs<'_>,
+        last: i64,
+    ) -> Result<Option<Result<AppendResult, StoreError>>, sqlx::Error>
+    where
+        E: Executor<'e, Database = Postgres>,
+    {
+        let sql = if args.code == 0 {
+            &self.sql.batch_first
+        } else {
+            &self.sql.batch_next
+        };
+        let query = args.bind(sqlx::query(sql.clone())).bind(last - args.code);
+        match query.fetch_optional(executor).await {
+            Ok(Some(row)) => Ok(Some(appended(&row, args.code + 1, last))),
+            Ok(None) => Ok(None),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// One execution of `append_events`: the outcome it reported, or the statement's error.
@@ -532,17 +590,8 @@ impl PgEventStore {
     where
         E: Executor<'e, Database = Postgres>,
     {
-        let row = sqlx::query(self.sql.append.clone())
-            .bind(args.stream.as_str())
-            .bind(args.stream.category())
-            .bind(args.code)
-            .bind(&args.ids)
-            .bind(&args.types)
-            .bind(&args.schema_versions)
-            .bind(&args.payloads)
-            .bind(&args.headers)
-            .bind(&args.correlations)
-            .bind(&args.causations)
+        let row = args
+            .bind(sqlx::query(self.sql.append.clone()))
             .fetch_one(executor)
             .await?;
         Ok(outcome(&row, args))
@@ -711,15 +760,15 @@ fn plans_without_seqscan(options: Option<&str>) -> bool {
     off
 }
 
-/// What the fast path reported when it wrote its one event at `version` (the
-/// transaction and position of the event): the append's result.
-fn appended_one(row: &PgRow, version: i64) -> Result<AppendResult, StoreError> {
+/// What the fast path reported when it wrote the events from `first` to `last` (the
+/// transaction and the position of the last event): the append's result.
+fn appended(row: &PgRow, first: i64, last: i64) -> Result<AppendResult, StoreError> {
     let tx: i64 = row.try_get(0).map_err(backend)?;
     let pos: i64 = row.try_get(1).map_err(backend)?;
-    let version = Version::from_i64(version).map_err(StoreError::Invalid)?;
+    let version = |v| Version::from_i64(v).map_err(StoreError::Invalid);
     Ok(AppendResult {
-        first_version: version,
-        last_version: version,
+        first_version: version(first)?,
+        last_version: version(last)?,
         cursor: FeedCursor::new(to_u64(tx, "transaction id")?, to_u64(pos, "position")?)?,
         already_appended: false,
     })

@@ -1,6 +1,6 @@
-//! One-event appends expecting no stream or an exact version take a one-statement fast
-//! path instead of calling `append_events` (issue 12), and fall back to the function for
-//! every outcome but "appended". These tests count the function's calls
+//! Appends expecting no stream or an exact version take a one-statement fast path instead
+//! of calling `append_events` (issue 12; batches of several events only when the append is
+//! its own transaction), and fall back to the function for every outcome but "appended". These tests count the function's calls
 //! (`track_functions`) to prove which path ran: the conformance suite proves that both
 //! paths behave alike, and cannot tell them apart by design.
 
@@ -109,16 +109,137 @@ async fn one_event_appends_on_store_sessions_never_call_the_function(pool: PgPoo
         "{elsewhere:?}"
     );
     assert_eq!(function_calls(&session).await, 3);
-    // Several events, or a looser expectation, always go to the function.
+    // A looser expectation always goes to the function.
     store
         .append(&long, ExpectedVersion::Any, &events(1))
         .await
         .expect("any version");
     store
-        .append(&stream("fast"), ExpectedVersion::NoStream, &events(2))
+        .append(&long, ExpectedVersion::StreamExists, &events(1))
         .await
-        .expect("two events");
+        .expect("stream exists");
     assert_eq!(function_calls(&session).await, 5);
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn owned_batches_take_the_fast_path_and_refusals_the_function(pool: PgPool) {
+    let (session, store) = counting_store(&pool, true).await;
+    let id = stream("batch");
+    let first = store
+        .append(&id, ExpectedVersion::NoStream, &events(100))
+        .await
+        .expect("new stream");
+    assert_eq!((first.first_version, first.last_version), (v(1), v(100)));
+    let next = store
+        .append(&id, ExpectedVersion::Exact(v(100)), &events(3))
+        .await
+        .expect("next batch");
+    assert_eq!((next.first_version, next.last_version), (v(101), v(103)));
+    assert_eq!(
+        function_calls(&session).await,
+        0,
+        "both batches took the fast path"
+    );
+    // The cursor is the last event's, and the feed holds the batch in version order.
+    let (tx, pos, versions): (i64, i64, Vec<i64>) = sqlx::query_as(
+        "SELECT max(transaction_id::text::bigint), max(global_position), \
+                array_agg(version ORDER BY transaction_id, global_position) \
+           FROM events WHERE stream_id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_one(&pool)
+    .await
+    .expect("rows");
+    assert_eq!(versions, (1..=103).collect::<Vec<i64>>());
+    assert_eq!(
+        (next.cursor.transaction(), next.cursor.position()),
+        (
+            u64::try_from(tx).expect("tx"),
+            u64::try_from(pos).expect("pos")
+        )
+    );
+    let row: (i64, i64) = sqlx::query_as(
+        "SELECT version, (SELECT count(*) FROM events WHERE stream_id = $1) FROM streams WHERE stream_id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_one(&pool)
+    .await
+    .expect("stream row");
+    assert_eq!(row, (103, 103));
+
+    // Refusals write nothing and are the function's to report: a retry, a conflict, and
+    // a later event's id stored elsewhere (the statement raised and undid itself).
+    let batch = events(5);
+    store
+        .append(&id, ExpectedVersion::Exact(v(103)), &batch)
+        .await
+        .expect("append");
+    let retry = store
+        .append(&id, ExpectedVersion::Exact(v(103)), &batch)
+        .await
+        .expect("idempotent retry");
+    assert!(retry.already_appended, "{retry:?}");
+    assert_eq!(function_calls(&session).await, 1);
+    let conflict = store
+        .append(&id, ExpectedVersion::Exact(v(50)), &events(2))
+        .await;
+    assert!(
+        matches!(conflict, Err(StoreError::Conflict { .. })),
+        "{conflict:?}"
+    );
+    let mut mixed = events(2);
+    mixed.push(batch[3].clone());
+    let other = stream("batch");
+    let dup = store
+        .append(&other, ExpectedVersion::NoStream, &mixed)
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::DuplicateEventId { .. })),
+        "{dup:?}"
+    );
+    assert_eq!(
+        store.stream_version(&other).await.expect("version"),
+        Version::ZERO
+    );
+    let dup = store
+        .append(&id, ExpectedVersion::Exact(v(108)), &mixed)
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::DuplicateEventId { .. })),
+        "{dup:?}"
+    );
+    assert_eq!(store.stream_version(&id).await.expect("version"), v(108));
+    assert_eq!(function_calls(&session).await, 4);
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn batches_in_a_callers_transaction_go_to_the_function(pool: PgPool) {
+    // The batch statement raises on an id stored elsewhere, which would abort the caller's
+    // transaction: in one, batches are the function's, which never raises on a refusal.
+    let (session, store) = counting_store(&pool, true).await;
+    let stored = events(2);
+    store
+        .append(&stream("tx"), ExpectedVersion::NoStream, &stored)
+        .await
+        .expect("stored");
+    let mut tx = session.begin().await.expect("begin");
+    let mut mixed = events(1);
+    mixed.push(stored[1].clone());
+    let dup = store
+        .append_in(&mut tx, &stream("tx"), ExpectedVersion::NoStream, &mixed)
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::DuplicateEventId { .. })),
+        "{dup:?}"
+    );
+    let id = stream("tx");
+    store
+        .append_in(&mut tx, &id, ExpectedVersion::NoStream, &events(3))
+        .await
+        .expect("the transaction is still usable");
+    tx.commit().await.expect("commit");
+    assert_eq!(store.stream_version(&id).await.expect("version"), v(3));
+    assert_eq!(function_calls(&session).await, 2);
 }
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]

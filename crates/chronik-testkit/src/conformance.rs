@@ -414,6 +414,20 @@ pub async fn same_ids_elsewhere_are_rejected<S: Store>(store: S) {
         .append(&b, ExpectedVersion::NoStream, &events(1))
         .await
         .expect("b is still a new stream");
+    // An existing stream: a fresh event, then one stored elsewhere: nothing is written,
+    // and the stream is still at its version for the next append.
+    let mut mixed = events(1);
+    mixed.push(batch[0].clone());
+    assert!(
+        dup(store.append(&b, ExpectedVersion::Exact(v(1)), &mixed).await),
+        "mixed batch, existing stream"
+    );
+    assert_eq!(read_all(&store, &b).await.len(), 1);
+    let next = store
+        .append(&b, ExpectedVersion::Exact(v(1)), &events(2))
+        .await
+        .expect("b is still at version 1");
+    assert_eq!((next.first_version, next.last_version), (v(2), v(3)));
 }
 
 /// The same ids at the same place with other content (event type, schema version or
