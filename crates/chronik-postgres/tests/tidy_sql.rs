@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 /// Names that may appear as `{name}` in SQL text, and why each is safe.
-const ALLOWED: [(&str, &str); 18] = [
+const ALLOWED: [(&str, &str); 21] = [
     ("s", "the store's SchemaName::quoted()"),
     ("r", "RoleName::quoted()"),
     ("schema", "SchemaName::quoted() (store.rs migrate)"),
@@ -29,6 +29,15 @@ const ALLOWED: [(&str, &str); 18] = [
     ("privileges", "a constant privilege list (roles.rs)"),
     ("EVENT_COLUMNS", "a constant column list"),
     ("HORIZON", "a constant expression"),
+    ("INSERT_COLUMNS", "a constant column list (sql.rs)"),
+    (
+        "BATCH_ROWS",
+        "a constant unnest of bind parameters (sql.rs)",
+    ),
+    (
+        "BATCH_VALUES",
+        "a constant list of bind parameters and columns (sql.rs)",
+    ),
     ("STREAM_HASH", "a constant expression (sql.rs)"),
     ("ALIVE", "a constant expression (projection/sql.rs)"),
     ("snapshot_columns", "a constant column list"),
