@@ -1,0 +1,386 @@
+//! The runner's task: the lock, standby, idling and retries around the batch loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronik_projections::{EventRef, LagMeter, ProjectionStatus};
+use chronik_store::catch_panic;
+use chrono::Utc;
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::engine::{Batch, Engine};
+use super::handle::PgRunnerHandle;
+use super::lock::{SessionInfo, release};
+use super::options::PgRunnerOptions;
+use super::status::{PgRunnerState, PgRunnerStatus};
+use crate::projection::handler::PgProjection;
+use crate::standby::StandbyMeter;
+
+/// Spawns the task of `engine`. With `owner`, the engine's lock is held by that session
+/// (a partitioned worker's), which the task records as its own and never takes itself.
+pub(crate) fn start<P: PgProjection>(
+    engine: Engine<P>,
+    options: PgRunnerOptions,
+    owner: Option<SessionInfo>,
+) -> PgRunnerHandle {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let status = Arc::new(watch::Sender::new(ProjectionStatus::new(engine.name())));
+    let standby_meter = engine
+        .standby
+        .clone()
+        .map(|s| StandbyMeter::new(s, options.lag_every, engine.sql.record_standby_lag.clone()));
+    let task = Task {
+        engine,
+        standby_meter,
+        lag: LagMeter::new(options.lag_every),
+        options,
+        status: Arc::clone(&status),
+        stop: stop_rx,
+        lock: None,
+        held: false,
+        external: owner.is_some(),
+        listener: None,
+        instance: Uuid::new_v4(),
+        session: owner,
+        saved: None,
+    };
+    PgRunnerHandle {
+        stop: stop_tx,
+        status,
+        task: tokio::spawn(task.run()),
+    }
+}
+
+struct Task<P> {
+    engine: Engine<P>,
+    /// Records the standby's replication lag, for a standby-fed runner.
+    standby_meter: Option<StandbyMeter>,
+    options: PgRunnerOptions,
+    status: Arc<watch::Sender<PgRunnerStatus>>,
+    stop: watch::Receiver<bool>,
+    /// The dedicated lock session (kept while in standby too, to retry on it).
+    lock: Option<PgConnection>,
+    /// Whether `lock` holds the projection's advisory lock (or, `external`, the owner's
+    /// session does).
+    held: bool,
+    /// The lock is held by another session (a partitioned worker's: `session`), never
+    /// taken or released here.
+    external: bool,
+    listener: Option<PgListener>,
+    /// This instance's id: the key of its own status row.
+    instance: Uuid,
+    /// `lock`'s session, as recorded in the status row.
+    session: Option<SessionInfo>,
+    /// What the status row last received: state and lock session.
+    saved: Option<(PgRunnerState, Option<i32>)>,
+    /// Measures the lag into the status every `lag_every`.
+    lag: LagMeter,
+}
+
+struct Stopping;
+
+impl<P: PgProjection> Task<P> {
+    async fn pause(&mut self, d: Duration) -> Result<(), Stopping> {
+        tokio::select! {
+            () = tokio::time::sleep(d) => Ok(()),
+            _ = self.stop.wait_for(|s| *s) => Err(Stopping),
+        }
+    }
+
+    /// Waits `d` or until a notification; returns whether one came.
+    async fn idle(&mut self, d: Duration) -> Result<bool, Stopping> {
+        let Some(listener) = self.listener.as_mut() else {
+            return self.pause(d).await.map(|()| false);
+        };
+        tokio::select! {
+            () = tokio::time::sleep(d) => Ok(false),
+            r = listener.recv() => {
+                if r.is_err() {
+                    // Lost connection: polling carries on; reconnect on the next start.
+                    self.listener = None;
+                }
+                Ok(r.is_ok())
+            }
+            _ = self.stop.wait_for(|s| *s) => Err(Stopping),
+        }
+    }
+
+    /// [`Task::idle`], then the next idle interval: a notification read by a standby-fed
+    /// runner starts polling again from `poll_min`, since the standby may not have replayed
+    /// the commit it announces yet.
+    async fn idle_next(&mut self, d: Duration) -> Result<Duration, Stopping> {
+        let woken = self.idle(d).await?;
+        Ok(if woken && self.engine.standby.is_some() {
+            self.options.poll_min
+        } else {
+            d
+        })
+    }
+
+    /// Sets the state. Persists it first when it or the lock session changed, so that a
+    /// watcher of the in-process status that sees the new state finds it stored too.
+    async fn set_state(&mut self, state: PgRunnerState) {
+        self.set_state_with(state, |_| {}).await;
+    }
+
+    /// [`Task::set_state`], with `also` applied to the same update.
+    async fn set_state_with(
+        &mut self,
+        state: PgRunnerState,
+        also: impl FnOnce(&mut PgRunnerStatus),
+    ) {
+        let mut next = self.status.borrow().clone();
+        next.state = state;
+        also(&mut next);
+        if state != PgRunnerState::Failing {
+            next.failing_event = None;
+            next.attempts = 0;
+        }
+        let pid = self.session.as_ref().map(|x| x.pid);
+        if self.saved != Some((state, pid)) {
+            self.persist(&next).await;
+        }
+        self.status.send_replace(next);
+    }
+
+    /// Writes `s` to this instance's status row.
+    async fn persist(&mut self, s: &PgRunnerStatus) {
+        self.engine
+            .save_status(self.instance, s, self.session.as_ref())
+            .await;
+        self.saved = Some((s.state, self.session.as_ref().map(|x| x.pid)));
+    }
+
+    async fn fail(
+        &mut self,
+        attempt: u32,
+        error: String,
+        event: Option<EventRef>,
+    ) -> Result<(), Stopping> {
+        tracing::warn!(projection = self.engine.name(), attempt, %error, "projection failing; retrying");
+        let mut next = self.status.borrow().clone();
+        next.state = PgRunnerState::Failing;
+        next.last_error = Some(error);
+        next.last_error_at = Some(Utc::now());
+        next.failing_event = event;
+        next.attempts = attempt;
+        self.persist(&next).await;
+        self.status.send_replace(next);
+        self.refresh_lag(true).await;
+        self.pause(self.options.backoff(attempt)).await
+    }
+
+    /// Measures the lag of the checkpoint (due every `lag_every`, or now with `force`).
+    async fn refresh_lag(&mut self, force: bool) {
+        self.lag
+            .refresh(&self.engine.store, &self.status, force)
+            .await;
+        if let Some(meter) = self.standby_meter.as_mut() {
+            meter
+                .refresh(&self.engine.store, &self.engine.name, self.instance)
+                .await;
+        }
+    }
+
+    async fn run(mut self) {
+        // A handler's panic is caught per event (`handle_guarded`); this catches the rest,
+        // so that the status says the task is gone instead of showing its last state.
+        let crashed = catch_panic(self.run_inner()).await.err();
+        // Recorded before the lock session closes, so that a standby taking over never
+        // finds this instance's row still claiming the lock.
+        let owned = self.held;
+        self.status.send_modify(|s| s.lock_pid = None);
+        self.session = None;
+        if let Some(panic) = crashed {
+            tracing::error!(projection = self.engine.name(), %panic, "projection runner task panicked");
+            self.set_state_with(PgRunnerState::Crashed, |s| {
+                s.last_error = Some(format!("runner task panicked: {panic}"));
+                s.last_error_at = Some(Utc::now());
+            })
+            .await;
+        } else if owned {
+            self.set_state(PgRunnerState::Stopped).await;
+        } else {
+            // A standby that stops leaves no row behind.
+            self.engine.delete_status(self.instance).await;
+            self.status
+                .send_modify(|s| s.state = PgRunnerState::Stopped);
+        }
+        if let Some(conn) = self.lock.take() {
+            // Unlocked before the close, so that a rebuild started right after `stop`
+            // returns finds the lock free.
+            release(conn).await;
+        }
+    }
+
+    /// Holds the lock (taking it when free), or waits in standby.
+    async fn ensure_lock(&mut self) -> Result<bool, Stopping> {
+        if self.external {
+            if !self.held {
+                self.held = true;
+                let pid = self.session.as_ref().map(|x| x.pid);
+                self.begin_owning(pid).await;
+            }
+            return Ok(true);
+        }
+        if let Some(conn) = self.lock.as_mut() {
+            if conn.ping().await.is_ok() {
+                if self.held {
+                    return Ok(true);
+                }
+            } else {
+                // The session died (and any lock with it): another runner may be active now.
+                self.lock = None;
+                self.session = None;
+                self.held = false;
+                self.status.send_modify(|s| s.lock_pid = None);
+            }
+        }
+        let conn = match self.lock.take() {
+            Some(conn) => Ok(conn),
+            None => match self.engine.lock_session().await {
+                Ok(mut conn) => match self.engine.session_info(&mut conn).await {
+                    Ok(info) => {
+                        self.session = Some(info);
+                        Ok(conn)
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+        };
+        let name = self.engine.name().to_owned();
+        let attempt = match conn {
+            Ok(mut conn) => {
+                let r = self.engine.try_lock_on(&mut conn, &name).await;
+                self.lock = Some(conn);
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(Some(pid)) => {
+                self.held = true;
+                self.begin_owning(Some(pid)).await;
+                Ok(true)
+            }
+            Ok(None) => {
+                self.set_state(PgRunnerState::Standby).await;
+                self.pause(self.options.standby_poll).await?;
+                Ok(false)
+            }
+            Err(e) => {
+                self.lock = None;
+                self.session = None;
+                let attempt = self.status.borrow().attempts + 1;
+                self.fail(attempt, format!("taking the projection lock: {e}"), None)
+                    .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Just took the lock (held by session `pid`): prunes the history rows, listens, and
+    /// says so.
+    async fn begin_owning(&mut self, pid: Option<i32>) {
+        self.engine.prune_statuses(self.instance).await;
+        if let Some(channel) = self.options.listen_channel.clone() {
+            match PgListener::connect_with(self.engine.store.pool()).await {
+                Ok(mut l) => {
+                    if l.listen(&channel).await.is_ok() {
+                        self.listener = Some(l);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot listen; polling only"),
+            }
+        }
+        // The lock pid and the new state become visible together.
+        self.set_state_with(PgRunnerState::CatchingUp, |s| s.lock_pid = pid)
+            .await;
+    }
+
+    async fn run_inner(&mut self) -> Result<(), Stopping> {
+        let batch = self.options.batch_size;
+        let mut limit = batch;
+        let mut retrying = false;
+        let mut attempt = 0;
+        let mut idle = self.options.poll_min;
+        while !*self.stop.borrow() {
+            if !self.ensure_lock().await? {
+                continue;
+            }
+            match self.engine.batch(limit, retrying).await {
+                Ok(Batch::Committed {
+                    cursor,
+                    processed,
+                    events,
+                    full,
+                    parked,
+                    ..
+                }) => {
+                    self.status.send_modify(|s| {
+                        s.checkpoint = cursor;
+                        s.events_processed = processed;
+                        s.batches += 1;
+                        s.parked_skipped += parked;
+                    });
+                    let was_limited = limit < batch;
+                    limit = batch;
+                    retrying = false;
+                    attempt = 0;
+                    if full || was_limited {
+                        self.set_state(PgRunnerState::CatchingUp).await;
+                        self.refresh_lag(false).await;
+                        continue;
+                    }
+                    self.set_state(PgRunnerState::Live).await;
+                    self.refresh_lag(true).await;
+                    idle = if events > 0 {
+                        self.options.poll_min
+                    } else {
+                        (idle * 2).min(self.options.poll_max)
+                    };
+                    idle = self.idle_next(idle).await?;
+                }
+                Ok(Batch::Idle { cursor, processed }) => {
+                    self.status.send_modify(|s| {
+                        s.checkpoint = cursor;
+                        s.events_processed = processed;
+                    });
+                    self.set_state(PgRunnerState::Live).await;
+                    self.refresh_lag(false).await;
+                    idle = (idle * 2).min(self.options.poll_max);
+                    idle = self.idle_next(idle).await?;
+                }
+                Ok(Batch::Failed { index, .. }) if index > 0 => {
+                    // Commit the good events before the failing one first.
+                    limit = index;
+                }
+                Ok(Batch::Failed { event, failure, .. }) => {
+                    attempt += 1;
+                    limit = 1;
+                    retrying = true;
+                    let message = format!(
+                        "{} v{} (event {}, cursor {}): {failure}",
+                        event.stream_id, event.version, event.event_id, event.cursor
+                    );
+                    let at = EventRef {
+                        stream_id: event.stream_id,
+                        version: event.version,
+                        event_id: event.event_id,
+                        cursor: event.cursor,
+                    };
+                    self.fail(attempt, message, Some(at)).await?;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.fail(attempt, e.to_string(), None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
