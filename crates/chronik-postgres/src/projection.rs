@@ -14,7 +14,7 @@
 //! partition has its own checkpoint and is owned by one worker at a time (an advisory lock
 //! on the worker's session), and a dead worker's partitions are taken over by the others.
 //!
-//! Also here: rebuilds from scratch ([`rebuild`]) and into a shadow table swapped in atomically ([`rebuild_shadow`]),
+//! Also here: rebuilds from scratch ([`rebuild()`]) and into a shadow table swapped in atomically ([`rebuild_shadow`]),
 //! what a killed shadow rebuild left behind ([`shadow_leftovers`], [`discard_shadow`]),
 //! recorded park decisions ([`park_event`]) and their resolution ([`park_records`],
 //! [`retry_parked`], [`drop_parked`]), forgetting a projection ([`forget_projection`]), cross-process read-your-writes
