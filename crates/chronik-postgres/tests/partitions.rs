@@ -3,7 +3,8 @@
 //! as separate processes would have) balance, and a worker killed in the middle of a batch
 //! loses its partitions to the others with every event applied exactly once and in stream
 //! order; a changed number of partitions is refused until the projection is rebuilt; a
-//! rebuild into partitions gives each its own count of events processed; forgetting a
+//! rebuild into partitions gives each its own count of events processed, and the report under
+//! the projection's own name stands for its partitions (no false lag); forgetting a
 //! partitioned projection forgets every partition.
 // Helpers outside `#[test]` functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -428,9 +429,14 @@ async fn a_changed_number_of_partitions_is_refused_until_rebuilt(pool: PgPool) {
         .filter(|r| r.checkpoint.is_some())
         .map(|r| r.name)
         .collect();
+    // The bare name (its rebuild record) reports the two partitions' least checkpoint.
     assert_eq!(
         names,
-        BTreeSet::from(["applied#0/2".to_owned(), "applied#1/2".to_owned()])
+        BTreeSet::from([
+            "applied".to_owned(),
+            "applied#0/2".to_owned(),
+            "applied#1/2".to_owned()
+        ])
     );
     let worker = PgPartitionedRunner::new(store.clone(), Recorder::new(1), two)
         .with_options(options())
@@ -448,6 +454,7 @@ async fn a_changed_number_of_partitions_is_refused_until_rebuilt(pool: PgPool) {
 
 /// Each partition's checkpoint after a rebuild counts the events that the rebuild applied
 /// for that partition's streams (they add up to every event), as a worker's would.
+/// The report under the projection's own name stands for its partitions.
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn a_partitioned_rebuild_counts_each_partitions_events(pool: PgPool) {
     create_table(&pool).await;
@@ -461,6 +468,23 @@ async fn a_partitioned_rebuild_counts_each_partitions_events(pool: PgPool) {
         .unwrap();
     assert_eq!(done.handled, 30);
     assert_eq!(processed(&pool).await, expected_processed(four, 10, 3));
+    // The projection's own name has a status row (its rebuild record) but no checkpoint of
+    // its own: its report stands for the partitions, with the least of their checkpoints,
+    // no lag once they have applied the whole feed (not the lag from the feed's start) and
+    // the sum of their events processed.
+    let reports = projection_reports(&store).await.unwrap();
+    let least = reports
+        .iter()
+        .filter(|r| r.name.starts_with("applied#"))
+        .map(|r| r.checkpoint.unwrap())
+        .min()
+        .unwrap();
+    let own = reports.iter().find(|r| r.name == NAME).unwrap();
+    assert!(own.last_rebuild.is_some(), "{own:?}");
+    assert_eq!(own.checkpoint, Some(least), "{own:?}");
+    assert_eq!(own.lag_events, 0, "{own:?}");
+    assert!(own.lag_seconds.abs() < f64::EPSILON, "{own:?}");
+    assert_eq!(own.events_processed, 30, "{own:?}");
 
     // The workers carry on counting from there.
     let last = append(&store, 10, 1).await;

@@ -202,9 +202,12 @@ pub struct PgRunnerInstance {
 pub struct ProjectionReport {
     /// The projection.
     pub name: String,
-    /// Its committed checkpoint (`None`: it has status but never committed).
+    /// Its committed checkpoint (`None`: it has status but never committed). A
+    /// partitioned projection's own name, which has no checkpoint row, reports the least
+    /// of its partitions' checkpoints (the lag is measured from there).
     pub checkpoint: Option<FeedCursor>,
-    /// Events applied in total.
+    /// Events applied in total (for a partitioned projection's own name: by all its
+    /// partitions).
     pub events_processed: u64,
     /// Visible feed events after the checkpoint.
     pub lag_events: u64,
@@ -340,6 +343,35 @@ fn classify(rows: Vec<RunnerRow>, lock_pid: Option<i32>) -> Runners {
     out
 }
 
+/// One row of the `statuses` query, decoded.
+struct StatusRow {
+    name: String,
+    checkpoint: Option<FeedCursor>,
+    processed: u64,
+    lock_pid: Option<i32>,
+}
+
+/// For each projection that runs as partitions, by its own name: the least of its
+/// partitions' checkpoints (what [`read_checkpoint`] reads for it) and the sum of their
+/// events processed.
+fn partition_families(rows: &[StatusRow]) -> BTreeMap<String, (FeedCursor, u64)> {
+    let mut families: BTreeMap<String, (FeedCursor, u64)> = BTreeMap::new();
+    for row in rows {
+        let (Some(cursor), Some((projection, _, _))) = (row.checkpoint, parse_partition(&row.name))
+        else {
+            continue;
+        };
+        families
+            .entry(projection.to_owned())
+            .and_modify(|(least, sum)| {
+                *least = (*least).min(cursor);
+                *sum = sum.saturating_add(row.processed);
+            })
+            .or_insert((cursor, row.processed));
+    }
+    families
+}
+
 /// Status of every projection with a checkpoint, a runner or a rebuild record in the
 /// store's schema, by name: checkpoint, lag in events and seconds, state, owner, standbys
 /// and dead instances, last error, last rebuild, and what holds the feed back if anything
@@ -375,26 +407,48 @@ pub async fn projection_reports(store: &PgEventStore) -> Result<Vec<ProjectionRe
         _ => None,
     };
     let now = Utc::now();
-    let mut reports = Vec::with_capacity(rows.len());
+    let mut statuses = Vec::with_capacity(rows.len());
     for r in &rows {
-        let name: String = r.try_get(0).map_err(backend)?;
         let tx: Option<i64> = r.try_get(1).map_err(backend)?;
         let pos: Option<i64> = r.try_get(2).map_err(backend)?;
         let checkpoint = match (tx, pos) {
             (Some(t), Some(p)) => Some(cursor_of(t, p)?),
             _ => None,
         };
+        let processed: Option<i64> = r.try_get(3).map_err(backend)?;
+        statuses.push(StatusRow {
+            name: r.try_get(0).map_err(backend)?,
+            checkpoint,
+            processed: to_u64(processed.unwrap_or(0), "events processed")?,
+            lock_pid: r.try_get(4).map_err(backend)?,
+        });
+    }
+    let families = partition_families(&statuses);
+    let mut reports = Vec::with_capacity(statuses.len());
+    for row in statuses {
+        let StatusRow {
+            name,
+            mut checkpoint,
+            mut processed,
+            lock_pid,
+        } = row;
+        // A partitioned projection's own name (its rebuild record, ...) stands for its
+        // partitions: it has applied what the least of them has, and their events.
+        if checkpoint.is_none()
+            && let Some(&(least, sum)) = families.get(&name)
+        {
+            checkpoint = Some(least);
+            processed = sum;
+        }
         let from = checkpoint.unwrap_or(FeedCursor::START);
         let lag = measure_lag(store, from, now).await?;
-        let processed: Option<i64> = r.try_get(3).map_err(backend)?;
-        let lock_pid: Option<i32> = r.try_get(4).map_err(backend)?;
         let who = classify(runners.remove(&name).unwrap_or_default(), lock_pid);
         let errors = who.errors;
         let last_rebuild = rebuilds.remove(&name);
         reports.push(ProjectionReport {
             name,
             checkpoint,
-            events_processed: to_u64(processed.unwrap_or(0), "events processed")?,
+            events_processed: processed,
             lag_events: lag.events,
             lag_seconds: lag.seconds,
             state: who.state,
