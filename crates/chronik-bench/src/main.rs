@@ -59,6 +59,13 @@ struct Args {
     /// Writer counts of the concurrent scenarios instead of the mode's (e.g. `--writers 16`).
     #[arg(long, value_delimiter = ',')]
     writers: Vec<usize>,
+    /// Alternating rounds per variant instead of the mode's (5 full, 1 quick; `feed-catch-up`
+    /// runs at least 2).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Events in the `feed-catch-up` feed instead of the mode's (1,000,000 full, 5,000 quick).
+    #[arg(long)]
+    feed_events: Option<usize>,
 }
 
 /// Sizes of one run.
@@ -104,6 +111,12 @@ fn plan(args: &Args) -> Plan {
         plan.concurrency = writers;
         plan.batch_concurrency = writers;
         plan.live_concurrency = writers;
+    }
+    if let Some(rounds) = args.rounds {
+        plan.rounds = rounds.max(1);
+    }
+    if let Some(events) = args.feed_events {
+        plan.feed_events = events.max(1);
     }
     plan
 }

@@ -411,26 +411,6 @@ async fn feed(url: &str, s: &PgEventStore, plan: &Plan, report: &mut Report) -> 
     ));
     let total = s.count_after(FeedCursor::START).await?;
     let scenario = "feed-catch-up";
-    let stats = harness::repeat(1, |_| async move {
-        let mut after = FeedCursor::START;
-        let mut n = 0u64;
-        loop {
-            let page = s.read_feed(after, &FeedFilter::all(), 1_000).await?;
-            if page.events.is_empty() {
-                break;
-            }
-            n += page.events.len() as u64;
-            after = page.next;
-        }
-        anyhow::ensure!(n == total, "read {n} of {total}");
-        Ok(n)
-    })
-    .await?;
-    report.push(scenario, "chronik read_feed", 1, stats);
-    // The runner users deploy, with a handler that does nothing: reads pages of 1,000 and
-    // commits a checkpoint per page.
-    let stats = projection::feed_catch_up(s).await?;
-    report.push(scenario, "chronik no-op projection", 1, stats);
     // The same rows through the same index with one prepared statement, without chronik's
     // horizon check, cursor handling, decoding or checkpoints: what a hand-written reader
     // of this table would do. (The cursor column needs its alias: an output column named
@@ -442,62 +422,49 @@ async fn feed(url: &str, s: &PgEventStore, plan: &Plan, report: &mut Report) -> 
            FROM {STORE_SCHEMA}.events WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
           ORDER BY transaction_id, global_position LIMIT 1000"
     );
-    let stats = harness::repeat(1, |_| {
-        let (p, sql) = (s.pool(), keyset.as_str());
-        async move {
-            let n = keyset_scan(p, sql, |rows| Ok(rows.len() as u64)).await?;
-            anyhow::ensure!(n == total, "raw scan read {n} of {total}");
-            Ok(n)
+    // Every variant reads the whole feed once per round; the rounds alternate the order
+    // (forwards, then backwards), so that load drifting during the run, and whatever the
+    // variant before leaves in the caches, hit every variant alike. Quick mode runs two
+    // rounds, so that the smoke step goes through both orders and a second projection.
+    let rounds = plan.rounds.max(2);
+    let mut runs: Vec<(Vec<u64>, u64, std::time::Duration)> =
+        vec![(Vec::new(), 0, std::time::Duration::ZERO); FEED_VARIANTS.len()];
+    let mut per_round = Vec::new();
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..FEED_VARIANTS.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
         }
-    })
-    .await?;
-    report.push(scenario, "raw keyset scan", 1, stats);
-    // The same scan with the decoding every reader needs: payload and metadata into
-    // `serde_json::Value`, as chronik's `RecordedEvent` holds them.
-    let stats = harness::repeat(1, |_| {
-        let (p, sql) = (s.pool(), keyset.as_str());
-        async move {
-            let n = keyset_scan(p, sql, |rows| {
-                let mut n = 0u64;
-                for row in rows {
-                    let payload: serde_json::Value = sqlx::Row::try_get(row, 7)?;
-                    let metadata: serde_json::Value = sqlx::Row::try_get(row, 8)?;
-                    n += u64::from(payload.is_object() && metadata.is_object());
-                }
-                Ok(n)
-            })
-            .await?;
-            anyhow::ensure!(n == total, "raw decoded scan read {n} of {total}");
-            Ok(n)
+        let mut rates = [0.0; FEED_VARIANTS.len()];
+        for i in order {
+            let t = Instant::now();
+            let n = feed_pass(FEED_VARIANTS[i], round, s, &keyset).await?;
+            let elapsed = t.elapsed();
+            anyhow::ensure!(n == total, "{}: read {n} of {total}", FEED_VARIANTS[i]);
+            rates[i] = n as f64 / elapsed.as_secs_f64().max(1e-9);
+            runs[i].0.push(elapsed.as_micros() as u64);
+            runs[i].1 += n;
+            runs[i].2 += elapsed;
         }
-    })
-    .await?;
-    report.push(scenario, "raw keyset scan decoded", 1, stats);
-    // The same decoding, with each page's values held until the page is done, as a page API
-    // (`read_feed`, `FeedPage`) must hold them: what holding ~20 allocations per event for
-    // a page of 1,000 costs, next to decoding and dropping each row at once.
-    let stats = harness::repeat(1, |_| {
-        let (p, sql) = (s.pool(), keyset.as_str());
-        async move {
-            let n = keyset_scan(p, sql, |rows| {
-                let mut n = 0u64;
-                let mut page = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let payload: serde_json::Value = sqlx::Row::try_get(row, 7)?;
-                    let metadata: serde_json::Value = sqlx::Row::try_get(row, 8)?;
-                    n += u64::from(payload.is_object() && metadata.is_object());
-                    page.push((payload, metadata));
-                }
-                drop(page);
-                Ok(n)
-            })
-            .await?;
-            anyhow::ensure!(n == total, "raw held scan read {n} of {total}");
-            Ok(n)
-        }
-    })
-    .await?;
-    report.push(scenario, "raw keyset scan decoded, page held", 1, stats);
+        per_round.push(rates[1] / rates[3].max(1e-9));
+    }
+    for (variant, (samples, items, elapsed)) in FEED_VARIANTS.iter().zip(runs) {
+        report.push(
+            scenario,
+            variant,
+            1,
+            harness::stats(samples, items, elapsed),
+        );
+    }
+    report.notes.push(format!(
+        "{scenario}: {rounds} alternating rounds, each variant reads all {total} events once \
+         per round; chronik no-op projection / raw keyset scan decoded per round: {}",
+        per_round
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     for variant in ["chronik no-op projection", "chronik read_feed"] {
         report.ratio(scenario, variant, "raw keyset scan decoded", 1, Some(0.7));
         report.ratio(scenario, variant, "raw keyset scan", 1, None);
@@ -511,6 +478,79 @@ async fn feed(url: &str, s: &PgEventStore, plan: &Plan, report: &mut Report) -> 
     }
     admin.close().await;
     Ok(())
+}
+
+/// The variants of `feed-catch-up`, in the order of its odd rounds. The ratio per round in
+/// the notes is the second (the projection) against the fourth (the decoded scan).
+const FEED_VARIANTS: [&str; 5] = [
+    "chronik read_feed",
+    "chronik no-op projection",
+    "raw keyset scan",
+    "raw keyset scan decoded",
+    "raw keyset scan decoded, page held",
+];
+
+/// One pass of `variant` over the whole feed of `s` (round `round`); the events it read.
+async fn feed_pass(
+    variant: &str,
+    round: u32,
+    s: &PgEventStore,
+    keyset: &str,
+) -> anyhow::Result<u64> {
+    let p = s.pool();
+    match variant {
+        "chronik read_feed" => {
+            let mut after = FeedCursor::START;
+            let mut n = 0u64;
+            loop {
+                let page = s.read_feed(after, &FeedFilter::all(), 1_000).await?;
+                if page.events.is_empty() {
+                    break;
+                }
+                n += page.events.len() as u64;
+                after = page.next;
+            }
+            Ok(n)
+        }
+        // The runner users deploy, with a handler that does nothing: reads pages of 1,000
+        // and commits a checkpoint per page; a projection of its own per round, so that
+        // each starts from the beginning.
+        "chronik no-op projection" => Ok(projection::feed_catch_up(s, round).await?.items),
+        "raw keyset scan" => keyset_scan(p, keyset, |rows| Ok(rows.len() as u64)).await,
+        // The same scan with the decoding every reader needs: payload and metadata into
+        // `serde_json::Value`, as chronik's `RecordedEvent` holds them.
+        "raw keyset scan decoded" => {
+            keyset_scan(p, keyset, |rows| {
+                let mut n = 0u64;
+                for row in rows {
+                    let payload: serde_json::Value = sqlx::Row::try_get(row, 7)?;
+                    let metadata: serde_json::Value = sqlx::Row::try_get(row, 8)?;
+                    n += u64::from(payload.is_object() && metadata.is_object());
+                }
+                Ok(n)
+            })
+            .await
+        }
+        // The same decoding, with each page's values held until the page is done, as a page
+        // API (`read_feed`, `FeedPage`) must hold them: what holding ~20 allocations per
+        // event for a page of 1,000 costs, next to decoding and dropping each row at once.
+        "raw keyset scan decoded, page held" => {
+            keyset_scan(p, keyset, |rows| {
+                let mut n = 0u64;
+                let mut page = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let payload: serde_json::Value = sqlx::Row::try_get(row, 7)?;
+                    let metadata: serde_json::Value = sqlx::Row::try_get(row, 8)?;
+                    n += u64::from(payload.is_object() && metadata.is_object());
+                    page.push((payload, metadata));
+                }
+                drop(page);
+                Ok(n)
+            })
+            .await
+        }
+        other => anyhow::bail!("unknown feed-catch-up variant {other}"),
+    }
 }
 
 /// Writes an Orders history of `n` events (placed, then lines: what `memory::order_history`

@@ -106,11 +106,12 @@ async fn head(store: &PgEventStore) -> anyhow::Result<(FeedCursor, u64)> {
     Ok((h.last.unwrap_or(FeedCursor::START), h.visible_events))
 }
 
-/// Scenario 4's projection variant: a no-op projection over the whole feed.
-pub(crate) async fn feed_catch_up(store: &PgEventStore) -> anyhow::Result<Stats> {
+/// Scenario 4's projection variant: a no-op projection over the whole feed, named for
+/// `round` (a fresh checkpoint each round).
+pub(crate) async fn feed_catch_up(store: &PgEventStore, round: u32) -> anyhow::Result<Stats> {
     catch_up(
         store,
-        Arc::new(NoOp("bench-noop".into())),
+        Arc::new(NoOp(format!("bench-noop-{round}"))),
         PgRunnerOptions {
             batch_size: 1_000,
             ..PgRunnerOptions::default()
