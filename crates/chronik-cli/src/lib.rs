@@ -46,6 +46,7 @@ mod streams;
 mod table;
 mod tail;
 mod trace;
+mod warnings;
 
 use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
@@ -1165,11 +1166,15 @@ fn init_logging(binary: &str) -> Telemetry {
         // sqlx's pool warns about every connection a restarting server drops; the
         // commands say what happened themselves.
         .unwrap_or_else(|_| EnvFilter::new("warn,sqlx=error,sqlx_core=error"));
+    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(filter);
-    let registry = tracing_subscriber::registry().with(stderr);
+        .with_filter(filter.and(filter_fn(|meta| !warnings::is_for_the_operator(meta))));
+    // The library's messages for the operator, as the commands' own warnings, whatever
+    // RUST_LOG says.
+    let operator = warnings::OperatorWarnings.with_filter(filter_fn(warnings::is_for_the_operator));
+    let registry = tracing_subscriber::registry().with(stderr).with(operator);
     #[cfg(feature = "otel")]
     match otel::layer(binary) {
         Ok(Some((layer, exporter))) => {

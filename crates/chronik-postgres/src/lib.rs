@@ -100,7 +100,7 @@ mod wake;
 pub use config::{PgStoreConfig, SchemaName};
 pub use horizon::{HolderKind, HorizonHolder};
 pub use inspect::StreamSummary;
-pub use lock_wait::{LOCK_PATIENCE, LockHolder, wait_saying_who_blocks};
+pub use lock_wait::{LOCK_PATIENCE, LockHolder, OPERATOR_TARGET, wait_saying_who_blocks};
 pub use migration::{AppliedMigration, MigrationProblem, MigrationStatus};
 pub use notify::{FEED_CHANNEL, PgFeedListener};
 pub use overview::{CategoryStats, RATE_SAMPLE, StoreStats, StreamQuery};

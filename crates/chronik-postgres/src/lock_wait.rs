@@ -20,6 +20,15 @@ use crate::store::PgEventStore;
 /// How long a statement waits for a lock before the watchdog says who holds it.
 pub const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 
+/// The `tracing` target of the messages written for the operator who waits on a command,
+/// to be read as they are: who holds the lock a statement waits for
+/// ([`wait_saying_who_blocks`], a rebuild's checkpoint row) and what a failed clean-up left
+/// behind. They are `warn` events whose message is the whole sentence (no fields); the
+/// `chronik` binary prints them on stderr as `warning: <message>`, without the timestamp,
+/// level and target of its other log lines, and a service's own subscriber shows them as
+/// any other warning.
+pub const OPERATOR_TARGET: &str = "chronik_postgres::operator";
+
 /// The sessions blocking backend `$1`, with what the role may see of them (pid always).
 const HOLDERS_OF_PID: &str = "SELECT b.pid, a.application_name, a.state, \
      extract(epoch FROM now() - a.xact_start)::float8 \
@@ -202,7 +211,7 @@ pub(crate) async fn patiently<F: Future>(
 
 /// Runs `work` (anything on `store`'s sessions, e.g. an operator command) and, whenever one
 /// of those sessions has waited [`LOCK_PATIENCE`] for a lock held by someone new, warns
-/// (`tracing`, on stderr for the CLI) that `what` waits, which sessions hold the lock
+/// (`tracing`, target [`OPERATOR_TARGET`]: on stderr for the CLI) that `what` waits, which sessions hold the lock
 /// ([`LockHolder`]: pid, application, state, how long their transaction is open) and the
 /// statement that ends each, then waits on: `work` is never cancelled.
 ///
@@ -219,6 +228,7 @@ pub async fn wait_saying_who_blocks<F: Future>(
         Waiter::Store,
         |holders, waited| {
             tracing::warn!(
+                target: OPERATOR_TARGET,
                 "{what} has waited {} s for a lock held by {}: it goes on once the lock is free",
                 waited.as_secs(),
                 describe(holders)

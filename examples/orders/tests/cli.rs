@@ -511,23 +511,13 @@ fn append_v1_order_placed() -> String {
 #[test]
 fn tail_says_when_the_feed_is_held_back() {
     let schema = Schema::migrated();
-    schema.ok(&["append", "note-h1", "--type", "Noted", "--data", "{}"]);
-    let _entered = schema.runtime.enter();
-    let mut holder = schema
-        .runtime
-        .block_on(schema.store.pool().begin())
-        .expect("a transaction");
-    schema
-        .runtime
-        .block_on(sqlx::query("SELECT pg_current_xact_id()").execute(&mut *holder))
-        .expect("it has a transaction id");
+    // Visible before the holder begins (other tests' transactions may delay that).
+    schema.append_raw("note-h1", "Noted", 1, serde_json::json!({}));
+    let holder = schema.hold(WRITE_TRANSACTION);
     schema.ok(&["append", "note-h2", "--type", "Noted", "--data", "{}"]);
     let out = schema.chronik(&["tail", "--no-follow"]);
     let stderr = text(&out.stderr);
-    schema
-        .runtime
-        .block_on(holder.rollback())
-        .expect("rolled back");
+    holder.end();
     assert!(out.status.success(), "{stderr}");
     assert!(
         text(&out.stdout).contains("note-h1") && !text(&out.stdout).contains("note-h2"),
@@ -789,15 +779,8 @@ fn projections_status_shows_position_and_lag() {
 fn projections_status_names_the_transaction_holding_the_horizon() {
     let schema = Schema::migrated();
     let runtime = &schema.runtime;
-    // Entered for the whole test, so that the open transaction can be dropped on a panic.
-    let _entered = runtime.enter();
     // A write transaction (it has an xid) left open in another session.
-    let mut open = runtime
-        .block_on(schema.store.pool().begin())
-        .expect("a transaction");
-    runtime
-        .block_on(sqlx::query("SELECT pg_current_xact_id()").execute(&mut *open))
-        .expect("an xid");
+    let open = schema.hold(WRITE_TRANSACTION);
     // Committed after it began: invisible until it ends.
     let id = chronik::StreamId::new("order-held").expect("valid");
     let event = chronik::NewEvent::new(
@@ -827,7 +810,7 @@ fn projections_status_names_the_transaction_holding_the_horizon() {
     assert!(doc["held_back_by"]["xid"].is_u64(), "{doc}");
     assert_eq!(doc["held_back_by"]["blocker"], true, "{doc}");
     assert!(doc["held_back_by"]["age_seconds"].is_f64(), "{doc}");
-    runtime.block_on(open.rollback()).expect("rolled back");
+    open.end();
 }
 
 #[test]
@@ -1149,18 +1132,8 @@ fn doctor_is_healthy_on_a_migrated_schema_and_lists_missing_migrations() {
 #[test]
 fn doctor_names_an_old_horizon_holder() {
     let schema = Schema::migrated();
-    let runtime = &schema.runtime;
-    // Entered for the whole test, so that the open transaction can be dropped on a panic.
-    let _entered = runtime.enter();
-    let mut open = runtime
-        .block_on(schema.store.pool().begin())
-        .expect("a transaction");
-    let (xid, pid): (String, i32) = runtime
-        .block_on(
-            sqlx::query_as("SELECT pg_current_xact_id()::text, pg_backend_pid()")
-                .fetch_one(&mut *open),
-        )
-        .expect("an xid and a pid");
+    let open = schema.hold(WRITE_TRANSACTION);
+    let (xid, pid) = (open.xid(), open.pid);
     let (code, stdout, stderr) = doctor(&schema, &["--max-horizon-age", "0"]);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     // Issue 14, item 6: the problem says how to end it; the holder is listed once.
@@ -1202,7 +1175,7 @@ fn doctor_names_an_old_horizon_holder() {
         stderr.starts_with("error: ") && stderr.contains(" found: "),
         "{stderr}"
     );
-    runtime.block_on(open.rollback()).expect("rolled back");
+    open.end();
 }
 
 /// `doctor --json` (issue 14, item 6; issue 13's `--json` everywhere): one object with the
@@ -1246,17 +1219,8 @@ fn doctor_json_is_one_object_with_the_same_verdict() {
         "{doc}"
     );
 
-    let runtime = &schema.runtime;
-    let _entered = runtime.enter();
-    let mut open = runtime
-        .block_on(schema.store.pool().begin())
-        .expect("a transaction");
-    let (xid, pid): (String, i32) = runtime
-        .block_on(
-            sqlx::query_as("SELECT pg_current_xact_id()::text, pg_backend_pid()")
-                .fetch_one(&mut *open),
-        )
-        .expect("an xid and a pid");
+    let open = schema.hold(WRITE_TRANSACTION);
+    let (xid, pid) = (open.xid(), open.pid);
     let (code, stdout, _) = doctor(&schema, &["--json", "--max-horizon-age", "0"]);
     assert_eq!(code, Some(1), "{stdout}");
     let doc = json(&stdout);
@@ -1281,7 +1245,7 @@ fn doctor_json_is_one_object_with_the_same_verdict() {
                 .is_some_and(|p| p.contains(&format!("pid {pid} (xid {xid})"))))),
         "{doc}"
     );
-    runtime.block_on(open.rollback()).expect("rolled back");
+    open.end();
 }
 
 /// A read model whose handler always fails.
@@ -1783,22 +1747,45 @@ impl Running {
     /// Waits until a line of stderr contains `needle` and returns it. Fails the test when
     /// the process ends (or two minutes pass, a safety net) without saying it.
     fn wait_for(&mut self, needle: &str) -> String {
+        self.wait_for_any(&[needle])
+    }
+
+    /// Waits until a line of stderr contains one of `needles` and returns it; fails the
+    /// test as [`Running::wait_for`] does.
+    fn wait_for_any(&mut self, needles: &[&str]) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.stderr.push(line.clone());
-                    if line.contains(needle) {
+                    if needles.iter().any(|n| line.contains(n)) {
                         return line;
                     }
                 }
                 Err(_) => {
                     let _ = self.child.kill();
-                    panic!("stderr never said {needle:?}:\n{}", self.stderr.join("\n"));
+                    panic!(
+                        "stderr never said any of {needles:?}:\n{}",
+                        self.stderr.join("\n")
+                    );
                 }
             }
         }
+    }
+
+    /// Sends it SIGINT, as Ctrl-C in a terminal does.
+    fn interrupt(&self) {
+        let kill = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(kill.success());
+    }
+
+    /// Kills it (a test that gave up on it).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
     }
 
     /// Waits for the process to end: (exit status, stdout, all of stderr).
@@ -1806,6 +1793,76 @@ impl Running {
         let out = self.child.wait_with_output().expect("chronik ends");
         self.stderr.extend(self.lines.iter());
         (out.status.code(), text(&out.stdout), self.stderr.join("\n"))
+    }
+}
+
+impl Schema {
+    /// Starts `chronik args... --schema <this schema>` against the test database, its
+    /// stderr read line by line.
+    fn spawn(&self, args: &[&str]) -> Running {
+        let mut all = args.to_vec();
+        all.extend(["--schema", &self.name]);
+        Running::spawn(&all, &database_url())
+    }
+
+    /// A transaction of another session that has run `sql` (a row or table lock,
+    /// `pg_current_xact_id()` to hold the feed back) and stays open until
+    /// [`Held::end`] or its drop.
+    fn hold(&self, sql: &str) -> Held {
+        self.runtime.block_on(async {
+            let mut tx = self.store.pool().begin().await.expect("a transaction");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *tx)
+                .await
+                .expect("the held statement runs");
+            let (pid, xid): (i32, Option<String>) =
+                sqlx::query_as("SELECT pg_backend_pid(), pg_current_xact_id_if_assigned()::text")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .expect("its pid");
+            Held {
+                tx: Some(tx),
+                pid,
+                xid,
+                runtime: self.runtime.handle().clone(),
+            }
+        })
+    }
+}
+
+/// An open transaction of its own session ([`Schema::hold`]).
+struct Held {
+    tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    /// Its backend pid.
+    pid: i32,
+    /// Its transaction id, once it has one.
+    xid: Option<String>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// For [`Schema::hold`]: a write transaction (it has a transaction id), which holds the
+/// feed back for every reader while it is open.
+const WRITE_TRANSACTION: &str = "SELECT pg_current_xact_id()";
+
+impl Held {
+    /// Its transaction id; fails the test when it has none.
+    fn xid(&self) -> String {
+        self.xid.clone().expect("a write transaction")
+    }
+
+    /// Rolls it back.
+    fn end(mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.runtime.block_on(tx.rollback()).expect("rolled back");
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Dropped inside the runtime even when a test fails: the rollback is sent there.
+        let _entered = self.runtime.enter();
+        drop(self.tx.take());
     }
 }
 
@@ -2116,6 +2173,15 @@ impl Schema {
             .unwrap_or_default()
     }
 
+    /// The statement that locks projection `name`'s checkpoint row (for [`Schema::hold`]):
+    /// a rebuild waits for it before it replays (from scratch) or swaps (shadow).
+    fn lock_checkpoint_row(&self, name: &str) -> String {
+        format!(
+            "SELECT 1 FROM \"{}\".projection_checkpoints WHERE name = '{name}' FOR UPDATE",
+            self.name
+        )
+    }
+
     /// Whether table `table` exists in this schema.
     fn has_table(&self, table: &str) -> bool {
         self.runtime
@@ -2185,11 +2251,8 @@ fn a_rebuild_that_meets_an_undecodable_event_keeps_the_old_read_model() {
 
 #[test]
 fn commands_waiting_for_a_lock_say_who_holds_it_and_go_on() {
-    use std::io::{BufRead as _, BufReader, Read as _};
-    use std::process::Stdio;
     let schema = Schema::migrated();
     schema.ok(&["append", "note-w1", "--type", "Noted", "--data", "{}"]);
-    let _entered = schema.runtime.enter();
     // (a lock, the command waiting behind it)
     let cases: [(String, &str, Vec<&str>); 2] = [
         (
@@ -2210,65 +2273,34 @@ fn commands_waiting_for_a_lock_say_who_holds_it_and_go_on() {
         ),
     ];
     for (lock, command, args) in cases {
-        let mut blocker = schema
-            .runtime
-            .block_on(schema.store.pool().begin())
-            .expect("a transaction");
-        schema
-            .runtime
-            .block_on(sqlx::query(sqlx::AssertSqlSafe(lock.as_str())).execute(&mut *blocker))
-            .expect("locked");
-        let blocker_pid: i32 = schema
-            .runtime
-            .block_on(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *blocker))
-            .expect("its pid");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
-            .args(&args)
-            .args(["--schema", &schema.name])
-            .env("DATABASE_URL", database_url())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the chronik binary starts");
-        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let blocker = schema.hold(&lock);
+        let pid = blocker.pid;
+        let mut running = schema.spawn(&args);
         // The command cannot finish while the lock is held: its first line on stderr is
-        // the watchdog's. Read on a thread, so that a command that waits in silence (the
-        // defect) fails the test after a deadline instead of hanging it.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut line = String::new();
-            stderr.read_line(&mut line).expect("stderr reads");
-            let _ = tx.send(line);
-            stderr
-        });
-        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
-            let _ = child.kill();
-            panic!("{args:?} said nothing in 60 s while it waited for the lock");
-        };
-        let mut stderr = reader.join().expect("the reader ends");
+        // the watchdog's, a warning as the commands' own are (no log timestamp or target).
+        // A command that waits in silence (the defect) fails the test after its deadline.
+        let line = running.wait_for_any(&["has waited", "error:"]);
         assert!(
-            line.contains(&format!("`chronik {command}` has waited "))
+            line.starts_with(&format!("warning: `chronik {command}` has waited "))
                 && line.contains(&format!(
-                    " s for a lock held by pid {blocker_pid} (chronik, idle in transaction, transaction open "
+                    " s for a lock held by pid {pid} (chronik, idle in transaction, transaction open "
                 ))
-                && line.contains(&format!(
-                    "; `SELECT pg_terminate_backend({blocker_pid})` ends it): it goes on once the lock is free"
+                && line.ends_with(&format!(
+                    "; `SELECT pg_terminate_backend({pid})` ends it): it goes on once the lock is free"
                 )),
             "{args:?}: {line}"
         );
-        schema
-            .runtime
-            .block_on(blocker.rollback())
-            .expect("rolled back");
-        let mut rest = String::new();
-        stderr.read_to_string(&mut rest).expect("stderr reads");
-        let out = child.wait_with_output().expect("it ends");
-        assert!(out.status.success(), "{args:?}: {rest}");
+        blocker.end();
+        let (code, stdout, stderr) = running.finish();
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("has waited").count(),
+            1,
+            "{args:?}: said once: {stderr}"
+        );
         assert!(
-            text(&out.stdout).contains("note-w1"),
-            "{args:?} went on once the lock was free: {}",
-            text(&out.stdout)
+            stdout.contains("note-w1"),
+            "{args:?} went on once the lock was free: {stdout}"
         );
     }
 }
@@ -2281,58 +2313,25 @@ fn commands_waiting_for_a_lock_say_who_holds_it_and_go_on() {
 /// replaying, a shadow rebuild before its swap.
 #[test]
 fn a_rebuild_is_refused_while_the_other_kind_runs() {
-    use std::io::{BufRead as _, BufReader, Read as _};
-    use std::process::Stdio;
     let schema = Schema::migrated();
     schema.place_orders(3);
     schema.ok(&["projections", "rebuild", "orders"]);
-    let _entered = schema.runtime.enter();
     let rebuild = |shadow: bool| {
-        let mut args = vec!["projections", "rebuild", "orders", "--schema", &schema.name];
+        let mut args = vec!["projections", "rebuild", "orders"];
         if shadow {
             args.push("--shadow");
         }
-        Command::new(env!("CARGO_BIN_EXE_chronik"))
-            .args(&args)
-            .env("DATABASE_URL", database_url())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the chronik binary starts")
-    };
-    // Reads `child`'s stderr up to the first line containing one of `ends`.
-    let read_until = |stderr: &mut BufReader<std::process::ChildStderr>, ends: &[&str]| {
-        let mut seen = String::new();
-        loop {
-            let mut line = String::new();
-            let read = stderr.read_line(&mut line).expect("stderr reads");
-            seen.push_str(&line);
-            if read == 0 || ends.iter().any(|e| line.contains(e)) {
-                return seen;
-            }
-        }
+        schema.spawn(&args)
     };
     for first_shadow in [false, true] {
-        let mut blocker = schema
-            .runtime
-            .block_on(schema.store.pool().begin())
-            .expect("a transaction");
-        schema
-            .runtime
-            .block_on(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT 1 FROM \"{}\".projection_checkpoints WHERE name = 'orders' FOR UPDATE",
-                    schema.name
-                )))
-                .execute(&mut *blocker),
-            )
-            .expect("the checkpoint row locked");
+        let blocker = schema.hold(&schema.lock_checkpoint_row("orders"));
         let mut first = rebuild(first_shadow);
-        let mut first_err = BufReader::new(first.stderr.take().expect("stderr"));
         // It holds its locks and waits for the row.
-        let seen = read_until(&mut first_err, &["has waited", "error:"]);
-        assert!(seen.contains("the rebuild of orders has waited "), "{seen}");
+        let seen = first.wait_for_any(&["has waited", "error:"]);
+        assert!(
+            seen.starts_with("warning: the rebuild of orders has waited "),
+            "{seen}"
+        );
         let first_pid: i64 = schema
             .runtime
             .block_on(
@@ -2345,11 +2344,10 @@ fn a_rebuild_is_refused_while_the_other_kind_runs() {
             .expect("the first rebuild is recorded as running");
 
         let mut second = rebuild(!first_shadow);
-        let mut second_err = BufReader::new(second.stderr.take().expect("stderr"));
         // Refused at once, or (the defect) running until it too waits for the row.
-        let said = read_until(&mut second_err, &["has waited", "error:"]);
+        let said = second.wait_for_any(&["has waited", "error:"]);
         if said.contains("has waited") {
-            let _ = second.kill();
+            second.kill();
         }
         let kind = if first_shadow {
             "a shadow rebuild"
@@ -2364,17 +2362,12 @@ fn a_rebuild_is_refused_while_the_other_kind_runs() {
                 )),
             "first shadow {first_shadow}: {said}"
         );
-        let out = second.wait_with_output().expect("it ends");
-        assert_eq!(out.status.code(), Some(1), "{said}");
+        let (code, _, said) = second.finish();
+        assert_eq!(code, Some(1), "{said}");
 
-        schema
-            .runtime
-            .block_on(blocker.rollback())
-            .expect("rolled back");
-        let mut rest = String::new();
-        first_err.read_to_string(&mut rest).expect("stderr reads");
-        let out = first.wait_with_output().expect("it ends");
-        assert!(out.status.success(), "{rest}");
+        blocker.end();
+        let (code, _, rest) = first.finish();
+        assert_eq!(code, Some(0), "{rest}");
         let status = json(&schema.ok(&["projections", "status", "--json"]));
         let last = &status["projections"][0]["last_rebuild"];
         assert_eq!(last["outcome"], "succeeded", "{status}");
@@ -2386,94 +2379,34 @@ fn a_rebuild_is_refused_while_the_other_kind_runs() {
 
 #[test]
 fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
-    use std::io::{BufRead as _, BufReader, Read as _};
-    use std::process::Stdio;
     let schema = Schema::migrated();
     schema.place_orders(3);
     schema.ok(&["projections", "rebuild", "orders"]);
     schema.place_orders(1);
     let before = json(&schema.ok(&["projections", "status", "--json"]));
-    // Dropped last, so that the blocking transaction is dropped inside the runtime even
-    // when an assertion fails.
-    let _entered = schema.runtime.enter();
     // The projection's checkpoint row, locked: the rebuild prints its first progress line,
     // then waits for this transaction, so it cannot finish before the signal is seen.
-    let mut blocker = schema
-        .runtime
-        .block_on(schema.store.pool().begin())
-        .expect("a transaction");
-    schema
-        .runtime
-        .block_on(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT 1 FROM \"{}\".projection_checkpoints WHERE name = 'orders' FOR UPDATE",
-                schema.name
-            )))
-            .execute(&mut *blocker),
-        )
-        .expect("the checkpoint row locked");
-    let blocker_pid: i32 = schema
-        .runtime
-        .block_on(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *blocker))
-        .expect("its pid");
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
-        .args([
-            "projections",
-            "rebuild",
-            "orders",
-            "--batch",
-            "1",
-            "--schema",
-            &schema.name,
-        ])
-        .env("DATABASE_URL", database_url())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the chronik binary starts");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    let mut wait_for = |prefix: &str, seen: &mut String| loop {
-        let mut line = String::new();
-        let read = stderr.read_line(&mut line).expect("stderr reads");
-        assert!(read > 0, "stderr ended before {prefix:?}:\n{seen}");
-        seen.push_str(&line);
-        if line.contains(prefix) {
-            return;
-        }
-    };
-    wait_for("rebuilding projection orders in schema ", &mut seen);
+    let blocker = schema.hold(&schema.lock_checkpoint_row("orders"));
+    let blocker_pid = blocker.pid;
+    let mut running = schema.spawn(&["projections", "rebuild", "orders", "--batch", "1"]);
+    running.wait_for("rebuilding projection orders in schema ");
     // Waiting for the checkpoint row, it says who holds it and how to end that.
-    wait_for(
-        "the rebuild of orders has waited 2 s for the lock on its checkpoint row, held by ",
-        &mut seen,
-    );
-    let line = seen.lines().last().unwrap_or_default();
+    let line = running.wait_for("has waited");
     assert!(
-        line.contains(&format!(
+        line.starts_with(
+            "warning: the rebuild of orders has waited 2 s for the lock on its checkpoint row, held by "
+        ) && line.contains(&format!(
             "pid {blocker_pid} (chronik, idle in transaction, transaction open "
         )) && line.contains(&format!(
             "; `SELECT pg_terminate_backend({blocker_pid})` ends it)"
         )),
         "{line}"
     );
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(kill.success());
-    wait_for("interrupted: stopping the rebuild of orders", &mut seen);
-    schema
-        .runtime
-        .block_on(blocker.rollback())
-        .expect("rollback");
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).expect("stderr reads");
-    seen.push_str(&rest);
-    let out = child.wait_with_output().expect("the binary ends");
-    assert_eq!(out.status.code(), Some(130), "{seen}");
+    running.interrupt();
+    running.wait_for("interrupted: stopping the rebuild of orders");
+    blocker.end();
+    let (code, _, seen) = running.finish();
+    assert_eq!(code, Some(130), "{seen}");
     assert!(
         seen.contains("\nthe rebuild of orders was stopped after "),
         "{seen}"
@@ -2977,13 +2910,10 @@ fn tail_prints_an_event_it_cannot_upcast_as_stored_and_goes_on() {
 
 #[test]
 fn ctrl_c_stops_a_shadow_rebuild_and_leaves_no_shadow_behind() {
-    use std::io::{BufRead as _, BufReader, Read as _};
-    use std::process::Stdio;
     let schema = Schema::migrated();
     schema.place_orders(3);
     schema.ok(&["projections", "rebuild", "orders"]);
     let before = json(&schema.ok(&["projections", "status", "--json"]));
-    let _entered = schema.runtime.enter();
     // A leftover `orders__shadow` checkpoint (as a crashed rebuild leaves it), its row locked:
     // the rebuild prints its first progress line, then waits for this transaction.
     schema
@@ -2997,64 +2927,21 @@ fn ctrl_c_stops_a_shadow_rebuild_and_leaves_no_shadow_behind() {
             .execute(schema.store.pool()),
         )
         .expect("the leftover checkpoint");
-    let mut blocker = schema
-        .runtime
-        .block_on(schema.store.pool().begin())
-        .expect("a transaction");
-    schema
-        .runtime
-        .block_on(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT 1 FROM \"{}\".projection_checkpoints WHERE name = 'orders__shadow' FOR UPDATE",
-                schema.name
-            )))
-            .execute(&mut *blocker),
-        )
-        .expect("the row locked");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
-        .args([
-            "projections",
-            "rebuild",
-            "orders",
-            "--shadow",
-            "--batch",
-            "1",
-            "--schema",
-            &schema.name,
-        ])
-        .env("DATABASE_URL", database_url())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the chronik binary starts");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    let mut wait_for = |prefix: &str, seen: &mut String| loop {
-        let mut line = String::new();
-        let read = stderr.read_line(&mut line).expect("stderr reads");
-        assert!(read > 0, "stderr ended before {prefix:?}:\n{seen}");
-        seen.push_str(&line);
-        if line.contains(prefix) {
-            return;
-        }
-    };
-    wait_for("rebuilding projection orders in schema ", &mut seen);
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(kill.success());
-    wait_for("interrupted: stopping the rebuild of orders", &mut seen);
-    schema
-        .runtime
-        .block_on(blocker.rollback())
-        .expect("rollback");
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).expect("stderr reads");
-    seen.push_str(&rest);
-    let out = child.wait_with_output().expect("the binary ends");
-    assert_eq!(out.status.code(), Some(130), "{seen}");
+    let blocker = schema.hold(&schema.lock_checkpoint_row("orders__shadow"));
+    let mut running = schema.spawn(&[
+        "projections",
+        "rebuild",
+        "orders",
+        "--shadow",
+        "--batch",
+        "1",
+    ]);
+    running.wait_for("rebuilding projection orders in schema ");
+    running.interrupt();
+    running.wait_for("interrupted: stopping the rebuild of orders");
+    blocker.end();
+    let (code, _, seen) = running.finish();
+    assert_eq!(code, Some(130), "{seen}");
     assert!(
         seen.contains(
             "the live table order_summaries kept serving and is unchanged; the shadow table \

@@ -156,6 +156,7 @@ async fn lock_checkpoint_patiently<P: PgProjection>(
         crate::lock_wait::Waiter::Session(pid),
         |holders, waited| {
             tracing::warn!(
+                target: crate::OPERATOR_TARGET,
                 "the rebuild of {name} has waited {} s for the lock on its checkpoint row, held by {}: \
                  a runner's batch ends soon, a transaction left open does not; it goes on once the lock is free",
                 waited.as_secs(),
