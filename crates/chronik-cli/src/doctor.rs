@@ -132,6 +132,11 @@ pub(crate) async fn run(
                 "               committed events of schema {schema} are invisible until {} ends",
                 table::holder_short(h)
             ));
+            // An old one is a problem above; a young one still pauses every projection
+            // now, which "healthy" alone would hide.
+            if !is_old(h) {
+                warnings.push(young_blocker_warning(h, &schema.to_string(), &limits));
+            }
         }
         reports = projections::reports(store).await?;
         // A shadow rebuild's checkpoint is not a projection: it is reported below.
@@ -279,6 +284,21 @@ pub(crate) async fn run(
         "{} found: {}",
         count(problems.len() as u64, "problem"),
         problems.join("; ")
+    )
+}
+
+/// The warning a horizon blocker younger than `--max-horizon-age` is while committed
+/// events of `schema` wait behind it: not yet a problem (a short write transaction holds
+/// the feed back for a moment), but it pauses every projection while it lasts.
+fn young_blocker_warning(h: &HorizonHolder, schema: &str, limits: &Limits) -> String {
+    let age = h.age_seconds.map_or_else(|| "?".to_owned(), table::age);
+    format!(
+        "committed events of schema {schema} are held back by {}, open {age}: every projection \
+         waits for it; it counts as a problem once it is older than {} s (--max-horizon-age); \
+         if it does not end soon, `{}` ends it",
+        table::holder_short(h),
+        n(limits.max_horizon_age),
+        h.how_to_end()
     )
 }
 
