@@ -104,8 +104,9 @@ pub const APPLICATION_PRIVILEGES: [(&str, &str); 9] = [
 /// superuser); [`PgEventStore::grant_application_role`] does, after checking the role.
 ///
 /// They first revoke everything `role` holds in the schema, so running them again (after
-/// a migration, or after a shadow rebuild replaced a read-model table) converges to the
-/// same privileges and removes any extra grant made by hand. Functions: `EXECUTE` on
+/// a migration, which may add a table) converges to the same privileges and removes any
+/// extra grant made by hand. A shadow rebuild needs no new grant: its swap carries the
+/// live table's owner and grants over to the rebuilt table. Functions: `EXECUTE` on
 /// every function of the schema, all of which run with the caller's rights
 /// (`SECURITY INVOKER`), so it adds nothing the table privileges do not already allow.
 #[must_use]
@@ -169,12 +170,13 @@ fn statements(schema: &SchemaName, role: &RoleName, read_models: &[&str]) -> Vec
     sql
 }
 
-/// The role a store is connected as, and whether it holds more than the application
-/// privileges: from [`PgEventStore::connected_role`].
+/// A role (the one a store is connected as, or one named), and whether it holds more than
+/// the application privileges: from [`PgEventStore::connected_role`] and
+/// [`PgEventStore::role_standing`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConnectedRole {
-    /// The session's current role (`current_user`).
+    /// Its name (for [`PgEventStore::connected_role`], the session's `current_user`).
     pub name: String,
     /// A superuser bypasses every privilege check and can silence the immutability
     /// triggers for its session (`SET session_replication_role = replica`).
@@ -194,29 +196,53 @@ impl PgEventStore {
     /// # Errors
     /// [`StoreError::Backend`].
     pub async fn connected_role(&self) -> Result<ConnectedRole, StoreError> {
+        self.role_row(None)
+            .await?
+            .ok_or_else(|| StoreError::backend("the connected role is not in pg_roles", false))
+    }
+
+    /// The same of any role (`None` when it does not exist in the cluster): a superuser or
+    /// the owner of the store's schema needs no grants, since it holds every privilege
+    /// already, and [`PgEventStore::grant_application_role`] refuses it.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn role_standing(
+        &self,
+        role: &RoleName,
+    ) -> Result<Option<ConnectedRole>, StoreError> {
+        self.role_row(Some(role)).await
+    }
+
+    /// `role`, or the connected role when `None`.
+    async fn role_row(&self, role: Option<&RoleName>) -> Result<Option<ConnectedRole>, StoreError> {
         let row = sqlx::query(
-            "SELECT current_user::text, r.rolsuper, \
-                    coalesce(pg_has_role(current_user, n.nspowner, 'MEMBER'), false) \
-                     OR coalesce(pg_has_role(current_user, c.relowner, 'MEMBER'), false) \
+            "SELECT r.rolname::text, r.rolsuper, \
+                    coalesce(pg_has_role(r.oid, n.nspowner, 'MEMBER'), false) \
+                     OR coalesce(pg_has_role(r.oid, c.relowner, 'MEMBER'), false) \
                FROM pg_roles r \
                LEFT JOIN pg_namespace n ON n.nspname = $1 \
                LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'events' \
-              WHERE r.rolname = current_user",
+              WHERE r.rolname = coalesce($2, current_user::text)",
         )
         .bind(self.schema.as_str())
-        .fetch_one(&self.pool)
+        .bind(role.map(RoleName::as_str))
+        .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(ConnectedRole {
-            name: row.try_get(0).map_err(backend)?,
-            superuser: row.try_get(1).map_err(backend)?,
-            owner: row.try_get(2).map_err(backend)?,
+        row.map(|row| {
+            Ok(ConnectedRole {
+                name: row.try_get(0).map_err(backend)?,
+                superuser: row.try_get(1).map_err(backend)?,
+                owner: row.try_get(2).map_err(backend)?,
+            })
         })
+        .transpose()
     }
 
     /// Gives `role` exactly the application privileges on this store's schema (see
     /// [`application_role_sql`]), in one transaction. Idempotent: run it again after every
-    /// migration and after a shadow rebuild (which replaces the read-model table).
+    /// migration (a shadow rebuild keeps the read-model table's grants).
     ///
     /// This store must be connected as the schema's owner (or a superuser), and the schema
     /// must be migrated. The role must exist and must not be a superuser, own the schema

@@ -24,6 +24,37 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The test database as its superuser, for set-up and clean-up.
+struct Admin {
+    runtime: tokio::runtime::Runtime,
+    pool: sqlx::PgPool,
+}
+
+impl Admin {
+    fn connect() -> Self {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let pool = runtime
+            .block_on(sqlx::PgPool::connect(&database_url()))
+            .unwrap();
+        Self { runtime, pool }
+    }
+
+    fn exec(&self, sql: &str) {
+        self.runtime
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&self.pool))
+            .unwrap();
+    }
+
+    /// Drops `schema` with everything in it, then `roles` with what they own.
+    fn clean_up(&self, schema: &str, roles: &[&str]) {
+        self.exec(&format!("DROP SCHEMA \"{schema}\" CASCADE"));
+        for role in roles {
+            self.exec(&format!("DROP OWNED BY \"{role}\""));
+            self.exec(&format!("DROP ROLE \"{role}\""));
+        }
+    }
+}
+
 /// The test database's URL with another user (the local server trusts local logins).
 fn url_as(role: &str) -> String {
     let url = database_url();
@@ -77,15 +108,8 @@ fn print_shows_the_sql_without_a_database_and_hostile_names_are_refused() {
 fn the_owner_grants_and_the_application_appends_but_cannot_grant() {
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
     let (role, schema) = (format!("cli_app_{tag}"), format!("cli_roles_{tag}"));
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let admin = runtime
-        .block_on(sqlx::PgPool::connect(&database_url()))
-        .unwrap();
-    let exec = |sql: String| {
-        runtime
-            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(&admin))
-            .unwrap();
-    };
+    let admin = Admin::connect();
+    let exec = |sql: String| admin.exec(&sql);
     exec(format!("CREATE ROLE \"{role}\" LOGIN"));
     let owner = database_url();
     let out = chronik(&["migrate", "--schema", &schema], &owner);
@@ -119,17 +143,73 @@ fn the_owner_grants_and_the_application_appends_but_cannot_grant() {
             && stderr.lines().count() == 1,
         "{stderr}"
     );
-    let out = chronik(&["roles", "grant", "postgres", "--schema", &schema], &owner);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("is a superuser"),
-        "{}",
-        text(&out.stderr)
-    );
 
-    exec(format!("DROP SCHEMA \"{schema}\" CASCADE"));
-    exec(format!("DROP OWNED BY \"{role}\""));
-    exec(format!("DROP ROLE \"{role}\""));
+    admin.clean_up(&schema, &[&role]);
+}
+
+/// A superuser or the schema's owner holds every privilege already: `roles grant` to one
+/// says that it needs none and why no application should connect as it, grants nothing
+/// and succeeds (it exited 1 with the library's refusal, as if the grant had failed).
+#[test]
+fn granting_to_a_superuser_or_the_owner_says_it_needs_no_grants() {
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (owner_role, schema) = (format!("cli_own_{tag}"), format!("cli_own_{tag}"));
+    let admin = Admin::connect();
+    let (runtime, exec) = (&admin.runtime, |sql: String| admin.exec(&sql));
+    let superuser: String = runtime
+        .block_on(sqlx::query_scalar("SELECT current_user::text").fetch_one(&admin.pool))
+        .unwrap();
+    let url = database_url();
+    let out = chronik(&["migrate", "--schema", &schema], &url);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    exec(format!("CREATE ROLE \"{owner_role}\" LOGIN"));
+    exec(format!(
+        "ALTER SCHEMA \"{schema}\" OWNER TO \"{owner_role}\""
+    ));
+    for (role, what, risk) in [
+        (
+            superuser.as_str(),
+            "it is a superuser, which bypasses every privilege check",
+            "SET session_replication_role = replica",
+        ),
+        (
+            owner_role.as_str(),
+            "it owns the schema or its tables",
+            "ALTER TABLE events DISABLE TRIGGER",
+        ),
+    ] {
+        let out = chronik(&["roles", "grant", role, "--schema", &schema], &url);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{role}: {stderr}");
+        assert!(
+            stdout.starts_with(&format!(
+                "role {role} needs no grants on schema {schema}: {what}"
+            )) && stdout.trim_end().ends_with("nothing was granted"),
+            "{role}: {stdout}"
+        );
+        assert!(
+            stderr.starts_with(&format!(
+                "warning: an application connected as role {role} can "
+            )) && stderr.contains(risk)
+                && stderr.contains("CREATE ROLE APP_ROLE LOGIN"),
+            "{role}: {stderr}"
+        );
+    }
+    // Nothing was granted to the owner role: it holds no table privilege of its own.
+    let granted: i64 = runtime
+        .block_on(
+            sqlx::query_scalar(
+                "SELECT count(*) FROM information_schema.role_table_grants \
+                 WHERE grantee = $1 AND table_schema = $2",
+            )
+            .bind(&owner_role)
+            .bind(&schema)
+            .fetch_one(&admin.pool),
+        )
+        .unwrap();
+    assert_eq!(granted, 0);
+
+    admin.clean_up(&schema, &[&owner_role]);
 }
 
 /// Issue 14: a role that does not exist is bad input (status 2, as a mistyped role name
@@ -154,14 +234,7 @@ fn granting_to_a_role_that_does_not_exist_is_bad_input_and_says_how_to_create_it
     );
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let admin = runtime
-        .block_on(sqlx::PgPool::connect(&database_url()))
-        .unwrap();
-    let drop = format!("DROP SCHEMA \"{schema}\" CASCADE");
-    runtime
-        .block_on(sqlx::query(sqlx::AssertSqlSafe(drop.as_str())).execute(&admin))
-        .unwrap();
+    Admin::connect().clean_up(&schema, &[]);
 }
 
 /// `chronik doctor` warns, without failing, when it connects as a superuser or as the
@@ -175,17 +248,10 @@ fn doctor_warns_about_a_superuser_or_the_owner_and_not_about_the_application() {
         format!("cli_app_{tag}"),
         format!("cli_doctor_{tag}"),
     );
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let admin = runtime
-        .block_on(sqlx::PgPool::connect(&database_url()))
-        .unwrap();
-    let exec = |sql: String| {
-        runtime
-            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(&admin))
-            .unwrap();
-    };
+    let admin = Admin::connect();
+    let (runtime, exec) = (&admin.runtime, |sql: String| admin.exec(&sql));
     let database: String = runtime
-        .block_on(sqlx::query_scalar("SELECT current_database()::text").fetch_one(&admin))
+        .block_on(sqlx::query_scalar("SELECT current_database()::text").fetch_one(&admin.pool))
         .unwrap();
     exec(format!("CREATE ROLE \"{owner}\" LOGIN"));
     exec(format!("CREATE ROLE \"{app}\" LOGIN"));
@@ -265,17 +331,10 @@ fn doctor_warns_about_a_superuser_or_the_owner_and_not_about_the_application() {
 fn doctor_as_an_unprivileged_role_counts_a_holder_of_hidden_age_as_a_problem() {
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
     let (app, schema) = (format!("cli_hid_{tag}"), format!("cli_hidden_{tag}"));
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let admin = Admin::connect();
+    let (runtime, exec) = (&admin.runtime, |sql: String| admin.exec(&sql));
     // Entered for the whole test, so that the open transaction can be dropped on a panic.
     let _entered = runtime.enter();
-    let admin = runtime
-        .block_on(sqlx::PgPool::connect(&database_url()))
-        .unwrap();
-    let exec = |sql: String| {
-        runtime
-            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).execute(&admin))
-            .unwrap();
-    };
     exec(format!("CREATE ROLE \"{app}\" LOGIN"));
     for args in [
         vec!["migrate", "--schema", &schema],
@@ -285,7 +344,7 @@ fn doctor_as_an_unprivileged_role_counts_a_holder_of_hidden_age_as_a_problem() {
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
     }
     // A write transaction of another role (postgres), left open.
-    let mut open = runtime.block_on(admin.begin()).unwrap();
+    let mut open = runtime.block_on(admin.pool.begin()).unwrap();
     let (xid, pid): (String, i32) = runtime
         .block_on(
             sqlx::query_as("SELECT pg_current_xact_id()::text, pg_backend_pid()")
@@ -342,7 +401,5 @@ fn doctor_as_an_unprivileged_role_counts_a_holder_of_hidden_age_as_a_problem() {
     );
 
     runtime.block_on(open.rollback()).unwrap();
-    exec(format!("DROP SCHEMA \"{schema}\" CASCADE"));
-    exec(format!("DROP OWNED BY \"{app}\""));
-    exec(format!("DROP ROLE \"{app}\""));
+    admin.clean_up(&schema, &[&app]);
 }
