@@ -104,6 +104,34 @@ fn print_shows_the_sql_without_a_database_and_hostile_names_are_refused() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// docs/reliability.md shows the SQL `roles grant --print` prints, statement for statement
+/// (it showed `projection_parked` with `SELECT, INSERT` after the grant had gained `UPDATE`).
+#[test]
+fn the_grant_reliability_md_shows_is_the_one_printed() {
+    let out = chronik(
+        &[
+            "roles",
+            "grant",
+            "orders_app",
+            "--schema",
+            "orders",
+            "--print",
+        ],
+        "postgres://nobody@127.0.0.1:1/none",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: String = text(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("--"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let docs = include_str!("../../../docs/reliability.md");
+    assert!(
+        docs.contains(&format!("```sql\n{printed}```")),
+        "docs/reliability.md lacks the printed grant as one sql block:\n{printed}"
+    );
+}
+
 #[test]
 fn the_owner_grants_and_the_application_appends_but_cannot_grant() {
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
