@@ -164,6 +164,38 @@ pub(crate) async fn run_setups(registry: &Registry, store: &PgEventStore) -> any
     Ok(())
 }
 
+/// Runs the registered setup steps before a command that needs the read models' tables
+/// (`projections rebuild | run`, the console's rebuilds), but only when one of those tables
+/// is missing: the steps create tables, which the application role may not (it has no
+/// `CREATE` on the schema), and `migrate` ran them already. Steps that fail then are said
+/// to be the schema owner's to run.
+pub(crate) async fn ensure_read_models(
+    registry: &Registry,
+    store: &PgEventStore,
+) -> anyhow::Result<()> {
+    let missing = store
+        .missing_tables(&registry.tables())
+        .await
+        .context("cannot look up the read models' tables")?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let schema = store.schema();
+    run_setups(registry, store).await.with_context(|| {
+        format!(
+            "{} not in schema {schema} and could not be created: run `{} migrate --schema \
+             {schema}` as the schema owner (it runs the setup steps that create the read models), \
+             then run this again",
+            if missing.len() == 1 {
+                format!("the read-model table {} is", missing[0])
+            } else {
+                format!("the read-model tables {} are", missing.join(", "))
+            },
+            registry.binary
+        )
+    })
+}
+
 /// Everything wrong with `status`, one sentence each, saying what to do: a schema that
 /// does not exist is that (not a list of migrations to apply, which would create an empty
 /// store there), and pending migrations are one sentence.

@@ -22,7 +22,7 @@ impl Rebuild for Rebuilds<'_> {
         let Some(projection) = self.registry.projections.iter().find(|p| p.name == name) else {
             return Err(format!("{name:?} is not registered"));
         };
-        backend::run_setups(self.registry, self.store)
+        backend::ensure_read_models(self.registry, self.store)
             .await
             .map_err(|e| chain(&e))?;
         let mut progress = |_: &chronik_postgres::PgRebuildProgress| ControlFlow::Continue(());

@@ -398,8 +398,10 @@ impl Operator {
         self
     }
 
-    /// A setup step `migrate` runs after chronik's migrations, and `projections rebuild`
-    /// before rebuilding, e.g. creating a read model's table unless it exists. Must be
+    /// A setup step `migrate` runs after chronik's migrations, e.g. creating a read model's
+    /// table unless it exists; `projections rebuild | run` and the console's rebuilds run
+    /// the steps too when a registered read model's table is missing (so that the
+    /// application role, which may not create tables, runs them once `migrate` has). Must be
     /// idempotent.
     #[must_use]
     pub fn setup<F, Fut, E>(mut self, step: F) -> Self
@@ -1343,7 +1345,7 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 return Err(unknown_projection(registry, &args.name).into());
             };
             let store = backend::open(args.database, bin, "projections rebuild").await?;
-            let setups = backend::run_setups(registry, &store);
+            let setups = backend::ensure_read_models(registry, &store);
             backend::watched(&store, bin, "projections rebuild", setups).await?;
             // The rebuild has a watchdog of its own, on its checkpoint row.
             let kind = if args.shadow {
@@ -1372,7 +1374,7 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
                 return Err(unknown_projection(registry, &args.name).into());
             };
             let store = backend::open(args.database, bin, "projections run").await?;
-            backend::run_setups(registry, &store).await?;
+            backend::ensure_read_models(registry, &store).await?;
             runner::run(
                 registry,
                 &store,

@@ -83,6 +83,23 @@ impl PgEventStore {
         Ok(u64::try_from(rows).unwrap_or(0))
     }
 
+    /// Which of `tables` (unqualified names in this store's schema, e.g. the read models'
+    /// a service registers) do not exist, in the order given.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn missing_tables(&self, tables: &[&str]) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT t FROM unnest($1::text[]) WITH ORDINALITY AS u(t, i) \
+              WHERE to_regclass(quote_ident($2) || '.' || quote_ident(t)) IS NULL ORDER BY i",
+        )
+        .bind(tables)
+        .bind(self.schema.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)
+    }
+
     /// Where the last `n` visible feed events matching `filter` (and of `stream` only, when
     /// given) begin: the cursor after which exactly those events lie, in feed order, or
     /// [`FeedCursor::START`] when there are at most `n` (what `tail -n N` starts after).

@@ -240,6 +240,120 @@ fn granting_to_a_superuser_or_the_owner_says_it_needs_no_grants() {
     admin.clean_up(&schema, &[&owner_role]);
 }
 
+/// Issue 14, item 1, as an operator runs it: after `projections rebuild orders --shadow`
+/// (as the owner) the application role still has its read model's privileges (a rebuild
+/// from scratch, run as the application, clears and rewrites it), and a shadow rebuild run
+/// as the application is refused before it changes anything, saying once that the schema
+/// owner must run it.
+#[test]
+fn a_shadow_rebuild_keeps_the_application_roles_access_and_needs_the_owner() {
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (role, schema) = (format!("cli_shadow_{tag}"), format!("cli_shadow_{tag}"));
+    let admin = Admin::connect();
+    let (runtime, exec) = (&admin.runtime, |sql: String| admin.exec(&sql));
+    exec(format!("CREATE ROLE \"{role}\" LOGIN"));
+    let (owner, app) = (database_url(), url_as(&role));
+    let run = |args: &[&str], url: &str| {
+        let mut all = args.to_vec();
+        all.extend(["--schema", &schema]);
+        chronik(&all, url)
+    };
+    let ok = |args: &[&str], url: &str| {
+        let out = run(args, url);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    ok(&["migrate"], &owner);
+    ok(&["roles", "grant", &role], &owner);
+    let store = runtime
+        .block_on(chronik::postgres::PgEventStore::connect_with(
+            &owner,
+            chronik::postgres::PgStoreConfig::with_schema(
+                chronik::postgres::SchemaName::new(schema.clone()).unwrap(),
+            ),
+        ))
+        .unwrap();
+    // Appends as the application, and waits until the feed shows the event (other tests'
+    // transactions on the cluster may hold it back for a moment).
+    let append = |stream: &str| {
+        let placed = r#"{"customer_id":"c","total_amount":5}"#;
+        let stdout = ok(
+            &["append", stream, "--type", "OrderPlaced", "--data", placed],
+            &app,
+        );
+        let cursor: chronik::FeedCursor = stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "cursor")
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no cursor in {stdout}"));
+        runtime
+            .block_on(store.wait_for_feed(cursor, std::time::Duration::from_secs(60)))
+            .unwrap();
+    };
+    append("order-r1");
+    let stdout = ok(&["projections", "rebuild", "orders", "--shadow"], &owner);
+    assert!(
+        stdout.contains("order_summaries now holds 1 row"),
+        "{stdout}"
+    );
+
+    append("order-r2");
+    let stdout = ok(&["projections", "rebuild", "orders"], &app);
+    assert!(
+        stdout.contains("order_summaries now holds 2 rows"),
+        "{stdout}"
+    );
+
+    let out = run(&["projections", "rebuild", "orders", "--shadow"], &app);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "a shadow rebuild creates, renames and drops tables in schema {schema}: run it as \
+             the schema owner, the role that migrated the store"
+        )) && stderr.matches("permission denied").count() == 1,
+        "{stderr}"
+    );
+    let shadow: Option<String> = runtime
+        .block_on(
+            sqlx::query_scalar("SELECT to_regclass($1)::text")
+                .bind(format!("\"{schema}\".order_summaries__shadow"))
+                .fetch_one(&admin.pool),
+        )
+        .unwrap();
+    assert_eq!(shadow, None, "nothing was left behind");
+    let stdout = ok(&["projections", "status"], &app);
+    assert!(!stdout.contains("__shadow"), "{stdout}");
+    // The application runs its projection itself (it used to fail first in the setup
+    // step, which creates the read model's table and needs CREATE on the schema).
+    append("order-r3");
+    ok(&["projections", "run", "orders", "--until-caught-up"], &app);
+    let rows: i64 = runtime
+        .block_on(
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM \"{schema}\".order_summaries"
+            )))
+            .fetch_one(&admin.pool),
+        )
+        .unwrap();
+    assert_eq!(rows, 3);
+    // A read model's table that is missing, and a role that cannot create it: said as that.
+    exec(format!("DROP TABLE \"{schema}\".order_summaries"));
+    let out = run(&["projections", "rebuild", "orders"], &app);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: the read-model table order_summaries is not in schema {schema} and could not be \
+             created: run `chronik migrate --schema {schema}` as the schema owner"
+        )) && stderr.contains("permission denied for schema"),
+        "{stderr}"
+    );
+
+    admin.clean_up(&schema, &[&role]);
+}
+
 /// Issue 14: a role that does not exist is bad input (status 2, as a mistyped role name
 /// is), and the message says so and how to create it; nothing is granted.
 #[test]
