@@ -1,7 +1,7 @@
 //! Scenario `append-streams`: one multi-stream append (`EventStore::append_streams`) of 2
 //! and of 4 new streams, one event each, against the raw SQL of the same rows in the same
-//! run: the seed guide's table written by one plain multi-row INSERT (what a naive library
-//! does, without any check), and chronik's own rows (the `streams` rows and the events)
+//! run: the naive baselines' plain table `seed_events` written by one plain multi-row INSERT
+//! (what a naive library does, without any check), and chronik's own rows (the `streams` rows and the events)
 //! written by one statement with no checks at all (`raw-rows`: the floor of the schema).
 
 use std::sync::Arc;
@@ -60,7 +60,8 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
     Ok(())
 }
 
-/// `width` rows of the seed guide's table, one per new aggregate, in one plain INSERT.
+/// `width` rows of the naive baselines' plain table `seed_events`, one per new aggregate, in
+/// one plain INSERT.
 fn seed_rows_op(p: &PgPool, width: usize) -> Op {
     let sql = Arc::new(format!(
         "INSERT INTO {RAW_SCHEMA}.seed_events (aggregate_id, aggregate_type, event_type, event_data, version) \
