@@ -1129,11 +1129,16 @@ pub(crate) fn chain(e: &anyhow::Error) -> String {
         let text = cause
             .downcast_ref::<chronik_store::StoreError>()
             .map_or_else(|| cause.to_string(), request_message);
-        // sqlx words a server error as `error returned from database: <message>`, which
-        // the store's own message already holds: say the message once.
+        // sqlx words a server error as `error returned from database: <message> at line
+        // <the server's source line>`, which the store's own message already holds: say
+        // the message once.
         let core = text
             .strip_prefix("error returned from database: ")
             .unwrap_or(&text);
+        let core = core
+            .rsplit_once(" at line ")
+            .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(core, |(message, _)| message);
         if line.contains(core) {
             continue;
         }

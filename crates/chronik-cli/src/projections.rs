@@ -444,6 +444,13 @@ pub(crate) async fn rebuild(
                 format!("nothing was changed: {table} is as it was")
             };
             let hint = match &e {
+                // Not the event's fault: parking it would leave it out of the read model.
+                PgProjectionError::Handler { source, .. } if source.lost_connection() => {
+                    "; the connection to the server was lost (it stopped or restarted, or the \
+                     session was ended): nothing is wrong with the event; run the rebuild again \
+                     once the server is back"
+                        .to_owned()
+                }
                 PgProjectionError::Handler { event_id, .. } => format!(
                     "; if the event can never be applied, park it (the runner and rebuilds then pass over it): \
                      `{bin} projections park {name} {event_id} --reason TEXT`"

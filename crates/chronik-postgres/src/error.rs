@@ -29,7 +29,17 @@ type Source = Option<Box<dyn std::error::Error + Send + Sync>>;
 /// A sqlx error's message (without credentials), whether retrying may help, and the error.
 pub(crate) fn parts(err: sqlx::Error) -> (String, bool, Source) {
     let retryable = is_retryable(&err);
-    let message = match &err {
+    let message = parts_message(&err);
+    let source: Source = match err {
+        sqlx::Error::Configuration(_) => None,
+        other => Some(Box::new(other)),
+    };
+    (message, retryable, source)
+}
+
+/// The message of [`parts`].
+pub(crate) fn parts_message(err: &sqlx::Error) -> String {
+    match err {
         // Configuration errors may quote the connection string: say only what kind it is.
         sqlx::Error::Configuration(_) => "invalid database configuration".to_owned(),
         // The statement did not fail by itself: an earlier one in the same transaction
@@ -48,12 +58,7 @@ pub(crate) fn parts(err: sqlx::Error) -> (String, bool, Source) {
             db.message()
         ),
         other => other.to_string(),
-    };
-    let source: Source = match err {
-        sqlx::Error::Configuration(_) => None,
-        other => Some(Box::new(other)),
-    };
-    (message, retryable, source)
+    }
 }
 
 /// SQLSTATE `in_failed_sql_transaction`: a statement sent to an aborted transaction.

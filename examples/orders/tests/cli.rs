@@ -2419,6 +2419,72 @@ fn a_rebuild_is_refused_while_the_other_kind_runs() {
     }
 }
 
+/// A rebuild whose session is ended under it (the server restarting, an administrator's
+/// `pg_terminate_backend`) while its handler writes says that the connection was lost and
+/// to run it again; it used to call that a failure of the event and say to park it, which
+/// would leave a good event out of the read model. The handler is held inside its write by
+/// another transaction's uncommitted row of the same order, then its session is ended.
+#[test]
+fn a_rebuild_that_loses_its_connection_says_so_and_not_to_park_the_event() {
+    let schema = Schema::migrated();
+    let ids = schema.place_orders(1);
+    let blocker = schema.hold(&format!(
+        "INSERT INTO \"{}\".order_summaries (order_id, customer_id, status, total_amount, \
+         lines, placed_at, updated_at, version) VALUES ('{}', 'c', 'placed', 1, 0, now(), now(), 1)",
+        schema.name, ids[0]
+    ));
+    let mut running = schema.spawn(&["projections", "rebuild", "orders"]);
+    running.wait_for("rebuilding projection orders in schema ");
+    // The rebuild's session, once it waits for the blocker's row.
+    let waiter: i32 = schema.runtime.block_on(async {
+        // A safety net only: it waits within a second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rebuild never waited for the blocker's row"
+            );
+            let found: Option<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(blocker.pid)
+            .fetch_optional(schema.store.pool())
+            .await
+            .expect("pg_stat_activity");
+            if let Some(pid) = found {
+                return pid;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    schema
+        .runtime
+        .block_on(
+            sqlx::query("SELECT pg_terminate_backend($1)")
+                .bind(waiter)
+                .execute(schema.store.pool()),
+        )
+        .expect("terminated");
+    let (code, _, stderr) = running.finish();
+    blocker.end();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the connection to the server was lost (it stopped or restarted, or the session was \
+             ended): nothing is wrong with the event; run the rebuild again once the server is back"
+        ) && !stderr.contains("park it")
+            && stderr
+                .matches(
+                    "database error 57P01: terminating connection due to administrator command"
+                )
+                .count()
+                == 1
+            && !stderr.contains(" at line "),
+        "{stderr}"
+    );
+    assert_eq!(schema.rows("order_summaries"), 0, "rolled back");
+}
+
 #[test]
 fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
     let schema = Schema::migrated();

@@ -379,6 +379,27 @@ fn granting_to_a_role_that_does_not_exist_is_bad_input_and_says_how_to_create_it
     Admin::connect().clean_up(&schema, &[]);
 }
 
+/// `migrate` run by a role that may not create the schema says the server's cause once:
+/// it said it twice (`... permission denied for database X: error returned from database:
+/// permission denied for database X at line 3655`).
+#[test]
+fn migrate_without_the_right_to_create_the_schema_says_the_cause_once() {
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (role, schema) = (format!("cli_nocreate_{tag}"), format!("cli_nocreate_{tag}"));
+    let admin = Admin::connect();
+    admin.exec(&format!("CREATE ROLE \"{role}\" LOGIN"));
+    let out = chronik(&["migrate", "--schema", &schema], &url_as(&role));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot apply the migrations to ")
+            && stderr.matches("permission denied for database").count() == 1
+            && !stderr.contains(" at line "),
+        "{stderr}"
+    );
+    admin.exec(&format!("DROP ROLE \"{role}\""));
+}
+
 /// `chronik doctor` warns, without failing, when it connects as a superuser or as the
 /// schema's owner (an application connecting like that can rewrite history), says what to
 /// do, and is quiet as the application role.

@@ -27,6 +27,35 @@ impl HandlerFailure {
             source: None,
         }
     }
+
+    /// Whether the handler failed because its session lost the server (the server stopped
+    /// or restarted, an administrator ended the session, the network dropped it): nothing
+    /// is wrong with the event then, and the same work may succeed once the server is back.
+    #[must_use]
+    pub fn lost_connection(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = self
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        while let Some(e) = cause {
+            if let Some(e) = e.downcast_ref::<sqlx::Error>() {
+                return match e {
+                    sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed => true,
+                    // Class 08: connection exception; 57P01-57P03: the server is shutting
+                    // down or restarting, or the session was terminated.
+                    sqlx::Error::Database(db) => db
+                        .code()
+                        .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                    _ => false,
+                };
+            }
+            cause = e.source();
+        }
+        false
+    }
 }
 
 impl From<sqlx::Error> for HandlerFailure {
@@ -42,7 +71,9 @@ impl From<sqlx::Error> for HandlerFailure {
                      handler went on; return that error from `handle` instead of ignoring it"
                 )
             } else {
-                e.to_string()
+                // `database error 57P01: terminating connection ...`, as the store words
+                // it, not sqlx's `error returned from database: ... at line 3211`.
+                crate::error::parts_message(&e)
             },
             source: Some(Box::new(e)),
         }
