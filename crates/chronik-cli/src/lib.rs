@@ -1463,7 +1463,9 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
             if args.print {
                 return roles::print(&args.database.schema, &args.role, &tables);
             }
-            let (store, _) = backend::connect(args.database, bin, "roles grant").await?;
+            // A mistyped or unmigrated schema is said as every command says it (exit 4),
+            // not as advice to migrate it.
+            let store = backend::open(args.database, bin, "roles grant").await?;
             let work = roles::grant(&store, &args.role, &tables);
             backend::watched(&store, bin, "roles grant", work).await
         }

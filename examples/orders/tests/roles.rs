@@ -379,6 +379,45 @@ fn granting_to_a_role_that_does_not_exist_is_bad_input_and_says_how_to_create_it
     Admin::connect().clean_up(&schema, &[]);
 }
 
+/// `roles grant` on a mistyped schema says that it does not exist (exit 4, as every
+/// command does) and creates nothing; on an unmigrated one, what to run. It used to exit 1
+/// with `schema nosuch is not migrated: run the migrations as the owner role first`, which
+/// creates an empty store under the mistyped name.
+#[test]
+fn granting_on_a_mistyped_or_unmigrated_schema_says_so_as_every_command_does() {
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let schema = format!("cli_typo_{tag}");
+    let url = database_url();
+    let out = chronik(&["roles", "grant", "postgres", "--schema", &schema], &url);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: schema {schema} does not exist in this database ("
+        )) && stderr.contains("check --schema"),
+        "{stderr}"
+    );
+    let admin = Admin::connect();
+    let exists: bool = admin
+        .runtime
+        .block_on(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(&schema)
+                .fetch_one(&admin.pool),
+        )
+        .unwrap();
+    assert!(!exists, "nothing was created");
+    admin.exec(&format!("CREATE SCHEMA \"{schema}\""));
+    let out = chronik(&["roles", "grant", "postgres", "--schema", &schema], &url);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("run `chronik migrate --schema {schema}`")),
+        "{stderr}"
+    );
+    admin.clean_up(&schema, &[]);
+}
+
 /// `migrate` run by a role that may not create the schema says the server's cause once:
 /// it said it twice (`... permission denied for database X: error returned from database:
 /// permission denied for database X at line 3655`).
