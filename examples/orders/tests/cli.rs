@@ -2784,6 +2784,61 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
 
+/// An event whose park decision was retried (and so is no longer passed over) can be parked
+/// again when it still fails: `park` said "parked" but kept the retried decision, so the
+/// runner went on failing on it and `drop-parked` said it was not parked any more.
+#[test]
+fn an_event_retried_then_parked_again_is_parked() {
+    use chronik::EventStore as _;
+    let schema = Schema::migrated();
+    schema.place_orders(1);
+    let first = schema
+        .runtime
+        .block_on(schema.store.read_feed(
+            chronik::FeedCursor::START,
+            &chronik::FeedFilter {
+                event_types: vec![],
+                categories: vec![],
+            },
+            1,
+        ))
+        .expect("the feed")
+        .events
+        .remove(0);
+    let id = first.event_id.to_string();
+    let park = |reason: &str| {
+        schema.ok(&[
+            "projections",
+            "park",
+            "orders",
+            &id,
+            "--reason",
+            reason,
+            "--by",
+            "ops",
+        ])
+    };
+    park("first");
+    let stdout = schema.ok(&["projections", "retry", "orders", &id, "--by", "ops"]);
+    assert!(
+        stdout.contains("its park decision is withdrawn"),
+        "{stdout}"
+    );
+    park("still fails");
+    let doc = json(&schema.ok(&["projections", "parked", "orders", "--json"]));
+    let parked = &doc["parked"][0];
+    assert_eq!(parked["event_id"], id, "{doc}");
+    assert_eq!(parked["state"], "pending", "open again: {doc}");
+    assert!(
+        parked["reason"].as_str().is_some_and(|r| r
+            .starts_with("still fails (parked again; before: first, by ops at ")
+            && r.contains(", retried by ops at ")),
+        "{doc}"
+    );
+    let stdout = schema.ok(&["projections", "drop-parked", "orders", &id, "--by", "ops"]);
+    assert!(stdout.contains(&id), "{stdout}");
+}
+
 #[test]
 fn append_checks_registered_types_through_the_upcasters_and_defaults_to_the_current_version() {
     let schema = Schema::migrated();

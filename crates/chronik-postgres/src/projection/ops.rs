@@ -37,7 +37,10 @@ pub struct ParkDecision {
 
 /// Records a park decision in `projection_parked`. The projection's runner skips that
 /// event the next time it fails on it (and only then); the decision is never deleted.
-/// Idempotent: a second decision for the same event keeps the first.
+/// Idempotent: a second decision for the same event keeps the first while it is open or
+/// resolved as dropped (the event is passed over either way); a decision resolved as
+/// retried ([`crate::retry_parked`]: the event is no longer passed over) is reopened, its
+/// reason recording the earlier decision and its retry.
 ///
 /// # Errors
 /// [`StoreError::InvalidRequest`] for an invalid name or an empty reason / decider;

@@ -119,10 +119,18 @@ impl ProjectionSql {
                                  WHERE name = ANY($1::text[]) AND event_id = $2 \
                                    AND resolution IS DISTINCT FROM 'retried')"
             )),
+            // A decision resolved as retried no longer passes over the event: parking it
+            // again reopens it, keeping the earlier decision and its retry in the reason.
             park: sql(format!(
-                "INSERT INTO {s}.projection_parked \
+                "INSERT INTO {s}.projection_parked AS p \
                         (name, event_id, stream_id, version, reason, decided_by) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name, event_id) DO NOTHING"
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name, event_id) DO UPDATE \
+                 SET reason = EXCLUDED.reason || ' (parked again; before: ' || p.reason \
+                              || ', by ' || p.decided_by || ' at ' || p.decided_at::text \
+                              || ', retried by ' || p.resolved_by || ' at ' || p.resolved_at::text || ')', \
+                     decided_by = EXCLUDED.decided_by, decided_at = now(), \
+                     resolution = NULL, resolved_by = NULL, resolved_at = NULL \
+                 WHERE p.resolution = 'retried'"
             )),
             parked: sql(format!(
                 "SELECT event_id, stream_id, version, reason, decided_by, decided_at \
