@@ -1,7 +1,7 @@
 //! The runner's task: the lock, standby, idling and retries around the batch loop.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chronik_projections::{EventRef, LagMeter, ProjectionStatus};
 use chronik_store::catch_panic;
@@ -46,6 +46,7 @@ pub(crate) fn start<P: PgProjection>(
         instance: Uuid::new_v4(),
         session: owner,
         saved: None,
+        pinged: None,
     };
     PgRunnerHandle {
         stop: stop_tx,
@@ -78,7 +79,21 @@ struct Task<P> {
     saved: Option<(PgRunnerState, Option<i32>)>,
     /// Measures the lag into the status every `lag_every`.
     lag: LagMeter,
+    /// When `lock` last answered (a ping, or taking the lock).
+    pinged: Option<Instant>,
 }
+
+/// How often a runner holding its lock checks that the lock session is still alive.
+///
+/// Not a safety check: the session can die right after any ping. What keeps two runners
+/// from applying the same events is the batch itself: it locks the checkpoint row
+/// `FOR UPDATE`, reads the feed after the cursor it locked and writes the new cursor in the
+/// same transaction, so a runner (or rebuild) that took the advisory lock after this
+/// session died waits on that row until the batch commits, then reads the moved cursor.
+/// The ping only bounds how long a runner that lost its lock keeps working next to the
+/// new owner (their batches serialized on the row) and shows a stale `lock_pid`: a second
+/// is as good as a batch for that, and spares a round trip per batch.
+const LOCK_PING_EVERY: Duration = Duration::from_secs(1);
 
 struct Stopping;
 
@@ -227,7 +242,11 @@ impl<P: PgProjection> Task<P> {
             return Ok(true);
         }
         if let Some(conn) = self.lock.as_mut() {
+            if self.held && self.pinged.is_some_and(|t| t.elapsed() < LOCK_PING_EVERY) {
+                return Ok(true);
+            }
             if conn.ping().await.is_ok() {
+                self.pinged = Some(Instant::now());
                 if self.held {
                     return Ok(true);
                 }
@@ -236,6 +255,7 @@ impl<P: PgProjection> Task<P> {
                 self.lock = None;
                 self.session = None;
                 self.held = false;
+                self.pinged = None;
                 self.status.send_modify(|s| s.lock_pid = None);
             }
         }
@@ -264,6 +284,7 @@ impl<P: PgProjection> Task<P> {
         match attempt {
             Ok(Some(pid)) => {
                 self.held = true;
+                self.pinged = Some(Instant::now());
                 self.begin_owning(Some(pid)).await;
                 Ok(true)
             }
@@ -376,6 +397,8 @@ impl<P: PgProjection> Task<P> {
                     self.fail(attempt, message, Some(at)).await?;
                 }
                 Err(e) => {
+                    // The lock session may have gone with whatever failed: ask it first.
+                    self.pinged = None;
                     attempt += 1;
                     self.fail(attempt, e.to_string(), None).await?;
                 }
