@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chronik_core::{ExpectedVersion, FeedCursor, Metadata, RecordedEvent, StreamId, Version};
 use chronik_postgres::{
-    HandlerFailure, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionRunner,
+    HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionRunner,
     PgRunnerHandle, PgRunnerOptions, PgRunnerState, PgTransaction, wait_for_projection,
 };
 use chronik_projections::Partitions;
@@ -37,11 +37,11 @@ impl PgProjection for NoOp {
         &self,
         _tx: &mut PgTransaction,
         _event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         Ok(())
     }
 
-    async fn clear(&self, _tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, _tx: &mut PgTransaction) -> Result<(), HandlerError> {
         Ok(())
     }
 }
@@ -201,7 +201,7 @@ impl PgProjection for StreamCounts {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         sqlx::query(sqlx::AssertSqlSafe(self.table.as_str()))
             .bind(event.stream_id.as_str())
             .bind(event.version.as_i64())
@@ -210,7 +210,7 @@ impl PgProjection for StreamCounts {
         Ok(())
     }
 
-    async fn clear(&self, _tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, _tx: &mut PgTransaction) -> Result<(), HandlerError> {
         Ok(())
     }
 }

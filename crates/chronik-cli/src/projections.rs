@@ -445,7 +445,9 @@ pub(crate) async fn rebuild(
             };
             let hint = match &e {
                 // Not the event's fault: parking it would leave it out of the read model.
-                PgProjectionError::Handler { source, .. } if source.lost_connection() => {
+                PgProjectionError::Handler { source, .. }
+                    if chronik_postgres::lost_connection(source) =>
+                {
                     "; the connection to the server was lost (it stopped or restarted, or the \
                      session was ended): nothing is wrong with the event; run the rebuild again \
                      once the server is back"

@@ -34,7 +34,8 @@ mod typed;
 
 pub(crate) use sql::ProjectionSql;
 
-pub use handler::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
+pub use chronik_projections::HandlerError;
+pub use handler::{PgProjection, PgTransaction, ShadowProjection, lost_connection};
 pub use leftover::{ShadowLeftover, discard_shadow, shadow_leftovers};
 pub use ops::{
     ParkDecision, PgRunnerInstance, ProjectionReport, park_event, parked_events,

@@ -417,6 +417,8 @@ async fn refusals_leave_a_chronik_transaction_usable(pool: PgPool) {
 struct Careless {
     swallow: chronik_core::EventId,
     careless: std::sync::atomic::AtomicBool,
+    /// After ignoring the error, run another statement (which PostgreSQL refuses).
+    goes_on: bool,
 }
 
 impl chronik_postgres::PgProjection for Careless {
@@ -428,11 +430,14 @@ impl chronik_postgres::PgProjection for Careless {
         &self,
         tx: &mut chronik_postgres::PgTransaction,
         event: &chronik_core::RecordedEvent,
-    ) -> Result<(), chronik_postgres::HandlerFailure> {
+    ) -> Result<(), chronik_postgres::HandlerError> {
         if event.event_id == self.swallow && self.careless.load(std::sync::atomic::Ordering::SeqCst)
         {
             let ignored = sqlx::query("SELECT 1 / 0").execute(&mut **tx).await;
             assert!(ignored.is_err());
+            if self.goes_on {
+                sqlx::query("SELECT 1").execute(&mut **tx).await?;
+            }
             return Ok(());
         }
         sqlx::query("INSERT INTO careless_applied (event_id) VALUES ($1)")
@@ -445,7 +450,7 @@ impl chronik_postgres::PgProjection for Careless {
     async fn clear(
         &self,
         tx: &mut chronik_postgres::PgTransaction,
-    ) -> Result<(), chronik_postgres::HandlerFailure> {
+    ) -> Result<(), chronik_postgres::HandlerError> {
         sqlx::query("DELETE FROM careless_applied")
             .execute(&mut **tx)
             .await?;
@@ -484,6 +489,7 @@ async fn a_handler_that_ignores_an_error_never_commits_its_batch(pool: PgPool) {
     let projection = std::sync::Arc::new(Careless {
         swallow: ids[5],
         careless: AtomicBool::new(true),
+        goes_on: false,
     });
     let handle = chronik_postgres::PgProjectionRunner::new(store.clone(), projection.clone())
         .with_options(chronik_postgres::PgRunnerOptions {
@@ -551,4 +557,44 @@ async fn a_handler_that_ignores_an_error_never_commits_its_batch(pool: PgPool) {
     let mut all: Vec<uuid::Uuid> = ids.iter().map(chronik_core::EventId::as_uuid).collect();
     all.sort();
     assert_eq!(applied, all, "every event exactly once");
+}
+
+/// A handler that ignores a failed statement and goes on: the statement PostgreSQL then
+/// refuses is not the cause, and the error the runner shows says where to look.
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn the_refused_statement_after_an_ignored_error_says_so(pool: PgPool) {
+    let store = PgEventStore::from_pool(pool.clone());
+    let batch = events(1);
+    let r = store
+        .append(&stream("order"), ExpectedVersion::NoStream, &batch)
+        .await
+        .expect("append");
+    store
+        .wait_for_feed(r.cursor, std::time::Duration::from_secs(60))
+        .await
+        .expect("visible");
+    let projection = std::sync::Arc::new(Careless {
+        swallow: batch[0].event_id(),
+        careless: std::sync::atomic::AtomicBool::new(true),
+        goes_on: true,
+    });
+    let handle = chronik_postgres::PgProjectionRunner::new(store.clone(), projection)
+        .spawn()
+        .expect("spawn");
+    let mut status = handle.subscribe();
+    let shown = status
+        .wait_for(|s| s.last_error.is_some())
+        .await
+        .expect("a status")
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    handle.stop().await;
+    assert!(
+        shown.contains(
+            "an earlier statement of the batch's transaction failed and the handler went on; \
+             return that error from `handle` instead of ignoring it"
+        ),
+        "{shown}"
+    );
 }

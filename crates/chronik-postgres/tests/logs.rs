@@ -15,7 +15,7 @@ use chronik_core::{
     SnapshotState, StreamId, Version,
 };
 use chronik_postgres::{
-    HandlerFailure, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerOptions, PgRunnerState,
+    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerOptions, PgRunnerState,
     PgStoreConfig, PgTransaction, SchemaName,
 };
 use chronik_store::{EventStore, FeedFilter, Repository, SnapshotStore};
@@ -114,11 +114,11 @@ impl PgProjection for Strict {
         &self,
         _tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         let _: u32 = serde_json::from_value(event.payload["note"].clone())?;
         Ok(())
     }
-    async fn clear(&self, _tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, _tx: &mut PgTransaction) -> Result<(), HandlerError> {
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ use chronik_core::{
     EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent, RecordedEvent, StreamId,
 };
 use chronik_postgres::{
-    HandlerFailure, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionError,
+    HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionError,
     PgProjectionRunner, PgRunnerOptions, PgRunnerState, PgTransaction, PgWorkerHandle,
     forget_projection, projection_reports, rebuild_partitioned, wait_for_projection,
 };
@@ -77,7 +77,7 @@ impl PgProjection for Recorder {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         sqlx::query("INSERT INTO applied (stream_id, version, worker) VALUES ($1, $2, $3)")
             .bind(event.stream_id.as_str())
             .bind(event.version.as_i64())
@@ -92,7 +92,7 @@ impl PgProjection for Recorder {
         Ok(())
     }
 
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         sqlx::query("DELETE FROM applied")
             .execute(&mut **tx)
             .await?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use chronik_core::{EventId, RecordedEvent};
 use chronik_postgres::{
-    HandlerFailure, PgEventStore, PgParkingLot, PgPartitionedRunner, PgProjection,
+    HandlerError, PgEventStore, PgParkingLot, PgPartitionedRunner, PgProjection,
     PgProjectionRunner, PgRunnerHandle, PgStoreConfig, PgTransaction, PgWorkerHandle, rebuild,
 };
 use chronik_projections::{
@@ -72,10 +72,10 @@ impl PgProjection for Applied {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         Projection::handle(&*self.0, event)
             .await
-            .map_err(|e| HandlerFailure::new(e.to_string()))?;
+            .map_err(|e| HandlerError::new(e.to_string()))?;
         sqlx::query("INSERT INTO contract_applied (projection, event_id) VALUES ($1, $2)")
             .bind(self.name())
             .bind(event.event_id.as_uuid())
@@ -84,10 +84,10 @@ impl PgProjection for Applied {
         Ok(())
     }
 
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         Projection::clear(&*self.0)
             .await
-            .map_err(|e| HandlerFailure::new(e.to_string()))?;
+            .map_err(|e| HandlerError::new(e.to_string()))?;
         sqlx::query("DELETE FROM contract_applied WHERE projection = $1")
             .bind(self.name())
             .execute(&mut **tx)

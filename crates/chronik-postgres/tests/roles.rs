@@ -16,7 +16,7 @@ use chronik_core::{
     Version,
 };
 use chronik_postgres::{
-    APPLICATION_PRIVILEGES, HandlerFailure, ParkDecision, PgEventStore, PgProjection,
+    APPLICATION_PRIVILEGES, HandlerError, ParkDecision, PgEventStore, PgProjection,
     PgProjectionRunner, PgRunnerOptions, PgStoreConfig, PgTransaction, RoleName, SchemaName,
     ShadowProjection, application_role_sql, park_event, parked_events, projection_reports, rebuild,
     rebuild_shadow, wait_for_projection,
@@ -175,7 +175,7 @@ impl PgProjection for Tallies {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {} (stream_id, events, version) VALUES ($1, 1, $2) \
              ON CONFLICT (stream_id) DO UPDATE SET events = {0}.events + 1, version = EXCLUDED.version \
@@ -189,7 +189,7 @@ impl PgProjection for Tallies {
         Ok(())
     }
 
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {}",
             self.qualified

@@ -15,10 +15,10 @@ use chronik_core::{
     Aggregate, EventId, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId,
 };
 use chronik_postgres::{
-    HandlerFailure, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerOptions, PgStoreConfig,
+    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerOptions, PgStoreConfig,
     PgTransaction, SchemaName,
 };
-use chronik_projections::{HandlerError, Projection, ProjectionRunner, RunnerOptions};
+use chronik_projections::{Projection, ProjectionRunner, RunnerOptions};
 use chronik_store::{EventStore, Repository, StreamAppend};
 use chronik_testkit::{Interloper, SpanCapture};
 use uuid::Uuid;
@@ -42,10 +42,10 @@ impl PgProjection for Quiet {
         &self,
         _tx: &mut PgTransaction,
         _event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         Ok(())
     }
-    async fn clear(&self, _tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, _tx: &mut PgTransaction) -> Result<(), HandlerError> {
         Ok(())
     }
 }

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use chronik_core::{EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent, StreamId};
 use chronik_postgres::{
-    HandlerFailure, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
-    PgRunnerOptions, PgRunnerState, PgStandby, PgStoreConfig, PgTransaction, standby_reports,
-    wait_for_projection,
+    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions,
+    PgRunnerState, PgStandby, PgStoreConfig, PgTransaction, standby_reports, wait_for_projection,
 };
 use chronik_store::{EventStore, FeedFilter, StoreError};
 use chronik_testkit::replica::Replica;
@@ -43,7 +42,7 @@ impl PgProjection for Recorder {
         &self,
         tx: &mut PgTransaction,
         event: &chronik_core::RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         sqlx::query(
             "INSERT INTO applied (projection, event_id, stream_id, version) \
              VALUES ($1, $2, $3, $4) \
@@ -58,7 +57,7 @@ impl PgProjection for Recorder {
         Ok(())
     }
 
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         sqlx::query("DELETE FROM applied WHERE projection = $1")
             .bind(self.name)
             .execute(&mut **tx)

@@ -11,7 +11,7 @@ use chronik_core::{
     UpcasterRegistry,
 };
 use chronik_postgres::{
-    HandlerFailure, PgEventStore, PgProjectionRunner, PgTransaction, PgTyped, PgTypedProjection,
+    HandlerError, PgEventStore, PgProjectionRunner, PgTransaction, PgTyped, PgTypedProjection,
     ShadowProjection, rebuild_shadow, wait_for_projection,
 };
 use chronik_store::EventStore;
@@ -53,7 +53,7 @@ impl PgTypedProjection for StockLevels {
         tx: &mut PgTransaction,
         event: Stock,
         envelope: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         let delta = match event {
             Stock::Received { quantity } => quantity,
             Stock::Shipped { quantity } => -quantity,
@@ -72,7 +72,7 @@ impl PgTypedProjection for StockLevels {
         Ok(())
     }
 
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM \"{}\"",
             self.table

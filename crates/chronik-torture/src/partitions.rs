@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chronik_core::{FeedCursor, RecordedEvent};
 use chronik_postgres::{
-    HandlerFailure, PgEventStore, PgPartitionedRunner, PgProjection, PgRunnerOptions,
-    PgStoreConfig, PgTransaction, PgWorkerHandle, wait_for_projection,
+    HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgRunnerOptions, PgStoreConfig,
+    PgTransaction, PgWorkerHandle, wait_for_projection,
 };
 use chronik_projections::Partitions;
 use chronik_store::EventStore as _;
@@ -70,7 +70,7 @@ impl PgProjection for PartitionedProjection {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         sqlx::query(
             "INSERT INTO torture_partitioned (stream_id, version, event_id) VALUES ($1, $2, $3)",
         )
@@ -81,12 +81,12 @@ impl PgProjection for PartitionedProjection {
         .await?;
         match self.faults.next(&self.world) {
             Some(Injected::Panic) => panic!("injected handler panic"),
-            Some(Injected::Failure) => Err(HandlerFailure::new("injected handler failure")),
+            Some(Injected::Failure) => Err(HandlerError::new("injected handler failure")),
             None => Ok(()),
         }
     }
 
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         sqlx::query("DELETE FROM torture_partitioned")
             .execute(&mut **tx)
             .await?;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chronik_core::{FeedCursor, RecordedEvent};
 use chronik_postgres::{
-    HandlerFailure, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
-    PgRunnerOptions, PgRunnerState, PgTransaction,
+    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions,
+    PgRunnerState, PgTransaction,
 };
 use chronik_store::{CheckpointStore as _, EventStore as _};
 use rand::Rng as _;
@@ -111,7 +111,7 @@ impl TortureProjection {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         sqlx::query(
             "INSERT INTO torture_projection (seq, stream_id, version, event_id) \
              SELECT coalesce(max(seq), 0) + 1, $1, $2, $3 FROM torture_projection",
@@ -134,7 +134,7 @@ impl PgProjection for TortureProjection {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         match self.faults.next(&self.world) {
             // A panic is thrown after the event's write, so that a runner which kept any
             // part of the batch would show a duplicate.
@@ -142,12 +142,12 @@ impl PgProjection for TortureProjection {
                 self.insert(tx, event).await?;
                 panic!("injected handler panic");
             }
-            Some(Injected::Failure) => Err(HandlerFailure::new("injected handler failure")),
+            Some(Injected::Failure) => Err(HandlerError::new("injected handler failure")),
             None => self.insert(tx, event).await,
         }
     }
 
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         sqlx::query("DELETE FROM torture_projection")
             .execute(&mut **tx)
             .await?;

@@ -17,7 +17,7 @@
 //! It depends on the `chronik` facade only.
 
 use chronik::postgres::sqlx::{self, PgExecutor, Row as _};
-use chronik::postgres::{HandlerFailure, PgTransaction, PgTypedProjection, ShadowProjection};
+use chronik::postgres::{HandlerError, PgTransaction, PgTypedProjection, ShadowProjection};
 use chronik::{
     Aggregate, DomainEvent, EventStore, Metadata, MultiOutcome, PgEventStore, RecordedEvent,
     Repository, RepositoryError, SchemaName, SnapshotState, StreamId, UpcastError,
@@ -356,7 +356,7 @@ impl PgTypedProjection for Balances {
         tx: &mut PgTransaction,
         event: AccountEvent,
         envelope: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         let t = self.qualified();
         let id = envelope.stream_id.as_str();
         let version = envelope.version.as_i64();
@@ -402,7 +402,7 @@ impl PgTypedProjection for Balances {
         Ok(())
     }
 
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {}",
             self.qualified()

@@ -7,7 +7,7 @@
 //! migration leaves it as it is, and this definition matches it.
 
 use chronik::postgres::sqlx::{self, PgExecutor, Row as _};
-use chronik::postgres::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
+use chronik::postgres::{HandlerError, PgProjection, PgTransaction, ShadowProjection};
 use chronik::{FeedFilter, PgEventStore, RecordedEvent, SchemaName};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -51,16 +51,16 @@ pub struct OrderProjection {
     select: String,
 }
 
-fn str_field<'a>(p: &'a Value, key: &str) -> Result<&'a str, HandlerFailure> {
+fn str_field<'a>(p: &'a Value, key: &str) -> Result<&'a str, HandlerError> {
     p.get(key)
         .and_then(Value::as_str)
-        .ok_or_else(|| HandlerFailure::new(format!("payload has no string `{key}`")))
+        .ok_or_else(|| HandlerError::new(format!("payload has no string `{key}`")))
 }
 
-fn int_field(p: &Value, key: &str) -> Result<i64, HandlerFailure> {
+fn int_field(p: &Value, key: &str) -> Result<i64, HandlerError> {
     p.get(key)
         .and_then(Value::as_i64)
-        .ok_or_else(|| HandlerFailure::new(format!("payload has no integer `{key}`")))
+        .ok_or_else(|| HandlerError::new(format!("payload has no integer `{key}`")))
 }
 
 impl OrderProjection {
@@ -223,7 +223,7 @@ impl PgProjection for OrderProjection {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         let id = event.stream_id.as_str();
         let version = event.version.as_i64();
         let at = event.recorded_at;
@@ -242,7 +242,7 @@ impl PgProjection for OrderProjection {
             "LineAdded" => {
                 let amount = int_field(p, "quantity")?
                     .checked_mul(int_field(p, "unit_price")?)
-                    .ok_or_else(|| HandlerFailure::new("line amount overflows"))?;
+                    .ok_or_else(|| HandlerError::new("line amount overflows"))?;
                 sqlx::query(sqlx::AssertSqlSafe(self.line.as_str()))
                     .bind(id)
                     .bind(amount)
@@ -271,7 +271,7 @@ impl PgProjection for OrderProjection {
         Ok(())
     }
 
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         sqlx::query(sqlx::AssertSqlSafe(self.clear.as_str()))
             .execute(&mut **tx)
             .await?;

@@ -1302,14 +1302,14 @@ impl chronik::postgres::PgProjection for Broken {
         &self,
         _tx: &mut chronik::postgres::PgTransaction,
         _event: &chronik::RecordedEvent,
-    ) -> Result<(), chronik::postgres::HandlerFailure> {
-        Err(chronik::postgres::HandlerFailure::new("always broken"))
+    ) -> Result<(), chronik::postgres::HandlerError> {
+        Err(chronik::postgres::HandlerError::new("always broken"))
     }
 
     async fn clear(
         &self,
         _tx: &mut chronik::postgres::PgTransaction,
-    ) -> Result<(), chronik::postgres::HandlerFailure> {
+    ) -> Result<(), chronik::postgres::HandlerError> {
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chronik::postgres::{
-    HandlerFailure, ParkDecision, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
+    HandlerError, ParkDecision, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
     PgRunnerOptions, PgRunnerState, PgRunnerStatus, PgTransaction, park_event, parked_events,
     projection_reports, rebuild, rebuild_shadow, wait_for_projection,
 };
@@ -253,14 +253,14 @@ impl PgProjection for Audited {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if self.trip == Some((call, false)) {
             self.tripped.notify_one();
             std::future::pending::<()>().await;
         }
         if self.poison.lock().unwrap().contains(&event.event_id) {
-            return Err(HandlerFailure::new("poison event"));
+            return Err(HandlerError::new("poison event"));
         }
         self.inner.handle(tx, event).await?;
         sqlx::query("INSERT INTO applied (event_id, stream_id, version) VALUES ($1, $2, $3)")
@@ -286,7 +286,7 @@ impl PgProjection for Audited {
         }
         Ok(())
     }
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         self.inner.clear(tx).await?;
         sqlx::query("DELETE FROM applied")
             .execute(&mut **tx)

@@ -1,98 +1,12 @@
 use std::future::Future;
 
 use chronik_core::RecordedEvent;
+use chronik_projections::HandlerError;
 use chronik_store::{FeedFilter, catch_panic};
 use sqlx::Postgres;
-use thiserror::Error;
 
 /// The open transaction of one batch: read-model writes and the checkpoint commit together.
 pub type PgTransaction = sqlx::Transaction<'static, Postgres>;
-
-/// Why a handler could not apply an event. The runner rolls the batch back and retries;
-/// it never skips the event unless a park decision is recorded for it.
-#[derive(Debug, Error)]
-#[error("{message}")]
-pub struct HandlerFailure {
-    message: String,
-    #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl HandlerFailure {
-    /// A failure with a message (lowercase, no trailing period).
-    #[must_use]
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// Whether the handler failed because its session lost the server (the server stopped
-    /// or restarted, an administrator ended the session, the network dropped it): nothing
-    /// is wrong with the event then, and the same work may succeed once the server is back.
-    #[must_use]
-    pub fn lost_connection(&self) -> bool {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = self
-            .source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static));
-        while let Some(e) = cause {
-            if let Some(e) = e.downcast_ref::<sqlx::Error>() {
-                return match e {
-                    sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed => true,
-                    // Class 08: connection exception; 57P01-57P03: the server is shutting
-                    // down or restarting, or the session was terminated.
-                    sqlx::Error::Database(db) => db
-                        .code()
-                        .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-                    _ => false,
-                };
-            }
-            cause = e.source();
-        }
-        false
-    }
-}
-
-impl From<sqlx::Error> for HandlerFailure {
-    fn from(e: sqlx::Error) -> Self {
-        let aborted = matches!(&e, sqlx::Error::Database(db)
-            if db.code().as_deref() == Some(crate::error::IN_FAILED_TRANSACTION));
-        Self {
-            message: if aborted {
-                // This statement is not the one that failed: an earlier one in the batch's
-                // transaction did, and a handler went on after it.
-                format!(
-                    "{e}: an earlier statement of the batch's transaction failed and the \
-                     handler went on; return that error from `handle` instead of ignoring it"
-                )
-            } else {
-                // `database error 57P01: terminating connection ...`, as the store words
-                // it, not sqlx's `error returned from database: ... at line 3211`.
-                crate::error::parts_message(&e)
-            },
-            source: Some(Box::new(e)),
-        }
-    }
-}
-
-impl From<serde_json::Error> for HandlerFailure {
-    fn from(e: serde_json::Error) -> Self {
-        Self {
-            // Shown in logs and `projections status`: never the payload's values (the
-            // source error keeps them for a caller that asks).
-            message: format!(
-                "payload does not decode: {}",
-                chronik_core::json_error_without_values(&e)
-            ),
-            source: Some(Box::new(e)),
-        }
-    }
-}
 
 /// A read model kept in PostgreSQL, exactly once.
 ///
@@ -129,7 +43,7 @@ pub trait PgProjection: Send + Sync + 'static {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> impl Future<Output = Result<(), HandlerFailure>> + Send;
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
     /// Deletes the read model, inside `tx` (the rebuild resets the checkpoint in it too).
     ///
@@ -138,7 +52,7 @@ pub trait PgProjection: Send + Sync + 'static {
     fn clear(
         &self,
         tx: &mut PgTransaction,
-    ) -> impl Future<Output = Result<(), HandlerFailure>> + Send;
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// A projection whose read model is one table, so that it can be rebuilt into a shadow
@@ -160,8 +74,58 @@ pub(crate) async fn handle_guarded<P: PgProjection>(
     projection: &P,
     tx: &mut PgTransaction,
     event: &RecordedEvent,
-) -> Result<(), HandlerFailure> {
+) -> Result<(), HandlerError> {
     catch_panic(projection.handle(tx, event))
         .await
-        .unwrap_or_else(|panic| Err(HandlerFailure::new(format!("handler panicked: {panic}"))))
+        .unwrap_or_else(|panic| Err(HandlerError::new(format!("handler panicked: {panic}"))))
+        .map_err(explain_aborted)
+}
+
+/// A handler's database error in the store's words (`database error 57P01: terminating
+/// connection ...`, not sqlx's `error returned from database: ... at line 3211`); for a
+/// statement that PostgreSQL refused because an earlier one of the batch's transaction had
+/// failed, that statement is not the cause, so the message says where to look. Any other
+/// error is returned as it is.
+fn explain_aborted(e: HandlerError) -> HandlerError {
+    let Some(db) = e.cause().downcast_ref::<sqlx::Error>() else {
+        return e;
+    };
+    let aborted = matches!(db, sqlx::Error::Database(d)
+        if d.code().as_deref() == Some(crate::error::IN_FAILED_TRANSACTION));
+    let message = if aborted {
+        format!(
+            "{}: an earlier statement of the batch's transaction failed and the handler went \
+             on; return that error from `handle` instead of ignoring it",
+            crate::error::parts_message(db)
+        )
+    } else {
+        crate::error::parts_message(db)
+    };
+    e.with_message(message)
+}
+
+/// Whether a handler failed because its session lost the server (the server stopped or
+/// restarted, an administrator ended the session, the network dropped it): nothing is
+/// wrong with the event then, and the same work may succeed once the server is back.
+#[must_use]
+pub fn lost_connection(e: &HandlerError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.cause());
+    while let Some(e) = cause {
+        if let Some(e) = e.downcast_ref::<sqlx::Error>() {
+            return match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08: connection exception; 57P01-57P03: the server is shutting
+                // down or restarting, or the session was terminated.
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                _ => false,
+            };
+        }
+        cause = e.source();
+    }
+    false
 }

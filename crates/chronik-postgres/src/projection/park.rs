@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection as _, Row as _};
 use uuid::Uuid;
 
-use super::handler::{HandlerFailure, PgProjection, handle_guarded};
+use super::handler::{PgProjection, handle_guarded};
 use super::layout;
 use super::ops::ParkDecision;
 use super::runner::{
@@ -19,6 +19,7 @@ use super::runner::{
 use super::sql::{ProjectionSql, lock_key, workers_key};
 use crate::error::backend;
 use crate::store::PgEventStore;
+use chronik_projections::HandlerError;
 
 /// Where a parked event stands for its projection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +227,7 @@ pub async fn retry_parked<P: PgProjection>(
         )))
     })?;
     let outcome = if checkpoint.is_some_and(|c| event.cursor <= c) {
-        let failed = |event: &chronik_core::RecordedEvent, source: HandlerFailure| {
+        let failed = |event: &chronik_core::RecordedEvent, source: HandlerError| {
             PgProjectionError::Handler {
                 projection: name.clone(),
                 stream: event.stream_id.to_string(),

@@ -33,7 +33,7 @@ fn batch_size(n: usize) -> usize {
 fn handler_failed(
     projection: &str,
     event: &chronik_core::RecordedEvent,
-    failure: super::handler::HandlerFailure,
+    failure: chronik_projections::HandlerError,
 ) -> PgProjectionError {
     PgProjectionError::Handler {
         projection: projection.to_owned(),

@@ -3,7 +3,8 @@ use std::future::Future;
 use chronik_core::{DomainEvent, RecordedEvent};
 use chronik_store::FeedFilter;
 
-use super::handler::{HandlerFailure, PgProjection, PgTransaction, ShadowProjection};
+use super::handler::{PgProjection, PgTransaction, ShadowProjection};
+use chronik_projections::HandlerError;
 
 /// An exactly-once PostgreSQL read model over a service's own events: `handle` receives the
 /// decoded (and, when the runner has upcasters, upcast) domain event with its envelope, and
@@ -34,7 +35,7 @@ pub trait PgTypedProjection: Send + Sync + 'static {
         tx: &mut PgTransaction,
         event: Self::Event,
         envelope: &RecordedEvent,
-    ) -> impl Future<Output = Result<(), HandlerFailure>> + Send;
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
     /// Deletes the read model, inside `tx`.
     ///
@@ -43,7 +44,7 @@ pub trait PgTypedProjection: Send + Sync + 'static {
     fn clear(
         &self,
         tx: &mut PgTransaction,
-    ) -> impl Future<Output = Result<(), HandlerFailure>> + Send;
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// A [`PgTypedProjection`] as a [`PgProjection`]: each event is decoded before its handler
@@ -71,10 +72,10 @@ impl<P: PgTypedProjection> PgProjection for PgTyped<P> {
         &self,
         tx: &mut PgTransaction,
         event: &RecordedEvent,
-    ) -> Result<(), HandlerFailure> {
+    ) -> Result<(), HandlerError> {
         let decoded = P::Event::from_payload(event.event_type.as_str(), event.payload.clone())
             .map_err(|e| {
-                HandlerFailure::new(format!(
+                HandlerError::new(format!(
                     "event {} v{} of {} (id {}, cursor {}) does not decode: {}",
                     event.event_type,
                     event.schema_version,
@@ -87,7 +88,7 @@ impl<P: PgTypedProjection> PgProjection for PgTyped<P> {
         self.0.handle(tx, decoded, event).await
     }
 
-    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerFailure> {
+    async fn clear(&self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         self.0.clear(tx).await
     }
 }

@@ -12,12 +12,13 @@ use uuid::Uuid;
 
 use super::error::PgProjectionError;
 use crate::error::backend;
-use crate::projection::handler::{HandlerFailure, PgProjection, PgTransaction, handle_guarded};
+use crate::projection::handler::{PgProjection, PgTransaction, handle_guarded};
 use crate::projection::layout;
 use crate::projection::sql::ProjectionSql;
 use crate::row::to_u64;
 use crate::standby::PgStandby;
 use crate::store::PgEventStore;
+use chronik_projections::HandlerError;
 
 /// What one batch did.
 #[derive(Debug)]
@@ -42,7 +43,7 @@ pub(crate) enum Batch {
     Failed {
         index: usize,
         event: Box<RecordedEvent>,
-        failure: HandlerFailure,
+        failure: HandlerError,
     },
 }
 
@@ -426,12 +427,12 @@ impl<P: PgProjection> Engine<P> {
 /// The failure of an event that does not upcast, for an error that already names the
 /// event and its cursor ([`PgProjectionError::Handler`], the runner's last error): the
 /// reason only, not the event a second time.
-pub(crate) fn upcast_failure(e: &StoreError) -> HandlerFailure {
+pub(crate) fn upcast_failure(e: &StoreError) -> HandlerError {
     match e {
         StoreError::Decode { reason, .. } => {
-            HandlerFailure::new(format!("it does not upcast: {reason}"))
+            HandlerError::new(format!("it does not upcast: {reason}"))
         }
-        other => HandlerFailure::new(other.to_string()),
+        other => HandlerError::new(other.to_string()),
     }
 }
 

@@ -5,7 +5,7 @@ use chronik_store::StoreError;
 use thiserror::Error;
 
 use crate::error::backend;
-use crate::projection::handler::HandlerFailure;
+use chronik_projections::HandlerError;
 
 /// Errors of the PostgreSQL projection functions.
 #[derive(Debug, Error)]
@@ -33,7 +33,7 @@ pub enum PgProjectionError {
         cursor: FeedCursor,
         /// The handler's failure (boxed: it keeps the error small on the happy path).
         #[source]
-        source: Box<HandlerFailure>,
+        source: Box<HandlerError>,
     },
     /// A rebuild was stopped by its progress callback at a batch boundary, and cleaned up
     /// after itself: the read model is as it was before the rebuild started (an in-place
