@@ -114,13 +114,17 @@ impl PgEventStore {
         n: u64,
     ) -> Result<FeedCursor, StoreError> {
         // Walks the feed index backwards from the horizon: the newest matching events first.
+        // ORDER BY names the table's columns (the output column is also `transaction_id`,
+        // a bigint no index has), and the filter is a CASE, which the planner does not
+        // estimate as a few rows (then it sorted the whole feed), as the feed reads do.
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT transaction_id::text::bigint, global_position FROM {}.events \
               WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                AND (cardinality($1::text[]) = 0 OR event_type = ANY($1)) \
-                AND (cardinality($2::text[]) = 0 OR stream_type = ANY($2)) \
-                AND ($3::text IS NULL OR stream_id = $3) \
-              ORDER BY transaction_id DESC, global_position DESC OFFSET $4 LIMIT 1",
+                AND CASE WHEN (cardinality($1::text[]) = 0 OR event_type = ANY($1)) \
+                           AND (cardinality($2::text[]) = 0 OR stream_type = ANY($2)) \
+                           AND ($3::text IS NULL OR stream_id = $3) \
+                         THEN true ELSE false END \
+              ORDER BY events.transaction_id DESC, events.global_position DESC OFFSET $4 LIMIT 1",
             self.schema.quoted()
         )))
         .bind(&filter.event_types)

@@ -410,6 +410,11 @@ impl EventStore for PgStandbyFeed {
         self.standby.store.feed_head()
     }
 
+    fn feed_last(&self) -> impl Future<Output = Result<Option<FeedCursor>, StoreError>> + Send {
+        // The standby's, as `feed_head`.
+        EventStore::feed_last(&self.standby.store)
+    }
+
     fn count_after(
         &self,
         after: FeedCursor,

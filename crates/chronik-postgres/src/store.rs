@@ -944,6 +944,11 @@ impl EventStore for PgEventStore {
         })
     }
 
+    async fn feed_last(&self) -> Result<Option<FeedCursor>, StoreError> {
+        // The inherent one: one backward step of the feed index, no count.
+        PgEventStore::feed_last(self).await
+    }
+
     async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
         let (tx, position) = Self::cursor_params(after);
         let n: i64 = sqlx::query_scalar(self.sql.count_after.clone())

@@ -403,8 +403,9 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
             // read *before* the page lets a short page advance the checkpoint past them.
             // Safe: anything committing later lands after this head in the feed.
             let head = if filtered {
-                match self.store.feed_head().await {
-                    Ok(h) => h.last,
+                // The cursor only: counting the feed before every page is a scan of it.
+                match self.store.feed_last().await {
+                    Ok(last) => last,
                     Err(e) => {
                         attempt += 1;
                         self.fail(attempt, format!("reading feed head: {e}"), None)

@@ -40,6 +40,9 @@ macro_rules! forward {
             fn feed_head(&self) -> impl Future<Output = Result<FeedHead, StoreError>> + Send {
                 (**self).feed_head()
             }
+            fn feed_last(&self) -> impl Future<Output = Result<Option<FeedCursor>, StoreError>> + Send {
+                (**self).feed_last()
+            }
             fn count_after(&self, after: FeedCursor) -> impl Future<Output = Result<u64, StoreError>> + Send {
                 (**self).count_after(after)
             }

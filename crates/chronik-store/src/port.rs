@@ -326,6 +326,14 @@ pub trait EventStore: Send + Sync {
     /// The visible end of the feed.
     fn feed_head(&self) -> impl Future<Output = Result<FeedHead, StoreError>> + Send;
 
+    /// The cursor of the last visible event: [`FeedHead::last`] without the count, which
+    /// an adapter whose count is work (PostgreSQL counts the feed) skips. A runner that
+    /// needs the head before every page asks this. The default asks
+    /// [`EventStore::feed_head`].
+    fn feed_last(&self) -> impl Future<Output = Result<Option<FeedCursor>, StoreError>> + Send {
+        async move { Ok(self.feed_head().await?.last) }
+    }
+
     /// How many visible feed events lie strictly after `after` (for lag).
     fn count_after(
         &self,

@@ -180,6 +180,10 @@ impl<S: EventStore> EventStore for Upcasting<S> {
         self.inner.feed_head().await
     }
 
+    async fn feed_last(&self) -> Result<Option<FeedCursor>, StoreError> {
+        self.inner.feed_last().await
+    }
+
     async fn count_after(&self, after: FeedCursor) -> Result<u64, StoreError> {
         self.inner.count_after(after).await
     }
