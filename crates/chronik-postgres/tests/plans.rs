@@ -11,7 +11,7 @@
 use chronik_core::{ExpectedVersion, FeedCursor, Version};
 use chronik_postgres::{PgEventStore, PgStoreConfig};
 use chronik_store::{CheckpointStore, EventStore, FeedFilter, SnapshotStore, StoreError};
-use chronik_testkit::conformance::{events, stream};
+use chronik_testkit::conformance::{event, events, stream};
 use futures::TryStreamExt as _;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions as _, PgPool};
@@ -222,4 +222,158 @@ async fn reads_never_scan_a_table_planned_empty(pool: PgPool) {
         read_round(&store, r).await;
     }
     assert_eq!(scans_of(&session, READ_TABLES).await, before);
+}
+
+/// Events a feed holds when its reads are measured: enough that a read of all of it is
+/// many times what any read here may touch.
+const FEED: usize = 2_000;
+
+/// A feed page, and the events `tail -n` asks for.
+const PAGE: usize = 10;
+
+/// Rows of `events` any one of the feed reads below may read: twice what it walks to find
+/// a page of the events a tenth of the feed holds. A read of the whole feed reads [`FEED`].
+const ROWS_PER_READ: i64 = 2 * 10 * PAGE as i64;
+
+/// `(sequential scans, rows read)` of `events` by this session so far: rows read
+/// sequentially and through its indexes (bitmap scans included).
+async fn events_reads(session: &PgPool) -> (i64, i64) {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(session)
+        .await
+        .expect("flush statistics");
+    sqlx::query_as(
+        "SELECT t.seq_scan, (t.seq_tup_read \
+                 + coalesce((SELECT sum(i.idx_tup_read) FROM pg_stat_user_indexes i \
+                              WHERE i.relid = t.relid), 0))::bigint \
+           FROM pg_stat_user_tables t \
+          WHERE t.schemaname = current_schema() AND t.relname = 'events'",
+    )
+    .fetch_one(session)
+    .await
+    .expect("read statistics")
+}
+
+/// The sequential scans and rows of `events` one feed read costs, summed over its calls.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Cost {
+    calls: i64,
+    seq_scans: i64,
+    rows: i64,
+}
+
+impl Cost {
+    async fn of<T, F: Future<Output = T>>(&mut self, session: &PgPool, read: F) -> T {
+        let (scans, rows) = events_reads(session).await;
+        let out = read.await;
+        let (scans_after, rows_after) = events_reads(session).await;
+        self.calls += 1;
+        self.seq_scans += scans_after - scans;
+        self.rows += rows_after - rows;
+        out
+    }
+}
+
+/// Appends `n` events to the feed, in one stream: every tenth is a `Wanted` event (what
+/// the filtered reads below want), the others of 45 other types, as a service's feed
+/// mixes many.
+async fn grow(store: &PgEventStore, n: usize) {
+    let feed: Vec<_> = (0..n)
+        .map(|i| {
+            let kind = if i % 10 == 0 {
+                "Wanted".to_owned()
+            } else {
+                format!("Other{}", i % 45)
+            };
+            event(&kind, serde_json::json!({ "n": i }))
+        })
+        .collect();
+    store
+        .append(&stream("plans"), ExpectedVersion::NoStream, &feed)
+        .await
+        .expect("grow the feed");
+}
+
+/// The feed reads a projection and `tail` run on every page (issue 12: each of them once
+/// read the whole feed): `feed_last` (a filtered or partitioned runner's head, every
+/// page), a filtered page (`read_feed_filtered`) and `tail -n`'s start
+/// (`feed_start_for_last`), each called [`ROUNDS`] times from one session. With `analyze`,
+/// the feed holds [`FEED`] events and is analyzed before the first read; without, it was
+/// never analyzed (autovacuum off) and grows to [`FEED`] events between the rounds, so the
+/// plans a session caches while it is small serve it large. None may scan `events`
+/// sequentially, and each call reads at most [`ROWS_PER_READ`] of its rows.
+async fn feed_reads_stay_bounded(pool: PgPool, analyze: bool) {
+    let session = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .expect("connect");
+    sqlx::query("ALTER TABLE events SET (autovacuum_enabled = off)")
+        .execute(&session)
+        .await
+        .expect("no analyze but ours");
+    let store = PgEventStore::from_pool(session.clone());
+    let per_round = FEED / usize::try_from(ROUNDS).expect("few rounds");
+    if analyze {
+        for _ in 0..ROUNDS {
+            grow(&store, per_round).await;
+        }
+        sqlx::query("ANALYZE events")
+            .execute(&session)
+            .await
+            .expect("analyze the feed");
+    }
+    let filter = FeedFilter {
+        event_types: vec!["Wanted".to_owned()],
+        categories: Vec::new(),
+    };
+    let (mut last, mut filtered, mut tail) = (Cost::default(), Cost::default(), Cost::default());
+    let mut cursor = FeedCursor::START;
+    for _ in 0..ROUNDS {
+        if !analyze {
+            grow(&store, per_round).await;
+        }
+        last.of(&session, store.feed_last())
+            .await
+            .expect("feed_last");
+        let page = filtered
+            .of(&session, store.read_feed(cursor, &filter, PAGE))
+            .await
+            .expect("filtered page");
+        // (How far the page reaches depends on the cluster's horizon, which other tests
+        // may hold back: the cost of reading it does not.)
+        cursor = page.next;
+        tail.of(
+            &session,
+            store.feed_start_for_last(&filter, None, PAGE as u64),
+        )
+        .await
+        .expect("tail's start");
+    }
+    let calls = i64::try_from(ROUNDS).expect("few rounds");
+    let too_costly: Vec<_> = [
+        ("feed_last", last),
+        ("read_feed_filtered", filtered),
+        ("feed_start_for_last", tail),
+    ]
+    .into_iter()
+    .filter(|(_, cost)| {
+        cost.calls != calls || cost.seq_scans != 0 || cost.rows > cost.calls * ROWS_PER_READ
+    })
+    .collect();
+    assert!(
+        too_costly.is_empty(),
+        "feed reads that scanned events or read more than {ROWS_PER_READ} of its rows a call: \
+         {too_costly:?}"
+    );
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn feed_reads_never_scan_a_feed_never_analyzed(pool: PgPool) {
+    feed_reads_stay_bounded(pool, false).await;
+}
+
+#[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
+async fn feed_reads_never_scan_an_analyzed_feed(pool: PgPool) {
+    feed_reads_stay_bounded(pool, true).await;
 }
