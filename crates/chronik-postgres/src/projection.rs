@@ -34,7 +34,7 @@ mod typed;
 
 pub(crate) use sql::ProjectionSql;
 
-pub use chronik_projections::HandlerError;
+pub use chronik_projections::{HandlerError, Typed};
 pub use handler::{PgProjection, PgTransaction, ShadowProjection, lost_connection};
 pub use leftover::{ShadowLeftover, discard_shadow, shadow_leftovers};
 pub use ops::{
@@ -52,4 +52,4 @@ pub use runner::{
     PgProjectionError, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions, PgRunnerState,
     PgRunnerStatus, notify_feed,
 };
-pub use typed::{PgTyped, PgTypedProjection};
+pub use typed::PgTypedProjection;

@@ -1,5 +1,5 @@
 //! Typed PostgreSQL read models: the handler gets the decoded, upcast event, its envelope
-//! and the batch's transaction; runs, rebuilds and shadow rebuilds go through `PgTyped`.
+//! and the batch's transaction; runs, rebuilds and shadow rebuilds go through `Typed`.
 #![allow(clippy::unwrap_used)]
 
 use std::ops::ControlFlow;
@@ -11,8 +11,8 @@ use chronik_core::{
     UpcasterRegistry,
 };
 use chronik_postgres::{
-    HandlerError, PgEventStore, PgProjectionRunner, PgTransaction, PgTyped, PgTypedProjection,
-    ShadowProjection, rebuild_shadow, wait_for_projection,
+    HandlerError, PgEventStore, PgProjectionRunner, PgTransaction, PgTypedProjection,
+    ShadowProjection, Typed, rebuild_shadow, wait_for_projection,
 };
 use chronik_store::EventStore;
 use serde::{Deserialize, Serialize};
@@ -154,7 +154,7 @@ async fn typed_read_models_run_and_rebuild_on_decoded_upcast_events(pool: PgPool
             .build()
             .unwrap(),
     );
-    let projection = Arc::new(PgTyped(StockLevels {
+    let projection = Arc::new(Typed(StockLevels {
         table: "stock_levels".into(),
     }));
     let runner = PgProjectionRunner::new(store.clone(), Arc::clone(&projection))

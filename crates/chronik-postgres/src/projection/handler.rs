@@ -58,7 +58,7 @@ pub trait PgProjection: Send + Sync + 'static {
 /// A projection whose read model is one table, so that it can be rebuilt into a shadow
 /// copy while the live table keeps serving ([`crate::rebuild_shadow`]). Implemented by a
 /// [`PgProjection`], or by a [`PgTypedProjection`](crate::PgTypedProjection) (then
-/// [`PgTyped`](crate::PgTyped) forwards it).
+/// [`Typed`](crate::Typed) forwards it).
 pub trait ShadowProjection: Sized {
     /// The live table's unqualified name (in the store's schema), e.g. `account_balances`.
     fn table(&self) -> &str;

@@ -1,18 +1,21 @@
 use std::future::Future;
 
 use chronik_core::{DomainEvent, RecordedEvent};
+use chronik_projections::{HandlerError, Typed, decode_recorded, typed_filter};
 use chronik_store::FeedFilter;
 
 use super::handler::{PgProjection, PgTransaction, ShadowProjection};
-use chronik_projections::HandlerError;
 
 /// An exactly-once PostgreSQL read model over a service's own events: `handle` receives the
 /// decoded (and, when the runner has upcasters, upcast) domain event with its envelope, and
 /// the batch's transaction to write through.
 ///
-/// Run it wrapped in [`PgTyped`] wherever a [`PgProjection`] goes (the runner, rebuilds;
-/// shadow rebuilds too when it also implements [`ShadowProjection`]). Its feed filter is
-/// every type of `Self::Event::EVENT_TYPES` within [`PgTypedProjection::categories`]. The
+/// Run it wrapped in [`Typed`] (the same wrapper that runs a
+/// [`chronik_projections::TypedProjection`] on any store) wherever a [`PgProjection`] goes
+/// (the runner, rebuilds; shadow rebuilds too when it also implements [`ShadowProjection`]).
+/// Its feed filter is every type of `Self::Event::EVENT_TYPES` within
+/// [`PgTypedProjection::categories`]; an event that does not decode fails the batch like any
+/// handler error, named by type, stream, version and cursor, never by its values. The
 /// contract of [`PgProjection`] holds: write only through `tx`; feed order.
 pub trait PgTypedProjection: Send + Sync + 'static {
     /// The service's event enum.
@@ -47,25 +50,15 @@ pub trait PgTypedProjection: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
-/// A [`PgTypedProjection`] as a [`PgProjection`]: each event is decoded before its handler
-/// sees it; one that does not decode fails the batch like any handler error (named by
-/// type, stream, version and cursor, never by its values).
-#[derive(Debug, Clone)]
-pub struct PgTyped<P>(pub P);
-
-impl<P: PgTypedProjection> PgProjection for PgTyped<P> {
+// `Typed` is chronik-projections' wrapper: the same value runs a `TypedProjection` on any
+// store and a `PgTypedProjection` exactly-once here, with one feed filter and one decoder.
+impl<P: PgTypedProjection> PgProjection for Typed<P> {
     fn name(&self) -> &str {
         self.0.name()
     }
 
     fn filter(&self) -> FeedFilter {
-        FeedFilter {
-            event_types: P::Event::EVENT_TYPES
-                .iter()
-                .map(|t| t.name.to_owned())
-                .collect(),
-            categories: self.0.categories(),
-        }
+        typed_filter::<P::Event>(self.0.categories())
     }
 
     async fn handle(
@@ -73,18 +66,7 @@ impl<P: PgTypedProjection> PgProjection for PgTyped<P> {
         tx: &mut PgTransaction,
         event: &RecordedEvent,
     ) -> Result<(), HandlerError> {
-        let decoded = P::Event::from_payload(event.event_type.as_str(), event.payload.clone())
-            .map_err(|e| {
-                HandlerError::new(format!(
-                    "event {} v{} of {} (id {}, cursor {}) does not decode: {}",
-                    event.event_type,
-                    event.schema_version,
-                    event.stream_id,
-                    event.event_id,
-                    event.cursor,
-                    chronik_core::json_error_without_values(&e)
-                ))
-            })?;
+        let decoded = decode_recorded::<P::Event>(event)?;
         self.0.handle(tx, decoded, event).await
     }
 
@@ -93,7 +75,7 @@ impl<P: PgTypedProjection> PgProjection for PgTyped<P> {
     }
 }
 
-impl<P: ShadowProjection> ShadowProjection for PgTyped<P> {
+impl<P: ShadowProjection> ShadowProjection for Typed<P> {
     fn table(&self) -> &str {
         self.0.table()
     }

@@ -5,12 +5,12 @@ use std::process::ExitCode;
 
 use accounts::{Account, Balances};
 use chronik::cli::Operator;
-use chronik::postgres::PgTyped;
+use chronik::postgres::Typed;
 
 fn main() -> ExitCode {
     Operator::new("accounts-admin")
         .upcasters(accounts::upcasters())
-        .projection(|schema| PgTyped(Balances::new(schema)))
+        .projection(|schema| Typed(Balances::new(schema)))
         .setup(|store| async move { Balances::create_table(&store).await })
         .snapshots::<Account>()
         .run()
