@@ -5,7 +5,7 @@ use std::io::{self, Write as _};
 
 use anyhow::Context as _;
 use chronik_core::EventId;
-use chronik_postgres::{ParkDecision, ParkRecord, PgEventStore, PgProjectionError, RetryOutcome};
+use chronik_postgres::{ParkRecord, ParkedEvent, PgEventStore, PgProjectionError, RetryOutcome};
 use serde_json::{Value, json};
 
 use crate::backend::{NotFound, Usage};
@@ -29,7 +29,7 @@ fn record_json(r: &ParkRecord) -> Value {
         "state": r.state.as_str(),
         "reason": d.reason,
         "decided_by": d.decided_by,
-        "decided_at": d.decided_at.map(|t| t.to_rfc3339()),
+        "decided_at": d.decided_at.to_rfc3339(),
         "resolved_by": r.resolved_by,
         "resolved_at": r.resolved_at.map(|t| t.to_rfc3339()),
     })
@@ -80,9 +80,10 @@ pub(crate) async fn list(
             .iter()
             .map(|r| {
                 let d = &r.decision;
-                let decided = d.decided_at.map_or_else(
-                    || d.decided_by.clone(),
-                    |at| format!("{} {}", d.decided_by, at.format("%Y-%m-%d %H:%M:%S UTC")),
+                let decided = format!(
+                    "{} {}",
+                    d.decided_by,
+                    d.decided_at.format("%Y-%m-%d %H:%M:%S UTC")
                 );
                 vec![
                     d.event_id.to_string(),
@@ -139,14 +140,14 @@ pub(crate) async fn park(
         .ok_or_else(|| NotFound(format!("no event {id} in schema {}", store.schema())))?;
     chronik_postgres::park_event(
         store,
-        &ParkDecision {
+        &ParkedEvent {
             projection: name.to_owned(),
             event_id: id,
             stream_id: event.stream_id.clone(),
             version: event.version,
             reason: reason.to_owned(),
             decided_by: by.to_owned(),
-            decided_at: None,
+            decided_at: chrono::Utc::now(),
         },
     )
     .await

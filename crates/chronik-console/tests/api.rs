@@ -365,14 +365,14 @@ async fn projections_report_lag_and_parked_events(pool: sqlx::PgPool) {
         .unwrap();
     chronik_postgres::park_event(
         &store,
-        &chronik_postgres::ParkDecision {
+        &chronik_postgres::ParkedEvent {
             projection: "behind".to_owned(),
             event_id: seeded.xss_event,
             stream_id: chronik_core::StreamId::new(XSS_STREAM).unwrap(),
             version: chronik_core::Version::FIRST,
             reason: XSS.to_owned(),
             decided_by: "test".to_owned(),
-            decided_at: None,
+            decided_at: chrono::Utc::now(),
         },
     )
     .await

@@ -5,10 +5,7 @@
 use async_trait::async_trait;
 use chronik_core::EventId;
 use chronik_projections::{ParkedEvent, ParkingLot};
-use chronik_store::{StoreError, validate_projection_name};
-use chrono::{DateTime, Utc};
-use sqlx::Row as _;
-use uuid::Uuid;
+use chronik_store::StoreError;
 
 use crate::PgEventStore;
 use crate::error::backend;
@@ -42,28 +39,7 @@ impl PgParkingLot {
 #[async_trait]
 impl ParkingLot for PgParkingLot {
     async fn park(&self, decision: ParkedEvent) -> Result<(), StoreError> {
-        validate_projection_name(&decision.projection)?;
-        if decision.reason.trim().is_empty() {
-            return Err(StoreError::InvalidRequest(
-                "a park decision needs a reason".to_owned(),
-            ));
-        }
-        if decision.decided_by.trim().is_empty() {
-            return Err(StoreError::InvalidRequest(
-                "a park decision needs to say who decided".to_owned(),
-            ));
-        }
-        sqlx::query(self.sql.park.clone())
-            .bind(&decision.projection)
-            .bind(decision.event_id.as_uuid())
-            .bind(decision.stream_id.as_str())
-            .bind(decision.version.as_i64())
-            .bind(&decision.reason)
-            .bind(&decision.decided_by)
-            .execute(self.store.pool())
-            .await
-            .map_err(backend)?;
-        Ok(())
+        crate::park_event(&self.store, &decision).await
     }
 
     async fn is_parked(&self, projection: &str, event_id: EventId) -> Result<bool, StoreError> {
@@ -76,33 +52,6 @@ impl ParkingLot for PgParkingLot {
     }
 
     async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>, StoreError> {
-        validate_projection_name(projection)?;
-        let rows = sqlx::query(self.sql.parked.clone())
-            .bind(projection)
-            .fetch_all(self.store.pool())
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                let id: Uuid = r.try_get(0).map_err(backend)?;
-                let stream: String = r.try_get(1).map_err(backend)?;
-                let version: i64 = r.try_get(2).map_err(backend)?;
-                let decided_at: DateTime<Utc> = r.try_get(5).map_err(backend)?;
-                let stored = |what: &str, e: &dyn std::fmt::Display| {
-                    StoreError::backend(format!("stored park decision: {what}: {e}"), false)
-                };
-                Ok(ParkedEvent {
-                    projection: projection.to_owned(),
-                    event_id: EventId::new(id).map_err(|e| stored("event id", &e))?,
-                    stream_id: chronik_core::StreamId::new(stream)
-                        .map_err(|e| stored("stream id", &e))?,
-                    version: chronik_core::Version::from_i64(version)
-                        .map_err(|e| stored("version", &e))?,
-                    reason: r.try_get(3).map_err(backend)?,
-                    decided_by: r.try_get(4).map_err(backend)?,
-                    decided_at,
-                })
-            })
-            .collect()
+        crate::parked_events(&self.store, projection).await
     }
 }

@@ -34,12 +34,12 @@ mod typed;
 
 pub(crate) use sql::ProjectionSql;
 
-pub use chronik_projections::{HandlerError, Typed};
+pub use chronik_projections::{HandlerError, ParkedEvent, Typed};
 pub use handler::{PgProjection, PgTransaction, ShadowProjection, lost_connection};
 pub use leftover::{ShadowLeftover, discard_shadow, shadow_leftovers};
 pub use ops::{
-    ParkDecision, PgRunnerInstance, ProjectionReport, park_event, parked_events,
-    projection_reports, wait_for_projection,
+    PgRunnerInstance, ProjectionReport, park_event, parked_events, projection_reports,
+    wait_for_projection,
 };
 pub use park::{
     Forgotten, ParkRecord, ParkState, RetryOutcome, drop_parked, forget_projection, park_records,

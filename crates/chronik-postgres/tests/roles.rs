@@ -16,7 +16,7 @@ use chronik_core::{
     Version,
 };
 use chronik_postgres::{
-    APPLICATION_PRIVILEGES, HandlerError, ParkDecision, PgEventStore, PgProjection,
+    APPLICATION_PRIVILEGES, HandlerError, ParkedEvent, PgEventStore, PgProjection,
     PgProjectionRunner, PgRunnerOptions, PgStoreConfig, PgTransaction, RoleName, SchemaName,
     ShadowProjection, application_role_sql, park_event, parked_events, projection_reports, rebuild,
     rebuild_shadow, wait_for_projection,
@@ -370,14 +370,14 @@ async fn the_application_role_runs_everything_and_can_change_no_history(admin: P
     assert_eq!(rebuilt.handled, 3);
     park_event(
         &app,
-        &ParkDecision {
+        &ParkedEvent {
             projection: "audit".to_owned(),
             event_id: read[0].event_id,
             stream_id: read[0].stream_id.clone(),
             version: read[0].version,
             reason: "test".to_owned(),
             decided_by: "roles test".to_owned(),
-            decided_at: None,
+            decided_at: chrono::Utc::now(),
         },
     )
     .await

@@ -25,6 +25,29 @@ pub struct ParkedEvent {
     pub decided_at: DateTime<Utc>,
 }
 
+impl ParkedEvent {
+    /// What every parking lot checks before it records a decision, so that no lot keeps
+    /// one the others would refuse: a valid projection name, a reason, and who decided
+    /// (neither blank).
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] naming what is missing; nothing is recorded then.
+    pub fn check(&self) -> Result<(), StoreError> {
+        chronik_store::validate_projection_name(&self.projection)?;
+        if self.reason.trim().is_empty() {
+            return Err(StoreError::InvalidRequest(
+                "a park decision needs a reason: say why the event is skipped".to_owned(),
+            ));
+        }
+        if self.decided_by.trim().is_empty() {
+            return Err(StoreError::InvalidRequest(
+                "a park decision needs to say who decided it".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where park decisions are recorded.
 ///
 /// Contract: the runner skips a failing event **only** when `is_parked` says a decision was
@@ -35,7 +58,8 @@ pub trait ParkingLot: Send + Sync + std::fmt::Debug {
     /// Records a decision (idempotent per projection and event id: the first one is kept).
     ///
     /// # Errors
-    /// When the decision cannot be stored; then nothing is parked.
+    /// [`StoreError::InvalidRequest`] when [`ParkedEvent::check`] refuses it; any error when
+    /// it cannot be stored. Either way nothing is parked.
     async fn park(&self, decision: ParkedEvent) -> Result<(), StoreError>;
 
     /// Whether `event_id` is parked for `projection`.
@@ -68,12 +92,7 @@ impl MemoryParkingLot {
 #[async_trait]
 impl ParkingLot for MemoryParkingLot {
     async fn park(&self, decision: ParkedEvent) -> Result<(), StoreError> {
-        chronik_store::validate_projection_name(&decision.projection)?;
-        if decision.reason.trim().is_empty() {
-            return Err(StoreError::InvalidRequest(
-                "a park decision needs a reason".to_owned(),
-            ));
-        }
+        decision.check()?;
         let mut d = self
             .decisions
             .lock()

@@ -6,9 +6,9 @@
 //! - [`projection_contract_cases!`](crate::projection_contract_cases): every engine, driven
 //!   through [`Engine`] and [`Runner`]: catch-up and live wake-ups, polling alone, restart
 //!   from the checkpoint, a failing handler retried and never skipped, a poison event
-//!   skipped only after a recorded park decision, a panicking handler, an aborted runner
-//!   shown crashed, lag, a graceful stop, wait-for on a stopped runner, a filtered head, a
-//!   rebuild with progress;
+//!   skipped only after a recorded park decision, the decisions every parking lot refuses, a
+//!   panicking handler, an aborted runner shown crashed, lag, a graceful stop, wait-for on a
+//!   stopped runner, a filtered head, a rebuild with progress;
 //! - [`partition_contract_cases!`](crate::partition_contract_cases): every engine that runs
 //!   a projection as partitions on several workers ([`PartitionedEngine`]): a worker killed
 //!   in the middle of a batch, its partitions taken over, every event applied exactly once
@@ -77,6 +77,7 @@ macro_rules! projection_contract_cases {
             restart_resumes_from_the_checkpoint_without_repeats,
             a_failing_handler_is_retried_and_shown_in_status_never_skipped,
             a_poison_event_is_skipped_only_after_a_recorded_park_decision,
+            a_park_decision_without_a_reason_or_a_decider_is_refused,
             a_panicking_handler_is_a_failure_not_a_dead_task,
             an_aborted_runner_is_shown_crashed_not_as_its_last_state,
             lag_counts_events_behind_then_zero,
@@ -716,6 +717,41 @@ pub async fn a_poison_event_is_skipped_only_after_a_recorded_park_decision<E: En
     );
     assert_eq!(parking.parked("parking").await.unwrap().len(), 1);
     h.stop().await;
+}
+
+/// Contract case `a_park_decision_without_a_reason_or_a_decider_is_refused` (see the module
+/// docs): every parking lot refuses the same decisions, and a refused one parks nothing.
+pub async fn a_park_decision_without_a_reason_or_a_decider_is_refused<E: Engine>(engine: E) {
+    append(engine.store(), 1, "OrderPlaced").await;
+    let event = feed(engine.store()).await.remove(0);
+    let decision = |projection: &str, reason: &str, decided_by: &str| ParkedEvent {
+        projection: projection.into(),
+        event_id: event.event_id,
+        stream_id: event.stream_id.clone(),
+        version: event.version,
+        reason: reason.into(),
+        decided_by: decided_by.into(),
+        decided_at: chrono::Utc::now(),
+    };
+    let parking = engine.parking();
+    for refused in [
+        decision("refusals", " ", "ops"),
+        decision("refusals", "ticket 42", ""),
+        decision("has space", "ticket 42", "ops"),
+    ] {
+        let e = parking.park(refused.clone()).await.unwrap_err();
+        assert!(
+            matches!(e, chronik_store::StoreError::InvalidRequest(_)),
+            "{refused:?}: {e:?}"
+        );
+    }
+    assert!(parking.parked("refusals").await.unwrap().is_empty());
+    assert!(!parking.is_parked("refusals", event.event_id).await.unwrap());
+    parking
+        .park(decision("refusals", "ticket 42", "ops"))
+        .await
+        .unwrap();
+    assert!(parking.is_parked("refusals", event.event_id).await.unwrap());
 }
 
 /// Contract case `a_panicking_handler_is_a_failure_not_a_dead_task` (see the module docs).

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chronik::postgres::{
-    HandlerError, ParkDecision, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
+    HandlerError, ParkedEvent, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
     PgRunnerOptions, PgRunnerState, PgRunnerStatus, PgTransaction, park_event, parked_events,
     projection_reports, rebuild, rebuild_shadow, wait_for_projection,
 };
@@ -698,14 +698,14 @@ async fn a_failing_event_is_retried_until_a_recorded_park_decision(pool: PgPool)
 
     park_event(
         &store,
-        &ParkDecision {
+        &ParkedEvent {
             projection: OrderProjection::NAME.into(),
             event_id: bad.event_id,
             stream_id: bad.stream_id.clone(),
             version: bad.version,
             reason: "corrupt payload, ticket 7".into(),
             decided_by: "ops".into(),
-            decided_at: None,
+            decided_at: chrono::Utc::now(),
         },
     )
     .await
@@ -786,14 +786,14 @@ async fn a_panicking_handler_is_retried_shown_parked_and_the_runner_goes_on(pool
 
     park_event(
         &store,
-        &ParkDecision {
+        &ParkedEvent {
             projection: OrderProjection::NAME.into(),
             event_id: bad.event_id,
             stream_id: bad.stream_id.clone(),
             version: bad.version,
             reason: "handler panics on it".into(),
             decided_by: "ops".into(),
-            decided_at: None,
+            decided_at: chrono::Utc::now(),
         },
     )
     .await
@@ -1169,14 +1169,14 @@ async fn rebuilds_that_fail_or_are_stopped_change_nothing_and_leave_nothing_behi
     // A recorded park decision is honoured by rebuilds as by the runner.
     park_event(
         &store,
-        &ParkDecision {
+        &ParkedEvent {
             projection: OrderProjection::NAME.into(),
             event_id: bad.event_id,
             stream_id: bad.stream_id.clone(),
             version: bad.version,
             reason: "poison, ticket 9".into(),
             decided_by: "ops".into(),
-            decided_at: None,
+            decided_at: chrono::Utc::now(),
         },
     )
     .await

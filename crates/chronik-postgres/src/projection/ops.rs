@@ -1,13 +1,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chronik_core::{EventId, FeedCursor, StreamId, Version};
-use chronik_projections::{measure_lag, parse_partition};
+use chronik_core::{EventId, FeedCursor};
+use chronik_projections::{ParkedEvent, measure_lag, parse_partition};
 use chronik_store::{EventStore, StoreError, validate_projection_name};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::park::parked_row;
 use super::record::{RebuildRecord, records};
 use super::runner::{PgProjectionError, PgRunnerState, cursor_of, event_id};
 use super::sql::ProjectionSql;
@@ -16,42 +17,22 @@ use crate::horizon::HorizonHolder;
 use crate::row::to_u64;
 use crate::store::PgEventStore;
 
-/// An operator's recorded decision to skip one poison event for one projection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParkDecision {
-    /// The projection that will skip it.
-    pub projection: String,
-    /// The event.
-    pub event_id: EventId,
-    /// Its stream (for the record).
-    pub stream_id: StreamId,
-    /// Its version (for the record).
-    pub version: Version,
-    /// Why (required).
-    pub reason: String,
-    /// Who decided (required).
-    pub decided_by: String,
-    /// When (set by the database).
-    pub decided_at: Option<DateTime<Utc>>,
-}
-
 /// Records a park decision in `projection_parked`. The projection's runner skips that
 /// event the next time it fails on it (and only then); the decision is never deleted.
 /// Idempotent: a second decision for the same event keeps the first while it is open or
 /// resolved as dropped (the event is passed over either way); a decision resolved as
 /// retried ([`crate::retry_parked`]: the event is no longer passed over) is reopened, its
-/// reason recording the earlier decision and its retry.
+/// reason recording the earlier decision and its retry. The decision's `decided_at` is not
+/// stored: the row records the database's time of the decision.
+///
+/// This is [`PgParkingLot`](crate::PgParkingLot)'s `park` as well: the exactly-once runner,
+/// the generic runner on PostgreSQL and the operator commands share one table and one rule.
 ///
 /// # Errors
-/// [`StoreError::InvalidRequest`] for an invalid name or an empty reason / decider;
-/// [`StoreError::Backend`].
-pub async fn park_event(store: &PgEventStore, decision: &ParkDecision) -> Result<(), StoreError> {
-    validate_projection_name(&decision.projection)?;
-    if decision.reason.trim().is_empty() || decision.decided_by.trim().is_empty() {
-        return Err(StoreError::InvalidRequest(
-            "a park decision needs a reason and who decided it".to_owned(),
-        ));
-    }
+/// [`StoreError::InvalidRequest`] when [`ParkedEvent::check`] refuses it (an invalid name,
+/// a blank reason or decider); [`StoreError::Backend`].
+pub async fn park_event(store: &PgEventStore, decision: &ParkedEvent) -> Result<(), StoreError> {
+    decision.check()?;
     let sql = ProjectionSql::new(store.schema());
     sqlx::query(sql.park.clone())
         .bind(&decision.projection)
@@ -66,38 +47,24 @@ pub async fn park_event(store: &PgEventStore, decision: &ParkDecision) -> Result
     Ok(())
 }
 
-/// Every park decision recorded for `projection`, oldest first.
+/// Every park decision recorded for `projection`, oldest first, resolved ones included
+/// ([`park_records`](crate::park_records) adds where each stands).
 ///
 /// # Errors
-/// [`StoreError::Backend`], or a stored row that does not decode.
+/// [`StoreError::InvalidRequest`] for an invalid name; [`StoreError::Backend`], or a stored
+/// row that does not decode.
 pub async fn parked_events(
     store: &PgEventStore,
     projection: &str,
-) -> Result<Vec<ParkDecision>, StoreError> {
+) -> Result<Vec<ParkedEvent>, StoreError> {
+    validate_projection_name(projection)?;
     let sql = ProjectionSql::new(store.schema());
     let rows = sqlx::query(sql.parked.clone())
         .bind(projection)
         .fetch_all(store.pool())
         .await
         .map_err(backend)?;
-    rows.iter()
-        .map(|r| {
-            let id: Uuid = r.try_get(0).map_err(backend)?;
-            let stream: String = r.try_get(1).map_err(backend)?;
-            let version: i64 = r.try_get(2).map_err(backend)?;
-            Ok(ParkDecision {
-                projection: projection.to_owned(),
-                event_id: event_id(id)?,
-                stream_id: StreamId::new(stream)
-                    .map_err(|e| StoreError::backend(format!("stored stream id: {e}"), false))?,
-                version: Version::from_i64(version)
-                    .map_err(|e| StoreError::backend(format!("stored version: {e}"), false))?,
-                reason: r.try_get(3).map_err(backend)?,
-                decided_by: r.try_get(4).map_err(backend)?,
-                decided_at: r.try_get(5).map_err(backend)?,
-            })
-        })
-        .collect()
+    rows.iter().map(|r| parked_row(projection, r)).collect()
 }
 
 /// Where projection `name` has applied everything up to: its checkpoint, or, when it runs

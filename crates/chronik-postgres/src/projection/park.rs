@@ -4,15 +4,15 @@
 use std::sync::Arc;
 
 use chronik_core::{EventId, FeedCursor, StreamId, UpcasterRegistry, Version};
-use chronik_projections::parse_partition;
+use chronik_projections::{ParkedEvent, parse_partition};
 use chronik_store::{StoreError, upcast_recorded, validate_projection_name};
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
 use sqlx::{Connection as _, Row as _};
 use uuid::Uuid;
 
 use super::handler::{PgProjection, handle_guarded};
 use super::layout;
-use super::ops::ParkDecision;
 use super::runner::{
     PgProjectionError, busy, busy_on, cursor_of, event_id, locked_checkpoint, release,
 };
@@ -63,7 +63,7 @@ impl ParkState {
 #[non_exhaustive]
 pub struct ParkRecord {
     /// The decision as recorded.
-    pub decision: ParkDecision,
+    pub decision: ParkedEvent,
     /// The event's feed cursor (`None` if the event is not in this store).
     pub cursor: Option<FeedCursor>,
     /// Where it stands.
@@ -72,6 +72,27 @@ pub struct ParkRecord {
     pub resolved_by: Option<String>,
     /// When.
     pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// One park decision of `projection` from a row whose first six columns are event id,
+/// stream id, version, reason, decider and time, as every query of `projection_parked`
+/// returns them.
+pub(crate) fn parked_row(projection: &str, r: &PgRow) -> Result<ParkedEvent, StoreError> {
+    let id: Uuid = r.try_get(0).map_err(backend)?;
+    let stream: String = r.try_get(1).map_err(backend)?;
+    let version: i64 = r.try_get(2).map_err(backend)?;
+    let stored = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::backend(format!("stored park decision: {what}: {e}"), false)
+    };
+    Ok(ParkedEvent {
+        projection: projection.to_owned(),
+        event_id: event_id(id)?,
+        stream_id: StreamId::new(stream).map_err(|e| stored("stream id", &e))?,
+        version: Version::from_i64(version).map_err(|e| stored("version", &e))?,
+        reason: r.try_get(3).map_err(backend)?,
+        decided_by: r.try_get(4).map_err(backend)?,
+        decided_at: r.try_get(5).map_err(backend)?,
+    })
 }
 
 /// Every park decision of `projection`, oldest first, with its event's cursor and state.
@@ -91,9 +112,6 @@ pub async fn park_records(
         .map_err(backend)?;
     rows.iter()
         .map(|r| {
-            let id: Uuid = r.try_get(0).map_err(backend)?;
-            let stream: String = r.try_get(1).map_err(backend)?;
-            let version: i64 = r.try_get(2).map_err(backend)?;
             let tx: Option<i64> = r.try_get(6).map_err(backend)?;
             let pos: Option<i64> = r.try_get(7).map_err(backend)?;
             let resolution: Option<String> = r.try_get(8).map_err(backend)?;
@@ -105,18 +123,7 @@ pub async fn park_records(
                 None => ParkState::Pending,
             };
             Ok(ParkRecord {
-                decision: ParkDecision {
-                    projection: projection.to_owned(),
-                    event_id: event_id(id)?,
-                    stream_id: StreamId::new(stream).map_err(|e| {
-                        StoreError::backend(format!("stored stream id: {e}"), false)
-                    })?,
-                    version: Version::from_i64(version)
-                        .map_err(|e| StoreError::backend(format!("stored version: {e}"), false))?,
-                    reason: r.try_get(3).map_err(backend)?,
-                    decided_by: r.try_get(4).map_err(backend)?,
-                    decided_at: r.try_get(5).map_err(backend)?,
-                },
+                decision: parked_row(projection, r)?,
                 cursor: match (tx, pos) {
                     (Some(t), Some(p)) => Some(cursor_of(t, p)?),
                     _ => None,
