@@ -27,13 +27,16 @@
 //! stdout; `--json` prints documents for scripts. Exit status ([`exit`]): 0 success, 1 a
 //! failure (the store refused, or could not be reached), 2 bad input (nothing was written),
 //! 3 something named does not exist (a stream), 4 the schema is not migrated, 130 stopped by
-//! Ctrl-C (after cleaning up).
+//! Ctrl-C before it finished (a rebuild, after cleaning up; `tail`, with the cursor to resume
+//! after). The commands that run until Ctrl-C (`projections run`, `relay nats`, `console`)
+//! exit 0 when it stops them, after saying where they stopped.
 
 mod append;
 mod backend;
 mod console;
 mod doctor;
 pub mod fmt;
+mod interrupt;
 #[cfg(feature = "otel")]
 mod otel;
 mod parked;
@@ -81,8 +84,10 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 3;
     /// The store's schema is not migrated (run `migrate`).
     pub const NOT_MIGRATED: u8 = 4;
-    /// Ctrl-C (SIGINT) stopped the command, which cleaned up and said in what state it
-    /// left things (`projections rebuild`).
+    /// Ctrl-C (SIGINT) stopped the command before it finished, and it cleaned up and said
+    /// in what state it left things (`projections rebuild`; `tail`, with the cursor to
+    /// resume after). The commands that run until Ctrl-C (`projections run`, `relay nats`,
+    /// `console`) exit 0 when it stops them.
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -466,7 +471,7 @@ impl Operator {
                 rt.block_on(async {
                     if own {
                         let c = C::from_arg_matches(&matches).map_err(anyhow::Error::from)?;
-                        handler(c).await.map_err(|e| anyhow::anyhow!(e))
+                        handler(c).await.map_err(own_error)
                     } else {
                         let cli = Cli::from_arg_matches(&matches).map_err(anyhow::Error::from)?;
                         dispatch(&self.registry, cli.command).await
@@ -483,6 +488,28 @@ impl Operator {
         let code = finish(result);
         telemetry.shutdown();
         code
+    }
+}
+
+/// A service's own command's error, whose exit-status types ([`Usage`], [`NotFound`],
+/// [`NotMigrated`], [`Interrupted`]) choose the status as the operator commands' do:
+/// `anyhow!` of the box would hide them from [`finish`].
+fn own_error(e: BoxError) -> anyhow::Error {
+    let e = match e.downcast::<Usage>() {
+        Ok(e) => return anyhow::Error::new(*e),
+        Err(e) => e,
+    };
+    let e = match e.downcast::<NotFound>() {
+        Ok(e) => return anyhow::Error::new(*e),
+        Err(e) => e,
+    };
+    let e = match e.downcast::<NotMigrated>() {
+        Ok(e) => return anyhow::Error::new(*e),
+        Err(e) => e,
+    };
+    match e.downcast::<Interrupted>() {
+        Ok(e) => anyhow::Error::new(*e),
+        Err(e) => anyhow::anyhow!(e),
     }
 }
 

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::backend::{Interrupted, NotFound, Usage};
 use crate::fmt::{count, ms, n};
+use crate::interrupt::Interrupts;
 use crate::table::{self, Align};
 use crate::{RebuildKind, RegisteredProjection, Registry};
 
@@ -696,38 +697,6 @@ async fn holder_hint(
              wait for it, or stop it where it runs (Ctrl-C stops a rebuild cleanly); \
              if that process is gone and its session stays, `{end}` ends the session"
         ),
-    }
-}
-
-/// Ctrl-C (SIGINT), listened for from the moment [`Interrupts::listen`] returns.
-#[cfg(unix)]
-struct Interrupts(tokio::signal::unix::Signal);
-
-#[cfg(unix)]
-impl Interrupts {
-    fn listen() -> io::Result<Self> {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map(Self)
-    }
-
-    /// Waits for the next Ctrl-C; `false` when no more can arrive.
-    async fn next(&mut self) -> bool {
-        self.0.recv().await.is_some()
-    }
-}
-
-/// Ctrl-C, listened for from the first wait on.
-#[cfg(not(unix))]
-struct Interrupts;
-
-#[cfg(not(unix))]
-impl Interrupts {
-    fn listen() -> io::Result<Self> {
-        Ok(Self)
-    }
-
-    /// Waits for the next Ctrl-C; `false` when no more can arrive.
-    async fn next(&mut self) -> bool {
-        tokio::signal::ctrl_c().await.is_ok()
     }
 }
 

@@ -12,6 +12,7 @@ use chronik_projections::{ProjectionState, RunnerHandle};
 use chronik_relay::{NatsRelay, PayloadMode, RelayConfig, RelayError, SubjectPrefix};
 use chronik_store::{CheckpointStore, EventStore};
 
+use crate::interrupt::Interrupts;
 use crate::{Registry, Usage, runner};
 
 /// What `relay nats` was asked for.
@@ -77,6 +78,8 @@ pub(crate) async fn nats(
     let name = relay.projection_name().to_owned();
     // The primary's head: what a standby has not replayed yet is still to be relayed.
     let head = runner::head_at_start(&store, options.until_caught_up).await?;
+    // Before the start line: a Ctrl-C right after it stops the runner as any other does.
+    let mut interrupts = Interrupts::listen().context("cannot listen for Ctrl-C")?;
     {
         let mut out = std::io::stdout().lock();
         let source = standby.as_ref().map_or_else(
@@ -137,7 +140,7 @@ pub(crate) async fn nats(
     };
     tokio::select! {
         () = done => {}
-        _ = tokio::signal::ctrl_c() => {}
+        true = interrupts.next() => {}
     }
     let statuses = handle
         .stop()

@@ -9,6 +9,7 @@ use chronik_core::FeedCursor;
 use chronik_postgres::{PgEventStore, PgRunnerState, PgStandby, PgStoreConfig};
 use chronik_store::{EventStore as _, StoreError};
 
+use crate::interrupt::Interrupts;
 use crate::{RegisteredProjection, Registry, Usage};
 
 /// The hot standby of `store` at `url` (none when `url` is absent or blank), connected and
@@ -63,6 +64,8 @@ pub(crate) async fn run(
     let standby = connect_standby(store, standby_url).await?;
     // The primary's head: what a standby has not replayed yet is still to be applied.
     let head = head_at_start(store, until_caught_up).await?;
+    // Before the start line: a Ctrl-C right after it stops the runner as any other does.
+    let mut interrupts = Interrupts::listen().context("cannot listen for Ctrl-C")?;
     {
         let mut out = std::io::stdout().lock();
         let source = standby.as_ref().map_or_else(
@@ -102,7 +105,7 @@ pub(crate) async fn run(
     };
     tokio::select! {
         () = done => {}
-        _ = tokio::signal::ctrl_c() => {}
+        true = interrupts.next() => {}
     }
     let last = handle.stop().await;
     let mut out = std::io::stdout().lock();

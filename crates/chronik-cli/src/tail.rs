@@ -10,6 +10,8 @@ use chronik_core::{FeedCursor, RecordedEvent, StreamId, UpcasterRegistry};
 use chronik_postgres::{PgEventStore, PgFeedListener};
 use chronik_store::{EventStore as _, FeedFilter, MAX_FEED_PAGE, StoreError, upcast_recorded};
 
+use crate::backend::Interrupted;
+use crate::interrupt::Interrupts;
 use crate::table;
 
 /// Where the tail begins.
@@ -60,10 +62,57 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// retryable failure (the server restarted, the connection dropped) is retried with
 /// backoff for up to `retry_for`; giving up names the cursor to resume after. Stops after
 /// `limit` events.
+///
+/// Ctrl-C stops it at once (exit status 130), saying how many events it printed and the
+/// cursor to resume after: it writes nothing, so there is nothing to clean up.
 pub(crate) async fn run(
     store: PgEventStore,
     registry: Arc<UpcasterRegistry>,
     options: &Options,
+) -> anyhow::Result<()> {
+    let mut interrupts = Interrupts::listen().context("cannot listen for Ctrl-C")?;
+    let mut at = At::default();
+    let done = {
+        let read = read(store, registry, options, &mut at);
+        tokio::pin!(read);
+        tokio::select! {
+            result = &mut read => Some(result),
+            true = interrupts.next() => None,
+        }
+    };
+    if let Some(result) = done {
+        return result;
+    }
+    let printed = crate::fmt::count(at.printed, "event");
+    Err(Interrupted(match at.cursor {
+        Some(cursor) => format!(
+            "tail was stopped by Ctrl-C after {printed}: the last cursor is {cursor}; resume \
+             with `{} tail --after {cursor}`",
+            options.binary
+        ),
+        None => {
+            format!("tail was stopped by Ctrl-C before it had found where to start ({printed})")
+        }
+    })
+    .into())
+}
+
+/// How far a tail got: what Ctrl-C reports.
+#[derive(Debug, Default)]
+struct At {
+    /// The cursor every event up to which was printed (or passed over); `None` until the
+    /// start is found.
+    cursor: Option<FeedCursor>,
+    /// Events printed.
+    printed: u64,
+}
+
+/// [`run`]'s work, recording in `at` how far it got.
+async fn read(
+    store: PgEventStore,
+    registry: Arc<UpcasterRegistry>,
+    options: &Options,
+    at: &mut At,
 ) -> anyhow::Result<()> {
     let stream = options.stream.as_ref();
     let mut cursor = match options.start {
@@ -79,6 +128,7 @@ pub(crate) async fn run(
             .await
             .with_context(|| format!("cannot find the last {n} events of the feed"))?,
     };
+    at.cursor = Some(cursor);
     let follow = !options.no_follow;
     let mut listener = if follow {
         listen(&store, options.listen.as_deref()).await
@@ -137,6 +187,7 @@ pub(crate) async fn run(
                 }
                 unreadable = None;
                 cursor = bad;
+                at.cursor = Some(cursor);
                 continue;
             }
             Err(e) if follow && e.is_retryable() => {
@@ -221,11 +272,14 @@ pub(crate) async fn run(
             }
             show(&registry, event, options.json)?;
             printed += 1;
+            at.printed = printed;
+            at.cursor = Some(event.cursor);
             if printed >= limit {
                 break;
             }
         }
         cursor = page.next;
+        at.cursor = Some(cursor);
     }
     Ok(())
 }

@@ -162,6 +162,7 @@ impl Console {
     /// [`Rebuilds::run`] must serve (for tests and for embedding in another server).
     pub fn into_parts(self) -> (Router, Rebuilds) {
         let (tx, rx) = mpsc::channel(8);
+        let stopping = Arc::new(tokio::sync::watch::Sender::new(false));
         let state = State(Arc::new(Inner {
             store: self.store,
             upcasters: self.upcasters,
@@ -170,12 +171,14 @@ impl Console {
             rebuildable: self.rebuildable,
             rebuilds: tx,
             prometheus: self.prometheus.map_or_else(metrics::installed, Ok),
+            stopping: Arc::clone(&stopping),
         }));
-        (router(state), Rebuilds { rx })
+        (router(state), Rebuilds { rx, stopping })
     }
 
     /// Serves the console on `listener` until `shutdown` completes, running the rebuilds
-    /// it is asked for through `rebuild`.
+    /// it is asked for through `rebuild`. Then it ends the live tails (which never end by
+    /// themselves) and waits for the requests in flight, a rebuild's included.
     ///
     /// # Errors
     /// The listener's I/O errors.
@@ -186,6 +189,11 @@ impl Console {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (router, rebuilds) = self.into_parts();
+        let stopping = Arc::clone(&rebuilds.stopping);
+        let shutdown = async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        };
         let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
         tokio::select! {
             result = server => result,
@@ -198,6 +206,8 @@ impl Console {
 #[derive(Debug)]
 pub struct Rebuilds {
     rx: mpsc::Receiver<RebuildRequest>,
+    /// The routes' shutdown flag ([`Console::serve`] raises it).
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Rebuilds {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chronik_core::UpcasterRegistry;
 use chronik_postgres::PgEventStore;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::Rebuilt;
 
@@ -28,6 +28,9 @@ pub(crate) struct Inner {
     pub(crate) rebuildable: Vec<String>,
     pub(crate) rebuilds: mpsc::Sender<RebuildRequest>,
     pub(crate) prometheus: Result<metrics_exporter_prometheus::PrometheusHandle, String>,
+    /// `true` once the server is shutting down: live tails end then, or a graceful
+    /// shutdown would wait for them forever.
+    pub(crate) stopping: Arc<watch::Sender<bool>>,
 }
 
 /// One rebuild asked for by a request, answered on `reply`.
@@ -38,6 +41,15 @@ pub(crate) struct RebuildRequest {
 }
 
 impl Inner {
+    /// Completes once the server is shutting down.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            // An error: the sender is gone, so is the server.
+            let _ = stopping.wait_for(|s| *s).await;
+        }
+    }
+
     /// Whether `presented` is the admin token (compared in constant time for equal
     /// lengths); always false when the console has none.
     pub(crate) fn token_matches(&self, presented: &str) -> bool {

@@ -123,7 +123,10 @@ pub(crate) async fn sse(
         tail.cursor = cursor;
         tail.start = None;
     }
-    Ok(Sse::new(futures::stream::unfold(tail, next)).keep_alive(KeepAlive::default()))
+    // Ends when the server shuts down: a graceful shutdown waits for every response.
+    let stopped = tail.state.stopped();
+    let events = futures::StreamExt::take_until(futures::stream::unfold(tail, next), stopped);
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 async fn next(mut tail: Tail) -> Option<(Result<Event, Infallible>, Tail)> {

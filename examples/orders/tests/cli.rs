@@ -298,7 +298,13 @@ fn demo_runs_on_postgres_from_database_url() {
         !stdout.contains(&database_url()),
         "the URL is printed:\n{stdout}"
     );
-    // The demo's one-off feed checkpoint is gone: `doctor` would call it a lagging projection.
+    assert_no_demo_checkpoints();
+    check_demo_trace(&stdout);
+}
+
+/// The demo's one-off checkpoints (the feed reader's and the reactor's) are gone from
+/// schema public: `doctor` would call them lagging projections.
+fn assert_no_demo_checkpoints() {
     let out = chronik_pg(&["projections", "status", "--json"]);
     let doc = json(&text(&out.stdout));
     let names: Vec<&str> = doc["projections"]
@@ -306,9 +312,7 @@ fn demo_runs_on_postgres_from_database_url() {
         .map(|all| all.iter().filter_map(|p| p["name"].as_str()).collect())
         .unwrap_or_default();
     assert!(!names.contains(&"chronik-demo"), "{doc}");
-    // So is the reactor's.
     assert!(!names.contains(&"chronik-demo-ship-paid-orders"), "{doc}");
-    check_demo_trace(&stdout);
 }
 
 #[test]
@@ -1749,17 +1753,33 @@ fn streams_list_and_show_read_any_stream_and_refuse_bad_input() {
     );
 }
 
-/// A running `chronik` whose stderr is read line by line, so that a test can wait for what
-/// it says (never for a time).
+/// A running `chronik` whose stdout and stderr are read line by line, so that a test can
+/// wait for what it says (never for a time).
 struct Running {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     stderr: Vec<String>,
+    out_lines: std::sync::mpsc::Receiver<String>,
+    stdout: Vec<String>,
+}
+
+/// The lines of `from`, sent to the returned receiver by a thread of their own.
+fn line_reader(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 impl Running {
     fn spawn(args: &[&str], url: &str) -> Self {
-        use std::io::BufRead as _;
         use std::process::Stdio;
         let mut child = Command::new(env!("CARGO_BIN_EXE_chronik"))
             .args(args)
@@ -1769,20 +1789,14 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("chronik starts");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_reader(child.stderr.take().expect("piped stderr"));
+        let out_lines = line_reader(child.stdout.take().expect("piped stdout"));
         Self {
             child,
             lines,
             stderr: Vec::new(),
+            out_lines,
+            stdout: Vec::new(),
         }
     }
 
@@ -1795,22 +1809,47 @@ impl Running {
     /// Waits until a line of stderr contains one of `needles` and returns it; fails the
     /// test as [`Running::wait_for`] does.
     fn wait_for_any(&mut self, needles: &[&str]) -> String {
+        Self::wait_in(
+            &mut self.child,
+            &self.lines,
+            &mut self.stderr,
+            needles,
+            "stderr",
+        )
+    }
+
+    /// Waits until a line of stdout contains `needle` and returns it; fails the test as
+    /// [`Running::wait_for`] does.
+    fn wait_for_stdout(&mut self, needle: &str) -> String {
+        Self::wait_in(
+            &mut self.child,
+            &self.out_lines,
+            &mut self.stdout,
+            &[needle],
+            "stdout",
+        )
+    }
+
+    fn wait_in(
+        child: &mut std::process::Child,
+        lines: &std::sync::mpsc::Receiver<String>,
+        seen: &mut Vec<String>,
+        needles: &[&str],
+        what: &str,
+    ) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
+            match lines.recv_timeout(left) {
                 Ok(line) => {
-                    self.stderr.push(line.clone());
+                    seen.push(line.clone());
                     if needles.iter().any(|n| line.contains(n)) {
                         return line;
                     }
                 }
                 Err(_) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "stderr never said any of {needles:?}:\n{}",
-                        self.stderr.join("\n")
-                    );
+                    let _ = child.kill();
+                    panic!("{what} never said any of {needles:?}:\n{}", seen.join("\n"));
                 }
             }
         }
@@ -1830,11 +1869,16 @@ impl Running {
         let _ = self.child.kill();
     }
 
-    /// Waits for the process to end: (exit status, stdout, all of stderr).
+    /// Waits for the process to end: (exit status, all of stdout, all of stderr).
     fn finish(mut self) -> (Option<i32>, String, String) {
-        let out = self.child.wait_with_output().expect("chronik ends");
+        let status = self.child.wait().expect("chronik ends");
         self.stderr.extend(self.lines.iter());
-        (out.status.code(), text(&out.stdout), self.stderr.join("\n"))
+        self.stdout.extend(self.out_lines.iter());
+        let mut stdout = self.stdout.join("\n");
+        if !stdout.is_empty() {
+            stdout.push('\n');
+        }
+        (status.code(), stdout, self.stderr.join("\n"))
     }
 }
 
@@ -3366,28 +3410,58 @@ fn nats_url() -> String {
         .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned())
 }
 
+/// A JetStream stream and subject prefix of one test's own on the test NATS server.
+struct TestStream {
+    url: String,
+    prefix: String,
+    stream: String,
+}
+
+impl TestStream {
+    fn new() -> Self {
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        Self {
+            url: nats_url(),
+            prefix: format!("clitest.r{tag}"),
+            stream: format!("CLITEST_{tag}"),
+        }
+    }
+
+    /// `relay nats` to this stream, under this prefix.
+    fn relay_args(&self) -> Vec<&str> {
+        vec![
+            "relay",
+            "nats",
+            "--url",
+            &self.url,
+            "--subject-prefix",
+            &self.prefix,
+            "--stream-name",
+            &self.stream,
+        ]
+    }
+
+    /// A JetStream client of the test server.
+    fn jetstream(&self, schema: &Schema) -> chronik::relay::async_nats::jetstream::Context {
+        let url = &self.url;
+        schema.runtime.block_on(async {
+            chronik::relay::async_nats::jetstream::new(
+                chronik::relay::async_nats::connect(url.as_str())
+                    .await
+                    .unwrap_or_else(|e| panic!("NATS must run at {url} with -js: {e}")),
+            )
+        })
+    }
+}
+
 #[test]
 fn relay_nats_publishes_the_feed_for_a_consumer_and_shows_in_projections_status() {
-    use chronik::relay::async_nats::jetstream;
     let schema = Schema::migrated();
     let ids = schema.place_orders(2);
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let prefix = format!("clitest.r{tag}");
-    let stream = format!("CLITEST_{tag}");
-    let url = nats_url();
-    let relay = [
-        "relay",
-        "nats",
-        "--url",
-        &url,
-        "--subject-prefix",
-        &prefix,
-        "--stream-name",
-        &stream,
-        "--category",
-        "order",
-        "--until-caught-up",
-    ];
+    let target = TestStream::new();
+    let (url, prefix, stream) = (&target.url, &target.prefix, &target.stream);
+    let mut relay = target.relay_args();
+    relay.extend(["--category", "order", "--until-caught-up"]);
     let stdout = schema.ok(&relay);
     assert!(
         stdout.contains(&format!("to stream {stream} ({prefix}.>)")),
@@ -3395,16 +3469,10 @@ fn relay_nats_publishes_the_feed_for_a_consumer_and_shows_in_projections_status(
     );
     assert!(stdout.contains("4 acknowledged (0 duplicates"), "{stdout}");
 
-    let js = schema.runtime.block_on(async {
-        jetstream::new(
-            chronik::relay::async_nats::connect(url.as_str())
-                .await
-                .unwrap_or_else(|e| panic!("NATS must run at {url} with -js: {e}")),
-        )
-    });
+    let js = target.jetstream(&schema);
     let first = schema.runtime.block_on(async {
         let s = js
-            .get_stream(&stream)
+            .get_stream(stream)
             .await
             .expect("the relay created the stream");
         assert_eq!(s.cached_info().state.messages, 4);
@@ -3432,11 +3500,11 @@ fn relay_nats_publishes_the_feed_for_a_consumer_and_shows_in_projections_status(
     let consumer = Command::new(env!("CARGO_BIN_EXE_order-consumer"))
         .args([
             "--url",
-            &url,
+            url,
             "--stream-name",
-            &stream,
+            stream,
             "--subject-prefix",
-            &prefix,
+            prefix,
             "--durable",
             "clitest",
             "--count",
@@ -3690,4 +3758,152 @@ fn relay_nats_listens_for_notifications_while_it_follows_the_feed() {
         let _ = js.delete_stream(&stream).await;
     });
     assert!(listening, "no session LISTENs on {channel}");
+}
+
+/// Issue 14: Ctrl-C on a following `tail` stops it at once with status 130, saying how many
+/// events it printed and the cursor to resume after; resuming there loses and repeats
+/// nothing. (It was killed by the signal, saying nothing.)
+#[test]
+fn ctrl_c_stops_tail_with_the_cursor_to_resume_after() {
+    let schema = Schema::migrated();
+    schema.place_orders(2);
+    let mut tail = schema.spawn(&["tail"]);
+    tail.wait_for("following the feed after ");
+    tail.interrupt();
+    let (code, stdout, stderr) = tail.finish();
+    assert_eq!(code, Some(130), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    let last = lines[3].split_whitespace().next().expect("a cursor");
+    assert!(
+        stderr.ends_with(&format!(
+            "error: tail was stopped by Ctrl-C after 4 events: the last cursor is {last}; resume \
+             with `chronik tail --after {last}`"
+        )),
+        "{stderr}"
+    );
+    let placed = schema.place_orders(1);
+    let resumed = schema.ok(&["tail", "--no-follow", "--after", last]);
+    assert_eq!(resumed.lines().count(), 2, "{resumed}");
+    assert!(
+        resumed.contains(&format!(" {} v1 OrderPlaced ", placed[0])),
+        "{resumed}"
+    );
+}
+
+/// Issue 14: Ctrl-C right after `projections run` says it started stops the runner (status
+/// 0, its documented stop) at the checkpoint it reports, and leaves the projection free for
+/// the next run. It listens before the start line: a Ctrl-C that came before its first wait
+/// killed it without the line.
+#[test]
+fn ctrl_c_stops_projections_run_at_the_checkpoint_it_reports() {
+    let schema = Schema::migrated();
+    schema.place_orders(2);
+    let mut run = schema.spawn(&["projections", "run", "orders"]);
+    run.wait_for_stdout("running projection orders on schema ");
+    run.interrupt();
+    let (code, stdout, stderr) = run.finish();
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let stopped = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stopped at "))
+        .unwrap_or_else(|| panic!("no stopped-at line:\n{stdout}\n{stderr}"));
+    let at = stopped.split(':').take(2).collect::<Vec<_>>().join(":");
+    let doc = json(&schema.ok(&["projections", "status", "--json"]));
+    let orders = doc["projections"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == "orders"));
+    match orders {
+        Some(p) => assert_eq!(p["position"], at.as_str(), "{doc}"),
+        // Stopped before its first batch: no checkpoint yet.
+        None => assert_eq!(at, "0:0", "{doc}"),
+    }
+    // Nothing left held: the next run takes the projection and catches up.
+    let stdout = schema.ok(&["projections", "run", "orders", "--until-caught-up"]);
+    assert!(stdout.contains("stopped at "), "{stdout}");
+    assert_eq!(schema.rows("order_summaries"), 2);
+}
+
+/// Issue 14: Ctrl-C stops a following `relay nats` (status 0) at the checkpoint it reports.
+#[test]
+fn ctrl_c_stops_relay_nats_at_the_checkpoint_it_reports() {
+    let schema = Schema::migrated();
+    schema.place_orders(1);
+    let target = TestStream::new();
+    let mut relay = schema.spawn(&target.relay_args());
+    relay.wait_for_stdout("relaying schema ");
+    relay.interrupt();
+    let (code, stdout, stderr) = relay.finish();
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("stopped at ") && stdout.contains(" events relayed in all"),
+        "{stdout}\n{stderr}"
+    );
+    let js = target.jetstream(&schema);
+    // Created before it was stopped (or not at all, when stopped first).
+    let _ = schema.runtime.block_on(js.delete_stream(&target.stream));
+}
+
+/// Issue 14: Ctrl-C stops the console (status 0) even while a live tail is open: the tail's
+/// event stream never ends by itself, and the graceful shutdown waited for it forever.
+#[test]
+fn ctrl_c_stops_the_console_with_a_live_tail_open() {
+    use std::io::{BufRead as _, Write as _};
+    let schema = Schema::migrated();
+    let mut console = schema.spawn(&["console", "--listen", "127.0.0.1:0"]);
+    let line = console.wait_for_stdout("console listening on http://");
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("an address")
+        .to_owned();
+    let mut live = std::net::TcpStream::connect(&address).expect("the console accepts");
+    write!(
+        live,
+        "GET /api/tail HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("the request is sent");
+    let mut status = String::new();
+    std::io::BufReader::new(live.try_clone().expect("a clone"))
+        .read_line(&mut status)
+        .expect("a status line");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    console.interrupt();
+    console.wait_for("interrupted: stopping the console: its live tails are ended");
+    console.wait_for_stdout(&format!("console on http://{address}/ stopped"));
+    let (code, stdout, stderr) = console.finish();
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+}
+
+/// Issue 14: Ctrl-C stops the demo at once with status 130, saying what stays (on
+/// PostgreSQL: its events; its one-off checkpoints are removed, so `doctor` finds none of
+/// them). It was killed by the signal, leaving the reactor's checkpoint when it came in
+/// the last step.
+#[test]
+fn ctrl_c_stops_the_demo_saying_what_stays() {
+    let mut memory = Running::spawn(&["demo", "--orders", "100000"], "");
+    memory.wait_for_stdout("[1/8] placing orders from concurrent tasks");
+    memory.interrupt();
+    let (code, _, stderr) = memory.finish();
+    assert_eq!(code, Some(130), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: the demo was stopped by Ctrl-C: its in-memory store is gone with it"
+    );
+
+    let mut pg = Running::spawn(&["demo", "--orders", "100000"], &database_url());
+    pg.wait_for_stdout("[1/8] placing orders from concurrent tasks");
+    pg.interrupt();
+    let (code, _, stderr) = pg.finish();
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        stderr.starts_with("error: the demo was stopped by Ctrl-C: the events it wrote stay in schema public of ")
+            && stderr.contains(" (events are never deleted) and ")
+            && stderr.ends_with(
+                "; `chronik projections run orders --until-caught-up` brings the orders read model up to date"
+            ),
+        "{stderr}"
+    );
+    assert_no_demo_checkpoints();
 }

@@ -249,6 +249,57 @@ fn cancel() -> OrderCommand {
     }
 }
 
+/// [`run`], stopped at once by Ctrl-C: then it removes the one-off checkpoints the demo
+/// may have saved (the feed reader's and the reactor's, which `doctor` would report as
+/// lagging projections) and fails with [`chronik::cli::Interrupted`] (exit status 130),
+/// saying what stays: `kept` names where its events are (`None`: the in-memory store, gone
+/// with the process).
+pub(crate) async fn run_interruptible<S: Store>(
+    store: S,
+    label: &str,
+    options: &Options,
+    read_model: &impl ReadModel<S>,
+    kept: Option<&str>,
+) -> anyhow::Result<()> {
+    let demo = run(store.clone(), label, options, read_model);
+    tokio::pin!(demo);
+    let interrupted = tokio::select! {
+        // Listening before the demo's first line.
+        biased;
+        r = tokio::signal::ctrl_c() => r.is_ok(),
+        result = &mut demo => return result.context("demo failed"),
+    };
+    if !interrupted {
+        return demo.await.context("demo failed");
+    }
+    let _ = writeln!(io::stdout());
+    let mut removed = Vec::new();
+    for name in [CHECKPOINT, crate::process::REACTOR] {
+        if store.delete_checkpoint(name).await.with_context(|| {
+            format!("the demo was stopped by Ctrl-C, and removing its checkpoint {name} failed")
+        })? {
+            removed.push(name);
+        }
+    }
+    let checkpoints = if removed.is_empty() {
+        "it had no one-off checkpoint to remove".to_owned()
+    } else {
+        format!(
+            "its one-off checkpoint {} was removed",
+            removed.join(" and ")
+        )
+    };
+    Err(chronik::cli::Interrupted(match kept {
+        None => "the demo was stopped by Ctrl-C: its in-memory store is gone with it".to_owned(),
+        Some(place) => format!(
+            "the demo was stopped by Ctrl-C: the events it wrote stay in {place} (events are never \
+             deleted) and {checkpoints}; `chronik projections run orders --until-caught-up` brings \
+             the orders read model up to date"
+        ),
+    })
+    .into())
+}
+
 /// Runs the demo on `store` and prints its story and summary to stdout.
 pub(crate) async fn run<S: Store>(
     store: S,

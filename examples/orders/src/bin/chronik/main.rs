@@ -13,7 +13,7 @@ mod round_trip;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use chronik::cli::Operator;
+use chronik::cli::{Interrupted, Operator};
 use chronik::{PgEventStore, SchemaName};
 use clap::{Args, Subcommand};
 use orders::{Order, OrderProjection};
@@ -50,7 +50,15 @@ fn main() -> ExitCode {
         .projection(OrderProjection::new)
         .setup(|store| async move { OrderProjection::create_table(&store).await })
         .snapshots::<Order>()
-        .run_with(|Own::Demo(args)| async move { demo(args).await.map_err(Into::into) })
+        .run_with(|Own::Demo(args)| async move {
+            // Interrupted as itself, not inside anyhow's box: its exit status is 130.
+            demo(args)
+                .await
+                .map_err(|e| match e.downcast::<Interrupted>() {
+                    Ok(interrupted) => interrupted.into(),
+                    Err(e) => e.into(),
+                })
+        })
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -60,14 +68,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         long_stream: args.long_stream,
     };
     match args.database_url.filter(|u| !u.trim().is_empty()) {
-        None => demo::run(
-            chronik::MemoryStore::new(),
-            "in-memory",
-            &options,
-            &read_model::MemoryCounter,
-        )
-        .await
-        .context("demo failed"),
+        None => {
+            demo::run_interruptible(
+                chronik::MemoryStore::new(),
+                "in-memory",
+                &options,
+                &read_model::MemoryCounter,
+                None,
+            )
+            .await
+        }
         Some(url) => {
             let server = server(&url);
             let store = PgEventStore::connect_with(
@@ -81,9 +91,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot apply the migrations to {server}"))?;
             let label = format!("PostgreSQL ({server})");
-            demo::run(store, &label, &options, &read_model::PgOrders)
+            let kept = format!("schema public of {server}");
+            demo::run_interruptible(store, &label, &options, &read_model::PgOrders, Some(&kept))
                 .await
-                .context("demo failed")
         }
     }
 }
