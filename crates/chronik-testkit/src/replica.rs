@@ -28,6 +28,8 @@ pub struct ReplicaError(String);
 const PREFIX: &str = "chronik-replica-";
 /// Tries of a server start with a fresh port when the port was taken meanwhile.
 const PORT_TRIES: usize = 8;
+/// The primary's settings, at its first start and at [`Replica::start_primary`].
+const PRIMARY_SETTINGS: &str = "-c wal_level=replica -c max_wal_senders=5 -c fsync=off";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -97,6 +99,34 @@ impl Replica {
         self.standby_port
     }
 
+    /// Stops the primary (`pg_ctl stop -m fast`: its sessions are ended, as in a restart
+    /// or an outage); the standby keeps trying to reconnect.
+    ///
+    /// # Errors
+    /// [`ReplicaError`] when `pg_ctl stop` fails.
+    pub fn stop_primary(&self) -> Result<(), ReplicaError> {
+        let mut c = self.command("pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.join("primary"))
+            .args(["-m", "fast", "-w", "stop"]);
+        run(&mut c, "pg_ctl stop (primary)")
+    }
+
+    /// Starts the primary again, on its port (its URL stays valid).
+    ///
+    /// # Errors
+    /// [`ReplicaError`] when it does not start (e.g. someone took its port meanwhile),
+    /// with the server's log.
+    pub fn start_primary(&self) -> Result<(), ReplicaError> {
+        self.start_on(
+            &self.dir.join("primary"),
+            "primary",
+            PRIMARY_SETTINGS,
+            self.primary_port,
+        )
+        .map_err(|(e, log)| ReplicaError(format!("{e}; log:\n{}", tail(&log))))
+    }
+
     fn make(&mut self) -> Result<(), ReplicaError> {
         if self.as_postgres {
             let dir = self.dir.display().to_string();
@@ -115,11 +145,7 @@ impl Replica {
             .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"])
             .arg("--no-sync");
         run(&mut initdb, "initdb")?;
-        self.primary_port = self.start_server(
-            &primary,
-            "primary",
-            "-c wal_level=replica -c max_wal_senders=5 -c fsync=off",
-        )?;
+        self.primary_port = self.start_server(&primary, "primary", PRIMARY_SETTINGS)?;
         let mut base = self.command("pg_basebackup");
         base.args(["-h", "127.0.0.1", "-U", "postgres"])
             .args(["-p", &self.primary_port.to_string()])
@@ -147,25 +173,12 @@ impl Replica {
     /// Starts the cluster in `data` on a free port (another one when that port was taken
     /// meanwhile) and returns the port.
     fn start_server(&self, data: &Path, name: &str, settings: &str) -> Result<u16, ReplicaError> {
-        let log = self.dir.join(format!("{name}.log"));
         let mut last = String::new();
         for _ in 0..PORT_TRIES {
             let port = free_port()?;
-            let options = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 {settings}",
-                self.dir.display()
-            );
-            let mut start = self.command("pg_ctl");
-            start
-                .arg("-D")
-                .arg(data)
-                .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", "60", "-o", &options, "start"]);
-            match run(&mut start, &format!("pg_ctl start ({name})")) {
+            match self.start_on(data, name, settings, port) {
                 Ok(()) => return Ok(port),
-                Err(e) => {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                Err((e, text)) => {
                     last = format!("{e}; log:\n{}", tail(&text));
                     if !text.contains("could not bind") && !text.contains("in use") {
                         break;
@@ -176,6 +189,32 @@ impl Replica {
         Err(ReplicaError(format!(
             "cannot start the {name} cluster: {last}"
         )))
+    }
+}
+
+impl Replica {
+    /// Starts the cluster in `data` on `port`; when it fails, the error and its log.
+    fn start_on(
+        &self,
+        data: &Path,
+        name: &str,
+        settings: &str,
+        port: u16,
+    ) -> Result<(), (ReplicaError, String)> {
+        let log = self.dir.join(format!("{name}.log"));
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 {settings}",
+            self.dir.display()
+        );
+        let mut start = self.command("pg_ctl");
+        start
+            .arg("-D")
+            .arg(data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-o", &options, "start"]);
+        run(&mut start, &format!("pg_ctl start ({name})"))
+            .map_err(|e| (e, std::fs::read_to_string(&log).unwrap_or_default()))
     }
 }
 
