@@ -1175,11 +1175,74 @@ fn doctor_names_an_old_horizon_holder() {
             .any(|l| l.contains(&format!("pid {pid} (xid {xid}, "))),
         "{stdout}"
     );
+    // Who it is: its user, application_name and client address, as the server has them.
+    let (user, application, client): (String, String, String) = schema
+        .runtime
+        .block_on(
+            sqlx::query_as(
+                "SELECT usename::text, application_name, client_addr::text \
+                 FROM pg_stat_activity WHERE pid = $1",
+            )
+            .bind(pid)
+            .fetch_one(schema.store.pool()),
+        )
+        .expect("the holder's session");
+    assert!(!application.is_empty(), "the store names its sessions");
+    assert!(
+        listed.iter().any(|l| l.contains(&format!(
+            "pid {pid} (xid {xid}, database postgres, user {user}, application {application}, client {client}, open for "
+        ))),
+        "{stdout}"
+    );
     assert!(
         stderr.starts_with("error: ") && stderr.contains(" found: "),
         "{stderr}"
     );
     open.end();
+}
+
+/// Issue 14, item 6, at the command line: a prepared transaction holding the feed back is
+/// named by its gid with the statement that ends it in the database it was prepared in.
+#[test]
+fn doctor_says_how_to_roll_back_a_prepared_transaction_in_its_database() {
+    let schema = Schema::migrated();
+    let gid = format!("clitest-{}", uuid::Uuid::new_v4());
+    let (code, stdout, stderr) = schema.runtime.block_on(async {
+        // Raw BEGIN: PREPARE TRANSACTION ends the transaction behind sqlx's back.
+        let mut session = schema.store.pool().acquire().await.expect("a session");
+        for sql in [
+            "BEGIN".to_owned(),
+            "SELECT pg_current_xact_id()".to_owned(),
+            format!("PREPARE TRANSACTION '{gid}'"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *session)
+                .await
+                .expect("prepared");
+        }
+        let report = tokio::task::spawn_blocking({
+            let name = schema.name.clone();
+            move || {
+                let out = chronik_pg(&["doctor", "--max-horizon-age", "0", "--schema", &name]);
+                (out.status.code(), text(&out.stdout), text(&out.stderr))
+            }
+        })
+        .await;
+        // Before any assertion: a prepared transaction left behind pauses every feed of the
+        // cluster.
+        sqlx::query(sqlx::AssertSqlSafe(format!("ROLLBACK PREPARED '{gid}'")))
+            .execute(&mut *session)
+            .await
+            .expect("rolled back");
+        report.expect("doctor ran")
+    });
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let end = format!("psql -d postgres -c \"ROLLBACK PREPARED '{gid}'\"");
+    assert!(
+        stdout.lines().any(|l| l.contains(&gid) && l.contains(&end)),
+        "{stdout}"
+    );
+    assert!(stderr.contains(&end), "{stderr}");
 }
 
 /// Issue 14, item 5: a transaction younger than `--max-horizon-age` that holds committed
@@ -3657,6 +3720,73 @@ fn tail_follows_the_feed_through_a_server_restart() {
         ["order-before-1", "order-before-2", "order-after"],
         "{stdout}"
     );
+}
+
+/// Issue 14, item 3, at the command line: a wrong password is named once, with what to
+/// check, and the password is never shown. On a throwaway cluster of its own whose
+/// pg_hba.conf asks one role for a password (the shared one trusts every local login).
+#[test]
+fn a_wrong_password_is_named_once_without_the_password() {
+    let replica = chronik::testkit::replica::Replica::start().expect("a primary and a standby");
+    let url = replica.primary_url();
+    let role = "chronik_pw";
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&url).await.expect("the primary");
+        let hba: String = sqlx::query_scalar("SHOW hba_file")
+            .fetch_one(&pool)
+            .await
+            .expect("its pg_hba.conf");
+        let lines = [
+            "local all all trust".to_owned(),
+            format!("host all {role} 127.0.0.1/32 scram-sha-256"),
+            "host all all 127.0.0.1/32 trust".to_owned(),
+            "host replication all 127.0.0.1/32 trust".to_owned(),
+        ];
+        let rows: Vec<String> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("({i}, '{l}')"))
+            .collect();
+        for sql in [
+            format!("CREATE ROLE {role} LOGIN PASSWORD 'the-right-one'"),
+            format!(
+                "COPY (SELECT line FROM (VALUES {}) AS hba(n, line) ORDER BY n) TO '{hba}'",
+                rows.join(", ")
+            ),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .expect("set up");
+        }
+    });
+    let port = replica.primary_port();
+    let wrong = format!("postgres://{role}:hunter2@127.0.0.1:{port}/postgres");
+    for command in [&["doctor"][..], &["tail", "--no-follow"], &["migrate"]] {
+        let (code, stdout, stderr) = chronik_at(&wrong, command);
+        assert_eq!(code, Some(1), "{command:?}: {stdout}\n{stderr}");
+        assert!(stderr.starts_with("error: "), "{command:?}: {stderr}");
+        assert_eq!(
+            stderr
+                .matches(&format!(
+                    "password authentication failed for user \"{role}\""
+                ))
+                .count(),
+            1,
+            "{command:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("check the user and password"),
+            "{command:?}: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "{command:?}: {stderr}");
+    }
+    // The right one gets in.
+    let right = format!("postgres://{role}:the-right-one@127.0.0.1:{port}/postgres");
+    let (code, _, stderr) = chronik_at(&right, &["tail", "--no-follow"]);
+    assert_eq!(code, Some(4), "not migrated, but connected: {stderr}");
 }
 
 /// `projections run --standby-url` on a throwaway primary and its hot standby: the Orders
