@@ -2242,6 +2242,22 @@ fn tail_reconnects_after_losing_its_connection_and_gives_up_with_the_cursor() {
 }
 
 impl Schema {
+    /// The first event of this schema's feed; fails the test when the feed is empty.
+    fn first_event(&self) -> chronik::RecordedEvent {
+        use chronik::EventStore as _;
+        self.runtime
+            .block_on(self.store.read_feed(
+                chronik::FeedCursor::START,
+                &chronik::FeedFilter::default(),
+                1,
+            ))
+            .expect("the feed")
+            .events
+            .into_iter()
+            .next()
+            .expect("an event in the feed")
+    }
+
     /// Appends one event as stored history may hold it (no validation beyond the store's),
     /// to a new stream; returns its id and feed cursor once it is visible.
     fn append_raw(
@@ -2669,7 +2685,6 @@ fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
 
 #[test]
 fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten() {
-    use chronik::EventStore as _;
     use chronik::postgres::{PgProjectionRunner, PgRunnerOptions};
     use std::sync::Arc;
     let schema = Schema::migrated();
@@ -2813,19 +2828,7 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
 
     // An event that applies fine is retried: applied now, once (the read model's upserts
     // are guarded by version).
-    let first = schema
-        .runtime
-        .block_on(schema.store.read_feed(
-            chronik::FeedCursor::START,
-            &chronik::FeedFilter {
-                event_types: vec![],
-                categories: vec![],
-            },
-            1,
-        ))
-        .expect("the feed")
-        .events
-        .remove(0);
+    let first = schema.first_event();
     assert_eq!(first.stream_id, placed[0]);
     schema.ok(&[
         "projections",
@@ -2896,22 +2899,9 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
 /// runner went on failing on it and `drop-parked` said it was not parked any more.
 #[test]
 fn an_event_retried_then_parked_again_is_parked() {
-    use chronik::EventStore as _;
     let schema = Schema::migrated();
     schema.place_orders(1);
-    let first = schema
-        .runtime
-        .block_on(schema.store.read_feed(
-            chronik::FeedCursor::START,
-            &chronik::FeedFilter {
-                event_types: vec![],
-                categories: vec![],
-            },
-            1,
-        ))
-        .expect("the feed")
-        .events
-        .remove(0);
+    let first = schema.first_event();
     let id = first.event_id.to_string();
     let park = |reason: &str| {
         schema.ok(&[
