@@ -440,7 +440,7 @@ pub(crate) async fn rebuild(
             bar.abandon("failed");
             // Refused before it began (another rebuild, a runner): it made no shadow.
             let state = if shadow && !matches!(e, PgProjectionError::Busy { .. }) {
-                format!("the live table {table} is unchanged and the shadow table was dropped")
+                shadow_left(store, bin, name, table).await
             } else {
                 format!("nothing was changed: {table} is as it was")
             };
@@ -507,6 +507,48 @@ pub(crate) async fn rebuild(
         count(rows, "row"),
     )?;
     Ok(())
+}
+
+/// What a failed shadow rebuild of `name` left, as the schema shows it now: the library
+/// drops the shadow table and checkpoint on every error, but that can fail too (the server
+/// went away, the session was ended), and then they stay until removed.
+async fn shadow_left(store: &PgEventStore, bin: &str, name: &str, table: &str) -> String {
+    let shadow_table = format!("{table}__shadow");
+    let shadow_name = format!("{name}__shadow");
+    let remove = format!("`{bin} projections forget {shadow_name}` removes them");
+    match chronik_postgres::shadow_leftovers(store, &[(name, table)]).await {
+        Ok(found) => {
+            let mine = found.iter().find(|l| l.projection == name);
+            let mut left = Vec::new();
+            if mine.is_some_and(|l| l.table.is_some()) {
+                left.push(format!("the shadow table {shadow_table}"));
+            }
+            if mine.is_some_and(|l| l.checkpoint.is_some()) {
+                left.push(format!("the checkpoint {shadow_name}"));
+            }
+            if left.is_empty() {
+                format!(
+                    "the live table {table} is unchanged and nothing of the rebuild is left: no \
+                     shadow table {shadow_table}, no checkpoint {shadow_name}"
+                )
+            } else {
+                format!(
+                    "the live table {table} is unchanged; {} could not be dropped and {} left \
+                     over: {remove} (the next shadow rebuild drops them too)",
+                    left.join(" and "),
+                    if left.len() == 1 { "is" } else { "are" }
+                )
+            }
+        }
+        Err(why) => format!(
+            "the live table {table} is unchanged, unless the swap committed just before the \
+             connection was lost (`{bin} projections status` shows its checkpoint); whether the \
+             shadow table {shadow_table} and the checkpoint {shadow_name} were dropped is not \
+             known, the server cannot be asked ({}): once it is back, `{bin} doctor` lists what is \
+             left and {remove}",
+            crate::chain(&anyhow::Error::new(why))
+        ),
+    }
 }
 
 /// Forgets projection `name` (checkpoint and runner rows; a partitioned projection's

@@ -3779,6 +3779,81 @@ fn a_wrong_password_is_named_once_without_the_password() {
     assert_eq!(code, Some(4), "not migrated, but connected: {stderr}");
 }
 
+/// Issue 14: a shadow rebuild that fails because the server went away says what it could
+/// not know, not that the shadow table was dropped: its clean-up could not reach the
+/// server either. Once the server is back, doctor lists the leftovers and forget removes
+/// them, as the message says. On a throwaway cluster of its own, stopped under the rebuild
+/// while it waits for the live checkpoint row at its swap.
+#[test]
+fn a_shadow_rebuild_cut_off_from_the_server_does_not_claim_it_cleaned_up() {
+    let replica = chronik::testkit::replica::Replica::start().expect("a primary and a standby");
+    let url = replica.primary_url();
+    let run = |args: &[&str]| chronik_at(&url, args);
+    let (code, _, stderr) = run(&["migrate"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let data = r#"{"customer_id":"c-shadow","total_amount":100}"#;
+    let (code, _, stderr) = run(&[
+        "append",
+        "order-s1",
+        "--type",
+        "OrderPlaced",
+        "--data",
+        data,
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = run(&["projections", "run", "orders", "--until-caught-up"]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let pool = runtime
+        .block_on(sqlx::PgPool::connect(&url))
+        .expect("the primary");
+    // The live checkpoint row, locked: the rebuild replays into its shadow, then waits here.
+    let mut held = runtime.block_on(pool.begin()).expect("a transaction");
+    runtime
+        .block_on(
+            sqlx::query(
+                "SELECT 1 FROM public.projection_checkpoints WHERE name = 'orders' FOR UPDATE",
+            )
+            .execute(&mut *held),
+        )
+        .expect("locked");
+    let mut rebuild = Running::spawn(&["projections", "rebuild", "orders", "--shadow"], &url);
+    rebuild.wait_for("for the lock on its checkpoint row, held by ");
+    replica.stop_primary().expect("the primary stops");
+    let (code, _, stderr) = rebuild.finish();
+    {
+        // Its session is gone with the server; dropped inside the runtime.
+        let _entered = runtime.enter();
+        drop(held);
+    }
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stderr.contains("the shadow table was dropped"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "whether the shadow table order_summaries__shadow and the checkpoint orders__shadow \
+             were dropped is not known, the server cannot be asked ("
+        ) && stderr.contains(
+            "once it is back, `chronik doctor` lists what is left and `chronik projections forget \
+             orders__shadow` removes them"
+        ),
+        "{stderr}"
+    );
+
+    replica.start_primary().expect("the primary starts again");
+    let (code, stdout, _) = run(&["doctor"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("left the checkpoint orders__shadow (at ")
+            && stdout.contains("and the table order_summaries__shadow behind"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run(&["projections", "forget", "orders__shadow"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, _) = run(&["doctor"]);
+    assert!(!stdout.contains("__shadow"), "{code:?} {stdout}");
+}
+
 /// `projections run --standby-url` on a throwaway primary and its hot standby: the Orders
 /// read model built from the standby's feed, written to the primary; doctor and
 /// `projections status` (text and JSON) list the runner with its standby's lag while it runs.

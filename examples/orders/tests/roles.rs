@@ -315,6 +315,14 @@ fn a_shadow_rebuild_keeps_the_application_roles_access_and_needs_the_owner() {
         )) && stderr.matches("permission denied").count() == 1,
         "{stderr}"
     );
+    // What it says it left is what the schema holds.
+    assert!(
+        stderr.contains(
+            "(the live table order_summaries is unchanged and nothing of the rebuild is left: no \
+             shadow table order_summaries__shadow, no checkpoint orders__shadow): "
+        ),
+        "{stderr}"
+    );
     let shadow: Option<String> = runtime
         .block_on(
             sqlx::query_scalar("SELECT to_regclass($1)::text")

@@ -439,7 +439,10 @@ fn ident(name: &str) -> Result<(), StoreError> {
 /// store failures; [`PgProjectionError::Handler`] (naming the event, its stream, version
 /// and cursor); [`PgProjectionError::Interrupted`]. On every error the live table and
 /// checkpoint are untouched and the shadow table and its checkpoint `<name>__shadow` are
-/// dropped before returning (whatever the next attempt would find is dropped by it too).
+/// dropped before returning, when the server can still be reached: a drop that fails (the
+/// server went away) is logged as a warning and they stay, for [`crate::shadow_leftovers`] to
+/// find, `chronik projections forget <name>__shadow` to remove, and the next attempt to
+/// drop too.
 pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     store: &PgEventStore,
     projection: Arc<P>,
