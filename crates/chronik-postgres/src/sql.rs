@@ -37,6 +37,11 @@ pub(crate) struct Sql {
     pub(crate) append: SqlStr,
     pub(crate) append_first: SqlStr,
     pub(crate) append_next: SqlStr,
+    /// `append_first` and `append_next` for an owned append (its own transaction): without
+    /// `ON CONFLICT DO NOTHING`, so a refusal by a unique index raises (and undoes only the
+    /// statement) instead of being probed for before the insert.
+    pub(crate) append_first_owned: SqlStr,
+    pub(crate) append_next_owned: SqlStr,
     pub(crate) batch_first: SqlStr,
     pub(crate) batch_next: SqlStr,
     pub(crate) append_streams: SqlStr,
@@ -74,6 +79,46 @@ impl Sql {
         let snapshot_columns = "stream_id, version, state_schema_version, state, taken_at";
         let checkpoint_columns =
             "name, transaction_id, global_position, events_processed, updated_at";
+        // The one-statement fast path of `append_events` for one event creating a stream
+        // (see `PgEventStore::fast_append`): its first event's key `(stream_id, 1)` is
+        // the stream's lock, as in the function; no row back means that nothing was
+        // written and the function must say why. Plan-proof: an insert's conflicts are
+        // found through its arbiter indexes whatever the plan.
+        let append_first = format!(
+            "WITH e AS ( \
+               INSERT INTO {s}.events (stream_id, stream_type, version, event_id, \
+                                       event_type, schema_version, payload, metadata, \
+                                       correlation_id, causation_id) \
+               VALUES ($1, $2, 1, $3, $4, $5, $6::text::jsonb, $7::text::jsonb, $8, $9) \
+               ON CONFLICT DO NOTHING \
+               RETURNING transaction_id, global_position), \
+             s AS ( \
+               INSERT INTO {s}.streams (stream_id, stream_type, version, last_xid) \
+               SELECT $1, $2, 1, e.transaction_id FROM e) \
+             SELECT e.transaction_id::text::bigint, e.global_position FROM e"
+        );
+        // The fast path for one event after an exact version $10 >= 1 (at $11 = $10 + 1):
+        // the stream's row locked, the version and the feed-order guard checked after
+        // the lock (the transaction id is taken after it, as in the function), the
+        // event, the row. Looks the row up by key twice: only for sessions that plan
+        // without sequential scans (`PgEventStore::fast_next`).
+        let append_next = format!(
+            "WITH s AS ( \
+               SELECT last_xid FROM {s}.streams \
+                WHERE stream_id = $1 AND version = $10 FOR UPDATE), \
+             e AS ( \
+               INSERT INTO {s}.events (stream_id, stream_type, version, event_id, \
+                                       event_type, schema_version, payload, metadata, \
+                                       correlation_id, causation_id) \
+               SELECT $1, $2, $11, $3, $4, $5, $6::text::jsonb, $7::text::jsonb, $8, $9 \
+                 FROM s WHERE s.last_xid <= pg_current_xact_id() \
+               ON CONFLICT DO NOTHING \
+               RETURNING transaction_id, global_position), \
+             u AS ( \
+               UPDATE {s}.streams t SET version = $11, last_xid = e.transaction_id \
+                 FROM e WHERE t.stream_id = $1) \
+             SELECT e.transaction_id::text::bigint, e.global_position FROM e"
+        );
         Self {
             append: sql(format!(
                 "SELECT outcome, first_version, last_version, tx, pos, \
@@ -81,61 +126,23 @@ impl Sql {
                    FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
                                           $8::text[]::jsonb[], $9, $10)"
             )),
-            // The one-statement fast path of `append_events` for one event creating a stream
-            // (see `PgEventStore::fast_append`): its first event's key `(stream_id, 1)` is
-            // the stream's lock, as in the function; no row back means that nothing was
-            // written and the function must say why. Plan-proof: an insert's conflicts are
-            // found through its arbiter indexes whatever the plan.
-            append_first: sql(format!(
-                "WITH e AS ( \
-                   INSERT INTO {s}.events (stream_id, stream_type, version, event_id, \
-                                           event_type, schema_version, payload, metadata, \
-                                           correlation_id, causation_id) \
-                   VALUES ($1, $2, 1, $3, $4, $5, $6::text::jsonb, $7::text::jsonb, $8, $9) \
-                   ON CONFLICT DO NOTHING \
-                   RETURNING transaction_id, global_position), \
-                 s AS ( \
-                   INSERT INTO {s}.streams (stream_id, stream_type, version, last_xid) \
-                   SELECT $1, $2, 1, e.transaction_id FROM e) \
-                 SELECT e.transaction_id::text::bigint, e.global_position FROM e"
-            )),
-            // The fast path for one event after an exact version $10 >= 1 (at $11 = $10 + 1):
-            // the stream's row locked, the version and the feed-order guard checked after
-            // the lock (the transaction id is taken after it, as in the function), the
-            // event, the row. Looks the row up by key twice: only for sessions that plan
-            // without sequential scans (`PgEventStore::fast_next`).
-            append_next: sql(format!(
-                "WITH s AS ( \
-                   SELECT last_xid FROM {s}.streams \
-                    WHERE stream_id = $1 AND version = $10 FOR UPDATE), \
-                 e AS ( \
-                   INSERT INTO {s}.events (stream_id, stream_type, version, event_id, \
-                                           event_type, schema_version, payload, metadata, \
-                                           correlation_id, causation_id) \
-                   SELECT $1, $2, $11, $3, $4, $5, $6::text::jsonb, $7::text::jsonb, $8, $9 \
-                     FROM s WHERE s.last_xid <= pg_current_xact_id() \
-                   ON CONFLICT DO NOTHING \
-                   RETURNING transaction_id, global_position), \
-                 u AS ( \
-                   UPDATE {s}.streams t SET version = $11, last_xid = e.transaction_id \
-                     FROM e WHERE t.stream_id = $1) \
-                 SELECT e.transaction_id::text::bigint, e.global_position FROM e"
-            )),
+            append_first_owned: sql(owned(&append_first)),
+            append_next_owned: sql(owned(&append_next)),
+            append_first: sql(append_first),
+            append_next: sql(append_next),
             // The fast path for several events creating a stream, for owned appends only
             // (`PgEventStore::fast_append`), with `append`'s parameters ($3 = 0) and $11 the
-            // count: the first event is written as in `append_first` (its key
-            // `(stream_id, 1)` the stream's lock; a refusal writes nothing and raises
-            // nothing), the others only after it, in version order. Once the first is
-            // written no other version can exist; only an event id stored in another stream
-            // refuses one of them, and that raises a unique violation, which undoes the
-            // whole statement (the store then asks `append_events` why). Plan-proof: no
-            // lookups, only the inserts' arbiter indexes.
+            // count: the first event is written as in `append_first_owned` (its key
+            // `(stream_id, 1)` the stream's lock), the others only after it, in version
+            // order. Any refusal (the stream exists, an event id is stored) raises a unique
+            // violation, which undoes the whole statement (the store then asks
+            // `append_events` why). Plan-proof: no lookups, only the inserts' unique
+            // indexes.
             batch_first: sql(format!(
                 "WITH f AS ( \
                    INSERT INTO {s}.events ({INSERT_COLUMNS}) \
                    VALUES ($1, $2, 1, $4[1], $5[1], $6[1], $7[1]::jsonb, $8[1]::jsonb, \
                            $9[1], $10[1]) \
-                   ON CONFLICT DO NOTHING \
                    RETURNING transaction_id), \
                  r AS ( \
                    INSERT INTO {s}.events ({INSERT_COLUMNS}) \
@@ -330,6 +337,45 @@ impl Sql {
 
 /// A statement built once (schema-qualified at construction, from validated names), kept
 /// shared: a clone for each execution is a reference count, not a copy of the text.
+/// A one-event fast-path statement for an owned append: the same statement without its
+/// `ON CONFLICT DO NOTHING`. Speculative insertion costs every insert a probe of both
+/// unique indexes before it (about 7 of a command's 35 buffers) and a confirmation record
+/// in the WAL after it (docs/benchmarks.md, "The command's WAL, record by record"); an
+/// owned append may raise instead, since the statement is its own transaction and a
+/// refusal is then the function's to explain, as for a batch.
+fn owned(statement: &str) -> String {
+    statement.replacen("ON CONFLICT DO NOTHING ", "", 1)
+}
+
 pub(crate) fn sql(text: String) -> SqlStr {
     AssertSqlSafe(std::sync::Arc::<str>::from(text)).into_sql_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An owned append's fast path raises on a refusal instead of probing for it first
+    /// (no speculative insert), and a caller's transaction keeps the statements that never
+    /// raise: the same statements otherwise.
+    #[test]
+    fn owned_appends_insert_without_on_conflict() {
+        let sql = Sql::new(&SchemaName::default());
+        for (caller, owned) in [
+            (&sql.append_first, &sql.append_first_owned),
+            (&sql.append_next, &sql.append_next_owned),
+        ] {
+            assert_eq!(caller.as_str().matches("ON CONFLICT DO NOTHING").count(), 1);
+            assert!(
+                !owned.as_str().contains("ON CONFLICT"),
+                "{}",
+                owned.as_str()
+            );
+            assert_eq!(
+                owned.as_str(),
+                caller.as_str().replacen("ON CONFLICT DO NOTHING ", "", 1)
+            );
+        }
+        assert!(!sql.batch_first.as_str().contains("ON CONFLICT"));
+    }
 }

@@ -508,10 +508,13 @@ impl PgEventStore {
     /// apply or wrote nothing: the caller then runs `append_events`, which finds out why
     /// (an idempotent retry, a conflict, a duplicate id) and reports it.
     ///
-    /// One event: it never raises on a refusal, so a caller's transaction stays usable, as
-    /// with the function. Several events (owned appends only): an id stored in another
-    /// stream refuses a later event of the batch with a unique violation, which undoes the
-    /// whole statement, and is then the function's to report like every other refusal.
+    /// In a caller's transaction (one event only) it never raises on a refusal, so that
+    /// transaction stays usable, as with the function (`ON CONFLICT DO NOTHING`). Owned (its
+    /// own transaction), a refusal by a unique index (the stream exists, an id is stored)
+    /// raises a unique violation, which undoes the whole statement, and is then the
+    /// function's to report like every other refusal: cheaper on every append that
+    /// succeeds, since a speculative insert probes both unique indexes first and logs a
+    /// confirmation (docs/benchmarks.md, "The command's WAL, record by record").
     async fn fast_append<'e, E>(
         &self,
         executor: E,
@@ -533,10 +536,11 @@ impl PgEventStore {
         if n > 1 {
             return self.fast_batch(executor, args, last).await;
         }
-        let sql = if args.code == 0 {
-            &self.sql.append_first
-        } else {
-            &self.sql.append_next
+        let sql = match (args.code == 0, owned) {
+            (true, true) => &self.sql.append_first_owned,
+            (true, false) => &self.sql.append_first,
+            (false, true) => &self.sql.append_next_owned,
+            (false, false) => &self.sql.append_next,
         };
         let mut query = sqlx::query(sql.clone())
             .bind(args.stream.as_str())
@@ -551,10 +555,12 @@ impl PgEventStore {
         if args.code > 0 {
             query = query.bind(args.code).bind(last);
         }
-        let Some(row) = query.fetch_optional(executor).await? else {
-            return Ok(None);
-        };
-        Ok(Some(appended(&row, last, last)))
+        match query.fetch_optional(executor).await {
+            Ok(Some(row)) => Ok(Some(appended(&row, last, last))),
+            Ok(None) => Ok(None),
+            Err(sqlx::Error::Database(e)) if owned && e.is_unique_violation() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// [`PgEventStore::fast_append`] for a batch of several events, ending at `last`.
