@@ -1420,7 +1420,7 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
             command: ProjectionsCommand::Parked(args),
         } => {
             let store = backend::open(args.database, bin, "projections parked").await?;
-            let work = parked::list(&store, bin, &args.name, args.all, args.json);
+            let work = parked::list(registry, &store, &args.name, args.all, args.json);
             backend::watched(&store, bin, "projections parked", work).await
         }
         Command::Projections {
@@ -1428,7 +1428,14 @@ async fn dispatch(registry: &Registry, command: Command) -> anyhow::Result<()> {
         } => {
             let by = parked::who(args.by)?;
             let store = backend::open(args.database, bin, "projections park").await?;
-            let work = parked::park(&store, &args.name, args.event_id, &args.reason, &by);
+            let work = parked::park(
+                registry,
+                &store,
+                &args.name,
+                args.event_id,
+                &args.reason,
+                &by,
+            );
             backend::watched(&store, bin, "projections park", work).await
         }
         Command::Projections {

@@ -38,15 +38,24 @@ fn record_json(r: &ParkRecord) -> Value {
 /// Prints the park decisions of `name` (open ones, or `all`), and the event its runner
 /// is failing on when that one is not parked.
 pub(crate) async fn list(
+    registry: &Registry,
     store: &PgEventStore,
-    bin: &str,
     name: &str,
     all: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let records: Vec<ParkRecord> = chronik_postgres::park_records(store, name)
+    let bin = registry.binary.as_str();
+    let every = chronik_postgres::park_records(store, name)
         .await
-        .with_context(|| format!("cannot read the parked events of projection {name}"))?
+        .with_context(|| format!("cannot read the parked events of projection {name}"))?;
+    // Decisions of a projection forgotten since are still listed.
+    if every.is_empty() {
+        let known = known_projections(registry, store).await?;
+        if !known.iter().any(|k| k == name) {
+            return Err(unknown_projection(store, name, &known, "it has no parked events").into());
+        }
+    }
+    let records: Vec<ParkRecord> = every
         .into_iter()
         .filter(|r| all || r.state.is_open())
         .collect();
@@ -121,8 +130,49 @@ pub(crate) async fn list(
     Ok(())
 }
 
-/// Records the decision to pass over event `id` for projection `name`.
+/// The projections `store` knows: those with a checkpoint or status there (a partitioned
+/// one under its own name too) and those `registry` registers, sorted.
+async fn known_projections(
+    registry: &Registry,
+    store: &PgEventStore,
+) -> anyhow::Result<Vec<String>> {
+    let mut known: Vec<String> = registry
+        .projections
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    for r in crate::projections::reports(store).await? {
+        if let Some((base, _, _)) = chronik_projections::parse_partition(&r.name) {
+            known.push(base.to_owned());
+        }
+        if !r.name.ends_with("__shadow") {
+            known.push(r.name);
+        }
+    }
+    known.sort();
+    known.dedup();
+    Ok(known)
+}
+
+/// A projection name that neither has a checkpoint in the schema nor is registered: most
+/// likely mistyped.
+fn unknown_projection(store: &PgEventStore, name: &str, known: &[String], then: &str) -> NotFound {
+    NotFound(format!(
+        "no projection {name} in schema {} ({}): check the name; {then}",
+        store.schema(),
+        if known.is_empty() {
+            "it has none".to_owned()
+        } else {
+            format!("its projections: {}", known.join(", "))
+        }
+    ))
+}
+
+/// Records the decision to pass over event `id` for projection `name`, which must exist (a
+/// checkpoint in the schema, or registered): a mistyped name would record a decision that
+/// no runner reads, while the real projection stays stuck.
 pub(crate) async fn park(
+    registry: &Registry,
     store: &PgEventStore,
     name: &str,
     id: EventId,
@@ -132,6 +182,16 @@ pub(crate) async fn park(
     chronik_store::validate_projection_name(name).map_err(|e| Usage(crate::request_message(&e)))?;
     if reason.trim().is_empty() {
         return Err(Usage("--reason is empty: say why the event is parked".to_owned()).into());
+    }
+    let known = known_projections(registry, store).await?;
+    if !known.iter().any(|k| k == name) {
+        return Err(unknown_projection(
+            store,
+            name,
+            &known,
+            "nothing was parked (a decision for a projection that does not exist is read by no runner)",
+        )
+        .into());
     }
     let event = store
         .event_by_id(id)

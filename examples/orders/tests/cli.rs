@@ -2894,6 +2894,61 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
 
+/// A mistyped projection name is refused by `park` (exit 3, the schema's projections named,
+/// nothing recorded) and by `parked`: `park ordrs ...` said "parked" and recorded a decision
+/// no runner reads, while the real projection stayed stuck on the event. Found walking the
+/// commands on a fresh cluster.
+#[test]
+fn park_and_parked_refuse_a_projection_that_does_not_exist() {
+    let schema = Schema::migrated();
+    schema.place_orders(1);
+    let id = schema.first_event().event_id.to_string();
+    let out = schema.chronik(&[
+        "projections",
+        "park",
+        "ordrs",
+        &id,
+        "--reason",
+        "typo",
+        "--by",
+        "ops",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "error: no projection ordrs in schema {} (its projections: orders): check the name; \
+             nothing was parked (a decision for a projection that does not exist is read by no runner)\n",
+            schema.name
+        )
+    );
+    let out = schema.chronik(&["projections", "parked", "ordrs", "--all"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no projection ordrs in schema ")
+            && stderr.contains("it has no parked events"),
+        "{stderr}"
+    );
+    assert_eq!(schema.rows("projection_parked"), 0, "nothing recorded");
+    // The registered projection, without a checkpoint yet, can be parked for.
+    let stdout = schema.ok(&[
+        "projections",
+        "park",
+        "orders",
+        &id,
+        "--reason",
+        "known",
+        "--by",
+        "ops",
+    ]);
+    assert!(
+        stdout.starts_with(&format!("parked event {id} ")),
+        "{stdout}"
+    );
+}
+
 /// An event whose park decision was retried (and so is no longer passed over) can be parked
 /// again when it still fails: `park` said "parked" but kept the retried decision, so the
 /// runner went on failing on it and `drop-parked` said it was not parked any more.
