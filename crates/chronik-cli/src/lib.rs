@@ -62,7 +62,7 @@ use chronik_core::{
     Aggregate, DomainEvent, EventId, FeedCursor, SnapshotState, StreamId, UpcasterRegistry,
 };
 use chronik_postgres::{
-    PgEventStore, PgProjection, PgProjectionError, PgRebuildProgress, SchemaName, ShadowProjection,
+    PgEventStore, PgProjection, PgRebuildProgress, ProjectionError, SchemaName, ShadowProjection,
 };
 use chronik_store::FeedFilter;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
@@ -103,7 +103,7 @@ type RebuildFn = Box<
             RebuildKind,
             usize,
             Progress<'a>,
-        ) -> BoxFuture<'a, Result<PgRebuildProgress, PgProjectionError>>
+        ) -> BoxFuture<'a, Result<PgRebuildProgress, ProjectionError>>
         + Send
         + Sync,
 >;
@@ -123,7 +123,7 @@ type RetryFn = Box<
             chronik_core::EventId,
             &'a str,
         )
-            -> BoxFuture<'a, Result<chronik_postgres::RetryOutcome, PgProjectionError>>
+            -> BoxFuture<'a, Result<chronik_postgres::RetryOutcome, ProjectionError>>
         + Send
         + Sync,
 >;
@@ -133,7 +133,7 @@ type RunFn = Box<
             &PgEventStore,
             Option<Arc<UpcasterRegistry>>,
             Option<chronik_postgres::PgStandby>,
-        ) -> Result<chronik_postgres::PgRunnerHandle, PgProjectionError>
+        ) -> Result<chronik_postgres::PgRunnerHandle, ProjectionError>
         + Send
         + Sync,
 >;
@@ -525,7 +525,7 @@ where
             RebuildKind,
             usize,
             Progress<'a>,
-        ) -> BoxFuture<'a, Result<PgRebuildProgress, PgProjectionError>>
+        ) -> BoxFuture<'a, Result<PgRebuildProgress, ProjectionError>>
         + Send
         + Sync
         + 'static,

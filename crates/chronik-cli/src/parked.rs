@@ -5,7 +5,7 @@ use std::io::{self, Write as _};
 
 use anyhow::Context as _;
 use chronik_core::EventId;
-use chronik_postgres::{ParkRecord, ParkedEvent, PgEventStore, PgProjectionError, RetryOutcome};
+use chronik_postgres::{ParkRecord, ParkedEvent, PgEventStore, ProjectionError, RetryOutcome};
 use serde_json::{Value, json};
 
 use crate::backend::{NotFound, Usage};
@@ -244,7 +244,7 @@ pub(crate) async fn retry(
                 out,
                 "retried event {id}: its park decision is withdrawn; the runner of {name} applies it when it reaches it"
             )?,
-            Err(PgProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
+            Err(ProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
                 return Err(NotFound(m).into());
             }
             Err(e) => {
@@ -271,7 +271,7 @@ pub(crate) async fn drop(
                 out,
                 "dropped event {id} for projection {name} for good: it stays passed over and leaves the list"
             )?,
-            Err(PgProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
+            Err(ProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
                 return Err(NotFound(m).into());
             }
             Err(e) => {

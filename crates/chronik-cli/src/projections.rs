@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chronik_postgres::{
-    HolderKind, HorizonHolder, PgEventStore, PgProjectionError, PgRebuildProgress,
-    PgRunnerInstance, ProjectionReport, RebuildOutcome, RebuildRecord, StandbyReport,
+    HolderKind, HorizonHolder, PgEventStore, PgRebuildProgress, PgRunnerInstance, ProjectionError,
+    ProjectionReport, RebuildOutcome, RebuildRecord, StandbyReport, how_to_end,
 };
 use chronik_store::EventStore as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -409,7 +409,7 @@ pub(crate) async fn rebuild(
     signals.abort();
     let done = match result {
         Ok(done) => done,
-        Err(PgProjectionError::Interrupted { scanned, .. }) => {
+        Err(ProjectionError::Interrupted { scanned, .. }) => {
             bar.abandon("was stopped");
             let total = last
                 .lock()
@@ -439,14 +439,14 @@ pub(crate) async fn rebuild(
         Err(e) => {
             bar.abandon("failed");
             // Refused before it began (another rebuild, a runner): it made no shadow.
-            let state = if shadow && !matches!(e, PgProjectionError::Busy { .. }) {
+            let state = if shadow && !matches!(e, ProjectionError::Busy { .. }) {
                 shadow_left(store, bin, name, table).await
             } else {
                 format!("nothing was changed: {table} is as it was")
             };
             let hint = match &e {
                 // Not the event's fault: parking it would leave it out of the read model.
-                PgProjectionError::Handler { source, .. }
+                ProjectionError::Handler { source, .. }
                     if chronik_postgres::lost_connection(source) =>
                 {
                     "; the connection to the server was lost (it stopped or restarted, or the \
@@ -454,13 +454,14 @@ pub(crate) async fn rebuild(
                      once the server is back"
                         .to_owned()
                 }
-                PgProjectionError::Handler { event_id, .. } => format!(
+                ProjectionError::Handler { event, .. } => format!(
                     "; if the event can never be applied, park it (the runner and rebuilds then pass over it): \
-                     `{bin} projections park {name} {event_id} --reason TEXT`"
+                     `{bin} projections park {name} {} --reason TEXT`",
+                    event.event_id
                 ),
-                PgProjectionError::Busy { .. } => format!(
+                ProjectionError::Busy { .. } => format!(
                     "; {}",
-                    holder_hint(store, name, e.holder_pid(), e.how_to_end()).await
+                    holder_hint(store, name, e.holder_pid(), how_to_end(&e)).await
                 ),
                 _ => String::new(),
             };
@@ -636,13 +637,13 @@ pub(crate) async fn forget(
             )?;
             Ok(())
         }
-        Err(e @ PgProjectionError::Busy { .. }) => {
-            let hint = holder_hint(store, name, e.holder_pid(), e.how_to_end()).await;
+        Err(e @ ProjectionError::Busy { .. }) => {
+            let hint = holder_hint(store, name, e.holder_pid(), how_to_end(&e)).await;
             Err(running(format!(
                 "its lock was taken meanwhile: {e}; {hint}"
             )))
         }
-        Err(PgProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
+        Err(ProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
             Err(NotFound(m).into())
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("cannot forget projection {name}"))),
@@ -679,11 +680,11 @@ async fn forget_shadow(
             )?;
             Ok(())
         }
-        Err(e @ PgProjectionError::Busy { .. }) => Err(anyhow::anyhow!(
+        Err(e @ ProjectionError::Busy { .. }) => Err(anyhow::anyhow!(
             "a shadow rebuild of {base} is running ({e}): these are its own; wait for it, or stop it \
              where it runs (Ctrl-C cleans up); `{bin} projections status` shows it"
         )),
-        Err(PgProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
+        Err(ProjectionError::Store(chronik_store::StoreError::NotFound(m))) => {
             Err(NotFound(m).into())
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!(

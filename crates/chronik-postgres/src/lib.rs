@@ -107,13 +107,13 @@ pub use overview::{CategoryStats, RATE_SAMPLE, StoreStats, StreamQuery};
 pub use parking::PgParkingLot;
 pub use projection::{
     Forgotten, HandlerError, ParkRecord, ParkState, ParkedEvent, PgPartitionedRunner, PgProjection,
-    PgProjectionError, PgProjectionRunner, PgRebuildProgress, PgRunnerHandle, PgRunnerInstance,
-    PgRunnerOptions, PgRunnerState, PgRunnerStatus, PgTransaction, PgTypedProjection,
-    PgWorkerHandle, PgWorkerStatus, ProjectionReport, RebuildOutcome, RebuildRecord, RetryOutcome,
+    PgProjectionRunner, PgRebuildProgress, PgRunnerHandle, PgRunnerInstance, PgRunnerOptions,
+    PgRunnerState, PgRunnerStatus, PgTransaction, PgTypedProjection, PgWorkerHandle,
+    PgWorkerStatus, ProjectionError, ProjectionReport, RebuildOutcome, RebuildRecord, RetryOutcome,
     ShadowLeftover, ShadowProjection, Typed, discard_shadow, drop_parked, forget_projection,
-    lost_connection, notify_feed, park_event, park_records, parked_events, projection_reports,
-    rebuild, rebuild_partitioned, rebuild_shadow, retry_parked, shadow_leftovers,
-    wait_for_projection,
+    how_to_end, lost_connection, notify_feed, park_event, park_records, parked_events,
+    projection_reports, rebuild, rebuild_partitioned, rebuild_shadow, retry_parked,
+    shadow_leftovers, wait_for_projection,
 };
 pub use roles::{
     APPLICATION_PRIVILEGES, ConnectedRole, READ_MODEL_PRIVILEGES, RoleName, application_role_sql,

@@ -34,7 +34,7 @@ mod typed;
 
 pub(crate) use sql::ProjectionSql;
 
-pub use chronik_projections::{HandlerError, ParkedEvent, Typed};
+pub use chronik_projections::{HandlerError, ParkedEvent, ProjectionError, Typed};
 pub use handler::{PgProjection, PgTransaction, ShadowProjection, lost_connection};
 pub use leftover::{ShadowLeftover, discard_shadow, shadow_leftovers};
 pub use ops::{
@@ -49,7 +49,7 @@ pub use partition::{PgPartitionedRunner, PgWorkerHandle, PgWorkerStatus};
 pub use rebuild::{PgRebuildProgress, rebuild, rebuild_partitioned, rebuild_shadow};
 pub use record::{RebuildOutcome, RebuildRecord};
 pub use runner::{
-    PgProjectionError, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions, PgRunnerState,
-    PgRunnerStatus, notify_feed,
+    PgProjectionRunner, PgRunnerHandle, PgRunnerOptions, PgRunnerState, PgRunnerStatus, how_to_end,
+    notify_feed,
 };
 pub use typed::PgTypedProjection;

@@ -19,8 +19,8 @@ use chronik_core::{
     EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent, RecordedEvent, StreamId,
 };
 use chronik_postgres::{
-    HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionError,
-    PgProjectionRunner, PgRunnerOptions, PgRunnerState, PgTransaction, PgWorkerHandle,
+    HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionRunner,
+    PgRunnerOptions, PgRunnerState, PgTransaction, PgWorkerHandle, ProjectionError,
     forget_projection, projection_reports, rebuild_partitioned, wait_for_projection,
 };
 use chronik_projections::{Partitions, stream_hash};
@@ -385,7 +385,7 @@ async fn a_changed_number_of_partitions_is_refused_until_rebuilt(pool: PgPool) {
     assert!(
         matches!(
             refused,
-            PgProjectionError::PartitionsChanged {
+            ProjectionError::PartitionsChanged {
                 stored: 4,
                 wanted: 2,
                 ..
@@ -503,7 +503,7 @@ async fn forgetting_a_partitioned_projection_removes_every_partition(pool: PgPoo
     let worker = caught_up_worker(&store, four, last).await;
     let err = forget_projection(&store, NAME).await.unwrap_err();
     assert!(
-        matches!(&err, PgProjectionError::Busy { pid: Some(_), .. }),
+        matches!(&err, ProjectionError::Busy { pid: Some(_), .. }),
         "{err:?}"
     );
     let rows = || async {
@@ -535,7 +535,7 @@ async fn forgetting_a_partitioned_projection_removes_every_partition(pool: PgPoo
     assert!(
         matches!(
             again,
-            PgProjectionError::Store(chronik_store::StoreError::NotFound(_))
+            ProjectionError::Store(chronik_store::StoreError::NotFound(_))
         ),
         "{again:?}"
     );

@@ -110,12 +110,7 @@ pub async fn rebuild<S: EventStore + CheckpointStore>(
             p.scanned += 1;
             let at = raw.cursor;
             if filter.matches(&raw) {
-                let event_ref = EventRef {
-                    stream_id: raw.stream_id.clone(),
-                    version: raw.version,
-                    event_id: raw.event_id,
-                    cursor: raw.cursor,
-                };
+                let event_ref = EventRef::from(&raw);
                 let result = match &options.upcasters {
                     Some(r) => {
                         upcast_recorded(r, raw).map_err(|e| HandlerError::new(e.to_string()))

@@ -525,12 +525,7 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
         applied_to: FeedCursor,
         processed: u64,
     ) -> Result<bool, Stopping> {
-        let event_ref = EventRef {
-            stream_id: raw.stream_id.clone(),
-            version: raw.version,
-            event_id: raw.event_id,
-            cursor: raw.cursor,
-        };
+        let event_ref = EventRef::from(&raw);
         let event = self.upcast(raw);
         let mut attempt = 0;
         loop {

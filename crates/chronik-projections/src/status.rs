@@ -1,4 +1,4 @@
-use chronik_core::{EventId, FeedCursor, StreamId, Version};
+use chronik_core::{EventId, FeedCursor, RecordedEvent, StreamId, Version};
 use chronik_store::{CheckpointStore, EventStore, FeedFilter, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,17 @@ pub struct EventRef {
     pub event_id: EventId,
     /// Its feed position.
     pub cursor: FeedCursor,
+}
+
+impl From<&RecordedEvent> for EventRef {
+    fn from(e: &RecordedEvent) -> Self {
+        Self {
+            stream_id: e.stream_id.clone(),
+            version: e.version,
+            event_id: e.event_id,
+            cursor: e.cursor,
+        }
+    }
 }
 
 /// How far a checkpoint is behind the visible head of the feed.

@@ -1084,7 +1084,7 @@ async fn shadow_leftovers(pool: &PgPool) -> (bool, bool) {
 
 #[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn rebuilds_that_fail_or_are_stopped_change_nothing_and_leave_nothing_behind(pool: PgPool) {
-    use chronik::postgres::PgProjectionError;
+    use chronik::postgres::ProjectionError;
     let store = setup(&pool).await;
     let last = append_orders(&store, 0, 6).await;
     store
@@ -1120,8 +1120,8 @@ async fn rebuilds_that_fail_or_are_stopped_change_nothing_and_leave_nothing_behi
     .await
     .unwrap_err();
     assert!(
-        matches!(&err, PgProjectionError::Handler { cursor, event_id, .. }
-            if *cursor == bad.cursor && *event_id == bad.event_id),
+        matches!(&err, ProjectionError::Handler { event, .. }
+            if event.cursor == bad.cursor && event.event_id == bad.event_id),
         "{err}"
     );
     assert!(
@@ -1135,7 +1135,7 @@ async fn rebuilds_that_fail_or_are_stopped_change_nothing_and_leave_nothing_behi
     })
     .await
     .unwrap_err();
-    assert!(matches!(err, PgProjectionError::Handler { .. }), "{err}");
+    assert!(matches!(err, ProjectionError::Handler { .. }), "{err}");
     assert_eq!(shadow_leftovers(&pool).await, (false, false));
     assert_eq!(actual_model(&pool).await, before);
 
@@ -1158,7 +1158,7 @@ async fn rebuilds_that_fail_or_are_stopped_change_nothing_and_leave_nothing_behi
         }
         .unwrap_err();
         assert!(
-            matches!(&err, PgProjectionError::Interrupted { projection, scanned: 4 } if projection == "orders"),
+            matches!(&err, ProjectionError::Interrupted { projection, scanned: 4 } if projection == "orders"),
             "shadow {shadow}: {err}"
         );
         assert_eq!(actual_model(&pool).await, before, "shadow {shadow}");
@@ -1205,7 +1205,7 @@ async fn rebuilds_that_fail_or_are_stopped_change_nothing_and_leave_nothing_behi
 /// that ends it.
 #[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
 async fn a_refused_rebuild_or_forget_names_the_pid_holding_the_lock(pool: PgPool) {
-    use chronik::postgres::{PgProjectionError, forget_projection};
+    use chronik::postgres::{ProjectionError, forget_projection, how_to_end};
     let store = setup(&pool).await;
     append_orders(&store, 0, 2).await;
     let orders = OrderProjection::new(store.schema());
@@ -1214,9 +1214,9 @@ async fn a_refused_rebuild_or_forget_names_the_pid_holding_the_lock(pool: PgPool
         .await
         .lock_pid
         .unwrap();
-    let busy = |err: &PgProjectionError, name: &str, holder: i32| {
+    let busy = |err: &ProjectionError, name: &str, holder: i32| {
         assert!(
-            matches!(err, PgProjectionError::Busy { projection, pid: Some(p) }
+            matches!(err, ProjectionError::Busy { projection, pid: Some(p) }
                 if projection == name && *p == holder),
             "{err:?}"
         );
@@ -1228,7 +1228,7 @@ async fn a_refused_rebuild_or_forget_names_the_pid_holding_the_lock(pool: PgPool
         );
         assert_eq!(err.holder_pid(), Some(holder));
         assert_eq!(
-            err.how_to_end().as_deref(),
+            how_to_end(err).as_deref(),
             Some(format!("SELECT pg_terminate_backend({holder})").as_str())
         );
     };

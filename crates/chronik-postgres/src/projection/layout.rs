@@ -2,16 +2,17 @@
 //! or one per partition (`<name>#<index>/<count>`). A checkpoint says which events were
 //! applied only together with the layout that wrote it, so every runner checks the stored
 //! layout against its own before it writes one, and refuses
-//! ([`PgProjectionError::PartitionsChanged`]) when they differ; changing the layout is a
+//! ([`ProjectionError::PartitionsChanged`]) when they differ; changing the layout is a
 //! rebuild ([`crate::rebuild_partitioned`]).
 
 use chronik_core::FeedCursor;
-use chronik_projections::{Partitions, parse_partition};
+use chronik_projections::{Partitions, ProjectionError, parse_partition};
 use sqlx::PgConnection;
 
-use super::runner::{PgProjectionError, as_i64};
+use super::runner::as_i64;
 use super::sql::{ProjectionSql, layout_key};
 use crate::config::SchemaName;
+use crate::error::backend;
 use crate::store::PgEventStore;
 
 /// The checkpoint names of `layout` for projection `name`, by partition index.
@@ -27,11 +28,12 @@ pub(crate) async fn family(
     conn: &mut PgConnection,
     sql: &ProjectionSql,
     name: &str,
-) -> Result<Vec<String>, PgProjectionError> {
+) -> Result<Vec<String>, ProjectionError> {
     let rows: Vec<String> = sqlx::query_scalar(sql.family.clone())
         .bind(name)
         .fetch_all(&mut *conn)
-        .await?;
+        .await
+        .map_err(backend)?;
     Ok(rows
         .into_iter()
         .filter(|n| n == name || parse_partition(n).is_some_and(|(p, _, _)| p == name))
@@ -44,7 +46,7 @@ fn layout_of(name: &str) -> u32 {
 }
 
 /// Inside `tx`: serializes with every other layout check of `name` (until `tx` ends) and
-/// fails with [`PgProjectionError::PartitionsChanged`] when a checkpoint of `name` was
+/// fails with [`ProjectionError::PartitionsChanged`] when a checkpoint of `name` was
 /// written with another layout than `wanted`.
 pub(crate) async fn check(
     tx: &mut PgConnection,
@@ -52,18 +54,19 @@ pub(crate) async fn check(
     schema: &SchemaName,
     name: &str,
     wanted: Partitions,
-) -> Result<(), PgProjectionError> {
+) -> Result<(), ProjectionError> {
     sqlx::query(sql.xact_lock)
         .bind(layout_key(schema, name))
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(backend)?;
     let stored = family(tx, sql, name).await?;
     if let Some(other) = stored
         .iter()
         .map(|n| layout_of(n))
         .find(|n| *n != wanted.get())
     {
-        return Err(PgProjectionError::PartitionsChanged {
+        return Err(ProjectionError::PartitionsChanged {
             projection: name.to_owned(),
             stored: other,
             wanted: wanted.get(),
@@ -79,15 +82,16 @@ pub(crate) async fn ensure(
     sql: &ProjectionSql,
     name: &str,
     wanted: Partitions,
-) -> Result<(), PgProjectionError> {
-    let mut tx = store.pool().begin().await?;
+) -> Result<(), ProjectionError> {
+    let mut tx = store.pool().begin().await.map_err(backend)?;
     check(&mut tx, sql, store.schema(), name, wanted).await?;
     sqlx::query(sql.create_partitions.clone())
         .bind(name)
         .bind(names(name, wanted))
         .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+        .await
+        .map_err(backend)?;
+    tx.commit().await.map_err(backend)?;
     Ok(())
 }
 
@@ -101,11 +105,12 @@ pub(crate) async fn replace(
     schema: &SchemaName,
     name: &str,
     (layout, cursor, handled): (Partitions, FeedCursor, &[u64]),
-) -> Result<(), PgProjectionError> {
+) -> Result<(), ProjectionError> {
     sqlx::query(sql.xact_lock)
         .bind(layout_key(schema, name))
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(backend)?;
     let keep = names(name, layout);
     let other: Vec<String> = family(tx, sql, name)
         .await?
@@ -115,7 +120,8 @@ pub(crate) async fn replace(
     sqlx::query(sql.delete_checkpoints.clone())
         .bind(&other)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(backend)?;
     if layout.get() > 1 {
         for (index, partition) in keep.iter().enumerate() {
             let processed = handled.get(index).copied().unwrap_or(0);
@@ -125,7 +131,8 @@ pub(crate) async fn replace(
                 .bind(cursor.position_i64())
                 .bind(as_i64(processed))
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(backend)?;
         }
     }
     Ok(())

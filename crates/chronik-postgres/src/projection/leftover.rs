@@ -3,10 +3,11 @@
 //! clean up), for `doctor` to report and `projections forget <name>__shadow` to remove.
 
 use chronik_core::FeedCursor;
+use chronik_projections::ProjectionError;
 use chronik_store::{StoreError, validate_projection_name};
 use sqlx::{Connection as _, Row as _};
 
-use super::runner::{PgProjectionError, busy, cursor_of, locked_checkpoint};
+use super::runner::{busy, cursor_of, locked_checkpoint};
 use super::sql::{LOCK_HOLDER, ProjectionSql, lock_key};
 use crate::config::SchemaName;
 use crate::error::backend;
@@ -102,14 +103,14 @@ pub async fn shadow_leftovers(
 /// so it never touches a running rebuild's. Returns what it removed (`rebuilding` `None`).
 ///
 /// # Errors
-/// [`PgProjectionError::Busy`] (naming `<projection>__shadow`) while a shadow rebuild
+/// [`ProjectionError::Busy`] (naming `<projection>__shadow`) while a shadow rebuild
 /// runs; [`StoreError::NotFound`] when there is nothing to remove; invalid names; store
 /// failures.
 pub async fn discard_shadow(
     store: &PgEventStore,
     projection: &str,
     table: Option<&str>,
-) -> Result<ShadowLeftover, PgProjectionError> {
+) -> Result<ShadowLeftover, ProjectionError> {
     let shadow_name = format!("{projection}{SHADOW}");
     validate_projection_name(&shadow_name)?;
     let shadow_table = table.map(|t| format!("{t}{SHADOW}"));
@@ -119,43 +120,50 @@ pub async fn discard_shadow(
     let sql = ProjectionSql::new(store.schema());
     let s = store.schema().quoted();
     let options = store.pool().connect_options();
-    let mut lock = sqlx::PgConnection::connect_with(&options).await?;
+    let mut lock = sqlx::PgConnection::connect_with(&options)
+        .await
+        .map_err(backend)?;
     let got: bool = sqlx::query_scalar(sql.try_lock)
         .bind(lock_key(store.schema(), &shadow_name))
         .fetch_one(&mut lock)
-        .await?;
+        .await
+        .map_err(backend)?;
     if !got {
         let _ = lock.close().await;
         return Err(busy(store, &shadow_name).await);
     }
     let result = async {
-        let mut tx = store.pool().begin().await?;
+        let mut tx = store.pool().begin().await.map_err(backend)?;
         let checkpoint = locked_checkpoint(&mut tx, &sql, &shadow_name).await?;
         sqlx::query(sql.delete_checkpoint.clone())
             .bind(&shadow_name)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(backend)?;
         sqlx::query(sql.forget_runners.clone())
             .bind([shadow_name.as_str()].as_slice())
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(backend)?;
         let mut dropped = None;
         if let Some(shadow_table) = &shadow_table {
             let exists: bool = sqlx::query_scalar(sql.table_exists)
                 .bind(store.schema().as_str())
                 .bind(shadow_table)
                 .fetch_one(&mut *tx)
-                .await?;
+                .await
+                .map_err(backend)?;
             if exists {
                 let drop = format!("DROP TABLE {s}.\"{shadow_table}\"");
                 sqlx::query(sqlx::AssertSqlSafe(drop.as_str()))
                     .execute(&mut *tx)
-                    .await?;
+                    .await
+                    .map_err(backend)?;
                 dropped = Some(shadow_table.clone());
             }
         }
         if checkpoint.is_none() && dropped.is_none() {
-            return Err(PgProjectionError::Store(StoreError::NotFound(format!(
+            return Err(ProjectionError::Store(StoreError::NotFound(format!(
                 "no shadow rebuild of {projection} left anything in schema {} \
                  (no checkpoint {shadow_name}{})",
                 store.schema(),
@@ -164,7 +172,7 @@ pub async fn discard_shadow(
                     .map_or_else(String::new, |t| format!(", no table {t}"))
             ))));
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(backend)?;
         Ok(ShadowLeftover {
             projection: projection.to_owned(),
             checkpoint,

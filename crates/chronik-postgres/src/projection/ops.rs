@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chronik_core::{EventId, FeedCursor};
-use chronik_projections::{ParkedEvent, measure_lag, parse_partition};
+use chronik_projections::{ParkedEvent, ProjectionError, measure_lag, parse_partition};
 use chronik_store::{EventStore, StoreError, validate_projection_name};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::park::parked_row;
 use super::record::{RebuildRecord, records};
-use super::runner::{PgProjectionError, PgRunnerState, cursor_of, event_id};
+use super::runner::{PgRunnerState, cursor_of, event_id};
 use super::sql::ProjectionSql;
 use crate::error::backend;
 use crate::horizon::HorizonHolder;
@@ -102,7 +102,7 @@ async fn read_checkpoint(
 /// reached `target` when every partition has.
 ///
 /// # Errors
-/// [`PgProjectionError::Timeout`] after `timeout` (see [`projection_reports`] for the
+/// [`ProjectionError::Timeout`] after `timeout` (see [`projection_reports`] for the
 /// reason: a failing handler, no runner, or a transaction holding the feed back);
 /// store failures.
 pub async fn wait_for_projection(
@@ -110,7 +110,7 @@ pub async fn wait_for_projection(
     name: &str,
     target: FeedCursor,
     timeout: Duration,
-) -> Result<FeedCursor, PgProjectionError> {
+) -> Result<FeedCursor, ProjectionError> {
     validate_projection_name(name)?;
     let sql = ProjectionSql::new(store.schema());
     let deadline = tokio::time::Instant::now() + timeout;
@@ -123,10 +123,11 @@ pub async fn wait_for_projection(
             return Ok(reached);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(PgProjectionError::Timeout {
+            return Err(ProjectionError::Timeout {
                 projection: name.to_owned(),
                 target,
                 reached,
+                last_error: None,
             });
         }
         tokio::time::sleep_until((tokio::time::Instant::now() + pause).min(deadline)).await;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chronik_core::{EventId, FeedCursor, StreamId, UpcasterRegistry, Version};
-use chronik_projections::{ParkedEvent, parse_partition};
+use chronik_projections::{EventRef, HandlerError, ParkedEvent, ProjectionError, parse_partition};
 use chronik_store::{StoreError, upcast_recorded, validate_projection_name};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
@@ -13,13 +13,10 @@ use uuid::Uuid;
 
 use super::handler::{PgProjection, handle_guarded};
 use super::layout;
-use super::runner::{
-    PgProjectionError, busy, busy_on, cursor_of, event_id, locked_checkpoint, release,
-};
+use super::runner::{busy, busy_on, cursor_of, event_id, locked_checkpoint, release};
 use super::sql::{ProjectionSql, lock_key, workers_key};
 use crate::error::backend;
 use crate::store::PgEventStore;
-use chronik_projections::HandlerError;
 
 /// Where a parked event stands for its projection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,8 +145,8 @@ pub enum RetryOutcome {
     Withdrawn,
 }
 
-fn not_open(projection: &str, id: EventId, what: &str) -> PgProjectionError {
-    PgProjectionError::Store(StoreError::NotFound(format!(
+fn not_open(projection: &str, id: EventId, what: &str) -> ProjectionError {
+    ProjectionError::Store(StoreError::NotFound(format!(
         "event {id} is not parked for projection {projection}{what}"
     )))
 }
@@ -160,12 +157,13 @@ async fn lock_open_decision(
     sql: &ProjectionSql,
     projection: &str,
     id: EventId,
-) -> Result<(), PgProjectionError> {
+) -> Result<(), ProjectionError> {
     let row: Option<Option<String>> = sqlx::query_scalar(sql.lock_decision.clone())
         .bind(projection)
         .bind(id.as_uuid())
         .fetch_optional(&mut *tx)
-        .await?;
+        .await
+        .map_err(backend)?;
     match row {
         None => Err(not_open(projection, id, "")),
         Some(Some(resolution)) => Err(not_open(
@@ -184,14 +182,15 @@ async fn resolve(
     id: EventId,
     resolution: &str,
     by: &str,
-) -> Result<(), PgProjectionError> {
+) -> Result<(), ProjectionError> {
     sqlx::query(sql.resolve.clone())
         .bind(projection)
         .bind(id.as_uuid())
         .bind(resolution)
         .bind(by)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(backend)?;
     Ok(())
 }
 
@@ -212,7 +211,7 @@ fn check_by(by: &str) -> Result<(), StoreError> {
 ///
 /// # Errors
 /// [`StoreError::NotFound`] when no open decision is recorded for the event;
-/// [`PgProjectionError::Handler`] when it still fails (nothing changes then: the decision
+/// [`ProjectionError::Handler`] when it still fails (nothing changes then: the decision
 /// stays open); store failures.
 pub async fn retry_parked<P: PgProjection>(
     store: &PgEventStore,
@@ -220,30 +219,26 @@ pub async fn retry_parked<P: PgProjection>(
     upcasters: Option<Arc<UpcasterRegistry>>,
     id: EventId,
     by: &str,
-) -> Result<RetryOutcome, PgProjectionError> {
+) -> Result<RetryOutcome, ProjectionError> {
     let name = projection.name().to_owned();
     validate_projection_name(&name)?;
     check_by(by)?;
     let sql = ProjectionSql::new(store.schema());
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.pool().begin().await.map_err(backend)?;
     let checkpoint = locked_checkpoint(&mut tx, &sql, &name).await?;
     lock_open_decision(&mut tx, &sql, &name, id).await?;
     let event = store.event_by_id(id).await?.ok_or_else(|| {
-        PgProjectionError::Store(StoreError::NotFound(format!(
+        ProjectionError::Store(StoreError::NotFound(format!(
             "event {id} is not in this store"
         )))
     })?;
     let outcome = if checkpoint.is_some_and(|c| event.cursor <= c) {
-        let failed = |event: &chronik_core::RecordedEvent, source: HandlerError| {
-            PgProjectionError::Handler {
+        let failed =
+            |event: &chronik_core::RecordedEvent, source: HandlerError| ProjectionError::Handler {
                 projection: name.clone(),
-                stream: event.stream_id.to_string(),
-                version: event.version.get(),
-                event_id: event.event_id,
-                cursor: event.cursor,
-                source: Box::new(source),
-            }
-        };
+                event: Box::new(EventRef::from(event)),
+                source,
+            };
         let event = match &upcasters {
             Some(r) => upcast_recorded(r, event.clone())
                 .map_err(|e| failed(&event, super::runner::upcast_failure(&e)))?,
@@ -257,7 +252,7 @@ pub async fn retry_parked<P: PgProjection>(
         RetryOutcome::Withdrawn
     };
     resolve(&mut tx, &sql, &name, id, "retried", by).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(backend)?;
     Ok(outcome)
 }
 
@@ -273,14 +268,14 @@ pub async fn drop_parked(
     projection: &str,
     id: EventId,
     by: &str,
-) -> Result<(), PgProjectionError> {
+) -> Result<(), ProjectionError> {
     validate_projection_name(projection)?;
     check_by(by)?;
     let sql = ProjectionSql::new(store.schema());
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.pool().begin().await.map_err(backend)?;
     lock_open_decision(&mut tx, &sql, projection, id).await?;
     resolve(&mut tx, &sql, projection, id, "dropped", by).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(backend)?;
     Ok(())
 }
 
@@ -308,17 +303,19 @@ pub struct Forgotten {
 /// partition's lock.
 ///
 /// # Errors
-/// [`PgProjectionError::Busy`] while a runner, a partitioned worker or a rebuild holds one
+/// [`ProjectionError::Busy`] while a runner, a partitioned worker or a rebuild holds one
 /// of those locks; [`StoreError::NotFound`] when it has no checkpoint, partition, runner
 /// row or rebuild record; store failures.
 pub async fn forget_projection(
     store: &PgEventStore,
     name: &str,
-) -> Result<Forgotten, PgProjectionError> {
+) -> Result<Forgotten, ProjectionError> {
     validate_projection_name(name)?;
     let sql = ProjectionSql::new(store.schema());
     let options = store.pool().connect_options();
-    let mut lock = sqlx::PgConnection::connect_with(&options).await?;
+    let mut lock = sqlx::PgConnection::connect_with(&options)
+        .await
+        .map_err(backend)?;
     let result = forget_locked(store, &sql, &mut lock, name).await;
     release(lock).await;
     result
@@ -330,18 +327,21 @@ async fn forget_locked(
     sql: &ProjectionSql,
     lock: &mut sqlx::PgConnection,
     name: &str,
-) -> Result<Forgotten, PgProjectionError> {
+) -> Result<Forgotten, ProjectionError> {
     let try_lock = async |lock: &mut sqlx::PgConnection, key: &str| {
         sqlx::query_scalar::<_, bool>(sql.try_lock)
             .bind(key)
             .fetch_one(lock)
             .await
     };
-    if !try_lock(lock, &lock_key(store.schema(), name)).await? {
+    if !try_lock(lock, &lock_key(store.schema(), name))
+        .await
+        .map_err(backend)?
+    {
         return Err(busy(store, name).await);
     }
     let workers = workers_key(store.schema(), name);
-    if !try_lock(lock, &workers).await? {
+    if !try_lock(lock, &workers).await.map_err(backend)? {
         return Err(busy_on(store, name, &workers).await);
     }
     let mut partitions: Vec<String> = layout::family(lock, sql, name)
@@ -351,11 +351,14 @@ async fn forget_locked(
         .collect();
     partitions.sort_by_key(|n| parse_partition(n).map(|(_, index, count)| (count, index)));
     for partition in &partitions {
-        if !try_lock(lock, &lock_key(store.schema(), partition)).await? {
+        if !try_lock(lock, &lock_key(store.schema(), partition))
+            .await
+            .map_err(backend)?
+        {
             return Err(busy(store, partition).await);
         }
     }
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.pool().begin().await.map_err(backend)?;
     let checkpoint = locked_checkpoint(&mut tx, sql, name).await?;
     let mut cursors = Vec::with_capacity(partitions.len());
     for partition in partitions {
@@ -368,13 +371,15 @@ async fn forget_locked(
     sqlx::query(sql.delete_checkpoints.clone())
         .bind(&names)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(backend)?;
     // Runner rows of partitions whose checkpoints a rebuild to another number of
     // partitions deleted are the projection's too.
     let runners: Vec<String> = sqlx::query_scalar(sql.family_runners.clone())
         .bind(name)
         .fetch_all(&mut *tx)
-        .await?;
+        .await
+        .map_err(backend)?;
     names.extend(
         runners
             .into_iter()
@@ -383,20 +388,22 @@ async fn forget_locked(
     let runner_rows = sqlx::query(sql.forget_runners.clone())
         .bind(&names)
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(backend)?
         .rows_affected();
     let rebuild_rows = sqlx::query(sql.forget_rebuild.clone())
         .bind(name)
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(backend)?
         .rows_affected();
     if checkpoint.is_none() && cursors.is_empty() && runner_rows == 0 && rebuild_rows == 0 {
-        return Err(PgProjectionError::Store(StoreError::NotFound(format!(
+        return Err(ProjectionError::Store(StoreError::NotFound(format!(
             "projection {name} has no checkpoint and no runner in schema {}",
             store.schema()
         ))));
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(backend)?;
     Ok(Forgotten {
         checkpoint,
         partitions: cursors,

@@ -23,17 +23,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chronik_core::UpcasterRegistry;
-use chronik_projections::{Partitions, ProjectionName, ProjectionStatus};
+use chronik_projections::{Partitions, ProjectionError, ProjectionName, ProjectionStatus};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::handler::PgProjection;
 use super::layout;
-use super::runner::{
-    Engine, PgProjectionError, PgRunnerHandle, PgRunnerOptions, SessionInfo, start, validate,
-};
+use super::runner::{Engine, PgRunnerHandle, PgRunnerOptions, SessionInfo, start, validate};
 use super::sql::{ProjectionSql, lock_key, workers_key};
+use crate::error::backend;
 use crate::store::PgEventStore;
 
 /// Runs one [`PgProjection`] as a worker of its `N` partitions: spawn one in every
@@ -42,7 +41,7 @@ use crate::store::PgEventStore;
 ///
 /// Contract: every worker of a projection must use the same [`Partitions`]; a worker
 /// started with another count than the stored checkpoints were written with refuses
-/// ([`PgProjectionError::PartitionsChanged`]). Options are those of a single runner;
+/// ([`ProjectionError::PartitionsChanged`]). Options are those of a single runner;
 /// `standby_poll` is also how often a worker rebalances, so it bounds the takeover of a
 /// dead worker's partitions.
 #[derive(Debug)]
@@ -85,10 +84,10 @@ impl<P: PgProjection> PgPartitionedRunner<P> {
     /// and spawns the worker on the current tokio runtime.
     ///
     /// # Errors
-    /// [`PgProjectionError::PartitionsChanged`] when the projection's checkpoints were
+    /// [`ProjectionError::PartitionsChanged`] when the projection's checkpoints were
     /// written with another number of partitions (rebuild it first); an invalid name or
     /// options; store failures. Nothing is spawned then.
-    pub async fn spawn(self) -> Result<PgWorkerHandle, PgProjectionError> {
+    pub async fn spawn(self) -> Result<PgWorkerHandle, ProjectionError> {
         let name = self.projection.name().to_owned();
         ProjectionName::new(name.as_str())?;
         for partition in layout::names(&name, self.partitions) {
@@ -267,7 +266,7 @@ impl<P: PgProjection> Worker<P> {
                 Ok(()) => self.shared.status.send_modify(|s| s.last_error = None),
                 Err(e) => {
                     tracing::warn!(projection = %self.name, error = %e, "partitioned worker");
-                    if matches!(e, PgProjectionError::PartitionsChanged { .. }) {
+                    if matches!(e, ProjectionError::PartitionsChanged { .. }) {
                         // Someone rebuilt it with another layout: own nothing of this one.
                         self.release_all().await;
                     }
@@ -310,7 +309,7 @@ impl<P: PgProjection> Worker<P> {
     }
 
     /// One round: keep the session, count the workers, release or take partitions.
-    async fn round(&mut self) -> Result<(), PgProjectionError> {
+    async fn round(&mut self) -> Result<(), ProjectionError> {
         self.reap().await;
         if let Some(s) = self.session.as_mut()
             && s.conn.ping().await.is_err()
@@ -330,7 +329,8 @@ impl<P: PgProjection> Worker<P> {
         let pids: Vec<i32> = sqlx::query_scalar(self.sql.shared_holders)
             .bind(workers_key(self.store.schema(), &self.name))
             .fetch_all(&mut session.conn)
-            .await?;
+            .await
+            .map_err(backend)?;
         let (workers, rank) = match pids.iter().position(|p| *p == me) {
             Some(rank) => (pids.len(), rank),
             None => (pids.len() + 1, pids.len()),
@@ -355,18 +355,20 @@ impl<P: PgProjection> Worker<P> {
     }
 
     /// Opens the worker's session and joins the projection's workers on it.
-    async fn connect(&self) -> Result<Session, PgProjectionError> {
+    async fn connect(&self) -> Result<Session, ProjectionError> {
         let engine = self.engine(0);
         let mut conn = engine.lock_session().await?;
         let info = engine.session_info(&mut conn).await?;
         sqlx::query(self.sql.shared_lock)
             .bind(workers_key(self.store.schema(), &self.name))
             .execute(&mut conn)
-            .await?;
+            .await
+            .map_err(backend)?;
         let application_name: Option<String> =
             sqlx::query_scalar("SELECT current_setting('application_name')")
                 .fetch_one(&mut conn)
-                .await?;
+                .await
+                .map_err(backend)?;
         Ok(Session {
             conn,
             info,
@@ -381,7 +383,7 @@ impl<P: PgProjection> Worker<P> {
         share: u32,
         rank: usize,
         workers: usize,
-    ) -> Result<(), PgProjectionError> {
+    ) -> Result<(), ProjectionError> {
         let n = self.layout.get();
         let first = u32::try_from(rank).unwrap_or(0) * n / u32::try_from(workers).unwrap_or(1);
         for k in 0..n {
@@ -402,7 +404,8 @@ impl<P: PgProjection> Worker<P> {
             let got: bool = sqlx::query_scalar(self.sql.try_lock)
                 .bind(key)
                 .fetch_one(&mut session.conn)
-                .await?;
+                .await
+                .map_err(backend)?;
             if got {
                 let owner = session.info.clone();
                 let handle = start(self.engine(index), self.options.clone(), Some(owner));

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chronik_core::{EventId, FeedCursor, UpcasterRegistry};
-use chronik_projections::{Partitions, RebuildProgress};
+use chronik_projections::{EventRef, Partitions, ProjectionError, RebuildProgress};
 use chronik_store::{EventStore, MAX_FEED_PAGE, StoreError, validate_projection_name};
 use uuid::Uuid;
 
 use super::handler::{PgProjection, ShadowProjection};
 use super::layout;
 use super::record;
-use super::runner::{Batch, Engine, PgProjectionError, release};
+use super::runner::{Batch, Engine, release};
 use crate::config::SchemaName;
 use crate::error::backend;
 use crate::store::PgEventStore;
@@ -22,7 +22,7 @@ pub type PgRebuildProgress = RebuildProgress;
 
 /// Called after every batch with the progress so far; returning
 /// [`ControlFlow::Break`] stops the rebuild at that batch boundary (it then cleans up and
-/// fails with [`PgProjectionError::Interrupted`]).
+/// fails with [`ProjectionError::Interrupted`]).
 type Progress<'a> = &'a mut (dyn FnMut(&PgRebuildProgress) -> ControlFlow<()> + Send);
 
 fn batch_size(n: usize) -> usize {
@@ -34,14 +34,11 @@ fn handler_failed(
     projection: &str,
     event: &chronik_core::RecordedEvent,
     failure: chronik_projections::HandlerError,
-) -> PgProjectionError {
-    PgProjectionError::Handler {
+) -> ProjectionError {
+    ProjectionError::Handler {
         projection: projection.to_owned(),
-        stream: event.stream_id.to_string(),
-        version: event.version.get(),
-        event_id: event.event_id,
-        cursor: event.cursor,
-        source: Box::new(failure),
+        event: Box::new(EventRef::from(event)),
+        source: failure,
     }
 }
 
@@ -58,7 +55,7 @@ async fn skipped(store: &PgEventStore, name: &str) -> Result<HashSet<EventId>, S
 }
 
 /// Applies pages inside `tx` until `engine` is caught up, reporting after each; stops
-/// with [`PgProjectionError::Interrupted`] when `progress` says so. Commits nothing.
+/// with [`ProjectionError::Interrupted`] when `progress` says so. Commits nothing.
 /// Returns the events handled by partition, with [`Engine::tally`].
 async fn replay_in<P: PgProjection>(
     engine: &Engine<P>,
@@ -67,7 +64,7 @@ async fn replay_in<P: PgProjection>(
     p: &mut PgRebuildProgress,
     started: Instant,
     progress: Progress<'_>,
-) -> Result<Vec<u64>, PgProjectionError> {
+) -> Result<Vec<u64>, ProjectionError> {
     let mut handled = vec![0; engine.tally.map_or(0, |n| n.get() as usize)];
     loop {
         match engine.apply_page(tx, limit, false).await? {
@@ -108,7 +105,7 @@ async fn replay<P: PgProjection>(
     p: &mut PgRebuildProgress,
     started: Instant,
     progress: Progress<'_>,
-) -> Result<(), PgProjectionError> {
+) -> Result<(), ProjectionError> {
     loop {
         match engine.batch(limit, false).await? {
             Batch::Committed {
@@ -168,8 +165,8 @@ async fn lock_checkpoint_patiently<P: PgProjection>(
     .await
 }
 
-fn interrupted(name: &str, p: &PgRebuildProgress) -> PgProjectionError {
-    PgProjectionError::Interrupted {
+fn interrupted(name: &str, p: &PgRebuildProgress) -> ProjectionError {
+    ProjectionError::Interrupted {
         projection: name.trim_end_matches("__shadow").to_owned(),
         scanned: p.scanned,
     }
@@ -191,9 +188,9 @@ fn interrupted(name: &str, p: &PgRebuildProgress) -> PgProjectionError {
 /// [`rebuild_shadow`], which commits as it goes and keeps the live table serving.
 ///
 /// Takes the projection's advisory lock for the duration, so it fails with
-/// [`PgProjectionError::Busy`] while a runner is active (stop it first; restart it after),
+/// [`ProjectionError::Busy`] while a runner is active (stop it first; restart it after),
 /// and the lock of its shadow rebuilds (`<name>__shadow`), so that it fails with
-/// [`PgProjectionError::Busy`] for `<name>__shadow` while a shadow rebuild runs, and a
+/// [`ProjectionError::Busy`] for `<name>__shadow` while a shadow rebuild runs, and a
 /// shadow rebuild started while it runs fails the same way.
 ///
 /// A projection that runs as partitions ([`crate::PgPartitionedRunner`]) is rebuilt with
@@ -201,8 +198,8 @@ fn interrupted(name: &str, p: &PgRebuildProgress) -> PgProjectionError {
 /// too, so no worker may run); [`rebuild_partitioned`] changes that number.
 ///
 /// # Errors
-/// [`PgProjectionError::Busy`], store failures, [`PgProjectionError::Handler`] (naming the
-/// event, its stream, version and cursor), [`PgProjectionError::Interrupted`]; in every
+/// [`ProjectionError::Busy`], store failures, [`ProjectionError::Handler`] (naming the
+/// event, its stream, version and cursor), [`ProjectionError::Interrupted`]; in every
 /// case nothing was changed.
 pub async fn rebuild<P: PgProjection>(
     store: &PgEventStore,
@@ -210,10 +207,10 @@ pub async fn rebuild<P: PgProjection>(
     upcasters: Option<Arc<UpcasterRegistry>>,
     batch: usize,
     progress: Progress<'_>,
-) -> Result<PgRebuildProgress, PgProjectionError> {
+) -> Result<PgRebuildProgress, ProjectionError> {
     let stored = {
         let sql = super::sql::ProjectionSql::new(store.schema());
-        let mut conn = store.pool().acquire().await?;
+        let mut conn = store.pool().acquire().await.map_err(backend)?;
         stored_partitions(&mut conn, &sql, projection.name()).await?
     };
     let layout = stored.unwrap_or(Partitions::ONE);
@@ -225,7 +222,7 @@ async fn stored_partitions(
     conn: &mut sqlx::PgConnection,
     sql: &super::sql::ProjectionSql,
     name: &str,
-) -> Result<Option<Partitions>, PgProjectionError> {
+) -> Result<Option<Partitions>, ProjectionError> {
     Ok(layout::family(conn, sql, name)
         .await?
         .iter()
@@ -239,7 +236,7 @@ async fn stored_partitions(
 /// and the checkpoints of any other layout are deleted, in the same transaction.
 ///
 /// Takes the lock of the projection and of every partition, stored or new, so it fails
-/// with [`PgProjectionError::Busy`] while any worker owns one (stop them all first; start
+/// with [`ProjectionError::Busy`] while any worker owns one (stop them all first; start
 /// them with `partitions` after).
 ///
 /// # Errors
@@ -251,7 +248,7 @@ pub async fn rebuild_partitioned<P: PgProjection>(
     upcasters: Option<Arc<UpcasterRegistry>>,
     batch: usize,
     progress: Progress<'_>,
-) -> Result<PgRebuildProgress, PgProjectionError> {
+) -> Result<PgRebuildProgress, ProjectionError> {
     validate_projection_name(projection.name())?;
     for name in layout::names(projection.name(), partitions) {
         validate_projection_name(&name)?;
@@ -322,7 +319,7 @@ async fn scratch<P: PgProjection>(
     (batch, partitions): (usize, Partitions),
     recorded: Option<i32>,
     progress: Progress<'_>,
-) -> Result<PgRebuildProgress, PgProjectionError> {
+) -> Result<PgRebuildProgress, ProjectionError> {
     let started = Instant::now();
     let total = store.feed_head().await?.visible_events;
     let mut p = PgRebuildProgress {
@@ -335,7 +332,7 @@ async fn scratch<P: PgProjection>(
     if progress(&p).is_break() {
         return Err(interrupted(engine.name(), &p));
     }
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.pool().begin().await.map_err(backend)?;
     lock_checkpoint_patiently(store, engine, &mut tx).await?;
     projection
         .clear(&mut tx)
@@ -370,7 +367,7 @@ async fn scratch<P: PgProjection>(
         let name = projection.name();
         record::finished(&mut tx, &engine.sql, name, pid, p.scanned, p.total, None).await?;
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(backend)?;
     p.elapsed = started.elapsed();
     Ok(p)
 }
@@ -381,7 +378,7 @@ async fn lock_partitions<P: PgProjection>(
     engine: &Engine<P>,
     lock: &mut sqlx::PgConnection,
     partitions: Partitions,
-) -> Result<(), PgProjectionError> {
+) -> Result<(), ProjectionError> {
     let name = engine.projection.name();
     let mut names = layout::family(lock, &engine.sql, name).await?;
     names.extend(layout::names(name, partitions));
@@ -397,18 +394,16 @@ async fn lock_partitions<P: PgProjection>(
 
 /// A shadow rebuild swaps one live checkpoint in: it refuses a projection whose stored
 /// checkpoints are partitions.
-async fn refuse_partitioned(store: &PgEventStore, name: &str) -> Result<(), PgProjectionError> {
+async fn refuse_partitioned(store: &PgEventStore, name: &str) -> Result<(), ProjectionError> {
     let sql = super::sql::ProjectionSql::new(store.schema());
-    let mut conn = store.pool().acquire().await?;
+    let mut conn = store.pool().acquire().await.map_err(backend)?;
     match stored_partitions(&mut conn, &sql, name).await? {
-        Some(count) => Err(PgProjectionError::Store(StoreError::InvalidRequest(
-            format!(
-                "projection {name} runs as {} partitions, and a shadow rebuild keeps one checkpoint: \
+        Some(count) => Err(ProjectionError::Store(StoreError::InvalidRequest(format!(
+            "projection {name} runs as {} partitions, and a shadow rebuild keeps one checkpoint: \
              rebuild it in place (`chronik projections rebuild {name} --partitions {}`)",
-                count.get(),
-                count.get()
-            ),
-        ))),
+            count.get(),
+            count.get()
+        )))),
         None => Ok(()),
     }
 }
@@ -434,10 +429,10 @@ fn ident(name: &str) -> Result<(), StoreError> {
 /// returning [`ControlFlow::Break`] stops the rebuild at that boundary.
 ///
 /// # Errors
-/// [`PgProjectionError::Busy`] (for `<name>__shadow`) when another rebuild of this
+/// [`ProjectionError::Busy`] (for `<name>__shadow`) when another rebuild of this
 /// projection runs, shadow or from scratch ([`rebuild`] holds that lock too);
-/// store failures; [`PgProjectionError::Handler`] (naming the event, its stream, version
-/// and cursor); [`PgProjectionError::Interrupted`]. On every error the live table and
+/// store failures; [`ProjectionError::Handler`] (naming the event, its stream, version
+/// and cursor); [`ProjectionError::Interrupted`]. On every error the live table and
 /// checkpoint are untouched and the shadow table and its checkpoint `<name>__shadow` are
 /// dropped before returning, when the server can still be reached: a drop that fails (the
 /// server went away) is logged as a warning and they stay, for [`crate::shadow_leftovers`] to
@@ -449,7 +444,7 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     upcasters: Option<Arc<UpcasterRegistry>>,
     batch: usize,
     progress: Progress<'_>,
-) -> Result<PgRebuildProgress, PgProjectionError> {
+) -> Result<PgRebuildProgress, ProjectionError> {
     let name = projection.name().to_owned();
     validate_projection_name(&name)?;
     let live_table = projection.table().to_owned();
@@ -525,14 +520,14 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
 
 /// A shadow rebuild creates, renames and drops tables: run by a role without those rights
 /// (typically the application role), say who must run it instead.
-fn needs_owner(e: PgProjectionError, schema: &SchemaName) -> PgProjectionError {
+fn needs_owner(e: ProjectionError, schema: &SchemaName) -> ProjectionError {
     match e {
-        PgProjectionError::Store(StoreError::Backend {
+        ProjectionError::Store(StoreError::Backend {
             message,
             retryable,
             source,
         }) if is_insufficient_privilege(source.as_deref()) => {
-            PgProjectionError::Store(StoreError::Backend {
+            ProjectionError::Store(StoreError::Backend {
                 message: format!(
                     "a shadow rebuild creates, renames and drops tables in schema {schema}: \
                      run it as the schema owner, the role that migrated the store ({message})"
@@ -599,7 +594,7 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     batch: usize,
     recorded: Option<i32>,
     progress: Progress<'_>,
-) -> Result<PgRebuildProgress, PgProjectionError> {
+) -> Result<PgRebuildProgress, ProjectionError> {
     let ShadowNames {
         name,
         shadow_name,
@@ -624,23 +619,25 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     let drop = format!("DROP TABLE IF EXISTS {s}.\"{shadow_table}\"");
     sqlx::query(sqlx::AssertSqlSafe(drop.as_str()))
         .execute(store.pool())
-        .await?;
+        .await
+        .map_err(backend)?;
     let create =
         format!("CREATE TABLE {s}.\"{shadow_table}\" (LIKE {s}.\"{live_table}\" INCLUDING ALL)");
     sqlx::query(sqlx::AssertSqlSafe(create.as_str()))
         .execute(store.pool())
-        .await?;
-    let mut tx = store.pool().begin().await?;
+        .await
+        .map_err(backend)?;
+    let mut tx = store.pool().begin().await.map_err(backend)?;
     shadow
         .set_checkpoint(&mut tx, shadow_name, FeedCursor::START, 0)
         .await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(backend)?;
 
     let limit = batch_size(batch);
     replay(shadow, limit, &mut p, started, progress).await?;
 
     // The swap: one transaction, the live checkpoint row locked first (as runners do).
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.pool().begin().await.map_err(backend)?;
     let (live_cursor, _) = lock_checkpoint_patiently(store, live, &mut tx).await?;
     loop {
         match shadow.apply_page(&mut tx, limit, false).await? {
@@ -677,7 +674,8 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
         shadow_table,
     )))
     .execute(&mut *tx)
-    .await?;
+    .await
+    .map_err(backend)?;
     for swap in [
         format!("ALTER TABLE {s}.\"{live_table}\" RENAME TO \"{old_table}\""),
         format!("ALTER TABLE {s}.\"{shadow_table}\" RENAME TO \"{live_table}\""),
@@ -685,18 +683,20 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     ] {
         sqlx::query(sqlx::AssertSqlSafe(swap.as_str()))
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(backend)?;
     }
     live.set_checkpoint(&mut tx, name, cursor, p.handled)
         .await?;
     sqlx::query(live.sql.delete_checkpoint.clone())
         .bind(shadow_name)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(backend)?;
     if let Some(pid) = recorded {
         record::finished(&mut tx, &live.sql, name, pid, p.scanned, p.total, None).await?;
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(backend)?;
     p.cursor = cursor;
     p.elapsed = started.elapsed();
     // Swapped and committed: too late to stop, so the answer does not matter.

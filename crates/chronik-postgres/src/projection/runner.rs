@@ -3,7 +3,6 @@
 //! below.
 
 mod engine;
-mod error;
 mod handle;
 mod lock;
 mod options;
@@ -13,13 +12,13 @@ mod task;
 use std::sync::Arc;
 
 use chronik_core::UpcasterRegistry;
-use chronik_projections::ProjectionName;
+use chronik_projections::{ProjectionError, ProjectionName};
 
 pub(crate) use engine::{
     Batch, Engine, as_i64, cursor_of, event_id, locked_checkpoint, upcast_failure,
 };
-pub use error::PgProjectionError;
 pub use handle::PgRunnerHandle;
+pub use lock::how_to_end;
 pub(crate) use lock::{SessionInfo, busy, busy_on, release};
 pub(crate) use options::validate;
 pub use options::{PgRunnerOptions, notify_feed};
@@ -96,7 +95,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
     ///
     /// # Errors
     /// An invalid projection name or options; nothing is spawned then.
-    pub fn spawn(self) -> Result<PgRunnerHandle, PgProjectionError> {
+    pub fn spawn(self) -> Result<PgRunnerHandle, ProjectionError> {
         ProjectionName::new(self.projection.name())?;
         validate(&self.options)?;
         let mut engine = Engine::new(&self.store, self.projection, self.upcasters);

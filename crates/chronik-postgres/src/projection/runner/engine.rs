@@ -5,12 +5,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chronik_core::{EventId, FeedCursor, RecordedEvent, UpcasterRegistry};
-use chronik_projections::Partitions;
+use chronik_projections::{Partitions, ProjectionError};
 use chronik_store::{EventStore, FeedFilter, StoreError, upcast_recorded};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::error::PgProjectionError;
 use crate::error::backend;
 use crate::projection::handler::{PgProjection, PgTransaction, handle_guarded};
 use crate::projection::layout;
@@ -117,11 +116,12 @@ pub(crate) async fn locked_checkpoint(
     tx: &mut sqlx::PgConnection,
     sql: &ProjectionSql,
     name: &str,
-) -> Result<Option<FeedCursor>, PgProjectionError> {
+) -> Result<Option<FeedCursor>, ProjectionError> {
     let row = sqlx::query(sql.lock_checkpoint.clone())
         .bind(name)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await
+        .map_err(backend)?;
     Ok(row
         .map(|r| -> Result<FeedCursor, StoreError> {
             cursor_of(
@@ -194,7 +194,7 @@ impl<P: PgProjection> Engine<P> {
                 layout::check(conn, &self.sql, self.store.schema(), base, wanted)
                     .await
                     .map_err(|e| match e {
-                        PgProjectionError::Store(e) => e,
+                        ProjectionError::Store(e) => e,
                         other => StoreError::InvalidRequest(other.to_string()),
                     })?;
             }
@@ -425,7 +425,7 @@ impl<P: PgProjection> Engine<P> {
 }
 
 /// The failure of an event that does not upcast, for an error that already names the
-/// event and its cursor ([`PgProjectionError::Handler`], the runner's last error): the
+/// event and its cursor ([`ProjectionError::Handler`], the runner's last error): the
 /// reason only, not the event a second time.
 pub(crate) fn upcast_failure(e: &StoreError) -> HandlerError {
     match e {

@@ -4,26 +4,23 @@ use chronik_store::StoreError;
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row};
 
+use chronik_projections::ProjectionError;
+
 use super::engine::Engine;
-use super::error::PgProjectionError;
 use crate::error::backend;
 use crate::projection::handler::PgProjection;
 use crate::projection::sql::lock_key;
 use crate::store::PgEventStore;
 
-/// [`PgProjectionError::Busy`] for the lock of `key_name`, with the pid of the session
+/// [`ProjectionError::Busy`] for the lock of `key_name`, with the pid of the session
 /// holding it now.
-pub(crate) async fn busy(store: &PgEventStore, key_name: &str) -> PgProjectionError {
+pub(crate) async fn busy(store: &PgEventStore, key_name: &str) -> ProjectionError {
     busy_on(store, key_name, &lock_key(store.schema(), key_name)).await
 }
 
-/// [`PgProjectionError::Busy`] for `projection`, whose advisory lock of key text `key`
+/// [`ProjectionError::Busy`] for `projection`, whose advisory lock of key text `key`
 /// another session holds, with that session's pid.
-pub(crate) async fn busy_on(
-    store: &PgEventStore,
-    projection: &str,
-    key: &str,
-) -> PgProjectionError {
+pub(crate) async fn busy_on(store: &PgEventStore, projection: &str, key: &str) -> ProjectionError {
     let pid = sqlx::query_scalar::<_, i32>(crate::projection::sql::LOCK_HOLDER)
         .bind(key)
         .fetch_optional(store.pool())
@@ -35,10 +32,19 @@ pub(crate) async fn busy_on(
             None
         }
     };
-    PgProjectionError::Busy {
+    ProjectionError::Busy {
         projection: projection.to_owned(),
         pid,
     }
+}
+
+/// For [`ProjectionError::Busy`] with a known pid: the statement that ends the session
+/// holding the lock (`SELECT pg_terminate_backend(<pid>)`), shown to an operator, never run
+/// here. Ending a runner's session does not stop the runner: it takes the lock again when
+/// it is free; stop its process instead.
+#[must_use]
+pub fn how_to_end(e: &ProjectionError) -> Option<String> {
+    e.holder_pid().map(crate::horizon::terminate)
 }
 
 /// Ends a lock session (a rebuild's, a `forget`'s), its advisory locks released first: a
