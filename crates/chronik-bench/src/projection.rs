@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use chronik_core::{ExpectedVersion, FeedCursor, Metadata, RecordedEvent, StreamId, Version};
 use chronik_postgres::{
     HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionRunner,
-    PgRunnerHandle, PgRunnerOptions, PgRunnerState, PgTransaction, wait_for_projection,
+    PgRunnerHandle, PgTransaction, ProjectionState, RunnerOptions, wait_for_projection,
 };
 use chronik_projections::Partitions;
 use chronik_store::{EventStore, Repository};
@@ -53,7 +53,7 @@ impl PgProjection for NoOp {
 async fn catch_up<P: PgProjection>(
     store: &PgEventStore,
     projection: Arc<P>,
-    options: PgRunnerOptions,
+    options: RunnerOptions,
     (target, items): (FeedCursor, u64),
     upcast: bool,
 ) -> anyhow::Result<Stats> {
@@ -77,7 +77,7 @@ async fn catch_up<P: PgProjection>(
 /// Waits for the runner's status to satisfy `done`; fails on a handler error.
 async fn wait_until(
     runner: &PgRunnerHandle,
-    done: impl Fn(&chronik_postgres::PgRunnerStatus) -> bool,
+    done: impl Fn(&chronik_postgres::ProjectionStatus) -> bool,
 ) -> anyhow::Result<()> {
     let mut rx = runner.subscribe();
     loop {
@@ -86,7 +86,7 @@ async fn wait_until(
             if done(&s) {
                 return Ok(());
             }
-            if s.state == PgRunnerState::Failing {
+            if s.state == ProjectionState::Failing {
                 bail!(
                     "projection {} is failing: {}",
                     s.name,
@@ -112,9 +112,9 @@ pub(crate) async fn feed_catch_up(store: &PgEventStore, round: u32) -> anyhow::R
     catch_up(
         store,
         Arc::new(NoOp(format!("bench-noop-{round}"))),
-        PgRunnerOptions {
+        RunnerOptions {
             batch_size: 1_000,
-            ..PgRunnerOptions::default()
+            ..RunnerOptions::default()
         },
         head(store).await?,
         false,
@@ -146,9 +146,9 @@ pub(crate) async fn orders(url: &str, plan: &Plan, report: &mut Report) -> anyho
         "{scenario}: {orders} orders, {total} events written in {:.1}s",
         t.elapsed().as_secs_f64()
     ));
-    let options = PgRunnerOptions {
+    let options = RunnerOptions {
         batch_size: 1_000,
-        ..PgRunnerOptions::default()
+        ..RunnerOptions::default()
     };
     OrderProjection::create_table(&store).await?;
     let projection = Arc::new(OrderProjection::new(store.schema()));
@@ -257,9 +257,9 @@ pub(crate) async fn partitions(url: &str, plan: &Plan, report: &mut Report) -> a
          ON CONFLICT (stream_id) DO UPDATE SET events = c.events + 1, version = EXCLUDED.version \
          WHERE c.version < EXCLUDED.version"
     );
-    let options = PgRunnerOptions {
+    let options = RunnerOptions {
         batch_size: 500,
-        ..PgRunnerOptions::default()
+        ..RunnerOptions::default()
     };
     let variants: [(&str, Option<u32>); 4] = [
         ("single runner", None),
@@ -413,7 +413,7 @@ pub(crate) async fn live_latency(
     chronik_store::CheckpointStore::save_checkpoint(&s, "bench-live", now, 0).await?;
     let runner = PgProjectionRunner::new(runner_store.clone(), Arc::new(NoOp("bench-live".into())))
         .spawn()?;
-    wait_until(&runner, |st| st.state == PgRunnerState::Live).await?;
+    wait_until(&runner, |st| st.state == ProjectionState::Live).await?;
 
     let tracker = Arc::new(Mutex::new(Tracker {
         checkpoint: now,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chronik_core::{ExpectedVersion, FeedCursor, StreamId};
 use chronik_postgres::{
-    PgEventStore, PgProjectionRunner, PgRunnerOptions, PgRunnerState, PgStandby, PgStoreConfig,
+    PgEventStore, PgProjectionRunner, PgStandby, PgStoreConfig, ProjectionState, RunnerOptions,
 };
 use chronik_store::EventStore;
 use futures::StreamExt as _;
@@ -92,9 +92,9 @@ pub(crate) async fn run(plan: &Plan, report: &mut Report) -> anyhow::Result<()> 
         for i in order {
             let name = format!("bench-standby-{i}-{round}");
             let mut runner = PgProjectionRunner::new(primary.clone(), Arc::new(NoOp(name)))
-                .with_options(PgRunnerOptions {
+                .with_options(RunnerOptions {
                     batch_size: 1_000,
-                    ..PgRunnerOptions::default()
+                    ..RunnerOptions::default()
                 });
             if runs[i].0 == FROM_STANDBY {
                 runner = runner.with_standby(standby.clone());
@@ -103,7 +103,7 @@ pub(crate) async fn run(plan: &Plan, report: &mut Report) -> anyhow::Result<()> 
             let handle = runner.spawn()?;
             let mut status = handle.subscribe();
             let reached = status
-                .wait_for(|s| s.checkpoint >= target || s.state == PgRunnerState::Failing)
+                .wait_for(|s| s.checkpoint >= target || s.state == ProjectionState::Failing)
                 .await
                 .map(|s| (s.checkpoint >= target, s.last_error.clone()));
             let elapsed = start.elapsed();

@@ -31,7 +31,7 @@ impl Rebuild for Rebuilds<'_> {
         backend::ensure_read_models(self.registry, self.store)
             .await
             .map_err(|e| chain(&e))?;
-        let mut progress = |_: &chronik_postgres::PgRebuildProgress| {
+        let mut progress = |_: &chronik_postgres::RebuildProgress| {
             if self.stop.load(Ordering::SeqCst) {
                 ControlFlow::Break(())
             } else {

@@ -62,7 +62,7 @@ use chronik_core::{
     Aggregate, DomainEvent, EventId, FeedCursor, SnapshotState, StreamId, UpcasterRegistry,
 };
 use chronik_postgres::{
-    PgEventStore, PgProjection, PgRebuildProgress, ProjectionError, SchemaName, ShadowProjection,
+    PgEventStore, PgProjection, ProjectionError, RebuildProgress, SchemaName, ShadowProjection,
 };
 use chronik_store::FeedFilter;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
@@ -95,7 +95,7 @@ pub mod exit {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-type Progress<'a> = &'a mut (dyn FnMut(&PgRebuildProgress) -> std::ops::ControlFlow<()> + Send);
+type Progress<'a> = &'a mut (dyn FnMut(&RebuildProgress) -> std::ops::ControlFlow<()> + Send);
 type RebuildFn = Box<
     dyn for<'a> Fn(
             &'a PgEventStore,
@@ -103,7 +103,7 @@ type RebuildFn = Box<
             RebuildKind,
             usize,
             Progress<'a>,
-        ) -> BoxFuture<'a, Result<PgRebuildProgress, ProjectionError>>
+        ) -> BoxFuture<'a, Result<RebuildProgress, ProjectionError>>
         + Send
         + Sync,
 >;
@@ -525,7 +525,7 @@ where
             RebuildKind,
             usize,
             Progress<'a>,
-        ) -> BoxFuture<'a, Result<PgRebuildProgress, ProjectionError>>
+        ) -> BoxFuture<'a, Result<RebuildProgress, ProjectionError>>
         + Send
         + Sync
         + 'static,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chronik_postgres::{
-    HolderKind, HorizonHolder, PgEventStore, PgRebuildProgress, PgRunnerInstance, ProjectionError,
-    ProjectionReport, RebuildOutcome, RebuildRecord, StandbyReport, how_to_end,
+    HolderKind, HorizonHolder, PgEventStore, PgRunnerInstance, ProjectionError, ProjectionReport,
+    RebuildOutcome, RebuildProgress, RebuildRecord, StandbyReport, how_to_end,
 };
 use chronik_store::EventStore as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -392,8 +392,8 @@ pub(crate) async fn rebuild(
             }
         }
     });
-    let last = std::sync::Mutex::new(None::<PgRebuildProgress>);
-    let mut report = |p: &PgRebuildProgress| {
+    let last = std::sync::Mutex::new(None::<RebuildProgress>);
+    let mut report = |p: &RebuildProgress| {
         bar.update(p);
         if let Ok(mut l) = last.lock() {
             *l = Some(*p);
@@ -744,7 +744,7 @@ async fn holder_hint(
 }
 
 /// Whole events per second, for display.
-fn rate(p: &PgRebuildProgress) -> u64 {
+fn rate(p: &RebuildProgress) -> u64 {
     // Rounded for display; a rate is never negative.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let r = p.rate().round() as u64;
@@ -752,7 +752,7 @@ fn rate(p: &PgRebuildProgress) -> u64 {
 }
 
 /// `rate, ETA` of a progress report: the ETA is the events left at the rate so far.
-fn speed(p: &PgRebuildProgress) -> String {
+fn speed(p: &RebuildProgress) -> String {
     match p.eta() {
         Some(d) => format!(
             "{} events/s, ETA {}",
@@ -773,7 +773,7 @@ struct Progress {
     bar: Option<ProgressBar>,
     last_line: Option<Instant>,
     /// The last report, for the last line of a rebuild that fails.
-    last: Option<PgRebuildProgress>,
+    last: Option<RebuildProgress>,
     started: Instant,
 }
 
@@ -812,7 +812,7 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, p: &PgRebuildProgress) {
+    fn update(&mut self, p: &RebuildProgress) {
         let first = self.last.is_none();
         self.last = Some(*p);
         if first {
@@ -837,7 +837,7 @@ impl Progress {
     }
 
     /// The last line of a rebuild that finished: what it did and how long it took.
-    fn finish(&mut self, p: &PgRebuildProgress) {
+    fn finish(&mut self, p: &RebuildProgress) {
         if let Some(bar) = &self.bar {
             bar.set_length(p.total.max(p.scanned));
             bar.set_position(p.scanned);
@@ -878,7 +878,7 @@ impl Progress {
         );
     }
 
-    fn line(&self, p: &PgRebuildProgress) {
+    fn line(&self, p: &RebuildProgress) {
         let total = p.total.max(p.scanned);
         // Whole percent for display.
         #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
@@ -906,7 +906,7 @@ mod tests {
 
     #[test]
     fn the_eta_is_the_events_left_at_the_rate_so_far() {
-        let p = PgRebuildProgress {
+        let p = RebuildProgress {
             scanned: 500,
             total: 2_000,
             handled: 400,
@@ -914,13 +914,13 @@ mod tests {
             elapsed: Duration::from_secs(5),
         };
         assert_eq!(speed(&p), "100 events/s, ETA 15.0 s");
-        let later = PgRebuildProgress {
+        let later = RebuildProgress {
             scanned: 1_900,
             elapsed: Duration::from_secs(95),
             ..p
         };
         assert_eq!(speed(&later), "20 events/s, ETA 5.0 s");
-        let start = PgRebuildProgress {
+        let start = RebuildProgress {
             scanned: 0,
             elapsed: Duration::ZERO,
             ..p

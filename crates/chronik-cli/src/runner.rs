@@ -6,7 +6,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 use chronik_core::FeedCursor;
-use chronik_postgres::{PgEventStore, PgRunnerState, PgStandby, PgStoreConfig};
+use chronik_postgres::{PgEventStore, PgStandby, PgStoreConfig, ProjectionState};
 use chronik_store::{EventStore as _, StoreError};
 
 use crate::interrupt::Interrupts;
@@ -96,7 +96,10 @@ pub(crate) async fn run(
                 let _ = status
                     .wait_for(|s| {
                         s.checkpoint >= head
-                            || matches!(s.state, PgRunnerState::Stopped | PgRunnerState::Crashed)
+                            || matches!(
+                                s.state,
+                                ProjectionState::Stopped | ProjectionState::Crashed
+                            )
                     })
                     .await;
             }
@@ -116,10 +119,10 @@ pub(crate) async fn run(
         last.events_processed,
         last.last_error
             .as_deref()
-            .filter(|_| last.state == PgRunnerState::Crashed)
+            .filter(|_| last.state == ProjectionState::Crashed)
             .map_or_else(String::new, |e| format!(" (crashed: {e})"))
     )?;
-    if last.state == PgRunnerState::Crashed {
+    if last.state == ProjectionState::Crashed {
         anyhow::bail!("the runner of projection {} crashed", projection.name);
     }
     Ok(())

@@ -34,7 +34,10 @@ mod typed;
 
 pub(crate) use sql::ProjectionSql;
 
-pub use chronik_projections::{HandlerError, ParkedEvent, ProjectionError, Typed};
+pub use chronik_projections::{
+    HandlerError, ParkedEvent, ProjectionError, ProjectionState, ProjectionStatus, RebuildProgress,
+    RunnerOptions, Typed,
+};
 pub use handler::{PgProjection, PgTransaction, ShadowProjection, lost_connection};
 pub use leftover::{ShadowLeftover, discard_shadow, shadow_leftovers};
 pub use ops::{
@@ -46,10 +49,7 @@ pub use park::{
     retry_parked,
 };
 pub use partition::{PgPartitionedRunner, PgWorkerHandle, PgWorkerStatus};
-pub use rebuild::{PgRebuildProgress, rebuild, rebuild_partitioned, rebuild_shadow};
+pub use rebuild::{rebuild, rebuild_partitioned, rebuild_shadow};
 pub use record::{RebuildOutcome, RebuildRecord};
-pub use runner::{
-    PgProjectionRunner, PgRunnerHandle, PgRunnerOptions, PgRunnerState, PgRunnerStatus, how_to_end,
-    notify_feed,
-};
+pub use runner::{PgProjectionRunner, PgRunnerHandle, how_to_end, notify_feed};
 pub use typed::PgTypedProjection;

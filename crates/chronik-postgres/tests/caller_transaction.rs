@@ -492,11 +492,11 @@ async fn a_handler_that_ignores_an_error_never_commits_its_batch(pool: PgPool) {
         goes_on: false,
     });
     let handle = chronik_postgres::PgProjectionRunner::new(store.clone(), projection.clone())
-        .with_options(chronik_postgres::PgRunnerOptions {
+        .with_options(chronik_postgres::RunnerOptions {
             batch_size: 4,
             retry_base: std::time::Duration::from_millis(5),
             retry_max: std::time::Duration::from_millis(20),
-            ..chronik_postgres::PgRunnerOptions::default()
+            ..chronik_postgres::RunnerOptions::default()
         })
         .spawn()
         .expect("spawn");

@@ -15,8 +15,8 @@ use chronik_core::{
     SnapshotState, StreamId, Version,
 };
 use chronik_postgres::{
-    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerOptions, PgRunnerState,
-    PgStoreConfig, PgTransaction, SchemaName,
+    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgStoreConfig, PgTransaction,
+    ProjectionState, RunnerOptions, SchemaName,
 };
 use chronik_store::{EventStore, FeedFilter, Repository, SnapshotStore};
 use futures::TryStreamExt as _;
@@ -201,18 +201,18 @@ async fn work() {
 
     // A projection handler that fails on the event: retried, with a warning each time.
     let runner = PgProjectionRunner::new(store.clone(), Arc::new(Strict))
-        .with_options(PgRunnerOptions {
+        .with_options(RunnerOptions {
             listen_channel: None,
             retry_base: Duration::from_millis(1),
             retry_max: Duration::from_millis(5),
-            ..PgRunnerOptions::default()
+            ..RunnerOptions::default()
         })
         .spawn()
         .unwrap();
     let mut status = runner.subscribe();
     tokio::time::timeout(
         DEADLINE,
-        status.wait_for(|s| s.state == PgRunnerState::Failing && s.attempts >= 2),
+        status.wait_for(|s| s.state == ProjectionState::Failing && s.attempts >= 2),
     )
     .await
     .unwrap()

@@ -20,7 +20,7 @@ use chronik_core::{
 };
 use chronik_postgres::{
     HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionRunner,
-    PgRunnerOptions, PgRunnerState, PgTransaction, PgWorkerHandle, ProjectionError,
+    PgTransaction, PgWorkerHandle, ProjectionError, ProjectionState, RunnerOptions,
     forget_projection, projection_reports, rebuild_partitioned, wait_for_projection,
 };
 use chronik_projections::{Partitions, stream_hash};
@@ -36,15 +36,15 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 const NAME: &str = "applied";
 
-fn options() -> PgRunnerOptions {
-    PgRunnerOptions {
+fn options() -> RunnerOptions {
+    RunnerOptions {
         batch_size: 5,
         poll_min: Duration::from_millis(5),
         poll_max: Duration::from_millis(50),
         retry_base: Duration::from_millis(5),
         retry_max: Duration::from_millis(50),
         standby_poll: Duration::from_millis(30),
-        ..PgRunnerOptions::default()
+        ..RunnerOptions::default()
     }
 }
 
@@ -402,7 +402,7 @@ async fn a_changed_number_of_partitions_is_refused_until_rebuilt(pool: PgPool) {
     let mut status = single.subscribe();
     let failing = tokio::time::timeout(
         DEADLINE,
-        status.wait_for(|s| s.state == PgRunnerState::Failing),
+        status.wait_for(|s| s.state == ProjectionState::Failing),
     )
     .await
     .unwrap()
@@ -417,7 +417,7 @@ async fn a_changed_number_of_partitions_is_refused_until_rebuilt(pool: PgPool) {
     assert_eq!(applied().await, 30);
 
     // The documented way: a rebuild with the new count, then workers with it.
-    let mut ignore = |_: &chronik_postgres::PgRebuildProgress| ControlFlow::Continue(());
+    let mut ignore = |_: &chronik_postgres::RebuildProgress| ControlFlow::Continue(());
     rebuild_partitioned(&store, Recorder::new(1), two, None, 7, &mut ignore)
         .await
         .unwrap();
@@ -462,7 +462,7 @@ async fn a_partitioned_rebuild_counts_each_partitions_events(pool: PgPool) {
     let last = append(&store, 10, 3).await;
     store.wait_for_feed(last, DEADLINE).await.unwrap();
     let four = Partitions::new(4).unwrap();
-    let mut ignore = |_: &chronik_postgres::PgRebuildProgress| ControlFlow::Continue(());
+    let mut ignore = |_: &chronik_postgres::RebuildProgress| ControlFlow::Continue(());
     let done = rebuild_partitioned(&store, Recorder::new(1), four, None, 7, &mut ignore)
         .await
         .unwrap();

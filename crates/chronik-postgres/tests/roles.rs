@@ -17,7 +17,7 @@ use chronik_core::{
 };
 use chronik_postgres::{
     APPLICATION_PRIVILEGES, HandlerError, ParkedEvent, PgEventStore, PgProjection,
-    PgProjectionRunner, PgRunnerOptions, PgStoreConfig, PgTransaction, RoleName, SchemaName,
+    PgProjectionRunner, PgStoreConfig, PgTransaction, RoleName, RunnerOptions, SchemaName,
     ShadowProjection, application_role_sql, park_event, parked_events, projection_reports, rebuild,
     rebuild_shadow, wait_for_projection,
 };
@@ -347,10 +347,10 @@ async fn the_application_role_runs_everything_and_can_change_no_history(admin: P
 
     // The projection runner, a rebuild, a park decision and the status report.
     let runner = PgProjectionRunner::new(app.clone(), Arc::clone(&tallies))
-        .with_options(PgRunnerOptions {
+        .with_options(RunnerOptions {
             batch_size: 2,
             listen_channel: None,
-            ..PgRunnerOptions::default()
+            ..RunnerOptions::default()
         })
         .spawn()
         .unwrap();

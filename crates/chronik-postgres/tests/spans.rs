@@ -15,8 +15,8 @@ use chronik_core::{
     Aggregate, EventId, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId,
 };
 use chronik_postgres::{
-    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerOptions, PgStoreConfig,
-    PgTransaction, SchemaName,
+    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgStoreConfig, PgTransaction,
+    SchemaName,
 };
 use chronik_projections::{Projection, ProjectionRunner, RunnerOptions};
 use chronik_store::{EventStore, Repository, StreamAppend};
@@ -153,9 +153,9 @@ async fn work(schema: SchemaName) {
 
     // Both runners, to the end of the feed.
     let pg = PgProjectionRunner::new(store.clone(), Arc::new(Quiet))
-        .with_options(PgRunnerOptions {
+        .with_options(RunnerOptions {
             listen_channel: None,
-            ..PgRunnerOptions::default()
+            ..RunnerOptions::default()
         })
         .spawn()
         .unwrap();

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use chronik_core::{EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent, StreamId};
 use chronik_postgres::{
-    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions,
-    PgRunnerState, PgStandby, PgStoreConfig, PgTransaction, standby_reports, wait_for_projection,
+    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle, PgStandby,
+    PgStoreConfig, PgTransaction, ProjectionState, RunnerOptions, standby_reports,
+    wait_for_projection,
 };
 use chronik_store::{EventStore, FeedFilter, StoreError};
 use chronik_testkit::replica::Replica;
@@ -99,14 +100,14 @@ fn event(kind: &str, i: u64) -> NewEvent {
     .unwrap()
 }
 
-fn options() -> PgRunnerOptions {
-    PgRunnerOptions {
+fn options() -> RunnerOptions {
+    RunnerOptions {
         batch_size: 37,
         poll_max: Duration::from_millis(50),
         lag_every: Duration::ZERO,
         retry_base: Duration::from_millis(5),
         retry_max: Duration::from_millis(50),
-        ..PgRunnerOptions::default()
+        ..RunnerOptions::default()
     }
 }
 
@@ -259,7 +260,7 @@ async fn a_standby_fed_runner_applies_every_event_once_under_concurrent_writes_a
     assert!(reports.iter().all(|r| r.standby == standby.endpoint()));
     for h in [all, some] {
         let s = h.stop().await;
-        assert_eq!(s.state, PgRunnerState::Stopped, "{s:?}");
+        assert_eq!(s.state, ProjectionState::Stopped, "{s:?}");
     }
 }
 
@@ -368,7 +369,7 @@ async fn a_paused_standby_makes_the_runner_wait_not_skip_and_a_promoted_one_is_r
     tokio::time::timeout(
         WAIT,
         status.wait_for(|s| {
-            s.state == PgRunnerState::Failing
+            s.state == ProjectionState::Failing
                 && s.last_error
                     .as_deref()
                     .is_some_and(|e| e.contains("was promoted"))

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chronik_core::{FeedCursor, RecordedEvent};
 use chronik_postgres::{
-    HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgRunnerOptions, PgStoreConfig,
-    PgTransaction, PgWorkerHandle, wait_for_projection,
+    HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgStoreConfig, PgTransaction,
+    PgWorkerHandle, RunnerOptions, wait_for_projection,
 };
 use chronik_projections::Partitions;
 use chronik_store::EventStore as _;
@@ -94,8 +94,8 @@ impl PgProjection for PartitionedProjection {
     }
 }
 
-fn options(rng: &mut ChaCha8Rng) -> PgRunnerOptions {
-    PgRunnerOptions {
+fn options(rng: &mut ChaCha8Rng) -> RunnerOptions {
+    RunnerOptions {
         batch_size: [1, 7, 50, 200][rng.gen_range(0..4)],
         poll_min: Duration::from_millis(5),
         poll_max: Duration::from_millis(100),
@@ -103,7 +103,7 @@ fn options(rng: &mut ChaCha8Rng) -> PgRunnerOptions {
         retry_max: Duration::from_millis(200),
         standby_poll: Duration::from_millis(50),
         listen_channel: None,
-        ..PgRunnerOptions::default()
+        ..RunnerOptions::default()
     }
 }
 
@@ -139,7 +139,7 @@ pub(crate) async fn own_pool(like: &PgEventStore, max: u32, whose: &str) -> Opti
 async fn start(
     like: &PgEventStore,
     projection: &Arc<PartitionedProjection>,
-    options: PgRunnerOptions,
+    options: RunnerOptions,
     world: &World,
 ) -> Option<Worker> {
     let store = own_pool(like, 6, "a partitioned worker").await?;
@@ -217,7 +217,7 @@ pub(crate) async fn catch_up(
     timeout: Duration,
 ) -> Result<(), String> {
     projection.disable_failures();
-    let settle = PgRunnerOptions {
+    let settle = RunnerOptions {
         batch_size: 500,
         ..options(&mut world.rng("final-worker", 0))
     };

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chronik_core::{FeedCursor, RecordedEvent};
 use chronik_postgres::{
-    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle, PgRunnerOptions,
-    PgRunnerState, PgTransaction,
+    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle, PgTransaction,
+    ProjectionState, RunnerOptions,
 };
 use chronik_store::{CheckpointStore as _, EventStore as _};
 use rand::Rng as _;
@@ -155,8 +155,8 @@ impl PgProjection for TortureProjection {
     }
 }
 
-fn options(rng: &mut ChaCha8Rng) -> PgRunnerOptions {
-    PgRunnerOptions {
+fn options(rng: &mut ChaCha8Rng) -> RunnerOptions {
+    RunnerOptions {
         batch_size: [1, 7, 50, 200][rng.gen_range(0..4)],
         poll_min: Duration::from_millis(5),
         poll_max: Duration::from_millis(100),
@@ -164,14 +164,14 @@ fn options(rng: &mut ChaCha8Rng) -> PgRunnerOptions {
         retry_max: Duration::from_millis(200),
         standby_poll: Duration::from_millis(50),
         listen_channel: None,
-        ..PgRunnerOptions::default()
+        ..RunnerOptions::default()
     }
 }
 
 fn spawn(
     store: &PgEventStore,
     projection: &Arc<TortureProjection>,
-    options: PgRunnerOptions,
+    options: RunnerOptions,
     world: &World,
 ) -> Option<PgRunnerHandle> {
     let runner = PgProjectionRunner::new(store.clone(), Arc::clone(projection))
@@ -211,7 +211,7 @@ pub(crate) async fn runner_chaos(
             45..70 if !handles.is_empty() => {
                 let h = handles.swap_remove(rng.gen_range(0..handles.len()));
                 if let Ok(s) = tokio::time::timeout(Duration::from_secs(10), h.stop()).await
-                    && s.state == PgRunnerState::Crashed
+                    && s.state == ProjectionState::Crashed
                 {
                     world.runner_crash(format!("{:?}", s.last_error));
                 }
@@ -227,7 +227,7 @@ pub(crate) async fn runner_chaos(
         }
     }
     for h in handles {
-        if h.status().state == PgRunnerState::Crashed {
+        if h.status().state == ProjectionState::Crashed {
             world.runner_crash(format!("{:?}", h.status().last_error));
         }
         h.abort().await;
@@ -246,7 +246,7 @@ pub(crate) async fn catch_up(
 ) -> Result<Option<FeedCursor>, String> {
     projection.disable_failures();
     // Full batches: the backlog is drained, not tortured.
-    let settle = PgRunnerOptions {
+    let settle = RunnerOptions {
         batch_size: 500,
         ..options(&mut world.rng("final-runner", 0))
     };
@@ -263,7 +263,7 @@ pub(crate) async fn catch_up(
             .map(|c| c.map(|c| c.cursor));
         if let (Ok(head), Ok(cp)) = (&head, &cp)
             && head == cp
-            && handle.status().state != PgRunnerState::Starting
+            && handle.status().state != ProjectionState::Starting
         {
             break Ok(*cp);
         }

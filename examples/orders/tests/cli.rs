@@ -1424,7 +1424,7 @@ fn doctor_and_status_report_a_failing_projection() {
         .block_on(
             standby
                 .subscribe()
-                .wait_for(|s| s.state == chronik::postgres::PgRunnerState::Standby),
+                .wait_for(|s| s.state == chronik::postgres::ProjectionState::Standby),
         )
         .expect("the second runner waits");
     let owner = runner
@@ -2685,7 +2685,7 @@ fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
 
 #[test]
 fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten() {
-    use chronik::postgres::{PgProjectionRunner, PgRunnerOptions};
+    use chronik::postgres::{PgProjectionRunner, RunnerOptions};
     use std::sync::Arc;
     let schema = Schema::migrated();
     let placed = schema.place_orders(2);
@@ -2696,10 +2696,10 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
         let projection = Arc::new(orders::OrderProjection::new(schema.store.schema()));
         PgProjectionRunner::new(schema.store.clone(), projection)
             .with_upcasters(Arc::new(orders::upcasters().expect("valid")))
-            .with_options(PgRunnerOptions {
+            .with_options(RunnerOptions {
                 retry_base: std::time::Duration::from_millis(5),
                 retry_max: std::time::Duration::from_millis(20),
-                ..PgRunnerOptions::default()
+                ..RunnerOptions::default()
             })
             .spawn()
             .expect("the runner starts")

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chronik::postgres::{
     HandlerError, ParkedEvent, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
-    PgRunnerOptions, PgRunnerState, PgRunnerStatus, PgTransaction, park_event, parked_events,
+    PgTransaction, ProjectionState, ProjectionStatus, RunnerOptions, park_event, parked_events,
     projection_reports, rebuild, rebuild_shadow, wait_for_projection,
 };
 use chronik::{
@@ -33,8 +33,8 @@ use uuid::Uuid;
 /// delay visibility. Conditions are polled; nothing waits for a fixed time.
 const DEADLINE: Duration = Duration::from_secs(90);
 
-fn options() -> PgRunnerOptions {
-    PgRunnerOptions {
+fn options() -> RunnerOptions {
+    RunnerOptions {
         batch_size: 7,
         poll_min: Duration::from_millis(5),
         poll_max: Duration::from_millis(50),
@@ -42,7 +42,7 @@ fn options() -> PgRunnerOptions {
         retry_max: Duration::from_millis(50),
         standby_poll: Duration::from_millis(20),
         listen_channel: None,
-        ..PgRunnerOptions::default()
+        ..RunnerOptions::default()
     }
 }
 
@@ -302,7 +302,7 @@ fn spawn(store: &PgEventStore, p: Audited) -> PgRunnerHandle {
         .unwrap()
 }
 
-async fn until(h: &PgRunnerHandle, f: impl Fn(&PgRunnerStatus) -> bool) -> PgRunnerStatus {
+async fn until(h: &PgRunnerHandle, f: impl Fn(&ProjectionStatus) -> bool) -> ProjectionStatus {
     let mut rx = h.subscribe();
     tokio::time::timeout(DEADLINE, rx.wait_for(|s| f(s)))
         .await
@@ -407,7 +407,7 @@ async fn a_crash_mid_batch_or_between_batches_applies_nothing_twice(pool: PgPool
         .await
         .unwrap();
     let status = h.stop().await;
-    assert_eq!(status.state, PgRunnerState::Stopped);
+    assert_eq!(status.state, ProjectionState::Stopped);
     assert_exactly_once_in_stream_order(&pool).await;
     let after_crashes = actual_model(&pool).await;
     assert_eq!(after_crashes, expected_model(&store).await);
@@ -504,7 +504,7 @@ async fn two_runners_one_active_and_the_other_takes_over(pool: PgPool) {
     let a = spawn(&store, Audited::new(orders.clone()));
     until(&a, |s| s.lock_pid.is_some()).await;
     let b = spawn(&store, Audited::new(orders.clone()));
-    until(&b, |s| s.state == PgRunnerState::Standby).await;
+    until(&b, |s| s.state == ProjectionState::Standby).await;
 
     let first = append_orders(&store, 0, 6).await;
     wait_for_projection(&store, OrderProjection::NAME, first, DEADLINE)
@@ -515,12 +515,12 @@ async fn two_runners_one_active_and_the_other_takes_over(pool: PgPool) {
         0,
         "the standby runner processed nothing"
     );
-    assert_eq!(b.status().state, PgRunnerState::Standby);
+    assert_eq!(b.status().state, ProjectionState::Standby);
 
     let a_done = a.stop().await;
     assert!(a_done.batches > 0);
     let s = until(&b, |s| s.lock_pid.is_some()).await;
-    assert_ne!(s.state, PgRunnerState::Standby);
+    assert_ne!(s.state, ProjectionState::Standby);
     let second = append_orders(&store, 6, 12).await;
     wait_for_projection(&store, OrderProjection::NAME, second, DEADLINE)
         .await
@@ -684,7 +684,10 @@ async fn a_failing_event_is_retried_until_a_recorded_park_decision(pool: PgPool)
     let p = Audited::new(OrderProjection::new(store.schema()));
     p.poison.lock().unwrap().insert(bad.event_id);
     let h = spawn(&store, p);
-    let s = until(&h, |s| s.state == PgRunnerState::Failing && s.attempts >= 3).await;
+    let s = until(&h, |s| {
+        s.state == ProjectionState::Failing && s.attempts >= 3
+    })
+    .await;
     assert_eq!(s.failing_event.map(|e| e.event_id), Some(bad.event_id));
     assert_eq!(
         s.checkpoint, feed[2].cursor,
@@ -753,7 +756,7 @@ async fn a_panicking_handler_is_retried_shown_parked_and_the_runner_goes_on(pool
     p.panics.lock().unwrap().insert(bad.event_id, usize::MAX);
     let h = spawn(&store, p.clone());
     let s = until(&h, |s| {
-        s.state == PgRunnerState::Failing
+        s.state == ProjectionState::Failing
             && s.failing_event.as_ref().map(|e| e.event_id) == Some(bad.event_id)
             && s.attempts >= 3
     })
@@ -804,7 +807,7 @@ async fn a_panicking_handler_is_retried_shown_parked_and_the_runner_goes_on(pool
         .await
         .unwrap();
     let s = h.stop().await;
-    assert_eq!(s.state, PgRunnerState::Stopped);
+    assert_eq!(s.state, ProjectionState::Stopped);
     assert_eq!(s.parked_skipped, 1);
     assert_exactly_once_except(&pool, &[(bad.stream_id.to_string(), bad.version.as_i64())]).await;
     assert_eq!(
@@ -816,10 +819,10 @@ async fn a_panicking_handler_is_retried_shown_parked_and_the_runner_goes_on(pool
     // A task that is gone is shown as gone, never as its last state.
     let h = spawn(&store, Audited::new(OrderProjection::new(store.schema())));
     let mut rx = h.subscribe();
-    until(&h, |s| s.state == PgRunnerState::Live).await;
+    until(&h, |s| s.state == ProjectionState::Live).await;
     h.abort().await;
     let s = rx.borrow_and_update().clone();
-    assert_eq!(s.state, PgRunnerState::Crashed, "{s:?}");
+    assert_eq!(s.state, ProjectionState::Crashed, "{s:?}");
     assert!(s.last_error.as_deref().unwrap().contains("aborted"));
 }
 
@@ -831,7 +834,7 @@ async fn a_notification_after_commit_wakes_a_listening_runner(pool: PgPool) {
         store.clone(),
         Arc::new(Audited::new(OrderProjection::new(store.schema()))),
     )
-    .with_options(PgRunnerOptions {
+    .with_options(RunnerOptions {
         poll_min: Duration::from_secs(600),
         poll_max: Duration::from_secs(600),
         listen_channel: Some("chronik_feed".into()),
@@ -839,7 +842,7 @@ async fn a_notification_after_commit_wakes_a_listening_runner(pool: PgPool) {
     })
     .spawn()
     .unwrap();
-    until(&h, |s| s.state == PgRunnerState::Live).await;
+    until(&h, |s| s.state == ProjectionState::Live).await;
     let last = append_orders(&store, 0, 2).await;
     // Notify once the events are visible (after commit, outside any append transaction).
     store
@@ -944,9 +947,11 @@ async fn status_shows_the_owner_and_the_standby_apart_and_survives_either_stoppi
     let orders = OrderProjection::new(store.schema());
     let name = OrderProjection::NAME;
     let a = spawn(&store, Audited::new(orders.clone()));
-    let a_pid = until(&a, |s| s.state == PgRunnerState::Live).await.lock_pid;
+    let a_pid = until(&a, |s| s.state == ProjectionState::Live)
+        .await
+        .lock_pid;
     let b = spawn(&other, Audited::new(orders.clone()));
-    until(&b, |s| s.state == PgRunnerState::Standby).await;
+    until(&b, |s| s.state == ProjectionState::Standby).await;
 
     let r = report_of(&store, name).await;
     let owner = r
@@ -979,9 +984,11 @@ async fn status_shows_the_owner_and_the_standby_apart_and_survives_either_stoppi
 
     // A new standby, then the owner stops: the standby takes over and is the owner.
     let c = spawn(&other, Audited::new(orders));
-    until(&c, |s| s.state == PgRunnerState::Standby).await;
+    until(&c, |s| s.state == ProjectionState::Standby).await;
     a.stop().await;
-    let c_pid = until(&c, |s| s.state == PgRunnerState::Live).await.lock_pid;
+    let c_pid = until(&c, |s| s.state == ProjectionState::Live)
+        .await
+        .lock_pid;
     let r = report_of(&store, name).await;
     assert_eq!(
         (r.state.as_deref(), r.owner.as_ref().and_then(|o| o.pid)),
@@ -1008,7 +1015,7 @@ async fn a_dead_owner_is_reported_dead_until_another_takes_over(pool: PgPool) {
     let orders = OrderProjection::new(store.schema());
     let name = OrderProjection::NAME;
     let a = spawn(&other, Audited::new(orders.clone()));
-    let a_pid = until(&a, |s| s.state == PgRunnerState::Live)
+    let a_pid = until(&a, |s| s.state == ProjectionState::Live)
         .await
         .lock_pid
         .unwrap();
@@ -1043,7 +1050,9 @@ async fn a_dead_owner_is_reported_dead_until_another_takes_over(pool: PgPool) {
     assert!(r.dead[0].owner_since.is_some(), "{r:#?}");
 
     let b = spawn(&store, Audited::new(orders));
-    let b_pid = until(&b, |s| s.state == PgRunnerState::Live).await.lock_pid;
+    let b_pid = until(&b, |s| s.state == ProjectionState::Live)
+        .await
+        .lock_pid;
     let r = report_of(&store, name).await;
     assert_eq!(
         (r.state.as_deref(), r.owner.as_ref().and_then(|o| o.pid)),
@@ -1142,7 +1151,7 @@ async fn rebuilds_that_fail_or_are_stopped_change_nothing_and_leave_nothing_behi
     // Stopped by the progress callback after the second batch: the same.
     for shadow in [false, true] {
         let mut calls = 0;
-        let mut stop = |_: &chronik::postgres::PgRebuildProgress| {
+        let mut stop = |_: &chronik::postgres::RebuildProgress| {
             calls += 1;
             if calls == 2 {
                 ControlFlow::Break(())
@@ -1292,7 +1301,7 @@ async fn a_failed_rebuild_stays_in_the_status_until_one_succeeds(pool: PgPool) {
         p.poison.lock().unwrap().insert(bad.event_id);
         Arc::new(p)
     };
-    let go = |_: &chronik::postgres::PgRebuildProgress| ControlFlow::Continue(());
+    let go = |_: &chronik::postgres::RebuildProgress| ControlFlow::Continue(());
 
     let done = rebuild(&store, Arc::new(orders.clone()), None, 4, &mut { go })
         .await
@@ -1325,7 +1334,7 @@ async fn a_failed_rebuild_stays_in_the_status_until_one_succeeds(pool: PgPool) {
 
     // Stopped by its caller: failed too, saying how far it got.
     let mut calls = 0;
-    let mut stop = |_: &chronik::postgres::PgRebuildProgress| {
+    let mut stop = |_: &chronik::postgres::RebuildProgress| {
         calls += 1;
         if calls == 2 {
             ControlFlow::Break(())

@@ -2,7 +2,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chronik_core::{EventId, FeedCursor};
-use chronik_projections::{ParkedEvent, ProjectionError, measure_lag, parse_partition};
+use chronik_projections::{
+    ParkedEvent, ProjectionError, ProjectionState, measure_lag, parse_partition,
+};
 use chronik_store::{EventStore, StoreError, validate_projection_name};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -10,7 +12,7 @@ use uuid::Uuid;
 
 use super::park::parked_row;
 use super::record::{RebuildRecord, records};
-use super::runner::{PgRunnerState, cursor_of, event_id};
+use super::runner::{cursor_of, event_id};
 use super::sql::ProjectionSql;
 use crate::error::backend;
 use crate::horizon::HorizonHolder;
@@ -280,14 +282,14 @@ fn classify(rows: Vec<RunnerRow>, lock_pid: Option<i32>) -> Runners {
         if holds {
             out.owner = Some(row.instance.clone());
             out.locked_by = None;
-        } else if row.instance.state == PgRunnerState::Stopped.as_str() {
+        } else if row.instance.state == ProjectionState::Stopped.as_str() {
             // history: only its errors and the fact that it stopped
-        } else if row.alive && row.instance.state != PgRunnerState::Crashed.as_str() {
+        } else if row.alive && row.instance.state != ProjectionState::Crashed.as_str() {
             out.standbys.push(row.instance.clone());
         } else {
             // A crashed instance is dead whether or not it owned the lock.
             dead_owner |= row.instance.owner_since.is_some()
-                || row.instance.state == PgRunnerState::Crashed.as_str();
+                || row.instance.state == ProjectionState::Crashed.as_str();
             out.dead.push(row.instance.clone());
         }
         if holds {
@@ -302,11 +304,11 @@ fn classify(rows: Vec<RunnerRow>, lock_pid: Option<i32>) -> Runners {
     out.state = if let Some(o) = &out.owner {
         Some(o.state.clone())
     } else if !out.standbys.is_empty() {
-        Some(PgRunnerState::Standby.as_str().to_owned())
+        Some(ProjectionState::Standby.as_str().to_owned())
     } else if dead_owner {
         Some("dead".to_owned())
     } else if any {
-        Some(PgRunnerState::Stopped.as_str().to_owned())
+        Some(ProjectionState::Stopped.as_str().to_owned())
     } else {
         None
     };

@@ -23,14 +23,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chronik_core::UpcasterRegistry;
-use chronik_projections::{Partitions, ProjectionError, ProjectionName, ProjectionStatus};
+use chronik_projections::{
+    Partitions, ProjectionError, ProjectionName, ProjectionStatus, RunnerOptions,
+};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::handler::PgProjection;
 use super::layout;
-use super::runner::{Engine, PgRunnerHandle, PgRunnerOptions, SessionInfo, start, validate};
+use super::runner::{Engine, PgRunnerHandle, SessionInfo, start, validate};
 use super::sql::{ProjectionSql, lock_key, workers_key};
 use crate::error::backend;
 use crate::store::PgEventStore;
@@ -49,7 +51,7 @@ pub struct PgPartitionedRunner<P> {
     store: PgEventStore,
     projection: Arc<P>,
     partitions: Partitions,
-    options: PgRunnerOptions,
+    options: RunnerOptions,
     upcasters: Option<Arc<UpcasterRegistry>>,
 }
 
@@ -61,14 +63,14 @@ impl<P: PgProjection> PgPartitionedRunner<P> {
             store,
             projection,
             partitions,
-            options: PgRunnerOptions::default(),
+            options: RunnerOptions::default(),
             upcasters: None,
         }
     }
 
     /// Replaces the options (for every partition this worker runs).
     #[must_use]
-    pub fn with_options(mut self, options: PgRunnerOptions) -> Self {
+    pub fn with_options(mut self, options: RunnerOptions) -> Self {
         self.options = options;
         self
     }
@@ -249,7 +251,7 @@ struct Worker<P> {
     store: PgEventStore,
     projection: Arc<P>,
     upcasters: Option<Arc<UpcasterRegistry>>,
-    options: PgRunnerOptions,
+    options: RunnerOptions,
     layout: Partitions,
     name: String,
     sql: Arc<ProjectionSql>,

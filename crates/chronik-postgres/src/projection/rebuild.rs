@@ -16,14 +16,10 @@ use crate::config::SchemaName;
 use crate::error::backend;
 use crate::store::PgEventStore;
 
-/// How far a rebuild has got: the engine's shared [`RebuildProgress`] (of the shadow,
-/// during a shadow rebuild).
-pub type PgRebuildProgress = RebuildProgress;
-
 /// Called after every batch with the progress so far; returning
 /// [`ControlFlow::Break`] stops the rebuild at that batch boundary (it then cleans up and
 /// fails with [`ProjectionError::Interrupted`]).
-type Progress<'a> = &'a mut (dyn FnMut(&PgRebuildProgress) -> ControlFlow<()> + Send);
+type Progress<'a> = &'a mut (dyn FnMut(&RebuildProgress) -> ControlFlow<()> + Send);
 
 fn batch_size(n: usize) -> usize {
     if n == 0 { 1_000 } else { n.min(MAX_FEED_PAGE) }
@@ -61,7 +57,7 @@ async fn replay_in<P: PgProjection>(
     engine: &Engine<P>,
     tx: &mut super::handler::PgTransaction,
     limit: usize,
-    p: &mut PgRebuildProgress,
+    p: &mut RebuildProgress,
     started: Instant,
     progress: Progress<'_>,
 ) -> Result<Vec<u64>, ProjectionError> {
@@ -102,7 +98,7 @@ async fn replay_in<P: PgProjection>(
 async fn replay<P: PgProjection>(
     engine: &Engine<P>,
     limit: usize,
-    p: &mut PgRebuildProgress,
+    p: &mut RebuildProgress,
     started: Instant,
     progress: Progress<'_>,
 ) -> Result<(), ProjectionError> {
@@ -165,7 +161,7 @@ async fn lock_checkpoint_patiently<P: PgProjection>(
     .await
 }
 
-fn interrupted(name: &str, p: &PgRebuildProgress) -> ProjectionError {
+fn interrupted(name: &str, p: &RebuildProgress) -> ProjectionError {
     ProjectionError::Interrupted {
         projection: name.trim_end_matches("__shadow").to_owned(),
         scanned: p.scanned,
@@ -207,7 +203,7 @@ pub async fn rebuild<P: PgProjection>(
     upcasters: Option<Arc<UpcasterRegistry>>,
     batch: usize,
     progress: Progress<'_>,
-) -> Result<PgRebuildProgress, ProjectionError> {
+) -> Result<RebuildProgress, ProjectionError> {
     let stored = {
         let sql = super::sql::ProjectionSql::new(store.schema());
         let mut conn = store.pool().acquire().await.map_err(backend)?;
@@ -248,7 +244,7 @@ pub async fn rebuild_partitioned<P: PgProjection>(
     upcasters: Option<Arc<UpcasterRegistry>>,
     batch: usize,
     progress: Progress<'_>,
-) -> Result<PgRebuildProgress, ProjectionError> {
+) -> Result<RebuildProgress, ProjectionError> {
     validate_projection_name(projection.name())?;
     for name in layout::names(projection.name(), partitions) {
         validate_projection_name(&name)?;
@@ -275,7 +271,7 @@ pub async fn rebuild_partitioned<P: PgProjection>(
     }
     let recorded = record::started(&mut lock, &engine.sql, projection.name(), false).await;
     let mut last = None;
-    let mut track = |p: &PgRebuildProgress| {
+    let mut track = |p: &RebuildProgress| {
         last = Some(*p);
         progress(p)
     };
@@ -319,10 +315,10 @@ async fn scratch<P: PgProjection>(
     (batch, partitions): (usize, Partitions),
     recorded: Option<i32>,
     progress: Progress<'_>,
-) -> Result<PgRebuildProgress, ProjectionError> {
+) -> Result<RebuildProgress, ProjectionError> {
     let started = Instant::now();
     let total = store.feed_head().await?.visible_events;
-    let mut p = PgRebuildProgress {
+    let mut p = RebuildProgress {
         scanned: 0,
         total,
         handled: 0,
@@ -444,7 +440,7 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     upcasters: Option<Arc<UpcasterRegistry>>,
     batch: usize,
     progress: Progress<'_>,
-) -> Result<PgRebuildProgress, ProjectionError> {
+) -> Result<RebuildProgress, ProjectionError> {
     let name = projection.name().to_owned();
     validate_projection_name(&name)?;
     let live_table = projection.table().to_owned();
@@ -472,7 +468,7 @@ pub async fn rebuild_shadow<P: PgProjection + ShadowProjection>(
     };
     let recorded = record::started(&mut lock, &live.sql, &name, true).await;
     let mut last = None;
-    let mut track = |p: &PgRebuildProgress| {
+    let mut track = |p: &RebuildProgress| {
         last = Some(*p);
         progress(p)
     };
@@ -594,7 +590,7 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     batch: usize,
     recorded: Option<i32>,
     progress: Progress<'_>,
-) -> Result<PgRebuildProgress, ProjectionError> {
+) -> Result<RebuildProgress, ProjectionError> {
     let ShadowNames {
         name,
         shadow_name,
@@ -605,7 +601,7 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     let s = store.schema().quoted();
     let started = Instant::now();
     let total = store.feed_head().await?.visible_events;
-    let mut p = PgRebuildProgress {
+    let mut p = RebuildProgress {
         scanned: 0,
         total,
         handled: 0,

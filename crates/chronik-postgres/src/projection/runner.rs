@@ -12,7 +12,7 @@ mod task;
 use std::sync::Arc;
 
 use chronik_core::UpcasterRegistry;
-use chronik_projections::{ProjectionError, ProjectionName};
+use chronik_projections::{ProjectionError, ProjectionName, RunnerOptions};
 
 pub(crate) use engine::{
     Batch, Engine, as_i64, cursor_of, event_id, locked_checkpoint, upcast_failure,
@@ -20,9 +20,8 @@ pub(crate) use engine::{
 pub use handle::PgRunnerHandle;
 pub use lock::how_to_end;
 pub(crate) use lock::{SessionInfo, busy, busy_on, release};
+pub use options::notify_feed;
 pub(crate) use options::validate;
-pub use options::{PgRunnerOptions, notify_feed};
-pub use status::{PgRunnerState, PgRunnerStatus};
 pub(crate) use task::start;
 
 use super::handler::PgProjection;
@@ -38,12 +37,13 @@ use crate::store::PgEventStore;
 /// retried with backoff until it succeeds or a park decision is recorded for it
 /// ([`crate::park_event`]). At most one runner per projection name and schema is active
 /// (`pg_try_advisory_lock` on a dedicated session); the others stay in
-/// [`PgRunnerState::Standby`] and take over when that session ends.
+/// [`ProjectionState::Standby`](chronik_projections::ProjectionState::Standby) and take
+/// over when that session ends.
 #[derive(Debug)]
 pub struct PgProjectionRunner<P> {
     store: PgEventStore,
     projection: Arc<P>,
-    options: PgRunnerOptions,
+    options: RunnerOptions,
     upcasters: Option<Arc<UpcasterRegistry>>,
     standby: Option<PgStandby>,
 }
@@ -54,7 +54,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         Self {
             store,
             projection,
-            options: PgRunnerOptions::default(),
+            options: RunnerOptions::default(),
             upcasters: None,
             standby: None,
         }
@@ -62,7 +62,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
 
     /// Replaces the options.
     #[must_use]
-    pub fn with_options(mut self, options: PgRunnerOptions) -> Self {
+    pub fn with_options(mut self, options: RunnerOptions) -> Self {
         self.options = options;
         self
     }

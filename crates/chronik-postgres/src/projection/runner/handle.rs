@@ -4,31 +4,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronik_core::FeedCursor;
-use chronik_projections::{ProjectionError, wait_for_status};
+use chronik_projections::{ProjectionError, ProjectionStatus, wait_for_status};
 use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-use super::status::PgRunnerStatus;
 
 /// Controls a spawned [`PgProjectionRunner`](crate::PgProjectionRunner).
 #[derive(Debug)]
 pub struct PgRunnerHandle {
     pub(super) stop: watch::Sender<bool>,
-    pub(super) status: Arc<watch::Sender<PgRunnerStatus>>,
+    pub(super) status: Arc<watch::Sender<ProjectionStatus>>,
     pub(super) task: JoinHandle<()>,
 }
 
 impl PgRunnerHandle {
     /// The runner's current status.
     #[must_use]
-    pub fn status(&self) -> PgRunnerStatus {
+    pub fn status(&self) -> ProjectionStatus {
         self.status.borrow().clone()
     }
 
     /// A live view of the status.
     #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<PgRunnerStatus> {
+    pub fn subscribe(&self) -> watch::Receiver<ProjectionStatus> {
         self.status.subscribe()
     }
 
@@ -44,7 +42,7 @@ impl PgRunnerHandle {
         &self,
         target: FeedCursor,
         timeout: Duration,
-    ) -> Result<PgRunnerStatus, ProjectionError> {
+    ) -> Result<ProjectionStatus, ProjectionError> {
         wait_for_status(self.subscribe(), target, timeout).await
     }
 
@@ -57,8 +55,8 @@ impl PgRunnerHandle {
     /// status is returned.
     ///
     /// A task that ended abnormally is reported, never hidden: the status is then
-    /// [`PgRunnerState::Crashed`](crate::PgRunnerState::Crashed) with `last_error` saying why.
-    pub async fn stop(self) -> PgRunnerStatus {
+    /// [`ProjectionState::Crashed`](crate::ProjectionState::Crashed) with `last_error` saying why.
+    pub async fn stop(self) -> ProjectionStatus {
         self.stop.send_replace(true);
         if let Err(e) = self.task.await {
             crashed(&self.status, &e);
@@ -78,7 +76,7 @@ impl PgRunnerHandle {
 
     /// Kills the task at its next await point, as a crash would: an open batch transaction
     /// is rolled back and the lock session is dropped. Subscribers then see
-    /// [`PgRunnerState::Crashed`](crate::PgRunnerState::Crashed); the status row is left as it was, and
+    /// [`ProjectionState::Crashed`](crate::ProjectionState::Crashed); the status row is left as it was, and
     /// [`crate::projection_reports`] shows the instance dead once its session is gone.
     pub async fn abort(self) {
         self.task.abort();
@@ -89,7 +87,7 @@ impl PgRunnerHandle {
 }
 
 /// Marks the in-process status of a task that ended abnormally.
-fn crashed(status: &watch::Sender<PgRunnerStatus>, e: &tokio::task::JoinError) {
+fn crashed(status: &watch::Sender<ProjectionStatus>, e: &tokio::task::JoinError) {
     let why = if e.is_cancelled() {
         "runner task aborted".to_owned()
     } else {

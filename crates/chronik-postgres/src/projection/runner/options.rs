@@ -6,10 +6,6 @@ use sqlx::PgPool;
 
 use crate::error::backend;
 
-/// Tuning of a [`PgProjectionRunner`](crate::PgProjectionRunner): the engine's shared [`RunnerOptions`] (this
-/// runner reads `standby_poll` and `listen_channel` too; its backoff is the shared one).
-pub type PgRunnerOptions = RunnerOptions;
-
 pub(crate) fn validate(options: &RunnerOptions) -> Result<(), StoreError> {
     options
         .validate()

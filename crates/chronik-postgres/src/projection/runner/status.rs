@@ -1,27 +1,18 @@
 //! A runner's state and status, in process and in its `projection_runners` row.
 
-use chronik_projections::{ProjectionState, ProjectionStatus};
+use chronik_projections::ProjectionStatus;
 use uuid::Uuid;
 
 use super::engine::Engine;
 use super::lock::SessionInfo;
 use crate::projection::handler::PgProjection;
 
-/// What a PostgreSQL runner is doing: the engine's shared [`ProjectionState`] (its labels
-/// are what `projection_runners.state` stores).
-pub type PgRunnerState = ProjectionState;
-
-/// A runner's in-process view of itself: the engine's shared [`ProjectionStatus`], with
-/// lag, batches and the lock's owner pid (the persisted view is
-/// [`crate::ProjectionReport`]).
-pub type PgRunnerStatus = ProjectionStatus;
-
 impl<P: PgProjection> Engine<P> {
     /// Writes instance `instance`'s own status row (never another instance's).
     pub(crate) async fn save_status(
         &self,
         instance: Uuid,
-        s: &PgRunnerStatus,
+        s: &ProjectionStatus,
         session: Option<&SessionInfo>,
     ) {
         let result = sqlx::query(self.sql.save_status.clone())

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chronik_projections::{EventRef, LagMeter, ProjectionStatus};
+use chronik_projections::{EventRef, LagMeter, ProjectionState, ProjectionStatus, RunnerOptions};
 use chronik_store::catch_panic;
 use chrono::Utc;
 use sqlx::postgres::PgListener;
@@ -14,8 +14,6 @@ use uuid::Uuid;
 use super::engine::{Batch, Engine};
 use super::handle::PgRunnerHandle;
 use super::lock::{SessionInfo, release};
-use super::options::PgRunnerOptions;
-use super::status::{PgRunnerState, PgRunnerStatus};
 use crate::projection::handler::PgProjection;
 use crate::standby::StandbyMeter;
 
@@ -23,7 +21,7 @@ use crate::standby::StandbyMeter;
 /// (a partitioned worker's), which the task records as its own and never takes itself.
 pub(crate) fn start<P: PgProjection>(
     engine: Engine<P>,
-    options: PgRunnerOptions,
+    options: RunnerOptions,
     owner: Option<SessionInfo>,
 ) -> PgRunnerHandle {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -59,8 +57,8 @@ struct Task<P> {
     engine: Engine<P>,
     /// Records the standby's replication lag, for a standby-fed runner.
     standby_meter: Option<StandbyMeter>,
-    options: PgRunnerOptions,
-    status: Arc<watch::Sender<PgRunnerStatus>>,
+    options: RunnerOptions,
+    status: Arc<watch::Sender<ProjectionStatus>>,
     stop: watch::Receiver<bool>,
     /// The dedicated lock session (kept while in standby too, to retry on it).
     lock: Option<PgConnection>,
@@ -76,7 +74,7 @@ struct Task<P> {
     /// `lock`'s session, as recorded in the status row.
     session: Option<SessionInfo>,
     /// What the status row last received: state and lock session.
-    saved: Option<(PgRunnerState, Option<i32>)>,
+    saved: Option<(ProjectionState, Option<i32>)>,
     /// Measures the lag into the status every `lag_every`.
     lag: LagMeter,
     /// When `lock` last answered (a ping, or taking the lock).
@@ -137,20 +135,20 @@ impl<P: PgProjection> Task<P> {
 
     /// Sets the state. Persists it first when it or the lock session changed, so that a
     /// watcher of the in-process status that sees the new state finds it stored too.
-    async fn set_state(&mut self, state: PgRunnerState) {
+    async fn set_state(&mut self, state: ProjectionState) {
         self.set_state_with(state, |_| {}).await;
     }
 
     /// [`Task::set_state`], with `also` applied to the same update.
     async fn set_state_with(
         &mut self,
-        state: PgRunnerState,
-        also: impl FnOnce(&mut PgRunnerStatus),
+        state: ProjectionState,
+        also: impl FnOnce(&mut ProjectionStatus),
     ) {
         let mut next = self.status.borrow().clone();
         next.state = state;
         also(&mut next);
-        if state != PgRunnerState::Failing {
+        if state != ProjectionState::Failing {
             next.failing_event = None;
             next.attempts = 0;
         }
@@ -162,7 +160,7 @@ impl<P: PgProjection> Task<P> {
     }
 
     /// Writes `s` to this instance's status row.
-    async fn persist(&mut self, s: &PgRunnerStatus) {
+    async fn persist(&mut self, s: &ProjectionStatus) {
         self.engine
             .save_status(self.instance, s, self.session.as_ref())
             .await;
@@ -177,7 +175,7 @@ impl<P: PgProjection> Task<P> {
     ) -> Result<(), Stopping> {
         tracing::warn!(projection = self.engine.name(), attempt, %error, "projection failing; retrying");
         let mut next = self.status.borrow().clone();
-        next.state = PgRunnerState::Failing;
+        next.state = ProjectionState::Failing;
         next.last_error = Some(error);
         next.last_error_at = Some(Utc::now());
         next.failing_event = event;
@@ -211,18 +209,18 @@ impl<P: PgProjection> Task<P> {
         self.session = None;
         if let Some(panic) = crashed {
             tracing::error!(projection = self.engine.name(), %panic, "projection runner task panicked");
-            self.set_state_with(PgRunnerState::Crashed, |s| {
+            self.set_state_with(ProjectionState::Crashed, |s| {
                 s.last_error = Some(format!("runner task panicked: {panic}"));
                 s.last_error_at = Some(Utc::now());
             })
             .await;
         } else if owned {
-            self.set_state(PgRunnerState::Stopped).await;
+            self.set_state(ProjectionState::Stopped).await;
         } else {
             // A standby that stops leaves no row behind.
             self.engine.delete_status(self.instance).await;
             self.status
-                .send_modify(|s| s.state = PgRunnerState::Stopped);
+                .send_modify(|s| s.state = ProjectionState::Stopped);
         }
         if let Some(conn) = self.lock.take() {
             // Unlocked before the close, so that a rebuild started right after `stop`
@@ -289,7 +287,7 @@ impl<P: PgProjection> Task<P> {
                 Ok(true)
             }
             Ok(None) => {
-                self.set_state(PgRunnerState::Standby).await;
+                self.set_state(ProjectionState::Standby).await;
                 self.pause(self.options.standby_poll).await?;
                 Ok(false)
             }
@@ -319,7 +317,7 @@ impl<P: PgProjection> Task<P> {
             }
         }
         // The lock pid and the new state become visible together.
-        self.set_state_with(PgRunnerState::CatchingUp, |s| s.lock_pid = pid)
+        self.set_state_with(ProjectionState::CatchingUp, |s| s.lock_pid = pid)
             .await;
     }
 
@@ -353,11 +351,11 @@ impl<P: PgProjection> Task<P> {
                     retrying = false;
                     attempt = 0;
                     if full || was_limited {
-                        self.set_state(PgRunnerState::CatchingUp).await;
+                        self.set_state(ProjectionState::CatchingUp).await;
                         self.refresh_lag(false).await;
                         continue;
                     }
-                    self.set_state(PgRunnerState::Live).await;
+                    self.set_state(ProjectionState::Live).await;
                     self.refresh_lag(true).await;
                     idle = if events > 0 {
                         self.options.poll_min
@@ -371,7 +369,7 @@ impl<P: PgProjection> Task<P> {
                         s.checkpoint = cursor;
                         s.events_processed = processed;
                     });
-                    self.set_state(PgRunnerState::Live).await;
+                    self.set_state(ProjectionState::Live).await;
                     self.refresh_lag(false).await;
                     idle = (idle * 2).min(self.options.poll_max);
                     idle = self.idle_next(idle).await?;
