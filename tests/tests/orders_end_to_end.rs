@@ -16,6 +16,7 @@ use chronik_memory::MemoryStore;
 use chronik_postgres::{
     PgEventStore, PgProjectionRunner, PgStoreConfig, SchemaName, wait_for_projection,
 };
+use chronik_projections::RunnerBuilder as _;
 use chronik_projections::{HandlerError, Projection, ProjectionRunner};
 use chronik_store::{CheckpointStore, EventStore, Repository, SnapshotStore, Upcasting};
 use orders::{Order, OrderCommand, OrderEvent, OrderProjection};

@@ -14,6 +14,7 @@ use chronik_postgres::{
     PgRunnerHandle, PgTransaction, ProjectionState, RunnerOptions, wait_for_projection,
 };
 use chronik_projections::Partitions;
+use chronik_projections::RunnerBuilder as _;
 use chronik_store::{EventStore, Repository};
 use futures::StreamExt as _;
 use orders::{LineAdded, Order, OrderEvent, OrderPlaced, OrderProjection, OrderShipped};

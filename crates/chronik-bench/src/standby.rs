@@ -13,6 +13,7 @@ use chronik_core::{ExpectedVersion, FeedCursor, StreamId};
 use chronik_postgres::{
     PgEventStore, PgProjectionRunner, PgStandby, PgStoreConfig, ProjectionState, RunnerOptions,
 };
+use chronik_projections::RunnerBuilder as _;
 use chronik_store::EventStore;
 use futures::StreamExt as _;
 use uuid::Uuid;

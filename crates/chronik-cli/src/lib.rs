@@ -61,6 +61,7 @@ use anyhow::Context as _;
 use chronik_core::{
     Aggregate, DomainEvent, EventId, FeedCursor, SnapshotState, StreamId, UpcasterRegistry,
 };
+use chronik_postgres::RunnerBuilder as _;
 use chronik_postgres::{
     PgEventStore, PgProjection, ProjectionError, RebuildProgress, SchemaName, ShadowProjection,
 };

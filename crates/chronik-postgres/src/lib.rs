@@ -109,11 +109,11 @@ pub use projection::{
     Forgotten, HandlerError, ParkRecord, ParkState, ParkedEvent, PgPartitionedRunner, PgProjection,
     PgProjectionRunner, PgRunnerHandle, PgRunnerInstance, PgTransaction, PgTypedProjection,
     PgWorkerHandle, PgWorkerStatus, ProjectionError, ProjectionReport, ProjectionState,
-    ProjectionStatus, RebuildOutcome, RebuildProgress, RebuildRecord, RetryOutcome, RunnerOptions,
-    ShadowLeftover, ShadowProjection, Typed, discard_shadow, drop_parked, forget_projection,
-    how_to_end, lost_connection, notify_feed, park_event, park_records, parked_events,
-    projection_reports, rebuild, rebuild_partitioned, rebuild_shadow, retry_parked,
-    shadow_leftovers, wait_for_projection,
+    ProjectionStatus, RebuildOutcome, RebuildProgress, RebuildRecord, RetryOutcome, RunnerBuilder,
+    RunnerConfig, RunnerOptions, ShadowLeftover, ShadowProjection, Typed, discard_shadow,
+    drop_parked, forget_projection, how_to_end, lost_connection, notify_feed, park_event,
+    park_records, parked_events, projection_reports, rebuild, rebuild_partitioned, rebuild_shadow,
+    retry_parked, shadow_leftovers, wait_for_projection,
 };
 pub use roles::{
     APPLICATION_PRIVILEGES, ConnectedRole, READ_MODEL_PRIVILEGES, RoleName, application_role_sql,

@@ -36,7 +36,7 @@ pub(crate) use sql::ProjectionSql;
 
 pub use chronik_projections::{
     HandlerError, ParkedEvent, ProjectionError, ProjectionState, ProjectionStatus, RebuildProgress,
-    RunnerOptions, Typed,
+    RunnerBuilder, RunnerConfig, RunnerOptions, Typed,
 };
 pub use handler::{PgProjection, PgTransaction, ShadowProjection, lost_connection};
 pub use leftover::{ShadowLeftover, discard_shadow, shadow_leftovers};

@@ -4,6 +4,7 @@
 
 use chronik_core::{ExpectedVersion, NewEvent, StreamId, Version};
 use chronik_postgres::PgEventStore;
+use chronik_postgres::RunnerBuilder as _;
 use chronik_store::{AppendResult, EventStore, StoreError};
 use chronik_testkit::conformance::{event, events, stream};
 use futures::TryStreamExt;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chronik_core::{EventId, ExpectedVersion, FeedCursor, RecordedEvent};
+use chronik_postgres::RunnerBuilder as _;
 use chronik_postgres::{PgEventStore, PgParkingLot, PgStoreConfig, park_records};
 use chronik_projections::{
     HandlerError, ParkedEvent, ParkingLot, Projection, ProjectionRunner, ProjectionState,

@@ -14,6 +14,7 @@ use chronik_core::{
     Aggregate, EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent, RecordedEvent,
     SnapshotState, StreamId, Version,
 };
+use chronik_postgres::RunnerBuilder as _;
 use chronik_postgres::{
     HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgStoreConfig, PgTransaction,
     ProjectionState, RunnerOptions, SchemaName,

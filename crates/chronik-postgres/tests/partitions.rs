@@ -18,6 +18,7 @@ use std::time::Duration;
 use chronik_core::{
     EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent, RecordedEvent, StreamId,
 };
+use chronik_postgres::RunnerBuilder as _;
 use chronik_postgres::{
     HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionRunner,
     PgTransaction, PgWorkerHandle, ProjectionError, ProjectionState, RunnerOptions,

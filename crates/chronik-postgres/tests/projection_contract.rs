@@ -12,6 +12,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use chronik_core::{EventId, RecordedEvent};
+use chronik_postgres::RunnerBuilder as _;
 use chronik_postgres::{
     HandlerError, PgEventStore, PgParkingLot, PgPartitionedRunner, PgProjection,
     PgProjectionRunner, PgRunnerHandle, PgStoreConfig, PgTransaction, PgWorkerHandle, rebuild,

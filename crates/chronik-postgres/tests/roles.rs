@@ -15,6 +15,7 @@ use chronik_core::{
     EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent, RecordedEvent, StreamId,
     Version,
 };
+use chronik_postgres::RunnerBuilder as _;
 use chronik_postgres::{
     APPLICATION_PRIVILEGES, HandlerError, ParkedEvent, PgEventStore, PgProjection,
     PgProjectionRunner, PgStoreConfig, PgTransaction, RoleName, RunnerOptions, SchemaName,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use chronik_core::{
     Aggregate, EventId, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId,
 };
+use chronik_postgres::RunnerBuilder as _;
 use chronik_postgres::{
     HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgStoreConfig, PgTransaction,
     SchemaName,

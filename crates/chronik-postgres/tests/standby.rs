@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronik_core::{EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent, StreamId};
+use chronik_postgres::RunnerBuilder as _;
 use chronik_postgres::{
     HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle, PgStandby,
     PgStoreConfig, PgTransaction, ProjectionState, RunnerOptions, standby_reports,

@@ -6,30 +6,16 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chronik_core::{
-    DomainEvent, EventId, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId,
-    UpcasterRegistry,
-};
+use chronik_core::{ExpectedVersion, RecordedEvent, StreamId};
 use chronik_postgres::{
     HandlerError, PgEventStore, PgProjectionRunner, PgTransaction, PgTypedProjection,
-    ShadowProjection, Typed, rebuild_shadow, wait_for_projection,
+    RunnerBuilder as _, ShadowProjection, Typed, rebuild_shadow, wait_for_projection,
 };
 use chronik_store::EventStore;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use chronik_testkit::conformance::event_at as raw;
+use chronik_testkit::typed::{Stock, stock_upcasters};
+use serde_json::json;
 use sqlx::PgPool;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[serde(tag = "type", content = "data")]
-enum Stock {
-    #[event(schema_version = 2)]
-    Received {
-        quantity: i64,
-    },
-    Shipped {
-        quantity: i64,
-    },
-}
 
 /// `stock_levels (stream_id, on_hand, version)`, version-guarded upserts.
 #[derive(Debug, Clone)]
@@ -55,8 +41,8 @@ impl PgTypedProjection for StockLevels {
         envelope: &RecordedEvent,
     ) -> Result<(), HandlerError> {
         let delta = match event {
-            Stock::Received { quantity } => quantity,
-            Stock::Shipped { quantity } => -quantity,
+            Stock::Received { quantity, .. } => quantity,
+            Stock::Shipped { quantity, .. } => -quantity,
         };
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO \"{}\" (stream_id, on_hand, version) VALUES ($1, $2, $3) \
@@ -94,17 +80,6 @@ impl ShadowProjection for StockLevels {
     }
 }
 
-fn raw(event_type: &str, version: u32, payload: Value) -> NewEvent {
-    NewEvent::new(
-        EventId::new(uuid::Uuid::new_v4()).unwrap(),
-        EventType::new(event_type).unwrap(),
-        version,
-        payload,
-        Metadata::default(),
-    )
-    .unwrap()
-}
-
 async fn levels(pool: &PgPool) -> Vec<(String, i64, i64)> {
     sqlx::query_as("SELECT stream_id, on_hand, version FROM stock_levels ORDER BY stream_id")
         .fetch_all(pool)
@@ -128,8 +103,8 @@ async fn typed_read_models_run_and_rebuild_on_decoded_upcast_events(pool: PgPool
             &item,
             ExpectedVersion::NoStream,
             &[
-                raw("Received", 1, json!({ "qty": 5 })),
-                raw("Shipped", 1, json!({ "quantity": 2 })),
+                raw("Received", 1, json!({ "sku": "a", "qty": 5 })),
+                raw("Shipped", 1, json!({ "sku": "a", "quantity": 2 })),
             ],
         )
         .await
@@ -138,22 +113,11 @@ async fn typed_read_models_run_and_rebuild_on_decoded_upcast_events(pool: PgPool
         .append(
             &StreamId::new("other-1").unwrap(),
             ExpectedVersion::NoStream,
-            &[raw("Received", 2, json!({ "quantity": 100 }))],
+            &[raw("Received", 2, json!({ "sku": "b", "quantity": 100 }))],
         )
         .await
         .unwrap();
-    let registry = Arc::new(
-        UpcasterRegistry::builder()
-            .current("Received", 2)
-            .step("Received", 1, |mut p: Value| {
-                let q = p["qty"].take();
-                p["quantity"] = q;
-                Ok(p)
-            })
-            .current("Shipped", 1)
-            .build()
-            .unwrap(),
-    );
+    let registry = Arc::new(stock_upcasters());
     let projection = Arc::new(Typed(StockLevels {
         table: "stock_levels".into(),
     }));

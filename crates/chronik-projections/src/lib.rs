@@ -30,7 +30,7 @@ mod wake;
 pub use error::ProjectionError;
 pub use follow::{FollowOptions, follow};
 pub use name::ProjectionName;
-pub use options::RunnerOptions;
+pub use options::{RunnerBuilder, RunnerConfig, RunnerOptions};
 pub use park::{MemoryParkingLot, ParkedEvent, ParkingLot};
 pub use partition::{MAX_PARTITIONS, Partitions, parse_partition, stream_hash};
 pub use projection::{HandlerError, Projection};

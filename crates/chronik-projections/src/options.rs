@@ -1,6 +1,7 @@
+use std::sync::Arc;
 use std::time::Duration;
 
-use chronik_core::RetryPolicy;
+use chronik_core::{RetryPolicy, UpcasterRegistry};
 use chronik_store::MAX_FEED_PAGE;
 
 use crate::error::ProjectionError;
@@ -92,6 +93,40 @@ impl RunnerOptions {
         self.retry_policy()
             .delay_before(attempt.saturating_add(1), 1.0)
             .unwrap_or(self.retry_max)
+    }
+}
+
+/// What every projection runner is configured with, whatever its engine: its options and
+/// the upcasting of the events its handlers see. Each runner's builder holds one and
+/// changes it through [`RunnerBuilder`].
+#[derive(Debug, Clone, Default)]
+pub struct RunnerConfig {
+    /// Tuning, validated when the runner spawns.
+    pub options: RunnerOptions,
+    /// Upcasts every event before a handler sees it; `None`: events as stored.
+    pub upcasters: Option<Arc<UpcasterRegistry>>,
+}
+
+/// The builder methods every projection runner shares: the generic
+/// [`ProjectionRunner`](crate::ProjectionRunner) and the PostgreSQL engine's runners. One
+/// implementation, so that a setting means the same on every engine; bring the trait into
+/// scope to call them (`chronik_postgres` re-exports it).
+pub trait RunnerBuilder: Sized {
+    /// The configuration the runner will spawn with, which the methods below change.
+    fn config_mut(&mut self) -> &mut RunnerConfig;
+
+    /// Replaces the options (checked when the runner spawns).
+    #[must_use]
+    fn with_options(mut self, options: RunnerOptions) -> Self {
+        self.config_mut().options = options;
+        self
+    }
+
+    /// Upcasts every event through `registry` before the handlers see it.
+    #[must_use]
+    fn with_upcasters(mut self, registry: Arc<UpcasterRegistry>) -> Self {
+        self.config_mut().upcasters = Some(registry);
+        self
     }
 }
 

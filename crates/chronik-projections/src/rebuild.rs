@@ -37,6 +37,19 @@ pub struct RebuildProgress {
 }
 
 impl RebuildProgress {
+    /// The progress of a rebuild that starts with `total` visible feed events: nothing
+    /// scanned or handled, at the start of the feed. Every engine's rebuild starts from it.
+    #[must_use]
+    pub fn start(total: u64) -> Self {
+        Self {
+            scanned: 0,
+            total,
+            handled: 0,
+            cursor: FeedCursor::START,
+            elapsed: Duration::ZERO,
+        }
+    }
+
     /// Events scanned per second so far.
     #[must_use]
     pub fn rate(&self) -> f64 {
@@ -92,13 +105,7 @@ pub async fn rebuild<S: EventStore + CheckpointStore>(
         })?;
     let filter = projection.filter();
     let head = store.feed_head().await?;
-    let mut p = RebuildProgress {
-        scanned: 0,
-        total: head.visible_events,
-        handled: 0,
-        cursor: FeedCursor::START,
-        elapsed: Duration::ZERO,
-    };
+    let mut p = RebuildProgress::start(head.visible_events);
     progress(&p);
     loop {
         // Read everything and filter here: `scanned` is then exact for the progress bar.

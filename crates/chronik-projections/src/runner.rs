@@ -14,7 +14,7 @@ use tracing::field::Empty;
 
 use crate::error::ProjectionError;
 use crate::name::ProjectionName;
-use crate::options::RunnerOptions;
+use crate::options::{RunnerBuilder, RunnerConfig, RunnerOptions};
 use crate::park::{MemoryParkingLot, ParkingLot};
 use crate::projection::{HandlerError, Projection};
 use crate::status::{EventRef, LagMeter, ProjectionState, ProjectionStatus, wait_for_status};
@@ -35,10 +35,15 @@ use crate::wake::{PollingOnly, WakeSource, Wakeup};
 pub struct ProjectionRunner<S> {
     store: Arc<S>,
     projections: Vec<Arc<dyn Projection>>,
-    options: RunnerOptions,
+    config: RunnerConfig,
     wake: Arc<dyn WakeSource>,
-    upcasters: Option<Arc<UpcasterRegistry>>,
     parking: Arc<dyn ParkingLot>,
+}
+
+impl<S> RunnerBuilder for ProjectionRunner<S> {
+    fn config_mut(&mut self) -> &mut RunnerConfig {
+        &mut self.config
+    }
 }
 
 impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
@@ -48,9 +53,8 @@ impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
         Self {
             store,
             projections: Vec::new(),
-            options: RunnerOptions::default(),
+            config: RunnerConfig::default(),
             wake: Arc::new(PollingOnly),
-            upcasters: None,
             parking: Arc::new(MemoryParkingLot::new()),
         }
     }
@@ -62,24 +66,10 @@ impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
         self
     }
 
-    /// Replaces the options.
-    #[must_use]
-    pub fn with_options(mut self, options: RunnerOptions) -> Self {
-        self.options = options;
-        self
-    }
-
     /// Wakes live projections from `wake` (for example `MemoryStore::subscribe()`).
     #[must_use]
     pub fn with_wake(mut self, wake: impl WakeSource + 'static) -> Self {
         self.wake = Arc::new(wake);
-        self
-    }
-
-    /// Upcasts every event through `registry` before handlers see it.
-    #[must_use]
-    pub fn with_upcasters(mut self, registry: Arc<UpcasterRegistry>) -> Self {
-        self.upcasters = Some(registry);
         self
     }
 
@@ -95,7 +85,8 @@ impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
     /// # Errors
     /// Invalid options, an invalid or duplicate projection name. Nothing is spawned then.
     pub fn start(self) -> Result<RunnerHandle, ProjectionError> {
-        self.options.validate()?;
+        let RunnerConfig { options, upcasters } = self.config;
+        options.validate()?;
         let mut seen = std::collections::HashSet::new();
         for p in &self.projections {
             ProjectionName::new(p.name())?;
@@ -113,13 +104,13 @@ impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
                 store: Arc::clone(&self.store),
                 filter: projection.filter(),
                 projection,
-                options: self.options.clone(),
-                upcasters: self.upcasters.clone(),
+                options: options.clone(),
+                upcasters: upcasters.clone(),
                 parking: Arc::clone(&self.parking),
                 status: Arc::clone(&status),
                 stop: stop_rx.clone(),
                 wake: self.wake.subscribe(),
-                lag: LagMeter::new(self.options.lag_every),
+                lag: LagMeter::new(options.lag_every),
             };
             tasks.push((name.clone(), tokio::spawn(task.run())));
             statuses.insert(name, status);
@@ -304,13 +295,8 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
         event: Option<EventRef>,
     ) -> Result<(), Stopping> {
         tracing::warn!(projection = self.name(), attempt, %error, "projection failing; retrying");
-        self.status.send_modify(|s| {
-            s.state = ProjectionState::Failing;
-            s.last_error = Some(error);
-            s.last_error_at = Some(Utc::now());
-            s.failing_event = event;
-            s.attempts = attempt;
-        });
+        self.status
+            .send_modify(|s| s.fail(attempt, error, event, Utc::now()));
         self.refresh_lag(true).await;
         self.pause(self.options.backoff(attempt)).await
     }

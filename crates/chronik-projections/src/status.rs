@@ -153,6 +153,25 @@ impl ProjectionStatus {
         self.last_error = Some(why);
         self.last_error_at = Some(at);
     }
+
+    /// Records failed attempt number `attempt` (1-based, consecutive) at `at`: state
+    /// [`ProjectionState::Failing`], `error` as the last error, and `event` as the event
+    /// being retried (`None` when what fails is not an event: a read, a checkpoint, the
+    /// lock). Every engine's task calls it before it backs off, so that every engine shows
+    /// a failure the same way.
+    pub fn fail(
+        &mut self,
+        attempt: u32,
+        error: String,
+        event: Option<EventRef>,
+        at: DateTime<Utc>,
+    ) {
+        self.state = ProjectionState::Failing;
+        self.last_error = Some(error);
+        self.last_error_at = Some(at);
+        self.failing_event = event;
+        self.attempts = attempt;
+    }
 }
 
 /// Measures the lag of a position: visible events after `after`, and the age of the oldest.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chronik_core::{EventId, ExpectedVersion, RecordedEvent, StreamId};
 use chronik_memory::MemoryStore;
+use chronik_projections::RunnerBuilder as _;
 use chronik_projections::{HandlerError, Projection, ProjectionRunner, RunnerOptions};
 use chronik_store::{EventStore, FeedFilter};
 use serde_json::json;

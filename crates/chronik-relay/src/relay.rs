@@ -11,6 +11,7 @@ use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::{ConnectErrorKind, HeaderMap, header};
 use async_trait::async_trait;
 use chronik_core::{EventId, RecordedEvent, UpcasterRegistry};
+use chronik_projections::RunnerBuilder as _;
 use chronik_projections::{HandlerError, Projection, ProjectionRunner};
 use chronik_store::{CheckpointStore, EventStore, FeedFilter};
 use tokio::sync::Mutex;

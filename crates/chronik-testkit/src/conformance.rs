@@ -79,16 +79,26 @@ macro_rules! conformance_cases {
     };
 }
 
-/// A valid event with a fresh id.
+/// A valid event with a fresh id, at schema version 1.
 ///
 /// # Panics
 /// Never for the fixed inputs used here.
 #[must_use]
 pub fn event(event_type: &str, payload: Value) -> NewEvent {
+    event_at(event_type, 1, payload)
+}
+
+/// A valid event with a fresh id, as written at `schema_version` (to append old versions
+/// for upcasters, or payloads that do not decode).
+///
+/// # Panics
+/// When `event_type` is not a valid event type or `schema_version` is 0.
+#[must_use]
+pub fn event_at(event_type: &str, schema_version: u32, payload: Value) -> NewEvent {
     NewEvent::new(
         EventId::new(Uuid::new_v4()).expect("v4 is never nil"),
         EventType::new(event_type).expect("valid type"),
-        1,
+        schema_version,
         payload,
         Metadata::default(),
     )

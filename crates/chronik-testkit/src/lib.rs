@@ -8,6 +8,7 @@
 //!   standby-fed readers (needs PostgreSQL's server binaries).
 //! - [`nats_server`]: a throwaway `nats-server` (with or without JetStream) that a test
 //!   restarts, for tests of the relay under a dropped connection.
+//! - [`typed`]: the events and upcasters of every engine's typed-projection tests.
 //! - [`Interloper`]: a store wrapper that lets a competing writer in between a command's
 //!   load and its append, to race a real concurrent write.
 //! - [`SpanCapture`]: a `tracing` layer recording every span and event, to check what
@@ -21,6 +22,7 @@ pub mod projections;
 pub mod replica;
 mod spans;
 pub mod strategies;
+pub mod typed;
 
 pub use gwt::{Scenario, given};
 pub use interloper::Interloper;

@@ -54,6 +54,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chronik_core::{EventId, ExpectedVersion, FeedCursor, RecordedEvent, StreamId};
+use chronik_projections::RunnerBuilder as _;
 use chronik_projections::{
     HandlerError, Lag, ParkedEvent, ParkingLot, Partitions, PollingOnly, Projection,
     ProjectionError, ProjectionRunner, ProjectionState, ProjectionStatus, RebuildOptions,

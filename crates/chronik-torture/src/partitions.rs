@@ -14,6 +14,7 @@ use chronik_postgres::{
     PgWorkerHandle, RunnerOptions, wait_for_projection,
 };
 use chronik_projections::Partitions;
+use chronik_projections::RunnerBuilder as _;
 use chronik_store::EventStore as _;
 use rand::Rng as _;
 use rand_chacha::ChaCha8Rng;

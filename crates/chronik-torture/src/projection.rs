@@ -11,6 +11,7 @@ use chronik_postgres::{
     HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle, PgTransaction,
     ProjectionState, RunnerOptions,
 };
+use chronik_projections::RunnerBuilder as _;
 use chronik_store::{CheckpointStore as _, EventStore as _};
 use rand::Rng as _;
 use rand_chacha::ChaCha8Rng;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chronik_core::{Aggregate, DomainEvent, EventId, FeedCursor, RecordedEvent, StreamId};
 use chronik_postgres::PgEventStore;
+use chronik_projections::RunnerBuilder as _;
 use chronik_projections::{
     HandlerError, Projection, ProjectionRunner, ProjectionState, RunnerHandle, RunnerOptions,
 };

@@ -75,7 +75,7 @@ pub use chronik_postgres::{PgEventStore, PgStoreConfig, SchemaName};
 
 #[cfg(feature = "projections")]
 pub use chronik_projections::{
-    HandlerError, Projection, ProjectionRunner, RunnerHandle, Typed, TypedProjection,
+    HandlerError, Projection, ProjectionRunner, RunnerBuilder, RunnerHandle, Typed, TypedProjection,
 };
 
 /// The PostgreSQL store in full: exactly-once projections ([`postgres::PgProjectionRunner`],

@@ -2685,7 +2685,7 @@ fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
 
 #[test]
 fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten() {
-    use chronik::postgres::{PgProjectionRunner, RunnerOptions};
+    use chronik::postgres::{PgProjectionRunner, RunnerBuilder as _, RunnerOptions};
     use std::sync::Arc;
     let schema = Schema::migrated();
     let placed = schema.place_orders(2);

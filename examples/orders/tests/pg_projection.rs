@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chronik::RunnerBuilder as _;
 use chronik::postgres::{
     HandlerError, ParkedEvent, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
     PgTransaction, ProjectionState, ProjectionStatus, RunnerOptions, park_event, parked_events,

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chronik::RunnerBuilder as _;
 use chronik::projections::RunnerOptions;
 use chronik::{
     Aggregate as _, CheckpointStore, EventStore, FeedFilter, HandlerError, MemoryStore,

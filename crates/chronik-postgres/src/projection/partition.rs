@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex};
 
 use chronik_core::UpcasterRegistry;
 use chronik_projections::{
-    Partitions, ProjectionError, ProjectionName, ProjectionStatus, RunnerOptions,
+    Partitions, ProjectionError, ProjectionName, ProjectionStatus, RunnerBuilder, RunnerConfig,
+    RunnerOptions,
 };
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
@@ -51,8 +52,14 @@ pub struct PgPartitionedRunner<P> {
     store: PgEventStore,
     projection: Arc<P>,
     partitions: Partitions,
-    options: RunnerOptions,
-    upcasters: Option<Arc<UpcasterRegistry>>,
+    config: RunnerConfig,
+}
+
+/// Its options are for every partition this worker runs.
+impl<P> RunnerBuilder for PgPartitionedRunner<P> {
+    fn config_mut(&mut self) -> &mut RunnerConfig {
+        &mut self.config
+    }
 }
 
 impl<P: PgProjection> PgPartitionedRunner<P> {
@@ -63,23 +70,8 @@ impl<P: PgProjection> PgPartitionedRunner<P> {
             store,
             projection,
             partitions,
-            options: RunnerOptions::default(),
-            upcasters: None,
+            config: RunnerConfig::default(),
         }
-    }
-
-    /// Replaces the options (for every partition this worker runs).
-    #[must_use]
-    pub fn with_options(mut self, options: RunnerOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// Upcasts events through `registry` before the handler sees them.
-    #[must_use]
-    pub fn with_upcasters(mut self, registry: Arc<UpcasterRegistry>) -> Self {
-        self.upcasters = Some(registry);
-        self
     }
 
     /// Checks the stored layout, creates the partitions' checkpoints when they are missing,
@@ -95,7 +87,8 @@ impl<P: PgProjection> PgPartitionedRunner<P> {
         for partition in layout::names(&name, self.partitions) {
             ProjectionName::new(partition)?;
         }
-        validate(&self.options)?;
+        let RunnerConfig { options, upcasters } = self.config;
+        validate(&options)?;
         let sql = Arc::new(ProjectionSql::new(self.store.schema()));
         layout::ensure(&self.store, &sql, &name, self.partitions).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -116,8 +109,8 @@ impl<P: PgProjection> PgPartitionedRunner<P> {
         let worker = Worker {
             store: self.store,
             projection: self.projection,
-            upcasters: self.upcasters,
-            options: self.options,
+            upcasters,
+            options,
             layout: self.partitions,
             name,
             sql,

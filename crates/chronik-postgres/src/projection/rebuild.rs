@@ -1,7 +1,7 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chronik_core::{EventId, FeedCursor, UpcasterRegistry};
 use chronik_projections::{EventRef, Partitions, ProjectionError, RebuildProgress};
@@ -50,12 +50,13 @@ async fn skipped(store: &PgEventStore, name: &str) -> Result<HashSet<EventId>, S
     ids.into_iter().map(super::runner::event_id).collect()
 }
 
-/// Applies pages inside `tx` until `engine` is caught up, reporting after each; stops
-/// with [`ProjectionError::Interrupted`] when `progress` says so. Commits nothing.
-/// Returns the events handled by partition, with [`Engine::tally`].
-async fn replay_in<P: PgProjection>(
+/// Applies pages until `engine` is caught up, reporting after each batch; stops with
+/// [`ProjectionError::Interrupted`] when `progress` says so. With `tx`, every page is
+/// applied inside it and nothing is committed; without, each batch commits in its own
+/// transaction. Returns the events handled by partition, with [`Engine::tally`].
+async fn replay<P: PgProjection>(
     engine: &Engine<P>,
-    tx: &mut super::handler::PgTransaction,
+    mut tx: Option<&mut super::handler::PgTransaction>,
     limit: usize,
     p: &mut RebuildProgress,
     started: Instant,
@@ -63,7 +64,11 @@ async fn replay_in<P: PgProjection>(
 ) -> Result<Vec<u64>, ProjectionError> {
     let mut handled = vec![0; engine.tally.map_or(0, |n| n.get() as usize)];
     loop {
-        match engine.apply_page(tx, limit, false).await? {
+        let batch = match tx.as_deref_mut() {
+            Some(tx) => engine.apply_page(tx, limit, false).await?,
+            None => engine.batch(limit, false).await?,
+        };
+        match batch {
             Batch::Committed {
                 cursor,
                 processed,
@@ -87,42 +92,6 @@ async fn replay_in<P: PgProjection>(
                 }
             }
             Batch::Idle { .. } => return Ok(handled),
-            Batch::Failed { event, failure, .. } => {
-                return Err(handler_failed(engine.name(), &event, failure));
-            }
-        }
-    }
-}
-
-/// Replays batches (each its own transaction) until the engine is caught up.
-async fn replay<P: PgProjection>(
-    engine: &Engine<P>,
-    limit: usize,
-    p: &mut RebuildProgress,
-    started: Instant,
-    progress: Progress<'_>,
-) -> Result<(), ProjectionError> {
-    loop {
-        match engine.batch(limit, false).await? {
-            Batch::Committed {
-                cursor,
-                processed,
-                scanned,
-                full,
-                ..
-            } => {
-                p.scanned += scanned as u64;
-                p.handled = processed;
-                p.cursor = cursor;
-                p.elapsed = started.elapsed();
-                if progress(p).is_break() {
-                    return Err(interrupted(engine.name(), p));
-                }
-                if !full {
-                    return Ok(());
-                }
-            }
-            Batch::Idle { .. } => return Ok(()),
             Batch::Failed { event, failure, .. } => {
                 return Err(handler_failed(engine.name(), &event, failure));
             }
@@ -159,6 +128,21 @@ async fn lock_checkpoint_patiently<P: PgProjection>(
         engine.lock_checkpoint(conn),
     )
     .await
+}
+
+/// Starts the progress of a rebuild of `name` (its clock, the visible feed events to scan)
+/// and reports it once, before anything is written: a `Break` then stops the rebuild.
+async fn begin(
+    store: &PgEventStore,
+    name: &str,
+    progress: Progress<'_>,
+) -> Result<(Instant, RebuildProgress), ProjectionError> {
+    let started = Instant::now();
+    let p = RebuildProgress::start(store.feed_head().await?.visible_events);
+    if progress(&p).is_break() {
+        return Err(interrupted(name, &p));
+    }
+    Ok((started, p))
 }
 
 fn interrupted(name: &str, p: &RebuildProgress) -> ProjectionError {
@@ -316,18 +300,7 @@ async fn scratch<P: PgProjection>(
     recorded: Option<i32>,
     progress: Progress<'_>,
 ) -> Result<RebuildProgress, ProjectionError> {
-    let started = Instant::now();
-    let total = store.feed_head().await?.visible_events;
-    let mut p = RebuildProgress {
-        scanned: 0,
-        total,
-        handled: 0,
-        cursor: FeedCursor::START,
-        elapsed: Duration::ZERO,
-    };
-    if progress(&p).is_break() {
-        return Err(interrupted(engine.name(), &p));
-    }
+    let (started, mut p) = begin(store, engine.name(), &mut *progress).await?;
     let mut tx = store.pool().begin().await.map_err(backend)?;
     lock_checkpoint_patiently(store, engine, &mut tx).await?;
     projection
@@ -337,9 +310,9 @@ async fn scratch<P: PgProjection>(
     engine
         .set_checkpoint(&mut tx, projection.name(), FeedCursor::START, 0)
         .await?;
-    let replayed = replay_in(
+    let replayed = replay(
         engine,
-        &mut tx,
+        Some(&mut tx),
         batch_size(batch),
         &mut p,
         started,
@@ -599,18 +572,7 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
         old_table,
     } = names;
     let s = store.schema().quoted();
-    let started = Instant::now();
-    let total = store.feed_head().await?.visible_events;
-    let mut p = RebuildProgress {
-        scanned: 0,
-        total,
-        handled: 0,
-        cursor: FeedCursor::START,
-        elapsed: Duration::ZERO,
-    };
-    if progress(&p).is_break() {
-        return Err(interrupted(shadow_name, &p));
-    }
+    let (started, mut p) = begin(store, shadow_name, &mut *progress).await?;
     // Separate statements, not `raw_sql`: its future is not provably `Send` in generic code.
     let drop = format!("DROP TABLE IF EXISTS {s}.\"{shadow_table}\"");
     sqlx::query(sqlx::AssertSqlSafe(drop.as_str()))
@@ -630,33 +592,17 @@ async fn shadow_inner<P: PgProjection + ShadowProjection>(
     tx.commit().await.map_err(backend)?;
 
     let limit = batch_size(batch);
-    replay(shadow, limit, &mut p, started, progress).await?;
+    replay(shadow, None, limit, &mut p, started, progress).await?;
 
     // The swap: one transaction, the live checkpoint row locked first (as runners do).
     let mut tx = store.pool().begin().await.map_err(backend)?;
     let (live_cursor, _) = lock_checkpoint_patiently(store, live, &mut tx).await?;
-    loop {
-        match shadow.apply_page(&mut tx, limit, false).await? {
-            Batch::Committed {
-                cursor,
-                processed,
-                scanned,
-                full,
-                ..
-            } => {
-                p.scanned += scanned as u64;
-                p.handled = processed;
-                p.cursor = cursor;
-                if !full {
-                    break;
-                }
-            }
-            Batch::Idle { .. } => break,
-            Batch::Failed { event, failure, .. } => {
-                return Err(handler_failed(shadow_name, &event, failure));
-            }
-        }
-    }
+    // What arrived meanwhile, while the live runner waits on its row: reported to
+    // `progress` once, after the swap commits.
+    replay(shadow, Some(&mut tx), limit, &mut p, started, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .await?;
     // Everything visible is in the shadow, and the live checkpoint cannot move while
     // its row is locked: the shadow's position covers it.
     let cursor = p.cursor.max(live_cursor);

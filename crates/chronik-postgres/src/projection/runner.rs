@@ -11,8 +11,7 @@ mod task;
 
 use std::sync::Arc;
 
-use chronik_core::UpcasterRegistry;
-use chronik_projections::{ProjectionError, ProjectionName, RunnerOptions};
+use chronik_projections::{ProjectionError, ProjectionName, RunnerBuilder, RunnerConfig};
 
 pub(crate) use engine::{
     Batch, Engine, as_i64, cursor_of, event_id, locked_checkpoint, upcast_failure,
@@ -43,9 +42,14 @@ use crate::store::PgEventStore;
 pub struct PgProjectionRunner<P> {
     store: PgEventStore,
     projection: Arc<P>,
-    options: RunnerOptions,
-    upcasters: Option<Arc<UpcasterRegistry>>,
+    config: RunnerConfig,
     standby: Option<PgStandby>,
+}
+
+impl<P> RunnerBuilder for PgProjectionRunner<P> {
+    fn config_mut(&mut self) -> &mut RunnerConfig {
+        &mut self.config
+    }
 }
 
 impl<P: PgProjection> PgProjectionRunner<P> {
@@ -54,24 +58,9 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         Self {
             store,
             projection,
-            options: RunnerOptions::default(),
-            upcasters: None,
+            config: RunnerConfig::default(),
             standby: None,
         }
-    }
-
-    /// Replaces the options.
-    #[must_use]
-    pub fn with_options(mut self, options: RunnerOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// Upcasts events through `registry` before the handler sees them.
-    #[must_use]
-    pub fn with_upcasters(mut self, registry: Arc<UpcasterRegistry>) -> Self {
-        self.upcasters = Some(registry);
-        self
     }
 
     /// Reads the feed from `standby`, a hot standby of the store's primary, instead of the
@@ -97,10 +86,11 @@ impl<P: PgProjection> PgProjectionRunner<P> {
     /// An invalid projection name or options; nothing is spawned then.
     pub fn spawn(self) -> Result<PgRunnerHandle, ProjectionError> {
         ProjectionName::new(self.projection.name())?;
-        validate(&self.options)?;
-        let mut engine = Engine::new(&self.store, self.projection, self.upcasters);
+        let RunnerConfig { options, upcasters } = self.config;
+        validate(&options)?;
+        let mut engine = Engine::new(&self.store, self.projection, upcasters);
         engine.check_layout = true;
         engine.standby = self.standby;
-        Ok(start(engine, self.options, None))
+        Ok(start(engine, options, None))
     }
 }

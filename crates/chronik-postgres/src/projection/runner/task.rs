@@ -175,11 +175,7 @@ impl<P: PgProjection> Task<P> {
     ) -> Result<(), Stopping> {
         tracing::warn!(projection = self.engine.name(), attempt, %error, "projection failing; retrying");
         let mut next = self.status.borrow().clone();
-        next.state = ProjectionState::Failing;
-        next.last_error = Some(error);
-        next.last_error_at = Some(Utc::now());
-        next.failing_event = event;
-        next.attempts = attempt;
+        next.fail(attempt, error, event, Utc::now());
         self.persist(&next).await;
         self.status.send_replace(next);
         self.refresh_lag(true).await;
@@ -210,8 +206,7 @@ impl<P: PgProjection> Task<P> {
         if let Some(panic) = crashed {
             tracing::error!(projection = self.engine.name(), %panic, "projection runner task panicked");
             self.set_state_with(ProjectionState::Crashed, |s| {
-                s.last_error = Some(format!("runner task panicked: {panic}"));
-                s.last_error_at = Some(Utc::now());
+                s.crash(format!("runner task panicked: {panic}"), Utc::now());
             })
             .await;
         } else if owned {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use async_trait::async_trait;
+use chronik::RunnerBuilder as _;
 use chronik::projections::RunnerOptions;
 use chronik::{
     Aggregate as _, CorrelationId, Either, EventId, EventStore, FeedCursor, FeedFilter,

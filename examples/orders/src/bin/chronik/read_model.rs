@@ -15,6 +15,7 @@ use anyhow::{Context as _, ensure};
 use async_trait::async_trait;
 use chronik::FeedFilter;
 use chronik::MemoryStore;
+use chronik::RunnerBuilder as _;
 use chronik::postgres::{PgEventStore, PgProjectionRunner, wait_for_projection};
 use chronik::projections::{HandlerError, Projection, ProjectionRunner};
 use chronik::{FeedCursor, RecordedEvent};
