@@ -11,6 +11,8 @@ use chronik_testkit::conformance::{events, stream};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+mod support;
+
 fn v(n: u64) -> Version {
     Version::new(n).expect("small version")
 }
@@ -37,12 +39,7 @@ async fn counting_store(pool: &PgPool, store_sessions: bool) -> (PgPool, PgEvent
 
 /// Calls of `append_events` by the session so far.
 async fn function_calls(session: &PgPool) -> i64 {
-    // As in tests/plans.rs: ask the session to flush its counters, then read them in a
-    // new transaction of the same session.
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(session)
-        .await
-        .expect("flush statistics");
+    support::stats::flush(session).await;
     sqlx::query_scalar(
         "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions \
           WHERE schemaname = current_schema() AND funcname = 'append_events'",

@@ -16,40 +16,21 @@ use futures::TryStreamExt as _;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions as _, PgPool};
 
+mod support;
+use support::stats;
+
 /// More rounds than PostgreSQL's five custom plans before it settles on a generic one.
 const ROUNDS: u64 = 40;
 
 /// Tables whose scans are counted: the ones `append_events` reads and writes.
-const TABLES: &str = "'events', 'streams'";
+const TABLES: [&str; 2] = ["events", "streams"];
 
 fn v(n: u64) -> Version {
     Version::new(n).expect("small version")
 }
 
 /// Tables whose scans the reads must not move: the ones that grow with the store.
-const READ_TABLES: &str = "'events', 'streams', 'snapshots'";
-
-/// `(table, seq_scan)` of the counted tables, as this session's flushed statistics say.
-async fn seq_scans(pool: &PgPool) -> Vec<(String, i64)> {
-    scans_of(pool, TABLES).await
-}
-
-/// `(table, seq_scan)` of `tables` (a SQL list of names).
-async fn scans_of(pool: &PgPool, tables: &str) -> Vec<(String, i64)> {
-    // The session's own counters reach the statistics when it next goes idle, at once
-    // when asked to: ask, go idle, then read (in a new transaction, so not cached).
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(pool)
-        .await
-        .expect("flush statistics");
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT relname::text, seq_scan FROM pg_stat_user_tables \
-          WHERE schemaname = current_schema() AND relname IN ({tables}) ORDER BY relname"
-    )))
-    .fetch_all(pool)
-    .await
-    .expect("read statistics")
-}
+const READ_TABLES: [&str; 3] = ["events", "snapshots", "streams"];
 
 /// One round of every append path: appends that create streams and that extend them, of
 /// one event and of several, their idempotent retries, a duplicate id, a conflict.
@@ -119,12 +100,12 @@ async fn appends_never_scan_a_table_planned_empty(pool: PgPool) {
         .await
         .expect("analyze the empty store");
     let store = PgEventStore::from_pool(session.clone());
-    let before = seq_scans(&session).await;
+    let before = stats::seq_scans(&session, &TABLES).await;
     assert_eq!(before.len(), 2, "{before:?}");
     for r in 0..ROUNDS {
         round(&store, r).await;
     }
-    assert_eq!(seq_scans(&session).await, before);
+    assert_eq!(stats::seq_scans(&session, &TABLES).await, before);
 }
 
 /// A store connected as a service connects it, on one session (so that every statement is
@@ -150,12 +131,12 @@ async fn appends_on_store_sessions_never_scan_a_table_planned_empty(pool: PgPool
     // The store's own sessions: one-event appends take the one-statement fast path, whose
     // stream-row lookups are planned by the session (not inside `append_events`).
     let (session, store) = planned_empty(&pool).await;
-    let before = seq_scans(&session).await;
+    let before = stats::seq_scans(&session, &TABLES).await;
     assert_eq!(before.len(), 2, "{before:?}");
     for r in 0..ROUNDS {
         round(&store, r).await;
     }
-    assert_eq!(seq_scans(&session).await, before);
+    assert_eq!(stats::seq_scans(&session, &TABLES).await, before);
 }
 
 /// One round of every read by key, each on a store that grows between rounds.
@@ -216,12 +197,12 @@ async fn read_round(store: &PgEventStore, r: u64) {
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn reads_never_scan_a_table_planned_empty(pool: PgPool) {
     let (session, store) = planned_empty(&pool).await;
-    let before = scans_of(&session, READ_TABLES).await;
+    let before = stats::seq_scans(&session, &READ_TABLES).await;
     assert_eq!(before.len(), 3, "{before:?}");
     for r in 0..ROUNDS {
         read_round(&store, r).await;
     }
-    assert_eq!(scans_of(&session, READ_TABLES).await, before);
+    assert_eq!(stats::seq_scans(&session, &READ_TABLES).await, before);
 }
 
 /// Events a feed holds when its reads are measured: enough that a read of all of it is
@@ -235,25 +216,6 @@ const PAGE: usize = 10;
 /// a page of the events a tenth of the feed holds. A read of the whole feed reads [`FEED`].
 const ROWS_PER_READ: i64 = 2 * 10 * PAGE as i64;
 
-/// `(sequential scans, rows read)` of `events` by this session so far: rows read
-/// sequentially and through its indexes (bitmap scans included).
-async fn events_reads(session: &PgPool) -> (i64, i64) {
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(session)
-        .await
-        .expect("flush statistics");
-    sqlx::query_as(
-        "SELECT t.seq_scan, (t.seq_tup_read \
-                 + coalesce((SELECT sum(i.idx_tup_read) FROM pg_stat_user_indexes i \
-                              WHERE i.relid = t.relid), 0))::bigint \
-           FROM pg_stat_user_tables t \
-          WHERE t.schemaname = current_schema() AND t.relname = 'events'",
-    )
-    .fetch_one(session)
-    .await
-    .expect("read statistics")
-}
-
 /// The sequential scans and rows of `events` one feed read costs, summed over its calls.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Cost {
@@ -264,12 +226,12 @@ struct Cost {
 
 impl Cost {
     async fn of<T, F: Future<Output = T>>(&mut self, session: &PgPool, read: F) -> T {
-        let (scans, rows) = events_reads(session).await;
+        let before = stats::events_reads(session).await;
         let out = read.await;
-        let (scans_after, rows_after) = events_reads(session).await;
+        let after = stats::events_reads(session).await;
         self.calls += 1;
-        self.seq_scans += scans_after - scans;
-        self.rows += rows_after - rows;
+        self.seq_scans += after.seq_scans - before.seq_scans;
+        self.rows += after.rows - before.rows;
         out
     }
 }

@@ -78,7 +78,7 @@ pub(crate) async fn handle_guarded<P: PgProjection>(
     catch_panic(projection.handle(tx, event))
         .await
         .unwrap_or_else(|panic| Err(HandlerError::new(format!("handler panicked: {panic}"))))
-        .map_err(explain_aborted)
+        .map_err(reword_database_error)
 }
 
 /// A handler's database error in the store's words (`database error 57P01: terminating
@@ -86,7 +86,7 @@ pub(crate) async fn handle_guarded<P: PgProjection>(
 /// statement that PostgreSQL refused because an earlier one of the batch's transaction had
 /// failed, that statement is not the cause, so the message says where to look. Any other
 /// error is returned as it is.
-fn explain_aborted(e: HandlerError) -> HandlerError {
+fn reword_database_error(e: HandlerError) -> HandlerError {
     let Some(db) = e.cause().downcast_ref::<sqlx::Error>() else {
         return e;
     };

@@ -1,6 +1,7 @@
 //! Shared by the PostgreSQL test binaries.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod stats;
 pub mod tally;
 
 use chronik_core::{ExpectedVersion, FeedCursor, NewEvent, StreamId, Version};
