@@ -102,6 +102,11 @@ impl Plan {
     pub(crate) fn wants(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|p| name.starts_with(p.as_str()))
     }
+
+    /// Whether `--only` names scenario `name` exactly.
+    pub(crate) fn names(&self, name: &str) -> bool {
+        self.only.iter().any(|p| p == name)
+    }
 }
 
 fn plan(args: &Args) -> Plan {
@@ -205,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
         if args.quick { "quick" } else { "full" },
         args.out.display()
     );
-    if plan.wants("append-1") || plan.wants("load") {
+    if plan.wants("append-1") || plan.wants(&format!("load-{}", plan.long_stream)) {
         memory::run(&plan, &mut report).await?;
     }
     if plan.wants("relay") {

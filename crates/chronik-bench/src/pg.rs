@@ -353,9 +353,14 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
 
     // 3. Load one long aggregate, then a very long one (the snapshot scenario).
     let s = store(url, 2).await?;
-    if plan.wants("load") {
-        load_scenario(&s, plan.long_stream, plan.load_repeats, true, report).await?;
-        load_scenario(&s, plan.huge_stream, 3, false, report).await?;
+    // (`--only load-10000` names the first exactly, so it does not run the second, whose
+    // name it is a prefix of.)
+    let long = format!("load-{}", plan.long_stream);
+    if plan.wants(&long) {
+        replay_against_raw(&s, plan, report).await?;
+    }
+    if plan.wants(&format!("load-{}", plan.huge_stream)) && !plan.names(&long) {
+        replay_in_bounded_memory(&s, plan.huge_stream, report).await?;
     }
     // 6. Live latency under append load.
     for &c in plan.live_concurrency.iter().filter(|_| plan.wants("live")) {
@@ -589,45 +594,133 @@ async fn seed_stream_sql(s: &PgEventStore, id: &StreamId, n: usize) -> anyhow::R
     Ok(())
 }
 
-/// Loads an `n`-event aggregate: full replay (with its peak memory), from a snapshot at its
-/// head, and (when `with_raw`) a raw `SELECT` of the same rows, fetched as they are and
-/// decoded into `serde_json::Value` (the like-for-like baseline of a replay).
-async fn load_scenario(
+/// The variants of `load-N` timed against each other, in the order of their odd rounds.
+const LOAD_VARIANTS: [&str; 3] = ["chronik full replay", "raw select", "raw select decoded"];
+
+/// `load-N` (N = `plan.long_stream`): an `n`-event aggregate loaded by full replay, against
+/// a raw `SELECT` of the same rows, fetched as they are and decoded into `serde_json::Value`
+/// (the like-for-like baseline of a replay) or not decoded; then from a snapshot at its head.
+///
+/// Each variant runs twice untimed first (the store's pool has two connections: each
+/// prepares the statement once; the first read also sets the new rows' hint bits), then
+/// `plan.rounds` rounds of `plan.load_repeats` loads each, alternating the order of the
+/// variants (forwards, then backwards), so that neither the first call nor load drifting
+/// during the run falls on one variant only.
+async fn replay_against_raw(
     s: &PgEventStore,
-    n: usize,
-    repeats: usize,
-    with_raw: bool,
+    plan: &Plan,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let n = plan.long_stream;
     let id = StreamId::for_category("order", Uuid::new_v4())?;
-    if with_raw {
-        seed_stream(s, &id, n).await?;
-    } else {
-        seed_stream_sql(s, &id, n).await?;
-    }
-    let scenario = format!("load-{}", n);
-    let full_replay = crate::rss::peak_growth(harness::repeat(repeats, |_| {
-        let id = &id;
+    seed_stream(s, &id, n).await?;
+    let scenario = format!("load-{n}");
+    let raw_load = raw_load_sql();
+    let name = scenario.as_str();
+    let one = |variant: &'static str| {
+        let (id, sql) = (&id, raw_load.as_str());
         async move {
-            Ok(Repository::<Order, _>::new(s)
-                .load(id)
-                .await?
-                .events_replayed)
+            match variant {
+                "chronik full replay" => Ok(Repository::<Order, _>::new(s)
+                    .load(id)
+                    .await?
+                    .events_replayed),
+                "raw select" => {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(id.as_str())
+                        .fetch_all(s.pool())
+                        .await?;
+                    Ok(rows.len() as u64)
+                }
+                "raw select decoded" => {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(id.as_str())
+                        .fetch_all(s.pool())
+                        .await?;
+                    let mut n = 0u64;
+                    for row in &rows {
+                        let _type: &str = sqlx::Row::try_get(row, 0)?;
+                        let payload: serde_json::Value = sqlx::Row::try_get(row, 1)?;
+                        let _version: i64 = sqlx::Row::try_get(row, 2)?;
+                        n += u64::from(payload.is_object());
+                    }
+                    anyhow::ensure!(n == rows.len() as u64, "a payload is not an object");
+                    Ok(n)
+                }
+                other => anyhow::bail!("unknown {name} variant {other}"),
+            }
         }
-    }))
-    .await;
-    let full_replay = (full_replay.0?, full_replay.1);
-    report.push_with_rss(&scenario, "chronik full replay", 1, full_replay);
-    let state = Repository::<Order, _>::new(s).load(&id).await?;
+    };
+    for variant in LOAD_VARIANTS {
+        for _ in 0..2 {
+            anyhow::ensure!(one(variant).await? == n as u64, "{variant}: a short read");
+        }
+    }
+    // The peak memory of one full replay, on its own (the timed rounds mix the variants).
+    let rss = crate::rss::peak_growth(one(LOAD_VARIANTS[0])).await.1;
+    let mut runs: Vec<(Vec<u64>, u64, std::time::Duration)> =
+        vec![(Vec::new(), 0, std::time::Duration::ZERO); LOAD_VARIANTS.len()];
+    for round in 0..plan.rounds {
+        let mut order: Vec<usize> = (0..LOAD_VARIANTS.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            for _ in 0..plan.load_repeats {
+                let t = Instant::now();
+                runs[i].1 += one(LOAD_VARIANTS[i]).await?;
+                let elapsed = t.elapsed();
+                runs[i].0.push(elapsed.as_micros() as u64);
+                runs[i].2 += elapsed;
+            }
+        }
+    }
+    for (variant, (samples, items, elapsed)) in LOAD_VARIANTS.iter().zip(runs) {
+        let stats = harness::stats(samples, items, elapsed);
+        if *variant == LOAD_VARIANTS[0] {
+            report.push_with_rss(&scenario, variant, 1, (stats, rss));
+        } else {
+            report.push(&scenario, variant, 1, stats);
+        }
+    }
+    from_snapshot(s, &id, plan.load_repeats * 20, &scenario, report).await?;
+    report.ratio(
+        &scenario,
+        "chronik full replay",
+        "raw select decoded",
+        1,
+        Some(1.0),
+    );
+    report.ratio(&scenario, "chronik full replay", "raw select", 1, None);
+    Ok(())
+}
+
+/// `SELECT event_type, payload, version` of one stream (`$1`), in order: the raw loads.
+fn raw_load_sql() -> String {
+    format!(
+        "SELECT event_type, payload, version FROM {STORE_SCHEMA}.events WHERE stream_id = $1 ORDER BY version"
+    )
+}
+
+/// Saves a snapshot of `id` at its head, then times `repeats` loads from it (`chronik with
+/// snapshot`, against the full replay of the same scenario: target 10x).
+async fn from_snapshot(
+    s: &PgEventStore,
+    id: &StreamId,
+    repeats: usize,
+    scenario: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let state = Repository::<Order, _>::new(s).load(id).await?;
     s.save_snapshot(
-        &id,
+        id,
         state.version,
         Order::STATE_SCHEMA_VERSION,
         &state.state.to_state()?,
     )
     .await?;
-    let stats = harness::repeat(repeats * 20, |_| {
-        let (s, id) = (s.clone(), &id);
+    let stats = harness::repeat(repeats, |_| {
+        let s = s.clone();
         async move {
             let loaded = Repository::<Order, _>::new(s)
                 .with_snapshots(SnapshotPolicy::Never)
@@ -642,36 +735,43 @@ async fn load_scenario(
         }
     })
     .await?;
-    report.push(&scenario, "chronik with snapshot", 1, stats);
+    report.push(scenario, "chronik with snapshot", 1, stats);
     report.ratio(
-        &scenario,
+        scenario,
         "chronik with snapshot",
         "chronik full replay",
         1,
         Some(10.0),
     );
-    let raw_load = format!(
-        "SELECT event_type, payload, version FROM {STORE_SCHEMA}.events WHERE stream_id = $1 ORDER BY version"
-    );
-    if !with_raw {
-        // What collecting the rows first would hold (for the memory table only).
-        let collected = crate::rss::peak_growth(harness::repeat(1, |_| {
-            let (p, sql, id) = (s.pool(), raw_load.clone(), id.as_str());
-            async move {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(id)
-                    .fetch_all(p)
-                    .await?;
-                Ok(rows.len() as u64)
-            }
-        }))
-        .await;
-        let collected = (collected.0?, collected.1);
-        report.push_with_rss(&scenario, "raw select (collected)", 1, collected);
-        return Ok(());
-    }
-    let stats = harness::repeat(repeats, |_| {
-        let (p, sql, id) = (s.pool(), raw_load.clone(), id.as_str());
+    Ok(())
+}
+
+/// `load-N` for a very long stream (N = `plan.huge_stream`, written by plain SQL): three full
+/// replays with their peak memory, loads from a snapshot, and what collecting the rows
+/// into one `Vec` would hold instead (the memory table only).
+async fn replay_in_bounded_memory(
+    s: &PgEventStore,
+    n: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let id = StreamId::for_category("order", Uuid::new_v4())?;
+    seed_stream_sql(s, &id, n).await?;
+    let scenario = format!("load-{n}");
+    let full_replay = crate::rss::peak_growth(harness::repeat(3, |_| {
+        let id = &id;
+        async move {
+            Ok(Repository::<Order, _>::new(s)
+                .load(id)
+                .await?
+                .events_replayed)
+        }
+    }))
+    .await;
+    let full_replay = (full_replay.0?, full_replay.1);
+    report.push_with_rss(&scenario, "chronik full replay", 1, full_replay);
+    from_snapshot(s, &id, 60, &scenario, report).await?;
+    let collected = crate::rss::peak_growth(harness::repeat(1, |_| {
+        let (p, sql, id) = (s.pool(), raw_load_sql(), id.as_str());
         async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(id)
@@ -679,37 +779,10 @@ async fn load_scenario(
                 .await?;
             Ok(rows.len() as u64)
         }
-    })
-    .await?;
-    report.push(&scenario, "raw select", 1, stats);
-    let stats = harness::repeat(repeats, |_| {
-        let (p, sql, id) = (s.pool(), raw_load.clone(), id.as_str());
-        async move {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(id)
-                .fetch_all(p)
-                .await?;
-            let mut n = 0u64;
-            for row in &rows {
-                let _type: &str = sqlx::Row::try_get(row, 0)?;
-                let payload: serde_json::Value = sqlx::Row::try_get(row, 1)?;
-                let _version: i64 = sqlx::Row::try_get(row, 2)?;
-                n += u64::from(payload.is_object());
-            }
-            anyhow::ensure!(n == rows.len() as u64, "a payload is not an object");
-            Ok(n)
-        }
-    })
-    .await?;
-    report.push(&scenario, "raw select decoded", 1, stats);
-    report.ratio(
-        &scenario,
-        "chronik full replay",
-        "raw select decoded",
-        1,
-        Some(1.0),
-    );
-    report.ratio(&scenario, "chronik full replay", "raw select", 1, None);
+    }))
+    .await;
+    let collected = (collected.0?, collected.1);
+    report.push_with_rss(&scenario, "raw select (collected)", 1, collected);
     Ok(())
 }
 
