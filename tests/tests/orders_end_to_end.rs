@@ -188,7 +188,7 @@ async fn in_memory_service_end_to_end() {
     let runner = ProjectionRunner::new(Arc::new(store.clone()))
         .with_projection(summaries.clone())
         .with_wake(store.inner().subscribe())
-        .start()
+        .spawn()
         .expect("start");
     let head = store.feed_head().await.expect("head").last.expect("events");
     runner
@@ -254,7 +254,7 @@ async fn postgres_service_end_to_end() {
         .map(|r| (r.order_id, (r.status, r.total_amount, r.lines, r.version)))
         .collect();
     assert_eq!(got, want, "the read model agrees with every aggregate");
-    runner.stop().await;
+    runner.stop().await.expect("stop");
     pg.pool()
         .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .await

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use chronik_core::{ExpectedVersion, FeedCursor, Metadata, RecordedEvent, StreamId, Version};
 use chronik_postgres::{
     HandlerError, PgEventStore, PgPartitionedRunner, PgProjection, PgProjectionRunner,
-    PgRunnerHandle, PgTransaction, ProjectionState, RunnerOptions, wait_for_projection,
+    PgTransaction, ProjectionState, RunnerHandle, RunnerOptions, wait_for_projection,
 };
 use chronik_projections::Partitions;
 use chronik_projections::RunnerBuilder as _;
@@ -59,14 +59,15 @@ async fn catch_up<P: PgProjection>(
     upcast: bool,
 ) -> anyhow::Result<Stats> {
     let start = Instant::now();
+    let name = projection.name().to_owned();
     let mut runner = PgProjectionRunner::new(store.clone(), projection).with_options(options);
     if upcast {
         runner = runner.with_upcasters(Arc::new(orders::upcasters()?));
     }
     let runner = runner.spawn()?;
-    let reached = wait_until(&runner, |s| s.checkpoint >= target).await;
+    let reached = wait_until(&runner, &name, |s| s.checkpoint >= target).await;
     let elapsed = start.elapsed();
-    runner.stop().await;
+    runner.stop().await?;
     reached?;
     Ok(harness::stats(
         vec![elapsed.as_micros() as u64],
@@ -75,12 +76,16 @@ async fn catch_up<P: PgProjection>(
     ))
 }
 
-/// Waits for the runner's status to satisfy `done`; fails on a handler error.
+/// Waits for the status of `runner`'s projection `name` to satisfy `done`; fails on a
+/// handler error.
 async fn wait_until(
-    runner: &PgRunnerHandle,
+    runner: &RunnerHandle,
+    name: &str,
     done: impl Fn(&chronik_postgres::ProjectionStatus) -> bool,
 ) -> anyhow::Result<()> {
-    let mut rx = runner.subscribe();
+    let mut rx = runner
+        .subscribe(name)
+        .with_context(|| format!("the runner does not run {name}"))?;
     loop {
         {
             let s = rx.borrow_and_update();
@@ -279,11 +284,12 @@ pub(crate) async fn partitions(url: &str, plan: &Plan, report: &mut Report) -> a
         let start = Instant::now();
         match count {
             None => {
+                let name = projection.name.clone();
                 let runner = PgProjectionRunner::new(store.clone(), projection)
                     .with_options(options.clone())
                     .spawn()?;
-                let reached = wait_until(&runner, |st| st.checkpoint >= target).await;
-                runner.stop().await;
+                let reached = wait_until(&runner, &name, |st| st.checkpoint >= target).await;
+                runner.stop().await?;
                 reached?;
             }
             Some(n) => {
@@ -414,7 +420,10 @@ pub(crate) async fn live_latency(
     chronik_store::CheckpointStore::save_checkpoint(&s, "bench-live", now, 0).await?;
     let runner = PgProjectionRunner::new(runner_store.clone(), Arc::new(NoOp("bench-live".into())))
         .spawn()?;
-    wait_until(&runner, |st| st.state == ProjectionState::Live).await?;
+    wait_until(&runner, "bench-live", |st| {
+        st.state == ProjectionState::Live
+    })
+    .await?;
 
     let tracker = Arc::new(Mutex::new(Tracker {
         checkpoint: now,
@@ -422,7 +431,9 @@ pub(crate) async fn live_latency(
     }));
     let watcher = {
         let tracker = tracker.clone();
-        let mut rx = runner.subscribe();
+        let mut rx = runner
+            .subscribe("bench-live")
+            .context("the runner runs bench-live")?;
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let checkpoint = rx.borrow_and_update().checkpoint;
@@ -458,10 +469,10 @@ pub(crate) async fn live_latency(
     let (last, _) = head(&s).await?;
     let caught_up = tokio::time::timeout(
         Duration::from_secs(30),
-        wait_until(&runner, |st| st.checkpoint >= last),
+        wait_until(&runner, "bench-live", |st| st.checkpoint >= last),
     )
     .await;
-    let status = runner.stop().await;
+    let status = runner.stop().await?.remove(0);
     watcher.abort();
     caught_up
         .context("the live projection did not catch up within 30 s")?

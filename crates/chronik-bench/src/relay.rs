@@ -68,7 +68,7 @@ pub(crate) async fn run(url: &str, plan: &Plan, report: &mut Report) -> anyhow::
         let started = Instant::now();
         let handle = Arc::clone(&relay)
             .runner(Arc::clone(&store), None)
-            .start()?;
+            .spawn()?;
         handle
             .wait_for(&name, head, Duration::from_secs(600))
             .await?;

@@ -92,7 +92,7 @@ pub(crate) async fn run(plan: &Plan, report: &mut Report) -> anyhow::Result<()> 
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let name = format!("bench-standby-{i}-{round}");
-            let mut runner = PgProjectionRunner::new(primary.clone(), Arc::new(NoOp(name)))
+            let mut runner = PgProjectionRunner::new(primary.clone(), Arc::new(NoOp(name.clone())))
                 .with_options(RunnerOptions {
                     batch_size: 1_000,
                     ..RunnerOptions::default()
@@ -102,13 +102,13 @@ pub(crate) async fn run(plan: &Plan, report: &mut Report) -> anyhow::Result<()> 
             }
             let start = Instant::now();
             let handle = runner.spawn()?;
-            let mut status = handle.subscribe();
+            let mut status = handle.subscribe(&name).context("the runner runs it")?;
             let reached = status
                 .wait_for(|s| s.checkpoint >= target || s.state == ProjectionState::Failing)
                 .await
                 .map(|s| (s.checkpoint >= target, s.last_error.clone()));
             let elapsed = start.elapsed();
-            handle.stop().await;
+            handle.stop().await?;
             let (done, error) = reached.context("the runner stopped before it caught up")?;
             anyhow::ensure!(done, "the runner failed: {}", error.unwrap_or_default());
             runs[i].1.push(elapsed.as_micros() as u64);

@@ -134,7 +134,7 @@ type RunFn = Box<
             &PgEventStore,
             Option<Arc<UpcasterRegistry>>,
             Option<chronik_postgres::PgStandby>,
-        ) -> Result<chronik_postgres::PgRunnerHandle, ProjectionError>
+        ) -> Result<chronik_postgres::RunnerHandle, ProjectionError>
         + Send
         + Sync,
 >;

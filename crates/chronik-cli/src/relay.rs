@@ -42,7 +42,7 @@ fn start<S: EventStore + CheckpointStore + 'static>(
     if let Some(wake) = wake {
         runner = runner.with_wake(wake);
     }
-    runner.start().context("cannot start the relay's runner")
+    runner.spawn().context("cannot start the relay's runner")
 }
 
 pub(crate) fn parse_prefix(text: &str) -> Result<SubjectPrefix, String> {

@@ -87,7 +87,9 @@ pub(crate) async fn run(
     }
     let handle = (projection.run)(store, registry.upcasters.clone(), standby)
         .context("cannot start the projection's runner")?;
-    let mut status = handle.subscribe();
+    let mut status = handle
+        .subscribe(&projection.name)
+        .context("the runner does not run the projection")?;
     let done = async {
         match head {
             // Nothing to apply yet.
@@ -110,7 +112,9 @@ pub(crate) async fn run(
         () = done => {}
         true = interrupts.next() => {}
     }
-    let last = handle.stop().await;
+    // A task that ended abnormally is shown crashed in its status, which says why.
+    let _ = handle.stop().await;
+    let last = status.borrow().clone();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

@@ -107,10 +107,10 @@ pub use overview::{CategoryStats, RATE_SAMPLE, StoreStats, StreamQuery};
 pub use parking::PgParkingLot;
 pub use projection::{
     Forgotten, HandlerError, ParkRecord, ParkState, ParkedEvent, PgPartitionedRunner, PgProjection,
-    PgProjectionRunner, PgRunnerHandle, PgRunnerInstance, PgTransaction, PgTypedProjection,
-    PgWorkerHandle, PgWorkerStatus, ProjectionError, ProjectionReport, ProjectionState,
-    ProjectionStatus, RebuildOutcome, RebuildProgress, RebuildRecord, RetryOutcome, RunnerBuilder,
-    RunnerConfig, RunnerOptions, ShadowLeftover, ShadowProjection, Typed, discard_shadow,
+    PgProjectionRunner, PgRunnerInstance, PgTransaction, PgTypedProjection, PgWorkerHandle,
+    PgWorkerStatus, ProjectionError, ProjectionReport, ProjectionState, ProjectionStatus,
+    RebuildOutcome, RebuildProgress, RebuildRecord, RetryOutcome, RunnerBuilder, RunnerConfig,
+    RunnerHandle, RunnerOptions, ShadowLeftover, ShadowProjection, Typed, discard_shadow,
     drop_parked, forget_projection, how_to_end, lost_connection, notify_feed, park_event,
     park_records, parked_events, projection_reports, rebuild, rebuild_partitioned, rebuild_shadow,
     retry_parked, shadow_leftovers, wait_for_projection,

@@ -36,7 +36,7 @@ pub(crate) use sql::ProjectionSql;
 
 pub use chronik_projections::{
     HandlerError, ParkedEvent, ProjectionError, ProjectionState, ProjectionStatus, RebuildProgress,
-    RunnerBuilder, RunnerConfig, RunnerOptions, Typed,
+    RunnerBuilder, RunnerConfig, RunnerHandle, RunnerOptions, Typed,
 };
 pub use handler::{PgProjection, PgTransaction, ShadowProjection, lost_connection};
 pub use leftover::{ShadowLeftover, discard_shadow, shadow_leftovers};
@@ -51,5 +51,5 @@ pub use park::{
 pub use partition::{PgPartitionedRunner, PgWorkerHandle, PgWorkerStatus};
 pub use rebuild::{rebuild, rebuild_partitioned, rebuild_shadow};
 pub use record::{RebuildOutcome, RebuildRecord};
-pub use runner::{PgProjectionRunner, PgRunnerHandle, how_to_end, notify_feed};
+pub use runner::{PgProjectionRunner, how_to_end, notify_feed};
 pub use typed::PgTypedProjection;

@@ -549,7 +549,7 @@ async fn a_handler_that_ignores_an_error_never_commits_its_batch(pool: PgPool) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    handle.stop().await;
+    handle.stop().await.expect("stopped");
     let mut applied: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM careless_applied")
         .fetch_all(&pool)
         .await
@@ -582,7 +582,7 @@ async fn the_refused_statement_after_an_ignored_error_says_so(pool: PgPool) {
     let handle = chronik_postgres::PgProjectionRunner::new(store.clone(), projection)
         .spawn()
         .expect("spawn");
-    let mut status = handle.subscribe();
+    let mut status = handle.subscribe("careless").expect("its status");
     let shown = status
         .wait_for(|s| s.last_error.is_some())
         .await
@@ -590,7 +590,7 @@ async fn the_refused_statement_after_an_ignored_error_says_so(pool: PgPool) {
         .last_error
         .clone()
         .unwrap_or_default();
-    handle.stop().await;
+    handle.stop().await.expect("stopped");
     assert!(
         shown.contains(
             "an earlier statement of the batch's transaction failed and the handler went on; \

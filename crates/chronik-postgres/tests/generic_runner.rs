@@ -143,7 +143,7 @@ async fn park_decisions_survive_a_restart_and_show_in_the_operators_list(pool: P
         .with_projection(first.clone())
         .with_options(fast())
         .with_parking(lot.clone())
-        .start()
+        .spawn()
         .expect("start");
     until(&h, "recorder", |s| s.attempts >= 2).await;
     lot.park(ParkedEvent {
@@ -190,7 +190,7 @@ async fn park_decisions_survive_a_restart_and_show_in_the_operators_list(pool: P
         .with_projection(again.clone())
         .with_options(fast())
         .with_parking(lot)
-        .start()
+        .spawn()
         .expect("start");
     let s = h
         .wait_for("recorder", last, DEADLINE)
@@ -300,7 +300,7 @@ async fn a_notification_wakes_the_runner(pool: PgPool) {
         .with_projection(recorder.clone())
         .with_options(woken_only())
         .with_wake(wake)
-        .start()
+        .spawn()
         .expect("start");
     until(&h, "recorder", |s| s.state == ProjectionState::Live).await;
     for round in 1..=3 {
@@ -336,7 +336,7 @@ async fn a_lost_listen_connection_wakes_the_runner_to_read_what_it_missed(pool: 
         .with_projection(recorder.clone())
         .with_options(woken_only())
         .with_wake(wake)
-        .start()
+        .spawn()
         .expect("start");
     until(&h, "recorder", |s| s.state == ProjectionState::Live).await;
     let r = store
@@ -496,7 +496,7 @@ async fn a_filtered_runner_does_not_count_the_feed_before_every_page(pool: PgPoo
             lag_every: Duration::from_secs(3_600),
             ..fast()
         })
-        .start()
+        .spawn()
         .expect("start");
     h.wait_for("wanted_only", last, DEADLINE)
         .await

@@ -210,7 +210,7 @@ async fn work() {
         })
         .spawn()
         .unwrap();
-    let mut status = runner.subscribe();
+    let mut status = runner.subscribe("strict").unwrap();
     tokio::time::timeout(
         DEADLINE,
         status.wait_for(|s| s.state == ProjectionState::Failing && s.attempts >= 2),
@@ -218,9 +218,13 @@ async fn work() {
     .await
     .unwrap()
     .unwrap();
-    let last_error = runner.status().last_error.unwrap_or_default();
+    let last_error = runner
+        .status("strict")
+        .unwrap()
+        .last_error
+        .unwrap_or_default();
     assert!(!last_error.contains(PAYLOAD), "status: {last_error}");
-    runner.stop().await;
+    runner.stop().await.unwrap();
 
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA {} CASCADE",

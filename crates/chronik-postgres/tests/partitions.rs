@@ -400,7 +400,7 @@ async fn a_changed_number_of_partitions_is_refused_until_rebuilt(pool: PgPool) {
         .with_options(options())
         .spawn()
         .unwrap();
-    let mut status = single.subscribe();
+    let mut status = single.subscribe(NAME).unwrap();
     let failing = tokio::time::timeout(
         DEADLINE,
         status.wait_for(|s| s.state == ProjectionState::Failing),
@@ -414,7 +414,7 @@ async fn a_changed_number_of_partitions_is_refused_until_rebuilt(pool: PgPool) {
         why.contains("4 partitions") && why.contains("rebuild"),
         "{why}"
     );
-    single.stop().await;
+    single.stop().await.unwrap();
     assert_eq!(applied().await, 30);
 
     // The documented way: a rebuild with the new count, then workers with it.

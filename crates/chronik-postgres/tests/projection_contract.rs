@@ -15,16 +15,13 @@ use chronik_core::{EventId, RecordedEvent};
 use chronik_postgres::RunnerBuilder as _;
 use chronik_postgres::{
     HandlerError, PgEventStore, PgParkingLot, PgPartitionedRunner, PgProjection,
-    PgProjectionRunner, PgRunnerHandle, PgStoreConfig, PgTransaction, PgWorkerHandle, rebuild,
+    PgProjectionRunner, PgStoreConfig, PgTransaction, PgWorkerHandle, rebuild,
 };
-use chronik_projections::{
-    ParkingLot, Partitions, Projection, ProjectionStatus, RebuildProgress, RunnerOptions,
-};
+use chronik_projections::{ParkingLot, Partitions, Projection, RebuildProgress, RunnerOptions};
 use chronik_store::FeedFilter;
-use chronik_testkit::projections::{Engine, PartitionedEngine, Recorder, Runner, Wake, Worker};
+use chronik_testkit::projections::{Engine, PartitionedEngine, Recorder, Spawned, Wake, Worker};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tokio::sync::watch;
 
 /// The exactly-once engine on one test database.
 #[derive(Debug)]
@@ -97,28 +94,9 @@ impl PgProjection for Applied {
     }
 }
 
-/// A spawned `PgProjectionRunner`.
-#[derive(Debug)]
-struct PgRunner(PgRunnerHandle);
-
-impl Runner for PgRunner {
-    fn subscribe(&self) -> watch::Receiver<ProjectionStatus> {
-        self.0.subscribe()
-    }
-    fn request_stop(&self) {
-        self.0.request_stop();
-    }
-    async fn stop(self) -> ProjectionStatus {
-        self.0.stop().await
-    }
-    async fn abort(self) {
-        self.0.abort().await;
-    }
-}
-
 impl Engine for ExactlyOnce {
     type Store = PgEventStore;
-    type Runner = PgRunner;
+    type Runner = Spawned;
 
     fn store(&self) -> &PgEventStore {
         &self.store
@@ -137,7 +115,7 @@ impl Engine for ExactlyOnce {
         projection: &Arc<Recorder>,
         options: RunnerOptions,
         wake: Wake,
-    ) -> PgRunner {
+    ) -> Spawned {
         let listen_channel = match wake {
             Wake::Backend => Some(self.channel.clone()),
             Wake::PollingOnly => None,
@@ -152,7 +130,7 @@ impl Engine for ExactlyOnce {
         })
         .spawn()
         .unwrap();
-        PgRunner(handle)
+        Spawned::new(handle, Projection::name(&**projection))
     }
 
     async fn applied(&self, projection: &Arc<Recorder>) -> Vec<EventId> {

@@ -358,7 +358,7 @@ async fn the_application_role_runs_everything_and_can_change_no_history(admin: P
     wait_for_projection(&app, Tallies::NAME, second.cursor, DEADLINE)
         .await
         .unwrap();
-    runner.stop().await;
+    runner.stop().await.unwrap();
     assert_eq!(
         tallies.rows(app.pool()).await,
         [(stream.as_str().to_owned(), 3, 3)]

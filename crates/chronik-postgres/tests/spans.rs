@@ -163,11 +163,11 @@ async fn work(schema: SchemaName) {
     chronik_postgres::wait_for_projection(&store, "quiet_pg", last, DEADLINE)
         .await
         .unwrap();
-    pg.stop().await;
+    pg.stop().await.unwrap();
     let generic = ProjectionRunner::new(Arc::new(store.clone()))
         .with_projection(Arc::new(QuietGeneric))
         .with_options(RunnerOptions::default())
-        .start()
+        .spawn()
         .unwrap();
     generic
         .wait_for("quiet_generic", last, DEADLINE)

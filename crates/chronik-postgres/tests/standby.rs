@@ -12,8 +12,8 @@ use std::time::Duration;
 use chronik_core::{EventId, EventType, ExpectedVersion, FeedCursor, Metadata, NewEvent, StreamId};
 use chronik_postgres::RunnerBuilder as _;
 use chronik_postgres::{
-    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle, PgStandby,
-    PgStoreConfig, PgTransaction, ProjectionState, RunnerOptions, standby_reports,
+    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgStandby, PgStoreConfig,
+    PgTransaction, ProjectionState, RunnerHandle, RunnerOptions, standby_reports,
     wait_for_projection,
 };
 use chronik_store::{EventStore, FeedFilter, StoreError};
@@ -112,7 +112,7 @@ fn options() -> RunnerOptions {
     }
 }
 
-fn spawn(primary: &PgEventStore, standby: &PgStandby, p: Recorder) -> PgRunnerHandle {
+fn spawn(primary: &PgEventStore, standby: &PgStandby, p: Recorder) -> RunnerHandle {
     PgProjectionRunner::new(primary.clone(), Arc::new(p))
         .with_standby(standby.clone())
         .with_options(options())
@@ -260,7 +260,7 @@ async fn a_standby_fed_runner_applies_every_event_once_under_concurrent_writes_a
     assert_eq!(names, ["all", "only-b"]);
     assert!(reports.iter().all(|r| r.standby == standby.endpoint()));
     for h in [all, some] {
-        let s = h.stop().await;
+        let s = h.stop().await.unwrap().remove(0);
         assert_eq!(s.state, ProjectionState::Stopped, "{s:?}");
     }
 }
@@ -318,7 +318,7 @@ async fn a_paused_standby_makes_the_runner_wait_not_skip_and_a_promoted_one_is_r
     // The runner keeps polling the paused standby (reading a page, then measuring the
     // standby's lag into its status row, then idling). Two measures after the appends
     // have a read of the standby between them: it has looked, and found nothing new.
-    let mut status = runner.subscribe();
+    let mut status = runner.subscribe("paused").unwrap();
     let polls_before = status.borrow().batches;
     let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(primary.pool())
@@ -381,7 +381,7 @@ async fn a_paused_standby_makes_the_runner_wait_not_skip_and_a_promoted_one_is_r
     .unwrap();
     assert_eq!(applied(&primary, "paused").await.len(), 50);
     assert_eq!(status.borrow().checkpoint, target);
-    runner.stop().await;
+    runner.stop().await.unwrap();
 }
 
 /// Waits until the runner of `projection` has measured its standby after `after`; returns

@@ -128,7 +128,7 @@ async fn typed_read_models_run_and_rebuild_on_decoded_upcast_events(pool: PgPool
     wait_for_projection(&store, "stock_levels", last.cursor, Duration::from_secs(90))
         .await
         .unwrap();
-    runner.stop().await;
+    runner.stop().await.unwrap();
     assert_eq!(levels(&pool).await, vec![("item-1".to_owned(), 3, 2)]);
 
     let done = rebuild_shadow(&store, projection, Some(registry), 2, &mut |_| {

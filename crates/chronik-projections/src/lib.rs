@@ -16,6 +16,7 @@
 
 mod error;
 mod follow;
+mod handle;
 mod name;
 mod options;
 mod park;
@@ -29,13 +30,14 @@ mod wake;
 
 pub use error::ProjectionError;
 pub use follow::{FollowOptions, follow};
+pub use handle::{RunnerHandle, RunnerTask};
 pub use name::ProjectionName;
 pub use options::{RunnerBuilder, RunnerConfig, RunnerOptions};
 pub use park::{MemoryParkingLot, ParkedEvent, ParkingLot};
 pub use partition::{MAX_PARTITIONS, Partitions, parse_partition, stream_hash};
 pub use projection::{HandlerError, Projection};
 pub use rebuild::{RebuildOptions, RebuildProgress, rebuild};
-pub use runner::{ProjectionRunner, RunnerHandle};
+pub use runner::ProjectionRunner;
 pub use status::{
     EventRef, Lag, LagMeter, ProjectionState, ProjectionStatus, checkpoint_lag, measure_lag,
     wait_for_status,

@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,16 +7,16 @@ use chronik_store::{
 };
 use chrono::Utc;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::error::ProjectionError;
+use crate::handle::{RunnerHandle, RunnerTask};
 use crate::name::ProjectionName;
 use crate::options::{RunnerBuilder, RunnerConfig, RunnerOptions};
 use crate::park::{MemoryParkingLot, ParkingLot};
 use crate::projection::{HandlerError, Projection};
-use crate::status::{EventRef, LagMeter, ProjectionState, ProjectionStatus, wait_for_status};
+use crate::status::{EventRef, LagMeter, ProjectionState, ProjectionStatus};
 use crate::wake::{PollingOnly, WakeSource, Wakeup};
 
 /// Runs projections against a store: catch-up from each checkpoint in batches, then live.
@@ -80,11 +79,12 @@ impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
         self
     }
 
-    /// Spawns one task per projection on the current tokio runtime.
+    /// Spawns one task per projection on the current tokio runtime (the verb of every
+    /// engine's runner).
     ///
     /// # Errors
     /// Invalid options, an invalid or duplicate projection name. Nothing is spawned then.
-    pub fn start(self) -> Result<RunnerHandle, ProjectionError> {
+    pub fn spawn(self) -> Result<RunnerHandle, ProjectionError> {
         let RunnerConfig { options, upcasters } = self.config;
         options.validate()?;
         let mut seen = std::collections::HashSet::new();
@@ -96,7 +96,6 @@ impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let mut statuses = HashMap::new();
         for projection in self.projections {
             let name = projection.name().to_owned();
             let status = Arc::new(watch::Sender::new(ProjectionStatus::new(name.clone())));
@@ -112,133 +111,14 @@ impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
                 wake: self.wake.subscribe(),
                 lag: LagMeter::new(options.lag_every),
             };
-            tasks.push((name.clone(), tokio::spawn(task.run())));
-            statuses.insert(name, status);
+            tasks.push(RunnerTask {
+                name,
+                status,
+                join: tokio::spawn(task.run()),
+            });
         }
-        Ok(RunnerHandle {
-            stop: stop_tx,
-            tasks,
-            statuses,
-            parking: self.parking,
-        })
+        Ok(RunnerHandle::new(stop_tx, tasks, self.parking))
     }
-}
-
-/// Controls running projections: status, read-your-writes waits, parking, shutdown.
-///
-/// Dropping the handle without [`RunnerHandle::stop`] leaves the tasks running until the
-/// runtime shuts down.
-#[derive(Debug)]
-pub struct RunnerHandle {
-    stop: watch::Sender<bool>,
-    tasks: Vec<(String, JoinHandle<()>)>,
-    statuses: HashMap<String, Arc<watch::Sender<ProjectionStatus>>>,
-    parking: Arc<dyn ParkingLot>,
-}
-
-impl RunnerHandle {
-    /// The current status of `name`.
-    #[must_use]
-    pub fn status(&self, name: &str) -> Option<ProjectionStatus> {
-        self.statuses.get(name).map(|s| s.borrow().clone())
-    }
-
-    /// The status of every projection, by registration order.
-    #[must_use]
-    pub fn statuses(&self) -> Vec<ProjectionStatus> {
-        self.tasks
-            .iter()
-            .filter_map(|(n, _)| self.status(n))
-            .collect()
-    }
-
-    /// A live view of `name`'s status (changes on every checkpoint, error and state change).
-    #[must_use]
-    pub fn subscribe(&self, name: &str) -> Option<watch::Receiver<ProjectionStatus>> {
-        self.statuses.get(name).map(|s| s.subscribe())
-    }
-
-    /// The parking lot the runner consults; record park decisions here.
-    #[must_use]
-    pub fn parking(&self) -> &Arc<dyn ParkingLot> {
-        &self.parking
-    }
-
-    /// Read-your-writes: waits until `name` has checkpointed `target` (typically the
-    /// `cursor` of an `AppendResult`), so its read model reflects that append.
-    ///
-    /// # Errors
-    /// [`ProjectionError::UnknownProjection`]; [`ProjectionError::Timeout`] (with the last
-    /// error, often the reason) after `timeout`; [`ProjectionError::Stopped`] when the
-    /// projection stopped before reaching `target`.
-    pub async fn wait_for(
-        &self,
-        name: &str,
-        target: FeedCursor,
-        timeout: Duration,
-    ) -> Result<ProjectionStatus, ProjectionError> {
-        let rx = self
-            .subscribe(name)
-            .ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))?;
-        wait_for_status(rx, target, timeout).await
-    }
-
-    /// Sends the stop signal without waiting (for signal handlers); follow with
-    /// [`RunnerHandle::stop`] to wait for the final checkpoints.
-    pub fn request_stop(&self) {
-        self.stop.send_replace(true);
-    }
-
-    /// Graceful shutdown: each task finishes and checkpoints its current batch (a task that
-    /// is backing off after a failure checkpoints what it applied and stops), then the final
-    /// statuses are returned in registration order.
-    ///
-    /// # Errors
-    /// [`ProjectionError::TaskFailed`] when a task panicked outside a handler.
-    pub async fn stop(self) -> Result<Vec<ProjectionStatus>, ProjectionError> {
-        self.stop.send_replace(true);
-        let mut first_err = None;
-        let mut names = Vec::with_capacity(self.tasks.len());
-        for (name, task) in self.tasks {
-            if let Err(e) = task.await {
-                if let Some(status) = self.statuses.get(&name) {
-                    crashed(status, format!("runner task ended abnormally: {e}"));
-                }
-                first_err.get_or_insert(ProjectionError::TaskFailed {
-                    projection: name.clone(),
-                    message: e.to_string(),
-                });
-            }
-            names.push(name);
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(names
-                .iter()
-                .filter_map(|n| self.statuses.get(n).map(|s| s.borrow().clone()))
-                .collect()),
-        }
-    }
-
-    /// Kills every task at its next await point without a final checkpoint, as a crash
-    /// would (for tests and emergencies).
-    ///
-    /// Subscribers then see [`ProjectionState::Crashed`].
-    pub async fn abort(self) {
-        for (name, task) in self.tasks {
-            task.abort();
-            if task.await.is_err()
-                && let Some(status) = self.statuses.get(&name)
-            {
-                crashed(status, "runner task aborted".to_owned());
-            }
-        }
-    }
-}
-
-/// Marks the status of a task that ended abnormally: never left showing its last state.
-fn crashed(status: &watch::Sender<ProjectionStatus>, why: String) {
-    status.send_modify(|s| s.crash(why, Utc::now()));
 }
 
 struct Task<S> {
@@ -355,7 +235,8 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
                 .send_modify(|s| s.state = ProjectionState::Stopped),
             Err(panic) => {
                 tracing::error!(projection = self.name(), %panic, "projection task panicked");
-                crashed(&self.status, format!("runner task panicked: {panic}"));
+                let why = format!("runner task panicked: {panic}");
+                self.status.send_modify(|s| s.crash(why, Utc::now()));
             }
         }
     }

@@ -255,8 +255,7 @@ impl LagMeter {
 
 /// Read-your-writes on a runner's live status: waits until `status` shows the projection's
 /// checkpoint at or past `target` (typically an `AppendResult::cursor`) and returns that
-/// status. Every engine's handle waits through it (`RunnerHandle::wait_for`, and the
-/// PostgreSQL runner's).
+/// status. Every engine's handle waits through it (`RunnerHandle::wait_for`).
 ///
 /// # Errors
 /// [`ProjectionError::Stopped`] when the projection stops or crashes short of `target`

@@ -68,7 +68,7 @@ async fn handlers_see_upcast_events() {
         })
         .with_upcasters(Arc::new(orders::upcasters().unwrap()))
         .with_projection(Arc::clone(&p) as Arc<dyn Projection>)
-        .start()
+        .spawn()
         .unwrap();
     h.wait_for("upcast", at, DEADLINE).await.unwrap();
     let seen = p.0.lock().unwrap()[0].clone();

@@ -79,7 +79,7 @@ async fn typed_handlers_receive_decoded_upcast_events_of_their_types_and_categor
     let handle = ProjectionRunner::new(Arc::new(store.clone()))
         .with_projection(seen.clone())
         .with_upcasters(Arc::new(registry))
-        .start()
+        .spawn()
         .unwrap();
     handle
         .wait_for("seen", last.cursor, Duration::from_secs(20))

@@ -12,7 +12,7 @@
 //! use chronik_relay::{NatsRelay, RelayConfig};
 //!
 //! let relay = Arc::new(NatsRelay::connect(RelayConfig::new("nats://127.0.0.1:4222")).await?);
-//! let handle = Arc::clone(&relay).runner(store, None).start()?;
+//! let handle = Arc::clone(&relay).runner(store, None).spawn()?;
 //! // ... until shutdown:
 //! handle.stop().await?;
 //! # Ok(()) }

@@ -237,7 +237,7 @@ impl NatsRelay {
 
     /// A projection runner with this relay registered, over `store`, with the relay's
     /// runner options; `upcasters` are applied when the payload mode is
-    /// [`PayloadMode::Upcast`]. Start it with [`ProjectionRunner::start`]; the relay's
+    /// [`PayloadMode::Upcast`]. Spawn it with [`ProjectionRunner::spawn`]; the relay's
     /// status is `handle.status(relay.projection_name())`.
     pub fn runner<S: EventStore + CheckpointStore + 'static>(
         self: Arc<Self>,

@@ -115,7 +115,7 @@ async fn relay_all<S: EventStore + CheckpointStore + 'static>(
     let relay = Arc::new(relay);
     let name = relay.projection_name().to_owned();
     let head = store.feed_head().await.unwrap().last.unwrap();
-    let handle: RunnerHandle = Arc::clone(&relay).runner(store, None).start().unwrap();
+    let handle: RunnerHandle = Arc::clone(&relay).runner(store, None).spawn().unwrap();
     handle.wait_for(&name, head, DEADLINE).await.unwrap();
     handle.stop().await.unwrap();
     relay.stats()
@@ -474,7 +474,7 @@ async fn a_server_restarted_mid_publish_loses_nothing_and_stores_nothing_twice()
     let projection = relay.projection_name().to_owned();
     let handle = Arc::clone(&relay)
         .runner(Arc::clone(&store), None)
-        .start()
+        .spawn()
         .unwrap();
 
     // A writer appends all along: before the restart, while the server is down, after.
@@ -575,7 +575,7 @@ async fn relays_from_a_hot_standby_and_waits_while_it_is_paused() {
     let projection = relay.projection_name().to_owned();
     let handle = Arc::clone(&relay)
         .runner(Arc::clone(&feed_store), None)
-        .start()
+        .spawn()
         .unwrap();
     handle
         .wait_for(&projection, first_head, Duration::from_secs(60))

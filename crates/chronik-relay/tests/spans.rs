@@ -55,7 +55,7 @@ fn publishes_are_spans_naming_the_event_never_its_payload() {
         let relay = Arc::new(NatsRelay::connect(config).await.unwrap());
         let name = relay.projection_name().to_owned();
         let head = store.feed_head().await.unwrap().last.unwrap();
-        let handle = Arc::clone(&relay).runner(store, None).start().unwrap();
+        let handle = Arc::clone(&relay).runner(store, None).spawn().unwrap();
         let waited = handle.wait_for(&name, head, Duration::from_secs(30)).await;
         handle.stop().await.unwrap();
         let js = jetstream::new(

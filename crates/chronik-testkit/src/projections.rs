@@ -264,14 +264,25 @@ impl<S: Store> Generic<S> {
     }
 }
 
-/// A runner of the [`Generic`] engine: its handle and its one projection's name.
+/// A spawned runner of one projection, whichever engine spawned it (every engine's runner
+/// is a [`RunnerHandle`]): the handle and that projection's name.
 #[derive(Debug)]
-pub struct GenericRunner {
+pub struct Spawned {
     handle: RunnerHandle,
     name: String,
 }
 
-impl Runner for GenericRunner {
+impl Spawned {
+    /// `handle`, which runs projection `name`.
+    pub fn new(handle: RunnerHandle, name: impl Into<String>) -> Self {
+        Self {
+            handle,
+            name: name.into(),
+        }
+    }
+}
+
+impl Runner for Spawned {
     fn subscribe(&self) -> watch::Receiver<ProjectionStatus> {
         self.handle.subscribe(&self.name).unwrap()
     }
@@ -288,7 +299,7 @@ impl Runner for GenericRunner {
 
 impl<S: Store> Engine for Generic<S> {
     type Store = S;
-    type Runner = GenericRunner;
+    type Runner = Spawned;
 
     fn store(&self) -> &S {
         &self.store
@@ -307,16 +318,16 @@ impl<S: Store> Engine for Generic<S> {
         projection: &Arc<Recorder>,
         options: RunnerOptions,
         wake: Wake,
-    ) -> GenericRunner {
+    ) -> Spawned {
         let runner = self.runner(options);
         let runner = match wake {
             Wake::Backend => runner.with_wake(SharedWake(Arc::clone(&self.ports.wake))),
             Wake::PollingOnly => runner.with_wake(PollingOnly),
         };
-        GenericRunner {
+        Spawned {
             handle: runner
                 .with_projection(Arc::clone(projection) as Arc<dyn Projection>)
-                .start()
+                .spawn()
                 .unwrap(),
             name: projection.name.clone(),
         }
@@ -958,7 +969,7 @@ pub async fn duplicate_names_and_bad_options_are_refused<S: Store>(engine: Gener
         .runner(RunnerOptions::default())
         .with_projection(Arc::clone(&p) as Arc<dyn Projection>)
         .with_projection(p as Arc<dyn Projection>)
-        .start()
+        .spawn()
         .unwrap_err();
     assert!(matches!(err, ProjectionError::DuplicateName(_)));
     let err = engine
@@ -966,7 +977,7 @@ pub async fn duplicate_names_and_bad_options_are_refused<S: Store>(engine: Gener
             batch_size: 0,
             ..RunnerOptions::default()
         })
-        .start()
+        .spawn()
         .unwrap_err();
     assert!(matches!(err, ProjectionError::InvalidOptions(_)));
 }

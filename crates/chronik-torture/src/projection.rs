@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use chronik_core::{FeedCursor, RecordedEvent};
 use chronik_postgres::{
-    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle, PgTransaction,
-    ProjectionState, RunnerOptions,
+    HandlerError, PgEventStore, PgProjection, PgProjectionRunner, PgTransaction, ProjectionState,
+    RunnerOptions,
 };
-use chronik_projections::RunnerBuilder as _;
+use chronik_projections::{RunnerBuilder as _, RunnerHandle};
 use chronik_store::{CheckpointStore as _, EventStore as _};
 use rand::Rng as _;
 use rand_chacha::ChaCha8Rng;
@@ -174,7 +174,7 @@ fn spawn(
     projection: &Arc<TortureProjection>,
     options: RunnerOptions,
     world: &World,
-) -> Option<PgRunnerHandle> {
+) -> Option<RunnerHandle> {
     let runner = PgProjectionRunner::new(store.clone(), Arc::clone(projection))
         .with_options(options)
         .spawn();
@@ -198,7 +198,7 @@ pub(crate) async fn runner_chaos(
     projection: Arc<TortureProjection>,
 ) {
     let mut rng = world.rng("runners", 0);
-    let mut handles: Vec<PgRunnerHandle> = spawn(&store, &projection, options(&mut rng), &world)
+    let mut handles: Vec<RunnerHandle> = spawn(&store, &projection, options(&mut rng), &world)
         .into_iter()
         .collect();
     let every = world.plan.kill_every * 6;
@@ -211,10 +211,17 @@ pub(crate) async fn runner_chaos(
             }
             45..70 if !handles.is_empty() => {
                 let h = handles.swap_remove(rng.gen_range(0..handles.len()));
-                if let Ok(s) = tokio::time::timeout(Duration::from_secs(10), h.stop()).await
-                    && s.state == ProjectionState::Crashed
-                {
-                    world.runner_crash(format!("{:?}", s.last_error));
+                if let Ok(stopped) = tokio::time::timeout(Duration::from_secs(10), h.stop()).await {
+                    let crashed = match stopped {
+                        Ok(s) => s
+                            .into_iter()
+                            .find(|s| s.state == ProjectionState::Crashed)
+                            .map(|s| format!("{:?}", s.last_error)),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(why) = crashed {
+                        world.runner_crash(why);
+                    }
                 }
                 world.counts.inc(C::runner_stops);
             }
@@ -228,8 +235,10 @@ pub(crate) async fn runner_chaos(
         }
     }
     for h in handles {
-        if h.status().state == ProjectionState::Crashed {
-            world.runner_crash(format!("{:?}", h.status().last_error));
+        if let Some(s) = h.status(NAME)
+            && s.state == ProjectionState::Crashed
+        {
+            world.runner_crash(format!("{:?}", s.last_error));
         }
         h.abort().await;
     }
@@ -264,7 +273,9 @@ pub(crate) async fn catch_up(
             .map(|c| c.map(|c| c.cursor));
         if let (Ok(head), Ok(cp)) = (&head, &cp)
             && head == cp
-            && handle.status().state != ProjectionState::Starting
+            && handle
+                .status(NAME)
+                .is_some_and(|s| s.state != ProjectionState::Starting)
         {
             break Ok(*cp);
         }
@@ -282,7 +293,7 @@ pub(crate) async fn catch_up(
             break Err(format!(
                 "the projection stopped short of the feed's end (no progress for {timeout:?}): head {head:?}, \
                  checkpoint {cp:?}, runner {:?}, horizon holders {holders}",
-                handle.status()
+                handle.status(NAME)
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -178,7 +178,7 @@ fn spawn(
     let runner = ProjectionRunner::new(Arc::new(store.clone()))
         .with_projection(Arc::clone(reactor) as Arc<dyn Projection>)
         .with_options(options)
-        .start();
+        .spawn();
     match runner {
         Ok(h) => {
             world.counts.inc(C::reactor_runner_starts);

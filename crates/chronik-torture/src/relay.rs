@@ -94,7 +94,7 @@ async fn start(
     let store = own_pool(like, 2, "the relay").await?;
     match Arc::clone(&relay)
         .runner(Arc::new(store.clone()), None)
-        .start()
+        .spawn()
     {
         Ok(handle) => {
             world.counts.inc(C::relay_starts);

@@ -993,7 +993,7 @@ fn projections_rebuild_refuses_unknown_names_and_a_running_projection() {
             .spawn()
             .expect("the runner starts")
     };
-    let mut status = runner.subscribe();
+    let mut status = runner.subscribe(OrderProjection::NAME).expect("its status");
     let pid = schema
         .runtime
         .block_on(status.wait_for(|s| s.lock_pid.is_some()))
@@ -1031,7 +1031,7 @@ fn projections_rebuild_refuses_unknown_names_and_a_running_projection() {
         stdout.contains("order_summaries now holds 2 rows"),
         "{stdout}"
     );
-    schema.runtime.block_on(runner.stop());
+    schema.runtime.block_on(runner.stop()).expect("stopped");
 }
 
 /// `chronik doctor` on `schema`: (exit code, stdout, stderr). Transactions of other tests
@@ -1393,7 +1393,7 @@ fn doctor_and_status_report_a_failing_projection() {
             .expect("the runner starts")
     };
     // The second attempt begins after the first failure was recorded.
-    let mut status = runner.subscribe();
+    let mut status = runner.subscribe("broken").expect("its status");
     schema
         .runtime
         .block_on(status.wait_for(|s| s.attempts >= 2))
@@ -1423,12 +1423,14 @@ fn doctor_and_status_report_a_failing_projection() {
         .runtime
         .block_on(
             standby
-                .subscribe()
+                .subscribe("broken")
+                .expect("its status")
                 .wait_for(|s| s.state == chronik::postgres::ProjectionState::Standby),
         )
         .expect("the second runner waits");
     let owner = runner
-        .status()
+        .status("broken")
+        .expect("its status")
         .lock_pid
         .expect("the first runner holds the lock");
     let stdout = schema.ok(&["projections", "status"]);
@@ -1450,7 +1452,7 @@ fn doctor_and_status_report_a_failing_projection() {
         .unwrap_or_else(|| panic!("no broken in {doc}"));
     assert_eq!(broken["owner"]["pid"], owner, "{doc}");
     assert_eq!(broken["standbys"][0]["state"], "standby", "{doc}");
-    schema.runtime.block_on(standby.stop());
+    schema.runtime.block_on(standby.stop()).expect("stopped");
     schema.runtime.block_on(runner.abort());
 }
 
@@ -2704,19 +2706,22 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
             .spawn()
             .expect("the runner starts")
     };
-    let mut status = runner.subscribe();
+    let mut status = runner
+        .subscribe(orders::OrderProjection::NAME)
+        .expect("its status");
     schema
         .runtime
         .block_on(status.wait_for(|s| s.attempts >= 2))
         .expect("the runner fails on the bad event");
     assert!(
         runner
-            .status()
+            .status(orders::OrderProjection::NAME)
+            .expect("its status")
             .last_error
             .as_deref()
             .is_some_and(|e| e.contains(&format!("cursor {cursor}"))),
         "{:?}",
-        runner.status()
+        runner.status(orders::OrderProjection::NAME)
     );
 
     // The failing event, not parked yet, and how to park it.
@@ -2869,7 +2874,11 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
     );
 
     // A running projection is not forgotten; a stopped one is, and only its rows go.
-    let owner = runner.status().lock_pid.expect("the runner holds the lock");
+    let owner = runner
+        .status(orders::OrderProjection::NAME)
+        .expect("its status")
+        .lock_pid
+        .expect("the runner holds the lock");
     let out = schema.chronik(&["projections", "forget", "orders"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -2879,7 +2888,7 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
         )),
         "{stderr}"
     );
-    schema.runtime.block_on(runner.stop());
+    schema.runtime.block_on(runner.stop()).expect("stopped");
     let stdout = schema.ok(&["projections", "forget", "orders"]);
     assert!(
         stdout.starts_with(&format!(

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use chronik::RunnerBuilder as _;
 use chronik::postgres::{
-    HandlerError, ParkedEvent, PgEventStore, PgProjection, PgProjectionRunner, PgRunnerHandle,
-    PgTransaction, ProjectionState, ProjectionStatus, RunnerOptions, park_event, parked_events,
+    HandlerError, ParkedEvent, PgEventStore, PgProjection, PgProjectionRunner, PgTransaction,
+    ProjectionState, ProjectionStatus, RunnerHandle, RunnerOptions, park_event, parked_events,
     projection_reports, rebuild, rebuild_shadow, wait_for_projection,
 };
 use chronik::{
@@ -296,15 +296,30 @@ impl PgProjection for Audited {
     }
 }
 
-fn spawn(store: &PgEventStore, p: Audited) -> PgRunnerHandle {
+fn spawn(store: &PgEventStore, p: Audited) -> RunnerHandle {
     PgProjectionRunner::new(store.clone(), Arc::new(p))
         .with_options(options())
         .spawn()
         .unwrap()
 }
 
-async fn until(h: &PgRunnerHandle, f: impl Fn(&ProjectionStatus) -> bool) -> ProjectionStatus {
-    let mut rx = h.subscribe();
+/// The status of `h`'s one projection.
+fn status_of(h: &RunnerHandle) -> ProjectionStatus {
+    h.statuses().remove(0)
+}
+
+/// A live view of `h`'s one projection's status.
+fn watch_one(h: &RunnerHandle) -> tokio::sync::watch::Receiver<ProjectionStatus> {
+    h.subscribe(&status_of(h).name).unwrap()
+}
+
+/// Stops `h` and returns its one projection's final status.
+async fn stop_one(h: RunnerHandle) -> ProjectionStatus {
+    h.stop().await.unwrap().remove(0)
+}
+
+async fn until(h: &RunnerHandle, f: impl Fn(&ProjectionStatus) -> bool) -> ProjectionStatus {
+    let mut rx = watch_one(h);
     tokio::time::timeout(DEADLINE, rx.wait_for(|s| f(s)))
         .await
         .expect("condition not reached before the deadline")
@@ -407,7 +422,7 @@ async fn a_crash_mid_batch_or_between_batches_applies_nothing_twice(pool: PgPool
     wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
         .await
         .unwrap();
-    let status = h.stop().await;
+    let status = stop_one(h).await;
     assert_eq!(status.state, ProjectionState::Stopped);
     assert_exactly_once_in_stream_order(&pool).await;
     let after_crashes = actual_model(&pool).await;
@@ -492,7 +507,7 @@ async fn concurrent_writers_holding_transactions_open_reach_the_projection_once_
     wait_for_projection(&store, OrderProjection::NAME, newest, DEADLINE)
         .await
         .unwrap();
-    h.stop().await;
+    stop_one(h).await;
     assert_exactly_once_in_stream_order(&pool).await;
     assert_eq!(actual_model(&pool).await, expected_model(&store).await);
 }
@@ -512,13 +527,13 @@ async fn two_runners_one_active_and_the_other_takes_over(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(
-        b.status().batches,
+        status_of(&b).batches,
         0,
         "the standby runner processed nothing"
     );
-    assert_eq!(b.status().state, ProjectionState::Standby);
+    assert_eq!(status_of(&b).state, ProjectionState::Standby);
 
-    let a_done = a.stop().await;
+    let a_done = stop_one(a).await;
     assert!(a_done.batches > 0);
     let s = until(&b, |s| s.lock_pid.is_some()).await;
     assert_ne!(s.state, ProjectionState::Standby);
@@ -526,7 +541,7 @@ async fn two_runners_one_active_and_the_other_takes_over(pool: PgPool) {
     wait_for_projection(&store, OrderProjection::NAME, second, DEADLINE)
         .await
         .unwrap();
-    assert!(b.stop().await.batches > 0, "the survivor took over");
+    assert!(stop_one(b).await.batches > 0, "the survivor took over");
     assert_exactly_once_in_stream_order(&pool).await;
     assert_eq!(actual_model(&pool).await, expected_model(&store).await);
 }
@@ -607,7 +622,7 @@ async fn a_shadow_rebuild_keeps_serving_the_old_table_then_swaps(pool: PgPool) {
     wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
         .await
         .unwrap();
-    live.stop().await;
+    stop_one(live).await;
     assert_eq!(actual_model(&pool).await, expected_model(&store).await);
     let shadow_left: Option<String> =
         sqlx::query_scalar("SELECT to_regclass('order_summaries__shadow')::text")
@@ -626,7 +641,7 @@ async fn lag_is_n_events_behind_then_zero_and_names_the_horizon_holder(pool: PgP
     wait_for_projection(&store, OrderProjection::NAME, first, DEADLINE)
         .await
         .unwrap();
-    h.stop().await;
+    stop_one(h).await;
 
     let behind = append_orders(&store, 3, 5).await; // orders 3 and 4: 2 + 3 events
     store
@@ -665,7 +680,7 @@ async fn lag_is_n_events_behind_then_zero_and_names_the_horizon_holder(pool: PgP
     let holders = store.horizon_holders().await.unwrap();
     assert!(holders.iter().any(|x| x.pid == Some(pid)));
     open.rollback().await.unwrap();
-    h.stop().await;
+    stop_one(h).await;
 }
 
 #[sqlx::test(migrator = "chronik::postgres::MIGRATOR")]
@@ -717,7 +732,7 @@ async fn a_failing_event_is_retried_until_a_recorded_park_decision(pool: PgPool)
     wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
         .await
         .unwrap();
-    let s = h.stop().await;
+    let s = stop_one(h).await;
     assert_eq!(s.parked_skipped, 1);
     let seen = applied(&pool).await;
     assert_eq!(seen.len(), feed.len() - 1);
@@ -807,7 +822,7 @@ async fn a_panicking_handler_is_retried_shown_parked_and_the_runner_goes_on(pool
     wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
         .await
         .unwrap();
-    let s = h.stop().await;
+    let s = stop_one(h).await;
     assert_eq!(s.state, ProjectionState::Stopped);
     assert_eq!(s.parked_skipped, 1);
     assert_exactly_once_except(&pool, &[(bad.stream_id.to_string(), bad.version.as_i64())]).await;
@@ -819,7 +834,7 @@ async fn a_panicking_handler_is_retried_shown_parked_and_the_runner_goes_on(pool
 
     // A task that is gone is shown as gone, never as its last state.
     let h = spawn(&store, Audited::new(OrderProjection::new(store.schema())));
-    let mut rx = h.subscribe();
+    let mut rx = watch_one(&h);
     until(&h, |s| s.state == ProjectionState::Live).await;
     h.abort().await;
     let s = rx.borrow_and_update().clone();
@@ -856,7 +871,7 @@ async fn a_notification_after_commit_wakes_a_listening_runner(pool: PgPool) {
     wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
         .await
         .unwrap();
-    h.stop().await;
+    stop_one(h).await;
     assert_exactly_once_in_stream_order(&pool).await;
 }
 
@@ -890,7 +905,7 @@ async fn connections_killed_at_random_mid_batch_still_apply_each_event_once(pool
     wait_for_projection(&store, OrderProjection::NAME, last, DEADLINE)
         .await
         .unwrap();
-    let s = h.stop().await;
+    let s = stop_one(h).await;
     assert!(
         s.last_error.is_some(),
         "the runner saw the dropped connections"
@@ -974,7 +989,7 @@ async fn status_shows_the_owner_and_the_standby_apart_and_survives_either_stoppi
     assert!(r.dead.is_empty() && r.locked_by.is_none(), "{r:#?}");
 
     // The standby stops: the owner is still the owner, and still live.
-    b.stop().await;
+    stop_one(b).await;
     let r = report_of(&store, name).await;
     assert_eq!(
         (r.state.as_deref(), r.owner.as_ref().and_then(|o| o.pid)),
@@ -986,7 +1001,7 @@ async fn status_shows_the_owner_and_the_standby_apart_and_survives_either_stoppi
     // A new standby, then the owner stops: the standby takes over and is the owner.
     let c = spawn(&other, Audited::new(orders));
     until(&c, |s| s.state == ProjectionState::Standby).await;
-    a.stop().await;
+    stop_one(a).await;
     let c_pid = until(&c, |s| s.state == ProjectionState::Live)
         .await
         .lock_pid;
@@ -998,7 +1013,7 @@ async fn status_shows_the_owner_and_the_standby_apart_and_survives_either_stoppi
     );
     assert!(r.standbys.is_empty() && r.dead.is_empty(), "{r:#?}");
 
-    c.stop().await;
+    stop_one(c).await;
     let r = report_of(&store, name).await;
     assert_eq!(r.state.as_deref(), Some("stopped"), "{r:#?}");
     assert!(
@@ -1064,7 +1079,7 @@ async fn a_dead_owner_is_reported_dead_until_another_takes_over(pool: PgPool) {
         r.dead.is_empty(),
         "the new owner pruned the dead one: {r:#?}"
     );
-    b.stop().await;
+    stop_one(b).await;
 }
 
 /// The checkpoint row of `name`: (transaction, position, events processed).
@@ -1250,7 +1265,7 @@ async fn a_refused_rebuild_or_forget_names_the_pid_holding_the_lock(pool: PgPool
     busy(&err, "orders", pid);
     let err = forget_projection(&store, "orders").await.unwrap_err();
     busy(&err, "orders", pid);
-    runner.stop().await;
+    stop_one(runner).await;
 
     // A shadow rebuild's lock, held by a session of its own.
     let mut holder = pool.acquire().await.unwrap();

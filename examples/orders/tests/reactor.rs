@@ -136,7 +136,7 @@ where
             retry_base: Duration::from_millis(5),
             ..RunnerOptions::default()
         })
-        .start()
+        .spawn()
         .unwrap();
     runner
         .wait_for(

@@ -25,17 +25,18 @@ use std::sync::{Arc, Mutex};
 use chronik_core::UpcasterRegistry;
 use chronik_projections::{
     Partitions, ProjectionError, ProjectionName, ProjectionStatus, RunnerBuilder, RunnerConfig,
-    RunnerOptions,
+    RunnerHandle, RunnerOptions,
 };
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use super::handler::PgProjection;
 use super::layout;
-use super::runner::{Engine, PgRunnerHandle, SessionInfo, start, validate};
+use super::runner::{Engine, SessionInfo, spawn_task, validate};
 use super::sql::{ProjectionSql, lock_key, workers_key};
 use crate::error::backend;
+use crate::parking::PgParkingLot;
 use crate::store::PgEventStore;
 
 /// Runs one [`PgProjection`] as a worker of its `N` partitions: spawn one in every
@@ -107,10 +108,11 @@ impl<P: PgProjection> PgPartitionedRunner<P> {
             partitions: Mutex::new(BTreeMap::new()),
         });
         let worker = Worker {
-            store: self.store,
             projection: self.projection,
             upcasters,
             options,
+            parking: Arc::new(PgParkingLot::new(self.store.clone())),
+            store: self.store,
             layout: self.partitions,
             name,
             sql,
@@ -223,13 +225,14 @@ impl PgWorkerHandle {
 
 /// An owned partition's task: cancelled when dropped (a worker that dies takes its
 /// partitions' tasks with it), stopped gracefully by [`Worker::release`].
-struct Owned(Option<PgRunnerHandle>);
+struct Owned {
+    handle: Option<RunnerHandle>,
+    task: AbortHandle,
+}
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        if let Some(h) = &self.0 {
-            h.cancel();
-        }
+        self.task.abort();
     }
 }
 
@@ -245,6 +248,8 @@ struct Worker<P> {
     projection: Arc<P>,
     upcasters: Option<Arc<UpcasterRegistry>>,
     options: RunnerOptions,
+    /// Where park decisions are recorded through a partition's handle.
+    parking: Arc<dyn chronik_projections::ParkingLot>,
     layout: Partitions,
     name: String,
     sql: Arc<ProjectionSql>,
@@ -403,11 +408,21 @@ impl<P: PgProjection> Worker<P> {
                 .map_err(backend)?;
             if got {
                 let owner = session.info.clone();
-                let handle = start(self.engine(index), self.options.clone(), Some(owner));
+                let (stop, stopped) = watch::channel(false);
+                let engine = self.engine(index);
+                let task = spawn_task(engine, self.options.clone(), Some(owner), stopped);
                 if let Ok(mut m) = self.shared.partitions.lock() {
-                    m.insert(index, handle.subscribe());
+                    m.insert(index, task.status.subscribe());
                 }
-                self.owned.insert(index, Owned(Some(handle)));
+                let owned = Owned {
+                    task: task.join.abort_handle(),
+                    handle: Some(RunnerHandle::new(
+                        stop,
+                        vec![task],
+                        Arc::clone(&self.parking),
+                    )),
+                };
+                self.owned.insert(index, owned);
                 tracing::info!(projection = %self.name, partition = index, "took partition");
             }
         }
@@ -432,9 +447,11 @@ impl<P: PgProjection> Worker<P> {
     /// Stops partition `index`'s task (its current batch commits), then lets its lock go.
     async fn release(&mut self, index: u32) {
         if let Some(mut owned) = self.owned.remove(&index)
-            && let Some(handle) = owned.0.take()
+            && let Some(handle) = owned.handle.take()
         {
-            handle.stop().await;
+            // A task that ended abnormally is shown crashed in its status; the partition is
+            // released all the same.
+            let _ = handle.stop().await;
         }
         if let Ok(mut m) = self.shared.partitions.lock() {
             m.remove(&index);
@@ -467,7 +484,7 @@ impl<P: PgProjection> Worker<P> {
         let ended: Vec<u32> = self
             .owned
             .iter()
-            .filter(|(_, o)| o.0.as_ref().is_none_or(PgRunnerHandle::is_finished))
+            .filter(|(_, o)| o.task.is_finished())
             .map(|(i, _)| *i)
             .collect();
         for index in ended {

@@ -1,9 +1,8 @@
 //! The exactly-once runner of one [`PgProjection`]: the builder here; its options,
-//! status, errors, advisory lock, batch loop ([`engine`]), task and handle in the files
-//! below.
+//! status, errors, advisory lock, batch loop ([`engine`]) and task in the files below. Its
+//! handle is every engine's, [`RunnerHandle`].
 
 mod engine;
-mod handle;
 mod lock;
 mod options;
 mod status;
@@ -11,19 +10,22 @@ mod task;
 
 use std::sync::Arc;
 
-use chronik_projections::{ProjectionError, ProjectionName, RunnerBuilder, RunnerConfig};
+use chronik_projections::{
+    ProjectionError, ProjectionName, RunnerBuilder, RunnerConfig, RunnerHandle,
+};
+use tokio::sync::watch;
 
 pub(crate) use engine::{
     Batch, Engine, as_i64, cursor_of, event_id, locked_checkpoint, upcast_failure,
 };
-pub use handle::PgRunnerHandle;
 pub use lock::how_to_end;
 pub(crate) use lock::{SessionInfo, busy, busy_on, release};
 pub use options::notify_feed;
 pub(crate) use options::validate;
-pub(crate) use task::start;
+pub(crate) use task::spawn_task;
 
 use super::handler::PgProjection;
+use crate::parking::PgParkingLot;
 use crate::standby::PgStandby;
 use crate::store::PgEventStore;
 
@@ -80,17 +82,22 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         self
     }
 
-    /// Spawns the runner on the current tokio runtime.
+    /// Spawns the runner on the current tokio runtime. Its handle's
+    /// [`parking`](RunnerHandle::parking) is a [`PgParkingLot`] on the store: the decisions
+    /// recorded there are the ones the runner honours (and the operator commands list).
     ///
     /// # Errors
     /// An invalid projection name or options; nothing is spawned then.
-    pub fn spawn(self) -> Result<PgRunnerHandle, ProjectionError> {
+    pub fn spawn(self) -> Result<RunnerHandle, ProjectionError> {
         ProjectionName::new(self.projection.name())?;
         let RunnerConfig { options, upcasters } = self.config;
         validate(&options)?;
         let mut engine = Engine::new(&self.store, self.projection, upcasters);
         engine.check_layout = true;
         engine.standby = self.standby;
-        Ok(start(engine, options, None))
+        let (stop, stopped) = watch::channel(false);
+        let task = spawn_task(engine, options, None, stopped);
+        let parking = Arc::new(PgParkingLot::new(self.store));
+        Ok(RunnerHandle::new(stop, vec![task], parking))
     }
 }

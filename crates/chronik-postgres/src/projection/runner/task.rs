@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chronik_projections::{EventRef, LagMeter, ProjectionState, ProjectionStatus, RunnerOptions};
+use chronik_projections::{
+    EventRef, LagMeter, ProjectionState, ProjectionStatus, RunnerOptions, RunnerTask,
+};
 use chronik_store::catch_panic;
 use chrono::Utc;
 use sqlx::postgres::PgListener;
@@ -12,19 +14,20 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::engine::{Batch, Engine};
-use super::handle::PgRunnerHandle;
 use super::lock::{SessionInfo, release};
 use crate::projection::handler::PgProjection;
 use crate::standby::StandbyMeter;
 
-/// Spawns the task of `engine`. With `owner`, the engine's lock is held by that session
-/// (a partitioned worker's), which the task records as its own and never takes itself.
-pub(crate) fn start<P: PgProjection>(
+/// Spawns the task of `engine`, which stops when `stop` turns `true`. With `owner`, the
+/// engine's lock is held by that session (a partitioned worker's), which the task records
+/// as its own and never takes itself.
+pub(crate) fn spawn_task<P: PgProjection>(
     engine: Engine<P>,
     options: RunnerOptions,
     owner: Option<SessionInfo>,
-) -> PgRunnerHandle {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    stop: watch::Receiver<bool>,
+) -> RunnerTask {
+    let name = engine.name().to_owned();
     let status = Arc::new(watch::Sender::new(ProjectionStatus::new(engine.name())));
     let standby_meter = engine
         .standby
@@ -36,7 +39,7 @@ pub(crate) fn start<P: PgProjection>(
         lag: LagMeter::new(options.lag_every),
         options,
         status: Arc::clone(&status),
-        stop: stop_rx,
+        stop,
         lock: None,
         held: false,
         external: owner.is_some(),
@@ -46,10 +49,10 @@ pub(crate) fn start<P: PgProjection>(
         saved: None,
         pinged: None,
     };
-    PgRunnerHandle {
-        stop: stop_tx,
+    RunnerTask {
+        name,
         status,
-        task: tokio::spawn(task.run()),
+        join: tokio::spawn(task.run()),
     }
 }
 

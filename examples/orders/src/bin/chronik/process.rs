@@ -325,7 +325,7 @@ async fn react_twice<S: Store>(
                 retry_base: Duration::from_millis(10),
                 ..RunnerOptions::default()
             })
-            .start()
+            .spawn()
             .context("cannot start the reactor")?;
         let reached = runner.wait_for(REACTOR, trigger, WAIT).await;
         runner

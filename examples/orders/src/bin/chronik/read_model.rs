@@ -92,7 +92,7 @@ impl ReadModel<MemoryStore> for MemoryCounter {
             .with_projection(counter.clone())
             .with_wake(store.subscribe())
             .with_upcasters(registry)
-            .start()?;
+            .spawn()?;
         let waited = handle.wait_for(OrderCounter::NAME, last, CATCH_UP).await;
         let elapsed = started.elapsed();
         handle.stop().await?;
@@ -147,7 +147,7 @@ impl ReadModel<PgEventStore> for PgOrders {
             .spawn()?;
         let waited = wait_for_projection(store, OrderProjection::NAME, last, CATCH_UP).await;
         let elapsed = started.elapsed();
-        let status = handle.stop().await;
+        let status = handle.stop().await?.remove(0);
         let reached = waited.with_context(|| {
             format!(
                 "waiting for projection {} (runner state {}, last error {:?})",
