@@ -18,6 +18,13 @@ use serde_json::{Value, json};
 
 /// The router of a console on `store` (upcasters registered, `token` as admin token,
 /// `read_model` rebuildable), with its rebuild queue served by `rebuilds`.
+/// The one test here that holds a write transaction open pauses every feed reader of the
+/// cluster (nothing behind it is visible until it ends: docs/ordering.md), and the tests of
+/// this binary run at once: it takes this lock exclusively, every other test shared, so that
+/// no test's feed is held back by it (`overview_reports_...` once saw 0 visible events of 13).
+static HORIZON: std::sync::LazyLock<tokio::sync::RwLock<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::RwLock::new(()));
+
 fn console(store: PgEventStore, token: Option<&str>, rebuilds: &Counting) -> axum::Router {
     let (router, queue) = Console::new(store)
         .upcasters(upcasters())
@@ -43,6 +50,7 @@ async fn bad_request(router: &axum::Router, uri: &str, says: &str) {
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn overview_reports_size_categories_feed_head_and_horizon(pool: sqlx::PgPool) {
+    let _horizon = HORIZON.read().await;
     let store = PgEventStore::from_pool(pool);
     seed(&store).await;
     store
@@ -94,6 +102,7 @@ async fn overview_reports_size_categories_feed_head_and_horizon(pool: sqlx::PgPo
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn overview_names_the_transaction_holding_the_horizon(pool: sqlx::PgPool) {
+    let _horizon = HORIZON.write().await;
     let store = PgEventStore::from_pool(pool.clone());
     seed(&store).await;
     // An open write transaction, then a committed event behind it: invisible until it ends.
@@ -128,6 +137,7 @@ async fn overview_names_the_transaction_holding_the_horizon(pool: sqlx::PgPool) 
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn streams_are_listed_by_prefix_and_category_a_page_at_a_time(pool: sqlx::PgPool) {
+    let _horizon = HORIZON.read().await;
     let store = PgEventStore::from_pool(pool);
     seed(&store).await;
     let router = console(store, None, &Counting::default());
@@ -220,6 +230,7 @@ fn urlencode(s: &str) -> String {
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn a_stream_shows_its_events_as_stored_and_as_read(pool: sqlx::PgPool) {
+    let _horizon = HORIZON.read().await;
     let store = PgEventStore::from_pool(pool);
     seed(&store).await;
     let router = console(store.clone(), None, &Counting::default());
@@ -280,6 +291,7 @@ async fn a_stream_shows_its_events_as_stored_and_as_read(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn an_event_and_its_causation_chain(pool: sqlx::PgPool) {
+    let _horizon = HORIZON.read().await;
     let store = PgEventStore::from_pool(pool);
     let seeded = seed(&store).await;
     let router = console(store, None, &Counting::default());
@@ -351,6 +363,7 @@ async fn an_event_and_its_causation_chain(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn projections_report_lag_and_parked_events(pool: sqlx::PgPool) {
+    let _horizon = HORIZON.read().await;
     let store = PgEventStore::from_pool(pool);
     let seeded = seed(&store).await;
     let head = chronik_store::EventStore::feed_head(&store)
@@ -427,6 +440,7 @@ fn rebuild_request(name: &str, token: Option<&str>) -> Request<Body> {
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn a_rebuild_needs_a_configured_token_and_the_request_must_carry_it(pool: sqlx::PgPool) {
+    let _horizon = HORIZON.read().await;
     let store = PgEventStore::from_pool(pool);
 
     // Started without a token: every rebuild is refused, even one carrying a token.
@@ -506,6 +520,7 @@ async fn read_until(body: &mut Body, wanted: &str) -> Vec<Value> {
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn the_live_tail_streams_new_events_through_its_filters(pool: sqlx::PgPool) {
+    let _horizon = HORIZON.read().await;
     let store = PgEventStore::from_pool(pool);
     seed(&store).await;
     let router = console(store.clone(), None, &Counting::default());
@@ -569,6 +584,7 @@ async fn the_live_tail_streams_new_events_through_its_filters(pool: sqlx::PgPool
 
 #[sqlx::test(migrator = "chronik_postgres::MIGRATOR")]
 async fn pages_show_the_facts_and_escape_everything_from_events(pool: sqlx::PgPool) {
+    let _horizon = HORIZON.read().await;
     let store = PgEventStore::from_pool(pool);
     let seeded = seed(&store).await;
     let router = console(store, None, &Counting::default());
