@@ -279,7 +279,7 @@ fn validate_payload(payload: &Value) -> Result<(), InvalidInput> {
                     stack.push((i, depth + 1));
                 }
             }
-            Value::Number(n) => size += n.to_string().len(),
+            Value::Number(n) => size += json_len(n),
             Value::Bool(_) | Value::Null => size += 5,
         }
         if size > MAX_PAYLOAD_BYTES * 2 {
@@ -301,6 +301,27 @@ fn validate_payload(payload: &Value) -> Result<(), InvalidInput> {
         });
     }
     Ok(())
+}
+
+/// The length of `n` as compact JSON, counted as it is written: no `String` per number
+/// (`to_string` cost an allocation per number of every payload appended).
+fn json_len(n: &serde_json::Number) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing into a counter cannot fail; were it to, the exact check below would run.
+    match serde_json::to_writer(&mut count, n) {
+        Ok(()) => count.0,
+        Err(_) => MAX_PAYLOAD_BYTES,
+    }
 }
 
 /// Checks the batch-level rules of one append: at least one event, at most
@@ -400,6 +421,25 @@ mod tests {
         );
         assert_eq!(ev(json!({ "a": "x\u{0}y" })), Err(InvalidInput::PayloadNul));
         assert_eq!(ev(json!({ "a\u{0}": 1 })), Err(InvalidInput::PayloadNul));
+    }
+
+    proptest::proptest! {
+        /// The size estimate counts a number as exactly its compact JSON text, for every
+        /// integer and every finite float (an undercount would let the estimate admit a
+        /// payload over the limit).
+        #[test]
+        fn numbers_are_counted_as_long_as_their_json_text(
+            i in proptest::num::i64::ANY,
+            u in proptest::num::u64::ANY,
+            f in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL | proptest::num::f64::ZERO,
+        ) {
+            for n in [serde_json::Number::from(i), serde_json::Number::from(u)]
+                .into_iter()
+                .chain(serde_json::Number::from_f64(f))
+            {
+                proptest::prop_assert_eq!(json_len(&n), n.to_string().len(), "{}", n);
+            }
+        }
     }
 
     #[test]
