@@ -119,6 +119,17 @@ pub struct PgStoreConfig {
     /// more than `max_connections`), one `NOTIFY` per burst of commits: the writer does not
     /// wait for it.
     pub notify_channel: Option<String>,
+    /// How often the server checks, while one of this store's statements runs (a wait for a
+    /// lock included), that the client is still connected: PostgreSQL's
+    /// `client_connection_check_interval`, set on PostgreSQL 14 and later; `None` keeps the
+    /// server's setting (off unless configured). Default 1 s.
+    ///
+    /// Without it, a process that dies while its append waits for a stream's lock (Ctrl-C on
+    /// `chronik append`, a killed service) leaves the statement running in the server, which
+    /// commits it once the lock is free: an event written after its caller was gone, and
+    /// never confirmed to anyone. With it, the server notices the closed connection within
+    /// the interval and rolls the statement back.
+    pub client_check_interval: Option<Duration>,
 }
 
 impl Default for PgStoreConfig {
@@ -130,6 +141,7 @@ impl Default for PgStoreConfig {
             statement_timeout: Some(Duration::from_secs(30)),
             transaction_order_retries: 5,
             notify_channel: None,
+            client_check_interval: Some(Duration::from_secs(1)),
         }
     }
 }

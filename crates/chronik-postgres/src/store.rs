@@ -163,8 +163,9 @@ impl PgEventStore {
     }
 
     /// Connects with `config`: a pool of `max_connections`, each session with
-    /// `statement_timeout`, `application_name` (the URL's, else `chronik`) and
-    /// `enable_seqscan = off`.
+    /// `statement_timeout`, `application_name` (the URL's, else `chronik`),
+    /// `client_connection_check_interval` (from `client_check_interval`, on PostgreSQL 14 and
+    /// later) and `enable_seqscan = off`.
     /// Connections are not pinged on acquire, so an owned append costs exactly one round
     /// trip.
     ///
@@ -231,6 +232,16 @@ impl PgEventStore {
         };
         match probe {
             Ok(Ok(conn)) => {
+                // The server checks that the client is still there while a statement runs
+                // (PostgreSQL 14 and later; an older server would refuse the parameter).
+                if let Some(interval) = config.client_check_interval
+                    && conn.server_version_num().is_some_and(|v| v >= 140_000)
+                {
+                    options = options.options([(
+                        "client_connection_check_interval",
+                        interval.as_millis().max(1).to_string(),
+                    )]);
+                }
                 // Only a courtesy to the server: the pool opens its own connections.
                 let _ = sqlx::Connection::close(conn).await;
             }

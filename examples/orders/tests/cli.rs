@@ -2610,6 +2610,69 @@ fn a_rebuild_that_loses_its_connection_says_so_and_not_to_park_the_event() {
     assert_eq!(schema.rows("order_summaries"), 0, "rolled back");
 }
 
+/// Ctrl-C on an `append` that waits for its stream's lock writes nothing, then or later.
+/// The process is gone at once, but its statement used to go on waiting in the server and
+/// commit the event when the lock came free: an event nobody was told of. The store's
+/// sessions now have `client_connection_check_interval` (`PgStoreConfig::
+/// client_check_interval`), so the server notices the closed connection and rolls back.
+/// Before the fix the waiting session went on until the 30-s statement timeout (this test's
+/// 20-s wait for it gave up).
+#[test]
+fn an_append_interrupted_while_it_waits_for_its_stream_writes_nothing_later() {
+    let schema = Schema::migrated();
+    schema.ok(&["append", "note-c1", "--type", "Noted", "--data", "{}"]);
+    assert_eq!(schema.rows("events"), 1);
+    let blocker = schema.hold(&format!(
+        "SELECT 1 FROM \"{}\".streams WHERE stream_id = 'note-c1' FOR UPDATE",
+        schema.name
+    ));
+    let running = schema.spawn(&["append", "note-c1", "--type", "Noted", "--data", "{}"]);
+    let waiting_session = |schema: &Schema| -> Option<i32> {
+        schema.runtime.block_on(async {
+            sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(blocker.pid)
+            .fetch_optional(schema.store.pool())
+            .await
+            .expect("pg_stat_activity")
+        })
+    };
+    // A safety net only: each wait ends within a second or two.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let waiter = loop {
+        if let Some(pid) = waiting_session(&schema) {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the append never waited for the stream's lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    running.interrupt();
+    let (code, _, stderr) = running.finish();
+    assert_ne!(code, Some(0), "{stderr}");
+    // The server checks every second; without the check only the 30-s statement timeout
+    // ended the wait (and a lock freed before that committed the event). 20 s tells the two
+    // apart on any machine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while waiting_session(&schema) == Some(waiter) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the interrupted append's statement still waits in the server (pid {waiter}): it \
+             would commit once the lock is free"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    blocker.end();
+    assert_eq!(
+        schema.rows("events"),
+        1,
+        "the interrupted append wrote nothing"
+    );
+}
+
 #[test]
 fn ctrl_c_stops_a_rebuild_at_a_batch_boundary_and_changes_nothing() {
     let schema = Schema::migrated();
