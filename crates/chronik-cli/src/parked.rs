@@ -132,7 +132,7 @@ pub(crate) async fn list(
 
 /// The projections `store` knows: those with a checkpoint or status there (a partitioned
 /// one under its own name too) and those `registry` registers, sorted.
-async fn known_projections(
+pub(crate) async fn known_projections(
     registry: &Registry,
     store: &PgEventStore,
 ) -> anyhow::Result<Vec<String>> {
@@ -155,8 +155,14 @@ async fn known_projections(
 }
 
 /// A projection name that neither has a checkpoint in the schema nor is registered: most
-/// likely mistyped.
-fn unknown_projection(store: &PgEventStore, name: &str, known: &[String], then: &str) -> NotFound {
+/// likely mistyped. The one message every command gives for it, ending with `then` (what
+/// the command did not do).
+pub(crate) fn unknown_projection(
+    store: &PgEventStore,
+    name: &str,
+    known: &[String],
+    then: &str,
+) -> NotFound {
     NotFound(format!(
         "no projection {name} in schema {} ({}): check the name; {then}",
         store.schema(),

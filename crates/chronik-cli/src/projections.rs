@@ -575,16 +575,21 @@ pub(crate) async fn forget(
         })
         .collect();
     if family.is_empty() {
-        let known: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
-        return Err(NotFound(format!(
-            "no projection {name} in schema {} ({})",
-            store.schema(),
-            if known.is_empty() {
-                "it has none".to_owned()
-            } else {
-                format!("it has {}", known.join(", "))
-            }
-        ))
+        let known = crate::parked::known_projections(registry, store).await?;
+        if known.iter().any(|k| k == name) {
+            return Err(NotFound(format!(
+                "projection {name} has nothing to forget in schema {}: it is registered \
+                 but has no checkpoint and no runner there",
+                store.schema()
+            ))
+            .into());
+        }
+        return Err(crate::parked::unknown_projection(
+            store,
+            name,
+            &known,
+            "nothing was forgotten",
+        )
         .into());
     }
     let running = |who: String| {

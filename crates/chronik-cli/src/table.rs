@@ -78,7 +78,7 @@ pub(crate) fn holder(h: &HorizonHolder) -> String {
         who.push(format!("application {a}"));
     }
     if let Some(c) = &h.client_addr {
-        who.push(format!("client {c}"));
+        who.push(format!("from {c}"));
     }
     let who = if who.is_empty() {
         String::new()

@@ -20,14 +20,7 @@ use crate::store::PgEventStore;
 /// How long a statement waits for a lock before the watchdog says who holds it.
 pub const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 
-/// The `tracing` target of the messages written for the operator who waits on a command,
-/// to be read as they are: who holds the lock a statement waits for
-/// ([`wait_saying_who_blocks`], a rebuild's checkpoint row) and what a failed clean-up left
-/// behind. They are `warn` events whose message is the whole sentence (no fields); the
-/// `chronik` binary prints them on stderr as `warning: <message>`, without the timestamp,
-/// level and target of its other log lines, and a service's own subscriber shows them as
-/// any other warning.
-pub const OPERATOR_TARGET: &str = "chronik_postgres::operator";
+pub use chronik_projections::OPERATOR_TARGET;
 
 /// The sessions blocking backend `$1`, with what the role may see of them (pid always).
 const HOLDERS_OF_PID: &str = "SELECT b.pid, a.application_name, a.state, \

@@ -322,7 +322,7 @@ impl Sql {
                      coalesce(state, '') || ': ' || left(query, 200) AS detail, \
                      pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS reference, \
                      usename::text AS user_name, nullif(application_name, '') AS application_name, \
-                     client_addr::text AS client_addr, NULL::text AS gid \
+                     coalesce(host(client_addr), 'local socket') AS client_addr, NULL::text AS gid \
                 FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
               UNION ALL \
               SELECT 'prepared', NULL, database::text, transaction::text::bigint, \

@@ -28,6 +28,14 @@ mod status;
 mod typed;
 mod wake;
 
+/// The `tracing` target of the messages written for the operator, to be read as they are:
+/// a parked event passed over, who holds the lock a statement waits for, what a failed
+/// clean-up left behind. They are `warn` events whose message is the whole sentence (no
+/// fields); the `chronik` binary prints them on stderr as `warning: <message>`, without the
+/// timestamp, level and target of its other log lines, and a service's own subscriber shows
+/// them as any other warning.
+pub const OPERATOR_TARGET: &str = "chronik::operator";
+
 pub use error::ProjectionError;
 pub use follow::{FollowOptions, follow};
 pub use handle::{RunnerHandle, RunnerTask};

@@ -417,11 +417,7 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
                 .await
             {
                 Ok(true) => {
-                    tracing::warn!(
-                        projection = self.name(),
-                        event = %event_ref.event_id,
-                        "skipping parked event"
-                    );
+                    event_ref.warn_passed_over(self.name());
                     self.status.send_modify(|s| s.parked_skipped += 1);
                     return Ok(false);
                 }

@@ -79,6 +79,24 @@ impl From<&RecordedEvent> for EventRef {
     }
 }
 
+impl EventRef {
+    /// Tells the operator (a `warn` event of target [`crate::OPERATOR_TARGET`], one plain
+    /// sentence) that `projection` passes over this event because a decision parked it,
+    /// and how to apply it after all. Every engine and every rebuild says it the same way.
+    pub fn warn_passed_over(&self, projection: &str) {
+        tracing::warn!(
+            target: crate::OPERATOR_TARGET,
+            "projection {projection} passes over parked event {} ({} v{}, cursor {}); \
+             `chronik projections retry {projection} {}` applies it",
+            self.event_id,
+            self.stream_id,
+            self.version,
+            self.cursor,
+            self.event_id,
+        );
+    }
+}
+
 /// How far a checkpoint is behind the visible head of the feed.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Lag {

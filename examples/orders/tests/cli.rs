@@ -1180,7 +1180,8 @@ fn doctor_names_an_old_horizon_holder() {
         .runtime
         .block_on(
             sqlx::query_as(
-                "SELECT usename::text, application_name, client_addr::text \
+                "SELECT usename::text, application_name, \
+                        coalesce(host(client_addr), 'local socket') \
                  FROM pg_stat_activity WHERE pid = $1",
             )
             .bind(pid)
@@ -1190,7 +1191,7 @@ fn doctor_names_an_old_horizon_holder() {
     assert!(!application.is_empty(), "the store names its sessions");
     assert!(
         listed.iter().any(|l| l.contains(&format!(
-            "pid {pid} (xid {xid}, database postgres, user {user}, application {application}, client {client}, open for "
+            "pid {pid} (xid {xid}, database postgres, user {user}, application {application}, from {client}, open for "
         ))),
         "{stdout}"
     );
@@ -2161,6 +2162,31 @@ fn tail_says_it_is_following_and_wakes_on_notify() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
 }
 
+/// The cursor in a following `tail`'s "following the feed after CURSOR ..." line.
+fn following_cursor(tail: &mut Running) -> String {
+    let following = tail.wait_for("following the feed after ");
+    following
+        .strip_prefix("following the feed after ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a cursor")
+        .to_owned()
+}
+
+/// A `tail` that lost its server and may not retry long enough: it exits 1 after printing
+/// `printed` events, with the last cursor and the command that resumes after it.
+fn assert_tail_gave_up(tail: Running, cursor: &str, printed: usize) {
+    let (code, stdout, stderr) = tail.finish();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stdout.lines().count(), printed, "{stdout}");
+    assert!(
+        stderr.contains("error: gave up after retrying for ")
+            && stderr.contains(&format!(
+                ": the last cursor is {cursor}; resume with `chronik tail --after {cursor}`: "
+            )),
+        "{stderr}"
+    );
+}
+
 /// Issue 14, item 9: following `tail` survives losing its connections: it retries with
 /// backoff, says so, and resumes where it was once the server lets it in again; a tail
 /// that may not retry that long gives up with the cursor to resume after. Here the server
@@ -2204,27 +2230,13 @@ fn tail_reconnects_after_losing_its_connection_and_gives_up_with_the_cursor() {
     let mut patient = spawn(args("3600", "3"));
     let mut hasty = spawn(args("1", "3"));
     patient.wait_for("following the feed after ");
-    let following = hasty.wait_for("following the feed after ");
-    let cursor = following
-        .strip_prefix("following the feed after ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("a cursor")
-        .to_owned();
+    let cursor = following_cursor(&mut hasty);
 
     exec(format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 0"));
     exec(format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
     ));
-    let (code, stdout, stderr) = hasty.finish();
-    assert_eq!(code, Some(1), "{stderr}");
-    assert_eq!(stdout.lines().count(), 2, "{stdout}");
-    assert!(
-        stderr.contains("error: gave up after retrying for ")
-            && stderr.contains(&format!(
-                ": the last cursor is {cursor}; resume with `chronik tail --after {cursor}`: "
-            )),
-        "{stderr}"
-    );
+    assert_tail_gave_up(hasty, &cursor, 2);
     patient.wait_for("retrying in ");
 
     exec(format!("ALTER ROLE \"{role}\" CONNECTION LIMIT -1"));
@@ -2831,11 +2843,23 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
     assert_eq!(parked["cursor"], cursor.to_string(), "{doc}");
     assert_eq!(parked["decided_by"], "ops", "{doc}");
     assert_eq!(doc["failing_event"], serde_json::Value::Null, "{doc}");
-    // A rebuild passes over it too, beside the running runner.
-    let stdout = schema.ok(&["projections", "rebuild", "orders", "--shadow"]);
+    // A rebuild passes over it too, beside the running runner, and says so in one plain
+    // line that names the event and how to apply it (it was a log line with fields).
+    let out = schema.chronik(&["projections", "rebuild", "orders", "--shadow"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
         stdout.contains("order_summaries now holds 2 rows"),
         "{stdout}"
+    );
+    assert!(
+        stderr.lines().any(|l| l
+            == format!(
+                "warning: projection orders passes over parked event {bad} \
+                 (order-bad v1, cursor {cursor}); \
+                 `chronik projections retry orders {bad}` applies it"
+            )),
+        "{stderr}"
     );
 
     // Retried while it still cannot be applied: refused, and it stays parked.
@@ -2964,6 +2988,25 @@ fn parked_events_are_listed_parked_retried_and_dropped_and_projections_forgotten
     assert_eq!(schema.rows("order_summaries"), 2, "the read model stays");
     let out = schema.chronik(&["projections", "forget", "orders"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).trim_end(),
+        format!(
+            "error: projection orders has nothing to forget in schema {}: it is registered \
+             but has no checkpoint and no runner there",
+            schema.name
+        )
+    );
+    // A mistyped name gets the message `park` and `parked` give.
+    let out = schema.chronik(&["projections", "forget", "ordrs"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).trim_end(),
+        format!(
+            "error: no projection ordrs in schema {} (its projections: orders): check the name; \
+             nothing was forgotten",
+            schema.name
+        )
+    );
 }
 
 /// A mistyped projection name is refused by `park` (exit 3, the schema's projections named,
@@ -3798,24 +3841,10 @@ fn tail_follows_the_feed_through_a_server_restart() {
     let mut patient = tail("3600");
     let mut hasty = tail("1");
     patient.wait_for("following the feed after ");
-    let following = hasty.wait_for("following the feed after ");
-    let cursor = following
-        .strip_prefix("following the feed after ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("a cursor")
-        .to_owned();
+    let cursor = following_cursor(&mut hasty);
 
     replica.stop_primary().expect("the primary stops");
-    let (code, stdout, stderr) = hasty.finish();
-    assert_eq!(code, Some(1), "{stderr}");
-    assert_eq!(stdout.lines().count(), 2, "{stdout}");
-    assert!(
-        stderr.contains("error: gave up after retrying for ")
-            && stderr.contains(&format!(
-                ": the last cursor is {cursor}; resume with `chronik tail --after {cursor}`: "
-            )),
-        "{stderr}"
-    );
+    assert_tail_gave_up(hasty, &cursor, 2);
     let lost = patient.wait_for(&format!("cannot read the feed after {cursor} ("));
     assert!(lost.contains("); retrying in "), "{lost}");
 

@@ -259,7 +259,8 @@ impl ProjectionSql {
             )),
             table_exists: "SELECT EXISTS (SELECT 1 FROM pg_tables \
                             WHERE schemaname = $1 AND tablename = $2)",
-            session_info: "SELECT pid, backend_start, application_name, client_addr::text \
+            session_info: "SELECT pid, backend_start, application_name, \
+                                  coalesce(host(client_addr), 'local socket') \
                              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
             try_lock: "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
             unlock: "SELECT pg_advisory_unlock(hashtextextended($1, 0))",

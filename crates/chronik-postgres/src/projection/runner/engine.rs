@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chronik_core::{EventId, FeedCursor, RecordedEvent, UpcasterRegistry};
-use chronik_projections::{Partitions, ProjectionError};
+use chronik_projections::{EventRef, Partitions, ProjectionError};
 use chronik_store::{EventStore, FeedFilter, StoreError, upcast_recorded};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -309,7 +309,7 @@ impl<P: PgProjection> Engine<P> {
             }
             events += 1;
             if self.skip.contains(&raw.event_id) {
-                tracing::warn!(projection = %self.name, event = %raw.event_id, "skipping parked event");
+                EventRef::from(&raw).warn_passed_over(self.projection.name());
                 parked += 1;
                 cursor = raw.cursor;
                 continue;
@@ -325,7 +325,7 @@ impl<P: PgProjection> Engine<P> {
                     .await
                     .map_err(backend)?;
                 if is_parked {
-                    tracing::warn!(projection = %self.name, event = %raw.event_id, "skipping parked event");
+                    EventRef::from(&raw).warn_passed_over(self.projection.name());
                     parked += 1;
                     cursor = raw.cursor;
                     continue;
