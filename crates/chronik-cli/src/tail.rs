@@ -191,6 +191,8 @@ async fn read(
                 continue;
             }
             Err(e) if follow && e.is_retryable() => {
+                // Said once per outage, not once per retry.
+                let first = lost.is_none();
                 let (since, pause) = *lost.get_or_insert((Instant::now(), RETRY_FIRST));
                 if since.elapsed() >= options.retry_for {
                     return Err(e).context(format!(
@@ -200,11 +202,15 @@ async fn read(
                         options.binary
                     ));
                 }
-                warn(&format!(
-                    "cannot read the feed after {cursor} ({}); retrying in {}",
-                    crate::chain(&anyhow::Error::new(e)),
-                    table::age(pause.as_secs_f64())
-                ));
+                if first {
+                    warn(&format!(
+                        "cannot read the feed after {cursor} ({}); retrying in {}, then with \
+                         backoff up to {} until it is back",
+                        crate::chain(&anyhow::Error::new(e)),
+                        table::age(pause.as_secs_f64()),
+                        table::age(RETRY_MAX.as_secs_f64())
+                    ));
+                }
                 tokio::time::sleep(pause).await;
                 lost = Some((since, (pause * 2).min(RETRY_MAX)));
                 listener = None;

@@ -323,6 +323,41 @@ impl PgEventStore {
         &self.pool
     }
 
+    /// Whether the server answers now: one connection opened directly with the pool's
+    /// options (a pool retries a refused connection until its acquire timeout) and closed
+    /// again. A runner asks it after a failed attempt, to tell an outage (said once, see
+    /// `chronik_projections::Outage`) from a failure of its own.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] (retryable) with the cause worded as [`PgEventStore::connect`]
+    /// words it (`connection refused: is PostgreSQL running on 127.0.0.1:5499?`), or that the
+    /// server did not answer within the pool's acquire timeout.
+    pub async fn check_connection(&self) -> Result<(), StoreError> {
+        let options = self.pool.connect_options();
+        let patience = self.pool.options().get_acquire_timeout();
+        match tokio::time::timeout(
+            patience,
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&*options),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(connect_error(e, &options)),
+            Err(_) => Err(StoreError::Backend {
+                message: format!(
+                    "no answer from PostgreSQL at {} within {} s",
+                    endpoint(&options),
+                    patience.as_secs_f64()
+                ),
+                retryable: true,
+                source: None,
+            }),
+        }
+    }
+
     /// The schema this store's tables live in.
     #[must_use]
     pub fn schema(&self) -> &SchemaName {

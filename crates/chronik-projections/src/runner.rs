@@ -14,6 +14,7 @@ use crate::error::ProjectionError;
 use crate::handle::{RunnerHandle, RunnerTask};
 use crate::name::ProjectionName;
 use crate::options::{RunnerBuilder, RunnerConfig, RunnerOptions};
+use crate::outage::Outage;
 use crate::park::{MemoryParkingLot, ParkingLot};
 use crate::projection::{HandlerError, Projection};
 use crate::status::{EventRef, LagMeter, ProjectionState, ProjectionStatus};
@@ -110,6 +111,7 @@ impl<S: EventStore + CheckpointStore + 'static> ProjectionRunner<S> {
                 stop: stop_rx.clone(),
                 wake: self.wake.subscribe(),
                 lag: LagMeter::new(options.lag_every),
+                outage: Outage::new(),
             };
             tasks.push(RunnerTask {
                 name,
@@ -132,6 +134,8 @@ struct Task<S> {
     stop: watch::Receiver<bool>,
     wake: Box<dyn Wakeup>,
     lag: LagMeter,
+    /// The store unreachable since when: said once, and once when it is back.
+    outage: Outage,
 }
 
 /// Outcome of waiting: the stop signal arrived.
@@ -174,7 +178,11 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
         error: String,
         event: Option<EventRef>,
     ) -> Result<(), Stopping> {
-        tracing::warn!(projection = self.name(), attempt, %error, "projection failing; retrying");
+        if self.outage.is_on() {
+            tracing::debug!(projection = self.name(), attempt, %error, "projection failing; retrying");
+        } else {
+            tracing::warn!(projection = self.name(), attempt, %error, "projection failing; retrying");
+        }
         self.status
             .send_modify(|s| s.fail(attempt, error, event, Utc::now()));
         self.refresh_lag(true).await;
@@ -302,12 +310,18 @@ impl<S: EventStore + CheckpointStore + 'static> Task<S> {
                     Err(e) => {
                         attempt += 1;
                         tracing::Span::current().record("outcome", "read_failed");
+                        if e.is_retryable() {
+                            let name = self.projection.name().to_owned();
+                            self.outage.lost(&name, "its store", &e.to_string());
+                        }
                         self.fail(attempt, format!("reading feed: {e}"), None)
                             .await?;
                         return Ok(None);
                     }
                 };
                 attempt = 0;
+                let name = self.projection.name().to_owned();
+                self.outage.back(&name, cursor);
                 let full = page.events.len() == batch;
                 let seen = !page.events.is_empty();
                 tracing::Span::current().record("events", page.events.len());

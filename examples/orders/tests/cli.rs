@@ -3842,11 +3842,16 @@ fn tail_follows_the_feed_through_a_server_restart() {
     let mut hasty = tail("1");
     patient.wait_for("following the feed after ");
     let cursor = following_cursor(&mut hasty);
+    // A projection runner on the same server says the outage once, too.
+    let mut runner = Running::spawn(&["projections", "run", "orders"], &url);
+    runner.wait_for_stdout("running projection orders on schema ");
 
     replica.stop_primary().expect("the primary stops");
     assert_tail_gave_up(hasty, &cursor, 2);
     let lost = patient.wait_for(&format!("cannot read the feed after {cursor} ("));
     assert!(lost.contains("); retrying in "), "{lost}");
+    let lost = runner.wait_for("projection orders cannot reach the database (");
+    assert!(lost.ends_with("; retrying until it is back"), "{lost}");
 
     replica.start_primary().expect("the primary starts again");
     let back = patient.wait_for("reconnected after ");
@@ -3854,7 +3859,15 @@ fn tail_follows_the_feed_through_a_server_restart() {
         back.ends_with(&format!("; resuming after {cursor}")),
         "{back}"
     );
+    runner.wait_for("projection orders reconnected after ");
     append("order-after");
+    runner.interrupt();
+    let (code, stdout, stderr) = runner.finish();
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let said = |needle: &str| stderr.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(said("cannot reach the database"), 1, "{stderr}");
+    assert_eq!(said("reconnected after "), 1, "{stderr}");
+    assert_eq!(said("projection failing"), 0, "{stderr}");
     let (code, stdout, stderr) = patient.finish();
     assert_eq!(code, Some(0), "{stderr}");
     let streams: Vec<&str> = stdout

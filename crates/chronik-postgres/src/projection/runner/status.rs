@@ -8,14 +8,15 @@ use super::lock::SessionInfo;
 use crate::projection::handler::PgProjection;
 
 impl<P: PgProjection> Engine<P> {
-    /// Writes instance `instance`'s own status row (never another instance's).
+    /// Writes instance `instance`'s own status row (never another instance's). The caller
+    /// logs a failure: at debug level while it already said the database is lost.
     pub(crate) async fn save_status(
         &self,
         instance: Uuid,
         s: &ProjectionStatus,
         session: Option<&SessionInfo>,
-    ) {
-        let result = sqlx::query(self.sql.save_status.clone())
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(self.sql.save_status.clone())
             .bind(self.name())
             .bind(instance)
             .bind(s.state.as_str())
@@ -29,10 +30,8 @@ impl<P: PgProjection> Engine<P> {
             .bind(s.failing_event.as_ref().map(|e| e.event_id.as_uuid()))
             .bind(i32::try_from(s.attempts).unwrap_or(i32::MAX))
             .execute(self.store.pool())
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(projection = self.name(), error = %e, "could not save projection status");
-        }
+            .await
+            .map(|_| ())
     }
 
     /// Removes instance `instance`'s status row (a standby that stops leaves nothing).

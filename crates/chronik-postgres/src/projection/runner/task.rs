@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chronik_projections::{
-    EventRef, LagMeter, ProjectionState, ProjectionStatus, RunnerOptions, RunnerTask,
+    EventRef, LagMeter, Outage, ProjectionState, ProjectionStatus, RunnerOptions, RunnerTask,
 };
 use chronik_store::catch_panic;
 use chrono::Utc;
@@ -37,6 +37,7 @@ pub(crate) fn spawn_task<P: PgProjection>(
         engine,
         standby_meter,
         lag: LagMeter::new(options.lag_every),
+        outage: Outage::new(),
         options,
         status: Arc::clone(&status),
         stop,
@@ -80,6 +81,8 @@ struct Task<P> {
     saved: Option<(ProjectionState, Option<i32>)>,
     /// Measures the lag into the status every `lag_every`.
     lag: LagMeter,
+    /// The database unreachable since when: said once, and once when it is back.
+    outage: Outage,
     /// When `lock` last answered (a ping, or taking the lock).
     pinged: Option<Instant>,
 }
@@ -164,9 +167,18 @@ impl<P: PgProjection> Task<P> {
 
     /// Writes `s` to this instance's status row.
     async fn persist(&mut self, s: &ProjectionStatus) {
-        self.engine
+        let saved = self
+            .engine
             .save_status(self.instance, s, self.session.as_ref())
             .await;
+        if let Err(e) = saved {
+            let projection = self.engine.name();
+            if self.outage.is_on() {
+                tracing::debug!(projection, error = %e, "could not save projection status");
+            } else {
+                tracing::warn!(projection, error = %e, "could not save projection status");
+            }
+        }
         self.saved = Some((s.state, self.session.as_ref().map(|x| x.pid)));
     }
 
@@ -176,13 +188,30 @@ impl<P: PgProjection> Task<P> {
         error: String,
         event: Option<EventRef>,
     ) -> Result<(), Stopping> {
-        tracing::warn!(projection = self.engine.name(), attempt, %error, "projection failing; retrying");
+        if self.outage.is_on() {
+            tracing::debug!(projection = self.engine.name(), attempt, %error, "projection failing; retrying");
+        } else {
+            tracing::warn!(projection = self.engine.name(), attempt, %error, "projection failing; retrying");
+        }
         let mut next = self.status.borrow().clone();
         next.fail(attempt, error, event, Utc::now());
         self.persist(&next).await;
         self.status.send_replace(next);
         self.refresh_lag(true).await;
         self.pause(self.options.backoff(attempt)).await
+    }
+
+    /// After a failed attempt: whether the server answers at all. A failure it
+    /// answers through (a handler's deadlock, a constraint) is this projection's own; one it
+    /// does not answer is an outage, said once ([`Outage`]).
+    async fn check_outage(&mut self) {
+        if self.outage.is_on() {
+            return;
+        }
+        if let Err(e) = self.engine.store.check_connection().await {
+            let name = self.engine.name().to_owned();
+            self.outage.lost(&name, "the database", &e.to_string());
+        }
     }
 
     /// Measures the lag of the checkpoint (due every `lag_every`, or now with `force`).
@@ -292,6 +321,7 @@ impl<P: PgProjection> Task<P> {
             Err(e) => {
                 self.lock = None;
                 self.session = None;
+                self.check_outage().await;
                 let attempt = self.status.borrow().attempts + 1;
                 self.fail(attempt, format!("taking the projection lock: {e}"), None)
                     .await?;
@@ -338,6 +368,7 @@ impl<P: PgProjection> Task<P> {
                     parked,
                     ..
                 }) => {
+                    self.outage.back(self.engine.name(), cursor);
                     self.status.send_modify(|s| {
                         s.checkpoint = cursor;
                         s.events_processed = processed;
@@ -363,6 +394,7 @@ impl<P: PgProjection> Task<P> {
                     idle = self.idle_next(idle).await?;
                 }
                 Ok(Batch::Idle { cursor, processed }) => {
+                    self.outage.back(self.engine.name(), cursor);
                     self.status.send_modify(|s| {
                         s.checkpoint = cursor;
                         s.events_processed = processed;
@@ -396,6 +428,7 @@ impl<P: PgProjection> Task<P> {
                     // The lock session may have gone with whatever failed: ask it first.
                     self.pinged = None;
                     attempt += 1;
+                    self.check_outage().await;
                     self.fail(attempt, e.to_string(), None).await?;
                 }
             }
